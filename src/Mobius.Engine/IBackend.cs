@@ -1,0 +1,269 @@
+namespace Mobius.Engine;
+
+/// <summary>
+/// The primitive operations every backend implements. Each op works on already allocated, contiguous
+/// tensors of the backend (the caller, usually <see cref="Ops"/>, validates shapes and allocates
+/// outputs); outputs are overwritten, never accumulated into, unless the doc says otherwise.
+/// All layouts are row-major. The math of every op is spelled out in docs/ops.md, which the CPU
+/// backend, the CUDA kernels and the test references all follow.
+/// </summary>
+/// <remarks>
+/// Ops are asynchronous with respect to the host on device backends: a result is visible to the host
+/// only through <see cref="CopyToHost"/>, which synchronises.
+/// </remarks>
+public interface IBackend : IDisposable
+{
+    /// <summary>Short backend name: "cpu", "cuda".</summary>
+    string Name { get; }
+
+    /// <summary>Human-readable description of the device this backend runs on.</summary>
+    string DeviceName { get; }
+
+    /// <summary>Allocation statistics of this backend (current and peak bytes by category).</summary>
+    MemoryTracker Memory { get; }
+
+    /// <summary>Allocates <paramref name="bytes"/> of uninitialised device memory from the caching allocator.</summary>
+    Storage Allocate(long bytes, MemoryCategory category);
+
+    /// <summary>Returns every cached, unused block to the system.</summary>
+    void EmptyCache();
+
+    /// <summary>Waits until all queued work has finished.</summary>
+    void Synchronize();
+
+    // ---- data movement -------------------------------------------------------------------------
+
+    /// <summary>Copies host floats into <paramref name="dst"/> (same element count).</summary>
+    void CopyFromHost(ReadOnlySpan<float> src, Tensor dst);
+
+    /// <summary>Copies <paramref name="src"/> to host floats (same element count); synchronises.</summary>
+    void CopyToHost(Tensor src, Span<float> dst);
+
+    /// <summary>Sets every element of <paramref name="dst"/> to <paramref name="value"/>.</summary>
+    void Fill(Tensor dst, float value);
+
+    /// <summary>
+    /// Copies <paramref name="rows"/> runs of <paramref name="cols"/> contiguous elements:
+    /// dst[dstOffset + r*dstRowStride + c] = src[srcOffset + r*srcRowStride + c]. Offsets are in elements,
+    /// relative to each tensor's own start. Used for concat, split and slicing along a middle dimension.
+    /// </summary>
+    void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols);
+
+    /// <summary>y[b, j, i] = x[b, i, j] for x of shape [batch, rows, cols].</summary>
+    void Transpose(int batch, int rows, int cols, Tensor x, Tensor y);
+
+    // ---- elementwise ---------------------------------------------------------------------------
+
+    /// <summary>y = alpha*a + beta*b, elementwise; y may be a or b (in-place accumulate).</summary>
+    void Add(Tensor a, Tensor b, Tensor y, float alpha = 1f, float beta = 1f);
+
+    /// <summary>y = a * b, elementwise.</summary>
+    void Mul(Tensor a, Tensor b, Tensor y);
+
+    /// <summary>y = alpha * x, elementwise; y may be x.</summary>
+    void Scale(Tensor x, float alpha, Tensor y);
+
+    /// <summary>
+    /// y[o, c, i] = x[o, c, i] + bias[c] (or bias[o, c] when <paramref name="perOuter"/>) for x viewed as
+    /// [outer, channels, inner]; y may be x.
+    /// </summary>
+    void AddChannelBias(int outer, int channels, int inner, Tensor x, Tensor bias, Tensor y, bool perOuter = false);
+
+    /// <summary>dbias[c] = sum over o, i of dy[o, c, i] (or dbias[o, c] = sum over i when <paramref name="perOuter"/>).</summary>
+    void ChannelBiasGrad(int outer, int channels, int inner, Tensor dy, Tensor dbias, bool perOuter = false);
+
+    /// <summary>y = act(x), elementwise.</summary>
+    void ActivationForward(Activation act, Tensor x, Tensor y);
+
+    /// <summary>dx = dy * act'(x), elementwise.</summary>
+    void ActivationBackward(Activation act, Tensor x, Tensor dy, Tensor dx);
+
+    /// <summary>GEGLU on x [rows, 2*hidden]: y[r, j] = x[r, j] * gelu(x[r, hidden + j]), y [rows, hidden].</summary>
+    void GegluForward(int rows, int hidden, Tensor x, Tensor y);
+
+    /// <summary>Backward of <see cref="GegluForward"/>: dx [rows, 2*hidden] from x and dy [rows, hidden].</summary>
+    void GegluBackward(int rows, int hidden, Tensor x, Tensor dy, Tensor dx);
+
+    /// <summary>Row-wise softmax of x [rows, cols].</summary>
+    void SoftmaxForward(int rows, int cols, Tensor x, Tensor y);
+
+    /// <summary>dx = y * (dy - sum(dy * y)) row-wise.</summary>
+    void SoftmaxBackward(int rows, int cols, Tensor y, Tensor dy, Tensor dx);
+
+    // ---- linear algebra ------------------------------------------------------------------------
+
+    /// <summary>
+    /// Batched row-major GEMM: for each b, C_b = alpha * op(A_b) op(B_b) + beta * C_b, where op(A_b) is
+    /// m x k, op(B_b) is k x n and C_b is m x n, all densely packed; A_b starts at b*StrideA (elements),
+    /// likewise B and C. A stride of 0 shares one matrix across the batch.
+    /// </summary>
+    void Gemm(in GemmShape s, float alpha, Tensor a, Tensor b, float beta, Tensor c);
+
+    // ---- convolution ---------------------------------------------------------------------------
+
+    /// <summary>NCHW 2-D convolution, weights [Cout, Cin, K, K], optional bias [Cout].</summary>
+    void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y);
+
+    /// <summary>dx = conv2d input-gradient of dy with weights w.</summary>
+    void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx);
+
+    /// <summary>dw (and dbias when given) from x and dy.</summary>
+    void Conv2dBackwardFilter(in Conv2dShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias);
+
+    /// <summary>
+    /// Temporal convolution along frames: x [B, F, Cin, S], w [Cout, Cin, 3], bias [Cout],
+    /// y[b, f, o, s] = bias[o] + sum over i, k of w[o, i, k] * x[b, f + k - 1, i, s] (zero outside 0..F-1).
+    /// </summary>
+    void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y);
+
+    /// <summary>dx of <see cref="TemporalConvForward"/>.</summary>
+    void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx);
+
+    /// <summary>dw (and dbias when given) of <see cref="TemporalConvForward"/>.</summary>
+    void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias);
+
+    // ---- normalisation -------------------------------------------------------------------------
+
+    /// <summary>
+    /// Group norm of x viewed as [N, T, C, S]: statistics per (n, group) over T x (C/G) x S, then
+    /// y = (x - mean) * rstd * gamma[c] + beta[c], followed by SiLU when <paramref name="silu"/>.
+    /// Writes mean and rstd [N, G]. T = 1 is the per-image norm of spatial layers; T = frames is the
+    /// norm over a whole clip that temporal layers use.
+    /// </summary>
+    void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu);
+
+    /// <summary>Backward of <see cref="GroupNormForward"/>; any of dx, dgamma, dbeta may be null.</summary>
+    void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu);
+
+    /// <summary>Layer norm over the last dimension of x [rows, cols]; writes mean and rstd [rows].</summary>
+    void LayerNormForward(int rows, int cols, float eps, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd);
+
+    /// <summary>Backward of <see cref="LayerNormForward"/>; any of dx, dgamma, dbeta may be null.</summary>
+    void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy,
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta);
+
+    // ---- attention -----------------------------------------------------------------------------
+
+    /// <summary>
+    /// Multi-head attention: q [N, Lq, H*D], k and v [N, Lk, H*D], o [N, Lq, H*D],
+    /// o = softmax(scale * q k^T) v per (n, head); lse [N, H, Lq] receives the log-sum-exp of the
+    /// scaled scores, which is all backward needs besides q, k, v, o (no Lq x Lk matrix is kept).
+    /// </summary>
+    void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse);
+
+    /// <summary>Backward of <see cref="AttentionForward"/>; writes dq, dk, dv.</summary>
+    void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+        Tensor dq, Tensor dk, Tensor dv);
+
+    /// <summary>
+    /// Self-attention over the frames of each pixel: the same contract as <see cref="AttentionForward"/>
+    /// with Lq = Lk = F (at most 32) and N = batch x pixels; device backends run a dedicated kernel.
+    /// </summary>
+    void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse);
+
+    /// <summary>Backward of <see cref="TemporalAttentionForward"/>.</summary>
+    void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+        Tensor dq, Tensor dk, Tensor dv);
+
+    // ---- resampling ----------------------------------------------------------------------------
+
+    /// <summary>2x2 average pool of x [planes, H, W] (H, W even) into y [planes, H/2, W/2].</summary>
+    void AvgPool2x2Forward(int planes, int h, int w, Tensor x, Tensor y);
+
+    /// <summary>dx [planes, H, W] = dy [planes, H/2, W/2] / 4 spread over each 2x2 window.</summary>
+    void AvgPool2x2Backward(int planes, int h, int w, Tensor dy, Tensor dx);
+
+    /// <summary>Nearest x2 upsample of x [planes, H, W] into y [planes, 2H, 2W].</summary>
+    void Upsample2xForward(int planes, int h, int w, Tensor x, Tensor y);
+
+    /// <summary>dx [planes, H, W] = sum of dy [planes, 2H, 2W] over each 2x2 window.</summary>
+    void Upsample2xBackward(int planes, int h, int w, Tensor dy, Tensor dx);
+
+    // ---- embedding -----------------------------------------------------------------------------
+
+    /// <summary>y[r, :] = table[ids[r], :] for table [V, D] and y [ids.Length, D].</summary>
+    void EmbeddingForward(ReadOnlySpan<int> ids, Tensor table, Tensor y);
+
+    /// <summary>dtable[ids[r], :] += dy[r, :]; dtable must be zeroed by the caller.</summary>
+    void EmbeddingBackward(ReadOnlySpan<int> ids, Tensor dy, Tensor dtable);
+
+    // ---- losses, reductions, optimiser ---------------------------------------------------------
+
+    /// <summary>out[0] = mean((a - b)^2).</summary>
+    void MseForward(Tensor a, Tensor b, Tensor output);
+
+    /// <summary>da = dOut * 2 (a - b) / n.</summary>
+    void MseBackward(Tensor a, Tensor b, float dOut, Tensor da);
+
+    /// <summary>output[0] = sum of x (float accumulation in double on the host backends).</summary>
+    void Sum(Tensor x, Tensor output);
+
+    /// <summary>output[0] += sum of x^2, the building block of the global gradient norm.</summary>
+    void SumSquaresAccumulate(Tensor x, Tensor output);
+
+    /// <summary>One fused AdamW step on a parameter, its gradient and its two moment buffers.</summary>
+    void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs args);
+}
+
+/// <summary>Pointwise activation functions.</summary>
+public enum Activation
+{
+    /// <summary>x * sigmoid(x).</summary>
+    Silu,
+
+    /// <summary>The tanh approximation of GELU: 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).</summary>
+    Gelu,
+}
+
+/// <summary>Shape of a batched row-major GEMM; see <see cref="IBackend.Gemm"/>.</summary>
+public readonly record struct GemmShape(int M, int N, int K, bool TransA = false, bool TransB = false,
+    int Batch = 1, long StrideA = 0, long StrideB = 0, long StrideC = 0)
+{
+    /// <summary>Floating-point operations of the whole batched product.</summary>
+    public double Flops => 2.0 * M * N * K * Batch;
+}
+
+/// <summary>Shape of an NCHW convolution with square kernel.</summary>
+public readonly record struct Conv2dShape(int N, int Cin, int H, int W, int Cout, int Kernel, int Stride, int Pad)
+{
+    /// <summary>Output height.</summary>
+    public int OutH => (H + 2 * Pad - Kernel) / Stride + 1;
+
+    /// <summary>Output width.</summary>
+    public int OutW => (W + 2 * Pad - Kernel) / Stride + 1;
+
+    /// <summary>Floating-point operations of the forward pass.</summary>
+    public double Flops => 2.0 * N * Cout * OutH * OutW * Cin * Kernel * Kernel;
+}
+
+/// <summary>Shape of a temporal convolution over x [B, F, Cin, S] with kernel 3 along F.</summary>
+public readonly record struct TemporalConvShape(int B, int F, int Cin, int Cout, int S)
+{
+    /// <summary>Floating-point operations of the forward pass.</summary>
+    public double Flops => 2.0 * B * F * S * Cout * Cin * 3;
+}
+
+/// <summary>Shape of a group norm over x viewed as [N, T, C, S].</summary>
+public readonly record struct GroupNormShape(int N, int T, int C, int S, int Groups, float Eps = 1e-5f)
+{
+    /// <summary>Elements that share one (n, group) statistic.</summary>
+    public long GroupSize => (long)T * (C / Groups) * S;
+}
+
+/// <summary>Shape of multi-head attention; see <see cref="IBackend.AttentionForward"/>.</summary>
+public readonly record struct AttentionShape(int N, int Heads, int Lq, int Lk, int HeadDim, float Scale)
+{
+    /// <summary>Model width H * D.</summary>
+    public int Width => Heads * HeadDim;
+}
+
+/// <summary>Arguments of one AdamW step (decoupled weight decay, bias-corrected moments).</summary>
+/// <param name="Lr">Learning rate.</param>
+/// <param name="Beta1">First-moment decay.</param>
+/// <param name="Beta2">Second-moment decay.</param>
+/// <param name="Eps">Denominator epsilon.</param>
+/// <param name="WeightDecay">Decoupled weight decay (multiplies lr).</param>
+/// <param name="Step">1-based step number, for bias correction.</param>
+/// <param name="GradScale">Multiplies the gradient before use (gradient clipping).</param>
+public readonly record struct AdamWStepArgs(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f);

@@ -1,0 +1,220 @@
+using Mobius.Engine.Autograd;
+
+namespace Mobius.Engine;
+
+/// <summary>
+/// A dense, contiguous, row-major tensor: a shape, an element type and a window on a reference-counted
+/// <see cref="Storage"/>. Disposing a tensor releases its reference at once; views (<see cref="Ops.Reshape"/>,
+/// <see cref="Ops.Narrow"/>) share storage and keep it alive while they live. Tensors are not thread-safe.
+/// </summary>
+public class Tensor : IDisposable
+{
+    private Storage? _storage;
+
+    internal Tensor(Storage storage, long offset, Shape shape, DType dtype)
+    {
+        _storage = storage;
+        Offset = offset;
+        Shape = shape;
+        DType = dtype;
+    }
+
+    /// <summary>The dimensions.</summary>
+    public Shape Shape { get; }
+
+    /// <summary>The element type.</summary>
+    public DType DType { get; }
+
+    /// <summary>Element offset of this tensor's first element in its storage.</summary>
+    public long Offset { get; }
+
+    /// <summary>Number of elements.</summary>
+    public long Numel => Shape.Numel;
+
+    /// <summary>Bytes of the elements this tensor covers.</summary>
+    public long Bytes => Numel * DType.Size();
+
+    /// <summary>Optional name used in error messages and state dicts.</summary>
+    public string? Name { get; set; }
+
+    /// <summary>True once disposed.</summary>
+    public bool IsDisposed => _storage is null;
+
+    /// <summary>The backend the data lives on.</summary>
+    public IBackend Backend => Storage.Backend;
+
+    /// <summary>The memory behind this tensor; throws <see cref="TensorDisposedException"/> after disposal.</summary>
+    public Storage Storage => _storage ?? throw new TensorDisposedException("Tensor.Storage", Describe());
+
+    /// <summary>
+    /// Whether gradients flow to or through this tensor. A leaf the user marks (or a trainable
+    /// <see cref="Parameter"/>) collects its gradient in <see cref="Grad"/>; an op output requires grad
+    /// when one of its inputs does and gradients are enabled.
+    /// </summary>
+    public bool RequiresGrad => GradSlot is not null;
+
+    /// <summary>The accumulated gradient of a leaf after backward, or null.</summary>
+    public Tensor? Grad { get; internal set; }
+
+    /// <summary>Routing of gradients during backward (null when no gradient is needed).</summary>
+    internal GradSlot? GradSlot { get; set; }
+
+    /// <summary>Element count of one dimension (negative counts from the end).</summary>
+    public int Dim(int i) => Shape[i];
+
+    /// <summary>Marks a leaf tensor as needing a gradient (or not).</summary>
+    public Tensor SetRequiresGrad(bool requiresGrad = true)
+    {
+        if (GradSlot is { IsLeaf: false })
+        {
+            throw new AutogradException($"SetRequiresGrad: {Describe()} is the output of an op, not a leaf.");
+        }
+
+        GradSlot = requiresGrad ? new GradSlot(this) : null;
+        return this;
+    }
+
+    /// <summary>Releases this tensor's reference to its storage (idempotent).</summary>
+    public void Dispose()
+    {
+        var s = Interlocked.Exchange(ref _storage, null);
+        s?.Release();
+        GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Disposes <see cref="Grad"/> and clears it.</summary>
+    public void ClearGrad()
+    {
+        Grad?.Dispose();
+        Grad = null;
+    }
+
+    /// <summary>Copies the elements to a new host array (synchronises a device backend).</summary>
+    public float[] ToArray()
+    {
+        var result = new float[Numel];
+        Backend.CopyToHost(this, result);
+        return result;
+    }
+
+    /// <summary>The single element of a one-element tensor.</summary>
+    public float Item()
+    {
+        if (Numel != 1)
+        {
+            throw new ShapeMismatchException("Item", $"expected one element, got {Shape}.");
+        }
+
+        Span<float> v = stackalloc float[1];
+        Backend.CopyToHost(this, v);
+        return v[0];
+    }
+
+    /// <summary>Overwrites the elements from host memory.</summary>
+    public void CopyFrom(ReadOnlySpan<float> data)
+    {
+        if (data.Length != Numel)
+        {
+            throw new ShapeMismatchException("CopyFrom", $"{data.Length} host values for a tensor of shape {Shape}.");
+        }
+
+        Backend.CopyFromHost(data, this);
+    }
+
+    /// <summary>"tensor 'name' [2, 3] float32 on cpu".</summary>
+    public string Describe()
+    {
+        string name = Name is null ? "" : $"'{Name}' ";
+        string where = _storage is null ? "disposed" : "on " + _storage.Backend.Name;
+        return $"{name}{Shape} {DType.Name()} {where}";
+    }
+
+    /// <inheritdoc />
+    public override string ToString() => "tensor " + Describe();
+
+    // ---- factories ------------------------------------------------------------------------------
+
+    /// <summary>An uninitialised tensor.</summary>
+    public static Tensor Empty(IBackend backend, Shape shape, MemoryCategory category = MemoryCategory.Temporaries, DType dtype = DType.Float32)
+    {
+        ArgumentNullException.ThrowIfNull(backend);
+        var storage = backend.Allocate(shape.Numel * dtype.Size(), category);
+        return new Tensor(storage, 0, shape, dtype);
+    }
+
+    /// <summary>A tensor of zeros.</summary>
+    public static Tensor Zeros(IBackend backend, Shape shape, MemoryCategory category = MemoryCategory.Temporaries)
+        => Full(backend, shape, 0f, category);
+
+    /// <summary>A tensor filled with one value.</summary>
+    public static Tensor Full(IBackend backend, Shape shape, float value, MemoryCategory category = MemoryCategory.Temporaries)
+    {
+        var t = Empty(backend, shape, category);
+        backend.Fill(t, value);
+        return t;
+    }
+
+    /// <summary>A tensor holding a copy of host data.</summary>
+    public static Tensor FromArray(IBackend backend, ReadOnlySpan<float> data, Shape shape, MemoryCategory category = MemoryCategory.Temporaries)
+    {
+        if (data.Length != shape.Numel)
+        {
+            throw new ShapeMismatchException("FromArray", $"{data.Length} values for shape {shape}.");
+        }
+
+        var t = Empty(backend, shape, category);
+        backend.CopyFromHost(data, t);
+        return t;
+    }
+
+    /// <summary>A view sharing this tensor's storage (no autograd; see <see cref="Ops.Reshape"/> for the recorded form).</summary>
+    internal Tensor View(long offset, Shape shape)
+    {
+        var s = Storage;
+        s.Retain();
+        return new Tensor(s, Offset + offset, shape, DType);
+    }
+}
+
+/// <summary>A trainable (or frozen) model parameter: a named tensor accounted as weights.</summary>
+public sealed class Parameter : Tensor
+{
+    internal Parameter(Storage storage, Shape shape, string name)
+        : base(storage, 0, shape, DType.Float32)
+    {
+        Name = name;
+        SetRequiresGrad(true);
+    }
+
+    /// <summary>Allocates a parameter holding a copy of <paramref name="values"/>.</summary>
+    public static Parameter Create(IBackend backend, string name, Shape shape, ReadOnlySpan<float> values)
+    {
+        if (values.Length != shape.Numel)
+        {
+            throw new ShapeMismatchException("Parameter.Create", $"{values.Length} values for '{name}' of shape {shape}.");
+        }
+
+        var storage = backend.Allocate(shape.Numel * sizeof(float), MemoryCategory.Weights);
+        var p = new Parameter(storage, shape, name);
+        backend.CopyFromHost(values, p);
+        return p;
+    }
+
+    /// <summary>
+    /// A frozen parameter takes part in forward and passes input-gradients, but never receives a gradient
+    /// and costs no weight-gradient work.
+    /// </summary>
+    public bool Frozen
+    {
+        get => !RequiresGrad;
+        set
+        {
+            if (value)
+            {
+                ClearGrad();
+            }
+
+            SetRequiresGrad(!value);
+        }
+    }
+}
