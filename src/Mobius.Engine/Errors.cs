@@ -41,7 +41,7 @@ public sealed class NonFiniteException(string op, string message) : ArithmeticEx
 
 /// <summary>A backend could not allocate memory even after emptying its cache.</summary>
 public sealed class OutOfDeviceMemoryException(string backend, long requested, long inUse, long reserved)
-    : InsufficientMemoryException($"{backend}: out of memory allocating {Units.Bytes(requested)} ({Units.Bytes(inUse)} in use, {Units.Bytes(reserved)} reserved).")
+    : OutOfMemoryException($"{backend}: out of memory allocating {Units.Bytes(requested)} ({Units.Bytes(inUse)} in use, {Units.Bytes(reserved)} reserved).")
 {
     /// <summary>Bytes of the request that failed.</summary>
     public long RequestedBytes { get; } = requested;

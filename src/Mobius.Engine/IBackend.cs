@@ -193,8 +193,8 @@ public interface IBackend : IDisposable
     /// <summary>out[0] = mean((a - b)^2).</summary>
     void MseForward(Tensor a, Tensor b, Tensor output);
 
-    /// <summary>da = dOut * 2 (a - b) / n.</summary>
-    void MseBackward(Tensor a, Tensor b, float dOut, Tensor da);
+    /// <summary>da = dOut[0] * 2 (a - b) / n; dOut is a one-element tensor (no host round trip).</summary>
+    void MseBackward(Tensor a, Tensor b, Tensor dOut, Tensor da);
 
     /// <summary>output[0] = sum of x (float accumulation in double on the host backends).</summary>
     void Sum(Tensor x, Tensor output);

@@ -25,6 +25,9 @@ internal sealed class Node
         Output = new GradSlot(this);
     }
 
+    /// <summary>The tape this node is recorded on.</summary>
+    public Tape Tape => _tape;
+
     /// <summary>Op name ("conv2d").</summary>
     public string Op { get; }
 

@@ -63,7 +63,7 @@ internal sealed class CachingAllocator : IDisposable
         }
 
         // Eight classes per power of two: round up to a multiple of 2^(floor(log2)-3).
-        int log = 63 - long.LeadingZeroCount(bytes - 1);
+        int log = 63 - (int)long.LeadingZeroCount(bytes - 1);
         long step = 1L << (log - 3);
         return (bytes + step - 1) & ~(step - 1);
     }

@@ -1,0 +1,399 @@
+using System.Numerics.Tensors;
+using System.Runtime.InteropServices;
+
+namespace Mobius.Engine.Cpu;
+
+/// <summary>
+/// The managed reference backend: native host memory through a caching allocator, SIMD loops
+/// (System.Numerics.Tensors and AVX2/FMA), both cores through <see cref="Parallel"/>. It is the oracle
+/// every other backend is tested against, and fast enough to train the tiny model on two cores.
+/// </summary>
+public sealed unsafe partial class CpuBackend : IBackend
+{
+    private readonly CachingAllocator _allocator;
+
+    /// <summary>Creates a CPU backend.</summary>
+    /// <param name="threads">Threads for parallel ops (0: all cores).</param>
+    /// <param name="memoryLimitBytes">Most bytes the allocator may hold (0: no limit); past it allocations
+    /// fail with <see cref="OutOfDeviceMemoryException"/>, as on a device with that much memory.</param>
+    public CpuBackend(int threads = 0, long memoryLimitBytes = 0)
+    {
+        Threads = threads > 0 ? threads : Environment.ProcessorCount;
+        _allocator = new CachingAllocator(new HostMemory(memoryLimitBytes), this);
+    }
+
+    /// <inheritdoc />
+    public string Name => "cpu";
+
+    /// <inheritdoc />
+    public string DeviceName => $"{Environment.ProcessorCount}-core {RuntimeInformation.ProcessArchitecture} host ({Threads} threads, {SimdDescription})";
+
+    /// <summary>Worker threads used by parallel ops.</summary>
+    public int Threads { get; }
+
+    /// <inheritdoc />
+    public MemoryTracker Memory { get; } = new();
+
+    /// <summary>Fill new blocks with NaN so reads of never-written memory show up (on in the tests).</summary>
+    public bool PoisonAllocations
+    {
+        get => _allocator.PoisonAllocations;
+        set => _allocator.PoisonAllocations = value;
+    }
+
+    private static string SimdDescription => System.Runtime.Intrinsics.X86.Fma.IsSupported ? "AVX2+FMA" : $"Vector<float> x{System.Numerics.Vector<float>.Count}";
+
+    /// <inheritdoc />
+    public Storage Allocate(long bytes, MemoryCategory category) => _allocator.Allocate(bytes, category);
+
+    /// <inheritdoc />
+    public void EmptyCache() => _allocator.EmptyCache();
+
+    /// <inheritdoc />
+    public void Synchronize()
+    {
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _allocator.Dispose();
+
+    // ---- pointers and spans ---------------------------------------------------------------------
+
+    internal static float* Ptr(Tensor t) => (float*)t.Storage.Handle + t.Offset;
+
+    internal static Span<float> Span(Tensor t) => new(Ptr(t), checked((int)t.Numel));
+
+    private static Span<float> Span(float* p, long n) => new(p, checked((int)n));
+
+    /// <summary>A scratch buffer accounted as workspace; dispose it when the op is done.</summary>
+    private Tensor Workspace(long elements) => Tensor.Empty(this, new Shape(checked((int)Math.Max(1, elements))), MemoryCategory.Workspace);
+
+    /// <summary>Runs body(i) for i in [0, n), on all threads when the total work is worth it.</summary>
+    internal void For(int n, double workPerItem, Action<int> body)
+    {
+        if (n <= 1 || Threads == 1 || n * workPerItem < 32_768)
+        {
+            for (int i = 0; i < n; i++)
+            {
+                body(i);
+            }
+
+            return;
+        }
+
+        Parallel.For(0, n, new ParallelOptions { MaxDegreeOfParallelism = Threads }, body);
+    }
+
+    /// <summary>
+    /// Splits [0, n) into one contiguous range per thread and runs body(threadIndex, start, end); used
+    /// by reductions that keep one partial result per thread.
+    /// </summary>
+    internal int ForRanges(long n, double workPerItem, Action<int, long, long> body)
+    {
+        int parts = n * workPerItem < 65_536 ? 1 : (int)Math.Min(Threads, n);
+        if (parts <= 1)
+        {
+            body(0, 0, n);
+            return 1;
+        }
+
+        Parallel.For(0, parts, new ParallelOptions { MaxDegreeOfParallelism = Threads }, p =>
+            body(p, n * p / parts, n * (p + 1) / parts));
+        return parts;
+    }
+
+    // ---- data movement ----------------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void CopyFromHost(ReadOnlySpan<float> src, Tensor dst) => src.CopyTo(Span(dst));
+
+    /// <inheritdoc />
+    public void CopyToHost(Tensor src, Span<float> dst) => Span(src).CopyTo(dst);
+
+    /// <inheritdoc />
+    public void Fill(Tensor dst, float value) => Span(dst).Fill(value);
+
+    /// <inheritdoc />
+    public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols)
+    {
+        float* s = Ptr(src) + srcOffset;
+        float* d = Ptr(dst) + dstOffset;
+        For(rows, cols, r => Span(s + r * srcRowStride, cols).CopyTo(Span(d + r * dstRowStride, cols)));
+    }
+
+    /// <inheritdoc />
+    public void Transpose(int batch, int rows, int cols, Tensor x, Tensor y)
+    {
+        float* px = Ptr(x);
+        float* py = Ptr(y);
+        const int Tile = 32;
+        int tilesR = (rows + Tile - 1) / Tile;
+        int tilesC = (cols + Tile - 1) / Tile;
+        For(batch * tilesR, (double)Tile * cols, job =>
+        {
+            int b = job / tilesR;
+            int r0 = job % tilesR * Tile;
+            int r1 = Math.Min(rows, r0 + Tile);
+            float* xb = px + (long)b * rows * cols;
+            float* yb = py + (long)b * rows * cols;
+            for (int tc = 0; tc < tilesC; tc++)
+            {
+                int c0 = tc * Tile;
+                int c1 = Math.Min(cols, c0 + Tile);
+                for (int r = r0; r < r1; r++)
+                {
+                    for (int c = c0; c < c1; c++)
+                    {
+                        yb[(long)c * rows + r] = xb[(long)r * cols + c];
+                    }
+                }
+            }
+        });
+    }
+
+    // ---- elementwise ------------------------------------------------------------------------------
+
+    /// <summary>Runs a span kernel over matching chunks of up to three tensors, in parallel.</summary>
+    private void Chunked(long n, Action<long, int> body)
+    {
+        const int Chunk = 1 << 16;
+        int chunks = (int)((n + Chunk - 1) / Chunk);
+        For(chunks, Chunk, c =>
+        {
+            long start = (long)c * Chunk;
+            body(start, (int)Math.Min(Chunk, n - start));
+        });
+    }
+
+    /// <inheritdoc />
+    public void Add(Tensor a, Tensor b, Tensor y, float alpha = 1f, float beta = 1f)
+    {
+        float* pa = Ptr(a);
+        float* pb = Ptr(b);
+        float* py = Ptr(y);
+        Chunked(y.Numel, (s, n) =>
+        {
+            var ya = Span(py + s, n);
+            if (alpha == 1f && beta == 1f)
+            {
+                TensorPrimitives.Add(Span(pa + s, n), Span(pb + s, n), ya);
+            }
+            else if (alpha == 1f)
+            {
+                TensorPrimitives.MultiplyAdd(Span(pb + s, n), beta, Span(pa + s, n), ya);
+            }
+            else
+            {
+                // y = alpha*a + beta*b without a temporary: y = b*beta first when y does not alias a.
+                if (py != pa)
+                {
+                    TensorPrimitives.Multiply(Span(pb + s, n), beta, ya);
+                    TensorPrimitives.MultiplyAdd(Span(pa + s, n), alpha, ya, ya);
+                }
+                else
+                {
+                    TensorPrimitives.Multiply(Span(pa + s, n), alpha, ya);
+                    TensorPrimitives.MultiplyAdd(Span(pb + s, n), beta, ya, ya);
+                }
+            }
+        });
+    }
+
+    /// <inheritdoc />
+    public void Mul(Tensor a, Tensor b, Tensor y)
+    {
+        float* pa = Ptr(a);
+        float* pb = Ptr(b);
+        float* py = Ptr(y);
+        Chunked(y.Numel, (s, n) => TensorPrimitives.Multiply(Span(pa + s, n), Span(pb + s, n), Span(py + s, n)));
+    }
+
+    /// <inheritdoc />
+    public void Scale(Tensor x, float alpha, Tensor y)
+    {
+        float* px = Ptr(x);
+        float* py = Ptr(y);
+        Chunked(y.Numel, (s, n) => TensorPrimitives.Multiply(Span(px + s, n), alpha, Span(py + s, n)));
+    }
+
+    /// <inheritdoc />
+    public void AddChannelBias(int outer, int channels, int inner, Tensor x, Tensor bias, Tensor y, bool perOuter = false)
+    {
+        float* px = Ptr(x);
+        float* pb = Ptr(bias);
+        float* py = Ptr(y);
+        For(outer * channels, inner, oc =>
+        {
+            float b = perOuter ? pb[oc] : pb[oc % channels];
+            long off = (long)oc * inner;
+            TensorPrimitives.Add(Span(px + off, inner), b, Span(py + off, inner));
+        });
+    }
+
+    /// <inheritdoc />
+    public void ChannelBiasGrad(int outer, int channels, int inner, Tensor dy, Tensor dbias, bool perOuter = false)
+    {
+        float* pdy = Ptr(dy);
+        float* pdb = Ptr(dbias);
+        if (perOuter)
+        {
+            For(outer * channels, inner, oc => pdb[oc] = TensorPrimitives.Sum(Span(pdy + (long)oc * inner, inner)));
+            return;
+        }
+
+        // Sum in double per channel: outer*inner can be large and the result feeds the optimiser.
+        For(channels, (double)outer * inner, c =>
+        {
+            double acc = 0;
+            for (int o = 0; o < outer; o++)
+            {
+                acc += TensorPrimitives.Sum(Span(pdy + ((long)o * channels + c) * inner, inner));
+            }
+
+            pdb[c] = (float)acc;
+        });
+    }
+
+    /// <inheritdoc />
+    public void ActivationForward(Activation act, Tensor x, Tensor y)
+    {
+        float* px = Ptr(x);
+        float* py = Ptr(y);
+        Chunked(y.Numel, (s, n) =>
+        {
+            var xs = Span(px + s, n);
+            var ys = Span(py + s, n);
+            switch (act)
+            {
+                case Activation.Silu:
+                    Activations.Silu(xs, ys);
+                    break;
+                case Activation.Gelu:
+                    Activations.Gelu(xs, ys);
+                    break;
+                default:
+                    throw new ArgumentOutOfRangeException(nameof(act));
+            }
+        });
+    }
+
+    /// <inheritdoc />
+    public void ActivationBackward(Activation act, Tensor x, Tensor dy, Tensor dx)
+    {
+        float* px = Ptr(x);
+        float* pdy = Ptr(dy);
+        float* pdx = Ptr(dx);
+        Chunked(dx.Numel, (s, n) =>
+        {
+            var xs = Span(px + s, n);
+            var gs = Span(pdy + s, n);
+            var ds = Span(pdx + s, n);
+            switch (act)
+            {
+                case Activation.Silu:
+                    Activations.SiluBackward(xs, gs, ds);
+                    break;
+                case Activation.Gelu:
+                    Activations.GeluBackward(xs, gs, ds);
+                    break;
+                default:
+                    throw new ArgumentOutOfRangeException(nameof(act));
+            }
+        });
+    }
+
+    /// <inheritdoc />
+    public void GegluForward(int rows, int hidden, Tensor x, Tensor y)
+    {
+        float* px = Ptr(x);
+        float* py = Ptr(y);
+        For(rows, hidden * 8, r =>
+        {
+            float* xr = px + (long)r * 2 * hidden;
+            var yr = Span(py + (long)r * hidden, hidden);
+            Activations.Gelu(Span(xr + hidden, hidden), yr);
+            TensorPrimitives.Multiply(Span(xr, hidden), yr, yr);
+        });
+    }
+
+    /// <inheritdoc />
+    public void GegluBackward(int rows, int hidden, Tensor x, Tensor dy, Tensor dx)
+    {
+        float* px = Ptr(x);
+        float* pdy = Ptr(dy);
+        float* pdx = Ptr(dx);
+        For(rows, hidden * 12, r =>
+        {
+            float* xr = px + (long)r * 2 * hidden;
+            var dyr = Span(pdy + (long)r * hidden, hidden);
+            float* dxr = pdx + (long)r * 2 * hidden;
+            var da = Span(dxr, hidden);
+            var dg = Span(dxr + hidden, hidden);
+
+            // d(a) = dy * gelu(g); d(g) = dy * a * gelu'(g).
+            Activations.Gelu(Span(xr + hidden, hidden), da);
+            TensorPrimitives.Multiply(da, dyr, da);
+            TensorPrimitives.Multiply(dyr, Span(xr, hidden), dg);
+            Activations.GeluBackward(Span(xr + hidden, hidden), dg, dg);
+        });
+    }
+
+    /// <inheritdoc />
+    public void SoftmaxForward(int rows, int cols, Tensor x, Tensor y)
+    {
+        float* px = Ptr(x);
+        float* py = Ptr(y);
+        For(rows, cols * 4, r => TensorPrimitives.SoftMax(Span(px + (long)r * cols, cols), Span(py + (long)r * cols, cols)));
+    }
+
+    /// <inheritdoc />
+    public void SoftmaxBackward(int rows, int cols, Tensor y, Tensor dy, Tensor dx)
+    {
+        float* py = Ptr(y);
+        float* pdy = Ptr(dy);
+        float* pdx = Ptr(dx);
+        For(rows, cols * 4, r =>
+        {
+            var yr = Span(py + (long)r * cols, cols);
+            var gr = Span(pdy + (long)r * cols, cols);
+            var dr = Span(pdx + (long)r * cols, cols);
+            float dot = TensorPrimitives.Dot(yr, gr);
+            TensorPrimitives.Subtract(gr, dot, dr);
+            TensorPrimitives.Multiply(dr, yr, dr);
+        });
+    }
+
+    private sealed class HostMemory(long limit) : IRawMemory
+    {
+        private long _held;
+
+        public nint Alloc(long bytes)
+        {
+            if (limit > 0 && Interlocked.Add(ref _held, bytes) > limit)
+            {
+                Interlocked.Add(ref _held, -bytes);
+                return 0;
+            }
+
+            try
+            {
+                return (nint)NativeMemory.AlignedAlloc((nuint)bytes, 64);
+            }
+            catch (OutOfMemoryException)
+            {
+                return 0;
+            }
+        }
+
+        public void Free(nint handle, long bytes)
+        {
+            NativeMemory.AlignedFree((void*)handle);
+            if (limit > 0)
+            {
+                Interlocked.Add(ref _held, -bytes);
+            }
+        }
+
+        public void Poison(nint handle, long bytes) => new Span<uint>((void*)handle, checked((int)(bytes / 4))).Fill(0x7FC00000u);
+    }
+}

@@ -1,0 +1,85 @@
+using Mobius.Engine.Autograd;
+
+namespace Mobius.Engine;
+
+/// <summary>Normalisation ops.</summary>
+public static partial class Ops
+{
+    /// <summary>
+    /// Group norm of x [N*T, C, ...] with <paramref name="groups"/> groups, statistics over T consecutive
+    /// entries of the first dimension together (T = <paramref name="frames"/>: 1 for per-image norms,
+    /// the clip length for the clip-wide norm of temporal layers); optionally fused with SiLU.
+    /// </summary>
+    public static Tensor GroupNorm(Tensor x, Tensor gamma, Tensor beta, int groups, int frames = 1, bool silu = false, float eps = 1e-5f)
+    {
+        string op = silu ? "group_norm_silu" : "group_norm";
+        var backend = Check.Same(op, x, gamma, beta);
+        Check.MinRank(op, x, 2);
+        int c = x.Dim(1);
+        Check.That(op, groups > 0 && c % groups == 0, $"{c} channels of {x.Shape} do not split into {groups} groups.");
+        Check.That(op, frames > 0 && x.Dim(0) % frames == 0, $"{x.Dim(0)} entries of {x.Shape} are not groups of {frames} frames.");
+        Check.Shape(op, gamma, new Shape(c), "gamma");
+        Check.Shape(op, beta, new Shape(c), "beta");
+        var s = new GroupNormShape(x.Dim(0) / frames, frames, c, (int)x.Shape.Product(2, x.Shape.Rank), groups, eps);
+        var y = Tensor.Empty(backend, x.Shape);
+        var mean = Tensor.Empty(backend, new Shape(s.N, groups));
+        var rstd = Tensor.Empty(backend, new Shape(s.N, groups));
+        backend.GroupNormForward(s, x, gamma, beta, y, mean, rstd, silu);
+        var node = Tape.Record(op, x, gamma, beta);
+        if (node is not null)
+        {
+            var sx = node.Save(x);
+            var sm = node.Save(mean);
+            var sr = node.Save(rstd);
+            var sg = node.Save(gamma);
+            var sb = node.Save(beta);
+            node.Finish(y, g =>
+            {
+                var dx = node.NeedsGrad(0) ? Tensor.Empty(g.Backend, x.Shape) : null;
+                var dgamma = node.NeedsGrad(1) ? Tensor.Empty(g.Backend, gamma.Shape) : null;
+                var dbeta = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, beta.Shape) : null;
+                g.Backend.GroupNormBackward(s, sx, sg, sb, sm, sr, g, dx, dgamma, dbeta, silu);
+                return [dx, dgamma, dbeta];
+            });
+        }
+
+        mean.Dispose();
+        rstd.Dispose();
+        return y;
+    }
+
+    /// <summary>Layer norm over the last dimension of x, with gamma and beta of that length.</summary>
+    public static Tensor LayerNorm(Tensor x, Tensor gamma, Tensor beta, float eps = 1e-5f)
+    {
+        const string op = "layer_norm";
+        var backend = Check.Same(op, x, gamma, beta);
+        int cols = x.Dim(-1);
+        int rows = (int)(x.Numel / cols);
+        Check.Shape(op, gamma, new Shape(cols), "gamma");
+        Check.Shape(op, beta, new Shape(cols), "beta");
+        var y = Tensor.Empty(backend, x.Shape);
+        var mean = Tensor.Empty(backend, new Shape(rows));
+        var rstd = Tensor.Empty(backend, new Shape(rows));
+        backend.LayerNormForward(rows, cols, eps, x, gamma, beta, y, mean, rstd);
+        var node = Tape.Record(op, x, gamma, beta);
+        if (node is not null)
+        {
+            var sx = node.Save(x);
+            var sm = node.Save(mean);
+            var sr = node.Save(rstd);
+            var sg = node.Save(gamma);
+            node.Finish(y, g =>
+            {
+                var dx = node.NeedsGrad(0) ? Tensor.Empty(g.Backend, x.Shape) : null;
+                var dgamma = node.NeedsGrad(1) ? Tensor.Empty(g.Backend, gamma.Shape) : null;
+                var dbeta = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, beta.Shape) : null;
+                g.Backend.LayerNormBackward(rows, cols, sx, sg, sm, sr, g, dx, dgamma, dbeta);
+                return [dx, dgamma, dbeta];
+            });
+        }
+
+        mean.Dispose();
+        rstd.Dispose();
+        return y;
+    }
+}
