@@ -1,0 +1,214 @@
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Engine.NN;
+using Xunit;
+
+namespace Mobius.Tests.Engine;
+
+/// <summary>The rules of the tape: what is recorded, what is kept, who gets a gradient.</summary>
+public abstract class AutogradTests(BackendFixture fixture)
+{
+    private IBackend B => fixture.Backend;
+
+    private Tensor Leaf(Rng r, params int[] dims) => Tensor.FromArray(B, r.Uniform(new Shape(dims).Numel), new Shape(dims)).SetRequiresGrad();
+
+    private Tensor Data(Rng r, params int[] dims) => Tensor.FromArray(B, r.Uniform(new Shape(dims).Numel), new Shape(dims));
+
+    [Fact]
+    public void A_frozen_layer_in_the_middle_passes_input_gradients_but_gets_none()
+    {
+        var r = new Rng(Seeds.One);
+        var rng = new Random(r.Seed);
+        using var tape = Tape.Begin();
+        using var a = new Linear(B, rng, 5, 6);
+        using var frozen = new Linear(B, rng, 6, 6);
+        using var c = new Linear(B, rng, 6, 3);
+        frozen.Freeze();
+        using var x = Data(r, 4, 5);
+
+        float[] GradOfA()
+        {
+            using var h1 = a.Forward(x);
+            using var h2 = frozen.Forward(h1);
+            using var h3 = c.Forward(h2);
+            using var loss = Ops.Sum(h3);
+            loss.Backward();
+            var g = a.Weight.Grad!.ToArray();
+            a.Weight.ClearGrad();
+            a.Bias!.ClearGrad();
+            c.Weight.ClearGrad();
+            c.Bias!.ClearGrad();
+            return g;
+        }
+
+        var gradThroughFrozen = GradOfA();
+        Assert.Null(frozen.Weight.Grad);
+        Assert.Null(frozen.Bias!.Grad);
+
+        // The same gradient must reach `a` whether or not the middle layer is frozen.
+        frozen.Unfreeze();
+        var gradThroughTrainable = GradOfA();
+        frozen.Weight.ClearGrad();
+        frozen.Bias.ClearGrad();
+        Close.All(gradThroughFrozen, gradThroughTrainable, 1e-6, 1e-6, "grad of a");
+        Assert.Contains(gradThroughFrozen, v => v != 0);
+    }
+
+    [Fact]
+    public void A_frozen_convolution_keeps_no_activation_for_its_input_gradient()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var conv = new Conv2d(B, new Random(r.Seed), 3, 4, 3);
+        conv.Freeze();
+        using var x = Leaf(r, 2, 3, 5, 5);
+        using var y = conv.Forward(x);
+        Assert.Equal(1, tape.NodeCount);
+        Assert.Equal(0, tape.SavedBytes);
+
+        // The trainable case keeps the input (for the weight gradient).
+        conv.Unfreeze();
+        using var y2 = conv.Forward(x);
+        Assert.Equal(x.Bytes, tape.SavedBytes);
+        tape.Clear();
+        Assert.Equal(0, tape.SavedBytes);
+    }
+
+    [Fact]
+    public void NoGrad_records_nothing_and_outputs_need_no_gradient()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 3, 4);
+        using (Tape.NoGrad())
+        {
+            using var y = Ops.Silu(x);
+            using var z = Ops.Sum(y);
+            Assert.False(y.RequiresGrad);
+            Assert.False(z.RequiresGrad);
+            Assert.Equal(0, tape.NodeCount);
+            Assert.Throws<AutogradException>(() => z.Backward());
+        }
+
+        using var w = Ops.Silu(x);
+        Assert.True(w.RequiresGrad);
+        Assert.Equal(1, tape.NodeCount);
+    }
+
+    [Fact]
+    public void Ops_on_tensors_that_need_no_gradient_record_nothing()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Data(r, 3, 4);
+        using var y = Ops.Gelu(x);
+        Assert.False(y.RequiresGrad);
+        Assert.Equal(0, tape.NodeCount);
+        Assert.Equal(0, tape.SavedBytes);
+    }
+
+    [Fact]
+    public void Detach_cuts_the_graph()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 3, 4);
+        using var y = Ops.Silu(x);
+        using var d = Ops.Detach(y);
+        Assert.False(d.RequiresGrad);
+        using var z = Ops.Mul(d, x);
+        using var loss = Ops.Sum(z);
+        loss.Backward();
+
+        // d(sum(d * x))/dx = d, with d treated as a constant.
+        Close.All(x.Grad!.ToArray(), d.ToArray(), 0, 0, "grad through detached factor");
+    }
+
+    [Fact]
+    public void Saved_bytes_return_to_zero_after_backward_and_gradients_accumulate()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 4, 6);
+        for (int round = 1; round <= 2; round++)
+        {
+            using var y = Ops.Silu(x);
+            using var z = Ops.Mul(y, y);
+            using var loss = Ops.Sum(z);
+            Assert.True(tape.SavedBytes > 0);
+            Assert.Equal(3, tape.NodeCount);
+            loss.Backward();
+            Assert.Equal(0, tape.SavedBytes);
+            Assert.Equal(0, tape.NodeCount);
+            Assert.Equal(0, B.Memory.Current(MemoryCategory.SavedActivations));
+        }
+
+        // Two identical backward passes accumulate twice the gradient of one.
+        var twice = x.Grad!.ToArray();
+        x.ClearGrad();
+        using (var y = Ops.Silu(x))
+        using (var z = Ops.Mul(y, y))
+        using (var loss = Ops.Sum(z))
+        {
+            loss.Backward();
+        }
+
+        Close.All(twice, x.Grad!.ToArray().Select(v => 2 * v).ToArray(), 1e-6, 1e-6, "accumulated gradient");
+        x.ClearGrad();
+    }
+
+    [Fact]
+    public void Tape_reports_nodes_and_saved_bytes_by_layer_kind()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 2, 8);
+        Tensor a, b;
+        using (Tape.Kind("Spatial"))
+        {
+            a = Ops.Silu(x);
+        }
+
+        using (Tape.Kind("Temporal"))
+        {
+            b = Ops.Gelu(a);
+        }
+
+        var stats = tape.StatsByKind;
+        Assert.Equal(1, stats["Spatial"].Nodes);
+        Assert.Equal(x.Bytes, stats["Spatial"].SavedBytes);
+        Assert.Equal(1, stats["Temporal"].Nodes);
+        Assert.Equal(a.Bytes, stats["Temporal"].SavedBytes);
+        a.Dispose();
+        b.Dispose();
+        tape.Clear();
+        Assert.Empty(tape.StatsByKind);
+    }
+
+    [Fact]
+    public void Backward_twice_is_an_error()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 3);
+        using var loss = Ops.Sum(x);
+        loss.Backward();
+        var e = Assert.Throws<AutogradException>(() => loss.Backward());
+        Assert.Contains("already", e.Message);
+        x.ClearGrad();
+    }
+
+    [Fact]
+    public void A_non_finite_loss_is_reported_when_asked()
+    {
+        using var tape = Tape.Begin();
+        using var a = Tensor.FromArray(B, [1f, float.NaN, 2f], new Shape(3)).SetRequiresGrad();
+        using var b = Tensor.FromArray(B, [0f, 1f, 2f], new Shape(3));
+        using var loss = Ops.MseLoss(a, b);
+        var e = Assert.Throws<NonFiniteException>(() => loss.Backward(checkFinite: true));
+        Assert.Equal("mse_loss", e.Op);
+        Assert.Contains("[3]", e.Message);
+    }
+}
+
+public sealed class CpuAutogradTests(CpuFixture f) : AutogradTests(f), IClassFixture<CpuFixture>;
