@@ -349,3 +349,24 @@ public static partial class Ops
         return y;
     }
 }
+
+/// <summary>Helpers for writing forward passes that free intermediates as early as possible.</summary>
+public static class TensorExtensions
+{
+    /// <summary>
+    /// Applies <paramref name="next"/> to <paramref name="x"/> and disposes <paramref name="x"/>:
+    /// <c>h = h.Then(conv.Forward)</c> keeps exactly one intermediate alive (the tape keeps what it saved).
+    /// </summary>
+    public static Tensor Then(this Tensor x, Func<Tensor, Tensor> next)
+    {
+        ArgumentNullException.ThrowIfNull(next);
+        try
+        {
+            return next(x);
+        }
+        finally
+        {
+            x.Dispose();
+        }
+    }
+}

@@ -9,6 +9,7 @@ public abstract class Module : IDisposable
 {
     private readonly List<(string Name, Parameter Parameter)> _parameters = new();
     private readonly List<(string Name, Module Module)> _children = new();
+    private readonly List<Tensor> _buffers = new();
     private bool _disposed;
 
     /// <summary>Creates a module whose parameters live on <paramref name="backend"/>.</summary>
@@ -115,6 +116,11 @@ public abstract class Module : IDisposable
             c.Dispose();
         }
 
+        foreach (var b in _buffers)
+        {
+            b.Dispose();
+        }
+
         GC.SuppressFinalize(this);
     }
 
@@ -125,6 +131,14 @@ public abstract class Module : IDisposable
         var p = Parameter.Create(Backend, name, shape, values);
         _parameters.Add((name, p));
         return p;
+    }
+
+    /// <summary>Creates a constant tensor owned by this module (not a parameter, not in the state dict).</summary>
+    protected Tensor AddBuffer(Shape shape, float[] values)
+    {
+        var t = Tensor.FromArray(Backend, values, shape, MemoryCategory.Weights);
+        _buffers.Add(t);
+        return t;
     }
 
     /// <summary>Registers a child module under <paramref name="name"/>.</summary>

@@ -1,0 +1,100 @@
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Engine.NN;
+
+namespace Mobius.Model.Layers;
+
+/// <summary>
+/// The two bridges of the parallel topology (our reading of the paper's "double bridge"): at every
+/// block the spatial chain's output enters the temporal ring (<see cref="Enter"/>, spatial input
+/// detached, so no gradient reaches the spatial layers), and at the end the ring joins the output
+/// through a small fuse network whose last convolution is zero-initialised (<see cref="Exit"/>), so at
+/// initialisation the model predicts exactly what the frozen text-to-image UNet predicts. Subclasses
+/// are other readings; <see cref="Create"/> picks one by name.
+/// </summary>
+public abstract class Bridge : Module
+{
+    /// <summary>Creates the fuse (GN, SiLU, conv3x3 to the latent channels, zero-initialised).</summary>
+    protected Bridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
+        : base(backend)
+    {
+        FuseNorm = AddModule("fuse_norm", new GroupNorm(backend, groups, ringChannels));
+        FuseConv = AddModule("fuse_conv", new Conv2d(backend, rng, ringChannels, outChannels, 3, zeroInit: true));
+    }
+
+    /// <summary>Norm of the fuse.</summary>
+    public GroupNorm FuseNorm { get; }
+
+    /// <summary>Zero-initialised output convolution of the fuse.</summary>
+    public Conv2d FuseConv { get; }
+
+    /// <summary>
+    /// Bridge 1: the input of block <paramref name="block"/>'s temporal layers from the ring state
+    /// (null before the first block) and the block's spatial output (no gradient).
+    /// </summary>
+    public abstract Tensor Enter(int block, Tensor? ring, Tensor spatial);
+
+    /// <summary>Bridge 2: the ring's contribution to the predicted noise.</summary>
+    public Tensor Exit(Tensor ring)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return FuseNorm.Forward(ring, silu: true).Then(FuseConv.Forward);
+    }
+
+    /// <summary>The bridge named by a config ("additive" or "gated").</summary>
+    public static Bridge Create(string name, IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups) => name switch
+    {
+        "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups),
+        "gated" => new GatedBridge(backend, rng, blockChannels, outChannels, groups),
+        _ => throw new ArgumentException($"unknown bridge '{name}'; known: additive, gated."),
+    };
+}
+
+/// <summary>The default bridge: the ring carries t + s' from block to block.</summary>
+public sealed class AdditiveBridge : Bridge
+{
+    /// <summary>Creates the bridge.</summary>
+    public AdditiveBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
+        : base(backend, rng, ringChannels, outChannels, groups)
+    {
+    }
+
+    /// <inheritdoc />
+    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
+    }
+}
+
+/// <summary>A gated reading: s' + g_b * t with a learned per-channel gate per block (initialised to 1).</summary>
+public sealed class GatedBridge : Bridge
+{
+    private readonly Parameter[] _gates;
+
+    /// <summary>Creates the bridge with one gate vector per block.</summary>
+    public GatedBridge(IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups)
+        : base(backend, rng, blockChannels[^1], outChannels, groups)
+    {
+        _gates = blockChannels.Select((c, i) => AddParameter($"gate{i}", new Shape(c), Init.Constant(c, 1f))).ToArray();
+    }
+
+    /// <inheritdoc />
+    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        if (ring is null)
+        {
+            return Ops.Reshape(spatial, spatial.Shape.ToArray());
+        }
+
+        using var gated = Ops.Mul(ring, Broadcast(_gates[block], ring));
+        return Ops.Add(gated, spatial);
+    }
+
+    private static Tensor Broadcast(Tensor gate, Tensor like)
+    {
+        using var zeros = Tensor.Zeros(like.Backend, like.Shape);
+        return Ops.AddBias(zeros, gate, 1);
+    }
+}

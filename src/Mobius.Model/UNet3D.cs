@@ -1,0 +1,408 @@
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Engine.NN;
+using Mobius.Model.Layers;
+
+namespace Mobius.Model;
+
+/// <summary>How the temporal layers are wired to the spatial (text-to-image) layers.</summary>
+public enum Topology
+{
+    /// <summary>The text-to-image UNet alone, frames as a batch of images (stage 1, and the reference).</summary>
+    Spatial,
+
+    /// <summary>The usual 3D-UNet: temporal layers follow spatial layers; gradients flow through both.</summary>
+    Serial,
+
+    /// <summary>Mobius: a spatial chain (inference-only) and a temporal ring side by side.</summary>
+    Parallel,
+}
+
+/// <summary>
+/// One block of the UNet: a spatial pair (ResBlock2D, optional SpatialTransformer) and a temporal pair
+/// (TemporalConv, optional TemporalTransformer). The two topologies differ only in how these four
+/// layers are chained; both are here, side by side.
+/// </summary>
+public sealed class UNetBlock : Module
+{
+    /// <summary>Creates the block; <paramref name="temporal"/> = false builds the text-to-image block only.</summary>
+    public UNetBlock(IBackend backend, Random rng, ModelConfig config, int inChannels, int outChannels, bool attention, bool temporal)
+        : base(backend)
+    {
+        int embed = 4 * config.Channels[0];
+        Res = AddModule("res", new ResBlock2D(backend, rng, inChannels, outChannels, embed, config.Groups));
+        Attn = attention ? AddModule("attn", new SpatialTransformer(backend, rng, outChannels, config.HeadDim, config.TextWidth, config.Groups, config.FfMult)) : null;
+        if (temporal)
+        {
+            TempConv = AddModule("temp_conv", new TemporalConvLayer(backend, rng, outChannels, config.Groups));
+            TempAttn = attention ? AddModule("temp_attn", new TemporalTransformer(backend, rng, outChannels, config.HeadDim, config.Groups, config.FfMult)) : null;
+        }
+
+        OutChannels = outChannels;
+    }
+
+    /// <summary>Channels this block outputs.</summary>
+    public int OutChannels { get; }
+
+    /// <summary>Spatial residual block.</summary>
+    public ResBlock2D Res { get; }
+
+    /// <summary>Spatial transformer, or null.</summary>
+    public SpatialTransformer? Attn { get; }
+
+    /// <summary>Temporal convolution layer, or null in a text-to-image block.</summary>
+    public TemporalConvLayer? TempConv { get; }
+
+    /// <summary>Temporal transformer, or null.</summary>
+    public TemporalTransformer? TempAttn { get; }
+
+    /// <summary>Serial 3D-UNet: h' = TA(SA(TC(R(h, e)), c)). Gradients to the temporal layers cross every spatial layer.</summary>
+    public Tensor Serial(Tensor h, Tensor e, Tensor c, int frames)
+    {
+        var x = Res.Forward(h, e).Then(t => TempConv!.Forward(t, frames));
+        return Attn is null ? x : x.Then(t => Attn.Forward(t, c)).Then(t => TempAttn!.Forward(t, frames));
+    }
+
+    /// <summary>Spatial chain (and the text-to-image UNet): s' = SA(R(s, e), c).</summary>
+    public Tensor Spatial(Tensor s, Tensor e, Tensor c)
+    {
+        var x = Res.Forward(s, e);
+        return Attn is null ? x : x.Then(t => Attn.Forward(t, c));
+    }
+
+    /// <summary>Temporal ring: t' = TA(TC(u)), u = the bridged ring input.</summary>
+    public Tensor Temporal(Tensor u, int frames)
+    {
+        var x = TempConv!.Forward(u, frames);
+        return TempAttn is null ? x : x.Then(t => TempAttn.Forward(t, frames));
+    }
+}
+
+/// <summary>
+/// A text-to-video 3D-UNet (ModelScope-T2V / diffusers UNet3DConditionModel shaped) in one of three
+/// topologies. Spatial parameters have the same names in every topology, so one text-to-image
+/// checkpoint loads into any of them.
+/// </summary>
+public sealed class UNet3D : Module
+{
+    private readonly List<Step> _plan = new();
+    private readonly Dictionary<int, int> _ringProjection = new();
+
+    /// <summary>Builds the network for <paramref name="config"/> in <paramref name="topology"/>, initialised from <paramref name="seed"/>.</summary>
+    public UNet3D(IBackend backend, ModelConfig config, Topology topology, int seed)
+        : base(backend)
+    {
+        config.Validate();
+        Config = config;
+        Topology = topology;
+        var rng = new Random(seed);
+        int c0 = config.Channels[0];
+        bool temporal = topology != Topology.Spatial;
+
+        ConvIn = AddModule("conv_in", new Conv2d(backend, rng, config.LatentChannels, c0, 3));
+        Time = AddModule("time_embedding", new TimestepEmbedding(backend, rng, c0, 4 * c0));
+        Down = AddModule("down", new ModuleList<UNetBlock>(backend));
+        Downsamplers = AddModule("downsample", new ModuleList<Downsample>(backend));
+        Mid = AddModule("mid", new ModuleList<UNetBlock>(backend));
+        Up = AddModule("up", new ModuleList<UNetBlock>(backend));
+        Upsamplers = AddModule("upsample", new ModuleList<Upsample>(backend));
+
+        int ch = c0;
+        var skips = new Stack<int>([c0]);
+        var blockChannels = new List<int>();
+        void Block(ModuleList<UNetBlock> list, int inCh, int outCh, bool attention, bool pop, bool push)
+        {
+            list.Add(new UNetBlock(backend, rng, config, inCh, outCh, attention, temporal));
+            _plan.Add(new Step(StepKind.Block, list, list.Count - 1, pop, push, blockChannels.Count));
+            blockChannels.Add(outCh);
+        }
+
+        int levels = config.Channels.Length;
+        for (int l = 0; l < levels; l++)
+        {
+            for (int j = 0; j < config.LayersPerLevel; j++)
+            {
+                Block(Down, ch, config.Channels[l], config.Attention[l], pop: false, push: true);
+                ch = config.Channels[l];
+                skips.Push(ch);
+            }
+
+            if (l < levels - 1)
+            {
+                Downsamplers.Add(new Downsample(backend, rng, ch));
+                _plan.Add(new Step(StepKind.Down, null, Downsamplers.Count - 1, false, true, -1));
+                skips.Push(ch);
+            }
+        }
+
+        Block(Mid, ch, ch, attention: true, pop: false, push: false);
+        Block(Mid, ch, ch, attention: false, pop: false, push: false);
+
+        for (int l = levels - 1; l >= 0; l--)
+        {
+            for (int j = 0; j <= config.LayersPerLevel; j++)
+            {
+                Block(Up, ch + skips.Pop(), config.Channels[l], config.Attention[l], pop: true, push: false);
+                ch = config.Channels[l];
+            }
+
+            if (l > 0)
+            {
+                Upsamplers.Add(new Upsample(backend, rng, ch));
+                _plan.Add(new Step(StepKind.Up, null, Upsamplers.Count - 1, false, false, -1));
+            }
+        }
+
+        NormOut = AddModule("norm_out", new GroupNorm(backend, config.Groups, c0));
+        ConvOut = AddModule("conv_out", new Conv2d(backend, rng, c0, config.LatentChannels, 3));
+
+        if (topology == Topology.Parallel)
+        {
+            // The ring carries its state from block to block; where the channel count changes, a
+            // trainable 1x1 convolution adapts it (resolution changes need no parameters).
+            RingProjections = AddModule("ring_proj", new ModuleList<Conv2d>(backend));
+            for (int b = 1; b < blockChannels.Count; b++)
+            {
+                if (blockChannels[b] != blockChannels[b - 1])
+                {
+                    _ringProjection[b] = RingProjections.Count;
+                    RingProjections.Add(new Conv2d(backend, rng, blockChannels[b - 1], blockChannels[b], 1));
+                }
+            }
+
+            Bridge = AddModule("bridge", Layers.Bridge.Create(config.Bridge, backend, rng, blockChannels.ToArray(), config.LatentChannels, config.Groups));
+        }
+    }
+
+    /// <summary>The configuration.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>The topology.</summary>
+    public Topology Topology { get; }
+
+    /// <summary>Latent-to-feature convolution.</summary>
+    public Conv2d ConvIn { get; }
+
+    /// <summary>Timestep embedding MLP.</summary>
+    public TimestepEmbedding Time { get; }
+
+    /// <summary>Blocks on the way down.</summary>
+    public ModuleList<UNetBlock> Down { get; }
+
+    /// <summary>Stride-2 convolutions between levels.</summary>
+    public ModuleList<Downsample> Downsamplers { get; }
+
+    /// <summary>The two middle blocks.</summary>
+    public ModuleList<UNetBlock> Mid { get; }
+
+    /// <summary>Blocks on the way up.</summary>
+    public ModuleList<UNetBlock> Up { get; }
+
+    /// <summary>Upsampling layers between levels.</summary>
+    public ModuleList<Upsample> Upsamplers { get; }
+
+    /// <summary>Output norm.</summary>
+    public GroupNorm NormOut { get; }
+
+    /// <summary>Feature-to-latent convolution.</summary>
+    public Conv2d ConvOut { get; }
+
+    /// <summary>Channel adapters of the temporal ring (parallel only).</summary>
+    public ModuleList<Conv2d>? RingProjections { get; }
+
+    /// <summary>The spatial-to-temporal and temporal-to-output bridges (parallel only).</summary>
+    public Bridge? Bridge { get; }
+
+    /// <summary>All blocks in forward order.</summary>
+    public IEnumerable<UNetBlock> Blocks => Down.Concat(Mid).Concat(Up);
+
+    /// <summary>Parameters of the temporal layers, ring and bridges: what stage 2 trains.</summary>
+    public IEnumerable<(string Name, Parameter Parameter)> TemporalParameters() =>
+        NamedParameters().Where(np => IsTemporal(np.Name));
+
+    /// <summary>Parameters of the text-to-image UNet: what stage 1 trains and stage 2 freezes.</summary>
+    public IEnumerable<(string Name, Parameter Parameter)> SpatialParameters() =>
+        NamedParameters().Where(np => !IsTemporal(np.Name));
+
+    /// <summary>Whether a parameter name belongs to the temporal side.</summary>
+    public static bool IsTemporal(string name) =>
+        name.Contains(".temp_conv.", StringComparison.Ordinal) || name.Contains(".temp_attn.", StringComparison.Ordinal)
+        || name.StartsWith("ring_proj.", StringComparison.Ordinal) || name.StartsWith("bridge.", StringComparison.Ordinal);
+
+    /// <summary>Freezes the text-to-image part (stage 2).</summary>
+    public void FreezeSpatial()
+    {
+        foreach (var (_, p) in SpatialParameters())
+        {
+            p.Frozen = true;
+        }
+    }
+
+    /// <summary>
+    /// Predicts the noise of latents <paramref name="x"/> [B*F, C, H, W] at <paramref name="timesteps"/>
+    /// (one per image) given a text context [B*F, L, D]; <paramref name="frames"/> consecutive images form a clip.
+    /// </summary>
+    public Tensor Forward(Tensor x, ReadOnlySpan<int> timesteps, Tensor context, int frames)
+    {
+        if (x.Dim(0) % frames != 0 || timesteps.Length != x.Dim(0) || context.Dim(0) != x.Dim(0))
+        {
+            throw new ShapeMismatchException("unet3d", $"latents {x.Shape}, {timesteps.Length} timesteps and context {context.Shape} do not describe clips of {frames} frames.");
+        }
+
+        // In the parallel topology even the time embedding belongs to the inference-only spatial chain.
+        Tensor e;
+        using (Topology == Topology.Parallel ? Tape.NoGrad() : default)
+        {
+            e = Time.Forward(timesteps);
+        }
+
+        using var embedding = e;
+        return Topology == Topology.Parallel ? ForwardParallel(x, e, context, frames) : ForwardSerial(x, e, context, frames);
+    }
+
+    private Tensor ForwardSerial(Tensor x, Tensor e, Tensor c, int frames)
+    {
+        var skips = new Stack<Tensor>();
+        var h = ConvIn.Forward(x);
+        skips.Push(Alias(h));
+        try
+        {
+            foreach (var step in _plan)
+            {
+                h = step.Kind switch
+                {
+                    StepKind.Block => h.Then(t => RunBlock(step, t, skips, u =>
+                        Topology == Topology.Spatial ? step.Block.Spatial(u, e, c) : step.Block.Serial(u, e, c, frames))),
+                    StepKind.Down => h.Then(Downsamplers[step.Index].Forward),
+                    _ => h.Then(Upsamplers[step.Index].Forward),
+                };
+                if (step.PushSkip)
+                {
+                    skips.Push(Alias(h));
+                }
+            }
+
+            return h.Then(OutHead);
+        }
+        finally
+        {
+            DisposeAll(skips);
+        }
+    }
+
+    private Tensor ForwardParallel(Tensor x, Tensor e, Tensor c, int frames)
+    {
+        var skips = new Stack<Tensor>();
+        Tensor s;
+        Tensor? ring = null;
+        using (Tape.NoGrad())
+        {
+            s = ConvIn.Forward(x);
+        }
+
+        skips.Push(Alias(s));
+        try
+        {
+            foreach (var step in _plan)
+            {
+                // Spatial chain: the frozen text-to-image UNet, inference only, nothing on the tape.
+                using (Tape.NoGrad())
+                {
+                    s = step.Kind switch
+                    {
+                        StepKind.Block => s.Then(t => RunBlock(step, t, skips, u => step.Block.Spatial(u, e, c))),
+                        StepKind.Down => s.Then(Downsamplers[step.Index].Forward),
+                        _ => s.Then(Upsamplers[step.Index].Forward),
+                    };
+                    if (step.PushSkip)
+                    {
+                        skips.Push(Alias(s));
+                    }
+                }
+
+                // Temporal ring: the only place gradients flow.
+                using (Tape.Kind("TemporalRing"))
+                {
+                    ring = step.Kind switch
+                    {
+                        StepKind.Block => RingBlock(step, ring, s, frames),
+                        StepKind.Down => ring?.Then(Ops.AvgPool2x2),
+                        _ => ring?.Then(Ops.Upsample2x),
+                    };
+                }
+            }
+
+            Tensor spatialOut;
+            using (Tape.NoGrad())
+            {
+                spatialOut = s.Then(OutHead);
+            }
+
+            using (spatialOut)
+            using (var temporalOut = Bridge!.Exit(ring!))
+            using (Tape.Kind(nameof(Layers.Bridge)))
+            {
+                return Ops.Add(spatialOut, temporalOut);
+            }
+        }
+        finally
+        {
+            ring?.Dispose();
+            DisposeAll(skips);
+        }
+    }
+
+    /// <summary>Bridge 1 into the block's temporal layers: u = Enter(adapt(t), s'), then t' = TA(TC(u)).</summary>
+    private Tensor RingBlock(Step step, Tensor? ring, Tensor spatial, int frames)
+    {
+        if (ring is not null && _ringProjection.TryGetValue(step.Ordinal, out int p))
+        {
+            ring = ring.Then(RingProjections![p].Forward);
+        }
+
+        using var u = Bridge!.Enter(step.Ordinal, ring, spatial);
+        ring?.Dispose();
+        return step.Block.Temporal(u, frames);
+    }
+
+    private static Tensor RunBlock(Step step, Tensor h, Stack<Tensor> skips, Func<Tensor, Tensor> block)
+    {
+        if (!step.PopSkip)
+        {
+            return block(h);
+        }
+
+        using var skip = skips.Pop();
+        using var joined = Ops.Concat(1, h, skip);
+        return block(joined);
+    }
+
+    private Tensor OutHead(Tensor h)
+    {
+        using var kind = Tape.Kind("OutHead");
+        return NormOut.Forward(h, silu: true).Then(ConvOut.Forward);
+    }
+
+    /// <summary>A second handle on the same tensor that keeps its place in the graph (a skip connection).</summary>
+    private static Tensor Alias(Tensor t) => Ops.Reshape(t, t.Shape.ToArray());
+
+    private static void DisposeAll(Stack<Tensor> tensors)
+    {
+        while (tensors.Count > 0)
+        {
+            tensors.Pop().Dispose();
+        }
+    }
+
+    private enum StepKind
+    {
+        Block,
+        Down,
+        Up,
+    }
+
+    private sealed record Step(StepKind Kind, ModuleList<UNetBlock>? List, int Index, bool PopSkip, bool PushSkip, int Ordinal)
+    {
+        public UNetBlock Block => List![Index];
+    }
+}
