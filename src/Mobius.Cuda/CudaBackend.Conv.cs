@@ -1,0 +1,150 @@
+using Mobius.Cuda.Interop;
+using Mobius.Engine;
+
+namespace Mobius.Cuda;
+
+/// <summary>
+/// Spatial convolutions on cuDNN's legacy API: descriptors and algorithm choices cached per shape,
+/// FMA math (strict fp32, no TF32, so results match the CPU backend), workspace from our allocator.
+/// The parallel topology's spatial chain calls only <see cref="Conv2dForward"/>: inference-only.
+/// </summary>
+public sealed unsafe partial class CudaBackend
+{
+    private readonly Dictionary<Conv2dShape, ConvPlan> _convPlans = new();
+
+    /// <inheritdoc />
+    public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
+    {
+        MakeCurrent();
+        var plan = Plan(s);
+        float one = 1f, zero = 0f;
+        using (var ws = Workspace(plan.FwdWorkspace))
+        {
+            Cudnn.Check(Cudnn.cudnnConvolutionForward(_dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
+                WsPtr(ws), (nuint)plan.FwdWorkspace, &zero, plan.Y, Ptr(y)), "cudnnConvolutionForward");
+        }
+
+        if (bias is not null)
+        {
+            Cudnn.Check(Cudnn.cudnnAddTensor(_dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
+        }
+    }
+
+    /// <inheritdoc />
+    public void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx)
+    {
+        MakeCurrent();
+        var plan = Plan(s);
+        float one = 1f, zero = 0f;
+        using var ws = Workspace(plan.DataWorkspace);
+        Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
+            WsPtr(ws), (nuint)plan.DataWorkspace, &zero, plan.X, Ptr(dx)), "cudnnConvolutionBackwardData");
+    }
+
+    /// <inheritdoc />
+    public void Conv2dBackwardFilter(in Conv2dShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias)
+    {
+        MakeCurrent();
+        var plan = Plan(s);
+        float one = 1f, zero = 0f;
+        using (var ws = Workspace(plan.FilterWorkspace))
+        {
+            Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
+                WsPtr(ws), (nuint)plan.FilterWorkspace, &zero, plan.W, Ptr(dw)), "cudnnConvolutionBackwardFilter");
+        }
+
+        if (dbias is not null)
+        {
+            Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
+        }
+    }
+
+    private Tensor? Workspace(long bytes) =>
+        bytes <= 0 ? null : Tensor.Empty(this, new Shape(checked((int)((bytes + 3) / 4))), MemoryCategory.Workspace);
+
+    private static ulong WsPtr(Tensor? ws) => ws is null ? 0 : Ptr(ws);
+
+    private ConvPlan Plan(in Conv2dShape s)
+    {
+        if (_convPlans.TryGetValue(s, out var plan))
+        {
+            return plan;
+        }
+
+        plan = new ConvPlan();
+        Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out plan.X), "cudnnCreateTensorDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(plan.X, Cudnn.TensorNchw, Cudnn.DataFloat, s.N, s.Cin, s.H, s.W), "cudnnSetTensor4dDescriptor");
+        Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out plan.Y), "cudnnCreateTensorDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(plan.Y, Cudnn.TensorNchw, Cudnn.DataFloat, s.N, s.Cout, s.OutH, s.OutW), "cudnnSetTensor4dDescriptor");
+        Cudnn.Check(Cudnn.cudnnCreateTensorDescriptor(out plan.Bias), "cudnnCreateTensorDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetTensor4dDescriptor(plan.Bias, Cudnn.TensorNchw, Cudnn.DataFloat, 1, s.Cout, 1, 1), "cudnnSetTensor4dDescriptor");
+        Cudnn.Check(Cudnn.cudnnCreateFilterDescriptor(out plan.W), "cudnnCreateFilterDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetFilter4dDescriptor(plan.W, Cudnn.DataFloat, Cudnn.TensorNchw, s.Cout, s.Cin, s.Kernel, s.Kernel), "cudnnSetFilter4dDescriptor");
+        Cudnn.Check(Cudnn.cudnnCreateConvolutionDescriptor(out plan.Conv), "cudnnCreateConvolutionDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetConvolution2dDescriptor(plan.Conv, s.Pad, s.Pad, s.Stride, s.Stride, 1, 1, Cudnn.CrossCorrelation, Cudnn.DataFloat),
+            "cudnnSetConvolution2dDescriptor");
+        Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(plan.Conv, Cudnn.FmaMath), "cudnnSetConvolutionMathType");
+
+        var perf = new Cudnn.AlgoPerf[8];
+        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");
+        plan.FwdAlgo = Best(perf, n, "forward");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardWorkspaceSize(_dnn, plan.X, plan.W, plan.Conv, plan.Y, plan.FwdAlgo, out nuint fws), "cudnnGetConvolutionForwardWorkspaceSize");
+        plan.FwdWorkspace = (long)fws;
+
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+        plan.DataAlgo = Best(perf, n, "backward data");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataWorkspaceSize(_dnn, plan.W, plan.Y, plan.Conv, plan.X, plan.DataAlgo, out nuint dws), "cudnnGetConvolutionBackwardDataWorkspaceSize");
+        plan.DataWorkspace = (long)dws;
+
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+        plan.FilterAlgo = Best(perf, n, "backward filter");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterWorkspaceSize(_dnn, plan.X, plan.Y, plan.Conv, plan.W, plan.FilterAlgo, out nuint wws), "cudnnGetConvolutionBackwardFilterWorkspaceSize");
+        plan.FilterWorkspace = (long)wws;
+
+        _convPlans[s] = plan;
+        return plan;
+    }
+
+    /// <summary>The heuristics' first algorithm that reported success.</summary>
+    private static int Best(Cudnn.AlgoPerf[] perf, int count, string what)
+    {
+        for (int i = 0; i < count; i++)
+        {
+            if (perf[i].Status == 0)
+            {
+                return perf[i].Algo;
+            }
+        }
+
+        throw new CudaException($"cudnnGetConvolution*Algorithm_v7 ({what})", -1, "CUDNN_STATUS_NOT_SUPPORTED", "no convolution algorithm is supported for this shape");
+    }
+
+    private void FreeConvDescriptors()
+    {
+        foreach (var p in _convPlans.Values)
+        {
+            Cudnn.cudnnDestroyTensorDescriptor(p.X);
+            Cudnn.cudnnDestroyTensorDescriptor(p.Y);
+            Cudnn.cudnnDestroyTensorDescriptor(p.Bias);
+            Cudnn.cudnnDestroyFilterDescriptor(p.W);
+            Cudnn.cudnnDestroyConvolutionDescriptor(p.Conv);
+        }
+
+        _convPlans.Clear();
+    }
+
+    private sealed class ConvPlan
+    {
+        public nint X;
+        public nint Y;
+        public nint Bias;
+        public nint W;
+        public nint Conv;
+        public int FwdAlgo;
+        public int DataAlgo;
+        public int FilterAlgo;
+        public long FwdWorkspace;
+        public long DataWorkspace;
+        public long FilterWorkspace;
+    }
+}

@@ -1,0 +1,240 @@
+using Mobius.Cuda.Interop;
+using Mobius.Engine;
+
+namespace Mobius.Cuda;
+
+/// <summary>
+/// The CUDA backend: device memory through a caching allocator over cuMemAlloc, every op queued on one
+/// stream, GEMMs on cuBLAS, spatial convolutions on cuDNN, everything else on our PTX kernels. The
+/// host waits only where a result must reach it (<see cref="CopyToHost"/>, <see cref="Synchronize"/>).
+/// With MOBIUS_CUDA=sim the same code runs against the simulated driver built from kernels/sim.
+/// </summary>
+public sealed unsafe partial class CudaBackend : IBackend
+{
+    [ThreadStatic]
+    private static nint _currentContext;
+
+    private readonly CachingAllocator _allocator;
+    private readonly nint _context;
+    private readonly nint _stream;
+    private readonly nint _blas;
+    private readonly nint _dnn;
+    private readonly KernelModule _kernels;
+    private bool _disposed;
+
+    /// <summary>Opens device <paramref name="ordinal"/> (primary context), its stream, cuBLAS, cuDNN and our kernels.</summary>
+    public CudaBackend(int ordinal = 0)
+    {
+        Device = CudaDevice.Query(ordinal);
+        Driver.Check(Driver.cuDeviceGet(out int dev, ordinal), "cuDeviceGet");
+        Driver.Check(Driver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
+        _deviceHandle = dev;
+        MakeCurrent();
+        Driver.Check(Driver.cuStreamCreate(out _stream, 0), "cuStreamCreate");
+        Cublas.Check(Cublas.cublasCreate(out _blas), "cublasCreate_v2");
+        Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
+        Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
+        Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
+        var (ptx, name) = KernelModule.Embedded(Device.Major, Device.Minor);
+        _kernels = new KernelModule(ptx, name);
+        _allocator = new CachingAllocator(new DeviceMemory(this), this);
+    }
+
+    private readonly int _deviceHandle;
+
+    /// <summary>The device.</summary>
+    public CudaDeviceInfo Device { get; }
+
+    /// <inheritdoc />
+    public string Name => "cuda";
+
+    /// <inheritdoc />
+    public string DeviceName => (NativeLibraries.Simulated ? "simulated " : "") + Device;
+
+    /// <inheritdoc />
+    public MemoryTracker Memory { get; } = new();
+
+    /// <summary>Fill new blocks with NaN bits (on in the tests).</summary>
+    public bool PoisonAllocations
+    {
+        get => _allocator.PoisonAllocations;
+        set => _allocator.PoisonAllocations = value;
+    }
+
+    /// <summary>The stream every op is queued on.</summary>
+    public nint Stream => _stream;
+
+    /// <summary>Free and total device memory as the driver reports them.</summary>
+    public (long Free, long Total) DeviceMemoryInfo()
+    {
+        MakeCurrent();
+        Driver.Check(Driver.cuMemGetInfo(out nuint free, out nuint total), "cuMemGetInfo_v2");
+        return ((long)free, (long)total);
+    }
+
+    /// <inheritdoc />
+    public Storage Allocate(long bytes, MemoryCategory category)
+    {
+        MakeCurrent();
+        return _allocator.Allocate(bytes, category);
+    }
+
+    /// <inheritdoc />
+    public void EmptyCache()
+    {
+        MakeCurrent();
+        Synchronize();
+        _allocator.EmptyCache();
+    }
+
+    /// <inheritdoc />
+    public void Synchronize()
+    {
+        MakeCurrent();
+        Driver.Check(Driver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
+    }
+
+    /// <summary>Creates a pair of events for timing a section of the stream.</summary>
+    public CudaTimer StartTimer() => new(this);
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        MakeCurrent();
+        Driver.cuStreamSynchronize(_stream);
+        _allocator.Dispose();
+        FreeConvDescriptors();
+        _kernels.Dispose();
+        Cudnn.cudnnDestroy(_dnn);
+        Cublas.cublasDestroy(_blas);
+        Driver.cuStreamDestroy(_stream);
+        Driver.cuDevicePrimaryCtxRelease(_deviceHandle);
+    }
+
+    /// <summary>Makes this backend's context current on the calling thread (cheap when it already is).</summary>
+    internal void MakeCurrent()
+    {
+        if (_currentContext != _context)
+        {
+            Driver.Check(Driver.cuCtxSetCurrent(_context), "cuCtxSetCurrent");
+            _currentContext = _context;
+        }
+    }
+
+    /// <summary>The device address of a tensor's first element.</summary>
+    internal static ulong Ptr(Tensor t) => (ulong)t.Storage.Handle + (ulong)(t.Offset * t.DType.Size());
+
+    // ---- data movement ---------------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void CopyFromHost(ReadOnlySpan<float> src, Tensor dst)
+    {
+        MakeCurrent();
+        fixed (float* p = src)
+        {
+            // The legacy-stream copy is ordered after the work queued on our blocking stream.
+            Driver.Check(Driver.cuMemcpyHtoD(Ptr(dst), p, (nuint)(src.Length * 4)), "cuMemcpyHtoD_v2");
+        }
+    }
+
+    /// <inheritdoc />
+    public void CopyToHost(Tensor src, Span<float> dst)
+    {
+        MakeCurrent();
+        Synchronize();
+        fixed (float* p = dst)
+        {
+            Driver.Check(Driver.cuMemcpyDtoH(p, Ptr(src), (nuint)(dst.Length * 4)), "cuMemcpyDtoH_v2");
+        }
+    }
+
+    /// <inheritdoc />
+    public void Fill(Tensor dst, float value)
+    {
+        MakeCurrent();
+        Driver.Check(Driver.cuMemsetD32Async(Ptr(dst), BitConverter.SingleToUInt32Bits(value), (nuint)dst.Numel, _stream), "cuMemsetD32Async");
+    }
+
+    // ---- GEMM on cuBLAS ----------------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void Gemm(in GemmShape s, float alpha, Tensor a, Tensor b, float beta, Tensor c)
+    {
+        MakeCurrent();
+
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+        int lda = s.TransA ? s.M : s.K;
+        int ldb = s.TransB ? s.K : s.N;
+        int opB = s.TransB ? Cublas.OpT : Cublas.OpN;
+        int opA = s.TransA ? Cublas.OpT : Cublas.OpN;
+        if (s.Batch == 1)
+        {
+            Cublas.Check(Cublas.cublasSgemm(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, Ptr(a), lda, &beta, Ptr(c), s.N), "cublasSgemm_v2");
+        }
+        else
+        {
+            Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, s.StrideB, Ptr(a), lda, s.StrideA,
+                &beta, Ptr(c), s.N, s.StrideC, s.Batch), "cublasSgemmStridedBatched");
+        }
+    }
+
+    private sealed class DeviceMemory(CudaBackend owner) : IRawMemory
+    {
+        public nint Alloc(long bytes)
+        {
+            int status = Driver.cuMemAlloc(out ulong p, (nuint)bytes);
+            if (status == Driver.ErrorOutOfMemory)
+            {
+                return 0;
+            }
+
+            Driver.Check(status, "cuMemAlloc_v2");
+            return (nint)p;
+        }
+
+        public void Free(nint handle, long bytes) => Driver.Check(Driver.cuMemFree((ulong)handle), "cuMemFree_v2");
+
+        public void Poison(nint handle, long bytes) =>
+            Driver.Check(Driver.cuMemsetD32Async((ulong)handle, 0x7FC00000u, (nuint)(bytes / 4), owner._stream), "cuMemsetD32Async");
+    }
+}
+
+/// <summary>Times a section of a backend's stream with a pair of CUDA events.</summary>
+public sealed class CudaTimer : IDisposable
+{
+    private readonly CudaBackend _backend;
+    private readonly nint _start;
+    private readonly nint _end;
+
+    internal CudaTimer(CudaBackend backend)
+    {
+        _backend = backend;
+        backend.MakeCurrent();
+        Driver.Check(Driver.cuEventCreate(out _start, 0), "cuEventCreate");
+        Driver.Check(Driver.cuEventCreate(out _end, 0), "cuEventCreate");
+        Driver.Check(Driver.cuEventRecord(_start, backend.Stream), "cuEventRecord");
+    }
+
+    /// <summary>Records the end, waits for it and returns the elapsed device time in milliseconds.</summary>
+    public float Stop()
+    {
+        _backend.MakeCurrent();
+        Driver.Check(Driver.cuEventRecord(_end, _backend.Stream), "cuEventRecord");
+        Driver.Check(Driver.cuEventSynchronize(_end), "cuEventSynchronize");
+        Driver.Check(Driver.cuEventElapsedTime(out float ms, _start, _end), "cuEventElapsedTime");
+        return ms;
+    }
+
+    /// <inheritdoc />
+    public void Dispose()
+    {
+        Driver.cuEventDestroy(_start);
+        Driver.cuEventDestroy(_end);
+    }
+}

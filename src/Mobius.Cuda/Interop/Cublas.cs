@@ -1,0 +1,50 @@
+using System.Runtime.InteropServices;
+
+namespace Mobius.Cuda.Interop;
+
+/// <summary>The cuBLAS subset Mobius uses (cublas_api.h of CUDA 13). All matrices column-major, as cuBLAS defines.</summary>
+internal static partial class Cublas
+{
+    static Cublas() => NativeLibraries.EnsureRegistered();
+
+    public const int OpN = 0;
+    public const int OpT = 1;
+    public const int R32F = 0;
+    public const int R16BF = 14;
+    public const int Compute32F = 68;
+    public const int GemmDefault = -1;
+
+    [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasCreate_v2")]
+    public static partial int cublasCreate(out nint handle);
+
+    [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasDestroy_v2")]
+    public static partial int cublasDestroy(nint handle);
+
+    [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasSetStream_v2")]
+    public static partial int cublasSetStream(nint handle, nint stream);
+
+    [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasSgemm_v2")]
+    public static unsafe partial int cublasSgemm(nint handle, int transA, int transB, int m, int n, int k, float* alpha,
+        ulong a, int lda, ulong b, int ldb, float* beta, ulong c, int ldc);
+
+    [LibraryImport(NativeLibraries.Blas)]
+    public static unsafe partial int cublasSgemmStridedBatched(nint handle, int transA, int transB, int m, int n, int k, float* alpha,
+        ulong a, int lda, long strideA, ulong b, int ldb, long strideB, float* beta, ulong c, int ldc, long strideC, int batch);
+
+    [LibraryImport(NativeLibraries.Blas)]
+    public static unsafe partial int cublasGemmStridedBatchedEx(nint handle, int transA, int transB, int m, int n, int k, void* alpha,
+        ulong a, int aType, int lda, long strideA, ulong b, int bType, int ldb, long strideB, void* beta,
+        ulong c, int cType, int ldc, long strideC, int batch, int computeType, int algo);
+
+    [LibraryImport(NativeLibraries.Blas)]
+    public static partial nint cublasGetStatusString(int status);
+
+    public static void Check(int status, string call)
+    {
+        if (status != 0)
+        {
+            string text = Marshal.PtrToStringUTF8(cublasGetStatusString(status)) ?? "unknown cuBLAS status";
+            throw new CudaException(call, status, text, "cuBLAS call failed");
+        }
+    }
+}

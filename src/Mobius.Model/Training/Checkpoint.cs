@@ -1,0 +1,126 @@
+using System.Globalization;
+using System.Text.Json;
+using Mobius.Engine;
+using Mobius.Engine.IO;
+using Mobius.Engine.NN;
+
+namespace Mobius.Model.Training;
+
+/// <summary>
+/// A training checkpoint in safetensors (PyTorch's safetensors reads it): the UNet under "unet.",
+/// the text encoder under "text.", AdamW moments under "optim.", and in the metadata the config,
+/// topology, stage, step, seed, tokenizer vocabulary and codec scales. Written atomically.
+/// </summary>
+public sealed class Checkpoint
+{
+    /// <summary>Format tag in the metadata.</summary>
+    public const string Format = "mobius-checkpoint-1";
+
+    /// <summary>The model configuration.</summary>
+    public required ModelConfig Config { get; init; }
+
+    /// <summary>Topology the UNet was saved in (a text-to-image checkpoint is <see cref="Model.Topology.Spatial"/>).</summary>
+    public required Topology Topology { get; init; }
+
+    /// <summary>Training step the checkpoint was taken after.</summary>
+    public int Step { get; init; }
+
+    /// <summary>Seed of the run (data order, noise).</summary>
+    public int Seed { get; init; }
+
+    /// <summary>Tokenizer vocabulary.</summary>
+    public required IReadOnlyList<string> Vocabulary { get; init; }
+
+    /// <summary>Latent codec per-channel scales.</summary>
+    public required IReadOnlyList<float> CodecScales { get; init; }
+
+    /// <summary>UNet parameters by name.</summary>
+    public required Dictionary<string, float[]> Unet { get; init; }
+
+    /// <summary>Text encoder parameters by name.</summary>
+    public required Dictionary<string, float[]> Text { get; init; }
+
+    /// <summary>Optimiser moments by "name.exp_avg" / "name.exp_avg_sq" (empty without an optimiser).</summary>
+    public Dictionary<string, float[]> Optimizer { get; init; } = new();
+
+    /// <summary>Optimiser steps taken.</summary>
+    public int OptimizerSteps { get; init; }
+
+    /// <summary>Free-form metadata (for example the command that made the checkpoint).</summary>
+    public Dictionary<string, string> Extra { get; init; } = new();
+
+    /// <summary>Writes the checkpoint; parameter shapes are taken from the modules.</summary>
+    public static void Save(string path, ModelConfig config, Topology topology, int step, int seed, IReadOnlyList<string> vocabulary,
+        IReadOnlyList<float> codecScales, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null)
+    {
+        var tensors = new Dictionary<string, SafeTensors.Entry>();
+        foreach (var (name, p) in unet.NamedParameters())
+        {
+            tensors["unet." + name] = new SafeTensors.Entry(p.Shape.ToArray(), p.ToArray());
+        }
+
+        foreach (var (name, p) in text.NamedParameters())
+        {
+            tensors["text." + name] = new SafeTensors.Entry(p.Shape.ToArray(), p.ToArray());
+        }
+
+        if (optimizer is not null)
+        {
+            foreach (var (name, values) in optimizer.StateDict())
+            {
+                tensors["optim." + name] = new SafeTensors.Entry([values.Length], values);
+            }
+        }
+
+        var meta = new Dictionary<string, string>(extra ?? new Dictionary<string, string>())
+        {
+            ["format"] = Format,
+            ["config"] = config.ToJson(),
+            ["topology"] = topology.ToString(),
+            ["step"] = step.ToString(CultureInfo.InvariantCulture),
+            ["seed"] = seed.ToString(CultureInfo.InvariantCulture),
+            ["vocabulary"] = JsonSerializer.Serialize(vocabulary),
+            ["codec_scales"] = JsonSerializer.Serialize(codecScales),
+            ["optimizer_steps"] = (optimizer?.StepCount ?? 0).ToString(CultureInfo.InvariantCulture),
+        };
+        SafeTensors.Write(path, tensors, meta);
+    }
+
+    /// <summary>Reads a checkpoint; a missing file, another format or a damaged file raises an exception naming the file.</summary>
+    public static Checkpoint Load(string path)
+    {
+        var (tensors, meta) = SafeTensors.Read(path);
+        string Meta(string key) => meta.TryGetValue(key, out var v) ? v : throw new InvalidDataException($"{path} is not a Mobius checkpoint: metadata '{key}' is missing.");
+        if (Meta("format") != Format)
+        {
+            throw new InvalidDataException($"{path} has format '{meta["format"]}', expected '{Format}'.");
+        }
+
+        try
+        {
+            var extra = meta.Where(kv => kv.Key is not ("format" or "config" or "topology" or "step" or "seed" or "vocabulary" or "codec_scales" or "optimizer_steps"))
+                .ToDictionary(kv => kv.Key, kv => kv.Value);
+            return new Checkpoint
+            {
+                Config = ModelConfig.FromJson(Meta("config")),
+                Topology = Enum.Parse<Topology>(Meta("topology")),
+                Step = int.Parse(Meta("step"), CultureInfo.InvariantCulture),
+                Seed = int.Parse(Meta("seed"), CultureInfo.InvariantCulture),
+                Vocabulary = JsonSerializer.Deserialize<List<string>>(Meta("vocabulary")) ?? [],
+                CodecScales = JsonSerializer.Deserialize<List<float>>(Meta("codec_scales")) ?? [],
+                OptimizerSteps = int.Parse(Meta("optimizer_steps"), CultureInfo.InvariantCulture),
+                Unet = Section(tensors, "unet."),
+                Text = Section(tensors, "text."),
+                Optimizer = Section(tensors, "optim."),
+                Extra = extra,
+            };
+        }
+        catch (Exception e) when (e is JsonException or FormatException or ArgumentException or OverflowException)
+        {
+            throw new InvalidDataException($"{path} has damaged metadata: {e.Message}", e);
+        }
+    }
+
+    private static Dictionary<string, float[]> Section(Dictionary<string, SafeTensors.Entry> all, string prefix) =>
+        all.Where(kv => kv.Key.StartsWith(prefix, StringComparison.Ordinal)).ToDictionary(kv => kv.Key[prefix.Length..], kv => kv.Value.Data);
+}
