@@ -1,0 +1,106 @@
+using System.Runtime.CompilerServices;
+using System.Runtime.Intrinsics;
+using System.Runtime.Intrinsics.X86;
+
+namespace Mobius.Engine.Cpu;
+
+/// <summary>
+/// The few vector operations the GEMM micro-kernel needs, as static members so that the kernel, written
+/// once as a generic method, is compiled separately for each instruction set with every call inlined.
+/// </summary>
+/// <typeparam name="TV">The vector register type.</typeparam>
+internal unsafe interface ISimdOps<TV>
+    where TV : struct
+{
+    /// <summary>Floats per vector.</summary>
+    static abstract int Count { get; }
+
+    static abstract TV Zero { get; }
+
+    static abstract TV Load(float* p);
+
+    static abstract void Store(float* p, TV v);
+
+    /// <summary>Every lane = *p.</summary>
+    static abstract TV Broadcast(float* p);
+
+    static abstract TV Splat(float x);
+
+    /// <summary>a * b + c.</summary>
+    static abstract TV MulAdd(TV a, TV b, TV c);
+
+    static abstract TV Mul(TV a, TV b);
+
+    /// <summary>Hints that the cache line holding p will be written soon.</summary>
+    static abstract void Prefetch(float* p);
+}
+
+/// <summary>256-bit AVX with fused multiply-add: 16 ymm registers, two FMA pipes on Zen and Intel cores.</summary>
+internal readonly unsafe struct Avx2Ops : ISimdOps<Vector256<float>>
+{
+    public static bool IsSupported => Avx2.IsSupported && Fma.IsSupported;
+
+    public static int Count => Vector256<float>.Count;
+
+    public static Vector256<float> Zero => Vector256<float>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Load(float* p) => Avx.LoadVector256(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(float* p, Vector256<float> v) => Avx.Store(p, v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Broadcast(float* p) => Avx.BroadcastScalarToVector256(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Splat(float x) => Vector256.Create(x);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> MulAdd(Vector256<float> a, Vector256<float> b, Vector256<float> c) => Fma.MultiplyAdd(a, b, c);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector256<float> Mul(Vector256<float> a, Vector256<float> b) => Avx.Multiply(a, b);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Prefetch(float* p) => Sse.Prefetch0(p);
+}
+
+/// <summary>
+/// 128-bit vectors through the portable API: SSE on older x64, NEON on Arm64, and a scalar software
+/// fallback on anything else, so the same kernel runs everywhere.
+/// </summary>
+internal readonly unsafe struct PortableOps : ISimdOps<Vector128<float>>
+{
+    public static int Count => Vector128<float>.Count;
+
+    public static Vector128<float> Zero => Vector128<float>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Load(float* p) => Vector128.Load(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(float* p, Vector128<float> v) => v.Store(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Broadcast(float* p) => Vector128.Create(*p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Splat(float x) => Vector128.Create(x);
+
+    // Fused where the hardware has it, multiply then add where it does not.
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> MulAdd(Vector128<float> a, Vector128<float> b, Vector128<float> c) => Vector128.MultiplyAddEstimate(a, b, c);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector128<float> Mul(Vector128<float> a, Vector128<float> b) => a * b;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Prefetch(float* p)
+    {
+        if (Sse.IsSupported)
+        {
+            Sse.Prefetch0(p);
+        }
+    }
+}
