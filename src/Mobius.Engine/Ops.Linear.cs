@@ -33,7 +33,7 @@ public static partial class Ops
         {
             // dx needs only w; dw needs only x: a frozen linear layer keeps no activation.
             var sw = node.NeedsGrad(0) ? node.Save(w) : null;
-            var sx = node.NeedsGrad(1) ? node.Save(x) : null;
+            var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
             node.Finish(y, g =>
             {
                 Tensor? dx = null, dw = null, db = null;
@@ -45,8 +45,9 @@ public static partial class Ops
 
                 if (sx is not null)
                 {
+                    using var xv = sx.Get();
                     dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.Gemm(new GemmShape(outF, inF, rows, TransA: true), 1f, g, sx, 0f, dw);
+                    g.Backend.Gemm(new GemmShape(outF, inF, rows, TransA: true), 1f, g, xv, 0f, dw);
                 }
 
                 if (node.NeedsGrad(2))
@@ -97,13 +98,14 @@ public static partial class Ops
         var node = Tape.Record(op, a, b);
         if (node is not null)
         {
-            var sb = node.NeedsGrad(0) ? node.Save(b) : null;
-            var sa = node.NeedsGrad(1) ? node.Save(a) : null;
+            var sbIn = node.NeedsGrad(0) ? node.SaveInput(b) : null;
+            var saIn = node.NeedsGrad(1) ? node.SaveInput(a) : null;
             node.Finish(y, g =>
             {
                 Tensor? da = null, db = null;
-                if (sb is not null)
+                if (sbIn is not null)
                 {
+                    using var sb = sbIn.Get();
                     da = Tensor.Empty(g.Backend, a.Shape);
                     if (!transA)
                     {
@@ -115,8 +117,9 @@ public static partial class Ops
                     }
                 }
 
-                if (sa is not null)
+                if (saIn is not null)
                 {
+                    using var sa = saIn.Get();
                     db = Tensor.Empty(g.Backend, b.Shape);
                     if (!transB)
                     {
@@ -158,7 +161,7 @@ public static partial class Ops
         if (node is not null)
         {
             var sw = node.NeedsGrad(0) ? node.Save(w) : null;
-            var sx = node.NeedsGrad(1) ? node.Save(x) : null;
+            var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
             node.Finish(y, g =>
             {
                 Tensor? dx = null, dw = null, db = null;
@@ -175,8 +178,9 @@ public static partial class Ops
 
                 if (sx is not null)
                 {
+                    using var xv = sx.Get();
                     dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.Conv2dBackwardFilter(s, sx, g, dw, db);
+                    g.Backend.Conv2dBackwardFilter(s, xv, g, dw, db);
                 }
                 else if (db is not null)
                 {
@@ -217,7 +221,7 @@ public static partial class Ops
         if (node is not null)
         {
             var sw = node.NeedsGrad(0) ? node.Save(w) : null;
-            var sx = node.NeedsGrad(1) ? node.Save(x) : null;
+            var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
             node.Finish(y, g =>
             {
                 Tensor? dx = null, dw = null, db = null;
@@ -234,8 +238,9 @@ public static partial class Ops
 
                 if (sx is not null)
                 {
+                    using var xv = sx.Get();
                     dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.TemporalConvBackwardWeight(s, sx, g, dw, db);
+                    g.Backend.TemporalConvBackwardWeight(s, xv, g, dw, db);
                 }
                 else if (db is not null)
                 {

@@ -45,6 +45,7 @@ public static partial class Ops
 
         mean.Dispose();
         rstd.Dispose();
+        y.Recipe = new Recipe(a => GroupNorm(a[0], a[1], a[2], groups, frames, silu, eps), x, gamma, beta);
         return y;
     }
 
@@ -80,6 +81,7 @@ public static partial class Ops
 
         mean.Dispose();
         rstd.Dispose();
+        y.Recipe = new Recipe(a => LayerNorm(a[0], a[1], a[2], eps), x, gamma, beta);
         return y;
     }
 }

@@ -25,6 +25,11 @@ public static partial class Ops
         }
 
         var y = x.View(0, shape);
+        if (x.Recipe is not null)
+        {
+            y.Recipe = new Recipe(a => Reshape(a[0], dims), x);
+        }
+
         var node = Tape.Record(op, x);
         node?.Finish(y, g => [g.View(0, x.Shape)]);
         return y;
@@ -146,6 +151,7 @@ public static partial class Ops
         (dims[^1], dims[^2]) = (rows, cols);
         var y = Tensor.Empty(x.Backend, new Shape(dims));
         x.Backend.Transpose(batch, rows, cols, x, y);
+        y.Recipe = new Recipe(a => Transpose(a[0]), x);
         var node = Tape.Record(op, x);
         node?.Finish(y, g =>
         {
@@ -196,8 +202,8 @@ public static partial class Ops
         var node = Tape.Record(op, a, b);
         if (node is not null)
         {
-            var sa = node.NeedsGrad(1) ? node.Save(a) : null;
-            var sb = node.NeedsGrad(0) ? node.Save(b) : null;
+            var sa = node.NeedsGrad(1) ? node.SaveInput(a) : null;
+            var sb = node.NeedsGrad(0) ? node.SaveInput(b) : null;
             node.Finish(y, g => [sb is null ? null : MulNew(g, sb), sa is null ? null : MulNew(g, sa)]);
         }
 
@@ -261,6 +267,7 @@ public static partial class Ops
         Check.Live(op, x);
         var y = Tensor.Empty(x.Backend, x.Shape);
         x.Backend.ActivationForward(act, x, y);
+        y.Recipe = new Recipe(a => Activate(op, act, a[0]), x);
         var node = Tape.Record(op, x);
         if (node is not null)
         {
@@ -293,6 +300,7 @@ public static partial class Ops
         dims[^1] = hidden;
         var y = Tensor.Empty(x.Backend, new Shape(dims));
         x.Backend.GegluForward(rows, hidden, x, y);
+        y.Recipe = new Recipe(a => Geglu(a[0]), x);
         var node = Tape.Record(op, x);
         if (node is not null)
         {
@@ -342,8 +350,9 @@ public static partial class Ops
     /// <summary>alpha*g; for alpha = 1 a view sharing g (the tape never writes through shared gradients).</summary>
     private static Tensor ScaleOrShare(Tensor g, float alpha) => alpha == 1f ? g.View(0, g.Shape) : ScaleCopy(g, alpha);
 
-    private static Tensor MulNew(Tensor a, Tensor b)
+    private static Tensor MulNew(Tensor a, SavedInput saved)
     {
+        using var b = saved.Get();
         var y = Tensor.Empty(a.Backend, a.Shape);
         a.Backend.Mul(a, b, y);
         return y;

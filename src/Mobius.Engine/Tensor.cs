@@ -59,6 +59,9 @@ public class Tensor : IDisposable
     /// <summary>Routing of gradients during backward (null when no gradient is needed).</summary>
     internal GradSlot? GradSlot { get; set; }
 
+    /// <summary>How to recompute this tensor cheaply from others (set by norms, activations, layout ops).</summary>
+    internal Recipe? Recipe { get; set; }
+
     /// <summary>Element count of one dimension (negative counts from the end).</summary>
     public int Dim(int i) => Shape[i];
 
@@ -173,6 +176,13 @@ public class Tensor : IDisposable
         var s = Storage;
         s.Retain();
         return new Tensor(s, Offset + offset, shape, DType);
+    }
+
+    /// <summary>A new handle on a storage that is still alive (used to keep a recipe's inputs).</summary>
+    internal static Tensor Retained(Storage storage, long offset, Shape shape, DType dtype)
+    {
+        storage.Retain();
+        return new Tensor(storage, offset, shape, dtype);
     }
 }
 

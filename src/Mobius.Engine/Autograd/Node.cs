@@ -58,6 +58,30 @@ internal sealed class Node
     {
         var handle = t.View(0, t.Shape);
         handle.Name = t.Name;
+        return Keep(handle);
+    }
+
+    /// <summary>
+    /// Keeps an input a backward needs at the lowest cost: when <paramref name="t"/> can be recomputed
+    /// from memory the tape holds anyway (see <see cref="Recipe"/>), keeps the recipe; otherwise the tensor.
+    /// </summary>
+    public SavedInput SaveInput(Tensor t)
+    {
+        var self = Recipe.Source.Of(t);
+        if (!self.Held && t.Recipe is { } recipe && recipe.Sources.All(s => s.Recomputable))
+        {
+            return new SavedInput(recipe, recipe.Sources.Select(SaveSource).ToArray());
+        }
+
+        return new SavedInput(Save(t));
+    }
+
+    private SavedInput SaveSource(Recipe.Source s) =>
+        s.Held ? new SavedInput(Keep(Tensor.Retained(s.Storage, s.Offset, s.Shape, s.DType)))
+               : new SavedInput(s.Recipe!, s.Recipe!.Sources.Select(SaveSource).ToArray());
+
+    private Tensor Keep(Tensor handle)
+    {
         _saved.Add(handle);
         if (handle.Storage.MarkSaved())
         {

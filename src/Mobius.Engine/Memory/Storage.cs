@@ -39,6 +39,9 @@ public sealed class Storage
     /// <summary>True once the last reference has been released.</summary>
     public bool IsReleased => Volatile.Read(ref _refs) <= 0;
 
+    /// <summary>True while a tape node keeps this block for backward.</summary>
+    internal bool IsSaved => _savedRefs > 0;
+
     /// <summary>Number of live references (tensors and views).</summary>
     internal int RefCount => Volatile.Read(ref _refs);
 

@@ -186,6 +186,58 @@ public abstract class AutogradTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void A_trainable_layer_after_a_norm_keeps_no_copy_of_the_norm_output()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var norm = new LayerNorm(B, 8);
+        using var lin = new Linear(B, new Random(r.Seed), 8, 16);
+        using var x = Leaf(r, 6, 8);
+        using var h = norm.Forward(x);
+        long normOnly = tape.SavedBytes;
+        Assert.Equal(x.Bytes + 2 * 6 * 4, normOnly); // x, mean and rstd
+        using var y = lin.Forward(h);
+        Assert.Equal(normOnly, tape.SavedBytes);
+
+        // A GELU output feeding a trainable layer is likewise recomputed from the GELU's input.
+        using var a = Ops.Gelu(y);
+        long beforeSecond = tape.SavedBytes;
+        using var lin2 = new Linear(B, new Random(r.Seed + 1), 16, 4);
+        using var z = lin2.Forward(a);
+        Assert.Equal(beforeSecond, tape.SavedBytes);
+        tape.Clear();
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Recomputed_inputs_give_the_same_gradients(int seed)
+    {
+        // LayerNorm -> Linear -> GEGLU -> Linear, every parameter trainable: the linear layers keep
+        // recipes, not tensors; gradients must match finite differences of the reference composition.
+        var r = new Rng(seed);
+        int rows = r.Int(1, 4), c = r.Int(2, 6), h = r.Int(1, 4);
+        OpCheck.Run(B, r, new OpCase
+        {
+            Name = "layer_norm > linear > geglu > linear",
+            Inputs = [new Shape(rows, c), new Shape(c), new Shape(c), new Shape(2 * h, c), new Shape(c, h)],
+            Op = t =>
+            {
+                using var n = Ops.LayerNorm(t[0], t[1], t[2]);
+                using var p = Ops.Linear(n, t[3]);
+                using var g = Ops.Geglu(p);
+                return Ops.Linear(g, t[4]);
+            },
+            Reference = d =>
+            {
+                var n = Reference.LayerNorm(d[0], d[1], d[2], rows, c, 1e-5);
+                var p = Reference.Linear(n, d[3], null, rows, c, 2 * h);
+                return Reference.Linear(Reference.Geglu(p, rows, h), d[4], null, rows, h, c);
+            },
+            GradRtol = 2e-3,
+        });
+    }
+
+    [Fact]
     public void Backward_twice_is_an_error()
     {
         var r = new Rng(Seeds.One);
