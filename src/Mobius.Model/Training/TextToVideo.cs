@@ -1,0 +1,167 @@
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Model.Diffusion;
+using Mobius.Model.Layers;
+
+namespace Mobius.Model.Training;
+
+/// <summary>
+/// Everything needed to train or sample a text-to-video model: the UNet in one topology, the text
+/// encoder, the tokenizer, the latent codec and the noise schedule, on one backend.
+/// </summary>
+public sealed class TextToVideo : IDisposable
+{
+    private TextToVideo(IBackend backend, ModelConfig config, Topology topology, Tokenizer tokenizer, SpaceToDepthCodec codec, int seed)
+    {
+        Backend = backend;
+        Config = config;
+        Topology = topology;
+        Tokenizer = tokenizer;
+        Codec = codec;
+        Unet = new UNet3D(backend, config, topology, seed);
+        Text = new TextEncoder(backend, new Random(seed ^ 0x5bd1e995), tokenizer.VocabularySize, config.TokenLength, config.TextWidth, config.TextLayers, config.TextHeads);
+    }
+
+    /// <summary>The backend holding the weights.</summary>
+    public IBackend Backend { get; }
+
+    /// <summary>The configuration.</summary>
+    public ModelConfig Config { get; }
+
+    /// <summary>How temporal layers are wired.</summary>
+    public Topology Topology { get; }
+
+    /// <summary>The denoising UNet.</summary>
+    public UNet3D Unet { get; }
+
+    /// <summary>The text encoder.</summary>
+    public TextEncoder Text { get; }
+
+    /// <summary>Caption tokenizer.</summary>
+    public Tokenizer Tokenizer { get; }
+
+    /// <summary>Pixels to latents and back.</summary>
+    public SpaceToDepthCodec Codec { get; }
+
+    /// <summary>The DDPM schedule.</summary>
+    public NoiseSchedule Schedule { get; } = new();
+
+    /// <summary>A freshly initialised model (the emoji tokenizer and codec unless given).</summary>
+    public static TextToVideo Create(IBackend backend, ModelConfig config, Topology topology, int seed, Tokenizer? tokenizer = null, SpaceToDepthCodec? codec = null)
+    {
+        config.Validate();
+        return new TextToVideo(backend, config, topology, tokenizer ?? Tokenizer.ForEmoji(config.TokenLength), codec ?? new SpaceToDepthCodec(), seed);
+    }
+
+    /// <summary>
+    /// A model from a checkpoint in <paramref name="topology"/>. A text-to-image checkpoint loads into any
+    /// topology (the temporal layers start from their initialisation, the identity); a text-to-video
+    /// checkpoint only into its own topology.
+    /// </summary>
+    public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed)
+    {
+        if (checkpoint.Topology != Topology.Spatial && checkpoint.Topology != topology)
+        {
+            throw new InvalidDataException($"a {checkpoint.Topology} checkpoint cannot be loaded as {topology}; only text-to-image checkpoints load into any topology.");
+        }
+
+        var tokenizer = Tokenizer.FromVocabulary(checkpoint.Vocabulary, checkpoint.Config.TokenLength);
+        var codec = new SpaceToDepthCodec(checkpoint.CodecScales);
+        var model = new TextToVideo(backend, checkpoint.Config, topology, tokenizer, codec, seed);
+        try
+        {
+            var loaded = model.Unet.LoadStateDict(checkpoint.Unet, strict: false);
+            var unexpected = checkpoint.Unet.Keys.Except(loaded).ToList();
+            var missing = model.Unet.NamedParameters().Select(n => n.Name).Except(loaded)
+                .Where(n => checkpoint.Topology == topology || !UNet3D.IsTemporal(n)).ToList();
+            if (unexpected.Count > 0 || missing.Count > 0)
+            {
+                throw new InvalidDataException($"checkpoint does not match the {checkpoint.Config.Name} UNet: missing [{string.Join(", ", missing.Take(5))}], unexpected [{string.Join(", ", unexpected.Take(5))}].");
+            }
+
+            model.Text.LoadStateDict(checkpoint.Text);
+            return model;
+        }
+        catch
+        {
+            model.Dispose();
+            throw;
+        }
+    }
+
+    /// <summary>Stage 2: freezes the text-to-image UNet and the text encoder; only temporal layers (and bridges) train.</summary>
+    public void FreezeForVideo()
+    {
+        Unet.FreezeSpatial();
+        Text.Freeze();
+    }
+
+    /// <summary>
+    /// The text context of each image: captions encoded once, each repeated for the
+    /// <paramref name="frames"/> images of its clip: [captions * frames, L, D].
+    /// </summary>
+    public Tensor EncodeText(IReadOnlyList<string> captions, int frames, bool strict = true)
+    {
+        var ids = captions.SelectMany(c => Tokenizer.Encode(c, strict)).ToArray();
+        using var ctx = Text.Forward(ids);
+        if (frames == 1)
+        {
+            return Ops.Reshape(ctx, ctx.Shape.ToArray());
+        }
+
+        var rows = new List<Tensor>();
+        try
+        {
+            for (int b = 0; b < captions.Count; b++)
+            {
+                var one = Ops.Narrow(ctx, 0, b, 1);
+                rows.Add(one);
+                for (int f = 1; f < frames; f++)
+                {
+                    rows.Add(Ops.Reshape(one, one.Shape.ToArray()));
+                }
+            }
+
+            return Ops.Concat(0, rows.ToArray());
+        }
+        finally
+        {
+            foreach (var r in rows)
+            {
+                r.Dispose();
+            }
+        }
+    }
+
+    /// <summary>
+    /// Samples one clip per prompt with DDIM and classifier-free guidance; returns pixels
+    /// [prompts, F, 3, H, W] in [-1, 1] (clamped). Unknown words in a prompt raise <see cref="UnknownWordsException"/>.
+    /// </summary>
+    public float[] Generate(IReadOnlyList<string> prompts, int steps = 25, float guidance = 4f, int seed = 0, IProgress<int>? progress = null)
+    {
+        int frames = Topology == Topology.Spatial ? 1 : Config.Frames;
+        using var noGrad = Tape.NoGrad();
+        using var cond = EncodeText(prompts, frames);
+        using var uncond = EncodeText(Enumerable.Repeat("", prompts.Count).ToList(), frames);
+        var latents = new DdimSampler(Schedule).Sample(Unet, cond, uncond, frames, steps, guidance, seed, progress);
+        var pixels = Codec.Decode(latents, prompts.Count * frames, Config.Height, Config.Width);
+        for (int i = 0; i < pixels.Length; i++)
+        {
+            pixels[i] = Math.Clamp(pixels[i], -1f, 1f);
+        }
+
+        return pixels;
+    }
+
+    /// <summary>Saves weights (and optimiser state) with their metadata, atomically.</summary>
+    public void Save(string path, int step, int seed, Mobius.Engine.Optim.AdamW? optimizer = null, IReadOnlyDictionary<string, string>? extra = null) =>
+        Checkpoint.Save(path, Config, Topology, step, seed, Tokenizer.Vocabulary, Codec.Scales, Unet, Text, optimizer, extra);
+
+    /// <summary>Releases the weights.</summary>
+    public void Dispose()
+    {
+        Unet.Dispose();
+        Text.Dispose();
+    }
+}

@@ -1,0 +1,226 @@
+using System.Diagnostics;
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Engine.NN;
+using Mobius.Engine.Optim;
+
+namespace Mobius.Model.Training;
+
+/// <summary>Which of the two training stages a trainer runs.</summary>
+public enum Stage
+{
+    /// <summary>Stage 1: the text-to-image UNet and the text encoder on single frames.</summary>
+    TextToImage,
+
+    /// <summary>Stage 2: spatial layers and text encoder frozen; temporal layers (and bridges) on clips.</summary>
+    TextToVideo,
+}
+
+/// <summary>Hyper-parameters of a training run.</summary>
+public sealed record TrainOptions
+{
+    /// <summary>Seed of the data order, timesteps, noise and caption dropout.</summary>
+    public int Seed { get; init; } = 1;
+
+    /// <summary>AdamW learning rate.</summary>
+    public float LearningRate { get; init; } = 1e-4f;
+
+    /// <summary>AdamW decoupled weight decay.</summary>
+    public float WeightDecay { get; init; } = 0.01f;
+
+    /// <summary>Global gradient-norm clip (0: off).</summary>
+    public float MaxGradNorm { get; init; } = 1f;
+
+    /// <summary>Probability of replacing a caption with the empty caption (for classifier-free guidance).</summary>
+    public float CaptionDropout { get; init; } = 0.1f;
+
+    /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
+    public bool CheckFinite { get; init; } = true;
+}
+
+/// <summary>What one training step did and cost.</summary>
+/// <param name="Step">1-based step number.</param>
+/// <param name="Loss">Training loss (MSE of the predicted noise).</param>
+/// <param name="Milliseconds">Wall time of upload, forward, backward and optimiser step, device-synchronised.</param>
+/// <param name="Memory">Backend memory statistics; the peak is the step's own.</param>
+/// <param name="SavedActivationBytes">Most bytes the tape held for backward during the step.</param>
+/// <param name="SavedByKind">Those bytes by layer kind, at the start of backward.</param>
+/// <param name="GradNorm">Global gradient norm before clipping (NaN when clipping is off).</param>
+public sealed record StepStats(int Step, float Loss, double Milliseconds, MemorySnapshot Memory, long SavedActivationBytes,
+    IReadOnlyDictionary<string, long> SavedByKind, float GradNorm);
+
+/// <summary>
+/// Trains a <see cref="TextToVideo"/> model: DDPM epsilon prediction with MSE, AdamW on trainable
+/// parameters only, gradient clipping, caption dropout. Step k's batch (clips, timesteps, noise,
+/// dropped captions) depends only on the seed and k, so a resumed run continues exactly.
+/// </summary>
+public sealed class Trainer : IDisposable
+{
+    private readonly TextToVideo _model;
+    private readonly IClipSource _data;
+    private readonly AdamW _optimizer;
+
+    /// <summary>Creates a trainer; stage 2 freezes the spatial UNet and text encoder first.</summary>
+    public Trainer(TextToVideo model, IClipSource data, Stage stage, TrainOptions options)
+    {
+        _model = model;
+        _data = data;
+        Stage = stage;
+        Options = options;
+        if (data.Count == 0)
+        {
+            throw new ArgumentException("the training data has no clips.");
+        }
+
+        if (stage == Stage.TextToVideo)
+        {
+            if (model.Topology == Topology.Spatial)
+            {
+                throw new ArgumentException("stage 2 trains temporal layers: use the serial or parallel topology.");
+            }
+
+            model.FreezeForVideo();
+        }
+
+        var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
+            .Concat(model.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)));
+        _optimizer = new AdamW(trainable, options.LearningRate, weightDecay: options.WeightDecay);
+    }
+
+    /// <summary>The stage.</summary>
+    public Stage Stage { get; }
+
+    /// <summary>The hyper-parameters.</summary>
+    public TrainOptions Options { get; }
+
+    /// <summary>Steps completed.</summary>
+    public int StepsDone { get; private set; }
+
+    /// <summary>Trainable scalars.</summary>
+    public long TrainableParameters => _optimizer.Parameters.Sum(p => p.Parameter.Numel);
+
+    /// <summary>The optimiser (its state goes into checkpoints).</summary>
+    public AdamW Optimizer => _optimizer;
+
+    /// <summary>Restores the optimiser state and step count from a checkpoint taken by <see cref="Save"/>.</summary>
+    public void Resume(Checkpoint checkpoint)
+    {
+        var moments = checkpoint.Optimizer;
+        _optimizer.LoadStateDict(moments, checkpoint.OptimizerSteps);
+        StepsDone = checkpoint.Step;
+    }
+
+    /// <summary>Saves model and optimiser so that <see cref="Resume"/> continues exactly.</summary>
+    public void Save(string path, IReadOnlyDictionary<string, string>? extra = null) =>
+        _model.Save(path, StepsDone, Options.Seed, _optimizer, extra);
+
+    /// <summary>Runs one training step on the next batch.</summary>
+    public StepStats TrainStep()
+    {
+        int step = StepsDone + 1;
+        var batch = MakeBatch(_data, step, Options.Seed, Options.CaptionDropout);
+        var backend = _model.Backend;
+        backend.Synchronize();
+        backend.Memory.ResetPeak();
+        using var tape = Tape.Begin();
+        var clock = Stopwatch.StartNew();
+        float loss;
+        long saved;
+        Dictionary<string, long> byKind;
+        using (var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape))
+        using (var target = Tensor.FromArray(backend, batch.Noise, batch.Shape))
+        using (var context = EncodeContext(batch.Captions, batch.Frames))
+        using (var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
+        using (var lossT = Ops.MseLoss(eps, target))
+        {
+            saved = tape.SavedBytes;
+            byKind = tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes);
+            lossT.Backward(checkFinite: Options.CheckFinite);
+            loss = lossT.Item();
+        }
+
+        float norm = _optimizer.Step(Options.MaxGradNorm);
+        backend.Synchronize();
+        double ms = clock.Elapsed.TotalMilliseconds;
+        StepsDone = step;
+        return new StepStats(step, loss, ms, backend.Memory.Snapshot(), Math.Max(saved, tape.PeakSavedBytes), byKind, norm);
+    }
+
+    /// <summary>
+    /// Mean loss over <paramref name="batches"/> fixed batches of <paramref name="data"/> (same clips,
+    /// timesteps and noise for every model given the same seed), without recording anything.
+    /// </summary>
+    public float Evaluate(IClipSource data, int batches, int seed)
+    {
+        double total = 0;
+        using var noGrad = Tape.NoGrad();
+        for (int i = 0; i < batches; i++)
+        {
+            var batch = MakeBatch(data, i + 1, seed ^ 0x2545F491, captionDropout: 0);
+            using var x = Tensor.FromArray(_model.Backend, batch.NoisyLatents, batch.Shape);
+            using var target = Tensor.FromArray(_model.Backend, batch.Noise, batch.Shape);
+            using var context = _model.EncodeText(batch.Captions, batch.Frames);
+            using var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames);
+            using var loss = Ops.MseLoss(eps, target);
+            total += loss.Item();
+        }
+
+        return (float)(total / batches);
+    }
+
+    /// <summary>Releases the optimiser state.</summary>
+    public void Dispose() => _optimizer.Dispose();
+
+    private Tensor EncodeContext(IReadOnlyList<string> captions, int frames)
+    {
+        // Stage 2: the frozen text encoder is inference-only in both topologies.
+        if (Stage == Stage.TextToVideo)
+        {
+            using var noGrad = Tape.NoGrad();
+            return _model.EncodeText(captions, frames);
+        }
+
+        return _model.EncodeText(captions, frames);
+    }
+
+    /// <summary>
+    /// The batch of step <paramref name="step"/>: stage 1 takes Batch x Frames single frames of different
+    /// clips (each its own caption and timestep); stage 2 takes Batch whole clips (one timestep per clip).
+    /// </summary>
+    internal Batch MakeBatch(IClipSource data, int step, int seed, float captionDropout)
+    {
+        var config = _model.Config;
+        var rng = new Random(HashCode.Combine(seed, step, 0x6d6f6269));
+        bool video = Stage == Stage.TextToVideo;
+        int items = video ? config.Batch : config.Batch * config.Frames;
+        int frames = video ? config.Frames : 1;
+        int c = config.LatentChannels, h = config.LatentHeight, w = config.LatentWidth;
+        int imageSize = c * h * w;
+        var latents = new float[items * frames * imageSize];
+        var captions = new string[items];
+        var timesteps = new int[items * frames];
+        for (int i = 0; i < items; i++)
+        {
+            var clip = data.Get(rng.Next(data.Count));
+            if (clip.FrameCount < frames || clip.Height != config.Height || clip.Width != config.Width)
+            {
+                throw new InvalidDataException($"clip '{clip.Caption}' is {clip.FrameCount}x{clip.Height}x{clip.Width}; the {config.Name} config needs {frames}x{config.Height}x{config.Width}.");
+            }
+
+            var all = _model.Codec.Encode(clip);
+            int first = video ? 0 : rng.Next(clip.FrameCount);
+            Array.Copy(all, first * imageSize, latents, i * frames * imageSize, frames * imageSize);
+            captions[i] = rng.NextDouble() < captionDropout ? "" : clip.Caption;
+            int t = rng.Next(_model.Schedule.Steps);
+            Array.Fill(timesteps, t, i * frames, frames);
+        }
+
+        var noise = Init.Normal(rng, latents.Length, 1f);
+        var noisy = _model.Schedule.AddNoise(latents, noise, timesteps, imageSize);
+        return new Batch(noisy, noise, timesteps, captions, frames, new Shape(items * frames, c, h, w));
+    }
+
+    /// <summary>One training batch on the host.</summary>
+    internal sealed record Batch(float[] NoisyLatents, float[] Noise, int[] Timesteps, string[] Captions, int Frames, Shape Shape);
+}

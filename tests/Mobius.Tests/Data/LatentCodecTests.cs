@@ -1,0 +1,80 @@
+using Mobius.Data;
+using Xunit;
+
+namespace Mobius.Tests.Data;
+
+public sealed class LatentCodecTests
+{
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Space_to_depth_follows_pixel_unshuffle_order_and_round_trips_bit_for_bit(int seed)
+    {
+        var r = new Rng(seed);
+        int n = r.Int(1, 3), h = 2 * r.Int(1, 6), w = 2 * r.Int(1, 6);
+        float[] scales = [.. Enumerable.Range(0, 12).Select(_ => MathF.Pow(2, r.Int(-3, 3)))];
+        var codec = new SpaceToDepthCodec(scales);
+        float[] pixels = r.Uniform(n * 3 * h * w);
+        var latents = new float[pixels.Length];
+        codec.Encode(pixels, latents, n, h, w);
+
+        for (int b = 0; b < n; b++)
+        {
+            for (int c = 0; c < 3; c++)
+            {
+                for (int y = 0; y < h; y++)
+                {
+                    for (int x = 0; x < w; x++)
+                    {
+                        int ch = 4 * c + 2 * (y % 2) + x % 2;
+                        float want = pixels[((b * 3 + c) * h + y) * w + x] * scales[ch];
+                        float got = latents[((b * 12 + ch) * (h / 2) + y / 2) * (w / 2) + x / 2];
+                        Assert.True(want == got, $"{r}: pixel [{b}, {c}, {y}, {x}] went to channel {ch} as {got}, expected {want}.");
+                    }
+                }
+            }
+        }
+
+        float[] back = codec.Decode(latents, n, h, w);
+        Assert.True(back.AsSpan().SequenceEqual(pixels), $"{r}: decode(encode(x)) != x for {n} x 3 x {h} x {w}.");
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Emoji_clips_round_trip_exactly_with_the_default_codec(int seed)
+    {
+        var clip = new EmojiClips(new EmojiClipsOptions { Seed = seed, Count = 1 }).Get(0);
+        ILatentCodec codec = new SpaceToDepthCodec();
+        float[] z = codec.Encode(clip);
+        Assert.Equal(clip.FrameCount * codec.LatentChannels * (clip.Height / 2) * (clip.Width / 2), z.Length);
+        Assert.Equal((12, 2), (codec.LatentChannels, codec.Downscale));
+        Assert.True(codec.Decode(z, clip.FrameCount, clip.Height, clip.Width).AsSpan().SequenceEqual(clip.Frames), $"seed {seed}: emoji clip does not round trip.");
+    }
+
+    [Fact]
+    public void Default_scales_give_emoji_latents_roughly_unit_variance_and_match_a_fresh_fit()
+    {
+        var source = new EmojiClips(new EmojiClipsOptions { Seed = Seeds.One, Count = 128 });
+        var stats = SpaceToDepthCodec.ChannelStats(new SpaceToDepthCodec(), source, 128);
+        for (int ch = 0; ch < 12; ch++)
+        {
+            Assert.True(stats[ch].Std is > 0.7 and < 1.42, $"seed {Seeds.One}: latent channel {ch} has std {stats[ch].Std:0.000}, not within sqrt 2 of 1.");
+        }
+
+        Assert.Equal(SpaceToDepthCodec.EmojiScales, SpaceToDepthCodec.Fit(source, 128).Scales);
+    }
+
+    [Fact]
+    public void Bad_sizes_and_scales_are_refused()
+    {
+        var codec = new SpaceToDepthCodec();
+        Assert.Throws<ArgumentException>(() => codec.Encode(new float[3 * 3 * 4], new float[3 * 3 * 4], 1, 3, 4));
+        Assert.Throws<ArgumentException>(() => codec.Encode(new float[3 * 4 * 4], new float[3 * 4 * 4 - 1], 1, 4, 4));
+        Assert.Throws<ArgumentException>(() => codec.Decode(new float[3 * 4 * 4], new float[3 * 4 * 4], 2, 4, 4));
+        foreach (float bad in new[] { 3f, 0f, -2f, float.NaN, float.PositiveInfinity, 1e-40f })
+        {
+            Assert.Throws<ArgumentException>(() => new SpaceToDepthCodec(Enumerable.Repeat(bad, 12).ToArray()));
+        }
+
+        Assert.Throws<ArgumentException>(() => new SpaceToDepthCodec([1f, 1f]));
+    }
+}
