@@ -210,6 +210,10 @@ public sealed class Parameter : Tensor
         return p;
     }
 
+    /// <summary>Allocates a parameter without setting its values.</summary>
+    public static Parameter Uninitialised(IBackend backend, string name, Shape shape) =>
+        new(backend.Allocate(shape.Numel * sizeof(float), MemoryCategory.Weights), shape, name);
+
     /// <summary>
     /// A frozen parameter takes part in forward and passes input-gradients, but never receives a gradient
     /// and costs no weight-gradient work.

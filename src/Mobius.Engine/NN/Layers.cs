@@ -7,9 +7,8 @@ public sealed class Linear : Module
     public Linear(IBackend backend, Random rng, int inFeatures, int outFeatures, bool bias = true, bool zeroInit = false)
         : base(backend)
     {
-        Weight = AddParameter("weight", new Shape(outFeatures, inFeatures),
-            zeroInit ? new float[(long)outFeatures * inFeatures] : Init.FanIn(rng, (long)outFeatures * inFeatures, inFeatures));
-        Bias = bias ? AddParameter("bias", new Shape(outFeatures), zeroInit ? new float[outFeatures] : Init.FanIn(rng, outFeatures, inFeatures)) : null;
+        Weight = AddParameter("weight", new Shape(outFeatures, inFeatures), () => zeroInit ? new float[(long)outFeatures * inFeatures] : Init.FanIn(rng, (long)outFeatures * inFeatures, inFeatures));
+        Bias = bias ? AddParameter("bias", new Shape(outFeatures), () => zeroInit ? new float[outFeatures] : Init.FanIn(rng, outFeatures, inFeatures)) : null;
     }
 
     /// <summary>[out, in].</summary>
@@ -33,8 +32,8 @@ public sealed class Conv2d : Module
         Padding = padding >= 0 ? padding : kernel / 2;
         long fanIn = (long)inChannels * kernel * kernel;
         long n = outChannels * fanIn;
-        Weight = AddParameter("weight", new Shape(outChannels, inChannels, kernel, kernel), zeroInit ? new float[n] : Init.FanIn(rng, n, fanIn));
-        Bias = AddParameter("bias", new Shape(outChannels), zeroInit ? new float[outChannels] : Init.FanIn(rng, outChannels, fanIn));
+        Weight = AddParameter("weight", new Shape(outChannels, inChannels, kernel, kernel), () => zeroInit ? new float[n] : Init.FanIn(rng, n, fanIn));
+        Bias = AddParameter("bias", new Shape(outChannels), () => zeroInit ? new float[outChannels] : Init.FanIn(rng, outChannels, fanIn));
     }
 
     /// <summary>Stride of the convolution.</summary>
@@ -62,8 +61,8 @@ public sealed class GroupNorm : Module
     {
         Groups = groups;
         Eps = eps;
-        Weight = AddParameter("weight", new Shape(channels), Init.Constant(channels, 1f));
-        Bias = AddParameter("bias", new Shape(channels), new float[channels]);
+        Weight = AddParameter("weight", new Shape(channels), () => Init.Constant(channels, 1f));
+        Bias = AddParameter("bias", new Shape(channels), () => new float[channels]);
     }
 
     /// <summary>Number of groups.</summary>
@@ -90,8 +89,8 @@ public sealed class LayerNorm : Module
         : base(backend)
     {
         Eps = eps;
-        Weight = AddParameter("weight", new Shape(dim), Init.Constant(dim, 1f));
-        Bias = AddParameter("bias", new Shape(dim), new float[dim]);
+        Weight = AddParameter("weight", new Shape(dim), () => Init.Constant(dim, 1f));
+        Bias = AddParameter("bias", new Shape(dim), () => new float[dim]);
     }
 
     /// <summary>Variance epsilon.</summary>
@@ -112,7 +111,7 @@ public sealed class Embedding : Module
 {
     /// <summary>Creates a table of <paramref name="count"/> vectors of <paramref name="dim"/> values, normal(0, 0.02).</summary>
     public Embedding(IBackend backend, Random rng, int count, int dim)
-        : base(backend) => Weight = AddParameter("weight", new Shape(count, dim), Init.Normal(rng, (long)count * dim, 0.02f));
+        : base(backend) => Weight = AddParameter("weight", new Shape(count, dim), () => Init.Normal(rng, (long)count * dim, 0.02f));
 
     /// <summary>[count, dim].</summary>
     public Parameter Weight { get; }

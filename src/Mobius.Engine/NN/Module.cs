@@ -124,11 +124,14 @@ public abstract class Module : IDisposable
         GC.SuppressFinalize(this);
     }
 
-    /// <summary>Creates and registers a parameter holding <paramref name="values"/>.</summary>
-    protected Parameter AddParameter(string name, Shape shape, float[] values)
+    /// <summary>
+    /// Creates and registers a parameter initialised by <paramref name="init"/> (not called on a
+    /// <see cref="MetaBackend"/>, which holds shapes only).
+    /// </summary>
+    protected Parameter AddParameter(string name, Shape shape, Func<float[]> init)
     {
         ValidateName(name);
-        var p = Parameter.Create(Backend, name, shape, values);
+        var p = Backend is MetaBackend ? Parameter.Uninitialised(Backend, name, shape) : Parameter.Create(Backend, name, shape, init());
         _parameters.Add((name, p));
         return p;
     }

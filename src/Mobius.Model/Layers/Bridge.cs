@@ -76,7 +76,7 @@ public sealed class GatedBridge : Bridge
     public GatedBridge(IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups)
         : base(backend, rng, blockChannels[^1], outChannels, groups)
     {
-        _gates = blockChannels.Select((c, i) => AddParameter($"gate{i}", new Shape(c), Init.Constant(c, 1f))).ToArray();
+        _gates = blockChannels.Select((c, i) => AddParameter($"gate{i}", new Shape(c), () => Init.Constant(c, 1f))).ToArray();
     }
 
     /// <inheritdoc />

@@ -22,9 +22,8 @@ public sealed class TemporalConvLayer : Module
         {
             bool last = i == 3;
             var norm = AddModule($"norm{i + 1}", new GroupNorm(backend, groups, channels));
-            var w = AddParameter($"conv{i + 1}_weight", new Shape(channels, channels, 3),
-                last ? new float[channels * fanIn] : Init.FanIn(rng, channels * fanIn, fanIn));
-            var b = AddParameter($"conv{i + 1}_bias", new Shape(channels), last ? new float[channels] : Init.FanIn(rng, channels, fanIn));
+            var w = AddParameter($"conv{i + 1}_weight", new Shape(channels, channels, 3), () => last ? new float[channels * fanIn] : Init.FanIn(rng, channels * fanIn, fanIn));
+            var b = AddParameter($"conv{i + 1}_bias", new Shape(channels), () => last ? new float[channels] : Init.FanIn(rng, channels, fanIn));
             _stages[i] = (norm, w, b);
         }
     }

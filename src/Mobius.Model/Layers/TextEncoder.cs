@@ -21,7 +21,7 @@ public sealed class TextEncoder : Module
         _tokens = tokens;
         _width = width;
         TokenEmbedding = AddModule("token_embedding", new Embedding(backend, rng, vocabulary, width));
-        PositionEmbedding = AddParameter("position_embedding", new Shape(tokens * width), Init.Normal(rng, tokens * width, 0.01f));
+        PositionEmbedding = AddParameter("position_embedding", new Shape(tokens * width), () => Init.Normal(rng, tokens * width, 0.01f));
         _blocks = new TransformerBlock[layers];
         for (int i = 0; i < layers; i++)
         {

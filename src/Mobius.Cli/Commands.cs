@@ -1,0 +1,281 @@
+using System.CommandLine;
+using System.Globalization;
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Cpu;
+using Mobius.Model;
+using Mobius.Model.Training;
+using Spectre.Console;
+
+namespace Mobius.Cli;
+
+/// <summary>The subcommands of mobius.</summary>
+public static class Commands
+{
+    /// <summary>The stage-1 checkpoint that ships with Mobius (made by the command in models/README.md).</summary>
+    public static string DefaultCheckpoint => Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2i.safetensors");
+
+    /// <summary>Set by Program: cancelled on Ctrl-C.</summary>
+    public static CancellationToken Cancellation { get; set; }
+
+    private static readonly Option<string> ConfigOption = new("--config") { Description = "model config: micro, tiny, small, ms256", DefaultValueFactory = _ => "tiny" };
+    private static readonly Option<string> BackendOption = new("--backend") { Description = "cpu or cuda (MOBIUS_CUDA=sim: the simulated driver)", DefaultValueFactory = _ => "cpu" };
+    private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
+    private static readonly Option<int> ThreadsOption = new("--threads") { Description = "CPU threads (0: all cores)", DefaultValueFactory = _ => 0 };
+    private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
+
+    /// <summary>Every command.</summary>
+    public static IEnumerable<Command> All() => [Info(), Pretrain(), Train(), Sample(), Compare(), Demo()];
+
+    // ---- info --------------------------------------------------------------------------------------
+
+    private static Command Info()
+    {
+        var cmd = new Command("info", "Backends and devices found (and where native libraries were looked for), configs with parameter counts.");
+        cmd.SetAction(_ =>
+        {
+            using (var cpu = new CpuBackend())
+            {
+                AnsiConsole.MarkupLine($"[bold]cpu[/]: {Markup.Escape(cpu.DeviceName)}");
+            }
+
+            AnsiConsole.MarkupLine($"[bold]cuda[/]: {Markup.Escape(Backends.DescribeCuda())}");
+            var table = new Table().AddColumns("config", "channels", "frames x size", "parameters", "serial trainable", "parallel trainable", "temporal share");
+            using var meter = new CpuBackend(threads: 1);
+            foreach (var c in ModelConfig.Presets)
+            {
+                var counts = ParameterCounts.Of(c);
+                table.AddRow(c.Name, string.Join("/", c.Channels), $"{c.Frames} x {c.Height}x{c.Width}", $"{counts.Total:N0}",
+                    $"{counts.SerialTrainable:N0}", $"{counts.ParallelTrainable:N0}", $"{(double)counts.SerialTrainable / counts.Total:P0}");
+            }
+
+            AnsiConsole.Write(table);
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    // ---- pretrain (stage 1) -----------------------------------------------------------------------
+
+    private static Command Pretrain()
+    {
+        var steps = new Option<int>("--steps") { Description = "training steps", DefaultValueFactory = _ => 2000 };
+        var lr = new Option<float>("--lr") { Description = "learning rate", DefaultValueFactory = _ => 3e-4f };
+        var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
+        var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
+        var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery };
+        cmd.SetAction(p =>
+        {
+            int seed = p.GetValue(SeedOption);
+            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
+            using var _ = backend;
+            var resumeFrom = p.GetValue(resume);
+            var ckpt = resumeFrom is null ? null : Checkpoint.Load(resumeFrom);
+            if (ckpt is not null && ckpt.Topology != Topology.Spatial)
+            {
+                throw new UsageException($"{resumeFrom} is a {ckpt.Topology} checkpoint; pretrain resumes text-to-image checkpoints.");
+            }
+
+            var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
+            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
+            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), WeightDecay = 0 };
+            using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            if (ckpt is not null)
+            {
+                trainer.Resume(ckpt);
+            }
+
+            string path = p.GetValue(output)!;
+            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            Ui.Train($"pretrain {config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
+            trainer.Save(path, extra);
+            AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    // ---- train (stage 2) ----------------------------------------------------------------------------
+
+    private static Command Train()
+    {
+        var topology = new Option<string>("--topology") { Description = "serial or parallel", DefaultValueFactory = _ => "parallel" };
+        var from = new Option<string?>("--from") { Description = "stage-1 (text-to-image) checkpoint; default: the one that ships" };
+        var resume = new Option<string?>("--resume") { Description = "continue a stage-2 checkpoint exactly where it stopped" };
+        var steps = new Option<int>("--steps") { Description = "training steps", DefaultValueFactory = _ => 200 };
+        var lr = new Option<float>("--lr") { Description = "learning rate", DefaultValueFactory = _ => 1e-4f };
+        var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
+        var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
+        var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
+            { topology, from, resume, steps, lr, output, saveEvery, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption };
+        cmd.SetAction(p =>
+        {
+            var topo = ParseTopology(p.GetValue(topology)!);
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
+            var resumeFrom = p.GetValue(resume);
+            var ckpt = Checkpoint.Load(resumeFrom ?? p.GetValue(from) ?? DefaultCheckpoint);
+            if (resumeFrom is not null && ckpt.Topology != topo)
+            {
+                throw new UsageException($"{resumeFrom} was trained as {ckpt.Topology}; resume it with --topology {ckpt.Topology.ToString().ToLowerInvariant()}.");
+            }
+
+            int seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed;
+            using var model = TextToVideo.Load(backend, ckpt, topo, seed);
+            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train), Stage.TextToVideo,
+                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr) });
+            if (resumeFrom is not null)
+            {
+                trainer.Resume(ckpt);
+            }
+
+            string path = p.GetValue(output)!;
+            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            Ui.Train($"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
+            trainer.Save(path, extra);
+            AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    // ---- sample -----------------------------------------------------------------------------------
+
+    private static Command Sample()
+    {
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "a checkpoint (default: the stage-1 one that ships; stage-1 checkpoints give still images)" };
+        var prompt = new Option<string>("--prompt") { Description = "what to draw, e.g. \"a red heart moving left\"", Required = true };
+        var output = new Option<string>("--out") { Description = "GIF to write", DefaultValueFactory = _ => "clip.gif" };
+        var steps = new Option<int>("--steps") { Description = "DDIM steps", DefaultValueFactory = _ => 25 };
+        var guidance = new Option<float>("--guidance") { Description = "classifier-free guidance scale", DefaultValueFactory = _ => 4f };
+        var cmd = new Command("sample", "Generate a clip for a prompt with DDIM and classifier-free guidance, written as an animated GIF.")
+            { checkpoint, prompt, output, steps, guidance, BackendOption, SeedOption, ThreadsOption };
+        cmd.SetAction(p =>
+        {
+            int ddim = p.GetValue(steps);
+            if (ddim is < 1 or > 1000)
+            {
+                throw new UsageException($"--steps must be 1..1000, got {ddim}.");
+            }
+
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0);
+            var ckpt = Checkpoint.Load(p.GetValue(checkpoint) ?? DefaultCheckpoint);
+            using var model = TextToVideo.Load(backend, ckpt, ckpt.Topology, p.GetValue(SeedOption));
+            string text = p.GetValue(prompt)!;
+            model.Tokenizer.Encode(text, strict: true);
+            float[] pixels = null!;
+            AnsiConsole.Progress().Start(ctx =>
+            {
+                var task = ctx.AddTask("sampling", maxValue: ddim);
+                pixels = model.Generate([text], ddim, p.GetValue(guidance), p.GetValue(SeedOption), new InlineProgress<int>(d => task.Value = d));
+            });
+            int frames = ckpt.Topology == Topology.Spatial ? 1 : ckpt.Config.Frames;
+            string path = p.GetValue(output)!;
+            Gif.Write(path, pixels, frames, ckpt.Config.Height, ckpt.Config.Width, new GifWriteOptions { Upscale = 4 });
+            AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({frames} frames, {ckpt.Config.Height}x{ckpt.Config.Width}, shown x4)");
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    // ---- compare and demo -------------------------------------------------------------------------
+
+    private static Command Compare()
+    {
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "stage-1 checkpoint both start from (default: the one that ships for tiny; a random text-to-image model otherwise)" };
+        var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 100 };
+        var output = new Option<string>("--out") { Description = "folder for report.md, result.json, plots and sample GIFs", DefaultValueFactory = _ => "mobius-compare" };
+        var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
+        var samples = new Option<int>("--samples") { Description = "prompts sampled per topology for the motion score (0: none)", DefaultValueFactory = _ => 4 };
+        var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
+        var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, ThreadsOption, MemoryLimitOption };
+        cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
+            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
+        return cmd;
+    }
+
+    private static Command Demo()
+    {
+        var output = new Option<string>("--out") { Description = "folder for the report, plots and GIFs", DefaultValueFactory = _ => "mobius-demo" };
+        var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
+        var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
+            { output, steps, BackendOption, SeedOption, ThreadsOption };
+        cmd.SetAction(p =>
+        {
+            string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
+            if (ckpt is null)
+            {
+                AnsiConsole.MarkupLine("[yellow]the stage-1 checkpoint is missing; both topologies start from a random text-to-image model[/]");
+            }
+
+            return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
+                samples: 4, sampleSteps: 25, p.GetValue(ThreadsOption), 0);
+        });
+        return cmd;
+    }
+
+    private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
+        int threads, long memoryLimitMb)
+    {
+        if (steps < 1)
+        {
+            throw new UsageException($"--steps must be at least 1, got {steps}.");
+        }
+
+        var config = Configs.Get(configName);
+        checkpoint ??= config.Name == "tiny" && File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
+        Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
+        var options = new CompareOptions
+        {
+            Config = config,
+            Checkpoint = checkpoint,
+            Steps = steps,
+            Seed = seed,
+            SamplePrompts = samples,
+            SampleSteps = sampleSteps,
+            BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
+        };
+        Directory.CreateDirectory(outDir);
+        var writer = new ReportWriter(outDir);
+        var result = Ui.Compare(options, json, writer.WriteSamples, Cancellation);
+        writer.Write(result, options);
+        if (json)
+        {
+            Console.WriteLine(result.ToJson());
+        }
+        else
+        {
+            Ui.PrintComparison(result);
+            AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");
+        }
+
+        return ExitCodes.Success;
+    }
+
+    private static Topology ParseTopology(string name) => name.ToLowerInvariant() switch
+    {
+        "serial" => Topology.Serial,
+        "parallel" => Topology.Parallel,
+        _ => throw new UsageException($"unknown topology '{name}'; use serial or parallel."),
+    };
+
+    internal static string Mb(long bytes) => (bytes / 1048576.0).ToString("0.0", CultureInfo.InvariantCulture) + " MiB";
+}
+
+/// <summary>Config lookup that reports an unknown name as a usage error.</summary>
+internal static class Configs
+{
+    public static ModelConfig Get(string name)
+    {
+        try
+        {
+            return ModelConfig.Get(name);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message);
+        }
+    }
+}

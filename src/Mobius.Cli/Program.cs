@@ -1,0 +1,48 @@
+using System.CommandLine;
+using Mobius.Cli;
+using Spectre.Console;
+
+// The mobius command. Exit codes (see ExitCodes): 0 success, 1 unexpected failure, 2 bad arguments,
+// 3 a missing or damaged input file, 4 unknown words in a prompt, 5 out of memory, 6 backend not
+// available, 130 cancelled.
+var root = new RootCommand("Mobius: fine-tune text-to-video diffusion models, serial and parallel (Mobius) 3D-UNets side by side.");
+foreach (var command in Commands.All())
+{
+    root.Subcommands.Add(command);
+}
+
+var parse = root.Parse(args);
+if (parse.Errors.Count > 0)
+{
+    foreach (var error in parse.Errors)
+    {
+        Console.Error.WriteLine($"mobius: {error.Message}");
+    }
+
+    Console.Error.WriteLine("Run 'mobius --help' (or 'mobius <command> --help') for usage.");
+    return ExitCodes.Usage;
+}
+
+using var cancel = new CancellationTokenSource();
+Console.CancelKeyPress += (_, e) =>
+{
+    e.Cancel = true;
+    cancel.Cancel();
+};
+Commands.Cancellation = cancel.Token;
+
+try
+{
+    return parse.Invoke();
+}
+catch (Exception e)
+{
+    var (code, message) = ExitCodes.Describe(e);
+    AnsiConsole.MarkupLine($"[red]mobius:[/] {Markup.Escape(message)}");
+    if (code == ExitCodes.Failure && Environment.GetEnvironmentVariable("MOBIUS_DEBUG") == "1")
+    {
+        Console.Error.WriteLine(e);
+    }
+
+    return code;
+}

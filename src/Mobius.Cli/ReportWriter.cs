@@ -1,0 +1,138 @@
+using System.Globalization;
+using System.Text;
+using Mobius.Data;
+using Mobius.Model;
+using Mobius.Model.Training;
+
+namespace Mobius.Cli;
+
+/// <summary>Writes a comparison's report.md, result.json, plots (ScottPlot) and sample GIFs to a folder.</summary>
+public sealed class ReportWriter(string folder)
+{
+    private readonly Dictionary<Topology, List<string>> _gifs = new();
+
+    /// <summary>Writes one GIF per sample and a grid of all of them; called by the comparison as samples arrive.</summary>
+    public void WriteSamples(Topology topology, ModelConfig config, IReadOnlyList<string> prompts, float[] pixels)
+    {
+        string name = topology.ToString().ToLowerInvariant();
+        var clips = new List<Clip>();
+        var files = new List<string>();
+        int clipSize = config.Frames * 3 * config.Height * config.Width;
+        for (int k = 0; k < prompts.Count; k++)
+        {
+            var frames = pixels.AsSpan(k * clipSize, clipSize).ToArray();
+            clips.Add(new Clip(frames, config.Frames, config.Height, config.Width, prompts[k]));
+            string file = $"{name}-{k + 1}-{Slug(prompts[k])}.gif";
+            Gif.Write(Path.Combine(folder, file), frames, config.Frames, config.Height, config.Width, new GifWriteOptions { Upscale = 4 });
+            files.Add(file);
+        }
+
+        Gif.WriteGrid(Path.Combine(folder, $"{name}-samples.gif"), clips, 0, new GifWriteOptions { Upscale = 4 });
+        _gifs[topology] = files;
+    }
+
+    /// <summary>Writes result.json, the plots and report.md.</summary>
+    public void Write(ComparisonResult r, CompareOptions options)
+    {
+        File.WriteAllText(Path.Combine(folder, "result.json"), r.ToJson());
+        Plots(r);
+        File.WriteAllText(Path.Combine(folder, "report.md"), Markdown(r, options));
+    }
+
+    private void Plots(ComparisonResult r)
+    {
+        var cats = r.Serial.Memory.Keys.Where(k => r.Serial.Memory[k] > 0 || r.Parallel.Memory[k] > 0).ToList();
+        var mem = new ScottPlot.Plot();
+        var palette = new ScottPlot.Palettes.Category10();
+        var bars = new List<ScottPlot.Bar>();
+        for (int t = 0; t < 2; t++)
+        {
+            var m = t == 0 ? r.Serial.Memory : r.Parallel.Memory;
+            double bottom = 0;
+            for (int c = 0; c < cats.Count; c++)
+            {
+                double mb = m[cats[c]] / 1048576.0;
+                bars.Add(new ScottPlot.Bar { Position = t, ValueBase = bottom, Value = bottom + mb, FillColor = palette.GetColor(c) });
+                bottom += mb;
+            }
+        }
+
+        mem.Add.Bars(bars);
+        for (int c = 0; c < cats.Count; c++)
+        {
+            mem.Legend.ManualItems.Add(new ScottPlot.LegendItem { LabelText = cats[c], FillColor = palette.GetColor(c) });
+        }
+
+        mem.Axes.Bottom.SetTicks([0, 1], ["serial", "parallel"]);
+        mem.Axes.Margins(bottom: 0);
+        mem.YLabel("MiB at peak");
+        mem.Title($"Peak memory by category ({r.Config})");
+        mem.SavePng(Path.Combine(folder, "memory.png"), 640, 420);
+
+        var time = new ScottPlot.Plot();
+        time.Add.Bars(new[] { r.Serial.StepMsMedian, r.Parallel.StepMsMedian });
+        time.Axes.Bottom.SetTicks([0, 1], ["serial", "parallel"]);
+        time.Axes.Margins(bottom: 0);
+        time.YLabel("median step time (ms)");
+        time.Title($"Step time ({r.Backend})");
+        time.SavePng(Path.Combine(folder, "time.png"), 640, 420);
+
+        var loss = new ScottPlot.Plot();
+        var s = loss.Add.Signal(r.Serial.Losses.ToArray());
+        s.LegendText = "serial";
+        var p = loss.Add.Signal(r.Parallel.Losses.ToArray());
+        p.LegendText = "parallel";
+        loss.XLabel("step");
+        loss.YLabel("training loss");
+        loss.Title("Training loss (same batches)");
+        loss.ShowLegend();
+        loss.SavePng(Path.Combine(folder, "loss.png"), 640, 420);
+    }
+
+    private string Markdown(ComparisonResult r, CompareOptions o)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        string Mb(long b) => (b / 1048576.0).ToString("0.0", ci);
+        var sb = new StringBuilder();
+        sb.AppendLine($"# Serial vs parallel: {r.Config}").AppendLine();
+        sb.AppendLine($"One run, same seed ({r.Seed}), same data, same config; {r.Steps} training steps per topology, steps alternating.");
+        sb.AppendLine($"Backend: {r.Backend}. Started from: {(o.Checkpoint is null ? "a random text-to-image model" : Path.GetFileName(o.Checkpoint))}.");
+        sb.AppendLine($"Written {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by mobius {typeof(ReportWriter).Assembly.GetName().Version}.").AppendLine();
+        sb.AppendLine("| | serial | parallel | parallel / serial | paper |");
+        sb.AppendLine("|---|---:|---:|---:|---:|");
+        sb.AppendLine(ci, $"| median step time (ms, after {o.WarmupSteps} warm-up steps) | {r.Serial.StepMsMedian:0.0} | {r.Parallel.StepMsMedian:0.0} | {r.Ratio.StepMs:0.000} | 0.88 |");
+        sb.AppendLine(ci, $"| peak memory (MiB) | {Mb(r.Serial.PeakBytes)} | {Mb(r.Parallel.PeakBytes)} | {r.Ratio.PeakBytes:0.000} | 0.76 |");
+        sb.AppendLine(ci, $"| saved activations (MiB) | {Mb(r.Serial.SavedActivationBytes)} | {Mb(r.Parallel.SavedActivationBytes)} | {r.Ratio.SavedActivationBytes:0.000} | |");
+        foreach (var cat in r.Serial.Memory.Keys)
+        {
+            sb.AppendLine(ci, $"| at peak: {cat} (MiB) | {Mb(r.Serial.Memory[cat])} | {Mb(r.Parallel.Memory.GetValueOrDefault(cat))} | | |");
+        }
+
+        sb.AppendLine(ci, $"| trainable parameters | {r.Serial.TrainableParams:N0} | {r.Parallel.TrainableParams:N0} | | |");
+        sb.AppendLine(ci, $"| final training loss (last tenth) | {r.Serial.FinalLoss:0.0000} | {r.Parallel.FinalLoss:0.0000} | | |");
+        sb.AppendLine(ci, $"| validation loss | {r.Serial.ValidationLoss:0.0000} | {r.Parallel.ValidationLoss:0.0000} | | |");
+        sb.AppendLine(ci, $"| motion score of samples (0..1) | {r.Serial.MotionScore:0.000} | {r.Parallel.MotionScore:0.000} | | |").AppendLine();
+        sb.AppendLine("Saved activations by layer kind at the start of backward (MiB):").AppendLine();
+        sb.AppendLine("| kind | serial | parallel |").AppendLine("|---|---:|---:|");
+        foreach (var kind in r.Serial.SavedByKind.Keys.Union(r.Parallel.SavedByKind.Keys).OrderBy(k => k, StringComparer.Ordinal))
+        {
+            sb.AppendLine($"| {kind} | {Mb(r.Serial.SavedByKind.GetValueOrDefault(kind))} | {Mb(r.Parallel.SavedByKind.GetValueOrDefault(kind))} |");
+        }
+
+        sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
+        sb.AppendLine("## Samples").AppendLine();
+        sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split.").AppendLine();
+        sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
+        for (int k = 0; k < r.Prompts.Count; k++)
+        {
+            string Cell(Topology t, IReadOnlyList<double> scores) =>
+                _gifs.TryGetValue(t, out var f) ? $"![{t}]({f[k]}) motion {scores[k].ToString("0.000", ci)}" : "";
+            sb.AppendLine($"| {r.Prompts[k]} | {Cell(Topology.Serial, r.Serial.SampleScores)} | {Cell(Topology.Parallel, r.Parallel.SampleScores)} |");
+        }
+
+        sb.AppendLine().AppendLine("All figures measured in this run; result.json holds every step's loss and time.");
+        return sb.ToString();
+    }
+
+    private static string Slug(string s) => new(s.Select(c => char.IsAsciiLetterOrDigit(c) ? char.ToLowerInvariant(c) : '-').ToArray());
+}

@@ -1,0 +1,136 @@
+using Mobius.Model;
+using Mobius.Model.Training;
+using Spectre.Console;
+
+namespace Mobius.Cli;
+
+/// <summary>Progress bars and tables; plain log lines when the output is not a terminal.</summary>
+public static class Ui
+{
+    private static bool Interactive => AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
+
+    /// <summary>Runs <paramref name="steps"/> training steps with a progress bar (or a line every tenth), saving every <paramref name="saveEvery"/>.</summary>
+    public static void Train(string title, Trainer trainer, int steps, int saveEvery, string path, IReadOnlyDictionary<string, string> extra, CancellationToken cancel)
+    {
+        if (steps < 1)
+        {
+            throw new UsageException($"--steps must be at least 1, got {steps}.");
+        }
+
+        void One(Action<StepStats> report)
+        {
+            cancel.ThrowIfCancellationRequested();
+            var s = trainer.TrainStep();
+            report(s);
+            if (saveEvery > 0 && s.Step % saveEvery == 0)
+            {
+                trainer.Save(path, extra);
+            }
+        }
+
+        if (Interactive)
+        {
+            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask(title, maxValue: steps);
+                    for (int i = 0; i < steps; i++)
+                    {
+                        One(s =>
+                        {
+                            task.Description = $"{title}: step {s.Step}, loss {s.Loss:0.0000}, {s.Milliseconds:0} ms";
+                            task.Increment(1);
+                        });
+                    }
+                });
+            return;
+        }
+
+        int every = Math.Max(1, steps / 10);
+        for (int i = 0; i < steps; i++)
+        {
+            One(s =>
+            {
+                if ((i + 1) % every == 0 || i == 0)
+                {
+                    Console.WriteLine($"{title}: step {s.Step} ({i + 1}/{steps}), loss {s.Loss:0.0000}, {s.Milliseconds:0} ms");
+                }
+            });
+        }
+    }
+
+    /// <summary>Runs a comparison with one progress bar per topology and phase (quiet with --json).</summary>
+    public static ComparisonResult Compare(CompareOptions options, bool quiet, Action<Topology, ModelConfig, IReadOnlyList<string>, float[]> onSamples, CancellationToken cancel)
+    {
+        if (quiet)
+        {
+            return Comparison.Run(options, new InlineProgress<CompareProgress>(_ => cancel.ThrowIfCancellationRequested()), onSamples);
+        }
+
+        if (!Interactive)
+        {
+            int every = Math.Max(1, options.Steps / 10);
+            var log = new InlineProgress<CompareProgress>(p =>
+            {
+                cancel.ThrowIfCancellationRequested();
+                if (p.Phase == "train" && (p.Done % every == 0 || p.Done == 1))
+                {
+                    Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} train step {p.Done}/{p.Total}, loss {p.Loss:0.0000}");
+                }
+                else if (p.Phase != "train" && p.Done == 0)
+                {
+                    Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} {p.Phase}");
+                }
+            });
+            return Comparison.Run(options, log, onSamples);
+        }
+
+        ComparisonResult result = null!;
+        AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new ElapsedTimeColumn())
+            .Start(ctx =>
+            {
+                var tasks = new Dictionary<(string, Topology), ProgressTask>();
+                var bars = new InlineProgress<CompareProgress>(p =>
+                {
+                    cancel.ThrowIfCancellationRequested();
+                    if (!tasks.TryGetValue((p.Phase, p.Topology), out var t))
+                    {
+                        t = ctx.AddTask($"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}", maxValue: Math.Max(1, p.Total));
+                        tasks[(p.Phase, p.Topology)] = t;
+                    }
+
+                    t.Value = p.Done;
+                    if (p.Phase == "train")
+                    {
+                        t.Description = $"{p.Topology.ToString().ToLowerInvariant()} train, loss {p.Loss:0.0000}";
+                    }
+                    else if (p.Phase == "validate")
+                    {
+                        t.Value = t.MaxValue;
+                    }
+                });
+                result = Comparison.Run(options, bars, onSamples);
+            });
+        return result;
+    }
+
+    /// <summary>The side-by-side table.</summary>
+    public static void PrintComparison(ComparisonResult r)
+    {
+        var t = new Table().Title($"[bold]serial vs parallel[/]: {Markup.Escape(r.Config)}, {r.Steps} steps, seed {r.Seed}, {Markup.Escape(r.Backend)}")
+            .AddColumns("", "serial", "parallel", "parallel / serial", "paper");
+        t.AddRow("median step time", $"{r.Serial.StepMsMedian:0} ms", $"{r.Parallel.StepMsMedian:0} ms", $"{r.Ratio.StepMs:0.00}", "0.88");
+        t.AddRow("peak memory", Commands.Mb(r.Serial.PeakBytes), Commands.Mb(r.Parallel.PeakBytes), $"{r.Ratio.PeakBytes:0.00}", "0.76");
+        t.AddRow("saved activations", Commands.Mb(r.Serial.SavedActivationBytes), Commands.Mb(r.Parallel.SavedActivationBytes), $"{r.Ratio.SavedActivationBytes:0.00}", "");
+        foreach (var cat in r.Serial.Memory.Keys)
+        {
+            t.AddRow($"  at peak: {cat}", Commands.Mb(r.Serial.Memory[cat]), Commands.Mb(r.Parallel.Memory.GetValueOrDefault(cat)), "", "");
+        }
+
+        t.AddRow("trainable parameters", $"{r.Serial.TrainableParams:N0}", $"{r.Parallel.TrainableParams:N0}", "", "");
+        t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
+        t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
+        t.AddRow("motion score (samples)", $"{r.Serial.MotionScore:0.000}", $"{r.Parallel.MotionScore:0.000}", "", "");
+        AnsiConsole.Write(t);
+    }
+}

@@ -1,0 +1,181 @@
+namespace Mobius.Engine;
+
+/// <summary>
+/// A backend that holds shapes and no data, like PyTorch's "meta" device: building a model on it
+/// allocates nothing and runs no initialiser, so parameter counts and weight bytes of even the
+/// ms256 configuration are known instantly. Every op throws <see cref="NotSupportedException"/>.
+/// </summary>
+public sealed class MetaBackend : IBackend
+{
+    private readonly CachingAllocator _allocator;
+
+    /// <summary>Creates a meta backend.</summary>
+    public MetaBackend() => _allocator = new CachingAllocator(new NoMemory(), this);
+
+    /// <inheritdoc />
+    public string Name => "meta";
+
+    /// <inheritdoc />
+    public string DeviceName => "shapes only";
+
+    /// <inheritdoc />
+    public MemoryTracker Memory { get; } = new();
+
+    /// <inheritdoc />
+    public Storage Allocate(long bytes, MemoryCategory category) => _allocator.Allocate(bytes, category);
+
+    /// <inheritdoc />
+    public void EmptyCache() => _allocator.EmptyCache();
+
+    /// <inheritdoc />
+    public void Synchronize()
+    {
+    }
+
+    /// <inheritdoc />
+    public void Dispose() => _allocator.Dispose();
+
+    /// <inheritdoc />
+    public void CopyFromHost(ReadOnlySpan<float> src, Tensor dst) => throw NoData();
+
+    /// <inheritdoc />
+    public void CopyToHost(Tensor src, Span<float> dst) => throw NoData();
+
+    /// <inheritdoc />
+    public void Fill(Tensor dst, float value) => throw NoData();
+
+    /// <inheritdoc />
+    public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols) => throw NoData();
+
+    /// <inheritdoc />
+    public void Transpose(int batch, int rows, int cols, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void Add(Tensor a, Tensor b, Tensor y, float alpha = 1f, float beta = 1f) => throw NoData();
+
+    /// <inheritdoc />
+    public void Mul(Tensor a, Tensor b, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void Scale(Tensor x, float alpha, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void AddChannelBias(int outer, int channels, int inner, Tensor x, Tensor bias, Tensor y, bool perOuter = false) => throw NoData();
+
+    /// <inheritdoc />
+    public void ChannelBiasGrad(int outer, int channels, int inner, Tensor dy, Tensor dbias, bool perOuter = false) => throw NoData();
+
+    /// <inheritdoc />
+    public void ActivationForward(Activation act, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void ActivationBackward(Activation act, Tensor x, Tensor dy, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void GegluForward(int rows, int hidden, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void GegluBackward(int rows, int hidden, Tensor x, Tensor dy, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void SoftmaxForward(int rows, int cols, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void SoftmaxBackward(int rows, int cols, Tensor y, Tensor dy, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void Gemm(in GemmShape s, float alpha, Tensor a, Tensor b, float beta, Tensor c) => throw NoData();
+
+    /// <inheritdoc />
+    public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void Conv2dBackwardFilter(in Conv2dShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias) => throw NoData();
+
+    /// <inheritdoc />
+    public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias) => throw NoData();
+
+    /// <inheritdoc />
+    public void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu) => throw NoData();
+
+    /// <inheritdoc />
+    public void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu) => throw NoData();
+
+    /// <inheritdoc />
+    public void LayerNormForward(int rows, int cols, float eps, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd) => throw NoData();
+
+    /// <inheritdoc />
+    public void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy, Tensor? dx, Tensor? dgamma, Tensor? dbeta) => throw NoData();
+
+    /// <inheritdoc />
+    public void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse) => throw NoData();
+
+    /// <inheritdoc />
+    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => throw NoData();
+
+    /// <inheritdoc />
+    public void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse) => throw NoData();
+
+    /// <inheritdoc />
+    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => throw NoData();
+
+    /// <inheritdoc />
+    public void AvgPool2x2Forward(int planes, int h, int w, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void AvgPool2x2Backward(int planes, int h, int w, Tensor dy, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void Upsample2xForward(int planes, int h, int w, Tensor x, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void Upsample2xBackward(int planes, int h, int w, Tensor dy, Tensor dx) => throw NoData();
+
+    /// <inheritdoc />
+    public void EmbeddingForward(ReadOnlySpan<int> ids, Tensor table, Tensor y) => throw NoData();
+
+    /// <inheritdoc />
+    public void EmbeddingBackward(ReadOnlySpan<int> ids, Tensor dy, Tensor dtable) => throw NoData();
+
+    /// <inheritdoc />
+    public void MseForward(Tensor a, Tensor b, Tensor output) => throw NoData();
+
+    /// <inheritdoc />
+    public void MseBackward(Tensor a, Tensor b, Tensor dOut, Tensor da) => throw NoData();
+
+    /// <inheritdoc />
+    public void Sum(Tensor x, Tensor output) => throw NoData();
+
+    /// <inheritdoc />
+    public void SumSquaresAccumulate(Tensor x, Tensor output) => throw NoData();
+
+    /// <inheritdoc />
+    public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs args) => throw NoData();
+
+    private static NotSupportedException NoData() => new("the meta backend holds shapes only; use cpu or cuda to compute.");
+
+    /// <summary>Distinct fake addresses, no memory.</summary>
+    private sealed class NoMemory : IRawMemory
+    {
+        private long _next = 4096;
+
+        public nint Alloc(long bytes) => (nint)Interlocked.Add(ref _next, Math.Max(bytes, 1) + 4096);
+
+        public void Free(nint handle, long bytes)
+        {
+        }
+
+        public void Poison(nint handle, long bytes)
+        {
+        }
+    }
+}

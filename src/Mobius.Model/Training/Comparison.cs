@@ -1,0 +1,309 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Mobius.Data;
+using Mobius.Engine;
+
+namespace Mobius.Model.Training;
+
+/// <summary>Settings of a serial-versus-parallel comparison.</summary>
+public sealed record CompareOptions
+{
+    /// <summary>Model configuration (ignored when a checkpoint is given: the checkpoint's config is used).</summary>
+    public required ModelConfig Config { get; init; }
+
+    /// <summary>Stage-1 (text-to-image) checkpoint both topologies start from; null: a random text-to-image model.</summary>
+    public string? Checkpoint { get; init; }
+
+    /// <summary>Training steps per topology.</summary>
+    public int Steps { get; init; } = 100;
+
+    /// <summary>Seed shared by both runs (temporal initialisation, data order, noise, sampling).</summary>
+    public int Seed { get; init; } = 1;
+
+    /// <summary>Training hyper-parameters shared by both runs.</summary>
+    public TrainOptions Train { get; init; } = new();
+
+    /// <summary>Steps whose times are left out of the median (warm-up: first-touch allocation, JIT).</summary>
+    public int WarmupSteps { get; init; } = 3;
+
+    /// <summary>Batches in the validation loss.</summary>
+    public int ValidationBatches { get; init; } = 4;
+
+    /// <summary>Prompts sampled per topology for the motion score (0: no sampling).</summary>
+    public int SamplePrompts { get; init; } = 4;
+
+    /// <summary>DDIM steps when sampling.</summary>
+    public int SampleSteps { get; init; } = 25;
+
+    /// <summary>Classifier-free guidance scale.</summary>
+    public float Guidance { get; init; } = 4f;
+
+    /// <summary>Creates a fresh backend (one per topology, so memory statistics stay separate).</summary>
+    public required Func<IBackend> BackendFactory { get; init; }
+}
+
+/// <summary>What one topology measured.</summary>
+public sealed record TopologyResult
+{
+    /// <summary>Median step time after warm-up, milliseconds.</summary>
+    [JsonPropertyName("step_ms_median")]
+    public double StepMsMedian { get; init; }
+
+    /// <summary>Highest bytes in use during any measured step.</summary>
+    [JsonPropertyName("peak_bytes")]
+    public long PeakBytes { get; init; }
+
+    /// <summary>Highest bytes the tape held for backward during any step.</summary>
+    [JsonPropertyName("saved_activation_bytes")]
+    public long SavedActivationBytes { get; init; }
+
+    /// <summary>Trainable scalars.</summary>
+    [JsonPropertyName("trainable_params")]
+    public long TrainableParams { get; init; }
+
+    /// <summary>Mean training loss over the last tenth of the steps (at least one).</summary>
+    [JsonPropertyName("final_loss")]
+    public double FinalLoss { get; init; }
+
+    /// <summary>Loss on held-out clips (the same batches for both topologies).</summary>
+    [JsonPropertyName("validation_loss")]
+    public double ValidationLoss { get; init; }
+
+    /// <summary>Mean motion score of DDIM samples (NaN when not sampled).</summary>
+    [JsonPropertyName("motion_score")]
+    public double MotionScore { get; init; }
+
+    /// <summary>Memory by category at the moment of the peak.</summary>
+    [JsonPropertyName("memory")]
+    public required IReadOnlyDictionary<string, long> Memory { get; init; }
+
+    /// <summary>Saved activations by layer kind at the start of the last backward.</summary>
+    [JsonPropertyName("saved_by_kind")]
+    public required IReadOnlyDictionary<string, long> SavedByKind { get; init; }
+
+    /// <summary>Loss of every step.</summary>
+    [JsonPropertyName("losses")]
+    public required IReadOnlyList<double> Losses { get; init; }
+
+    /// <summary>Time of every step, milliseconds.</summary>
+    [JsonPropertyName("step_ms")]
+    public required IReadOnlyList<double> StepMs { get; init; }
+
+    /// <summary>Motion scores of each sample.</summary>
+    [JsonPropertyName("sample_scores")]
+    public required IReadOnlyList<double> SampleScores { get; init; }
+}
+
+/// <summary>Parallel divided by serial.</summary>
+/// <param name="StepMs">Median step time ratio.</param>
+/// <param name="PeakBytes">Peak memory ratio.</param>
+/// <param name="SavedActivationBytes">Saved-activation ratio.</param>
+public sealed record Ratio(
+    [property: JsonPropertyName("step_ms")] double StepMs,
+    [property: JsonPropertyName("peak_bytes")] double PeakBytes,
+    [property: JsonPropertyName("saved_activation_bytes")] double SavedActivationBytes);
+
+/// <summary>The result of <see cref="Comparison.Run"/>: both topologies from one run, same seed, data and config.</summary>
+public sealed record ComparisonResult
+{
+    /// <summary>Configuration name.</summary>
+    [JsonPropertyName("config")]
+    public required string Config { get; init; }
+
+    /// <summary>Backend and device.</summary>
+    [JsonPropertyName("backend")]
+    public required string Backend { get; init; }
+
+    /// <summary>Training steps per topology.</summary>
+    [JsonPropertyName("steps")]
+    public int Steps { get; init; }
+
+    /// <summary>Seed.</summary>
+    [JsonPropertyName("seed")]
+    public int Seed { get; init; }
+
+    /// <summary>The serial baseline.</summary>
+    [JsonPropertyName("serial")]
+    public required TopologyResult Serial { get; init; }
+
+    /// <summary>The parallel (Mobius) topology.</summary>
+    [JsonPropertyName("parallel")]
+    public required TopologyResult Parallel { get; init; }
+
+    /// <summary>Parallel / serial.</summary>
+    [JsonPropertyName("ratio")]
+    public required Ratio Ratio { get; init; }
+
+    /// <summary>Sample prompts, in order.</summary>
+    [JsonPropertyName("prompts")]
+    public required IReadOnlyList<string> Prompts { get; init; }
+
+    /// <summary>JSON form (snake_case keys).</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals });
+}
+
+/// <summary>Progress of a comparison, for progress bars.</summary>
+/// <param name="Phase">"train", "validate" or "sample".</param>
+/// <param name="Topology">The topology being worked on.</param>
+/// <param name="Done">Units done in this phase.</param>
+/// <param name="Total">Units in this phase.</param>
+/// <param name="Loss">The latest training loss, when training.</param>
+public sealed record CompareProgress(string Phase, Topology Topology, int Done, int Total, float Loss = float.NaN);
+
+/// <summary>
+/// Serial against parallel, in one process: both start from the same text-to-image weights and the
+/// same temporal initialisation, see the same batches, and their training steps alternate so that any
+/// drift of the machine's speed affects both alike. Each has its own backend instance, so memory is
+/// accounted separately. The serial baseline gets every saving the engine has (frozen layers keep no
+/// weight-gradient inputs, cheap recomputation); only the topology differs.
+/// </summary>
+public static class Comparison
+{
+    /// <summary>Runs the comparison; samples (pixels [prompts, F, 3, H, W]) are handed to <paramref name="onSamples"/> as they are made.</summary>
+    public static ComparisonResult Run(CompareOptions options, IProgress<CompareProgress>? progress = null,
+        Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples = null)
+    {
+        var checkpoint = options.Checkpoint is null ? null : Training.Checkpoint.Load(options.Checkpoint);
+        var config = checkpoint?.Config ?? options.Config;
+        var topologies = new[] { Topology.Serial, Topology.Parallel };
+        var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
+        var models = new TextToVideo?[2];
+        var trainers = new Trainer?[2];
+        try
+        {
+            // The temporal layers are initialised from the same seed in both; the spatial weights come
+            // from the checkpoint, or from a shared random text-to-image model.
+            Dictionary<string, float[]>? spatial = null;
+            Dictionary<string, float[]>? text = null;
+            if (checkpoint is null)
+            {
+                using var t2i = TextToVideo.Create(backends[0], config, Topology.Spatial, options.Seed);
+                spatial = t2i.Unet.StateDict();
+                text = t2i.Text.StateDict();
+            }
+
+            for (int i = 0; i < 2; i++)
+            {
+                models[i] = checkpoint is not null
+                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed)
+                    : TextToVideo.Create(backends[i], config, topologies[i], options.Seed);
+                if (spatial is not null)
+                {
+                    models[i]!.Unet.LoadStateDict(spatial, strict: false);
+                    models[i]!.Text.LoadStateDict(text!);
+                }
+
+                trainers[i] = new Trainer(models[i]!, Data(config, options.Seed, Split.Train), Stage.TextToVideo, options.Train with { Seed = options.Seed });
+            }
+
+            var stats = new List<StepStats>[] { new(), new() };
+            for (int step = 1; step <= options.Steps; step++)
+            {
+                for (int i = 0; i < 2; i++)
+                {
+                    var s = trainers[i]!.TrainStep();
+                    stats[i].Add(s);
+                    progress?.Report(new CompareProgress("train", topologies[i], step, options.Steps, s.Loss));
+                }
+            }
+
+            var validation = Data(config, options.Seed, Split.Validation);
+            var prompts = SamplePrompts(validation, options.SamplePrompts);
+            var results = new TopologyResult[2];
+            for (int i = 0; i < 2; i++)
+            {
+                progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
+                double validationLoss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                var scores = new List<double>();
+                if (prompts.Count > 0)
+                {
+                    int ti = i;
+                    var bar = new InlineProgress<int>(d => progress?.Report(new CompareProgress("sample", topologies[ti], d, options.SampleSteps)));
+                    var pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar);
+                    int clipSize = config.Frames * 3 * config.Height * config.Width;
+                    for (int k = 0; k < prompts.Count; k++)
+                    {
+                        var frames = pixels.AsSpan(k * clipSize, clipSize);
+                        scores.Add(MotionMetric.Score(frames, config.Frames, config.Height, config.Width, prompts[k].Label!.Motion).Combined);
+                    }
+
+                    onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
+                }
+
+                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, validationLoss, scores);
+            }
+
+            return new ComparisonResult
+            {
+                Config = config.Name,
+                Backend = backends[0].DeviceName,
+                Steps = options.Steps,
+                Seed = options.Seed,
+                Serial = results[0],
+                Parallel = results[1],
+                Ratio = new Ratio(
+                    results[1].StepMsMedian / results[0].StepMsMedian,
+                    (double)results[1].PeakBytes / results[0].PeakBytes,
+                    (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes),
+                Prompts = prompts.Select(p => p.Caption).ToList(),
+            };
+        }
+        finally
+        {
+            for (int i = 0; i < 2; i++)
+            {
+                trainers[i]?.Dispose();
+                models[i]?.Dispose();
+                backends[i].Dispose();
+            }
+        }
+    }
+
+    /// <summary>The emoji clips of a split, sized for <paramref name="config"/>.</summary>
+    public static EmojiClips Data(ModelConfig config, int seed, Split split) =>
+        new(new EmojiClipsOptions { Seed = seed, Frames = config.Frames, Height = config.Height, Width = config.Width, Split = split });
+
+    /// <summary>The first <paramref name="count"/> clips of the source whose motions differ as much as possible.</summary>
+    private static List<Clip> SamplePrompts(IClipSource source, int count)
+    {
+        var picked = new List<Clip>();
+        var motions = new HashSet<Motion>();
+        for (int i = 0; i < source.Count && picked.Count < count; i++)
+        {
+            var clip = source.Get(i);
+            if (clip.Label is { } label && motions.Add(label.Motion))
+            {
+                picked.Add(clip);
+            }
+        }
+
+        return picked;
+    }
+
+    private static TopologyResult Summarise(List<StepStats> stats, CompareOptions o, long trainable, double validationLoss, List<double> scores)
+    {
+        var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
+        var times = measured.Select(s => s.Milliseconds).OrderBy(t => t).ToList();
+        double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
+        var peak = stats.MaxBy(s => s.Memory.PeakBytes)!;
+        int tail = Math.Max(1, stats.Count / 10);
+        return new TopologyResult
+        {
+            StepMsMedian = median,
+            PeakBytes = peak.Memory.PeakBytes,
+            SavedActivationBytes = stats.Max(s => s.SavedActivationBytes),
+            TrainableParams = trainable,
+            FinalLoss = stats.TakeLast(tail).Average(s => s.Loss),
+            ValidationLoss = validationLoss,
+            MotionScore = scores.Count > 0 ? scores.Average() : double.NaN,
+            Memory = peak.Memory.AtPeak.ToDictionary(kv => ToSnake(kv.Key.ToString()), kv => kv.Value),
+            SavedByKind = stats[^1].SavedByKind,
+            Losses = stats.Select(s => (double)s.Loss).ToList(),
+            StepMs = stats.Select(s => s.Milliseconds).ToList(),
+            SampleScores = scores,
+        };
+    }
+
+    private static string ToSnake(string name) =>
+        string.Concat(name.Select((ch, i) => char.IsUpper(ch) ? (i > 0 ? "_" : "") + char.ToLowerInvariant(ch) : ch.ToString()));
+}
