@@ -1,0 +1,116 @@
+using System.Diagnostics;
+using System.Text.Json;
+using Mobius.Tests.Data;
+using Xunit;
+
+namespace Mobius.Tests.Cli;
+
+/// <summary>The mobius command end to end on the micro config, as a user runs it: a separate process.</summary>
+public sealed class CliTests
+{
+    private static (int Code, string Out, string Err) Mobius(params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "mobius.dll"));
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        psi.Environment["MOBIUS_CUDA"] = "";
+        using var p = Process.Start(psi)!;
+        var stdout = p.StandardOutput.ReadToEndAsync();
+        var stderr = p.StandardError.ReadToEndAsync();
+        Assert.True(p.WaitForExit(600_000), "mobius did not finish in 10 minutes");
+        return (p.ExitCode, stdout.Result, stderr.Result);
+    }
+
+    private static void AssertCleanFailure((int Code, string Out, string Err) r, int code, string mention)
+    {
+        Assert.True(r.Code == code, $"exit {r.Code}, expected {code}:\n{r.Out}\n{r.Err}");
+        string all = r.Out + r.Err;
+        Assert.Contains(mention, all);
+        Assert.DoesNotContain("   at ", all);
+    }
+
+    [Fact]
+    public void Info_lists_configs_with_parameter_counts()
+    {
+        var r = Mobius("info");
+        Assert.True(r.Code == 0, r.Err);
+        foreach (var name in new[] { "micro", "tiny", "small", "ms256" })
+        {
+            Assert.Contains(name, r.Out);
+        }
+
+        Assert.Contains("cpu", r.Out);
+    }
+
+    [Fact]
+    public void Compare_json_has_both_topologies_and_the_ratios_and_writes_the_report()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "3", "--samples", "1", "--sample-steps", "2", "--json", "--out", folder.Path, "--seed", "3");
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var root = doc.RootElement;
+        Assert.Equal("micro", root.GetProperty("config").GetString());
+        Assert.Equal(3, root.GetProperty("steps").GetInt32());
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            var t = root.GetProperty(topo);
+            foreach (var key in new[] { "step_ms_median", "peak_bytes", "saved_activation_bytes", "trainable_params", "final_loss", "validation_loss", "motion_score" })
+            {
+                Assert.True(t.TryGetProperty(key, out _), $"{topo}.{key} missing");
+            }
+
+            Assert.True(t.GetProperty("memory").GetProperty("weights").GetInt64() > 0);
+            Assert.True(t.GetProperty("peak_bytes").GetInt64() > 0);
+        }
+
+        var ratio = root.GetProperty("ratio");
+        double saved = ratio.GetProperty("saved_activation_bytes").GetDouble();
+        Assert.InRange(saved, 0.01, 0.99);
+        Assert.InRange(ratio.GetProperty("peak_bytes").GetDouble(), 0.1, 0.99);
+        foreach (var file in new[] { "report.md", "result.json", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif" })
+        {
+            Assert.True(File.Exists(folder.File(file)), $"{file} not written");
+        }
+    }
+
+    [Fact]
+    public void Pretrain_train_resume_and_sample_chain_together()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors"), gif = folder.File("clip.gif");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "2", "--out", t2i).Code);
+        Assert.Equal(0, Mobius("train", "--topology", "serial", "--from", t2i, "--steps", "2", "--out", video).Code);
+        var resumed = Mobius("train", "--topology", "serial", "--resume", video, "--steps", "1", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains("after step 3", resumed.Out);
+        var s = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--out", gif);
+        Assert.True(s.Code == 0, s.Out + s.Err);
+        Assert.True(new FileInfo(gif).Length > 100);
+    }
+
+    [Fact]
+    public void Bad_input_gives_one_clear_message_and_the_documented_exit_code()
+    {
+        using var folder = new TempFolder();
+        AssertCleanFailure(Mobius("compare", "--stepz", "3"), 2, "--stepz");
+        AssertCleanFailure(Mobius("compare", "--config", "huge", "--steps", "1"), 2, "unknown config 'huge'");
+        AssertCleanFailure(Mobius("train", "--topology", "diagonal", "--out", folder.File("x")), 2, "unknown topology");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
+
+        string corrupt = folder.File("corrupt.safetensors");
+        File.WriteAllText(corrupt, "this is not a checkpoint");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", corrupt, "--prompt", "a red heart"), 3, "corrupt.safetensors");
+
+        string t2i = folder.File("t2i.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
+        AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a purple zebra dancing"), 4, "zebra");
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("v"), "--memory-limit-mb", "1"), 5, "out of memory");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--backend", "cuda"), 6, "cuda");
+        AssertCleanFailure(Mobius("train", "--topology", "parallel", "--resume", t2i, "--steps", "1", "--out", folder.File("v")), 2, "resume");
+    }
+}
