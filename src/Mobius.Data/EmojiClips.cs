@@ -35,7 +35,7 @@ public sealed record EmojiClipsOptions
 /// <summary>
 /// The built-in cartoon emoji clips: one coloured sprite on a plain light background doing one motion,
 /// captioned from templates ("a red heart moving left"). Deterministic: clip i depends only on the seed,
-/// the split, the index and the size.
+/// the split, the index and the size. <see cref="Get"/> may be called from several threads at once.
 /// <para>
 /// The split holds out combinations: of the 8 x 8 x 8 (sprite, colour, motion) combinations, the 64
 /// with (3 sprite + 5 colour + 7 motion) mod 8 = 2 are validation-only, exactly one motion for each
@@ -127,9 +127,10 @@ public sealed class EmojiClips : IClipSource
     /// <summary>
     /// The sprite's pose in every frame. Sizes are relative to the shorter side S: full radius 0.20 to
     /// 0.25 S; a move runs from near one edge to near the other, 90 to 100 % of the free travel (13 to
-    /// 17 pixels at 32 x 32, about 2 pixels per frame at 8 frames); grow and shrink change the area fourfold; a spin turns up to 150 degrees (at most
-    /// 24 degrees per frame, below half the 72-degree symmetry of the star, so the turn is unambiguous);
-    /// a blink flattens to 15 % height. The bounding disc stays at least one pixel inside the frame.
+    /// 17 pixels at 32 x 32, about 2 pixels per frame at 8 frames); grow and shrink change the area
+    /// fourfold; a spin turns up to 150 degrees, at most 24 degrees per frame (below half the star's
+    /// 72-degree symmetry, so the turn is unambiguous); a blink flattens to 15 % height. The bounding
+    /// disc stays at least one pixel inside the frame.
     /// </summary>
     private static Pose[] Poses(Motion motion, ref SplitMix rng, int frames, int height, int width)
     {

@@ -14,7 +14,8 @@ public sealed record GifEntry(string File, string Caption, int Line);
 /// to the folder). The folder, the captions file, every line and the presence of every GIF are checked
 /// when the source is created; a GIF's content is checked when it is read. Every problem throws
 /// <see cref="DataFormatException"/> naming the file and line. Clips are read with
-/// <see cref="Gif.Read(string, int, int, int, string)"/>'s sampling and resizing.
+/// <see cref="Gif.Read(string, int, int, int, string)"/>'s sampling and resizing, on every call (no
+/// cache); <see cref="Get"/> may be called from several threads at once.
 /// </summary>
 public sealed class GifFolderClips : IClipSource
 {

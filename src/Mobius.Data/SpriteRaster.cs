@@ -20,7 +20,7 @@ internal static class SpriteRaster
     private const int Sub = 4;
 
     /// <summary>The plain light background (cream), RGB in [0, 1].</summary>
-    public static readonly Rgb Background = new(0.95f, 0.94f, 0.91f);
+    private static readonly Rgb Background = new(0.95f, 0.94f, 0.91f);
 
     private static readonly Rgb[] Fills =
     [
@@ -40,10 +40,8 @@ internal static class SpriteRaster
     internal static readonly float[] StarLines = Lines(5, 0.95f, skip: 2);
     internal static readonly float[] TriangleLines = Lines(3, 0.95f, skip: 1);
 
-    public static Rgb Fill(Colour colour) => Fills[(int)colour];
-
     /// <summary>The detail colour: dark features on a face, a darker shade of the fill elsewhere.</summary>
-    public static Rgb Detail(Sprite sprite, Colour colour) =>
+    private static Rgb Detail(Sprite sprite, Colour colour) =>
         sprite == Sprite.SmileyFace ? FaceFeatures : Fills[(int)colour].Scale(0.55f);
 
     /// <summary>Fills <paramref name="frame"/> ([3, H, W], values in [-1, 1]) with the background and draws the sprite.</summary>
@@ -82,7 +80,7 @@ internal static class SpriteRaster
         where TShape : struct, IShape
     {
         int plane = height * width;
-        Rgb bg = Background, fill = Fill(colour), detail = Detail(sprite, colour);
+        Rgb bg = Background, fill = Fills[(int)colour], detail = Detail(sprite, colour);
         frame[..plane].Fill(bg.R * 2 - 1);
         frame.Slice(plane, plane).Fill(bg.G * 2 - 1);
         frame.Slice(2 * plane, plane).Fill(bg.B * 2 - 1);

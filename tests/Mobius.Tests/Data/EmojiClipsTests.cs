@@ -47,18 +47,18 @@ public sealed class EmojiClipsTests
     {
         var r = new Rng(seed);
         int frames = r.Int(2, 12), size = r.Pick(16, 24, 32, 48);
-        var gen = Generator(seed, count: 16, frames: frames, size: size);
+        var gen = Generator(seed, count: 12, frames: frames, size: size);
         for (int i = 0; i < gen.Count; i++)
         {
             var clip = gen.Get(i);
             Assert.Equal((frames, size, size), (clip.FrameCount, clip.Height, clip.Width));
             Assert.Equal(frames * 3 * size * size, clip.Frames.Length);
             Assert.All(clip.Frames, v => Assert.True(v is >= -1f and <= 1f, $"{r}: value {v} outside [-1, 1] in clip {i}."));
-            int largest = Enumerable.Range(0, frames).Max(f => ClipProbe.Blob(clip, f).Area);
-            Assert.True(largest >= size * size / 25, $"{r}: clip {i} ({clip.Caption}) shows at most {largest} sprite pixels.");
+            int[] areas = [.. Enumerable.Range(0, frames).Select(f => ClipProbe.Blob(clip, f).Area)];
+            Assert.True(areas.Max() >= size * size / 25, $"{r}: clip {i} ({clip.Caption}) shows at most {areas.Max()} sprite pixels.");
             for (int f = 0; f < frames; f++)
             {
-                Assert.True(ClipProbe.Blob(clip, f).Area > 0, $"{r}: clip {i} ({clip.Caption}) frame {f} shows no sprite.");
+                Assert.True(areas[f] > 0, $"{r}: clip {i} ({clip.Caption}) frame {f} shows no sprite.");
                 for (int k = 0; k < size; k++)
                 {
                     Assert.False(
