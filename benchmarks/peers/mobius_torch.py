@@ -58,9 +58,9 @@ def load_safetensors(path):
 
 CONFIGS = {
     "micro": dict(channels=[16, 32], layers=1, attention=[True, True], head_dim=8, groups=4, ff_mult=4,
-                  text_width=16, text_layers=1, text_heads=2, tokens=10, frames=4, height=16, width=16, batch=2),
+                  text_width=16, text_layers=1, text_heads=2, tokens=14, frames=4, height=16, width=16, batch=2),
     "tiny": dict(channels=[32, 64, 64], layers=1, attention=[True, True, True], head_dim=32, groups=8, ff_mult=4,
-                 text_width=64, text_layers=2, text_heads=2, tokens=12, frames=8, height=32, width=32, batch=2),
+                 text_width=64, text_layers=2, text_heads=2, tokens=16, frames=8, height=32, width=32, batch=2),
 }
 LATENT = 12
 

@@ -227,7 +227,7 @@ public static class Commands
         var config = Configs.Get(configName);
         checkpoint ??= config.Name == "tiny" && File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
         Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
-        var options = new CompareOptions
+        var options = new ComparisonOptions
         {
             Config = config,
             Checkpoint = checkpoint,

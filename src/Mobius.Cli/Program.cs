@@ -33,7 +33,8 @@ Commands.Cancellation = cancel.Token;
 
 try
 {
-    return parse.Invoke();
+    // Our handler below maps exceptions to exit codes; System.CommandLine's would print a stack trace.
+    return parse.Invoke(new InvocationConfiguration { EnableDefaultExceptionHandler = false });
 }
 catch (Exception e)
 {

@@ -32,7 +32,7 @@ public sealed class ReportWriter(string folder)
     }
 
     /// <summary>Writes result.json, the plots and report.md.</summary>
-    public void Write(ComparisonResult r, CompareOptions options)
+    public void Write(ComparisonResult r, ComparisonOptions options)
     {
         File.WriteAllText(Path.Combine(folder, "result.json"), r.ToJson());
         Plots(r);
@@ -89,7 +89,7 @@ public sealed class ReportWriter(string folder)
         loss.SavePng(Path.Combine(folder, "loss.png"), 640, 420);
     }
 
-    private string Markdown(ComparisonResult r, CompareOptions o)
+    private string Markdown(ComparisonResult r, ComparisonOptions o)
     {
         var ci = CultureInfo.InvariantCulture;
         string Mb(long b) => (b / 1048576.0).ToString("0.0", ci);

@@ -60,7 +60,7 @@ public static class Ui
     }
 
     /// <summary>Runs a comparison with one progress bar per topology and phase (quiet with --json).</summary>
-    public static ComparisonResult Compare(CompareOptions options, bool quiet, Action<Topology, ModelConfig, IReadOnlyList<string>, float[]> onSamples, CancellationToken cancel)
+    public static ComparisonResult Compare(ComparisonOptions options, bool quiet, Action<Topology, ModelConfig, IReadOnlyList<string>, float[]> onSamples, CancellationToken cancel)
     {
         if (quiet)
         {

@@ -106,12 +106,12 @@ public sealed record ModelConfig
         new()
         {
             Name = "micro", Channels = [16, 32], Attention = [true, true], HeadDim = 8, Groups = 4, TextWidth = 16, TextLayers = 1,
-            TextHeads = 2, TokenLength = 10, Frames = 4, Height = 16, Width = 16, Batch = 2,
+            TextHeads = 2, TokenLength = 14, Frames = 4, Height = 16, Width = 16, Batch = 2,
         },
         new()
         {
             Name = "tiny", Channels = [32, 64, 64], Attention = [true, true, true], HeadDim = 32, Groups = 8, TextWidth = 64, TextLayers = 2,
-            TextHeads = 2, TokenLength = 12, Frames = 8, Height = 32, Width = 32, Batch = 2,
+            TextHeads = 2, TokenLength = 16, Frames = 8, Height = 32, Width = 32, Batch = 2,
         },
         new()
         {

@@ -20,16 +20,29 @@ public sealed unsafe partial class CpuBackend
         {
             int n = ng / sh.Groups;
             int g = ng % sh.Groups;
+            // Two passes (mean, then squared deviations): E[x^2] - mean^2 cancels badly when the
+            // spread is small next to the mean.
             double sum = 0, sq = 0;
+            int run = cpg * sh.S;
             for (int t = 0; t < sh.T; t++)
             {
-                var run = new ReadOnlySpan<float>(px + (((long)n * sh.T + t) * sh.C + g * cpg) * sh.S, cpg * sh.S);
-                sum += TensorPrimitives.Sum(run);
-                sq += TensorPrimitives.SumOfSquares(run);
+                sum += TensorPrimitives.Sum(new ReadOnlySpan<float>(px + (((long)n * sh.T + t) * sh.C + g * cpg) * sh.S, run));
             }
 
             double mu = sum / sh.GroupSize;
-            double var = Math.Max(0, sq / sh.GroupSize - mu * mu);
+            float[] dev = new float[Math.Min(run, 4096)];
+            for (int t = 0; t < sh.T; t++)
+            {
+                float* start = px + (((long)n * sh.T + t) * sh.C + g * cpg) * sh.S;
+                for (int i = 0; i < run; i += dev.Length)
+                {
+                    int len = Math.Min(dev.Length, run - i);
+                    TensorPrimitives.Subtract(new ReadOnlySpan<float>(start + i, len), (float)mu, dev.AsSpan(0, len));
+                    sq += TensorPrimitives.SumOfSquares(dev.AsSpan(0, len));
+                }
+            }
+
+            double var = sq / sh.GroupSize;
             float m = (float)mu;
             float r = (float)(1.0 / Math.Sqrt(var + sh.Eps));
             pm[ng] = m;
@@ -184,13 +197,14 @@ public sealed unsafe partial class CpuBackend
         {
             var xs = new ReadOnlySpan<float>(px + (long)i * cols, cols);
             var ys = new Span<float>(py + (long)i * cols, cols);
+            // Two passes, as in group norm: deviations first, then their mean square.
             double mu = TensorPrimitives.Sum(xs) / (double)cols;
-            double var = Math.Max(0, TensorPrimitives.SumOfSquares(xs) / (double)cols - mu * mu);
             float m = (float)mu;
+            TensorPrimitives.Subtract(xs, m, ys);
+            double var = TensorPrimitives.SumOfSquares(ys) / (double)cols;
             float r = (float)(1.0 / Math.Sqrt(var + eps));
             pm[i] = m;
             pr[i] = r;
-            TensorPrimitives.Subtract(xs, m, ys);
             TensorPrimitives.Multiply(ys, r, ys);
             TensorPrimitives.FusedMultiplyAdd(ys, new ReadOnlySpan<float>(pg, cols), new ReadOnlySpan<float>(pb, cols), ys);
         });

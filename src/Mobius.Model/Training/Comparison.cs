@@ -6,7 +6,7 @@ using Mobius.Engine;
 namespace Mobius.Model.Training;
 
 /// <summary>Settings of a serial-versus-parallel comparison.</summary>
-public sealed record CompareOptions
+public sealed record ComparisonOptions
 {
     /// <summary>Model configuration (ignored when a checkpoint is given: the checkpoint's config is used).</summary>
     public required ModelConfig Config { get; init; }
@@ -160,7 +160,7 @@ public sealed record CompareProgress(string Phase, Topology Topology, int Done, 
 public static class Comparison
 {
     /// <summary>Runs the comparison; samples (pixels [prompts, F, 3, H, W]) are handed to <paramref name="onSamples"/> as they are made.</summary>
-    public static ComparisonResult Run(CompareOptions options, IProgress<CompareProgress>? progress = null,
+    public static ComparisonResult Run(ComparisonOptions options, IProgress<CompareProgress>? progress = null,
         Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples = null)
     {
         var checkpoint = options.Checkpoint is null ? null : Training.Checkpoint.Load(options.Checkpoint);
@@ -280,7 +280,7 @@ public static class Comparison
         return picked;
     }
 
-    private static TopologyResult Summarise(List<StepStats> stats, CompareOptions o, long trainable, double validationLoss, List<double> scores)
+    private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double validationLoss, List<double> scores)
     {
         var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
         var times = measured.Select(s => s.Milliseconds).OrderBy(t => t).ToList();
