@@ -47,7 +47,7 @@ public sealed class EmojiClipsTests
     {
         var r = new Rng(seed);
         int frames = r.Int(2, 12), size = r.Pick(16, 24, 32, 48);
-        var gen = Generator(seed, count: 12, frames: frames, size: size);
+        var gen = Generator(seed, count: 8, frames: frames, size: size);
         for (int i = 0; i < gen.Count; i++)
         {
             var clip = gen.Get(i);
@@ -74,7 +74,7 @@ public sealed class EmojiClipsTests
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Captions_name_the_label(int seed)
     {
-        var gen = Generator(seed, count: 128);
+        var gen = Generator(seed, count: 64, frames: 2, size: 16); // captions do not depend on the size
         var templates = new HashSet<string>();
         for (int i = 0; i < gen.Count; i++)
         {
@@ -87,7 +87,7 @@ public sealed class EmojiClipsTests
             templates.Add(clip.Caption.Split(' ')[0]);
         }
 
-        Assert.True(templates.Count >= 2, $"seed {seed}: 128 captions all start alike: {string.Join(", ", templates)}.");
+        Assert.True(templates.Count >= 2, $"seed {seed}: 64 captions all start alike: {string.Join(", ", templates)}.");
     }
 
     [Fact]
