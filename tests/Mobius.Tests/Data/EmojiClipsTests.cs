@@ -148,7 +148,7 @@ public sealed class EmojiClipsTests
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Every_motion_is_clearly_visible_at_32_by_32_over_8_frames(int seed)
     {
-        var gen = Generator(seed, count: 64);
+        var gen = Generator(seed, count: 40);
         for (int i = 0; i < gen.Count; i++)
         {
             var clip = gen.Get(i);
@@ -202,28 +202,40 @@ public sealed class EmojiClipsTests
     }
 
     [Fact]
+    public void Bad_options_are_refused()
+    {
+        Assert.Throws<ArgumentException>(() => new EmojiClips(new EmojiClipsOptions { Frames = 1 }));
+        Assert.Throws<ArgumentException>(() => new EmojiClips(new EmojiClipsOptions { Height = 8 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => Generator(Seeds.One, count: 4).Get(4));
+    }
+}
+
+/// <summary>Timing runs alone (no other test in parallel) and counts this process's CPU time, not wall time, so a busy machine does not fail it.</summary>
+[CollectionDefinition(nameof(SoloTimings), DisableParallelization = true)]
+public sealed class SoloTimings;
+
+[Collection(nameof(SoloTimings))]
+public sealed class EmojiClipsTimingTests
+{
+    [Fact]
     public void Generating_256_clips_of_8x32x32_takes_well_under_a_second()
     {
-        var gen = Generator(Seeds.One, count: 256 + 16);
+        var gen = new EmojiClips(new EmojiClipsOptions { Seed = Seeds.One, Count = 256 + 16 });
         for (int i = 256; i < gen.Count; i++)
         {
             gen.Get(i); // warm-up
         }
 
+        var process = Process.GetCurrentProcess();
+        var cpu = process.TotalProcessorTime;
         var watch = Stopwatch.StartNew();
         for (int i = 0; i < 256; i++)
         {
             gen.Get(i);
         }
 
-        Assert.True(watch.Elapsed.TotalSeconds < 1.0, $"256 clips took {watch.Elapsed.TotalMilliseconds:0} ms.");
-    }
-
-    [Fact]
-    public void Bad_options_are_refused()
-    {
-        Assert.Throws<ArgumentException>(() => new EmojiClips(new EmojiClipsOptions { Frames = 1 }));
-        Assert.Throws<ArgumentException>(() => new EmojiClips(new EmojiClipsOptions { Height = 8 }));
-        Assert.Throws<ArgumentOutOfRangeException>(() => Generator(Seeds.One, count: 4).Get(4));
+        process.Refresh();
+        double cpuSeconds = (process.TotalProcessorTime - cpu).TotalSeconds;
+        Assert.True(cpuSeconds < 1.0, $"256 clips took {cpuSeconds * 1000:0} ms of CPU ({watch.Elapsed.TotalMilliseconds:0} ms wall).");
     }
 }
