@@ -59,7 +59,7 @@ public sealed class GifFolderClips : IClipSource
     public string Folder { get; }
 
     /// <summary>The GIFs and captions, in file order.</summary>
-    public IReadOnlyList<GifEntry> Entries => _entries;
+    public IReadOnlyList<GifEntry> Entries => Array.AsReadOnly(_entries);
 
     /// <inheritdoc />
     public int Count => _entries.Length;

@@ -92,7 +92,7 @@ public sealed class SpaceToDepthCodec : ILatentCodec
     }
 
     /// <summary>The per-channel scales.</summary>
-    public IReadOnlyList<float> Scales => _scales;
+    public IReadOnlyList<float> Scales => Array.AsReadOnly(_scales);
 
     /// <inheritdoc />
     public int LatentChannels => Channels;

@@ -313,27 +313,36 @@ public static class MotionMetric
         return (shift * 2 * Math.PI / Angles, Math.Clamp((corr[best] - 0.3) / 0.4, 0, 1));
     }
 
-    /// <summary>Difference from the background along rings around the centroid, mean removed per ring and channel.</summary>
+    /// <summary>Difference from the background along rings around the centroid, [ring, channel, angle], mean removed per ring and channel.</summary>
     private static void Profile(ReadOnlySpan<float> frame, Shape s, double radius, int height, int width, double[] profile)
     {
-        int i = 0;
-        foreach (float scale in RingScales)
+        Span<double> rgb = stackalloc double[3];
+        for (int ring = 0; ring < RingScales.Length; ring++)
         {
-            double rho = radius * scale;
+            double rho = radius * RingScales[ring];
+            var block = profile.AsSpan(ring * 3 * Angles, 3 * Angles);
+            for (int k = 0; k < Angles; k++)
+            {
+                SampleRgb(frame, s.X + rho * Cos[k], s.Y + rho * Sin[k], height, width, s.Background, rgb);
+                for (int c = 0; c < 3; c++)
+                {
+                    block[c * Angles + k] = rgb[c] - s.Background[c];
+                }
+            }
+
             for (int c = 0; c < 3; c++)
             {
-                int start = i;
+                var line = block.Slice(c * Angles, Angles);
                 double mean = 0;
-                for (int k = 0; k < Angles; k++, i++)
+                foreach (double v in line)
                 {
-                    profile[i] = Sample(frame, c, s.X + rho * Cos[k], s.Y + rho * Sin[k], height, width, s.Background[c]) - s.Background[c];
-                    mean += profile[i];
+                    mean += v;
                 }
 
                 mean /= Angles;
-                for (int k = start; k < i; k++)
+                for (int k = 0; k < Angles; k++)
                 {
-                    profile[k] -= mean;
+                    line[k] -= mean;
                 }
             }
         }
@@ -360,15 +369,16 @@ public static class MotionMetric
 
         int plane = height * width;
         double error = 0;
+        Span<double> rgb = stackalloc double[3];
         for (int y = 0; y < height; y++)
         {
             for (int x = 0; x < width; x++)
             {
                 double qx = x + 0.5 - sb.X, qy = y + 0.5 - sb.Y;
-                double px = sa.X + m11 * qx + m12 * qy, py = sa.Y + m21 * qx + m22 * qy;
+                SampleRgb(a, sa.X + m11 * qx + m12 * qy, sa.Y + m21 * qx + m22 * qy, height, width, sa.Background, rgb);
                 for (int c = 0; c < 3; c++)
                 {
-                    error += Math.Abs(b[c * plane + y * width + x] - Sample(a, c, px, py, height, width, sa.Background[c]));
+                    error += Math.Abs(b[c * plane + y * width + x] - rgb[c]);
                 }
             }
         }
@@ -384,19 +394,24 @@ public static class MotionMetric
         return ((xx + det) / t, xy / t, (yy + det) / t);
     }
 
-    /// <summary>Bilinear sample of channel c at image point (x, y) (pixel centres at +0.5), outside pixels reading as background.</summary>
-    private static double Sample(ReadOnlySpan<float> frame, int c, double x, double y, int height, int width, float background)
+    /// <summary>Bilinear sample of the three channels at image point (x, y) (pixel centres at +0.5), outside pixels reading as background.</summary>
+    private static void SampleRgb(ReadOnlySpan<float> frame, double x, double y, int height, int width, float[] background, Span<double> rgb)
     {
         double fx = x - 0.5, fy = y - 0.5;
-        int x0 = (int)Math.Floor(fx), y0 = (int)Math.Floor(fy);
+        int x0 = (int)Math.Floor(fx), y0 = (int)Math.Floor(fy), plane = height * width;
         double tx = fx - x0, ty = fy - y0;
-        var plane = frame.Slice(c * height * width, height * width);
-        return (1 - ty) * ((1 - tx) * Pixel(plane, x0, y0, height, width, background) + tx * Pixel(plane, x0 + 1, y0, height, width, background))
-            + ty * ((1 - tx) * Pixel(plane, x0, y0 + 1, height, width, background) + tx * Pixel(plane, x0 + 1, y0 + 1, height, width, background));
+        rgb.Clear();
+        for (int corner = 0; corner < 4; corner++)
+        {
+            int cx = x0 + (corner & 1), cy = y0 + (corner >> 1);
+            double w = ((corner & 1) == 1 ? tx : 1 - tx) * ((corner >> 1) == 1 ? ty : 1 - ty);
+            bool inside = cx >= 0 && cy >= 0 && cx < width && cy < height;
+            for (int c = 0; c < 3; c++)
+            {
+                rgb[c] += w * (inside ? frame[c * plane + cy * width + cx] : background[c]);
+            }
+        }
     }
-
-    private static float Pixel(ReadOnlySpan<float> plane, int x, int y, int height, int width, float background) =>
-        x < 0 || y < 0 || x >= width || y >= height ? background : plane[y * width + x];
 
     /// <summary>3 x 3 box filter of every plane, edges clamped; separable: a horizontal pass, then a vertical one.</summary>
     private static float[] BoxSmooth(ReadOnlySpan<float> planes, int count, int height, int width)

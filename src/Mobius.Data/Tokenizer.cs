@@ -50,7 +50,7 @@ public sealed class Tokenizer
     }
 
     /// <summary>The vocabulary: the word with id i at position i, the special tokens first.</summary>
-    public IReadOnlyList<string> Vocabulary => _words;
+    public IReadOnlyList<string> Vocabulary => Array.AsReadOnly(_words);
 
     /// <summary>Number of ids, special tokens included.</summary>
     public int VocabularySize => _words.Length;

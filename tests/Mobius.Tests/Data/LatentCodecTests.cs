@@ -53,14 +53,14 @@ public sealed class LatentCodecTests
     [Fact]
     public void Default_scales_give_emoji_latents_roughly_unit_variance_and_match_a_fresh_fit()
     {
-        var source = new EmojiClips(new EmojiClipsOptions { Seed = Seeds.One, Count = 128 });
-        var stats = SpaceToDepthCodec.ChannelStats(new SpaceToDepthCodec(), source, 128);
+        var source = new EmojiClips(new EmojiClipsOptions { Seed = Seeds.One, Count = 64 });
+        var stats = SpaceToDepthCodec.ChannelStats(new SpaceToDepthCodec(), source, 64);
         for (int ch = 0; ch < 12; ch++)
         {
             Assert.True(stats[ch].Std is > 0.7 and < 1.42, $"seed {Seeds.One}: latent channel {ch} has std {stats[ch].Std:0.000}, not within sqrt 2 of 1.");
         }
 
-        Assert.Equal(SpaceToDepthCodec.EmojiScales, SpaceToDepthCodec.Fit(source, 128).Scales);
+        Assert.Equal(SpaceToDepthCodec.EmojiScales, SpaceToDepthCodec.Fit(source, 64).Scales);
     }
 
     [Fact]
