@@ -44,10 +44,11 @@ public static class LatentCodecExtensions
 }
 
 /// <summary>
-/// The default codec: a fixed, exactly invertible 2 x 2 space-to-depth (PyTorch's
-/// <c>pixel_unshuffle</c> order: latent channel = 4 c + 2 dy + dx holds pixel (2 i + dy, 2 j + dx) of
-/// colour channel c), times a per-channel scale. Scales are powers of two, so scaling and unscaling are
-/// exact in floating point and <c>Decode(Encode(x)) == x</c> bit for bit.
+/// The default codec: a fixed, invertible 2 x 2 space-to-depth (PyTorch's <c>pixel_unshuffle</c>
+/// order: latent channel = 4 c + 2 dy + dx holds pixel (2 i + dy, 2 j + dx) of colour channel c), times a
+/// per-channel scale, minus a per-channel shift: z = p s - m. Scales are powers of two and shifts
+/// multiples of 1/8, so without shifts <c>Decode(Encode(x)) == x</c> bit for bit, and with them to within
+/// one rounding of the shift (at most 2^-21 for pixels in [-1, 1]).
 /// </summary>
 public sealed class SpaceToDepthCodec : ILatentCodec
 {
@@ -57,28 +58,42 @@ public sealed class SpaceToDepthCodec : ILatentCodec
     /// Scales that give latents of emoji clips (8 x 32 x 32) roughly unit variance: 2^round(-log2 std)
     /// of each channel's standard deviation over 1024 clips. Pixel standard deviations are about 0.24
     /// (red), 0.28 (green) and 0.31 (blue), so every scale is 4 and latent standard deviations are about
-    /// 0.95, 1.13 and 1.26. The means stay where the light background puts them: about 3.4, 3.2 and 3.0
-    /// (a shift would not be exactly invertible in floating point). <see cref="Fit"/> computes such
-    /// scales for other data.
+    /// 0.95, 1.13 and 1.26. <see cref="Fit"/> computes such scales for other data.
     /// </summary>
     public static readonly IReadOnlyList<float> EmojiScales = [4f, 4f, 4f, 4f, 4f, 4f, 4f, 4f, 4f, 4f, 4f, 4f];
 
-    private readonly float[] _scales;
+    /// <summary>
+    /// Shifts that centre latents of emoji clips: the light background puts the scaled means near 3.4
+    /// (red), 3.2 (green) and 3.0 (blue); diffusion wants zero-mean data (the noise it starts sampling
+    /// from is zero-mean), so the means are subtracted, rounded to 1/8.
+    /// </summary>
+    public static readonly IReadOnlyList<float> EmojiShifts = [3.375f, 3.375f, 3.375f, 3.375f, 3.25f, 3.25f, 3.25f, 3.25f, 3f, 3f, 3f, 3f];
 
-    /// <summary>The codec with <see cref="EmojiScales"/>.</summary>
+    private readonly float[] _scales;
+    private readonly float[] _shifts;
+
+    /// <summary>The codec with <see cref="EmojiScales"/> and <see cref="EmojiShifts"/>.</summary>
     public SpaceToDepthCodec()
-        : this(EmojiScales)
+        : this(EmojiScales, EmojiShifts)
     {
     }
 
-    /// <summary>A codec with the given 12 channel scales; each must be a power of two.</summary>
-    public SpaceToDepthCodec(IReadOnlyList<float> scales)
+    /// <summary>A codec with the given 12 channel scales (each a power of two) and shifts (default none).</summary>
+    public SpaceToDepthCodec(IReadOnlyList<float> scales, IReadOnlyList<float>? shifts = null)
     {
         ArgumentNullException.ThrowIfNull(scales);
         if (scales.Count != Channels)
         {
             throw new ArgumentException($"Space-to-depth needs {Channels} channel scales, got {scales.Count}.", nameof(scales));
         }
+
+        shifts ??= new float[Channels];
+        if (shifts.Count != Channels || shifts.Any(m => !float.IsFinite(m)))
+        {
+            throw new ArgumentException($"Space-to-depth needs {Channels} finite channel shifts, got {shifts.Count}.", nameof(shifts));
+        }
+
+        _shifts = [.. shifts];
 
         foreach (float s in scales)
         {
@@ -94,6 +109,9 @@ public sealed class SpaceToDepthCodec : ILatentCodec
     /// <summary>The per-channel scales.</summary>
     public IReadOnlyList<float> Scales => Array.AsReadOnly(_scales);
 
+    /// <summary>The per-channel shifts (subtracted after scaling).</summary>
+    public IReadOnlyList<float> Shifts => Array.AsReadOnly(_shifts);
+
     /// <inheritdoc />
     public int LatentChannels => Channels;
 
@@ -102,13 +120,16 @@ public sealed class SpaceToDepthCodec : ILatentCodec
 
     /// <summary>
     /// A codec whose scales are 2^round(-log2 std) of each channel's standard deviation over the first
-    /// <paramref name="clips"/> clips of <paramref name="source"/>.
+    /// <paramref name="clips"/> clips of <paramref name="source"/>, and whose shifts are the scaled
+    /// channel means rounded to 1/8.
     /// </summary>
     public static SpaceToDepthCodec Fit(IClipSource source, int clips = 256)
     {
         ArgumentNullException.ThrowIfNull(source);
         var stats = ChannelStats(new SpaceToDepthCodec(Enumerable.Repeat(1f, Channels).ToArray()), source, clips);
-        return new SpaceToDepthCodec(stats.Select(s => MathF.Pow(2, MathF.Round(-MathF.Log2((float)Math.Max(s.Std, 1e-6))))).ToArray());
+        var scales = stats.Select(s => MathF.Pow(2, MathF.Round(-MathF.Log2((float)Math.Max(s.Std, 1e-6))))).ToArray();
+        var shifts = stats.Select((s, ch) => MathF.Round((float)s.Mean * scales[ch] * 8) / 8).ToArray();
+        return new SpaceToDepthCodec(scales, shifts);
     }
 
     /// <summary>Mean and standard deviation of every latent channel over the first <paramref name="clips"/> clips.</summary>
@@ -154,13 +175,13 @@ public sealed class SpaceToDepthCodec : ILatentCodec
                 for (int sub = 0; sub < 4; sub++)
                 {
                     int ch = 4 * c + sub, dy = sub >> 1, dx = sub & 1;
-                    float s = _scales[ch];
+                    float s = _scales[ch], m = _shifts[ch];
                     var dst = latents.Slice((n * Channels + ch) * h2 * w2, h2 * w2);
                     for (int i = 0; i < h2; i++)
                     {
                         for (int j = 0; j < w2; j++)
                         {
-                            dst[i * w2 + j] = src[(2 * i + dy) * width + 2 * j + dx] * s;
+                            dst[i * w2 + j] = src[(2 * i + dy) * width + 2 * j + dx] * s - m;
                         }
                     }
                 }
@@ -181,13 +202,13 @@ public sealed class SpaceToDepthCodec : ILatentCodec
                 for (int sub = 0; sub < 4; sub++)
                 {
                     int ch = 4 * c + sub, dy = sub >> 1, dx = sub & 1;
-                    float inv = 1f / _scales[ch];
+                    float inv = 1f / _scales[ch], m = _shifts[ch];
                     var src = latents.Slice((n * Channels + ch) * h2 * w2, h2 * w2);
                     for (int i = 0; i < h2; i++)
                     {
                         for (int j = 0; j < w2; j++)
                         {
-                            dst[(2 * i + dy) * width + 2 * j + dx] = src[i * w2 + j] * inv;
+                            dst[(2 * i + dy) * width + 2 * j + dx] = (src[i * w2 + j] + m) * inv;
                         }
                     }
                 }

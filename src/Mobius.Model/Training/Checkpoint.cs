@@ -34,6 +34,9 @@ public sealed class Checkpoint
     /// <summary>Latent codec per-channel scales.</summary>
     public required IReadOnlyList<float> CodecScales { get; init; }
 
+    /// <summary>Latent codec per-channel shifts.</summary>
+    public required IReadOnlyList<float> CodecShifts { get; init; }
+
     /// <summary>UNet parameters by name.</summary>
     public required Dictionary<string, float[]> Unet { get; init; }
 
@@ -51,7 +54,7 @@ public sealed class Checkpoint
 
     /// <summary>Writes the checkpoint; parameter shapes are taken from the modules.</summary>
     public static void Save(string path, ModelConfig config, Topology topology, int step, int seed, IReadOnlyList<string> vocabulary,
-        IReadOnlyList<float> codecScales, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null)
+        IReadOnlyList<float> codecScales, IReadOnlyList<float> codecShifts, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null)
     {
         var tensors = new Dictionary<string, SafeTensors.Entry>();
         foreach (var (name, p) in unet.NamedParameters())
@@ -81,6 +84,7 @@ public sealed class Checkpoint
             ["seed"] = seed.ToString(CultureInfo.InvariantCulture),
             ["vocabulary"] = JsonSerializer.Serialize(vocabulary),
             ["codec_scales"] = JsonSerializer.Serialize(codecScales),
+            ["codec_shifts"] = JsonSerializer.Serialize(codecShifts),
             ["optimizer_steps"] = (optimizer?.StepCount ?? 0).ToString(CultureInfo.InvariantCulture),
         };
         SafeTensors.Write(path, tensors, meta);
@@ -98,7 +102,7 @@ public sealed class Checkpoint
 
         try
         {
-            var extra = meta.Where(kv => kv.Key is not ("format" or "config" or "topology" or "step" or "seed" or "vocabulary" or "codec_scales" or "optimizer_steps"))
+            var extra = meta.Where(kv => kv.Key is not ("format" or "config" or "topology" or "step" or "seed" or "vocabulary" or "codec_scales" or "codec_shifts" or "optimizer_steps"))
                 .ToDictionary(kv => kv.Key, kv => kv.Value);
             return new Checkpoint
             {
@@ -108,6 +112,7 @@ public sealed class Checkpoint
                 Seed = int.Parse(Meta("seed"), CultureInfo.InvariantCulture),
                 Vocabulary = JsonSerializer.Deserialize<List<string>>(Meta("vocabulary")) ?? [],
                 CodecScales = JsonSerializer.Deserialize<List<float>>(Meta("codec_scales")) ?? [],
+                CodecShifts = JsonSerializer.Deserialize<List<float>>(Meta("codec_shifts")) ?? [],
                 OptimizerSteps = int.Parse(Meta("optimizer_steps"), CultureInfo.InvariantCulture),
                 Unet = Section(tensors, "unet."),
                 Text = Section(tensors, "text."),

@@ -67,7 +67,7 @@ public sealed class TextToVideo : IDisposable
         }
 
         var tokenizer = Tokenizer.FromVocabulary(checkpoint.Vocabulary, checkpoint.Config.TokenLength);
-        var codec = new SpaceToDepthCodec(checkpoint.CodecScales);
+        var codec = new SpaceToDepthCodec(checkpoint.CodecScales, checkpoint.CodecShifts);
         var model = new TextToVideo(backend, checkpoint.Config, topology, tokenizer, codec, seed);
         try
         {
@@ -156,7 +156,7 @@ public sealed class TextToVideo : IDisposable
 
     /// <summary>Saves weights (and optimiser state) with their metadata, atomically.</summary>
     public void Save(string path, int step, int seed, Mobius.Engine.Optim.AdamW? optimizer = null, IReadOnlyDictionary<string, string>? extra = null) =>
-        Checkpoint.Save(path, Config, Topology, step, seed, Tokenizer.Vocabulary, Codec.Scales, Unet, Text, optimizer, extra);
+        Checkpoint.Save(path, Config, Topology, step, seed, Tokenizer.Vocabulary, Codec.Scales, Codec.Shifts, Unet, Text, optimizer, extra);
 
     /// <summary>Releases the weights.</summary>
     public void Dispose()
