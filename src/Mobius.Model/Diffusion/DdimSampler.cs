@@ -4,41 +4,29 @@ using Mobius.Engine.NN;
 
 namespace Mobius.Model.Diffusion;
 
+/// <summary>Predicts the noise in latents <c>x</c> at diffusion step <c>t</c>; returns a new tensor.</summary>
+public delegate Tensor Denoiser(Tensor x, int t);
+
 /// <summary>
-/// Deterministic DDIM sampling (eta = 0) with classifier-free guidance: the conditional and the
-/// unconditional prediction run as one batch, eps = eps_u + g (eps_c - eps_u).
+/// Deterministic DDIM sampling (eta = 0): from Gaussian noise, at each of the chosen timesteps
+/// x0 = (x - sqrt(1 - abar_t) eps) / sqrt(abar_t) and x' = sqrt(abar_t') x0 + sqrt(1 - abar_t') eps.
 /// </summary>
 public sealed class DdimSampler(NoiseSchedule schedule)
 {
-    /// <summary>
-    /// Denoises Gaussian noise (from <paramref name="seed"/>) into latents [B*F, C, H, W].
-    /// <paramref name="cond"/> and <paramref name="uncond"/> are text contexts [B*F, L, D].
-    /// </summary>
-    public float[] Sample(UNet3D unet, Tensor cond, Tensor uncond, int frames, int steps, float guidance, int seed, IProgress<int>? progress = null)
+    /// <summary>Denoises Gaussian noise of <paramref name="shape"/> (drawn from <paramref name="seed"/>) in <paramref name="steps"/> steps.</summary>
+    public float[] Sample(IBackend backend, Shape shape, Denoiser denoise, int steps, int seed, IProgress<int>? progress = null)
     {
-        var c = unet.Config;
-        int images = cond.Dim(0);
-        var shape = new Shape(images, c.LatentChannels, c.LatentHeight, c.LatentWidth);
-        var backend = unet.Backend;
         using var noGrad = Tape.NoGrad();
         var x = Tensor.FromArray(backend, Init.Normal(new Random(seed), shape.Numel, 1f), shape);
-        using var context = Ops.Concat(0, cond, uncond);
-        var schedule1 = schedule.DdimTimesteps(steps);
+        var timesteps = schedule.DdimTimesteps(steps);
         try
         {
-            for (int i = 0; i < schedule1.Length; i++)
+            for (int i = 0; i < timesteps.Length; i++)
             {
-                int t = schedule1[i];
+                int t = timesteps[i];
                 double ab = schedule.AlphasCumprod[t];
-                double abPrev = i + 1 < schedule1.Length ? schedule.AlphasCumprod[schedule1[i + 1]] : 1.0;
-                var timesteps = Enumerable.Repeat(t, 2 * images).ToArray();
-                using var doubled = Ops.Concat(0, x, x);
-                using var epsBoth = unet.Forward(doubled, timesteps, context, frames);
-                using var epsCond = Ops.Narrow(epsBoth, 0, 0, images);
-                using var epsUncond = Ops.Narrow(epsBoth, 0, images, images);
-                using var eps = Ops.Combine(epsUncond, epsCond, 1 - guidance, guidance);
-
-                // x0 = (x - sqrt(1-ab) eps) / sqrt(ab); x' = sqrt(ab') x0 + sqrt(1-ab') eps
+                double abPrev = i + 1 < timesteps.Length ? schedule.AlphasCumprod[timesteps[i + 1]] : 1.0;
+                using var eps = denoise(x, t);
                 using var x0 = Ops.Combine(x, eps, (float)(1 / Math.Sqrt(ab)), (float)(-Math.Sqrt(1 - ab) / Math.Sqrt(ab)));
                 var next = Ops.Combine(x0, eps, (float)Math.Sqrt(abPrev), (float)Math.Sqrt(1 - abPrev));
                 x.Dispose();
@@ -53,4 +41,19 @@ public sealed class DdimSampler(NoiseSchedule schedule)
             x.Dispose();
         }
     }
+
+    /// <summary>
+    /// A denoiser with classifier-free guidance: the conditional and unconditional predictions run as
+    /// one batch, eps = eps_u + g (eps_c - eps_u). Contexts are [images, L, D].
+    /// </summary>
+    public static Denoiser Guided(UNet3D unet, Tensor cond, Tensor uncond, int frames, float guidance) => (x, t) =>
+    {
+        int images = x.Dim(0);
+        using var context = Ops.Concat(0, cond, uncond);
+        using var doubled = Ops.Concat(0, x, x);
+        using var both = unet.Forward(doubled, Enumerable.Repeat(t, 2 * images).ToArray(), context, frames);
+        using var c = Ops.Narrow(both, 0, 0, images);
+        using var u = Ops.Narrow(both, 0, images, images);
+        return Ops.Combine(u, c, 1 - guidance, guidance);
+    };
 }

@@ -144,7 +144,8 @@ public sealed class TextToVideo : IDisposable
         using var noGrad = Tape.NoGrad();
         using var cond = EncodeText(prompts, frames);
         using var uncond = EncodeText(Enumerable.Repeat("", prompts.Count).ToList(), frames);
-        var latents = new DdimSampler(Schedule).Sample(Unet, cond, uncond, frames, steps, guidance, seed, progress);
+        var shape = new Shape(prompts.Count * frames, Config.LatentChannels, Config.LatentHeight, Config.LatentWidth);
+        var latents = new DdimSampler(Schedule).Sample(Backend, shape, DdimSampler.Guided(Unet, cond, uncond, frames, guidance), steps, seed, progress);
         var pixels = Codec.Decode(latents, prompts.Count * frames, Config.Height, Config.Width);
         for (int i = 0; i < pixels.Length; i++)
         {
