@@ -57,8 +57,9 @@ constexpr char kDeviceName[] = "Mobius simulated GPU (CPU, sm_90)";
 
 struct Driver {
     bool initialised = false;
-    CUctx_st* primary = nullptr;       // the live primary context, if retained
-    std::set<CUctx_st*> dead_contexts;  // released ones: their handles must keep failing, not crash
+    CUctx_st* primary = nullptr;  // the live primary context, if retained
+    // Every context ever created; released ones stay so that a stale handle keeps failing instead of crashing.
+    std::vector<std::unique_ptr<CUctx_st>> contexts;
     std::set<CUmod_st*> modules;
     std::set<CUfunc_st*> functions;
     std::set<CUstream_st*> streams;
@@ -342,7 +343,7 @@ CUresult cuDevicePrimaryCtxRetain(CUcontext* pctx, CUdevice dev) {
     if (!d.initialised) return fail(CUDA_ERROR_NOT_INITIALIZED, "cuDevicePrimaryCtxRetain: cuInit has not been called");
     if (dev != 0) return CUDA_ERROR_INVALID_DEVICE;
     if (pctx == nullptr) return CUDA_ERROR_INVALID_VALUE;
-    if (d.primary == nullptr) d.primary = new CUctx_st{};
+    if (d.primary == nullptr) d.primary = d.contexts.emplace_back(std::make_unique<CUctx_st>()).get();
     ++d.primary->refcount;
     *pctx = d.primary;
     return CUDA_SUCCESS;
@@ -356,7 +357,6 @@ CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev) {
     if (d.primary == nullptr) return fail(CUDA_ERROR_INVALID_CONTEXT, "cuDevicePrimaryCtxRelease: the primary context is not retained");
     if (--d.primary->refcount == 0) {
         destroy_context_objects(d.primary);
-        d.dead_contexts.insert(d.primary);  // kept (tiny) so that a stale handle is recognised, never reused
         d.primary = nullptr;
     }
     return CUDA_SUCCESS;

@@ -534,10 +534,12 @@ unsigned dynamic_shared_bytes() { return g_dynamic_bytes; }
 
 void trap(const char* what, const char* file, int line) {
     Fiber& f = running_fiber("trap");
-    std::ostringstream o;
-    o << what << " (" << file << ":" << line << ")";
+    {  // the fiber never returns: nothing with a destructor may be alive when it leaves
+        std::ostringstream o;
+        o << what << " (" << file << ":" << line << ")";
+        sched().trap_message = o.str();
+    }
     sched().trapped = true;
-    sched().trap_message = o.str();
     exit_fiber(f);
 }
 
