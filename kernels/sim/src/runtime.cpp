@@ -1,4 +1,4 @@
-// The scheduler: runs a grid block after block; inside a block every CUDA thread is a ucontext fiber.
+// The scheduler: runs a grid block after block; inside a block every CUDA thread is a fiber (fiber.h).
 //
 // A block runs in passes. A pass resumes every runnable fiber once (in thread order, or reversed for the
 // race check); each fiber runs until it finishes, reaches __syncthreads, or calls a warp collective. After a
@@ -15,7 +15,6 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
-#include <ucontext.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,6 +25,7 @@
 #include <map>
 #include <sstream>
 
+#include "fiber.h"
 #include "internal.h"
 #include "mobius_sim/runtime.h"
 
@@ -56,7 +56,7 @@ constexpr unsigned kSharedRedzone = 256;
 enum class FiberState : std::uint8_t { Ready, AtBarrier, AtWarp, Done };
 
 struct Fiber {
-    ucontext_t context;
+    fiber::Context context;
     Dim3 tid;
     FiberState state = FiberState::Ready;
     const char* barrier_file = nullptr;
@@ -72,7 +72,7 @@ struct Fiber {
 };
 
 struct Scheduler {
-    ucontext_t context;
+    fiber::Context context;
     std::vector<Fiber> fibers;
     Fiber* current = nullptr;
     Launcher launcher = nullptr;
@@ -151,7 +151,7 @@ void resume(Fiber& f) {
     g_thread_idx = &f.tid;
     asan_start(&s.asan_fake_stack, f.stack, kStackBytes);
     s.in_fiber = 1;
-    swapcontext(&s.context, &f.context);
+    fiber::switch_to(s.context, f.context);
     s.in_fiber = 0;
     asan_finish(s.asan_fake_stack, nullptr, nullptr);
 }
@@ -160,7 +160,7 @@ void resume(Fiber& f) {
 void yield_to_scheduler(Fiber& f) {
     Scheduler& s = sched();
     asan_start(&f.asan_fake_stack, s.asan_bottom, s.asan_size);
-    swapcontext(&f.context, &s.context);
+    fiber::switch_to(f.context, s.context);
     asan_finish(f.asan_fake_stack, &s.asan_bottom, &s.asan_size);
 }
 
@@ -168,8 +168,8 @@ void yield_to_scheduler(Fiber& f) {
     Scheduler& s = sched();
     f.state = FiberState::Done;
     asan_start(nullptr, s.asan_bottom, s.asan_size);
-    setcontext(&s.context);
-    std::abort();  // setcontext does not return
+    fiber::switch_to(f.context, s.context);
+    std::abort();  // a finished fiber is never resumed
 }
 
 void fiber_main() {
@@ -376,11 +376,7 @@ bool run_block(bool reverse, const TlsRange& shared) {
     for (unsigned i = 0; i < n; ++i) {
         Fiber& f = fibers[i];
         f.state = FiberState::Ready;
-        getcontext(&f.context);
-        f.context.uc_stack.ss_sp = f.stack;
-        f.context.uc_stack.ss_size = kStackBytes;
-        f.context.uc_link = nullptr;
-        makecontext(&f.context, fiber_main, 0);
+        fiber::prepare(f.context, f.stack, kStackBytes, fiber_main);
     }
     if (shared.size) poison_words(shared.data, shared.size);
     poison_words(g_dynamic_arena, g_dynamic_bytes);
