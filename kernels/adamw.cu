@@ -28,14 +28,13 @@ extern "C" __global__ void __launch_bounds__(256)
     const float correction1 = 1.0f - power(beta1, step);
     const float correction2 = 1.0f - power(beta2, step);
     const float decay = 1.0f - lr * weight_decay;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    gpu::grid_stride(n, [&](long long i) {
         const float g = grad_scale * grad[i];
         const float mi = beta1 * m[i] + (1.0f - beta1) * g;
         const float vi = beta2 * v[i] + (1.0f - beta2) * g * g;
         m[i] = mi;
         v[i] = vi;
         p[i] = p[i] * decay - lr * (mi / correction1) / (gpu::sqrt(vi / correction2) + eps);
-    }
+    });
 }
 MOBIUS_REGISTER_KERNEL(adamw_f32);

@@ -16,12 +16,6 @@ namespace {
 constexpr float kGeluK0 = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluK1 = 0.044715f;
 
-template <class F>
-MOBIUS_DEVICE void grid_stride(long long n, F&& f) {
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) f(i);
-}
-
 struct Silu {
     static MOBIUS_DEVICE float forward(float x) { return x * gpu::sigmoid(x); }
     static MOBIUS_DEVICE float derivative(float x) {
@@ -40,37 +34,37 @@ struct Gelu {
 
 template <class T>
 MOBIUS_DEVICE void add(const T* a, const T* b, T* y, long long n, float alpha, float beta) {
-    grid_stride(n, [&](long long i) { gpu::store(y + i, alpha * gpu::load(a + i) + beta * gpu::load(b + i)); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(y + i, alpha * gpu::load(a + i) + beta * gpu::load(b + i)); });
 }
 
 template <class T>
 MOBIUS_DEVICE void mul(const T* a, const T* b, T* y, long long n) {
-    grid_stride(n, [&](long long i) { gpu::store(y + i, gpu::load(a + i) * gpu::load(b + i)); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(y + i, gpu::load(a + i) * gpu::load(b + i)); });
 }
 
 template <class T>
 MOBIUS_DEVICE void scale(const T* x, T* y, long long n, float alpha) {
-    grid_stride(n, [&](long long i) { gpu::store(y + i, alpha * gpu::load(x + i)); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(y + i, alpha * gpu::load(x + i)); });
 }
 
 template <class T>
 MOBIUS_DEVICE void fill(T* y, long long n, float value) {
-    grid_stride(n, [&](long long i) { gpu::store(y + i, value); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(y + i, value); });
 }
 
 template <class Act, class T>
 MOBIUS_DEVICE void activation_forward(const T* x, T* y, long long n) {
-    grid_stride(n, [&](long long i) { gpu::store(y + i, Act::forward(gpu::load(x + i))); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(y + i, Act::forward(gpu::load(x + i))); });
 }
 
 template <class Act, class T>
 MOBIUS_DEVICE void activation_backward(const T* x, const T* dy, T* dx, long long n) {
-    grid_stride(n, [&](long long i) { gpu::store(dx + i, gpu::load(dy + i) * Act::derivative(gpu::load(x + i))); });
+    gpu::grid_stride(n, [&](long long i) { gpu::store(dx + i, gpu::load(dy + i) * Act::derivative(gpu::load(x + i))); });
 }
 
 template <class T>
 MOBIUS_DEVICE void geglu_forward(const T* x, T* y, long long rows, int hidden) {
-    grid_stride(rows * hidden, [&](long long i) {
+    gpu::grid_stride(rows * hidden, [&](long long i) {
         const long long r = i / hidden, j = i - r * hidden;
         const T* row = x + r * 2 * hidden;
         gpu::store(y + i, gpu::load(row + j) * Gelu::forward(gpu::load(row + hidden + j)));
@@ -79,7 +73,7 @@ MOBIUS_DEVICE void geglu_forward(const T* x, T* y, long long rows, int hidden) {
 
 template <class T>
 MOBIUS_DEVICE void geglu_backward(const T* x, const T* dy, T* dx, long long rows, int hidden) {
-    grid_stride(rows * hidden, [&](long long i) {
+    gpu::grid_stride(rows * hidden, [&](long long i) {
         const long long r = i / hidden, j = i - r * hidden;
         const T* row = x + r * 2 * hidden;
         T* drow = dx + r * 2 * hidden;

@@ -11,23 +11,19 @@ namespace {
 
 template <class T>
 MOBIUS_DEVICE void embedding_forward(const int* ids, const T* table, T* y, int rows, int dim, int vocab) {
-    const long long n = static_cast<long long>(rows) * dim;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    gpu::grid_stride(static_cast<long long>(rows) * dim, [&](long long i) {
         const int r = static_cast<int>(i / dim), d = static_cast<int>(i - static_cast<long long>(r) * dim);
         const int id = ids[r];
         gpu::store(y + i, id >= 0 && id < vocab ? gpu::load(table + static_cast<long long>(id) * dim + d) : gpu::nan());
-    }
+    });
 }
 
 MOBIUS_DEVICE void embedding_backward(const int* ids, const float* dy, float* dtable, int rows, int dim, int vocab) {
-    const long long n = static_cast<long long>(rows) * dim;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    gpu::grid_stride(static_cast<long long>(rows) * dim, [&](long long i) {
         const int r = static_cast<int>(i / dim), d = static_cast<int>(i - static_cast<long long>(r) * dim);
         const int id = ids[r];
         if (id >= 0 && id < vocab) atomicAdd(dtable + static_cast<long long>(id) * dim + d, dy[i]);
-    }
+    });
 }
 
 }  // namespace

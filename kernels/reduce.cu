@@ -29,9 +29,7 @@ template <class Term>
 MOBIUS_DEVICE void partial_sums(const float* a, const float* b, long long n, float* partial) {
     __shared__ float scratch[32];
     float acc = 0.0f;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-        acc += Term::term(a, b, i);
+    gpu::grid_stride(n, [&](long long i) { acc += Term::term(a, b, i); });
     acc = gpu::block_sum(acc, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = acc;
 }
@@ -78,8 +76,6 @@ MOBIUS_REGISTER_KERNEL(reduce_finish_f32);
 extern "C" __global__ void __launch_bounds__(256)
     mse_bwd_f32(const float* __restrict__ a, const float* __restrict__ b, float* __restrict__ da, long long n, float dout) {
     const float scale = 2.0f * dout / static_cast<float>(n);
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride)
-        da[i] = scale * (a[i] - b[i]);
+    gpu::grid_stride(n, [&](long long i) { da[i] = scale * (a[i] - b[i]); });
 }
 MOBIUS_REGISTER_KERNEL(mse_bwd_f32);

@@ -14,28 +14,24 @@ namespace {
 
 template <class T>
 MOBIUS_DEVICE void window_sum(const T* x, T* y, long long planes, int h, int w, float scale) {
-    const long long n = planes * h * w;
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    gpu::grid_stride(planes * h * w, [&](long long i) {
         const long long p = i / (static_cast<long long>(h) * w);
         const int rem = static_cast<int>(i - p * h * w);
         const int r = rem / w, c = rem - r * w;
         const T* top = x + (p * 2 * h + 2 * r) * (2LL * w) + 2 * c;
         const T* bottom = top + 2 * w;
         gpu::store(y + i, scale * (gpu::load(top) + gpu::load(top + 1) + gpu::load(bottom) + gpu::load(bottom + 1)));
-    }
+    });
 }
 
 template <class T>
 MOBIUS_DEVICE void broadcast(const T* x, T* y, long long planes, int h, int w, float scale) {
-    const long long n = planes * 4 * h * w;  // y [planes, 2h, 2w]
-    const long long stride = static_cast<long long>(gridDim.x) * blockDim.x;
-    for (long long i = static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += stride) {
+    gpu::grid_stride(planes * 4 * h * w, [&](long long i) {  // i indexes y [planes, 2h, 2w]
         const long long p = i / (4LL * h * w);
         const int rem = static_cast<int>(i - p * 4 * h * w);
         const int r = rem / (2 * w), c = rem - r * 2 * w;
         gpu::store(y + i, scale * gpu::load(x + (p * h + r / 2) * w + c / 2));
-    }
+    });
 }
 
 }  // namespace

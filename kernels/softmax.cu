@@ -10,13 +10,10 @@
 
 namespace {
 
-MOBIUS_DEVICE long long warp_index() { return (static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x) >> 5; }
-MOBIUS_DEVICE long long warp_count() { return (static_cast<long long>(gridDim.x) * blockDim.x) >> 5; }
-
 template <class T>
 MOBIUS_DEVICE void softmax_forward(const T* x, T* y, float* lse, long long rows, int cols) {
     const int lane = threadIdx.x & 31;
-    for (long long r = warp_index(); r < rows; r += warp_count()) {
+    for (long long r = gpu::global_warp(); r < rows; r += gpu::global_warps()) {
         const T* xr = x + r * cols;
         float m = -gpu::inf(), s = 0.0f;
         for (int j = lane; j < cols; j += 32) {
@@ -41,7 +38,7 @@ MOBIUS_DEVICE void softmax_forward(const T* x, T* y, float* lse, long long rows,
 template <class T>
 MOBIUS_DEVICE void softmax_backward(const T* y, const T* dy, T* dx, long long rows, int cols) {
     const int lane = threadIdx.x & 31;
-    for (long long r = warp_index(); r < rows; r += warp_count()) {
+    for (long long r = gpu::global_warp(); r < rows; r += gpu::global_warps()) {
         const T* yr = y + r * cols;
         const T* dyr = dy + r * cols;
         float dot = 0.0f;

@@ -136,6 +136,17 @@ MOBIUS_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 MOBIUS_DEVICE float load(const float* p) { return *p; }
 MOBIUS_DEVICE void store(float* p, float v) { *p = v; }
 
+// Grid-stride iteration with 64-bit indices: correct for any grid, and for tensors past 2^31 elements.
+MOBIUS_DEVICE long long global_thread() { return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; }
+MOBIUS_DEVICE long long global_threads() { return static_cast<long long>(gridDim.x) * blockDim.x; }
+template <class F>
+MOBIUS_DEVICE void grid_stride(long long n, F&& f) {
+    for (long long i = global_thread(); i < n; i += global_threads()) f(i);
+}
+// Warp-per-row kernels: the warp's index among all warps of the (1-D) grid.
+MOBIUS_DEVICE long long global_warp() { return global_thread() >> 5; }
+MOBIUS_DEVICE long long global_warps() { return global_threads() >> 5; }
+
 // Warp reductions over all 32 lanes (every lane receives the result).
 MOBIUS_DEVICE float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFullMask, v, o);
