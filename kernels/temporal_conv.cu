@@ -31,6 +31,7 @@ struct Tiles {
 
 // acc[i][j] += sum over kk of a[kk][tm + 16i] * b[kk][tn + 16j]
 MOBIUS_DEVICE void multiply_tiles(const Tiles& t, int tm, int tn, float (&acc)[4][4]) {
+    MOBIUS_UNROLL
     for (int kk = 0; kk < kBK; ++kk) {
         float a[4], b[4];
         for (int i = 0; i < 4; ++i) a[i] = t.a[kk][tm + 16 * i];

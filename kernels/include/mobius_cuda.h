@@ -171,6 +171,13 @@ MOBIUS_DEVICE float block_sum(float v, float* scratch) {
 }
 }  // namespace gpu
 
+// Asks the device compilers to unroll the next loop (a constant trip count); the simulator ignores it.
+#if defined(MOBIUS_SIM_BUILD)
+#define MOBIUS_UNROLL
+#else
+#define MOBIUS_UNROLL _Pragma("unroll")
+#endif
+
 // Dynamic shared memory (the size given at launch) as `T* name`. One byte array name is shared by every
 // kernel so that nvcc does not see conflicting `extern __shared__` declarations.
 #if defined(MOBIUS_SIM_BUILD)
