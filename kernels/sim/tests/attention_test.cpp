@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "harness.h"
+#include "reference.h"
 
 namespace {
 
@@ -24,65 +25,6 @@ struct Problem {
     long long size() const { return 1LL * N * F * H * D; }
 };
 
-struct Reference {
-    std::vector<double> o, lse, dq, dk, dv;
-};
-
-// Per (n, h): S = scale q k^T, P = softmax_rows(S), o = P v, lse = log sum exp S; backward from dO:
-// dv = P^T dO, dP = dO v^T, Drow_i = dO_i . o_i, dS = P (dP - Drow), dq = scale dS k, dk = scale dS^T q.
-Reference reference(const Problem& pr, float scale, const std::vector<float>& q, const std::vector<float>& k, const std::vector<float>& v,
-                    const std::vector<float>& dout) {
-    const int F = pr.F, D = pr.D, HD = pr.H * pr.D;
-    Reference r{std::vector<double>(pr.size()), std::vector<double>(1LL * pr.N * pr.H * F), std::vector<double>(pr.size()),
-                std::vector<double>(pr.size()), std::vector<double>(pr.size())};
-    for (int n = 0; n < pr.N; ++n)
-        for (int h = 0; h < pr.H; ++h) {
-            auto at = [&](int row, int d) { return (1LL * n * F + row) * HD + 1LL * h * D + d; };
-            std::vector<double> P(F * F), dS(F * F);
-            for (int i = 0; i < F; ++i) {
-                double m = -INFINITY;
-                std::vector<double> s(F);
-                for (int j = 0; j < F; ++j) {
-                    double dot = 0.0;
-                    for (int d = 0; d < D; ++d) dot += double(q[at(i, d)]) * k[at(j, d)];
-                    s[j] = scale * dot;
-                    m = std::max(m, s[j]);
-                }
-                double sum = 0.0;
-                for (int j = 0; j < F; ++j) sum += std::exp(s[j] - m);
-                r.lse[(1LL * n * pr.H + h) * F + i] = m + std::log(sum);
-                for (int j = 0; j < F; ++j) P[i * F + j] = std::exp(s[j] - m) / sum;
-                for (int d = 0; d < D; ++d) {
-                    double acc = 0.0;
-                    for (int j = 0; j < F; ++j) acc += P[i * F + j] * v[at(j, d)];
-                    r.o[at(i, d)] = acc;
-                }
-            }
-            for (int i = 0; i < F; ++i) {
-                double drow = 0.0;
-                for (int d = 0; d < D; ++d) drow += double(dout[at(i, d)]) * r.o[at(i, d)];
-                for (int j = 0; j < F; ++j) {
-                    double dp = 0.0;
-                    for (int d = 0; d < D; ++d) dp += double(dout[at(i, d)]) * v[at(j, d)];
-                    dS[i * F + j] = P[i * F + j] * (dp - drow);
-                }
-            }
-            for (int i = 0; i < F; ++i)
-                for (int d = 0; d < D; ++d) {
-                    double aq = 0.0, ak = 0.0, av = 0.0;
-                    for (int j = 0; j < F; ++j) {
-                        aq += dS[i * F + j] * k[at(j, d)];
-                        ak += dS[j * F + i] * q[at(j, d)];
-                        av += P[j * F + i] * dout[at(j, d)];
-                    }
-                    r.dq[at(i, d)] = scale * aq;
-                    r.dk[at(i, d)] = scale * ak;
-                    r.dv[at(i, d)] = av;
-                }
-        }
-    return r;
-}
-
 class TemporalAttention : public ::testing::TestWithParam<int> {};
 
 TEST_P(TemporalAttention, ForwardAndBackwardForEveryHeadDim) {
@@ -94,7 +36,7 @@ TEST_P(TemporalAttention, ForwardAndBackwardForEveryHeadDim) {
         const long long n = pr.size();
         const auto q = mt::random_vector(n, F * 1000 + D), k = mt::random_vector(n, F * 1000 + D + 1), v = mt::random_vector(n, F * 1000 + D + 2),
                    dout = mt::random_vector(n, F * 1000 + D + 3);
-        const Reference ref = reference(pr, scale, q, k, v, dout);
+        const reference::Attention ref = reference::attention(pr.N, pr.H, F, D, scale, q, k, v, dout);
         mt::DeviceArray<float> dq_(q), dk_(k), dv_(v), ddo(dout), o(n), lse(1LL * pr.N * pr.H * F), dq(n), dk(n), dv(n);
         const SharedBytes bytes = shared_bytes(F, D);
         ASSERT_LE(bytes.backward, 48u * 1024) << "F " << F << " D " << D << " must fit the default shared memory";

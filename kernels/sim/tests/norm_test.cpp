@@ -2,71 +2,19 @@
 #include <cmath>
 
 #include "harness.h"
+#include "reference.h"
 
 namespace {
 
 using mt::Dim;
 
-double sigmoid(double x) { return 1.0 / (1.0 + std::exp(-x)); }
-
 struct GroupShape {
     int N, T, C, S, G;
 };
 
-struct GroupNormReference {
-    std::vector<double> y, mean, rstd, dx, dgamma, dbeta;
-};
-
-// ops.md "Norms": statistics per (n, g) over t, the C/G channels of g and s; backward with g = dy * silu'(pre).
-GroupNormReference group_norm_reference(const GroupShape& s, const std::vector<float>& x, const std::vector<float>& gamma,
-                                        const std::vector<float>& beta, const std::vector<float>& dy, double eps, bool silu) {
-    GroupNormReference r;
-    const long long n_all = 1LL * s.N * s.T * s.C * s.S;
-    r.y.resize(n_all);
-    r.dx.resize(n_all);
-    r.dgamma.assign(s.C, 0.0);
-    r.dbeta.assign(s.C, 0.0);
-    const int cg = s.C / s.G;
-    auto at = [&](int n, int t, int c, int sp) { return ((1LL * n * s.T + t) * s.C + c) * s.S + sp; };
-    for (int n = 0; n < s.N; ++n)
-        for (int g = 0; g < s.G; ++g) {
-            const double m = double(s.T) * cg * s.S;
-            double mu = 0.0, var = 0.0;
-            for (int t = 0; t < s.T; ++t)
-                for (int c = g * cg; c < (g + 1) * cg; ++c)
-                    for (int sp = 0; sp < s.S; ++sp) mu += x[at(n, t, c, sp)];
-            mu /= m;
-            for (int t = 0; t < s.T; ++t)
-                for (int c = g * cg; c < (g + 1) * cg; ++c)
-                    for (int sp = 0; sp < s.S; ++sp) var += (x[at(n, t, c, sp)] - mu) * (x[at(n, t, c, sp)] - mu);
-            var /= m;
-            const double rs = 1.0 / std::sqrt(var + eps);
-            r.mean.push_back(mu);
-            r.rstd.push_back(rs);
-            double mean_gg = 0.0, mean_ggx = 0.0;
-            std::vector<double> gv(n_all), xh(n_all);
-            for (int t = 0; t < s.T; ++t)
-                for (int c = g * cg; c < (g + 1) * cg; ++c)
-                    for (int sp = 0; sp < s.S; ++sp) {
-                        const long long i = at(n, t, c, sp);
-                        xh[i] = (x[i] - mu) * rs;
-                        const double pre = xh[i] * gamma[c] + beta[c];
-                        r.y[i] = silu ? pre * sigmoid(pre) : pre;
-                        const double sg = sigmoid(pre);
-                        gv[i] = silu ? dy[i] * sg * (1.0 + pre * (1.0 - sg)) : dy[i];
-                        r.dbeta[c] += gv[i];
-                        r.dgamma[c] += gv[i] * xh[i];
-                        mean_gg += gv[i] * gamma[c] / m;
-                        mean_ggx += gv[i] * gamma[c] * xh[i] / m;
-                    }
-            for (int t = 0; t < s.T; ++t)
-                for (int c = g * cg; c < (g + 1) * cg; ++c)
-                    for (int sp = 0; sp < s.S; ++sp) {
-                        const long long i = at(n, t, c, sp);
-                        r.dx[i] = rs * (gv[i] * gamma[c] - mean_gg - xh[i] * mean_ggx);
-                    }
-        }
-    return r;
+reference::GroupNorm group_norm_reference(const GroupShape& s, const std::vector<float>& x, const std::vector<float>& gamma,
+                                          const std::vector<float>& beta, const std::vector<float>& dy, double eps, bool silu) {
+    return reference::group_norm(s.N, s.T, s.C, s.S, s.G, eps, silu, x, gamma, beta, dy);
 }
 
 TEST(GroupNorm, ForwardBackwardAndParameterGradients) {
@@ -79,7 +27,7 @@ TEST(GroupNorm, ForwardBackwardAndParameterGradients) {
             // an offset and a scale per tensor so that the mean subtraction matters
             const auto x = mt::random_vector(n, n + s.C, 0.5f, 3.0f), dy = mt::random_vector(n, n + 1);
             const auto gamma = mt::random_vector(s.C, s.C + 2, 0.5f, 1.5f), beta = mt::random_vector(s.C, s.C + 3);
-            const GroupNormReference ref = group_norm_reference(s, x, gamma, beta, dy, eps, silu != 0);
+            const reference::GroupNorm ref = group_norm_reference(s, x, gamma, beta, dy, eps, silu != 0);
             mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y(n), mean(s.N * s.G), rstd(s.N * s.G), ddy(dy), dx(n),
                 pg(s.N * s.C), pb(s.N * s.C), dgamma(s.C), dbeta(s.C);
             const std::string what = "group norm N" + std::to_string(s.N) + " T" + std::to_string(s.T) + " C" + std::to_string(s.C) +
@@ -109,7 +57,7 @@ TEST(GroupNorm, BackwardOutputsAreOptional) {
     const GroupShape s{2, 2, 8, 9, 4};
     const long long n = 1LL * s.N * s.T * s.C * s.S;
     const auto x = mt::random_vector(n, 1), dy = mt::random_vector(n, 2), gamma = mt::random_vector(s.C, 3), beta = mt::random_vector(s.C, 4);
-    const GroupNormReference ref = group_norm_reference(s, x, gamma, beta, dy, 1e-5, false);
+    const reference::GroupNorm ref = group_norm_reference(s, x, gamma, beta, dy, 1e-5, false);
     mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y(n), mean(s.N * s.G), rstd(s.N * s.G), ddy(dy), dx(n), pb(s.N * s.C);
     gpu.run("norm", "group_norm_fwd_f32", {8}, {32}, 0, dx_.get(), dg.get(), db.get(), y.get(), mean.get(), rstd.get(), s.N, s.T, s.C, s.S, s.G,
             1e-5f, 0);

@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "harness.h"
+#include "reference.h"
 
 namespace {
 
@@ -25,48 +26,23 @@ TEST(TemporalConv, ForwardBackwardDataBackwardWeightAndBias) {
         const long long nx = 1LL * s.B * s.F * s.Cin * s.S, ny = 1LL * s.B * s.F * s.Cout * s.S, nw = 3LL * s.Cout * s.Cin;
         const auto x = mt::random_vector(nx, nx + 1), w = mt::random_vector(nw, nw + 2), bias = mt::random_vector(s.Cout, 3),
                    dy = mt::random_vector(ny, ny + 4);
-        auto X = [&](int b, int f, int c, int sp) { return double(x[((1LL * b * s.F + f) * s.Cin + c) * s.S + sp]); };
-        auto DY = [&](int b, int f, int o, int sp) { return double(dy[((1LL * b * s.F + f) * s.Cout + o) * s.S + sp]); };
-        auto W = [&](int o, int i, int k) { return double(w[(1LL * o * s.Cin + i) * 3 + k]); };
-        std::vector<double> ry(ny), rdx(nx), rdw(nw, 0.0), rdb(s.Cout, 0.0);
-        for (int b = 0; b < s.B; ++b)
-            for (int f = 0; f < s.F; ++f)
-                for (int sp = 0; sp < s.S; ++sp) {
-                    for (int o = 0; o < s.Cout; ++o) {
-                        double acc = bias[o];
-                        for (int i = 0; i < s.Cin; ++i)
-                            for (int k = 0; k < 3; ++k)
-                                if (f + k - 1 >= 0 && f + k - 1 < s.F) acc += W(o, i, k) * X(b, f + k - 1, i, sp);
-                        ry[((1LL * b * s.F + f) * s.Cout + o) * s.S + sp] = acc;
-                        rdb[o] += DY(b, f, o, sp);
-                        for (int i = 0; i < s.Cin; ++i)
-                            for (int k = 0; k < 3; ++k)
-                                if (f + k - 1 >= 0 && f + k - 1 < s.F) rdw[(1LL * o * s.Cin + i) * 3 + k] += DY(b, f, o, sp) * X(b, f + k - 1, i, sp);
-                    }
-                    for (int i = 0; i < s.Cin; ++i) {
-                        double acc = 0.0;
-                        for (int o = 0; o < s.Cout; ++o)
-                            for (int k = 0; k < 3; ++k)
-                                if (f - k + 1 >= 0 && f - k + 1 < s.F) acc += W(o, i, k) * DY(b, f - k + 1, o, sp);
-                        rdx[((1LL * b * s.F + f) * s.Cin + i) * s.S + sp] = acc;
-                    }
-                }
+        const reference::TemporalConv ref = reference::temporal_conv(s.B, s.F, s.Cin, s.Cout, s.S, x, w, bias, dy);
         mt::DeviceArray<float> dx_(x), dw_(w), db_(bias), ddy(dy), y(ny), dx(nx), dw(nw), dbias(s.Cout);
         const long long columns = 1LL * s.B * s.F * s.S;
         const std::string what = name(s);
         // sums of up to 3*70 products of |values| < 1: float error below 2e-5 absolute
         gpu.run("temporal_conv", "temporal_conv_fwd_f32", {mt::blocks_for(columns, 64), (s.Cout + 63u) / 64}, {256}, 0, dx_.get(), dw_.get(),
                 db_.get(), y.get(), s.B, s.F, s.Cin, s.Cout, s.S);
-        mt::expect_close(y.read(), ry, 2e-5, 1e-5, what + " forward");
+        mt::expect_close(y.read(), ref.y, 2e-5, 1e-5, what + " forward");
         gpu.run("temporal_conv", "temporal_conv_bwd_data_f32", {mt::blocks_for(columns, 64), (s.Cin + 63u) / 64}, {256}, 0, ddy.get(),
                 dw_.get(), dx.get(), s.B, s.F, s.Cin, s.Cout, s.S);
-        mt::expect_close(dx.read(), rdx, 2e-5, 1e-5, what + " backward data");
+        mt::expect_close(dx.read(), ref.dx, 2e-5, 1e-5, what + " backward data");
         const Dim wgrid{(3u * s.Cin + 63) / 64, (s.Cout + 63u) / 64, 1};
         // one split: dw directly
         gpu.run("temporal_conv", "temporal_conv_bwd_weight_f32", wgrid, {256}, 0, dx_.get(), ddy.get(), dw.get(), s.B, s.F, s.Cin, s.Cout,
                 s.S, columns);
         // sums over B*F*S <= 1024 columns
-        mt::expect_close(dw.read(), rdw, 5e-5, 1e-5, what + " backward weight");
+        mt::expect_close(dw.read(), ref.dw, 5e-5, 1e-5, what + " backward weight");
         // split-K with splits that are not multiples of the 16-column step, reduced by column_sum
         const long long per_split = std::max(1LL, columns / 3 + 5);
         const unsigned splits = static_cast<unsigned>((columns + per_split - 1) / per_split);
@@ -75,10 +51,10 @@ TEST(TemporalConv, ForwardBackwardDataBackwardWeightAndBias) {
                 s.B, s.F, s.Cin, s.Cout, s.S, per_split);
         gpu.run("bias", "column_sum_f32", {mt::blocks_for(nw, 256)}, {256}, 0, partial.get(), dw2.get(), (long long)splits, int(nw),
                 (long long)splits);
-        mt::expect_close(dw2.read(), rdw, 5e-5, 1e-5, what + " backward weight, " + std::to_string(splits) + " splits");
+        mt::expect_close(dw2.read(), ref.dw, 5e-5, 1e-5, what + " backward weight, " + std::to_string(splits) + " splits");
         gpu.run("bias", "channel_bias_grad_f32", {(unsigned)s.Cout}, {256}, 0, ddy.get(), dbias.get(), (long long)s.B * s.F, s.Cout,
                 (long long)s.S, 0);
-        mt::expect_close(dbias.read(), rdb, 5e-5, 1e-5, what + " bias grad");
+        mt::expect_close(dbias.read(), ref.dbias, 5e-5, 1e-5, what + " bias grad");
     }
 }
 
