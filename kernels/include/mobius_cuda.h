@@ -89,9 +89,6 @@ MOBIUS_DEVICE float log(float x) { return std::log2(x) * kLn2; }
 MOBIUS_DEVICE float sqrt(float x) { return std::sqrt(x); }
 MOBIUS_DEVICE float rsqrt(float x) { return 1.0f / std::sqrt(x); }
 MOBIUS_DEVICE float max(float a, float b) { return std::fmax(a, b); }
-MOBIUS_DEVICE float min(float a, float b) { return std::fmin(a, b); }
-MOBIUS_DEVICE float abs(float x) { return std::fabs(x); }
-MOBIUS_DEVICE float fma(float a, float b, float c) { return std::fma(a, b, c); }
 MOBIUS_DEVICE float nan() { return std::numeric_limits<float>::quiet_NaN(); }
 MOBIUS_DEVICE float inf() { return std::numeric_limits<float>::infinity(); }
 MOBIUS_DEVICE unsigned dynamic_smem_size() { return ::mobius_sim::dynamic_shared_bytes(); }
@@ -101,9 +98,6 @@ MOBIUS_DEVICE float log(float x) { return __log2f(x) * kLn2; }
 MOBIUS_DEVICE float sqrt(float x) { return sqrtf(x); }
 MOBIUS_DEVICE float rsqrt(float x) { return rsqrtf(x); }
 MOBIUS_DEVICE float max(float a, float b) { return fmaxf(a, b); }
-MOBIUS_DEVICE float min(float a, float b) { return fminf(a, b); }
-MOBIUS_DEVICE float abs(float x) { return fabsf(x); }
-MOBIUS_DEVICE float fma(float a, float b, float c) { return fmaf(a, b, c); }
 MOBIUS_DEVICE float nan() { return __int_as_float(0x7fffffff); }
 MOBIUS_DEVICE float inf() { return __int_as_float(0x7f800000); }
 MOBIUS_DEVICE unsigned dynamic_smem_size() {
@@ -117,9 +111,6 @@ MOBIUS_DEVICE float log(float x) { return __nvvm_lg2_approx_f(x) * kLn2; }
 MOBIUS_DEVICE float sqrt(float x) { return __builtin_sqrtf(x); }
 MOBIUS_DEVICE float rsqrt(float x) { return __nvvm_rsqrt_approx_f(x); }
 MOBIUS_DEVICE float max(float a, float b) { return __builtin_fmaxf(a, b); }
-MOBIUS_DEVICE float min(float a, float b) { return __builtin_fminf(a, b); }
-MOBIUS_DEVICE float abs(float x) { return __builtin_fabsf(x); }
-MOBIUS_DEVICE float fma(float a, float b, float c) { return __builtin_fmaf(a, b, c); }
 MOBIUS_DEVICE float nan() { return __builtin_nanf(""); }
 MOBIUS_DEVICE float inf() { return __builtin_huge_valf(); }
 MOBIUS_DEVICE unsigned dynamic_smem_size() {

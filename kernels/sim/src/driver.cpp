@@ -209,7 +209,8 @@ bool unpack_extra(void** extra, const ptx::Entry& e, std::vector<void*>& out) {
     return true;
 }
 
-CUresult memcpy_checked(void* dst, const void* src, std::size_t n) {
+// Copies between validated ranges (device to device ranges may overlap, as cuMemcpyDtoD allows).
+CUresult copy_bytes(void* dst, const void* src, std::size_t n) {
     std::memmove(dst, src, n);
     return CUDA_SUCCESS;
 }
@@ -560,7 +561,7 @@ CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void* srcHost, size_t Byte
     if (ByteCount == 0) return CUDA_SUCCESS;
     if (srcHost == nullptr || !device_range(dstDevice, ByteCount))
         return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoD: the destination range is not inside one allocation");
-    return memcpy_checked(reinterpret_cast<void*>(dstDevice), srcHost, ByteCount);
+    return copy_bytes(reinterpret_cast<void*>(dstDevice), srcHost, ByteCount);
 }
 
 CUresult cuMemcpyDtoH_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
@@ -569,7 +570,7 @@ CUresult cuMemcpyDtoH_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount)
     if (ByteCount == 0) return CUDA_SUCCESS;
     if (dstHost == nullptr || !device_range(srcDevice, ByteCount))
         return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoH: the source range is not inside one allocation");
-    return memcpy_checked(dstHost, reinterpret_cast<const void*>(srcDevice), ByteCount);
+    return copy_bytes(dstHost, reinterpret_cast<const void*>(srcDevice), ByteCount);
 }
 
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
@@ -578,7 +579,7 @@ CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t By
     if (ByteCount == 0) return CUDA_SUCCESS;
     if (!device_range(dstDevice, ByteCount) || !device_range(srcDevice, ByteCount))
         return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoD: a range is not inside one allocation");
-    return memcpy_checked(reinterpret_cast<void*>(dstDevice), reinterpret_cast<const void*>(srcDevice), ByteCount);
+    return copy_bytes(reinterpret_cast<void*>(dstDevice), reinterpret_cast<const void*>(srcDevice), ByteCount);
 }
 
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void* srcHost, size_t ByteCount, CUstream hStream) {

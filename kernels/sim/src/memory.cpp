@@ -8,6 +8,7 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -64,12 +65,14 @@ void fill_poison(unsigned char* p, std::size_t n) {
 
 // Index of the first byte in [p, p + n) that differs from the redzone pattern, or n.
 std::size_t first_damaged(const unsigned char* p, std::size_t n) {
-    static unsigned char pattern[4096];
-    static bool init = (std::memset(pattern, kRedzoneByte, sizeof pattern), true);
-    (void)init;
-    for (std::size_t off = 0; off < n; off += sizeof pattern) {
-        std::size_t len = std::min(sizeof pattern, n - off);
-        if (std::memcmp(p + off, pattern, len) != 0) {
+    static const std::array<unsigned char, 4096> pattern = [] {
+        std::array<unsigned char, 4096> a;
+        a.fill(kRedzoneByte);
+        return a;
+    }();
+    for (std::size_t off = 0; off < n; off += pattern.size()) {
+        const std::size_t len = std::min(pattern.size(), n - off);
+        if (std::memcmp(p + off, pattern.data(), len) != 0) {
             for (std::size_t i = 0; i < len; ++i)
                 if (p[off + i] != kRedzoneByte) return off + i;
         }
