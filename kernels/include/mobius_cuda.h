@@ -14,12 +14,10 @@
 
 #if defined(__NVCC__)
 // ---- nvcc: real headers ---------------------------------------------------------------------------
-#define MOBIUS_DEVICE_BUILD 1
 #define MOBIUS_DEVICE __device__ __forceinline__
 
 #elif defined(__clang__) && defined(__CUDA__)
 // ---- clang without the CUDA SDK ---------------------------------------------------------------------
-#define MOBIUS_DEVICE_BUILD 1
 #include <__clang_cuda_builtin_vars.h>  // threadIdx & co. as __nvvm_read_ptx_sreg_* properties (clang's own header)
 
 #define __host__ __attribute__((host))

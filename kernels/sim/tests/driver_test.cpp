@@ -176,8 +176,11 @@ TEST(Driver, KernelParamsAndExtraBufferUnpackTheSameArguments) {
     std::vector<double> ref(n);
     for (long long i = 0; i < n; ++i) ref[i] = 2.0 * a[i] - b[i];
     mt::expect_close(y1.read(), ref, 1e-6, 1e-6, "ew_add through kernelParams");
-    void* none[] = {nullptr};
-    EXPECT_EQ(cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, nullptr, none, nullptr), CUDA_ERROR_INVALID_VALUE);
+    float* y1p = y1.get();
+    const float* ap = da.get();
+    float alpha = 1.0f;
+    void* hole[] = {&ap, &ap, &y1p, nullptr, &alpha, &alpha};  // one argument missing
+    EXPECT_EQ(cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, nullptr, hole, nullptr), CUDA_ERROR_INVALID_VALUE);
     EXPECT_EQ(cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, nullptr, nullptr, nullptr), CUDA_ERROR_INVALID_VALUE);
 }
 

@@ -87,6 +87,17 @@ MOBIUS_REGISTER_KERNEL(fault_dynamic_shared_overflow);
 extern "C" __global__ void fault_divide_by_zero(int* p, int d) { p[threadIdx.x] = 100 / d; }
 MOBIUS_REGISTER_KERNEL(fault_divide_by_zero);
 
+// A 1 MiB local array: far more than a simulated thread's stack.
+namespace {
+__attribute__((noinline)) MOBIUS_DEVICE float deep_frame(unsigned i) {
+    volatile float big[1 << 18];
+    big[i] = 1.0f;
+    return big[i];
+}
+}  // namespace
+extern "C" __global__ void fault_stack_overflow(float* out) { out[threadIdx.x] = deep_frame(threadIdx.x); }
+MOBIUS_REGISTER_KERNEL(fault_stack_overflow);
+
 // ---- probes of correct behaviour ------------------------------------------------------------------------------
 
 // All four shuffles at widths 32, 8 and 4 with per-lane parameters; results land in out[kind][width][thread].

@@ -124,6 +124,14 @@ TEST(PlantedFaults, IntegerDivisionByZeroFailsTheLaunch) {
     EXPECT_MENTIONS(r.message, "arithmetic exception");
 }
 
+TEST(PlantedFaults, StackOverflowOfASimulatedThreadIsReported) {
+    mt::Gpu gpu;
+    mt::DeviceArray<float> out(32);
+    const LaunchResult r = run("fault_stack_overflow", {1}, {32}, 0, out.get());
+    EXPECT_EQ(r.status, Status::IllegalAddress);
+    EXPECT_MENTIONS(r.message, "stack overflow");
+}
+
 TEST(PlantedFaults, TheProcessKeepsWorkingAfterFaults) {
     mt::Gpu gpu;
     mt::DeviceArray<float> p(64);
