@@ -99,6 +99,7 @@ CUresult to_result(Status s) {
         case Status::OutOfResources: return CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES;
         case Status::IllegalAddress: return CUDA_ERROR_ILLEGAL_ADDRESS;
         case Status::LaunchFailed: return CUDA_ERROR_LAUNCH_FAILED;
+        case Status::Timeout: return CUDA_ERROR_LAUNCH_TIMEOUT;
     }
     return CUDA_ERROR_UNKNOWN;
 }
@@ -519,7 +520,8 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDi
     const LaunchResult result = launch(*f->kernel, config, params.data(), limits);
     if (result.status == Status::Success) return CUDA_SUCCESS;
     const CUresult code = to_result(result.status);
-    if (result.status == Status::IllegalAddress || result.status == Status::LaunchFailed) make_sticky(code, result.message);
+    if (result.status == Status::IllegalAddress || result.status == Status::LaunchFailed || result.status == Status::Timeout)
+        make_sticky(code, result.message);
     else set_last_error(result.message);
     return code;
 }

@@ -101,6 +101,7 @@ const char* status_name(Status s) {
         case Status::OutOfResources: return "out of resources";
         case Status::IllegalAddress: return "illegal address";
         case Status::LaunchFailed: return "launch failed";
+        case Status::Timeout: return "launch timed out";
     }
     return "unknown";
 }

@@ -7,14 +7,15 @@
 //     mask; a lane of the mask that exited or waits at __syncthreads can never arrive: an error, not a hang;
 //   - __syncthreads releases when every thread of the block waits at the same barrier; a thread that exited
 //     or waits at another barrier is an error.
-// Faults inside a kernel (SIGSEGV on a guard page, SIGBUS, SIGFPE) jump back to the scheduler and fail the
-// launch; the process keeps running. Nothing here is thread-local: see device.h for why.
+// Faults inside a kernel (SIGSEGV on a guard page, SIGBUS, SIGFPE) and the watchdog timer of a launch that
+// never ends jump back to the scheduler and fail the launch; the process keeps running. Nothing here is thread-local: see device.h for why.
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -423,13 +424,18 @@ bool run_grid(bool reverse, const TlsRange& shared) {
     return true;
 }
 
-// ---- faults ---------------------------------------------------------------------------------------------
+// ---- faults and the watchdog -------------------------------------------------------------------------------
 constexpr int kFaultSignals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL};
 struct sigaction g_previous[sizeof kFaultSignals / sizeof kFaultSignals[0]];
+// The watchdog timer's signal: a real-time signal nothing else in the process is expected to use. Its handler
+// stays installed and ignores a late expiry that arrives after the launch ended.
+const int kWatchdogSignal = SIGRTMAX - 1;
 
 void fault_handler(int sig, siginfo_t* info, void* uctx) {
     Scheduler& s = sched();
-    if (s.in_fiber && pthread_equal(pthread_self(), s.thread)) {
+    const bool ours = s.in_fiber && pthread_equal(pthread_self(), s.thread);
+    if (sig == kWatchdogSignal && !ours) return;
+    if (ours) {
         s.fault_signal = sig;
         s.fault_address = info->si_addr;
         s.in_fiber = 0;
@@ -453,10 +459,15 @@ void fault_handler(int sig, siginfo_t* info, void* uctx) {
     }
 }
 
+// For the duration of a launch: our handlers for faults (on an alternate stack, so a fiber stack overflow can
+// be handled) and a one-shot timer that interrupts the launching thread when the launch takes too long.
 struct FaultGuard {
     stack_t old_stack{};
     std::vector<unsigned char> alt_stack = std::vector<unsigned char>(std::max<std::size_t>(SIGSTKSZ, 64 * 1024));
-    FaultGuard() {
+    timer_t timer{};
+    bool timing = false;
+
+    explicit FaultGuard(double timeout_seconds) {
         stack_t ss{};
         ss.ss_sp = alt_stack.data();
         ss.ss_size = alt_stack.size();
@@ -466,8 +477,20 @@ struct FaultGuard {
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
         sigemptyset(&sa.sa_mask);
         for (std::size_t i = 0; i < std::size(kFaultSignals); ++i) sigaction(kFaultSignals[i], &sa, &g_previous[i]);
+        if (timeout_seconds <= 0.0) return;
+        sigaction(kWatchdogSignal, &sa, nullptr);
+        sigevent ev{};
+        ev.sigev_notify = SIGEV_THREAD_ID;
+        ev.sigev_signo = kWatchdogSignal;
+        ev._sigev_un._tid = gettid();
+        if (timer_create(CLOCK_MONOTONIC, &ev, &timer) != 0) return;
+        itimerspec when{};
+        when.it_value.tv_sec = static_cast<time_t>(timeout_seconds);
+        when.it_value.tv_nsec = static_cast<long>((timeout_seconds - static_cast<double>(when.it_value.tv_sec)) * 1e9);
+        timing = timer_settime(timer, 0, &when, nullptr) == 0;
     }
     ~FaultGuard() {
+        if (timing) timer_delete(timer);
         for (std::size_t i = 0; i < std::size(kFaultSignals); ++i) sigaction(kFaultSignals[i], &g_previous[i], nullptr);
         sigaltstack(&old_stack, nullptr);
     }
@@ -478,6 +501,11 @@ std::string describe_fault() {
     const auto address = reinterpret_cast<std::uintptr_t>(s.fault_address);
     std::ostringstream o;
     o << (s.current ? describe_thread(s.current->tid) : std::string("?")) << ": ";
+    if (s.fault_signal == kWatchdogSignal) {
+        o << "still running after " << options().launch_timeout_seconds
+          << " s (an endless loop?), stopped; MOBIUS_SIM_LAUNCH_TIMEOUT sets the limit";
+        return o.str();
+    }
     switch (s.fault_signal) {
         case SIGFPE: o << "arithmetic exception (integer division by zero?)"; break;
         case SIGILL: o << "illegal instruction"; break;
@@ -603,10 +631,14 @@ std::vector<std::string> registered_kernel_names() {
 }
 
 Options& options() {
-    static Options o{[] {
-        const char* v = std::getenv("MOBIUS_SIM_RACECHECK");
-        return v != nullptr && *v != '\0' && *v != '0';
-    }()};
+    static Options o = [] {
+        Options r;
+        const char* race = std::getenv("MOBIUS_SIM_RACECHECK");
+        r.racecheck = race != nullptr && *race != '\0' && *race != '0';
+        if (const char* t = std::getenv("MOBIUS_SIM_LAUNCH_TIMEOUT"); t != nullptr && *t != '\0')
+            r.launch_timeout_seconds = std::strtod(t, nullptr);
+        return r;
+    }();
     return o;
 }
 
@@ -637,7 +669,7 @@ LaunchResult launch(const KernelSignature& kernel, const LaunchConfig& config, v
 
     // A fault longjmps back here from deep inside run_grid; everything that must survive it lives in the
     // Scheduler, so no frame with live non-trivial objects is skipped.
-    FaultGuard guard;
+    FaultGuard guard(options().launch_timeout_seconds);
     s.error.clear();
     auto finish = [&](LaunchResult r) {
         s.before = {};
@@ -649,8 +681,10 @@ LaunchResult launch(const KernelSignature& kernel, const LaunchConfig& config, v
         return r;
     };
     if (sigsetjmp(s.fault_jump, 1) != 0) {
-        const bool memory = s.fault_signal == SIGSEGV || s.fault_signal == SIGBUS;
-        return finish(fail(memory ? Status::IllegalAddress : Status::LaunchFailed, kernel.name, describe_fault()));
+        const Status status = s.fault_signal == kWatchdogSignal                          ? Status::Timeout
+                              : s.fault_signal == SIGSEGV || s.fault_signal == SIGBUS ? Status::IllegalAddress
+                                                                                       : Status::LaunchFailed;
+        return finish(fail(status, kernel.name, describe_fault()));
     }
     if (s.track_atomics) s.before = detail::snapshot_memory();
     if (!run_grid(false, shared)) return finish(fail(Status::LaunchFailed, kernel.name, s.error));

@@ -98,6 +98,13 @@ __attribute__((noinline)) MOBIUS_DEVICE float deep_frame(unsigned i) {
 extern "C" __global__ void fault_stack_overflow(float* out) { out[threadIdx.x] = deep_frame(threadIdx.x); }
 MOBIUS_REGISTER_KERNEL(fault_stack_overflow);
 
+// Never terminates: the flag it waits for is never set.
+extern "C" __global__ void fault_endless_loop(const volatile int* flag) {
+    while (*flag == 0) {
+    }
+}
+MOBIUS_REGISTER_KERNEL(fault_endless_loop);
+
 // ---- probes of correct behaviour ------------------------------------------------------------------------------
 
 // All four shuffles at widths 32, 8 and 4 with per-lane parameters; results land in out[kind][width][thread].

@@ -132,6 +132,17 @@ TEST(PlantedFaults, StackOverflowOfASimulatedThreadIsReported) {
     EXPECT_MENTIONS(r.message, "stack overflow");
 }
 
+TEST(PlantedFaults, AnEndlessLoopIsStoppedByTheWatchdog) {
+    mt::Gpu gpu;
+    mt::DeviceArray<int> flag(std::vector<int>{0});
+    const double saved = mobius_sim::options().launch_timeout_seconds;
+    mobius_sim::options().launch_timeout_seconds = 0.2;
+    const LaunchResult r = run("fault_endless_loop", {1}, {32}, 0, static_cast<const volatile int*>(flag.get()));
+    mobius_sim::options().launch_timeout_seconds = saved;
+    EXPECT_EQ(r.status, Status::Timeout);
+    EXPECT_MENTIONS(r.message, "MOBIUS_SIM_LAUNCH_TIMEOUT");
+}
+
 TEST(PlantedFaults, TheProcessKeepsWorkingAfterFaults) {
     mt::Gpu gpu;
     mt::DeviceArray<float> p(64);

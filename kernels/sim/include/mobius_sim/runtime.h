@@ -21,6 +21,7 @@ enum class Status {
     OutOfResources,  // block larger than the kernel's __launch_bounds__
     IllegalAddress,  // a kernel touched memory outside every allocation (guard page, redzone)
     LaunchFailed,    // trap, barrier misuse, warp-collective misuse, a race found by the race check
+    Timeout,         // the launch ran longer than Options::launch_timeout_seconds (an endless loop)
 };
 
 const char* status_name(Status s);
@@ -69,6 +70,9 @@ struct Options {
     // MOBIUS_SIM_RACECHECK=1: run every launch a second time with blocks and threads in reverse order from
     // the same starting memory and require identical results (float atomics get a tolerance).
     bool racecheck = false;
+    // MOBIUS_SIM_LAUNCH_TIMEOUT (seconds, default 120, 0 = none): a launch running longer is stopped and fails,
+    // so a kernel that never terminates cannot hang a test run.
+    double launch_timeout_seconds = 120.0;
 };
 Options& options();
 
