@@ -17,7 +17,8 @@
 // out-of-range elements contribute zeros. Flattening (b, f, s) keeps tiles full even at S = 1.
 // The weight gradient reduces over all B*F*S columns, so it is split over gridDim.z (each split writes its
 // own partial [Cout, Cin, 3]; column_sum_f32 adds the splits) to give the GPU enough blocks, deterministically.
-// The bias gradient is channel_bias_grad_f32(dy, db, B*F, Cout, S, 0).
+// The bias gradient is channel_bias_grad_f32(dy, db, B*F, Cout, S, 0). Storage type T (fp32 today) is converted
+// to fp32 while loading; tiles and accumulation are fp32; the weight gradient stays fp32 (master weights).
 #include "mobius_cuda.h"
 
 namespace {
@@ -60,10 +61,10 @@ MOBIUS_DEVICE void gemm_mainloop(const Loader& loader, long long k_begin, long l
 
 // Forward (dir = +1) and backward-data (dir = -1): out[bf, m, s] = sum over c < Cc, k < 3 of
 // A(m, c, k) * in[bf + dir (k - 1), c, s], where A is w[m, c, k] forward and w[c, m, k] backward.
-template <bool BackwardData>
+template <class T, bool BackwardData>
 struct FrameLoader {
-    const float* w;
-    const float* in;
+    const T* w;
+    const T* in;
     int M, Cc, F, S;
     long long K;
     int m0;
@@ -79,14 +80,14 @@ struct FrameLoader {
         const int kka = static_cast<int>(ka - 3 * ca);
         for (int r = 0; r < 4; ++r) {
             const int m = m0 + static_cast<int>(threadIdx.x / 16) + 16 * r;
-            ra[r] = m < M && ka < K ? (BackwardData ? w[(ca * M + m) * 3 + kka] : w[m * K + ka]) : 0.0f;
+            ra[r] = m < M && ka < K ? gpu::load(w + (BackwardData ? (ca * M + m) * 3 + kka : m * K + ka)) : 0.0f;
         }
         for (int r = 0; r < 4; ++r) {
             const long long kb = k0 + threadIdx.x / 64 + 4 * r;
             const long long c = kb / 3;
             const int shift = dir * (static_cast<int>(kb - 3 * c) - 1);
             const int fs = f + shift;
-            rb[r] = column_valid && kb < K && fs >= 0 && fs < F ? in[column_base + (shift * Cc + c) * S] : 0.0f;
+            rb[r] = column_valid && kb < K && fs >= 0 && fs < F ? gpu::load(in + column_base + (shift * Cc + c) * S) : 0.0f;
         }
     }
     MOBIUS_DEVICE void store(Tiles& t, const float (&ra)[4], const float (&rb)[4]) const {
@@ -95,14 +96,14 @@ struct FrameLoader {
     }
 };
 
-template <bool BackwardData>
-MOBIUS_DEVICE void frame_conv(const float* in, const float* w, const float* bias, float* out, int B, int F, int Cc, int M, int S) {
+template <class T, bool BackwardData>
+MOBIUS_DEVICE void frame_conv(const T* in, const T* w, const T* bias, T* out, int B, int F, int Cc, int M, int S) {
     const long long columns = static_cast<long long>(B) * F * S;
     const long long n0 = static_cast<long long>(blockIdx.x) * kBN;
     const int m0 = blockIdx.y * kBM;
     const long long n = n0 + threadIdx.x % 64;
     const long long bf = n / S;
-    FrameLoader<BackwardData> loader{w, in, M, Cc, F, S, 3LL * Cc, m0, n < columns, bf * Cc * S + (n - bf * S),
+    FrameLoader<T, BackwardData> loader{w, in, M, Cc, F, S, 3LL * Cc, m0, n < columns, bf * Cc * S + (n - bf * S),
                                      static_cast<int>(bf % F)};
     float acc[4][4] = {};
     gemm_mainloop(loader, 0, loader.K, acc);
@@ -113,15 +114,16 @@ MOBIUS_DEVICE void frame_conv(const float* in, const float* w, const float* bias
         const long long cbf = col / S, s = col - cbf * S;
         for (int i = 0; i < 4; ++i) {
             const int m = m0 + tm + 16 * i;
-            if (m < M) out[(cbf * M + m) * S + s] = acc[i][j] + (bias != nullptr ? bias[m] : 0.0f);
+            if (m < M) gpu::store(out + (cbf * M + m) * S + s, acc[i][j] + (bias != nullptr ? gpu::load(bias + m) : 0.0f));
         }
     }
 }
 
 // dw[o, kappa] over the columns [k_begin, k_end) of this split; kappa = 3 i + k.
+template <class T>
 struct WeightLoader {
-    const float* dy;
-    const float* x;
+    const T* dy;
+    const T* x;
     int Cout, Cin, F, S;
     long long k_end;
     int o0, q0;
@@ -134,13 +136,13 @@ struct WeightLoader {
         const int f = static_cast<int>(bf % F);
         for (int r = 0; r < 4; ++r) {
             const int o = o0 + static_cast<int>(threadIdx.x / 16) + 16 * r;
-            ra[r] = valid && o < Cout ? dy[(bf * Cout + o) * S + s] : 0.0f;
+            ra[r] = valid && o < Cout ? gpu::load(dy + (bf * Cout + o) * S + s) : 0.0f;
         }
         for (int r = 0; r < 4; ++r) {
             const int q = q0 + static_cast<int>(threadIdx.x / 16) + 16 * r;
             const int i = q / 3, k = q - 3 * (q / 3);
             const int fs = f + k - 1;
-            rb[r] = valid && q < 3 * Cin && fs >= 0 && fs < F ? x[((bf + k - 1) * Cin + i) * S + s] : 0.0f;
+            rb[r] = valid && q < 3 * Cin && fs >= 0 && fs < F ? gpu::load(x + ((bf + k - 1) * Cin + i) * S + s) : 0.0f;
         }
     }
     MOBIUS_DEVICE void store(Tiles& t, const float (&ra)[4], const float (&rb)[4]) const {
@@ -149,12 +151,13 @@ struct WeightLoader {
     }
 };
 
-MOBIUS_DEVICE void weight_grad(const float* x, const float* dy, float* dw_partial, int B, int F, int Cin, int Cout, int S,
+template <class T>
+MOBIUS_DEVICE void weight_grad(const T* x, const T* dy, float* dw_partial, int B, int F, int Cin, int Cout, int S,
                                long long columns_per_split) {
     const long long columns = static_cast<long long>(B) * F * S;
     const long long k_begin = blockIdx.z * columns_per_split;
     const long long k_end = columns < k_begin + columns_per_split ? columns : k_begin + columns_per_split;
-    const WeightLoader loader{dy, x, Cout, Cin, F, S, k_end, static_cast<int>(blockIdx.y) * kBM, static_cast<int>(blockIdx.x) * kBN};
+    const WeightLoader<T> loader{dy, x, Cout, Cin, F, S, k_end, static_cast<int>(blockIdx.y) * kBM, static_cast<int>(blockIdx.x) * kBN};
     float acc[4][4] = {};
     gemm_mainloop(loader, k_begin, k_end, acc);
     const int tm = threadIdx.x / 16, tn = threadIdx.x % 16;
@@ -176,7 +179,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     temporal_conv_fwd_f32(const float* __restrict__ x, const float* __restrict__ w, const float* __restrict__ bias, float* __restrict__ y,
                           int B, int F, int Cin, int Cout, int S) {
     MOBIUS_REQUIRE(blockDim.x == kThreads && blockDim.y == 1 && blockDim.z == 1);
-    frame_conv<false>(x, w, bias, y, B, F, Cin, Cout, S);
+    frame_conv<float, false>(x, w, bias, y, B, F, Cin, Cout, S);
 }
 MOBIUS_REGISTER_KERNEL(temporal_conv_fwd_f32);
 
@@ -186,7 +189,7 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     temporal_conv_bwd_data_f32(const float* __restrict__ dy, const float* __restrict__ w, float* __restrict__ dx, int B, int F, int Cin,
                                int Cout, int S) {
     MOBIUS_REQUIRE(blockDim.x == kThreads && blockDim.y == 1 && blockDim.z == 1);
-    frame_conv<true>(dy, w, nullptr, dx, B, F, Cout, Cin, S);
+    frame_conv<float, true>(dy, w, nullptr, dx, B, F, Cout, Cin, S);
 }
 MOBIUS_REGISTER_KERNEL(temporal_conv_bwd_data_f32);
 
