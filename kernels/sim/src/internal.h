@@ -12,6 +12,9 @@ namespace mobius_sim::detail {
 // Serialises every simulator entry point: launches run one at a time, and memory changes never race them.
 std::recursive_mutex& api_mutex();
 
+// Fills [p, p + n) with the NaN poison word (the last n % 4 bytes with 0xFF, also a NaN pattern).
+void poison(unsigned char* p, std::size_t n);
+
 // The first redzone that a launch overwrote, described for an error message (empty when all are intact).
 // Damaged redzones are repaired so that one bug is reported once.
 std::string check_redzones();

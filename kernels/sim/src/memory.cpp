@@ -56,13 +56,6 @@ Heap& heap() {
     return h;
 }
 
-void fill_poison(unsigned char* p, std::size_t n) {
-    std::size_t words = n / 4;
-    auto* w = reinterpret_cast<std::uint32_t*>(p);
-    for (std::size_t i = 0; i < words; ++i) w[i] = kNanPoisonBits;
-    std::memset(p + words * 4, kRedzoneByte, n - words * 4);
-}
-
 // Index of the first byte in [p, p + n) that differs from the redzone pattern, or n.
 std::size_t first_damaged(const unsigned char* p, std::size_t n) {
     static const std::array<unsigned char, 4096> pattern = [] {
@@ -93,19 +86,6 @@ const Allocation* containing(std::uintptr_t address, std::size_t bytes) {
 
 }  // namespace
 
-const char* status_name(Status s) {
-    switch (s) {
-        case Status::Success: return "success";
-        case Status::InvalidValue: return "invalid value";
-        case Status::OutOfMemory: return "out of memory";
-        case Status::OutOfResources: return "out of resources";
-        case Status::IllegalAddress: return "illegal address";
-        case Status::LaunchFailed: return "launch failed";
-        case Status::Timeout: return "launch timed out";
-    }
-    return "unknown";
-}
-
 Status device_alloc(std::size_t bytes, std::uint64_t* address) {
     std::lock_guard lock(detail::api_mutex());
     if (address == nullptr || bytes == 0) return Status::InvalidValue;
@@ -123,7 +103,7 @@ Status device_alloc(std::size_t bytes, std::uint64_t* address) {
     Allocation a{h.next_id++, map + page + body - span, bytes, span, map, map_size};
     std::memset(a.slack_begin(), kRedzoneByte, static_cast<std::size_t>(a.data - a.slack_begin()));
     std::memset(a.data + a.size, kRedzoneByte, a.span - a.size);
-    fill_poison(a.data, a.size);
+    detail::poison(a.data, a.size);
     h.used += span;
     h.live.emplace(reinterpret_cast<std::uintptr_t>(a.data), a);
     *address = reinterpret_cast<std::uint64_t>(a.data);
@@ -168,6 +148,13 @@ namespace detail {
 std::recursive_mutex& api_mutex() {
     static std::recursive_mutex m;
     return m;
+}
+
+void poison(unsigned char* p, std::size_t n) {
+    const std::size_t words = n / 4;
+    auto* w = reinterpret_cast<std::uint32_t*>(p);
+    for (std::size_t i = 0; i < words; ++i) w[i] = kNanPoisonBits;
+    std::memset(p + words * 4, kRedzoneByte, n - words * 4);
 }
 
 std::size_t parse_size(const char* text, std::size_t fallback) {

@@ -227,12 +227,6 @@ TlsRange module_shared_memory(const void* anchor) {
     return q.range;
 }
 
-void poison_words(unsigned char* p, std::size_t n) {
-    auto* w = reinterpret_cast<std::uint32_t*>(p);
-    for (std::size_t i = 0; i < n / 4; ++i) w[i] = kNanPoisonBits;
-    std::memset(p + n / 4 * 4, 0xFF, n % 4);
-}
-
 // ---- block execution ----------------------------------------------------------------------------------
 std::string describe_thread(const Dim3& t) {
     std::ostringstream o;
@@ -379,8 +373,8 @@ bool run_block(bool reverse, const TlsRange& shared) {
         f.state = FiberState::Ready;
         fiber::prepare(f.context, f.stack, kStackBytes, fiber_main);
     }
-    if (shared.size) poison_words(shared.data, shared.size);
-    poison_words(g_dynamic_arena, g_dynamic_bytes);
+    if (shared.size) detail::poison(shared.data, shared.size);
+    detail::poison(g_dynamic_arena, g_dynamic_bytes);
     std::memset(g_dynamic_arena + g_dynamic_bytes, 0xFF, kSharedRedzone);
 
     for (;;) {

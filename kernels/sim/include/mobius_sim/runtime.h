@@ -24,8 +24,6 @@ enum class Status {
     Timeout,         // the launch ran longer than Options::launch_timeout_seconds (an endless loop)
 };
 
-const char* status_name(Status s);
-
 struct LaunchConfig {
     Dim3 grid;
     Dim3 block;
