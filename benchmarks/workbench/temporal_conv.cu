@@ -1,0 +1,89 @@
+// Workbench: temporal convolution (kernels/temporal_conv.cu), kernel 3 along frames, x [B, F, Cin, S], w [Cout, Cin, 3].
+//
+//   v1  direct: one thread per output y[b, f, o, s], looping over input channels and taps straight from global
+//       memory (w is re-read by every thread, x by Cout threads).
+//   v2  the engine kernel temporal_conv_fwd_f32: 64x64 implicit-GEMM tiles in shared memory, 4x4 outputs per
+//       thread, one-step register prefetch.
+//   backward-data and backward-weight (split-K, splits reduced by column_sum_f32): the engine kernels.
+//
+// usage: temporal_conv [B F Cin Cout S]
+#include "../../kernels/bias.cu"
+#include "../../kernels/sim/tests/reference.h"
+#include "../../kernels/temporal_conv.cu"
+#include "common.h"
+
+extern "C" __global__ void __launch_bounds__(256)
+    temporal_conv_fwd_v1(const float* x, const float* w, const float* bias, float* y, int B, int F, int Cin, int Cout, int S) {
+    const long long outputs = static_cast<long long>(B) * F * Cout * S;
+    for (long long idx = gpu::global_thread(); idx < outputs; idx += gpu::global_threads()) {
+        const int s = static_cast<int>(idx % S), o = static_cast<int>(idx / S % Cout);
+        const long long bf = idx / (static_cast<long long>(S) * Cout);
+        const int f = static_cast<int>(bf % F);
+        float acc = bias[o];
+        for (int i = 0; i < Cin; ++i)
+            for (int k = 0; k < 3; ++k)
+                if (f + k - 1 >= 0 && f + k - 1 < F) acc += w[(o * Cin + i) * 3 + k] * x[((bf + k - 1) * Cin + i) * S + s];
+        y[idx] = acc;
+    }
+}
+
+int main(int argc, char** argv) {
+    // GPU default: a 320-channel temporal layer over 2 clips of 16 frames at 32x32 latent pixels.
+    int B = 2, F = wb::kOnGpu ? 16 : 5, Cin = wb::kOnGpu ? 320 : 17, Cout = wb::kOnGpu ? 320 : 70, S = wb::kOnGpu ? 1024 : 33;
+    if (argc == 6) B = std::atoi(argv[1]), F = std::atoi(argv[2]), Cin = std::atoi(argv[3]), Cout = std::atoi(argv[4]), S = std::atoi(argv[5]);
+    std::printf("temporal conv B=%d F=%d Cin=%d Cout=%d S=%d\n", B, F, Cin, Cout, S);
+    const long long nx = 1LL * B * F * Cin * S, ny = 1LL * B * F * Cout * S, nw = 3LL * Cout * Cin, columns = 1LL * B * F * S;
+    const auto x = wb::random_vector(nx, 1), w = wb::random_vector(nw, 2), bias = wb::random_vector(Cout, 3), dy = wb::random_vector(ny, 4);
+    const reference::TemporalConv ref = reference::temporal_conv(B, F, Cin, Cout, S, x, w, bias, dy);
+
+    float *dx_in = wb::alloc<float>(nx), *dw_in = wb::alloc<float>(nw), *db_in = wb::alloc<float>(Cout), *ddy = wb::alloc<float>(ny);
+    float *y = wb::alloc<float>(ny), *dx = wb::alloc<float>(nx), *dw = wb::alloc<float>(nw);
+    wb::upload(dx_in, x);
+    wb::upload(dw_in, w);
+    wb::upload(db_in, bias);
+    wb::upload(ddy, dy);
+
+    // Tolerances: each output sums 3*Cin (forward), 3*Cout (backward data) or B*F*S (weight) products of
+    // |values| < 1 in fp32: rounding grows like sqrt(terms) * 6e-8, bounded here by terms * 1e-7.
+    const double tol_fwd = 1e-7 * 3 * Cin + 1e-6, tol_bwd = 1e-7 * 3 * Cout + 1e-6, tol_w = 1e-7 * columns + 1e-6;
+    bool ok = true;
+    const double flops = 2.0 * columns * Cout * Cin * 3, bytes = 4.0 * (nx + ny + nw);
+    auto v1 = [&] {
+        WB_LAUNCH(temporal_conv_fwd_v1, {unsigned(std::min<long long>((ny + 255) / 256, 1 << 20))}, {256}, 0, dx_in, dw_in, db_in, y, B, F, Cin,
+                  Cout, S);
+    };
+    v1();
+    ok &= wb::validate("v1 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
+    wb::report_time("v1 forward (direct)", wb::time_ms(v1), bytes, flops);
+
+    const unsigned col_tiles = unsigned((columns + 63) / 64);
+    auto v2 = [&] {
+        WB_LAUNCH(temporal_conv_fwd_f32, {col_tiles, unsigned((Cout + 63) / 64)}, {256}, 0, dx_in, dw_in, db_in, y, B, F, Cin, Cout, S);
+    };
+    v2();
+    ok &= wb::validate("v2 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
+    wb::report_time("v2 forward (engine)", wb::time_ms(v2), bytes, flops);
+
+    auto data = [&] { WB_LAUNCH(temporal_conv_bwd_data_f32, {col_tiles, unsigned((Cin + 63) / 64)}, {256}, 0, ddy, dw_in, dx, B, F, Cin, Cout, S); };
+    data();
+    ok &= wb::validate("backward data", wb::download(dx, nx), ref.dx, tol_bwd, 1e-5);
+    wb::report_time("backward data (engine)", wb::time_ms(data), bytes, flops);
+
+    // Enough splits that the weight gradient has about four blocks per SM of an H100 (132 SMs).
+    const unsigned tiles = unsigned((3 * Cin + 63) / 64 * ((Cout + 63) / 64));
+    const unsigned splits = unsigned(std::max<long long>(1, std::min<long long>(4 * 132 / tiles + 1, (columns + 255) / 256)));
+    const long long per_split = (columns + splits - 1) / splits;
+    float* partial = wb::alloc<float>(splits * nw);
+    auto weight = [&] {
+        WB_LAUNCH(temporal_conv_bwd_weight_f32, {unsigned((3 * Cin + 63) / 64), unsigned((Cout + 63) / 64), splits}, {256}, 0, dx_in, ddy, partial,
+                  B, F, Cin, Cout, S, per_split);
+        WB_LAUNCH(column_sum_f32, {unsigned((nw + 255) / 256)}, {256}, 0, partial, dw, (long long)splits, int(nw), (long long)splits);
+    };
+    weight();
+    ok &= wb::validate("backward weight", wb::download(dw, nw), ref.dw, tol_w, 1e-5);
+    wb::report_time("backward weight (engine)", wb::time_ms(weight), bytes, flops);
+
+    for (float* p : {dx_in, dw_in, db_in, ddy, y, dx, dw, partial}) wb::release(p);
+    std::printf("%s\n", ok ? "all versions agree with the reference" : "MISMATCH");
+    return ok ? 0 : 1;
+}

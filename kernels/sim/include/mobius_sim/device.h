@@ -1,0 +1,142 @@
+// The CUDA kernel language on the CPU: what kernels/*.cu see when g++ builds them for the simulator.
+//
+// Each CUDA thread of a block runs as a fiber on one OS thread; the scheduler (src/runtime.cpp) switches
+// fibers at __syncthreads and at warp collectives, so barriers, shuffles and shared memory behave as on the
+// GPU and misuse is reported instead of hanging. `__shared__` variables are `static thread_local`: a block
+// runs on one OS thread, so all its fibers see one copy, and the simulator finds and poisons the whole
+// thread-local block of the kernel's module at every block start (the simulator itself keeps no
+// thread-local state in modules that hold kernels).
+#pragma once
+
+#include <bit>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <utility>
+
+namespace mobius_sim {
+
+struct Dim3 {
+    unsigned x = 1, y = 1, z = 1;
+};
+
+// Set by the scheduler before a fiber (simulated thread) is resumed or a block starts.
+extern const Dim3* g_thread_idx;
+extern Dim3 g_block_idx, g_block_dim, g_grid_dim;
+
+inline const Dim3& thread_index() { return *g_thread_idx; }
+inline const Dim3& block_index() { return g_block_idx; }
+inline const Dim3& block_dim() { return g_block_dim; }
+inline const Dim3& grid_dim() { return g_grid_dim; }
+
+unsigned char* dynamic_shared_base();
+unsigned dynamic_shared_bytes();
+
+// Ends the current simulated thread and fails the launch with `what` (CUDA_ERROR_LAUNCH_FAILED).
+[[noreturn]] void trap(const char* what, const char* file, int line);
+void syncthreads(const char* file, int line);
+
+enum class WarpOp : std::uint8_t { Idx, Xor, Down, Up, Ballot, Sync };
+// Blocks the calling fiber until every lane named in `mask` has made the same call; returns this lane's result.
+std::uint32_t warp_collective(WarpOp op, unsigned mask, std::uint32_t value, int param, int width);
+
+float atomic_add(float* address, float value);
+int atomic_add(int* address, int value);
+unsigned atomic_add(unsigned* address, unsigned value);
+
+// ---- kernel registration: entry name -> launcher that unpacks kernelParams like the driver does ----
+using Launcher = void (*)(void* const* params);
+
+struct KernelSignature {
+    const char* name;
+    Launcher launcher;
+    const void* module_anchor;  // an address inside the module that holds the kernel (finds its shared memory)
+    int num_params;
+    const std::uint8_t* param_sizes;
+};
+
+void register_kernel(const KernelSignature& signature);
+
+template <class T>
+T load_param(const void* source) {
+    static_assert(std::is_trivially_copyable_v<T>, "kernel parameters must be trivially copyable");
+    T value;
+    std::memcpy(&value, source, sizeof(T));
+    return value;
+}
+
+template <auto F>
+struct Invoker;
+
+template <class... A, void (*F)(A...)>
+struct Invoker<F> {
+    static void run(void* const* params) { call(params, std::index_sequence_for<A...>{}); }
+    template <std::size_t... I>
+    static void call(void* const* params, std::index_sequence<I...>) {
+        F(load_param<A>(params[I])...);
+    }
+    static constexpr std::uint8_t sizes[sizeof...(A) + 1] = {static_cast<std::uint8_t>(sizeof(A))..., 0};
+    static KernelSignature signature(const char* name) {
+        return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes};
+    }
+};
+
+struct Registrar {
+    explicit Registrar(const KernelSignature& s) { register_kernel(s); }
+};
+
+template <class T>
+std::uint32_t to_bits(T v) {
+    static_assert(sizeof(T) == 4, "warp collectives move 32-bit values");
+    return std::bit_cast<std::uint32_t>(v);
+}
+
+}  // namespace mobius_sim
+
+#define MOBIUS_SIM_REGISTER_KERNEL(name) \
+    static const ::mobius_sim::Registrar mobius_sim_registrar_##name{::mobius_sim::Invoker<&name>::signature(#name)}
+
+#define __host__
+#define __device__
+#define __global__
+#define __forceinline__ inline
+#define __launch_bounds__(...)
+#define __shared__ static thread_local
+
+#define threadIdx (::mobius_sim::thread_index())
+#define blockIdx (::mobius_sim::block_index())
+#define blockDim (::mobius_sim::block_dim())
+#define gridDim (::mobius_sim::grid_dim())
+constexpr int warpSize = 32;
+
+#define __syncthreads() ::mobius_sim::syncthreads(__FILE__, __LINE__)
+
+template <class T>
+inline T __shfl_sync(unsigned mask, T v, int src_lane, int width = 32) {
+    return std::bit_cast<T>(::mobius_sim::warp_collective(::mobius_sim::WarpOp::Idx, mask, ::mobius_sim::to_bits(v), src_lane, width));
+}
+template <class T>
+inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32) {
+    return std::bit_cast<T>(::mobius_sim::warp_collective(::mobius_sim::WarpOp::Xor, mask, ::mobius_sim::to_bits(v), lane_mask, width));
+}
+template <class T>
+inline T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return std::bit_cast<T>(::mobius_sim::warp_collective(::mobius_sim::WarpOp::Down, mask, ::mobius_sim::to_bits(v), static_cast<int>(delta), width));
+}
+template <class T>
+inline T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32) {
+    return std::bit_cast<T>(::mobius_sim::warp_collective(::mobius_sim::WarpOp::Up, mask, ::mobius_sim::to_bits(v), static_cast<int>(delta), width));
+}
+inline unsigned __ballot_sync(unsigned mask, int predicate) {
+    return ::mobius_sim::warp_collective(::mobius_sim::WarpOp::Ballot, mask, predicate != 0, 0, 32);
+}
+inline void __syncwarp(unsigned mask = 0xffffffffu) {
+    ::mobius_sim::warp_collective(::mobius_sim::WarpOp::Sync, mask, 0, 0, 32);
+}
+
+inline float atomicAdd(float* address, float value) { return ::mobius_sim::atomic_add(address, value); }
+inline int atomicAdd(int* address, int value) { return ::mobius_sim::atomic_add(address, value); }
+inline unsigned atomicAdd(unsigned* address, unsigned value) { return ::mobius_sim::atomic_add(address, value); }

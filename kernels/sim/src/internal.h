@@ -1,0 +1,59 @@
+// Pieces shared between the simulator's source files; not part of any public interface.
+#pragma once
+
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace mobius_sim::detail {
+
+// Serialises every simulator entry point: launches run one at a time, and memory changes never race them.
+std::recursive_mutex& api_mutex();
+
+// Fills [p, p + n) with the NaN poison word (the last n % 4 bytes with 0xFF, also a NaN pattern).
+void poison(unsigned char* p, std::size_t n);
+
+// The first redzone that a launch overwrote, described for an error message (empty when all are intact).
+// Damaged redzones are repaired so that one bug is reported once.
+std::string check_redzones();
+
+// Where an address lies relative to the allocations, for fault messages.
+std::string describe_address(std::uintptr_t address);
+
+struct MemorySnapshot {
+    struct Block {
+        std::uint64_t id;
+        unsigned char* data;
+        std::vector<unsigned char> bytes;
+    };
+    std::vector<Block> blocks;
+};
+MemorySnapshot snapshot_memory();
+void restore_memory(const MemorySnapshot& snapshot);
+
+// Compares live memory with `expected` word by word. Words updated by float atomics may differ by the
+// rounding of a different summation order: |a - b| <= 1e-5 * sum|contributions|, which the race check
+// records per address. Returns a description of the first difference, or an empty string.
+std::string compare_memory(const MemorySnapshot& expected,
+                           const std::unordered_map<std::uintptr_t, float>& atomic_magnitude);
+
+std::size_t parse_size(const char* text, std::size_t fallback);
+
+}  // namespace mobius_sim::detail
+
+// ---- driver state shared with the cuBLAS and cuDNN layers ----------------------------------------------
+namespace mobius_sim::detail {
+
+// Records the detailed message of a failed call (returned by mobiusSimGetLastErrorMessage) and prints it.
+void set_last_error(const std::string& message);
+
+// The calling thread's current context is usable: it exists, is alive and has no sticky error.
+bool context_ready();
+// A kernel-class failure (illegal address, launch failure) poisons the context like on a GPU: every later
+// call in it returns `code` until the primary context is released and retained anew.
+void make_sticky(int code, const std::string& message);
+bool valid_stream(const void* stream);
+
+}  // namespace mobius_sim::detail
