@@ -19,7 +19,6 @@ public sealed unsafe partial class CudaBackend : IBackend
     private readonly nint _stream;
     private readonly nint _blas;
     private readonly nint _dnn;
-    private readonly KernelModule _kernels;
     private bool _disposed;
 
     /// <summary>Opens device <paramref name="ordinal"/> (primary context), its stream, cuBLAS, cuDNN and our kernels.</summary>
@@ -35,8 +34,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
         Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
         Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
-        var (ptx, name) = KernelModule.Embedded(Device.Major, Device.Minor);
-        _kernels = new KernelModule(ptx, name);
+        LoadKernels();
         _allocator = new CachingAllocator(new DeviceMemory(this), this);
     }
 
@@ -110,7 +108,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         Driver.cuStreamSynchronize(_stream);
         _allocator.Dispose();
         FreeConvDescriptors();
-        _kernels.Dispose();
+        UnloadKernels();
         Cudnn.cudnnDestroy(_dnn);
         Cublas.cublasDestroy(_blas);
         Driver.cuStreamDestroy(_stream);

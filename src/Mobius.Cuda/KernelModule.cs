@@ -69,26 +69,49 @@ public sealed unsafe class KernelModule : IDisposable
     /// <summary>Where the PTX came from (resource or file name).</summary>
     public string Origin { get; }
 
-    /// <summary>The PTX image embedded for an architecture ("sm_90"), falling back to the newest one not above it.</summary>
-    public static (string Ptx, string Name) Embedded(int major, int minor)
+    /// <summary>
+    /// The PTX images embedded for an architecture (one per kernel source): those of the newest
+    /// architecture not above the device's ("sm_90" for an H100, "sm_80" for an A100).
+    /// </summary>
+    public static IReadOnlyList<(string Ptx, string Name)> Embedded(int major, int minor)
     {
         var asm = typeof(KernelModule).Assembly;
         var images = asm.GetManifestResourceNames()
             .Where(n => n.StartsWith("ptx/", StringComparison.Ordinal) && n.EndsWith(".ptx", StringComparison.Ordinal))
             .Select(n => (Name: n, Sm: ParseSm(n)))
             .Where(x => x.Sm > 0)
-            .OrderByDescending(x => x.Sm)
             .ToList();
         int want = major * 10 + minor;
-        var pick = images.FirstOrDefault(x => x.Sm <= want);
-        if (pick.Name is null)
+        int arch = images.Select(i => i.Sm).Where(sm => sm <= want).DefaultIfEmpty(0).Max();
+        if (arch == 0)
         {
             throw new InvalidOperationException($"no embedded PTX for sm_{want} (have: {string.Join(", ", images.Select(i => i.Name))}).");
         }
 
-        using var s = asm.GetManifestResourceStream(pick.Name)!;
-        using var reader = new StreamReader(s);
-        return (reader.ReadToEnd(), pick.Name);
+        return images.Where(i => i.Sm == arch).OrderBy(i => i.Name, StringComparer.Ordinal).Select(i =>
+        {
+            using var s = asm.GetManifestResourceStream(i.Name)!;
+            using var reader = new StreamReader(s);
+            return (reader.ReadToEnd(), i.Name);
+        }).ToList();
+    }
+
+    /// <summary>The entry points a PTX text declares.</summary>
+    public static IEnumerable<string> Entries(string ptx)
+    {
+        foreach (var line in ptx.Split('\n'))
+        {
+            var t = line.TrimStart();
+            int at = t.IndexOf(".entry ", StringComparison.Ordinal);
+            if (at < 0)
+            {
+                continue;
+            }
+
+            var rest = t[(at + 7)..].TrimStart();
+            int end = rest.IndexOfAny(['(', ' ', '\t']);
+            yield return end < 0 ? rest : rest[..end];
+        }
     }
 
     /// <summary>The function of an entry point, cached.</summary>

@@ -264,3 +264,4 @@ public abstract class AutogradTests(BackendFixture fixture)
 }
 
 public sealed class CpuAutogradTests(CpuFixture f) : AutogradTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaAutogradTests(CudaFixture f) : AutogradTests(f), IClassFixture<CudaFixture>;

@@ -80,3 +80,4 @@ public abstract class ErrorTests(BackendFixture fixture)
 }
 
 public sealed class CpuErrorTests(CpuFixture f) : ErrorTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaErrorTests(CudaFixture f) : ErrorTests(f), IClassFixture<CudaFixture>;

@@ -140,3 +140,4 @@ public abstract class ModuleAndOptimizerTests(BackendFixture fixture)
 }
 
 public sealed class CpuModuleAndOptimizerTests(CpuFixture f) : ModuleAndOptimizerTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaModuleAndOptimizerTests(CudaFixture f) : ModuleAndOptimizerTests(f), IClassFixture<CudaFixture>;

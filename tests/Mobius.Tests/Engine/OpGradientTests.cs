@@ -358,3 +358,4 @@ public abstract class OpGradientTests(BackendFixture fixture)
 }
 
 public sealed class CpuOpGradientTests(CpuFixture f) : OpGradientTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaOpGradientTests(CudaFixture f) : OpGradientTests(f), IClassFixture<CudaFixture>;

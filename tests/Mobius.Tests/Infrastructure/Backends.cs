@@ -19,3 +19,23 @@ public sealed class CpuFixture : BackendFixture
 {
     public override IBackend Backend { get; } = new CpuBackend { PoisonAllocations = true };
 }
+
+/// <summary>
+/// The CUDA backend: on the simulated driver (kernels/sim) unless MOBIUS_CUDA=real, which the GPU-run
+/// script sets on a machine with a GPU. Native libraries load once per process, so one test process
+/// tests one of the two.
+/// </summary>
+public sealed class CudaFixture : BackendFixture
+{
+    public CudaFixture()
+    {
+        if (!string.Equals(Environment.GetEnvironmentVariable("MOBIUS_CUDA"), "real", StringComparison.OrdinalIgnoreCase))
+        {
+            Environment.SetEnvironmentVariable("MOBIUS_CUDA", "sim");
+        }
+
+        Backend = new Mobius.Cuda.CudaBackend { PoisonAllocations = true };
+    }
+
+    public override IBackend Backend { get; }
+}

@@ -52,3 +52,4 @@ public abstract class DiffusionTests(BackendFixture fixture)
 }
 
 public sealed class CpuDiffusionTests(CpuFixture f) : DiffusionTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaDiffusionTests(CudaFixture f) : DiffusionTests(f), IClassFixture<CudaFixture>;

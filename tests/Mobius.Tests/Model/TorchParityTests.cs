@@ -110,3 +110,4 @@ public abstract class TorchParityTests(BackendFixture fixture)
 }
 
 public sealed class CpuTorchParityTests(CpuFixture f) : TorchParityTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaTorchParityTests(CudaFixture f) : TorchParityTests(f), IClassFixture<CudaFixture>;

@@ -151,3 +151,4 @@ public abstract class TrainingTests(BackendFixture fixture)
 }
 
 public sealed class CpuTrainingTests(CpuFixture f) : TrainingTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaTrainingTests(CudaFixture f) : TrainingTests(f), IClassFixture<CudaFixture>;

@@ -148,3 +148,4 @@ public abstract class UNet3DTests(BackendFixture fixture)
 }
 
 public sealed class CpuUNet3DTests(CpuFixture f) : UNet3DTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaUNet3DTests(CudaFixture f) : UNet3DTests(f), IClassFixture<CudaFixture>;

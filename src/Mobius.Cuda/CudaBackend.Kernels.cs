@@ -1,0 +1,408 @@
+using System.Runtime.InteropServices;
+using Mobius.Cuda.Interop;
+using Mobius.Engine;
+
+namespace Mobius.Cuda;
+
+/// <summary>
+/// Every op that is not a GEMM or a spatial convolution runs on our PTX kernels (kernels/*.cu; launch
+/// shapes as kernels/README.md gives them). Grid-stride kernels get at most 16 blocks per SM: enough to
+/// fill the device, few enough that a block does real work.
+/// </summary>
+public sealed unsafe partial class CudaBackend
+{
+    private const uint Block = 256;
+    private readonly Dictionary<string, KernelModule> _entries = new();
+    private readonly List<KernelModule> _modules = new();
+
+    private void LoadKernels()
+    {
+        foreach (var (ptx, name) in KernelModule.Embedded(Device.Major, Device.Minor))
+        {
+            var module = new KernelModule(ptx, name);
+            _modules.Add(module);
+            foreach (var entry in KernelModule.Entries(ptx))
+            {
+                _entries[entry] = module;
+            }
+        }
+    }
+
+    private void UnloadKernels()
+    {
+        foreach (var m in _modules)
+        {
+            m.Dispose();
+        }
+
+        _modules.Clear();
+        _entries.Clear();
+    }
+
+    /// <summary>The kernel entry points loaded, for `mobius info` and profiling.</summary>
+    public IReadOnlyCollection<string> KernelNames => _entries.Keys;
+
+    /// <summary>Launches a kernel by entry name on the backend's stream.</summary>
+    public void Launch(string entry, (uint X, uint Y, uint Z) grid, (uint X, uint Y, uint Z) block, uint sharedBytes, ReadOnlySpan<KernelArg> args)
+    {
+        MakeCurrent();
+        if (!_entries.TryGetValue(entry, out var module))
+        {
+            throw new InvalidOperationException($"no kernel named {entry} in the loaded PTX.");
+        }
+
+        module.Launch(entry, grid, block, sharedBytes, _stream, args);
+    }
+
+    private void Launch1D(string entry, long work, ReadOnlySpan<KernelArg> args, uint block = Block) =>
+        Launch(entry, (GridFor(work, block), 1, 1), (block, 1, 1), 0, args);
+
+    /// <summary>Blocks for a grid-stride loop over <paramref name="work"/> items.</summary>
+    private uint GridFor(long work, uint block) => (uint)Math.Clamp((work + block - 1) / block, 1, 16L * Device.Multiprocessors);
+
+    private Tensor Scratch(long floats) => Tensor.Empty(this, new Shape(checked((int)Math.Max(1, floats))), MemoryCategory.Workspace);
+
+    // ---- data movement and elementwise -----------------------------------------------------------
+
+    /// <inheritdoc />
+    public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols) =>
+        Launch("copy_rows_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)Math.Min(rows, 65535), 1), (Block, 1, 1), 0,
+            [Ptr(src), srcOffset, srcRowStride, Ptr(dst), dstOffset, dstRowStride, rows, cols]);
+
+    /// <inheritdoc />
+    public void Transpose(int batch, int rows, int cols, Tensor x, Tensor y) =>
+        Launch("transpose_f32", ((uint)((cols + 31) / 32), (uint)Math.Min((rows + 31) / 32, 65535), (uint)Math.Min(batch, 65535)), (32, 8, 1), 0,
+            [Ptr(x), Ptr(y), batch, rows, cols]);
+
+    /// <inheritdoc />
+    public void Add(Tensor a, Tensor b, Tensor y, float alpha = 1f, float beta = 1f) =>
+        Launch1D("ew_add_f32", y.Numel, [Ptr(a), Ptr(b), Ptr(y), y.Numel, alpha, beta]);
+
+    /// <inheritdoc />
+    public void Mul(Tensor a, Tensor b, Tensor y) => Launch1D("ew_mul_f32", y.Numel, [Ptr(a), Ptr(b), Ptr(y), y.Numel]);
+
+    /// <inheritdoc />
+    public void Scale(Tensor x, float alpha, Tensor y) => Launch1D("ew_scale_f32", y.Numel, [Ptr(x), Ptr(y), y.Numel, alpha]);
+
+    /// <inheritdoc />
+    public void AddChannelBias(int outer, int channels, int inner, Tensor x, Tensor bias, Tensor y, bool perOuter = false) =>
+        Launch1D("add_channel_bias_f32", y.Numel, [Ptr(x), Ptr(bias), Ptr(y), (long)outer, channels, (long)inner, perOuter ? 1 : 0]);
+
+    /// <inheritdoc />
+    public void ChannelBiasGrad(int outer, int channels, int inner, Tensor dy, Tensor dbias, bool perOuter = false)
+    {
+        long outputs = perOuter ? (long)outer * channels : channels;
+        uint block = inner >= 256 || (!perOuter && (long)outer * inner >= 256) ? 256u : 32u;
+        Launch("channel_bias_grad_f32", ((uint)Math.Min(outputs, 65535), 1, 1), (block, 1, 1), 0,
+            [Ptr(dy), Ptr(dbias), (long)outer, channels, (long)inner, perOuter ? 1 : 0]);
+    }
+
+    /// <inheritdoc />
+    public void ActivationForward(Activation act, Tensor x, Tensor y) =>
+        Launch1D(act == Activation.Silu ? "silu_fwd_f32" : "gelu_fwd_f32", y.Numel, [Ptr(x), Ptr(y), y.Numel]);
+
+    /// <inheritdoc />
+    public void ActivationBackward(Activation act, Tensor x, Tensor dy, Tensor dx) =>
+        Launch1D(act == Activation.Silu ? "silu_bwd_f32" : "gelu_bwd_f32", dx.Numel, [Ptr(x), Ptr(dy), Ptr(dx), dx.Numel]);
+
+    /// <inheritdoc />
+    public void GegluForward(int rows, int hidden, Tensor x, Tensor y) =>
+        Launch1D("geglu_fwd_f32", y.Numel, [Ptr(x), Ptr(y), (long)rows, hidden]);
+
+    /// <inheritdoc />
+    public void GegluBackward(int rows, int hidden, Tensor x, Tensor dy, Tensor dx) =>
+        Launch1D("geglu_bwd_f32", dy.Numel, [Ptr(x), Ptr(dy), Ptr(dx), (long)rows, hidden]);
+
+    /// <inheritdoc />
+    public void SoftmaxForward(int rows, int cols, Tensor x, Tensor y) => Softmax(Ptr(x), Ptr(y), 0, rows, cols);
+
+    /// <inheritdoc />
+    public void SoftmaxBackward(int rows, int cols, Tensor y, Tensor dy, Tensor dx) =>
+        Launch1D("softmax_bwd_f32", rows * 32L, [Ptr(y), Ptr(dy), Ptr(dx), (long)rows, cols]);
+
+    /// <summary>One warp per row: 8 rows per 256-thread block.</summary>
+    private void Softmax(ulong x, ulong y, ulong lse, long rows, int cols) =>
+        Launch1D("softmax_fwd_f32", rows * 32, [x, y, lse, rows, cols]);
+
+    // ---- temporal convolution ------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y) =>
+        Launch("temporal_conv_fwd_f32", (Tiles((long)s.B * s.F * s.S), Tiles(s.Cout), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(w), bias is null ? 0UL : Ptr(bias), Ptr(y), s.B, s.F, s.Cin, s.Cout, s.S]);
+
+    /// <inheritdoc />
+    public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx) =>
+        Launch("temporal_conv_bwd_data_f32", (Tiles((long)s.B * s.F * s.S), Tiles(s.Cin), 1), (256, 1, 1), 0,
+            [Ptr(dy), Ptr(w), Ptr(dx), s.B, s.F, s.Cin, s.Cout, s.S]);
+
+    /// <inheritdoc />
+    public void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias)
+    {
+        // Split the B*F*S reduction so that the weight tiles fill the device; partials summed after.
+        long columns = (long)s.B * s.F * s.S;
+        uint tiles = Tiles(3L * s.Cin) * Tiles(s.Cout);
+        int splits = (int)Math.Clamp(2L * Device.Multiprocessors / tiles, 1, Math.Max(1, columns / 256));
+        long perSplit = (columns + splits - 1) / splits;
+        long weights = (long)s.Cout * s.Cin * 3;
+        using var partial = splits > 1 ? Scratch(splits * weights) : null;
+        Launch("temporal_conv_bwd_weight_f32", (Tiles(3L * s.Cin), Tiles(s.Cout), (uint)splits), (256, 1, 1), 0,
+            [Ptr(x), Ptr(dy), partial is null ? Ptr(dw) : Ptr(partial), s.B, s.F, s.Cin, s.Cout, s.S, perSplit]);
+        if (partial is not null)
+        {
+            ColumnSum(Ptr(partial), Ptr(dw), splits, (int)weights, splits);
+        }
+
+        if (dbias is not null)
+        {
+            ChannelBiasGrad(s.B * s.F, s.Cout, s.S, dy, dbias);
+        }
+    }
+
+    private static uint Tiles(long n) => (uint)((n + 63) / 64);
+
+    /// <summary>dst[s, j] = sum of src[r, j] over each split of <paramref name="rowsPerSplit"/> rows.</summary>
+    private void ColumnSum(ulong src, ulong dst, long rows, int cols, long rowsPerSplit) =>
+        Launch("column_sum_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)((rows + rowsPerSplit - 1) / rowsPerSplit), 1), (Block, 1, 1), 0,
+            [src, dst, rows, cols, rowsPerSplit]);
+
+    // ---- norms ---------------------------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu) =>
+        Launch("group_norm_fwd_f32", ((uint)Math.Min(s.N * s.Groups, 65535), 1, 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(y), Ptr(mean), Ptr(rstd), s.N, s.T, s.C, s.S, s.Groups, s.Eps, silu ? 1 : 0]);
+
+    /// <inheritdoc />
+    public void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu)
+    {
+        using var pg = dgamma is null ? null : Scratch((long)s.N * s.C);
+        using var pb = dbeta is null ? null : Scratch((long)s.N * s.C);
+        Launch("group_norm_bwd_f32", ((uint)Math.Min(s.N * s.Groups, 65535), 1, 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), dx is null ? 0UL : Ptr(dx),
+             pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, silu ? 1 : 0]);
+        if (pg is not null)
+        {
+            ColumnSum(Ptr(pg), Ptr(dgamma!), s.N, s.C, s.N);
+        }
+
+        if (pb is not null)
+        {
+            ColumnSum(Ptr(pb), Ptr(dbeta!), s.N, s.C, s.N);
+        }
+    }
+
+    /// <inheritdoc />
+    public void LayerNormForward(int rows, int cols, float eps, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd) =>
+        Launch1D("layer_norm_fwd_f32", rows * 32L, [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(y), Ptr(mean), Ptr(rstd), (long)rows, cols, eps]);
+
+    /// <inheritdoc />
+    public void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy,
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta)
+    {
+        if (dx is not null)
+        {
+            Launch1D("layer_norm_bwd_f32", rows * 32L, [Ptr(x), Ptr(gamma), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(dx), (long)rows, cols]);
+        }
+
+        if (dgamma is null && dbeta is null)
+        {
+            return;
+        }
+
+        long splits = Math.Clamp(rows / 256, 1, 4L * Device.Multiprocessors);
+        long perSplit = (rows + splits - 1) / splits;
+        using var pg = dgamma is null ? null : Scratch(splits * cols);
+        using var pb = dbeta is null ? null : Scratch(splits * cols);
+        Launch("layer_norm_param_grad_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)splits, 1), (Block, 1, 1), 0,
+            [Ptr(x), Ptr(mean), Ptr(rstd), Ptr(dy), pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), (long)rows, cols, perSplit]);
+        if (pg is not null)
+        {
+            ColumnSum(Ptr(pg), Ptr(dgamma!), splits, cols, splits);
+        }
+
+        if (pb is not null)
+        {
+            ColumnSum(Ptr(pb), Ptr(dbeta!), splits, cols, splits);
+        }
+    }
+
+    // ---- attention ---------------------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
+    {
+        var (fp, r, dp) = TemporalTiles(s);
+        uint shared = (uint)(4 * (2 * s.Lq * dp + 4 * r * dp));
+        Launch("temporal_attention_fwd_f32", ((uint)Math.Min(s.N * s.Heads, 65535), 1, 1), (128, 1, 1), shared,
+            [Ptr(q), Ptr(k), Ptr(v), Ptr(o), Ptr(lse), s.N, s.Heads, s.Lq, s.HeadDim, s.Scale]);
+    }
+
+    /// <inheritdoc />
+    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+        Tensor dq, Tensor dk, Tensor dv)
+    {
+        var (fp, r, dp) = TemporalTiles(s);
+        uint shared = (uint)(4 * (2 * s.Lq * dp + 8 * r * dp + 2 * s.Lq * s.Lq));
+        Launch("temporal_attention_bwd_f32", ((uint)Math.Min(s.N * s.Heads, 65535), 1, 1), (128, 1, 1), shared,
+            [Ptr(q), Ptr(k), Ptr(v), Ptr(o), Ptr(lse), Ptr(dO), Ptr(dq), Ptr(dk), Ptr(dv), s.N, s.Heads, s.Lq, s.HeadDim, s.Scale]);
+    }
+
+    /// <summary>Fp = max(4, next power of two >= F), R = 32 / Fp rows per warp, Dp = D | 1 (bank-conflict padding).</summary>
+    private static (int Fp, int R, int Dp) TemporalTiles(in AttentionShape s)
+    {
+        int fp = Math.Max(4, (int)System.Numerics.BitOperations.RoundUpToPowerOf2((uint)s.Lq));
+        return (fp, 32 / fp, s.HeadDim | 1);
+    }
+
+    /// <inheritdoc />
+    public void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
+    {
+        // Scores for all (n, h) at once, [N*H, Lq, Lk], in workspace; only lse outlives the op.
+        int w = s.Width;
+        long plane = (long)s.Lq * s.Lk;
+        using var p = Scratch((long)s.N * s.Heads * plane);
+        for (int h = 0; h < s.Heads; h++)
+        {
+            ulong off = (ulong)(h * s.HeadDim * 4);
+            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, Ptr(q) + off, w, (long)s.Lq * w, Ptr(k) + off, w, (long)s.Lk * w,
+                0f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane, s.N);
+        }
+
+        Softmax(Ptr(p), Ptr(p), Ptr(lse), (long)s.N * s.Heads * s.Lq, s.Lk);
+        for (int h = 0; h < s.Heads; h++)
+        {
+            ulong off = (ulong)(h * s.HeadDim * 4);
+            GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, 1f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane,
+                Ptr(v) + off, w, (long)s.Lk * w, 0f, Ptr(o) + off, w, (long)s.Lq * w, s.N);
+        }
+    }
+
+    /// <inheritdoc />
+    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+        Tensor dq, Tensor dk, Tensor dv)
+    {
+        int w = s.Width;
+        long plane = (long)s.Lq * s.Lk;
+        long rows = (long)s.N * s.Heads * s.Lq;
+        using var p = Scratch(rows * s.Lk);
+        using var dp = Scratch(rows * s.Lk);
+        using var drow = Scratch(rows);
+        ulong P(int h) => Ptr(p) + (ulong)(h * plane * 4);
+        ulong DP(int h) => Ptr(dp) + (ulong)(h * plane * 4);
+        for (int h = 0; h < s.Heads; h++)
+        {
+            ulong off = (ulong)(h * s.HeadDim * 4);
+            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, Ptr(q) + off, w, (long)s.Lq * w, Ptr(k) + off, w, (long)s.Lk * w, 0f, P(h), s.Lk, s.Heads * plane, s.N);
+        }
+
+        Softmax(Ptr(p), Ptr(p), 0, rows, s.Lk);
+        for (int h = 0; h < s.Heads; h++)
+        {
+            ulong off = (ulong)(h * s.HeadDim * 4);
+
+            // dv = P^T dO ; dP = dO v^T
+            GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, 1f, P(h), s.Lk, s.Heads * plane, Ptr(dO) + off, w, (long)s.Lq * w, 0f, Ptr(dv) + off, w, (long)s.Lk * w, s.N);
+            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, 1f, Ptr(dO) + off, w, (long)s.Lq * w, Ptr(v) + off, w, (long)s.Lk * w, 0f, DP(h), s.Lk, s.Heads * plane, s.N);
+        }
+
+        Launch1D("attention_row_dot_f32", rows * 32, [Ptr(dO), Ptr(o), Ptr(drow), s.N, s.Lq, s.Heads, s.HeadDim]);
+        Launch1D("attention_dsoftmax_f32", rows * s.Lk, [Ptr(p), Ptr(dp), Ptr(drow), Ptr(dp), rows, s.Lk]);
+        for (int h = 0; h < s.Heads; h++)
+        {
+            ulong off = (ulong)(h * s.HeadDim * 4);
+
+            // dq = scale dS k ; dk = scale dS^T q
+            GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, s.Scale, DP(h), s.Lk, s.Heads * plane, Ptr(k) + off, w, (long)s.Lk * w, 0f, Ptr(dq) + off, w, (long)s.Lq * w, s.N);
+            GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, s.Scale, DP(h), s.Lk, s.Heads * plane, Ptr(q) + off, w, (long)s.Lq * w, 0f, Ptr(dk) + off, w, (long)s.Lk * w, s.N);
+        }
+    }
+
+    /// <summary>Row-major strided-batched GEMM with explicit leading dimensions, on cuBLAS (operands swapped).</summary>
+    private void GemmRowMajor(bool transA, bool transB, int m, int n, int k, float alpha, ulong a, int lda, long strideA,
+        ulong b, int ldb, long strideB, float beta, ulong c, int ldc, long strideC, int batch)
+    {
+        MakeCurrent();
+        Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, transB ? Cublas.OpT : Cublas.OpN, transA ? Cublas.OpT : Cublas.OpN, n, m, k, &alpha,
+            b, ldb, strideB, a, lda, strideA, &beta, c, ldc, strideC, batch), "cublasSgemmStridedBatched");
+    }
+
+    // ---- resampling, embedding -----------------------------------------------------------------------
+
+    /// <inheritdoc />
+    public void AvgPool2x2Forward(int planes, int h, int w, Tensor x, Tensor y) =>
+        Launch1D("window2x2_sum_f32", y.Numel, [Ptr(x), Ptr(y), (long)planes, h / 2, w / 2, 0.25f]);
+
+    /// <inheritdoc />
+    public void AvgPool2x2Backward(int planes, int h, int w, Tensor dy, Tensor dx) =>
+        Launch1D("broadcast2x2_f32", dx.Numel, [Ptr(dy), Ptr(dx), (long)planes, h / 2, w / 2, 0.25f]);
+
+    /// <inheritdoc />
+    public void Upsample2xForward(int planes, int h, int w, Tensor x, Tensor y) =>
+        Launch1D("broadcast2x2_f32", y.Numel, [Ptr(x), Ptr(y), (long)planes, h, w, 1f]);
+
+    /// <inheritdoc />
+    public void Upsample2xBackward(int planes, int h, int w, Tensor dy, Tensor dx) =>
+        Launch1D("window2x2_sum_f32", dx.Numel, [Ptr(dy), Ptr(dx), (long)planes, h, w, 1f]);
+
+    /// <inheritdoc />
+    public void EmbeddingForward(ReadOnlySpan<int> ids, Tensor table, Tensor y)
+    {
+        using var d = UploadIds(ids);
+        Launch1D("embedding_fwd_f32", y.Numel, [Ptr(d), Ptr(table), Ptr(y), ids.Length, table.Dim(-1), table.Dim(0)]);
+    }
+
+    /// <inheritdoc />
+    public void EmbeddingBackward(ReadOnlySpan<int> ids, Tensor dy, Tensor dtable)
+    {
+        using var d = UploadIds(ids);
+        Launch1D("embedding_bwd_f32", dy.Numel, [Ptr(d), Ptr(dy), Ptr(dtable), ids.Length, dtable.Dim(-1), dtable.Dim(0)]);
+    }
+
+    /// <summary>int32 ids on the device (four bytes each, carried in a float-typed workspace).</summary>
+    private Tensor UploadIds(ReadOnlySpan<int> ids)
+    {
+        var t = Scratch(ids.Length);
+        CopyFromHost(MemoryMarshal.Cast<int, float>(ids), t);
+        return t;
+    }
+
+    // ---- losses, reductions, optimiser ------------------------------------------------------------
+
+    /// <summary>Two-stage deterministic reduction: per-block partials, then one block finishes.</summary>
+    private void Reduce(string partialEntry, ReadOnlySpan<KernelArg> partialArgs, long n, Tensor output, float scale, bool accumulate)
+    {
+        uint blocks = (uint)Math.Clamp((n + Block - 1) / Block, 1, 2L * Device.Multiprocessors);
+        using var partial = Scratch(blocks);
+        var args = new KernelArg[partialArgs.Length + 1];
+        partialArgs.CopyTo(args);
+        args[^1] = Ptr(partial);
+        Launch(partialEntry, (blocks, 1, 1), (Block, 1, 1), 0, args);
+        Launch("reduce_finish_f32", (1, 1, 1), (1024, 1, 1), 0, [Ptr(partial), (int)blocks, Ptr(output), scale, accumulate ? 1 : 0]);
+    }
+
+    /// <inheritdoc />
+    public void MseForward(Tensor a, Tensor b, Tensor output) =>
+        Reduce("sqdiff_partial_f32", [Ptr(a), Ptr(b), a.Numel], a.Numel, output, 1f / a.Numel, accumulate: false);
+
+    /// <inheritdoc />
+    public void MseBackward(Tensor a, Tensor b, Tensor dOut, Tensor da)
+    {
+        // The kernel takes the upstream gradient by value: one small read (the seed of backward is 1).
+        Span<float> g = stackalloc float[1];
+        CopyToHost(dOut, g);
+        Launch1D("mse_bwd_f32", a.Numel, [Ptr(a), Ptr(b), Ptr(da), a.Numel, g[0]]);
+    }
+
+    /// <inheritdoc />
+    public void Sum(Tensor x, Tensor output) => Reduce("sum_partial_f32", [Ptr(x), x.Numel], x.Numel, output, 1f, accumulate: false);
+
+    /// <inheritdoc />
+    public void SumSquaresAccumulate(Tensor x, Tensor output) =>
+        Reduce("sumsq_partial_f32", [Ptr(x), x.Numel], x.Numel, output, 1f, accumulate: true);
+
+    /// <inheritdoc />
+    public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs a) =>
+        Launch1D("adamw_f32", param.Numel, [Ptr(param), Ptr(grad), Ptr(m), Ptr(v), param.Numel, a.Lr, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, a.Step, a.GradScale]);
+}
