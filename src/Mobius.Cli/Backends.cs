@@ -1,3 +1,5 @@
+using Mobius.Cuda;
+using Mobius.Cuda.Interop;
 using Mobius.Engine;
 using Mobius.Engine.Cpu;
 
@@ -14,8 +16,32 @@ public static class Backends
         _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
     };
 
-    /// <summary>One line about the CUDA backend: the devices found, or why there are none.</summary>
-    public static string DescribeCuda() => "not built into this version of mobius";
+    /// <summary>The devices the driver sees, and where the libraries came from; or why there are none.</summary>
+    public static string DescribeCuda()
+    {
+        try
+        {
+            var devices = CudaDevice.List();
+            string where = string.Join("; ", NativeLibraries.Report);
+            return devices.Count == 0
+                ? $"the driver reports no device ({where})"
+                : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $" ({where})";
+        }
+        catch (Exception e) when (e is DllNotFoundException or CudaException)
+        {
+            return "not available: " + e.Message;
+        }
+    }
 
-    private static IBackend CreateCuda() => throw new BackendUnavailableException("the cuda backend is not built into this version of mobius.");
+    private static IBackend CreateCuda()
+    {
+        try
+        {
+            return new CudaBackend();
+        }
+        catch (Exception e) when (e is DllNotFoundException or CudaException)
+        {
+            throw new BackendUnavailableException("cuda backend not available: " + e.Message, e);
+        }
+    }
 }
