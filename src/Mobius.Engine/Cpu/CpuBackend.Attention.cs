@@ -104,12 +104,92 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
+    // ---- short sequences (the frames of a pixel): direct loops ---------------------------------------
+    //
+    // With F <= 32 keys per query a GEMM call per (n, head) costs more than the arithmetic; these loops
+    // keep one query row's scores on the stack and work on head-dim vectors directly.
+
     /// <inheritdoc />
     public void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
-        => AttentionForward(s, q, k, v, o, lse);
+    {
+        var sh = s;
+        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(o), pl = Ptr(lse);
+        int w = sh.Width, d = sh.HeadDim, f = sh.Lk;
+        For(sh.N * sh.Heads, 4.0 * sh.Lq * f * d, nh =>
+        {
+            int n = nh / sh.Heads, h = nh % sh.Heads;
+            Span<float> p = stackalloc float[f];
+            for (int i = 0; i < sh.Lq; i++)
+            {
+                var qi = Row(pq, n, sh.Lq, i, w, h, d);
+                float max = float.NegativeInfinity;
+                for (int j = 0; j < f; j++)
+                {
+                    p[j] = sh.Scale * TensorPrimitives.Dot(qi, Row(pk, n, f, j, w, h, d));
+                    max = MathF.Max(max, p[j]);
+                }
+
+                float sum = 0;
+                for (int j = 0; j < f; j++)
+                {
+                    p[j] = MathF.Exp(p[j] - max);
+                    sum += p[j];
+                }
+
+                pl[((long)n * sh.Heads + h) * sh.Lq + i] = max + MathF.Log(sum);
+                var oi = RowW(po, n, sh.Lq, i, w, h, d);
+                oi.Clear();
+                for (int j = 0; j < f; j++)
+                {
+                    TensorPrimitives.MultiplyAdd(Row(pv, n, f, j, w, h, d), p[j] / sum, oi, oi);
+                }
+            }
+        });
+    }
 
     /// <inheritdoc />
     public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
-        => AttentionBackward(s, q, k, v, o, lse, dO, dq, dk, dv);
+    {
+        var sh = s;
+        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(o), pl = Ptr(lse), pdo = Ptr(dO);
+        float* pdq = Ptr(dq), pdk = Ptr(dk), pdv = Ptr(dv);
+        int w = sh.Width, d = sh.HeadDim, f = sh.Lk;
+        For(sh.N * sh.Heads, 10.0 * sh.Lq * f * d, nh =>
+        {
+            int n = nh / sh.Heads, h = nh % sh.Heads;
+            Span<float> p = stackalloc float[f];
+            for (int j = 0; j < f; j++)
+            {
+                RowW(pdk, n, f, j, w, h, d).Clear();
+                RowW(pdv, n, f, j, w, h, d).Clear();
+            }
+
+            for (int i = 0; i < sh.Lq; i++)
+            {
+                var qi = Row(pq, n, sh.Lq, i, w, h, d);
+                var doi = Row(pdo, n, sh.Lq, i, w, h, d);
+                float l = pl[((long)n * sh.Heads + h) * sh.Lq + i];
+                float di = TensorPrimitives.Dot(doi, Row(po, n, sh.Lq, i, w, h, d));
+                var dqi = RowW(pdq, n, sh.Lq, i, w, h, d);
+                dqi.Clear();
+                for (int j = 0; j < f; j++)
+                {
+                    var kj = Row(pk, n, f, j, w, h, d);
+                    float pij = MathF.Exp(sh.Scale * TensorPrimitives.Dot(qi, kj) - l);
+                    float ds = pij * (TensorPrimitives.Dot(doi, Row(pv, n, f, j, w, h, d)) - di) * sh.Scale;
+                    var dvj = RowW(pdv, n, f, j, w, h, d);
+                    TensorPrimitives.MultiplyAdd(doi, pij, dvj, dvj);
+                    TensorPrimitives.MultiplyAdd(kj, ds, dqi, dqi);
+                    var dkj = RowW(pdk, n, f, j, w, h, d);
+                    TensorPrimitives.MultiplyAdd(qi, ds, dkj, dkj);
+                }
+            }
+        });
+    }
+
+    /// <summary>Head h of row i of item n in a [N, L, H*D] tensor.</summary>
+    private static ReadOnlySpan<float> Row(float* p, int n, int l, int i, int w, int h, int d) => new(p + ((long)n * l + i) * w + h * d, d);
+
+    private static Span<float> RowW(float* p, int n, int l, int i, int w, int h, int d) => new(p + ((long)n * l + i) * w + h * d, d);
 }
