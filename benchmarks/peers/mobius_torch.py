@@ -7,6 +7,8 @@ in both topologies:
 
 `python3 mobius_torch.py fixtures OUT_DIR` writes the parity fixtures the C# tests compare against
 (float64 reference: outputs, loss and every trainable gradient, for the micro config).
+`python3 mobius_torch.py bench --device cpu|cuda --config tiny --steps N` is the PyTorch peer of
+`mobius compare`: serial and parallel training steps on random data, one JSON object.
 Runs on Debian's python3-torch (1.13, CPU); needs nothing else.
 """
 import json
@@ -438,9 +440,94 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
     print(f"{path}: loss {loss.item():.6f}")
 
 
+def bench(device, config, steps, warmup, seed=1):
+    """Serial and parallel training steps of the same model on random data, alternating, as Mobius
+    measures them: median step time, peak memory (CUDA: max_memory_allocated) and the bytes autograd
+    saves for backward (unique storages seen by saved_tensors_hooks). Prints one JSON object."""
+    import statistics
+    import time
+
+    cfg = CONFIGS[config]
+    dev = torch.device(device)
+    gen = torch.Generator().manual_seed(seed)
+    b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
+    runs = {}
+    for topology in ("serial", "parallel"):
+        p = {k: v.to(torch.float32).to(dev) for k, v in make_unet_params(cfg, topology, gen, torch.float32).items()}
+        trainable = [v for k, v in p.items() if is_temporal(k)]
+        for v in trainable:
+            v.requires_grad_(True)
+        opt = torch.optim.AdamW(trainable, lr=1e-4)
+        runs[topology] = (p, opt)
+
+    x = torch.randn((b * f, LATENT, h, w), generator=gen).to(dev)
+    target = torch.randn(x.shape, generator=gen).to(dev)
+    ctx = torch.randn((b * f, cfg["tokens"], cfg["text_width"]), generator=gen).to(dev)
+    t = torch.randint(0, 1000, (b,), generator=gen).repeat_interleave(f).to(dev)
+    times = {k: [] for k in runs}
+    saved = {}
+    peak = {}
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    for step in range(warmup + steps):
+        for topology, (p, opt) in runs.items():
+            storages = {}
+
+            def pack(tensor):
+                st = tensor.storage()
+                storages[st.data_ptr()] = st.size() * st.element_size()
+                return tensor
+
+            if dev.type == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            sync()
+            start = time.perf_counter()
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+                eps = unet_forward(p, cfg, topology, x, t, ctx, f)
+                loss = F.mse_loss(eps, target)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([v for v in p.values() if v.requires_grad], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            sync()
+            if step >= warmup:
+                times[topology].append((time.perf_counter() - start) * 1000)
+            param_ptrs = {v.storage().data_ptr() for v in p.values()}
+            saved[topology] = sum(n for ptr, n in storages.items() if ptr not in param_ptrs)
+            if dev.type == "cuda":
+                peak[topology] = torch.cuda.max_memory_allocated()
+
+    out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "steps": steps,
+           "threads": torch.get_num_threads()}
+    for topology in runs:
+        out[topology] = {"step_ms_median": statistics.median(times[topology]), "saved_activation_bytes": saved[topology],
+                         "peak_bytes": peak.get(topology)}
+    out["ratio"] = {"step_ms": out["parallel"]["step_ms_median"] / out["serial"]["step_ms_median"],
+                    "saved_activation_bytes": saved["parallel"] / saved["serial"]}
+    if peak:
+        out["ratio"]["peak_bytes"] = peak["parallel"] / peak["serial"]
+    print(json.dumps(out))
+
+
 if __name__ == "__main__":
     if len(sys.argv) >= 3 and sys.argv[1] == "fixtures":
         write_fixtures(sys.argv[2])
+    elif len(sys.argv) >= 2 and sys.argv[1] == "bench":
+        import argparse
+
+        a = argparse.ArgumentParser(prog="mobius_torch.py bench")
+        a.add_argument("--device", default="cpu")
+        a.add_argument("--config", default="tiny", choices=sorted(CONFIGS))
+        a.add_argument("--steps", type=int, default=10)
+        a.add_argument("--warmup", type=int, default=2)
+        a.add_argument("--threads", type=int, default=0)
+        args = a.parse_args(sys.argv[2:])
+        if args.threads:
+            torch.set_num_threads(args.threads)
+        bench(args.device, args.config, args.steps, args.warmup)
     else:
         print(__doc__)
         sys.exit(2)
