@@ -1,6 +1,5 @@
 using BenchmarkDotNet.Columns;
 using BenchmarkDotNet.Configs;
-using BenchmarkDotNet.Exporters;
 using BenchmarkDotNet.Jobs;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
@@ -9,8 +8,9 @@ using BenchmarkDotNet.Toolchains.InProcess.Emit;
 namespace Mobius.Benchmarks;
 
 /// <summary>
-/// The configuration of every suite: in-process (no generated project, no SDK needed), GitHub markdown
-/// export, and a GFLOP/s column computed from each case's flop count and the measured mean.
+/// The configuration of every suite: in-process (no generated project, no SDK needed), the default
+/// exporters (GitHub markdown among them), and a GFLOP/s column computed from each case's flop count
+/// and the measured mean.
 /// </summary>
 public sealed class BenchmarkConfig : ManualConfig
 {
@@ -26,7 +26,6 @@ public sealed class BenchmarkConfig : ManualConfig
             .WithIterationCount(15)
             .AsDefault());
         AddColumn(StatisticColumn.Median, new GflopsColumn());
-        AddExporter(MarkdownExporter.GitHub);
         WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(48));
         WithOptions(ConfigOptions.JoinSummary);
     }

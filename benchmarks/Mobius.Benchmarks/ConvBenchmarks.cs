@@ -127,7 +127,7 @@ public sealed record ConvCase(string Name, Conv2dShape Shape) : IFlopCount
     public double Flops => Shape.Flops;
 
     public override string ToString() =>
-        $"{Name} {Shape.Cin}->{Shape.Cout} {Shape.H}x{Shape.W}";
+        $"{Name} {Shape.Cin}→{Shape.Cout} {Shape.H}x{Shape.W}";
 }
 
 /// <summary>A temporal conv benchmark case; every direction does the forward's multiply-adds.</summary>
@@ -135,5 +135,5 @@ public sealed record TemporalConvCase(TemporalConvShape Shape) : IFlopCount
 {
     public double Flops => Shape.Flops;
 
-    public override string ToString() => $"{Shape.Cin}->{Shape.Cout} F{Shape.F} S{Shape.S}";
+    public override string ToString() => $"{Shape.Cin}→{Shape.Cout} F{Shape.F} S{Shape.S}";
 }

@@ -18,9 +18,9 @@ public static class ModelShapes
     public static readonly GemmCase[] Gemms =
     [
         // Linear layers on 16 x 256 = 4096 tokens of 32 channels, 16 x 64 = 1024 of 64: y = x W^T, dW = dy^T x.
-        new("linear 32->32", Images * 256, 32, 32, false, true, Parallel: true),
-        new("geglu in 64->512", Images * 64, 512, 64, false, true, Parallel: true),
-        new("geglu out 256->64", Images * 64, 64, 256, false, true, Parallel: true),
+        new("linear 32→32", Images * 256, 32, 32, false, true, Parallel: true),
+        new("geglu in 64→512", Images * 64, 512, 64, false, true, Parallel: true),
+        new("geglu out 256→64", Images * 64, 64, 256, false, true, Parallel: true),
         new("linear dW 64x64", 64, 64, Images * 64, true, false, Parallel: true),
 
         // Spatial self-attention, one head of 32 over 256 pixels; one head of 64 over 64 pixels.

@@ -34,15 +34,12 @@ internal static unsafe partial class Sgemm
     /// </summary>
     internal const double ParallelMinFlops = 2.0 * 64 * 64 * 64;
 
-    /// <summary>Deepest product on the light path: its B strip (k x NR) must stay in L1/L2 without depth blocking.</summary>
-    internal const int SmallMaxK = 512;
-
     /// <summary>
-    /// Largest m*n*k on the light path. Up to here it measured 1.2 to 3x faster than packing (64 x 32 x 256
-    /// for example); from about 128^3 on, reading operands in place loses to packing where a stride is a
-    /// large power of two (rows of a strip then share a few L1 sets).
+    /// Largest m*n*k on the light path. Below it the light path measured up to 1.7x faster than packing
+    /// (64 x 32 x 256 for example); around 128^3 to 256^3 the two are even, and past that packing wins
+    /// (its MC x KC block of A stays in L2 where the light path re-reads all of A for every strip).
     /// </summary>
-    internal const long SmallMaxVolume = 1L << 20;
+    internal const long SmallMaxVolume = 1L << 21;
 
     /// <summary>The widest instruction set this machine runs.</summary>
     internal static SgemmIsa BestIsa => Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SgemmIsa.Portable;
@@ -99,25 +96,11 @@ internal static unsafe partial class Sgemm
             return;
         }
 
-        if (IsSmall(m, n, k) && a.IsPlain(k) && b.IsPlain(k))
-        {
-            if (a.Packed != null)
-            {
-                Unpacked<TOps, TV, Yes>(a, b, m, n, k, alpha, beta, c, ldc);
-            }
-            else
-            {
-                Unpacked<TOps, TV, No>(a, b, m, n, k, alpha, beta, c, ldc);
-            }
-
-            return;
-        }
-
         double flops = 2.0 * m * n * k;
         int threads = parallel ? cpu.Threads : 1;
         if (threads == 1 || flops < ParallelMinFlops)
         {
-            Blocked<TOps, TV>(a, b, m, n, k, alpha, beta, c, ldc);
+            Serial<TOps, TV>(a, b, m, n, k, alpha, beta, c, ldc);
             return;
         }
 
@@ -133,16 +116,39 @@ internal static unsafe partial class Sgemm
             int j0 = Math.Min(n, (int)((long)nTiles * (t % gn) / gn) * nr), j1 = Math.Min(n, (int)((long)nTiles * (t % gn + 1) / gn) * nr);
             if (i1 > i0 && j1 > j0)
             {
-                Blocked<TOps, TV>(a.FromRow(i0), b.FromLine(j0), i1 - i0, j1 - j0, k, alpha, beta, c + i0 * (nint)ldc + j0, ldc);
+                Serial<TOps, TV>(a.FromRow(i0), b.FromLine(j0), i1 - i0, j1 - j0, k, alpha, beta, c + i0 * (nint)ldc + j0, ldc);
             }
         });
     }
 
     /// <summary>
-    /// Whether a product is small enough that packing costs more than it saves: the operands are read in
-    /// place (they fit in L1/L2 anyway) and the product runs on the calling thread.
+    /// One product (or one thread's block of it) on the calling thread: packed blocks, or the light path
+    /// when the product is small or A comes packed already (then the light path only lacks the MC
+    /// blocking, and the convolutions that prepack A keep it in L2 anyway).
     /// </summary>
-    private static bool IsSmall(int m, int n, int k) => k <= SmallMaxK && (long)m * n * k <= SmallMaxVolume;
+    private static void Serial<TOps, TV>(ASource a, GemmOperand b, int m, int n, int k, float alpha, float beta, float* c, int ldc)
+        where TOps : struct, ISimdOps<TV>
+        where TV : struct
+    {
+        if (!(a.Packed != null || IsSmall(m, n, k)) || !a.IsPlain(k) || !b.IsPlain(k))
+        {
+            Blocked<TOps, TV>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+        else if (a.Packed != null)
+        {
+            Unpacked<TOps, TV, Yes>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+        else
+        {
+            Unpacked<TOps, TV, No>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+    }
+
+    /// <summary>
+    /// Whether a product is small enough that packing costs more than it saves: the operands are read in
+    /// place (they fit in L1/L2 anyway).
+    /// </summary>
+    private static bool IsSmall(int m, int n, int k) => (long)m * n * k <= SmallMaxVolume;
 
     /// <summary>
     /// Splits C into gm x gn = threads blocks minimising the largest block in micro-tiles; among equal

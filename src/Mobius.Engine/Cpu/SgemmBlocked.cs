@@ -71,10 +71,12 @@ internal static unsafe partial class Sgemm
     }
 
     /// <summary>
-    /// The light path: op(A) is read by the micro-kernel where it lies (or from its prepacked panels);
-    /// op(B) too when its rows are contiguous, else (transposed B, or the ragged last column strip) one
-    /// k x NR strip at a time is packed, zero-padded, into scratch. No depth blocking: k is at most
-    /// <see cref="SmallMaxK"/>. Neither operand is segmented.
+    /// The light path: op(A) is read by the micro-kernel where it lies (or from its prepacked panels), and
+    /// op(B) one NR-column strip at a time, in place when its rows are contiguous and close together, else
+    /// packed (zero-padded) into scratch: a transposed B, the ragged last strip, or rows so far apart
+    /// (<see cref="DirectRowStride"/>) that a strip's rows would share a handful of L1 sets. Depth is cut
+    /// into KC blocks so each block of the strip stays in L1 while every A panel passes over it.
+    /// Neither operand is segmented.
     /// </summary>
     private static void Unpacked<TOps, TV, TPackedA>(ASource a, GemmOperand b, int m, int n, int k, float alpha, float beta, float* c, nint ldc)
         where TOps : struct, ISimdOps<TV>
@@ -82,13 +84,14 @@ internal static unsafe partial class Sgemm
         where TPackedA : struct, IFlag
     {
         int nr = NR<TOps, TV>();
+        int kc0 = EvenBlock(k, KC, 1);
         float* strip = null;
         for (int jr = 0; jr < n; jr += nr)
         {
             int cols = Math.Min(nr, n - jr);
             float* bp = b.At(jr, 0);
             nint bStep = b.Depth;
-            if (b.Line != 1 || cols < nr)
+            if (b.Line != 1 || cols < nr || b.Depth > DirectRowStride)
             {
                 strip = strip == null ? Scratch((long)k * nr) : strip;
                 PackBlock(nr, cols, k, b, jr, 0, strip, 0);
@@ -96,13 +99,25 @@ internal static unsafe partial class Sgemm
                 bStep = nr;
             }
 
-            for (int ir = 0; ir < m; ir += MR)
+            for (int pc = 0; pc < k; pc += kc0)
             {
-                float* ai = TPackedA.Value ? a.Panel(ir, 0) : a.Op.At(ir, 0);
-                MicroKernel<TOps, TV, TPackedA>(k, ai, a.Op.Line, a.Op.Depth, Math.Min(MR, m - ir), bp, bStep, cols, c + ir * ldc + jr, ldc, alpha, beta);
+                int kc = Math.Min(kc0, k - pc);
+                float betaBlock = pc == 0 ? beta : 1f;
+                for (int ir = 0; ir < m; ir += MR)
+                {
+                    float* ai = TPackedA.Value ? a.Panel(ir, pc) : a.Op.At(ir, pc);
+                    MicroKernel<TOps, TV, TPackedA>(kc, ai, a.Op.Line, a.Op.Depth, Math.Min(MR, m - ir), bp + pc * bStep, bStep, cols,
+                        c + ir * ldc + jr, ldc, alpha, betaBlock);
+                }
             }
         }
     }
+
+    /// <summary>
+    /// Widest row stride (floats) at which the light path reads B in place: rows 64 floats apart cover all
+    /// 64 L1 sets every 64 rows, rows 256 floats apart (1 KiB) only 4 of them.
+    /// </summary>
+    internal const int DirectRowStride = 64;
 
     /// <summary>The block size that splits <paramref name="total"/> into equal blocks of at most <paramref name="max"/>, rounded up to <paramref name="unit"/>.</summary>
     private static int EvenBlock(int total, int max, int unit)

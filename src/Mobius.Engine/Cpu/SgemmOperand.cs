@@ -30,6 +30,9 @@ internal readonly unsafe struct GemmOperand
     /// <summary>op(B) of a row-major B (stored n x k with row stride ldb when transposed).</summary>
     public static GemmOperand B(float* b, int ldb, bool trans) => trans ? new(b, ldb, 1, int.MaxValue, 0) : new(b, 1, ldb, int.MaxValue, 0);
 
+    /// <summary>Element (line l, depth p) at p[l*line + p*depth].</summary>
+    public static GemmOperand Strided(float* p, nint line, nint depth) => new(p, line, depth, int.MaxValue, 0);
+
     /// <summary>The same lines with depth cut into segments of <paramref name="length"/>, segment s at offset s * <paramref name="stride"/>.</summary>
     public GemmOperand Segmented(int length, nint stride) => new(P, Line, Depth, length, stride);
 

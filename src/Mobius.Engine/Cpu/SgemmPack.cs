@@ -71,7 +71,7 @@ internal static unsafe partial class Sgemm
             int count = Math.Min(width, lines - l);
             float* s = src + l * lineStride;
             float* d = dst + l / width * panelStride;
-            int p = depthStride == 1 && count == width && Avx.IsSupported ? PackTransposed(width, kc, s, lineStride, d) : 0;
+            int p = depthStride == 1 && Avx.IsSupported ? PackTransposed(width, count, kc, s, lineStride, d) : 0;
 
             // The rest (or a fully strided view): walk lines, scatter with stride width.
             for (int r = 0; r < count; r++)
@@ -87,19 +87,20 @@ internal static unsafe partial class Sgemm
     }
 
     /// <summary>
-    /// The transposing case of <see cref="PackPiece"/> (lines contiguous in depth, all lines present) in
-    /// 8 x 8 register transposes: eight loads and eight stores where the scalar loop does 64 of each.
-    /// A group of fewer than 8 lines (width 6) repeats its last line and stores 8 lanes per depth step,
-    /// in increasing address order so each store's 2 extra lanes are overwritten by the next one; the
-    /// last depth steps are therefore always left to the caller's scalar loop (which overwrites the
-    /// final extra lanes), and the number of depth steps done is returned.
+    /// The transposing case of <see cref="PackPiece"/> (the <paramref name="count"/> lines of one panel each
+    /// contiguous in depth) in 8 x 8 register transposes: eight loads and eight stores where the scalar
+    /// loop does 64 of each. A group of fewer than 8 lines repeats its last line and stores all 8 lanes;
+    /// lanes past <paramref name="count"/> are padding that <see cref="PackBlock"/> zeroes afterwards, and
+    /// with width 6 the 2 lanes past the panel row land on the next depth step, stored in increasing address
+    /// order so the next store overwrites them; the last depth steps are then always left to the caller's
+    /// scalar loop (which overwrites the final 2). Returns the number of depth steps done.
     /// </summary>
-    private static int PackTransposed(int width, int kc, float* src, nint lineStride, float* dst)
+    private static int PackTransposed(int width, int count, int kc, float* src, nint lineStride, float* dst)
     {
         int done = width % 8 == 0 ? kc / 8 * 8 : (kc - 1) / 8 * 8;
-        for (int g = 0; g < width; g += 8)
+        for (int g = 0; g < count; g += 8)
         {
-            int rows = Math.Min(8, width - g);
+            int rows = Math.Min(8, count - g);
             float* s = src + g * lineStride;
             float* d = dst + g;
             nint l1 = Math.Min(1, rows - 1) * lineStride, l2 = Math.Min(2, rows - 1) * lineStride, l3 = Math.Min(3, rows - 1) * lineStride;

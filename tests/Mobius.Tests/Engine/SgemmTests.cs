@@ -22,12 +22,12 @@ public sealed unsafe class SgemmTests : IDisposable
 
     public void Dispose() => _cpu.Dispose();
 
-    /// <summary>Sizes that straddle every block edge: 1, micro-tile rows and columns, MC, KC, the light path's k limit
-    /// (its volume limit is straddled by the boundary cases below).</summary>
+    /// <summary>Sizes that straddle every block edge: 1, micro-tile rows and columns, MC, KC, twice KC (the light
+    /// path's volume and row-stride limits are straddled by the boundary cases below).</summary>
     private static readonly int[] EdgeSizes =
     [
         1, 2, 5, Sgemm.MR - 1, Sgemm.MR, Sgemm.MR + 1, 7, 8, 9, 13, 15, 16, 17, 31, 33, 65,
-        Sgemm.MC - 1, Sgemm.MC, Sgemm.MC + 1, 129, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, Sgemm.SmallMaxK + 1,
+        Sgemm.MC - 1, Sgemm.MC, Sgemm.MC + 1, 129, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, 2 * Sgemm.KC + 1,
     ];
 
     [Theory]
@@ -62,8 +62,10 @@ public sealed unsafe class SgemmTests : IDisposable
     [InlineData(300, 1, 300)]
     [InlineData(64, 64, (int)(Sgemm.SmallMaxVolume / (64 * 64)))]
     [InlineData(65, 64, (int)(Sgemm.SmallMaxVolume / (64 * 64)))]
-    [InlineData(9, 9, Sgemm.SmallMaxK)]
-    [InlineData(9, 9, Sgemm.SmallMaxK + 1)]
+    [InlineData(9, 9, Sgemm.KC)]
+    [InlineData(9, 9, 2 * Sgemm.KC + 1)]
+    [InlineData(9, Sgemm.DirectRowStride, 40)]
+    [InlineData(9, Sgemm.DirectRowStride + 1, 40)]
     public void Block_boundaries_in_every_transposition_serial_and_threaded(int m, int n, int k)
     {
         var r = new Rng(Seeds.One + m * 7 + n * 3 + k);
