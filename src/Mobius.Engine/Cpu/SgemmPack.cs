@@ -28,10 +28,7 @@ internal static unsafe partial class Sgemm
             float* last = dst + lines / width * panelStride;
             for (int q = 0; q < kc; q++)
             {
-                for (int r = tail; r < width; r++)
-                {
-                    last[(long)q * width + r] = 0f;
-                }
+                Clear(last + (long)q * width + tail, width - tail);
             }
         }
     }
@@ -49,17 +46,7 @@ internal static unsafe partial class Sgemm
                 float* d = dst + (long)p * width;
                 for (int l = 0; l < lines; l += width, s += width, d += panelStride)
                 {
-                    int count = Math.Min(width, lines - l);
-                    int r = 0;
-                    for (; r + 4 <= count; r += 4)
-                    {
-                        Vector128.Load(s + r).Store(d + r);
-                    }
-
-                    for (; r < count; r++)
-                    {
-                        d[r] = s[r];
-                    }
+                    Copy(d, s, Math.Min(width, lines - l));
                 }
             }
 
@@ -116,6 +103,58 @@ internal static unsafe partial class Sgemm
         }
 
         return done;
+    }
+
+    /// <summary>
+    /// d[0..count) = s[0..count) in the widest vectors first. The kernel reads a B panel row right after it
+    /// is packed, in 256-bit loads; a load that spans several smaller pending stores cannot be forwarded
+    /// from them and stalls, which dominated tiny products before the copies were made this wide.
+    /// </summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Copy(float* d, float* s, int count)
+    {
+        int r = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; r + 8 <= count; r += 8)
+            {
+                Vector256.Load(s + r).Store(d + r);
+            }
+        }
+
+        for (; r + 4 <= count; r += 4)
+        {
+            Vector128.Load(s + r).Store(d + r);
+        }
+
+        for (; r < count; r++)
+        {
+            d[r] = s[r];
+        }
+    }
+
+    /// <summary>d[0..count) = 0, in the widest vectors first (see <see cref="Copy"/>).</summary>
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    private static void Clear(float* d, int count)
+    {
+        int r = 0;
+        if (Vector256.IsHardwareAccelerated)
+        {
+            for (; r + 8 <= count; r += 8)
+            {
+                Vector256<float>.Zero.Store(d + r);
+            }
+        }
+
+        for (; r + 4 <= count; r += 4)
+        {
+            Vector128<float>.Zero.Store(d + r);
+        }
+
+        for (; r < count; r++)
+        {
+            d[r] = 0f;
+        }
     }
 
     /// <summary>Stores column q of the 8 x 8 block of rows r0..r7 at d[q*stride .. + 8).</summary>
