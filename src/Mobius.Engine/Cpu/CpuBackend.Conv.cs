@@ -1,3 +1,5 @@
+using System.Numerics.Tensors;
+
 namespace Mobius.Engine.Cpu;
 
 /// <summary>GEMM and the convolutions, all lowered to <see cref="Sgemm"/>.</summary>
@@ -28,37 +30,57 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    // ---- conv2d: im2col + GEMM, one image per task ------------------------------------------------
+    // ---- conv2d: im2col + GEMM ----------------------------------------------------------------------
+    //
+    // Forward and backward-data run one image per task on both threads with single-threaded GEMMs: the
+    // weights are packed once per call and shared, so an image's GEMM packs nothing of its own; at 4x4
+    // and 8x8 the weights are 8 to 70 times larger than one image's columns and re-packing them per image
+    // cost more than the product. Backward-filter sums over images, so it is one k-segmented GEMM over a
+    // group of images (dW = sum_n dy_n col_n^T, k = images x OutH*OutW), threaded inside the GEMM,
+    // instead of per-image products of depth OutH*OutW (16 at 4x4) that each re-read and re-write dW.
+    //
+    // The im2col columns are stored in panels of ColumnPanel(OutH*OutW) pixels, [panel][Cin*K*K][pixel]:
+    // one panel is one GEMM's B, whose rows are then contiguous and adjacent, so the GEMM reads them in
+    // place without packing, and the 16-wide panels tile the 16-wide micro-kernel exactly.
 
     /// <inheritdoc />
     public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
         var sh = s;
         float* px = Ptr(x);
-        float* pw = Ptr(w);
         float* py = Ptr(y);
         float* pbias = bias is null ? null : Ptr(bias);
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
-        bool direct = sh.Kernel == 1 && sh.Stride == 1 && sh.Pad == 0;
-        using var ws = direct ? null : Workspace((long)Threads * kdim * outHw);
+        bool direct = IsPointwise(sh);
+        int panel = direct ? outHw : ColumnPanel(outHw);
+
+        // y_n [Cout, outHw] = W [Cout, kdim] x col_n [kdim, outHw], one panel of columns at a time.
+        using var packed = Workspace(PackedA.Size(sh.Cout, kdim));
+        var pw = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: false), sh.Cout, kdim, Ptr(packed));
+        using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
         float* pws = ws is null ? null : Ptr(ws);
-        PerImage(sh.N, (double)kdim * outHw * sh.Cout, (n, slot) =>
+        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
         {
             float* xn = px + (long)n * sh.Cin * sh.H * sh.W;
             float* yn = py + (long)n * sh.Cout * outHw;
             float* col = direct ? xn : pws + (long)slot * kdim * outHw;
             if (!direct)
             {
-                Im2Col(sh, xn, col);
+                Im2Col(sh, xn, col, panel);
             }
 
-            Sgemm.Run(this, false, false, sh.Cout, outHw, kdim, 1f, pw, kdim, col, outHw, 0f, yn, outHw, parallel: false);
+            for (int j = 0; j < outHw; j += panel)
+            {
+                Sgemm.Run(this, pw, GemmOperand.B(col + (long)j * kdim, panel, trans: false), panel, 1f, 0f, yn + j, outHw, parallel: false, Sgemm.BestIsa);
+            }
+
             if (pbias != null)
             {
                 for (int o = 0; o < sh.Cout; o++)
                 {
-                    System.Numerics.Tensors.TensorPrimitives.Add(new Span<float>(yn + (long)o * outHw, outHw), pbias[o], new Span<float>(yn + (long)o * outHw, outHw));
+                    var row = new Span<float>(yn + (long)o * outHw, outHw);
+                    TensorPrimitives.Add(row, pbias[o], row);
                 }
             }
         });
@@ -69,24 +91,30 @@ public sealed unsafe partial class CpuBackend
     {
         var sh = s;
         float* pdy = Ptr(dy);
-        float* pw = Ptr(w);
         float* pdx = Ptr(dx);
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
-        bool direct = sh.Kernel == 1 && sh.Stride == 1 && sh.Pad == 0;
-        using var ws = direct ? null : Workspace((long)Threads * kdim * outHw);
+        bool direct = IsPointwise(sh);
+        int panel = direct ? outHw : ColumnPanel(outHw);
+
+        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw] panel by panel; col2im scatters it back.
+        using var packed = Workspace(PackedA.Size(kdim, sh.Cout));
+        var pwt = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packed));
+        using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
         float* pws = ws is null ? null : Ptr(ws);
-        PerImage(sh.N, (double)kdim * outHw * sh.Cout, (n, slot) =>
+        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
         {
             float* dyn = pdy + (long)n * sh.Cout * outHw;
             float* dxn = pdx + (long)n * sh.Cin * sh.H * sh.W;
             float* col = direct ? dxn : pws + (long)slot * kdim * outHw;
+            for (int j = 0; j < outHw; j += panel)
+            {
+                Sgemm.Run(this, pwt, GemmOperand.B(dyn + j, outHw, trans: false), panel, 1f, 0f, col + (long)j * kdim, panel, parallel: false, Sgemm.BestIsa);
+            }
 
-            // dcol [kdim, outHw] = W^T [kdim, Cout] x dy [Cout, outHw]; col2im scatters it back.
-            Sgemm.Run(this, true, false, kdim, outHw, sh.Cout, 1f, pw, kdim, dyn, outHw, 0f, col, outHw, parallel: false);
             if (!direct)
             {
-                Col2Im(sh, col, dxn);
+                Col2Im(sh, col, dxn, panel);
             }
         });
     }
@@ -97,37 +125,48 @@ public sealed unsafe partial class CpuBackend
         var sh = s;
         float* px = Ptr(x);
         float* pdy = Ptr(dy);
+        float* pdw = Ptr(dw);
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
-        long wsize = (long)sh.Cout * kdim;
-        bool direct = sh.Kernel == 1 && sh.Stride == 1 && sh.Pad == 0;
+        bool direct = IsPointwise(sh);
+        int panel = direct ? outHw : ColumnPanel(outHw);
 
-        // One partial dW per thread, summed at the end: images are independent tasks.
-        using var partial = Workspace(Threads * wsize);
-        using var cols = direct ? null : Workspace((long)Threads * kdim * outHw);
-        float* pp = Ptr(partial);
-        float* pcols = cols is null ? null : Ptr(cols);
-        var used = new bool[Threads];
-        PerImage(sh.N, (double)kdim * outHw * sh.Cout, (n, slot) =>
+        // Images per GEMM: enough that the summed depth (group x outHw) spans a few KC blocks, few enough
+        // that the group's columns stay a few MiB of workspace. A 1x1 conv needs no columns: its x_n is col_n.
+        int group = direct ? sh.N : Math.Clamp(FilterGradDepth / outHw, 1, sh.N);
+        using var ws = direct ? null : Workspace((long)group * kdim * outHw);
+        float* pws = ws is null ? null : Ptr(ws);
+        for (int g0 = 0; g0 < sh.N; g0 += group)
         {
-            float* xn = px + (long)n * sh.Cin * sh.H * sh.W;
-            float* dyn = pdy + (long)n * sh.Cout * outHw;
-            float* col = direct ? xn : pcols + (long)slot * kdim * outHw;
+            int count = Math.Min(group, sh.N - g0);
+            float* cols = direct ? px + (long)g0 * kdim * outHw : pws;
             if (!direct)
             {
-                Im2Col(sh, xn, col);
+                int first = g0;
+                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw, panel));
             }
 
-            // dW [Cout, kdim] += dy [Cout, outHw] x col^T [outHw, kdim]
-            Sgemm.Run(this, false, true, sh.Cout, kdim, outHw, 1f, dyn, outHw, col, outHw, used[slot] ? 1f : 0f, pp + slot * wsize, kdim, parallel: false);
-            used[slot] = true;
-        });
-        SumPartials(pp, used, wsize, Ptr(dw));
+            // dW [Cout, kdim] (+)= sum over the group's pixels of dy [Cout, pixel] x col^T [pixel, kdim]: the
+            // depth runs over images (segments of outHw in dy) and over column panels (segments of panel in col).
+            var dyn = GemmOperand.A(pdy + (long)g0 * sh.Cout * outHw, outHw, trans: false).Segmented(outHw, (nint)sh.Cout * outHw);
+            var coln = GemmOperand.B(cols, panel, trans: true).Segmented(panel, (nint)kdim * panel);
+            Sgemm.Run(this, dyn, coln, sh.Cout, kdim, count * outHw, 1f, g0 == 0 ? 0f : 1f, pdw, kdim, parallel: true, Sgemm.BestIsa);
+        }
+
         if (dbias is not null)
         {
             ChannelBiasGrad(sh.N, sh.Cout, outHw, dy, dbias);
         }
     }
+
+    /// <summary>Summed depth aimed at per backward-filter GEMM: about three KC blocks.</summary>
+    private const int FilterGradDepth = 1024;
+
+    /// <summary>A 1x1, stride-1, unpadded conv is a plain GEMM on the image itself (no im2col).</summary>
+    private static bool IsPointwise(in Conv2dShape s) => s.Kernel == 1 && s.Stride == 1 && s.Pad == 0;
+
+    /// <summary>Pixels per im2col panel: 16 (the AVX2 micro-tile width) when they divide the image, else the whole image.</summary>
+    private static int ColumnPanel(int outHw) => outHw % 16 == 0 ? 16 : outHw;
 
     /// <summary>Runs body(image, threadSlot) with each thread slot used by one task at a time.</summary>
     private void PerImage(int images, double workPerImage, Action<int, int> body)
@@ -153,225 +192,187 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    private void SumPartials(float* partials, bool[] used, long size, float* result)
+    /// <summary>
+    /// im2col in panels of <paramref name="panel"/> pixels: for row r = (i*K + u)*K + v and pixel t = p*OutW + q,
+    /// col[t / panel][r][t % panel] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).
+    /// </summary>
+    private static void Im2Col(in Conv2dShape s, float* x, float* col, int panel)
     {
-        var dst = new Span<float>(result, checked((int)size));
-        dst.Clear();
-        for (int t = 0; t < used.Length; t++)
+        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
+        for (int r = 0; r < rows; r++)
         {
-            if (used[t])
+            var tap = new Tap(s, r);
+            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
+            for (int t0 = 0; t0 < outHw; t0 += panel)
             {
-                System.Numerics.Tensors.TensorPrimitives.Add(dst, new ReadOnlySpan<float>(partials + t * size, (int)size), dst);
+                tap.Gather(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
             }
         }
     }
 
-    /// <summary>col[(i*K + u)*K + v, p*OutW + q] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).</summary>
-    private static void Im2Col(in Conv2dShape s, float* x, float* col)
+    /// <summary>The adjoint of <see cref="Im2Col"/>: x is overwritten with the scattered sums; col is clobbered.</summary>
+    private static void Col2Im(in Conv2dShape s, float* col, float* x, int panel)
     {
-        int oh = s.OutH, ow = s.OutW, k = s.Kernel;
-        for (int i = 0; i < s.Cin; i++)
+        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
+        new Span<float>(x, checked(s.Cin * s.H * s.W)).Clear();
+        for (int r = 0; r < rows; r++)
         {
-            float* xi = x + (long)i * s.H * s.W;
-            for (int u = 0; u < k; u++)
+            var tap = new Tap(s, r);
+            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
+            for (int t0 = 0; t0 < outHw; t0 += panel)
             {
-                for (int v = 0; v < k; v++)
+                tap.ScatterAdd(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
+            }
+        }
+    }
+
+    /// <summary>
+    /// One im2col row: tap (u, v) of one input channel. In a same-size conv (stride 1, output as large as
+    /// the input, the model's 3x3 convs) the row is the input plane shifted by Shift = dy*W + dx in flat
+    /// index, so outputs [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows
+    /// off the top or bottom) and the |dx| columns at one end of every row (which the flat run takes from
+    /// the neighbouring row) are zero taps. Other convs (stride 2) go element by element.
+    /// </summary>
+    private readonly struct Tap
+    {
+        private readonly int _dy, _dx, _h, _w, _ow, _stride, _size;
+        private readonly bool _flat;
+
+        public Tap(in Conv2dShape s, int row)
+        {
+            _dy = row / s.Kernel % s.Kernel - s.Pad;
+            _dx = row % s.Kernel - s.Pad;
+            (_h, _w, _ow, _stride) = (s.H, s.W, s.OutW, s.Stride);
+            _size = s.OutH * s.OutW;
+            _flat = s.Stride == 1 && s.OutH == s.H && s.OutW == s.W;
+        }
+
+        private int Shift => _dy * _w + _dx;
+
+        /// <summary>dst[t - t0] = the tap's value at output pixel t, for t in [t0, t1).</summary>
+        public void Gather(float* xi, float* dst, int t0, int t1)
+        {
+            if (!_flat)
+            {
+                for (int p = t0 / _ow, t = t0; t < t1; p++)
                 {
-                    float* row = col + ((long)(i * k + u) * k + v) * oh * ow;
-                    for (int p = 0; p < oh; p++)
+                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
+                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
                     {
-                        int yy = p * s.Stride + u - s.Pad;
-                        float* dst = row + p * ow;
-                        if ((uint)yy >= (uint)s.H)
-                        {
-                            new Span<float>(dst, ow).Clear();
-                            continue;
-                        }
+                        dst[t - t0] = (uint)yy < (uint)_h && (uint)xx < (uint)_w ? xi[yy * _w + xx] : 0f;
+                    }
+                }
 
-                        float* src = xi + yy * s.W;
-                        if (s.Stride == 1)
-                        {
-                            // Contiguous run with zero edges.
-                            int x0 = v - s.Pad;
-                            int qLo = Math.Max(0, -x0);
-                            int qHi = Math.Min(ow, s.W - x0);
-                            for (int q = 0; q < qLo; q++)
-                            {
-                                dst[q] = 0f;
-                            }
+                return;
+            }
 
-                            if (qHi > qLo)
-                            {
-                                new ReadOnlySpan<float>(src + qLo + x0, qHi - qLo).CopyTo(new Span<float>(dst + qLo, qHi - qLo));
-                            }
+            var (lo, hi) = Run(t0, t1);
+            new Span<float>(dst, lo - t0).Clear();
+            new ReadOnlySpan<float>(xi + lo + Shift, hi - lo).CopyTo(new Span<float>(dst + lo - t0, hi - lo));
+            new Span<float>(dst + hi - t0, t1 - hi).Clear();
+            ClearWrapped(dst, t0, t1);
+        }
 
-                            for (int q = Math.Max(qHi, qLo); q < ow; q++)
-                            {
-                                dst[q] = 0f;
-                            }
-                        }
-                        else
+        /// <summary>x[tap position of t] += src[t - t0] for t in [t0, t1) whose tap lies inside the image.</summary>
+        public void ScatterAdd(float* xi, float* src, int t0, int t1)
+        {
+            if (!_flat)
+            {
+                for (int p = t0 / _ow, t = t0; t < t1; p++)
+                {
+                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
+                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
+                    {
+                        if ((uint)yy < (uint)_h && (uint)xx < (uint)_w)
                         {
-                            for (int q = 0; q < ow; q++)
-                            {
-                                int xx = q * s.Stride + v - s.Pad;
-                                dst[q] = (uint)xx < (uint)s.W ? src[xx] : 0f;
-                            }
+                            xi[yy * _w + xx] += src[t - t0];
                         }
                     }
+                }
+
+                return;
+            }
+
+            // Zero the values whose tap falls off a row end first, so one contiguous add is exact.
+            ClearWrapped(src, t0, t1);
+            var (lo, hi) = Run(t0, t1);
+            var dst = new Span<float>(xi + lo + Shift, hi - lo);
+            TensorPrimitives.Add(dst, new ReadOnlySpan<float>(src + lo - t0, hi - lo), dst);
+        }
+
+        /// <summary>The part of [t0, t1) whose flat-shifted input index lies inside the plane (empty: lo = hi).</summary>
+        private (int Lo, int Hi) Run(int t0, int t1)
+        {
+            int lo = Math.Max(t0, -Shift), hi = Math.Min(t1, _size - Shift);
+            return (Math.Min(lo, t1), Math.Max(Math.Min(lo, t1), hi));
+        }
+
+        /// <summary>Zeroes buf[t - t0] for the pixels t in [t0, t1) whose column q + dx lies outside the row.</summary>
+        private void ClearWrapped(float* buf, int t0, int t1)
+        {
+            int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
+            for (int p = t0 / _w * _w; p < t1; p += _w)
+            {
+                for (int t = Math.Max(t0, p + q0); t < Math.Min(t1, p + q1); t++)
+                {
+                    buf[t - t0] = 0f;
                 }
             }
         }
     }
 
-    /// <summary>The adjoint of <see cref="Im2Col"/>: x is overwritten with the scattered sums.</summary>
-    private static void Col2Im(in Conv2dShape s, float* col, float* x)
-    {
-        new Span<float>(x, s.Cin * s.H * s.W).Clear();
-        int oh = s.OutH, ow = s.OutW, k = s.Kernel;
-        for (int i = 0; i < s.Cin; i++)
-        {
-            float* xi = x + (long)i * s.H * s.W;
-            for (int u = 0; u < k; u++)
-            {
-                for (int v = 0; v < k; v++)
-                {
-                    float* row = col + ((long)(i * k + u) * k + v) * oh * ow;
-                    for (int p = 0; p < oh; p++)
-                    {
-                        int yy = p * s.Stride + u - s.Pad;
-                        if ((uint)yy >= (uint)s.H)
-                        {
-                            continue;
-                        }
-
-                        float* dst = xi + yy * s.W;
-                        float* src = row + p * ow;
-                        if (s.Stride == 1)
-                        {
-                            int x0 = v - s.Pad;
-                            int qLo = Math.Max(0, -x0);
-                            int qHi = Math.Min(ow, s.W - x0);
-                            if (qHi > qLo)
-                            {
-                                var d = new Span<float>(dst + qLo + x0, qHi - qLo);
-                                System.Numerics.Tensors.TensorPrimitives.Add(d, new ReadOnlySpan<float>(src + qLo, qHi - qLo), d);
-                            }
-                        }
-                        else
-                        {
-                            for (int q = 0; q < ow; q++)
-                            {
-                                int xx = q * s.Stride + v - s.Pad;
-                                if ((uint)xx < (uint)s.W)
-                                {
-                                    dst[xx] += src[q];
-                                }
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    // ---- temporal conv: three shifted GEMMs per frame ----------------------------------------------
-
-    /// <summary>Repacks w [Cout, Cin, 3] into three contiguous taps [3][Cout, Cin].</summary>
-    private Tensor SplitTaps(in TemporalConvShape s, Tensor w)
-    {
-        var taps = Workspace(3L * s.Cout * s.Cin);
-        float* pw = Ptr(w);
-        float* pt = Ptr(taps);
-        long plane = (long)s.Cout * s.Cin;
-        for (long oi = 0; oi < plane; oi++)
-        {
-            for (int k = 0; k < 3; k++)
-            {
-                pt[k * plane + oi] = pw[oi * 3 + k];
-            }
-        }
-
-        return taps;
-    }
+    // ---- temporal conv: one GEMM over three stacked frames ------------------------------------------
+    //
+    // Frames f-1, f, f+1 of a clip lie one after another in x [B, F, Cin, S], so they already form one
+    // [3 Cin, S] matrix: y_f = [W_0 W_1 W_2] x [x_{f-1}; x_f; x_{f+1}] is a single GEMM of depth 3 Cin
+    // with B read in place, and the weights [Cout, Cin, 3] are packed once per call in that tap-major
+    // order (a k-segmented view, one segment per tap). The first and last frame of a clip use two taps:
+    // a depth slice of the same packed weights. Backward-data is the same with W^T and the taps reversed.
 
     /// <inheritdoc />
     public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
         var sh = s;
-        using var taps = SplitTaps(sh, w);
-        float* pt = Ptr(taps);
-        float* px = Ptr(x);
-        float* py = Ptr(y);
         float* pbias = bias is null ? null : Ptr(bias);
-        long plane = (long)sh.Cout * sh.Cin;
-        For(sh.B * sh.F, 6.0 * plane * sh.S, bf =>
+
+        // op(A)(o, t*Cin + i) = w[o, i, t]
+        var taps = GemmOperand.Strided(Ptr(w), 3 * sh.Cin, 3).Segmented(sh.Cin, 1);
+        using var packed = Workspace(PackedA.Size(sh.Cout, 3 * sh.Cin));
+        var pw = Sgemm.PackA(taps, sh.Cout, 3 * sh.Cin, Ptr(packed));
+        StackedFrames(sh, pw, sh.Cin, Ptr(x), sh.Cout, Ptr(y));
+        if (pbias != null)
         {
-            int f = bf % sh.F;
-            float* yf = py + (long)bf * sh.Cout * sh.S;
-            bool first = true;
-            for (int k = 0; k < 3; k++)
-            {
-                int src = f + k - 1;
-                if ((uint)src >= (uint)sh.F)
-                {
-                    continue;
-                }
-
-                float* xf = px + (long)(bf + k - 1) * sh.Cin * sh.S;
-                Sgemm.Run(this, false, false, sh.Cout, sh.S, sh.Cin, 1f, pt + k * plane, sh.Cin, xf, sh.S, first ? 0f : 1f, yf, sh.S, parallel: false);
-                first = false;
-            }
-
-            if (first)
-            {
-                new Span<float>(yf, sh.Cout * sh.S).Clear();
-            }
-
-            if (pbias != null)
-            {
-                for (int o = 0; o < sh.Cout; o++)
-                {
-                    var row = new Span<float>(yf + (long)o * sh.S, sh.S);
-                    System.Numerics.Tensors.TensorPrimitives.Add(row, pbias[o], row);
-                }
-            }
-        });
+            AddChannelBias(sh.B * sh.F, sh.Cout, sh.S, y, bias!, y);
+        }
     }
 
     /// <inheritdoc />
     public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx)
     {
         var sh = s;
-        using var taps = SplitTaps(sh, w);
-        float* pt = Ptr(taps);
-        float* pdy = Ptr(dy);
-        float* pdx = Ptr(dx);
-        long plane = (long)sh.Cout * sh.Cin;
-        For(sh.B * sh.F, 6.0 * plane * sh.S, bf =>
+
+        // dx_f = sum_t W_t^T dy_{f-t+1} = [W_2^T W_1^T W_0^T] x [dy_{f-1}; dy_f; dy_{f+1}]:
+        // op(A)(i, u*Cout + o) = w[o, i, 2 - u].
+        var taps = GemmOperand.Strided(Ptr(w) + 2, 3, 3 * sh.Cin).Segmented(sh.Cout, -1);
+        using var packed = Workspace(PackedA.Size(sh.Cin, 3 * sh.Cout));
+        var pwt = Sgemm.PackA(taps, sh.Cin, 3 * sh.Cout, Ptr(packed));
+        StackedFrames(sh, pwt, sh.Cout, Ptr(dy), sh.Cin, Ptr(dx));
+    }
+
+    /// <summary>
+    /// out_f [outCh, S] = packed [outCh, 3 inCh] x [in_{f-1}; in_f; in_{f+1}] for every frame, in parallel
+    /// over frames; at a clip's edges only the taps whose frame exists (a slice of the packed depth).
+    /// </summary>
+    private void StackedFrames(in TemporalConvShape s, PackedA packed, int inCh, float* input, int outCh, float* output)
+    {
+        var sh = s;
+        For(sh.B * sh.F, 6.0 * outCh * inCh * sh.S, bf =>
         {
             int f = bf % sh.F;
-            float* dxf = pdx + (long)bf * sh.Cin * sh.S;
-            bool first = true;
-
-            // dx[f] = sum_k W_k^T dy[f - k + 1]
-            for (int k = 0; k < 3; k++)
-            {
-                int src = f - k + 1;
-                if ((uint)src >= (uint)sh.F)
-                {
-                    continue;
-                }
-
-                float* dyf = pdy + (long)(bf - k + 1) * sh.Cout * sh.S;
-                Sgemm.Run(this, true, false, sh.Cin, sh.S, sh.Cout, 1f, pt + k * plane, sh.Cin, dyf, sh.S, first ? 0f : 1f, dxf, sh.S, parallel: false);
-                first = false;
-            }
-
-            if (first)
-            {
-                new Span<float>(dxf, sh.Cin * sh.S).Clear();
-            }
+            int lo = f == 0 ? 1 : 0, hi = f == sh.F - 1 ? 2 : 3;
+            float* stacked = input + (long)(bf + lo - 1) * inCh * sh.S;
+            Sgemm.Run(this, packed.Slice(lo * inCh, (hi - lo) * inCh), GemmOperand.B(stacked, sh.S, trans: false), sh.S,
+                1f, 0f, output + (long)bf * outCh * sh.S, sh.S, parallel: false, Sgemm.BestIsa);
         });
     }
 
@@ -382,46 +383,38 @@ public sealed unsafe partial class CpuBackend
         float* px = Ptr(x);
         float* pdy = Ptr(dy);
         long plane = (long)sh.Cout * sh.Cin;
+        long frameX = (long)sh.Cin * sh.S, frameY = (long)sh.Cout * sh.S;
 
-        // Per thread, three partial taps [3][Cout, Cin]; frames are split into contiguous ranges.
-        using var partial = Workspace(Threads * 3 * plane);
-        float* pp = Ptr(partial);
-        int parts = ForRanges(sh.B * sh.F, 6.0 * plane * sh.S, (t, start, end) =>
+        // dW_t [Cout, Cin] = sum over frames f where f+t-1 exists of dy_f [Cout, S] x_{f+t-1}^T [S, Cin]: for
+        // each tap one k-segmented GEMM over those frames (all B*F frames of every clip for the middle tap,
+        // whose frames line up across clips; F-1 frames per clip for the outer taps), into a tap-major
+        // [Cout, 3 Cin] workspace that is then interleaved into w's [Cout, Cin, 3] layout.
+        using var taps = Workspace(3 * plane);
+        float* pt = Ptr(taps);
+        void Tap(int t, long firstFrame, int frames, float beta)
         {
-            float* mine = pp + t * 3 * plane;
-            new Span<float>(mine, (int)(3 * plane)).Clear();
-            for (long bf = start; bf < end; bf++)
-            {
-                int f = (int)(bf % sh.F);
-                float* dyf = pdy + bf * sh.Cout * sh.S;
-                for (int k = 0; k < 3; k++)
-                {
-                    int src = f + k - 1;
-                    if ((uint)src >= (uint)sh.F)
-                    {
-                        continue;
-                    }
+            var dyf = GemmOperand.A(pdy + firstFrame * frameY, sh.S, trans: false).Segmented(sh.S, (nint)frameY);
+            var xf = GemmOperand.B(px + (firstFrame + t - 1) * frameX, sh.S, trans: true).Segmented(sh.S, (nint)frameX);
+            Sgemm.Run(this, dyf, xf, sh.Cout, sh.Cin, frames * sh.S, 1f, beta, pt + t * sh.Cin, 3 * sh.Cin, parallel: true, Sgemm.BestIsa);
+        }
 
-                    float* xf = px + (bf + k - 1) * sh.Cin * sh.S;
-
-                    // dW_k [Cout, Cin] += dy[f] [Cout, S] x x[f+k-1]^T [S, Cin]
-                    Sgemm.Run(this, false, true, sh.Cout, sh.Cin, sh.S, 1f, dyf, sh.S, xf, sh.S, 1f, mine + k * plane, sh.Cin, parallel: false);
-                }
-            }
-        });
+        // With F = 1 the outer taps sum over no frame: a depth-0 product, which only clears its columns.
+        Tap(1, 0, sh.B * sh.F, 0f);
+        for (int b = 0; b < sh.B; b++)
+        {
+            Tap(0, (long)b * sh.F + 1, sh.F - 1, b == 0 ? 0f : 1f);
+            Tap(2, (long)b * sh.F, sh.F - 1, b == 0 ? 0f : 1f);
+        }
 
         float* pdw = Ptr(dw);
-        for (long oi = 0; oi < plane; oi++)
+        for (long o = 0; o < sh.Cout; o++)
         {
-            for (int k = 0; k < 3; k++)
+            for (long i = 0; i < sh.Cin; i++)
             {
-                float acc = 0f;
-                for (int t = 0; t < parts; t++)
+                for (int t = 0; t < 3; t++)
                 {
-                    acc += pp[t * 3 * plane + k * plane + oi];
+                    pdw[(o * sh.Cin + i) * 3 + t] = pt[o * 3 * sh.Cin + t * sh.Cin + i];
                 }
-
-                pdw[oi * 3 + k] = acc;
             }
         }
 

@@ -1,8 +1,17 @@
-using System.Runtime.CompilerServices;
-using System.Runtime.InteropServices;
+using System.Numerics.Tensors;
 using System.Runtime.Intrinsics;
 
 namespace Mobius.Engine.Cpu;
+
+/// <summary>The instruction sets the GEMM kernel is compiled for.</summary>
+internal enum SgemmIsa
+{
+    /// <summary>256-bit AVX2 with FMA: a 6 x 16 micro-tile.</summary>
+    Avx2,
+
+    /// <summary>128-bit portable vectors (SSE, NEON, or scalar emulation): a 6 x 8 micro-tile.</summary>
+    Portable,
+}
 
 /// <summary>
 /// Single-precision row-major GEMM on host pointers:
@@ -13,35 +22,66 @@ namespace Mobius.Engine.Cpu;
 /// GotoBLAS / BLIS structure: op(B) is packed KC x NC into NR-wide column panels, op(A) MC x KC into
 /// MR-high row panels, and a register-blocked MR x NR micro-kernel runs over the packed panels, so its
 /// loads are sequential and the panels stay in cache (B micro-panel in L1, A block in L2, B block in L3).
+/// Small products skip the packing (see <see cref="IsSmall"/>). Beyond the BLAS contract the operands may
+/// be k-segmented (<see cref="GemmOperand"/>: a sum of products in one call) and op(A) may come packed
+/// once for many products (<see cref="PackedA"/>), which is how the convolutions use it.
 /// </remarks>
 internal static unsafe partial class Sgemm
 {
-    /// <summary>Below this many flops a product runs on the calling thread: waking a second thread costs more.</summary>
+    /// <summary>
+    /// Below this many flops a product runs on the calling thread: a Parallel.For costs a few
+    /// microseconds, about what 2*64^3 flops take on one core.
+    /// </summary>
     internal const double ParallelMinFlops = 2.0 * 64 * 64 * 64;
 
-    /// <summary>Deepest product on the light path: its B strip (k x NR) must stay in L1/L2 without depth blocking.</summary>
-    internal const int SmallMaxK = 512;
+    /// <summary>
+    /// Largest m*n*k on the light path. Below it the light path measured up to 1.7x faster than packing
+    /// (64 x 32 x 256 for example); around 128^3 to 256^3 the two are even, and past that packing wins
+    /// (its MC x KC block of A stays in L2 where the light path re-reads all of A for every strip).
+    /// </summary>
+    internal const long SmallMaxVolume = 1L << 21;
 
-    /// <summary>Largest m*n*k on the light path.</summary>
-    internal const long SmallMaxVolume = 64L * 64 * 64;
+    /// <summary>The widest instruction set this machine runs.</summary>
+    internal static SgemmIsa BestIsa => Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SgemmIsa.Portable;
 
     /// <summary>Runs the product; <paramref name="parallel"/> allows using every thread of <paramref name="cpu"/>.</summary>
     public static void Run(CpuBackend cpu, bool transA, bool transB, int m, int n, int k, float alpha,
         float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, bool parallel)
+        => Run(cpu, GemmOperand.A(a, lda, transA), GemmOperand.B(b, ldb, transB), m, n, k, alpha, beta, c, ldc, parallel, BestIsa);
+
+    /// <summary>C = alpha op(A) op(B) + beta C for operands that may be k-segmented, on a chosen instruction set.</summary>
+    internal static void Run(CpuBackend cpu, in GemmOperand a, in GemmOperand b, int m, int n, int k, float alpha, float beta,
+        float* c, int ldc, bool parallel, SgemmIsa isa)
+        => Dispatch(cpu, new ASource(a), b, m, n, k, alpha, beta, c, ldc, parallel, isa);
+
+    /// <summary>C = alpha op(A) op(B) + beta C with op(A) packed beforehand by <see cref="PackA"/>.</summary>
+    internal static void Run(CpuBackend cpu, in PackedA a, in GemmOperand b, int n, float alpha, float beta,
+        float* c, int ldc, bool parallel, SgemmIsa isa)
+        => Dispatch(cpu, new ASource(a), b, a.M, n, a.K, alpha, beta, c, ldc, parallel, isa);
+
+    /// <summary>Packs the m x k op(A) into <paramref name="dst"/> (<see cref="PackedA.Size"/> floats).</summary>
+    internal static PackedA PackA(in GemmOperand a, int m, int k, float* dst)
     {
-        if (Avx2Ops.IsSupported)
+        nint panel = (nint)MR * k;
+        PackBlock(MR, m, k, a, 0, 0, dst, panel);
+        return new PackedA(dst, m, k, panel);
+    }
+
+    private static void Dispatch(CpuBackend cpu, in ASource a, in GemmOperand b, int m, int n, int k, float alpha, float beta,
+        float* c, int ldc, bool parallel, SgemmIsa isa)
+    {
+        if (isa == SgemmIsa.Avx2)
         {
-            Run<Avx2Ops, Vector256<float>>(cpu, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, parallel);
+            Product<Avx2Ops, Vector256<float>>(cpu, a, b, m, n, k, alpha, beta, c, ldc, parallel);
         }
         else
         {
-            Run<PortableOps, Vector128<float>>(cpu, transA, transB, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc, parallel);
+            Product<PortableOps, Vector128<float>>(cpu, a, b, m, n, k, alpha, beta, c, ldc, parallel);
         }
     }
 
-    /// <summary>The product on one instruction set; the tests call it directly to cover the portable kernel.</summary>
-    internal static void Run<TOps, TV>(CpuBackend cpu, bool transA, bool transB, int m, int n, int k, float alpha,
-        float* a, int lda, float* b, int ldb, float beta, float* c, int ldc, bool parallel)
+    private static void Product<TOps, TV>(CpuBackend cpu, ASource a, GemmOperand b, int m, int n, int k, float alpha, float beta,
+        float* c, int ldc, bool parallel)
         where TOps : struct, ISimdOps<TV>
         where TV : struct
     {
@@ -56,20 +96,11 @@ internal static unsafe partial class Sgemm
             return;
         }
 
-        // op(A)(i, p) = a[i*rs + p*cs], op(B)(p, j) = b[p*rs + j*cs].
-        var opA = transA ? new Strided(a, 1, lda) : new Strided(a, lda, 1);
-        var opB = transB ? new Strided(b, 1, ldb) : new Strided(b, ldb, 1);
         double flops = 2.0 * m * n * k;
-        if (IsSmall(m, n, k))
-        {
-            Unpacked<TOps, TV>(opA, opB, m, n, k, alpha, beta, c, ldc);
-            return;
-        }
-
         int threads = parallel ? cpu.Threads : 1;
         if (threads == 1 || flops < ParallelMinFlops)
         {
-            Blocked<TOps, TV>(opA, opB, m, n, k, alpha, beta, c, ldc);
+            Serial<TOps, TV>(a, b, m, n, k, alpha, beta, c, ldc);
             return;
         }
 
@@ -78,24 +109,52 @@ internal static unsafe partial class Sgemm
         // parts of C.
         int nr = NR<TOps, TV>();
         int mTiles = (m + MR - 1) / MR, nTiles = (n + nr - 1) / nr;
-        var (gm, gn) = Grid(threads, mTiles, nTiles);
+        var (gm, gn) = Grid(threads, mTiles, nTiles, nr);
         cpu.For(gm * gn, flops / (gm * gn), t =>
         {
             int i0 = Math.Min(m, (int)((long)mTiles * (t / gn) / gm) * MR), i1 = Math.Min(m, (int)((long)mTiles * (t / gn + 1) / gm) * MR);
             int j0 = Math.Min(n, (int)((long)nTiles * (t % gn) / gn) * nr), j1 = Math.Min(n, (int)((long)nTiles * (t % gn + 1) / gn) * nr);
             if (i1 > i0 && j1 > j0)
             {
-                Blocked<TOps, TV>(new Strided(opA.At(i0, 0), opA.Rs, opA.Cs), new Strided(opB.At(0, j0), opB.Rs, opB.Cs),
-                    i1 - i0, j1 - j0, k, alpha, beta, c + i0 * (nint)ldc + j0, ldc);
+                Serial<TOps, TV>(a.FromRow(i0), b.FromLine(j0), i1 - i0, j1 - j0, k, alpha, beta, c + i0 * (nint)ldc + j0, ldc);
             }
         });
     }
 
     /// <summary>
-    /// Splits C into gm x gn = threads blocks minimising the largest block in micro-tiles; among equal
-    /// splits the one with the squarest blocks, which packs the least A and B per thread.
+    /// One product (or one thread's block of it) on the calling thread: packed blocks, or the light path
+    /// when the product is small or A comes packed already (then the light path only lacks the MC
+    /// blocking, and the convolutions that prepack A keep it in L2 anyway).
     /// </summary>
-    private static (int Gm, int Gn) Grid(int threads, int mTiles, int nTiles)
+    private static void Serial<TOps, TV>(ASource a, GemmOperand b, int m, int n, int k, float alpha, float beta, float* c, int ldc)
+        where TOps : struct, ISimdOps<TV>
+        where TV : struct
+    {
+        if (!(a.Packed != null || IsSmall(m, n, k)) || !a.IsPlain(k) || !b.IsPlain(k))
+        {
+            Blocked<TOps, TV>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+        else if (a.Packed != null)
+        {
+            Unpacked<TOps, TV, Yes>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+        else
+        {
+            Unpacked<TOps, TV, No>(a, b, m, n, k, alpha, beta, c, ldc);
+        }
+    }
+
+    /// <summary>
+    /// Whether a product is small enough that packing costs more than it saves: the operands are read in
+    /// place (they fit in L1/L2 anyway).
+    /// </summary>
+    private static bool IsSmall(int m, int n, int k) => (long)m * n * k <= SmallMaxVolume;
+
+    /// <summary>
+    /// Splits C into gm x gn = threads blocks minimising the largest block in micro-tiles; among equal
+    /// splits the one with the smallest block perimeter, which packs the least A and B per thread.
+    /// </summary>
+    private static (int Gm, int Gn) Grid(int threads, int mTiles, int nTiles, int nr)
     {
         (int, int) best = (threads, 1);
         long bestTiles = long.MaxValue, bestEdge = long.MaxValue;
@@ -108,7 +167,7 @@ internal static unsafe partial class Sgemm
 
             int gn = threads / gm;
             long rows = (mTiles + gm - 1) / gm, cols = (nTiles + gn - 1) / gn;
-            long tiles = rows * cols, edge = rows * MR + cols * 16;
+            long tiles = rows * cols, edge = rows * MR + cols * nr;
             if (tiles < bestTiles || (tiles == bestTiles && edge < bestEdge))
             {
                 (best, bestTiles, bestEdge) = ((gm, gn), tiles, edge);
@@ -116,43 +175,6 @@ internal static unsafe partial class Sgemm
         }
 
         return best;
-    }
-
-    /// <summary>
-    /// Whether a product is small enough that packing costs more than it saves: the operands are read in
-    /// place (they fit in L1/L2 anyway) and the product runs on the calling thread.
-    /// </summary>
-    private static bool IsSmall(int m, int n, int k) => k <= SmallMaxK && (long)m * n * k <= SmallMaxVolume;
-
-    /// <summary>
-    /// The light path: op(A) is read where it lies by the micro-kernel; op(B) too when its rows are
-    /// contiguous, else (transposed B, or the ragged last column strip) one kc x NR strip at a time is
-    /// packed, zero-padded, into scratch. No depth blocking: k is at most <see cref="SmallMaxK"/>.
-    /// </summary>
-    private static void Unpacked<TOps, TV>(Strided opA, Strided opB, int m, int n, int k, float alpha, float beta, float* c, nint ldc)
-        where TOps : struct, ISimdOps<TV>
-        where TV : struct
-    {
-        int nr = NR<TOps, TV>();
-        float* strip = null;
-        for (int jr = 0; jr < n; jr += nr)
-        {
-            int cols = Math.Min(nr, n - jr);
-            float* bp = opB.At(0, jr);
-            nint bStep = opB.Rs;
-            if (opB.Cs != 1 || cols < nr)
-            {
-                strip = strip == null ? Scratch((long)k * nr) : strip;
-                PackPanel(nr, cols, k, bp, opB.Cs, opB.Rs, strip);
-                bp = strip;
-                bStep = nr;
-            }
-
-            for (int ir = 0; ir < m; ir += MR)
-            {
-                MicroKernel<TOps, TV, No>(k, opA.At(ir, 0), opA.Rs, opA.Cs, Math.Min(MR, m - ir), bp, bStep, cols, c + ir * ldc + jr, ldc, alpha, beta);
-            }
-        }
     }
 
     /// <summary>C = beta * C without reading C when beta is 0.</summary>
@@ -167,18 +189,44 @@ internal static unsafe partial class Sgemm
             }
             else if (beta != 1f)
             {
-                System.Numerics.Tensors.TensorPrimitives.Multiply(row, beta, row);
+                TensorPrimitives.Multiply(row, beta, row);
             }
         }
     }
 
-    /// <summary>A matrix view: element (r, c) at p[r*Rs + c*Cs].</summary>
-    private readonly struct Strided(float* p, nint rs, nint cs)
+    /// <summary>Where op(A) comes from: an operand to pack (or read in place), or panels packed beforehand.</summary>
+    private readonly struct ASource
     {
-        public readonly float* P = p;
-        public readonly nint Rs = rs;
-        public readonly nint Cs = cs;
+        public readonly GemmOperand Op;
+        public readonly float* Packed;
+        public readonly nint PanelStride;
 
-        public float* At(nint r, nint c) => P + r * Rs + c * Cs;
+        public ASource(in GemmOperand op)
+        {
+            Op = op;
+        }
+
+        public ASource(in PackedA packed)
+        {
+            Packed = packed.Data;
+            PanelStride = packed.PanelStride;
+        }
+
+        private ASource(in GemmOperand op, float* packed, nint panelStride)
+        {
+            Op = op;
+            Packed = packed;
+            PanelStride = panelStride;
+        }
+
+        public bool IsPlain(int k) => Packed != null || Op.IsPlain(k);
+
+        /// <summary>The rows from <paramref name="row"/> (a multiple of MR) on.</summary>
+        public ASource FromRow(int row) => Packed != null
+            ? new(default, Packed + row / MR * PanelStride, PanelStride)
+            : new(Op.FromLine(row), null, 0);
+
+        /// <summary>The packed panel of rows [row, row + MR) from depth p on.</summary>
+        public float* Panel(int row, int p) => Packed + row / MR * PanelStride + (nint)p * MR;
     }
 }

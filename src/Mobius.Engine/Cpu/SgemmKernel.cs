@@ -22,15 +22,15 @@ internal static unsafe partial class Sgemm
     /// op(A) at a[i*aRow + p*aStep] (rows past mr read row mr - 1 again and their sums are never stored,
     /// so A is never read out of bounds) and row p of op(B) at b[p*bStep .. + NR) (read as two full
     /// vectors, so columns past nr must be readable: packed B is zero-padded). With
-    /// <typeparamref name="TPacked"/> = <see cref="Yes"/> A and B are packed panels (aRow = 1, aStep = MR,
-    /// bStep = NR, A zero-padded to MR rows); the JIT then sees those strides as constants and folds every
-    /// A address into one pointer plus a fixed offset, and the runtime stride arguments are ignored.
+    /// <typeparamref name="TPackedA"/> = <see cref="Yes"/> A is a packed panel (aRow = 1, aStep = MR,
+    /// zero-padded to MR rows); the JIT then sees those strides as constants and the runtime stride
+    /// arguments are ignored.
     /// </summary>
-    private static void MicroKernel<TOps, TV, TPacked>(int kc, float* a, nint aRow, nint aStep, int mr, float* b, nint bStep, int nr,
+    private static void MicroKernel<TOps, TV, TPackedA>(int kc, float* a, nint aRow, nint aStep, int mr, float* b, nint bStep, int nr,
         float* c, nint ldc, float alpha, float beta)
         where TOps : struct, ISimdOps<TV>
         where TV : struct
-        where TPacked : struct, IFlag
+        where TPackedA : struct, IFlag
     {
         TV c00 = TOps.Zero, c01 = TOps.Zero, c10 = TOps.Zero, c11 = TOps.Zero, c20 = TOps.Zero, c21 = TOps.Zero;
         TV c30 = TOps.Zero, c31 = TOps.Zero, c40 = TOps.Zero, c41 = TOps.Zero, c50 = TOps.Zero, c51 = TOps.Zero;
@@ -44,9 +44,9 @@ internal static unsafe partial class Sgemm
         }
 
         int rows = mr;
-        if (TPacked.Value)
+        if (TPackedA.Value)
         {
-            (aRow, aStep, bStep, rows) = (1, MR, 2 * w, MR);
+            (aRow, aStep, rows) = (1, MR, MR);
         }
 
         float* a0 = a;

@@ -1,0 +1,10 @@
+using BenchmarkDotNet.Running;
+using Mobius.Benchmarks;
+
+// Runs the suites chosen on the command line with BenchmarkDotNet's usual options, for example
+//   dotnet run -c Release --project benchmarks/Mobius.Benchmarks -- --filter '*Gemm*'
+// (no --filter: an interactive menu). Everything runs in this process (see BenchmarkConfig), so a
+// self-contained published build runs on a machine without the SDK. New suites join the list below.
+BenchmarkSwitcher
+    .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks)])
+    .Run(args, new BenchmarkConfig());
