@@ -25,7 +25,7 @@ public sealed class BenchmarkConfig : ManualConfig
             .WithWarmupCount(5)
             .WithIterationCount(15)
             .AsDefault());
-        AddColumn(StatisticColumn.Median, new GflopsColumn());
+        AddColumn(StatisticColumn.Median, new GflopsColumn(), new GbpsColumn());
         WithSummaryStyle(SummaryStyle.Default.WithMaxParameterColumnWidth(48));
         WithOptions(ConfigOptions.JoinSummary);
     }

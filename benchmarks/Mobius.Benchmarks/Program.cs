@@ -5,6 +5,13 @@ using Mobius.Benchmarks;
 //   dotnet run -c Release --project benchmarks/Mobius.Benchmarks -- --filter '*Gemm*'
 // (no --filter: an interactive menu). Everything runs in this process (see BenchmarkConfig), so a
 // self-contained published build runs on a machine without the SDK. New suites join the list below.
+// `report` runs the standard set and writes benchmarks/results/<date>-<machine>.md (see Report).
+if (args.Length > 0 && args[0] == "report")
+{
+    return Report.Run(args[1..]);
+}
+
 BenchmarkSwitcher
-    .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks)])
+    .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks), typeof(TrainStepBenchmarks), typeof(KernelBenchmarks)])
     .Run(args, new BenchmarkConfig());
+return 0;

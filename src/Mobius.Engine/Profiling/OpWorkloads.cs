@@ -188,6 +188,13 @@ public static class OpWorkloads
             var dw = R(b, t, shape.Cout, shape.Cin, 3, 3);
             return new OpRun(() => b.Conv2dBackwardFilter(shape, x, y, dw, bias), shape.Flops, io, t);
         }),
+        new("copy", "y = 1 * x over n floats: the device's streaming bandwidth", Dims(("n", 1 << 24)), (b, s, dir) =>
+        {
+            var t = new List<Tensor>();
+            var x = R(b, t, s["n"]);
+            var y = R(b, t, s["n"]);
+            return new OpRun(() => b.Scale(x, 1f, y), 0, 8.0 * x.Numel, t);
+        }),
         new("gemm", "row-major GEMM C[m, n] = A[m, k] B[k, n]", Dims(("m", 512), ("n", 512), ("k", 512)), (b, s, dir) =>
         {
             var shape = new GemmShape(s["m"], s["n"], s["k"]);

@@ -1,0 +1,171 @@
+using System.Collections.Concurrent;
+using BenchmarkDotNet.Attributes;
+using BenchmarkDotNet.Jobs;
+using BenchmarkDotNet.Columns;
+using BenchmarkDotNet.Reports;
+using BenchmarkDotNet.Running;
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Model;
+using Mobius.Model.Training;
+
+namespace Mobius.Benchmarks;
+
+/// <summary>
+/// One stage-2 training step (upload, forward, backward, AdamW) of the serial and the parallel topology,
+/// same config, seed and batches, in the same process. Memory comes from the engine's allocator
+/// (BenchmarkDotNet's memory diagnoser sees only managed memory): peak bytes of the step by category and
+/// the bytes the tape saved for backward, in extra columns, with the parallel/serial ratios.
+/// Configs: tiny on the CPU; small and ms256 on a GPU (MOBIUS_BENCH_CUDA=1).
+/// </summary>
+[Config(typeof(TrainStepConfig))]
+public class TrainStepBenchmarks
+{
+    /// <summary>Memory of the last measured step of each case, filled in process (the in-process toolchain).</summary>
+    public static readonly ConcurrentDictionary<string, StepStats> Measured = new();
+
+    private IBackend _backend = null!;
+    private TextToVideo _model = null!;
+    private Trainer _trainer = null!;
+    private StepStats? _last;
+
+    public static IEnumerable<TrainCase> Cases() =>
+        from backend in Backends.Names
+        from config in backend == "cpu" ? new[] { "tiny" } : ["tiny", "small", "ms256"]
+        from topology in new[] { Topology.Serial, Topology.Parallel }
+        select new TrainCase(config, topology, backend);
+
+    [ParamsSource(nameof(Cases))]
+    public TrainCase Case { get; set; } = null!;
+
+    [GlobalSetup]
+    public void Setup()
+    {
+        var config = ModelConfig.Get(Case.Config);
+        _backend = Backends.Create(Case.Backend);
+        _model = TextToVideo.Create(_backend, config, Case.Topology, seed: 1);
+        _trainer = new Trainer(_model, Comparison.Data(config, 1, Split.Train), Stage.TextToVideo, new TrainOptions { Seed = 1 });
+        for (int i = 0; i < 2; i++)
+        {
+            _trainer.TrainStep();
+        }
+    }
+
+    [Benchmark]
+    public void TrainStep() => _last = _trainer.TrainStep();
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        if (_last is not null)
+        {
+            Measured[Case.ToString()] = _last;
+        }
+
+        _trainer.Dispose();
+        _model.Dispose();
+        _backend.Dispose();
+    }
+}
+
+/// <summary>A training-step case.</summary>
+public sealed record TrainCase(string Config, Topology Topology, string Backend)
+{
+    public TrainCase Partner => this with { Topology = Topology == Topology.Serial ? Topology.Parallel : Topology.Serial };
+
+    public override string ToString() => $"{Config} {Topology.ToString().ToLowerInvariant()} {Backend}";
+}
+
+/// <summary>Few iterations (a tiny step takes about a second on two cores) and the memory columns.</summary>
+public sealed class TrainStepConfig : BenchmarkDotNet.Configs.ManualConfig
+{
+    public TrainStepConfig()
+    {
+        AddJob(Job.Default
+            .WithToolchain(BenchmarkDotNet.Toolchains.InProcess.Emit.InProcessEmitToolchain.Instance)
+            .WithWarmupCount(2).WithIterationCount(7).WithInvocationCount(1).WithUnrollFactor(1).AsDefault());
+        AddColumn(StatisticColumn.Median,
+            new MemoryColumn("Peak MiB", s => s.Memory.PeakBytes),
+            new MemoryColumn("Saved MiB", s => s.SavedActivationBytes),
+            new MemoryColumn("Weights MiB", s => s.Memory.AtPeak[MemoryCategory.Weights]),
+            new RatioColumn("Time P/S", (summary, c) => Median(summary, c)),
+            new RatioColumn("Peak P/S", (_, c) => TrainStepBenchmarks.Measured.TryGetValue(c.ToString(), out var s) ? s.Memory.PeakBytes : double.NaN),
+            new RatioColumn("Saved P/S", (_, c) => TrainStepBenchmarks.Measured.TryGetValue(c.ToString(), out var s) ? s.SavedActivationBytes : double.NaN));
+    }
+
+    private static double Median(Summary summary, TrainCase c)
+    {
+        var report = summary.Reports.FirstOrDefault(r => Case(r.BenchmarkCase) == c);
+        return report?.ResultStatistics?.Median ?? double.NaN;
+    }
+
+    internal static TrainCase? Case(BenchmarkCase b) => b.Parameters.Items.FirstOrDefault(p => p.Name == "Case")?.Value as TrainCase;
+}
+
+/// <summary>A column of a step's memory figure, in MiB.</summary>
+public sealed class MemoryColumn(string name, Func<StepStats, long> pick) : IColumn
+{
+    public string Id => "mem-" + name;
+
+    public string ColumnName => name;
+
+    public bool AlwaysShow => true;
+
+    public ColumnCategory Category => ColumnCategory.Custom;
+
+    public int PriorityInCategory => 1;
+
+    public bool IsNumeric => true;
+
+    public UnitType UnitType => UnitType.Dimensionless;
+
+    public string Legend => $"{name}: from the engine's allocator during the last measured step";
+
+    public bool IsAvailable(Summary summary) => true;
+
+    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style) =>
+        TrainStepConfig.Case(benchmarkCase) is { } c && TrainStepBenchmarks.Measured.TryGetValue(c.ToString(), out var s)
+            ? (pick(s) / 1048576.0).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture)
+            : "-";
+}
+
+/// <summary>Parallel divided by serial of a figure, shown on the parallel row.</summary>
+public sealed class RatioColumn(string name, Func<Summary, TrainCase, double> figure) : IColumn
+{
+    public string Id => "ratio-" + name;
+
+    public string ColumnName => name;
+
+    public bool AlwaysShow => true;
+
+    public ColumnCategory Category => ColumnCategory.Custom;
+
+    public int PriorityInCategory => 2;
+
+    public bool IsNumeric => true;
+
+    public UnitType UnitType => UnitType.Dimensionless;
+
+    public string Legend => $"{name}: parallel / serial, same config and backend, same run";
+
+    public bool IsAvailable(Summary summary) => true;
+
+    public bool IsDefault(Summary summary, BenchmarkCase benchmarkCase) => false;
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase) => GetValue(summary, benchmarkCase, SummaryStyle.Default);
+
+    public string GetValue(Summary summary, BenchmarkCase benchmarkCase, SummaryStyle style)
+    {
+        if (TrainStepConfig.Case(benchmarkCase) is not { Topology: Topology.Parallel } c)
+        {
+            return "-";
+        }
+
+        double r = figure(summary, c) / figure(summary, c.Partner);
+        return double.IsFinite(r) ? r.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture) : "-";
+    }
+}
