@@ -59,12 +59,12 @@ else
 fi
 
 step "test suite on the GPU (cuda backend classes)"
-run "$bin/Mobius.Tests" --filter-class "Mobius.Tests.*.Cuda*"
+run "$bin/Mobius.Tests" -class "*.Cuda*"
 
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
-    run compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" --filter-class "Mobius.Tests.Engine.CudaOpGradientTests"
+    run compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests"
   done
 else
   echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
@@ -74,8 +74,8 @@ step "serial vs parallel (mobius compare)"
 for spec in "tiny 60 4" "small 20 0" "ms256 8 0"; do
   set -- $spec
   [ $sim = 1 ] && [ "$1" != tiny ] && continue
-  steps=$2; [ $sim = 1 ] && steps=2
-  run "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$3" --seed 1 --json --out "$results/compare-$1"
+  steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
+  run "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --json --out "$results/compare-$1"
 done
 
 step "kernel workloads (mobius profile)"

@@ -5,6 +5,12 @@ using Spectre.Console;
 // The mobius command. Exit codes (see ExitCodes): 0 success, 1 unexpected failure, 2 bad arguments,
 // 3 a missing or damaged input file, 4 unknown words in a prompt, 5 out of memory, 6 backend not
 // available, 130 cancelled.
+// Redirected output (logs, CI) gets wide tables instead of wrapping at 80 columns.
+if (Console.IsOutputRedirected)
+{
+    AnsiConsole.Profile.Width = 160;
+}
+
 var root = new RootCommand("Mobius: fine-tune text-to-video diffusion models, serial and parallel (Mobius) 3D-UNets side by side.");
 foreach (var command in Commands.All())
 {

@@ -44,7 +44,22 @@ internal static partial class Cublas
         if (status != 0)
         {
             string text = Marshal.PtrToStringUTF8(cublasGetStatusString(status)) ?? "unknown cuBLAS status";
-            throw new CudaException(call, status, text, "cuBLAS call failed");
+            throw new CudaException(call, status, StatusName(status), text);
         }
     }
+
+    /// <summary>The cublasStatus_t name of a status code (cublasGetStatusString gives a description).</summary>
+    private static string StatusName(int status) => "CUBLAS_STATUS_" + status switch
+    {
+        1 => "NOT_INITIALIZED",
+        3 => "ALLOC_FAILED",
+        7 => "INVALID_VALUE",
+        8 => "ARCH_MISMATCH",
+        11 => "MAPPING_ERROR",
+        13 => "EXECUTION_FAILED",
+        14 => "INTERNAL_ERROR",
+        15 => "NOT_SUPPORTED",
+        16 => "LICENSE_ERROR",
+        _ => status.ToString(System.Globalization.CultureInfo.InvariantCulture),
+    };
 }

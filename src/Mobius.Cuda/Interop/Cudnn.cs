@@ -114,7 +114,8 @@ internal static partial class Cudnn
         if (status != 0)
         {
             string text = Marshal.PtrToStringUTF8(cudnnGetErrorString(status)) ?? "unknown cuDNN status";
-            throw new CudaException(call, status, text, "cuDNN call failed");
+            string name = text.StartsWith("CUDNN_STATUS", StringComparison.Ordinal) ? text.Split(' ')[0] : $"CUDNN_STATUS {status}";
+            throw new CudaException(call, status, name, text);
         }
     }
 }
