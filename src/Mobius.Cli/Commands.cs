@@ -110,8 +110,9 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
+        var cosine = new Option<int>("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery };
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery, cosine };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -126,7 +127,7 @@ public static class Commands
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
-            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), WeightDecay = 0 };
+            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), WeightDecay = 0, CosineDecaySteps = p.GetValue(cosine) };
             using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {

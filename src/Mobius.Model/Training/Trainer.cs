@@ -37,6 +37,24 @@ public sealed record TrainOptions
 
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
+
+    /// <summary>
+    /// When positive, the learning rate follows a cosine from <see cref="LearningRate"/> at step 1 down to
+    /// a tenth of it at this step (and stays there); 0 keeps it constant.
+    /// </summary>
+    public int CosineDecaySteps { get; init; }
+
+    /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
+    public float LearningRateAt(int step)
+    {
+        if (CosineDecaySteps <= 0)
+        {
+            return LearningRate;
+        }
+
+        double progress = Math.Min(1.0, (step - 1) / (double)Math.Max(1, CosineDecaySteps - 1));
+        return (float)(LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * progress))));
+    }
 }
 
 /// <summary>What one training step did and cost.</summary>
@@ -140,6 +158,7 @@ public sealed class Trainer : IDisposable
             loss = lossT.Item();
         }
 
+        _optimizer.Lr = Options.LearningRateAt(step);
         float norm = _optimizer.Step(Options.MaxGradNorm);
         backend.Synchronize();
         double ms = clock.Elapsed.TotalMilliseconds;
