@@ -22,6 +22,7 @@ public static class Commands
     private static readonly Option<string> BackendOption = new("--backend") { Description = "cpu or cuda (MOBIUS_CUDA=sim: the simulated driver)", DefaultValueFactory = _ => "cpu" };
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
     private static readonly Option<int> ThreadsOption = new("--threads") { Description = "CPU threads (0: all cores)", DefaultValueFactory = _ => 0 };
+    private static readonly Option<bool> WeightsOnlyOption = new("--weights-only") { Description = "leave the optimiser state out of the final checkpoint (smaller; it cannot be resumed)" };
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
 
     /// <summary>Every command.</summary>
@@ -112,7 +113,7 @@ public static class Commands
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cosine = new Option<int>("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery, cosine };
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery, cosine, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -137,7 +138,7 @@ public static class Commands
             string path = p.GetValue(output)!;
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
             Ui.Train($"pretrain {config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
-            trainer.Save(path, extra);
+            trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
             return ExitCodes.Success;
         });
@@ -156,7 +157,7 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, output, saveEvery, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption };
+            { topology, from, resume, steps, lr, output, saveEvery, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -180,7 +181,7 @@ public static class Commands
             string path = p.GetValue(output)!;
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
             Ui.Train($"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
-            trainer.Save(path, extra);
+            trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
             return ExitCodes.Success;
         });

@@ -157,40 +157,10 @@ public static partial class Ops
         Check.That(op, s.OutH > 0 && s.OutW > 0, $"input {x.Shape} is smaller than kernel {w.Shape}.");
         var y = Tensor.Empty(backend, new Shape(s.N, s.Cout, s.OutH, s.OutW));
         backend.Conv2dForward(s, x, w, b, y);
-        var node = Tape.Record(op, x, w, b);
-        if (node is not null)
-        {
-            var sw = node.NeedsGrad(0) ? node.Save(w) : null;
-            var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
-            node.Finish(y, g =>
-            {
-                Tensor? dx = null, dw = null, db = null;
-                if (sw is not null)
-                {
-                    dx = Tensor.Empty(g.Backend, x.Shape);
-                    g.Backend.Conv2dBackwardData(s, g, sw, dx);
-                }
-
-                if (node.NeedsGrad(2))
-                {
-                    db = Tensor.Empty(g.Backend, b!.Shape);
-                }
-
-                if (sx is not null)
-                {
-                    using var xv = sx.Get();
-                    dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.Conv2dBackwardFilter(s, xv, g, dw, db);
-                }
-                else if (db is not null)
-                {
-                    g.Backend.ChannelBiasGrad(s.N, s.Cout, s.OutH * s.OutW, g, db);
-                }
-
-                return [dx, dw, db];
-            });
-        }
-
+        RecordWeighted(op, x, w, b, y,
+            (g, wv, dx) => g.Backend.Conv2dBackwardData(s, g, wv, dx),
+            (xv, g, dw, db) => g.Backend.Conv2dBackwardFilter(s, xv, g, dw, db),
+            (g, db) => g.Backend.ChannelBiasGrad(s.N, s.Cout, s.OutH * s.OutW, g, db));
         return y;
     }
 
@@ -217,40 +187,51 @@ public static partial class Ops
         dims[1] = s.Cout;
         var y = Tensor.Empty(backend, new Shape(dims));
         backend.TemporalConvForward(s, x, w, b, y);
+        RecordWeighted(op, x, w, b, y,
+            (g, wv, dx) => g.Backend.TemporalConvBackwardData(s, g, wv, dx),
+            (xv, g, dw, db) => g.Backend.TemporalConvBackwardWeight(s, xv, g, dw, db),
+            (g, db) => g.Backend.ChannelBiasGrad(s.B * s.F, s.Cout, s.S, g, db));
+        return y;
+    }
+
+    /// <summary>
+    /// Records the node of a convolution-like op y = f(x, w) + b. Its input-gradient needs only w and its
+    /// weight-gradient only x, so each is kept only when that gradient is needed: a frozen layer keeps no
+    /// activation.
+    /// </summary>
+    private static void RecordWeighted(string op, Tensor x, Tensor w, Tensor? b, Tensor y,
+        Action<Tensor, Tensor, Tensor> backwardData, Action<Tensor, Tensor, Tensor, Tensor?> backwardWeight, Action<Tensor, Tensor> biasGrad)
+    {
         var node = Tape.Record(op, x, w, b);
-        if (node is not null)
+        if (node is null)
         {
-            var sw = node.NeedsGrad(0) ? node.Save(w) : null;
-            var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
-            node.Finish(y, g =>
-            {
-                Tensor? dx = null, dw = null, db = null;
-                if (sw is not null)
-                {
-                    dx = Tensor.Empty(g.Backend, x.Shape);
-                    g.Backend.TemporalConvBackwardData(s, g, sw, dx);
-                }
-
-                if (node.NeedsGrad(2))
-                {
-                    db = Tensor.Empty(g.Backend, b!.Shape);
-                }
-
-                if (sx is not null)
-                {
-                    using var xv = sx.Get();
-                    dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.TemporalConvBackwardWeight(s, xv, g, dw, db);
-                }
-                else if (db is not null)
-                {
-                    g.Backend.ChannelBiasGrad(s.B * s.F, s.Cout, s.S, g, db);
-                }
-
-                return [dx, dw, db];
-            });
+            return;
         }
 
-        return y;
+        var sw = node.NeedsGrad(0) ? node.Save(w) : null;
+        var sx = node.NeedsGrad(1) ? node.SaveInput(x) : null;
+        node.Finish(y, g =>
+        {
+            Tensor? dx = null, dw = null;
+            if (sw is not null)
+            {
+                dx = Tensor.Empty(g.Backend, x.Shape);
+                backwardData(g, sw, dx);
+            }
+
+            var db = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, b!.Shape) : null;
+            if (sx is not null)
+            {
+                using var xv = sx.Get();
+                dw = Tensor.Empty(g.Backend, w.Shape);
+                backwardWeight(xv, g, dw, db);
+            }
+            else if (db is not null)
+            {
+                biasGrad(g, db);
+            }
+
+            return [dx, dw, db];
+        });
     }
 }

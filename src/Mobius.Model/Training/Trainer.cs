@@ -129,9 +129,12 @@ public sealed class Trainer : IDisposable
         StepsDone = checkpoint.Step;
     }
 
-    /// <summary>Saves model and optimiser so that <see cref="Resume"/> continues exactly.</summary>
-    public void Save(string path, IReadOnlyDictionary<string, string>? extra = null) =>
-        _model.Save(path, StepsDone, Options.Seed, _optimizer, extra);
+    /// <summary>
+    /// Saves model and optimiser so that <see cref="Resume"/> continues exactly; without the optimiser
+    /// (<paramref name="weightsOnly"/>) the file is a third of the size and serves as a starting point.
+    /// </summary>
+    public void Save(string path, IReadOnlyDictionary<string, string>? extra = null, bool weightsOnly = false) =>
+        _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra);
 
     /// <summary>Runs one training step on the next batch.</summary>
     public StepStats TrainStep()
