@@ -52,9 +52,29 @@ public sealed class Tape : IDisposable
     /// <summary>Attributes nodes recorded inside the scope to a layer kind ("TemporalConv").</summary>
     public static Scope Kind(string kind)
     {
-        (_kinds ??= new Stack<string>()).Push(kind);
-        return new Scope(static () => _kinds!.Pop());
+        _kinds ??= new Stack<string>();
+        Profiler?.Switch(CurrentKind);
+        _kinds.Push(kind);
+        return new Scope(static () =>
+        {
+            Profiler?.Switch(CurrentKind);
+            _kinds!.Pop();
+        });
     }
+
+    /// <summary>
+    /// When set, wall time on this thread is attributed to the innermost layer kind: forward time between
+    /// <see cref="Kind"/> scopes, backward time per node. Meaningful on the CPU backend (device backends
+    /// queue work asynchronously). `mobius compare --profile` prints it.
+    /// </summary>
+    public static KindProfiler? Profiler
+    {
+        get => _profiler;
+        set => _profiler = value;
+    }
+
+    [ThreadStatic]
+    private static KindProfiler? _profiler;
 
     /// <summary>Nodes waiting for backward.</summary>
     public int NodeCount => _nodes.Count(n => !n.Consumed);
@@ -148,7 +168,9 @@ public sealed class Tape : IDisposable
                 {
                     if (g is not null)
                     {
+                        long started = Profiler is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
                         var grads = node.RunBackward(g);
+                        Profiler?.AddBackward(node.Kind, started);
                         for (int j = 0; j < grads.Length; j++)
                         {
                             if (grads[j] is { } gj)
@@ -290,3 +312,37 @@ public sealed class Tape : IDisposable
 /// <param name="SavedBytes">Bytes of activations held now.</param>
 /// <param name="PeakSavedBytes">Highest saved bytes since the last peak reset.</param>
 public sealed record TapeKindStats(int Nodes, long SavedBytes, long PeakSavedBytes);
+
+/// <summary>Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>).</summary>
+public sealed class KindProfiler
+{
+    private readonly Dictionary<string, (double Forward, double Backward)> _ms = new();
+    private long _since = System.Diagnostics.Stopwatch.GetTimestamp();
+
+    /// <summary>Milliseconds by kind.</summary>
+    public IReadOnlyDictionary<string, (double Forward, double Backward)> Milliseconds => _ms;
+
+    /// <summary>Forgets everything measured so far.</summary>
+    public void Reset()
+    {
+        _ms.Clear();
+        _since = System.Diagnostics.Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Closes the forward interval of <paramref name="kind"/> and starts the next one.</summary>
+    internal void Switch(string kind)
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        var (f, b) = _ms.GetValueOrDefault(kind);
+        _ms[kind] = (f + System.Diagnostics.Stopwatch.GetElapsedTime(_since, now).TotalMilliseconds, b);
+        _since = now;
+    }
+
+    internal void AddBackward(string kind, long started)
+    {
+        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        var (f, b) = _ms.GetValueOrDefault(kind);
+        _ms[kind] = (f, b + System.Diagnostics.Stopwatch.GetElapsedTime(started, now).TotalMilliseconds);
+        _since = now;
+    }
+}
