@@ -32,12 +32,15 @@ public sealed unsafe partial class CpuBackend
 
     // ---- conv2d: im2col + GEMM ----------------------------------------------------------------------
     //
-    // Forward and backward-data run one image per task on both threads with single-threaded GEMMs: the
-    // weights are packed once per call and shared, so an image's GEMM packs nothing of its own; at 4x4
-    // and 8x8 the weights are 8 to 70 times larger than one image's columns and re-packing them per image
-    // cost more than the product. Backward-filter sums over images, so it is one k-segmented GEMM over a
-    // group of images (dW = sum_n dy_n col_n^T, k = images x OutH*OutW), threaded inside the GEMM,
-    // instead of per-image products of depth OutH*OutW (16 at 4x4) that each re-read and re-write dW.
+    // Forward runs one image per task on both threads with single-threaded GEMMs: the weights are packed
+    // once per call and shared, so an image's GEMM packs nothing of its own; at 4x4 and 8x8 the weights
+    // are 8 to 70 times larger than one image's columns and re-packing them per image cost more than the
+    // product. Backward-data of a same-size conv (stride 1, "same" padding: the 3x3 and 1x1 convs) is
+    // the forward conv of dy with the weights transposed and flipped, so it runs the same way and needs
+    // no col2im; only strided convs go through dcol = W^T dy and col2im. Backward-filter sums over
+    // images, so it is one k-segmented GEMM over a group of images (dW = sum_n dy_n col_n^T, k = images x
+    // OutH*OutW), threaded inside the GEMM, instead of per-image products of depth OutH*OutW (16 at 4x4)
+    // that each re-read and re-write dW.
     //
     // The im2col columns are stored in panels of ColumnPanel(OutH*OutW) pixels, [panel][Cin*K*K][pixel]:
     // one panel is one GEMM's B, whose rows are then contiguous and adjacent, so the GEMM reads them in
@@ -46,24 +49,69 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc />
     public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
+        int kdim = s.Cin * s.Kernel * s.Kernel;
+        using var packed = Workspace(PackedA.Size(s.Cout, kdim));
+        var pw = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: false), s.Cout, kdim, Ptr(packed));
+        Convolve(s, pw, Ptr(x), Ptr(y), bias is null ? null : Ptr(bias));
+    }
+
+    /// <inheritdoc />
+    public void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx)
+    {
+        int taps = s.Kernel * s.Kernel;
+        if (IsSameSize(s))
+        {
+            // dx[i, y, x] = sum_{o,u,v} w[o, i, K-1-u, K-1-v] dy[o, y + u - pad', x + v - pad'] with pad' = K-1-pad:
+            // a same-size conv of dy by op(A)(i, o*K*K + t) = w[o, i, K*K-1-t].
+            var flipped = GemmOperand.Strided(Ptr(w) + taps - 1, taps, -1).Segmented(taps, (nint)s.Cin * taps);
+            using var packed = Workspace(PackedA.Size(s.Cin, s.Cout * taps));
+            var pwt = Sgemm.PackA(flipped, s.Cin, s.Cout * taps, Ptr(packed));
+            Convolve(new Conv2dShape(s.N, s.Cout, s.H, s.W, s.Cin, s.Kernel, 1, s.Kernel - 1 - s.Pad), pwt, Ptr(dy), Ptr(dx), null);
+            return;
+        }
+
         var sh = s;
-        float* px = Ptr(x);
-        float* py = Ptr(y);
-        float* pbias = bias is null ? null : Ptr(bias);
+        float* pdy = Ptr(dy);
+        float* pdx = Ptr(dx);
+        int outHw = sh.OutH * sh.OutW;
+        int kdim = sh.Cin * taps;
+        int panel = ColumnPanel(outHw);
+
+        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw] panel by panel; col2im scatters it back.
+        using var packedT = Workspace(PackedA.Size(kdim, sh.Cout));
+        var pwT = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packedT));
+        using var ws = Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
+        float* pws = Ptr(ws);
+        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
+        {
+            float* col = pws + (long)slot * kdim * outHw;
+            for (int j = 0; j < outHw; j += panel)
+            {
+                Sgemm.Run(this, pwT, GemmOperand.B(pdy + (long)n * sh.Cout * outHw + j, outHw, trans: false), panel, 1f, 0f,
+                    col + (long)j * kdim, panel, parallel: false, Sgemm.BestIsa);
+            }
+
+            Col2Im(sh, col, pdx + (long)n * sh.Cin * sh.H * sh.W, panel);
+        });
+    }
+
+    /// <summary>
+    /// output_n [Cout, outHw] = weights [Cout, kdim] x col_n [kdim, outHw] (+ bias) for every image, one
+    /// image per task, one panel of columns per GEMM; a 1x1 conv's input is its own column matrix.
+    /// </summary>
+    private void Convolve(in Conv2dShape s, PackedA weights, float* input, float* output, float* bias)
+    {
+        var sh = s;
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
         bool direct = IsPointwise(sh);
         int panel = direct ? outHw : ColumnPanel(outHw);
-
-        // y_n [Cout, outHw] = W [Cout, kdim] x col_n [kdim, outHw], one panel of columns at a time.
-        using var packed = Workspace(PackedA.Size(sh.Cout, kdim));
-        var pw = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: false), sh.Cout, kdim, Ptr(packed));
         using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
         float* pws = ws is null ? null : Ptr(ws);
         PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
         {
-            float* xn = px + (long)n * sh.Cin * sh.H * sh.W;
-            float* yn = py + (long)n * sh.Cout * outHw;
+            float* xn = input + (long)n * sh.Cin * sh.H * sh.W;
+            float* yn = output + (long)n * sh.Cout * outHw;
             float* col = direct ? xn : pws + (long)slot * kdim * outHw;
             if (!direct)
             {
@@ -72,49 +120,16 @@ public sealed unsafe partial class CpuBackend
 
             for (int j = 0; j < outHw; j += panel)
             {
-                Sgemm.Run(this, pw, GemmOperand.B(col + (long)j * kdim, panel, trans: false), panel, 1f, 0f, yn + j, outHw, parallel: false, Sgemm.BestIsa);
+                Sgemm.Run(this, weights, GemmOperand.B(col + (long)j * kdim, panel, trans: false), panel, 1f, 0f, yn + j, outHw, parallel: false, Sgemm.BestIsa);
             }
 
-            if (pbias != null)
+            if (bias != null)
             {
                 for (int o = 0; o < sh.Cout; o++)
                 {
                     var row = new Span<float>(yn + (long)o * outHw, outHw);
-                    TensorPrimitives.Add(row, pbias[o], row);
+                    TensorPrimitives.Add(row, bias[o], row);
                 }
-            }
-        });
-    }
-
-    /// <inheritdoc />
-    public void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx)
-    {
-        var sh = s;
-        float* pdy = Ptr(dy);
-        float* pdx = Ptr(dx);
-        int outHw = sh.OutH * sh.OutW;
-        int kdim = sh.Cin * sh.Kernel * sh.Kernel;
-        bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
-
-        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw] panel by panel; col2im scatters it back.
-        using var packed = Workspace(PackedA.Size(kdim, sh.Cout));
-        var pwt = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packed));
-        using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
-        float* pws = ws is null ? null : Ptr(ws);
-        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
-        {
-            float* dyn = pdy + (long)n * sh.Cout * outHw;
-            float* dxn = pdx + (long)n * sh.Cin * sh.H * sh.W;
-            float* col = direct ? dxn : pws + (long)slot * kdim * outHw;
-            for (int j = 0; j < outHw; j += panel)
-            {
-                Sgemm.Run(this, pwt, GemmOperand.B(dyn + j, outHw, trans: false), panel, 1f, 0f, col + (long)j * kdim, panel, parallel: false, Sgemm.BestIsa);
-            }
-
-            if (!direct)
-            {
-                Col2Im(sh, col, dxn, panel);
             }
         });
     }
@@ -161,6 +176,9 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>Summed depth aimed at per backward-filter GEMM: about three KC blocks.</summary>
     private const int FilterGradDepth = 1024;
+
+    /// <summary>Stride 1 with output as large as the input: the 3x3 convs with padding 1 and the 1x1 convs.</summary>
+    private static bool IsSameSize(in Conv2dShape s) => s.Stride == 1 && s.OutH == s.H && s.OutW == s.W;
 
     /// <summary>A 1x1, stride-1, unpadded conv is a plain GEMM on the image itself (no im2col).</summary>
     private static bool IsPointwise(in Conv2dShape s) => s.Kernel == 1 && s.Stride == 1 && s.Pad == 0;
@@ -210,7 +228,7 @@ public sealed unsafe partial class CpuBackend
         }
     }
 
-    /// <summary>The adjoint of <see cref="Im2Col"/>: x is overwritten with the scattered sums; col is clobbered.</summary>
+    /// <summary>The adjoint of <see cref="Im2Col"/> for strided convs: x is overwritten with the scattered sums.</summary>
     private static void Col2Im(in Conv2dShape s, float* col, float* x, int panel)
     {
         int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
@@ -228,14 +246,14 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>
     /// One im2col row: tap (u, v) of one input channel. In a same-size conv (stride 1, output as large as
-    /// the input, the model's 3x3 convs) the row is the input plane shifted by Shift = dy*W + dx in flat
-    /// index, so outputs [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows
-    /// off the top or bottom) and the |dx| columns at one end of every row (which the flat run takes from
-    /// the neighbouring row) are zero taps. Other convs (stride 2) go element by element.
+    /// the input) the row is the input plane shifted by Shift = dy*W + dx in flat index, so outputs
+    /// [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows off the top or
+    /// bottom) and the |dx| columns at one end of every row (which the flat run takes from the
+    /// neighbouring row) are zero taps. Other convs (stride 2) go row by row, element by element.
     /// </summary>
     private readonly struct Tap
     {
-        private readonly int _dy, _dx, _h, _w, _ow, _stride, _size;
+        private readonly int _dy, _dx, _h, _w, _ow, _stride, _shift, _lo, _hi;
         private readonly bool _flat;
 
         public Tap(in Conv2dShape s, int row)
@@ -243,49 +261,31 @@ public sealed unsafe partial class CpuBackend
             _dy = row / s.Kernel % s.Kernel - s.Pad;
             _dx = row % s.Kernel - s.Pad;
             (_h, _w, _ow, _stride) = (s.H, s.W, s.OutW, s.Stride);
-            _size = s.OutH * s.OutW;
-            _flat = s.Stride == 1 && s.OutH == s.H && s.OutW == s.W;
+            _flat = IsSameSize(s);
+            int size = s.H * s.W;
+            _shift = _dy * s.W + _dx;
+            _lo = Math.Max(0, -_shift);
+            _hi = Math.Min(size, size - _shift);
         }
-
-        private int Shift => _dy * _w + _dx;
 
         /// <summary>dst[t - t0] = the tap's value at output pixel t, for t in [t0, t1).</summary>
         public void Gather(float* xi, float* dst, int t0, int t1)
         {
-            if (!_flat)
+            if (_flat)
             {
-                for (int p = t0 / _ow, t = t0; t < t1; p++)
+                int lo = Math.Clamp(_lo, t0, t1), hi = Math.Clamp(_hi, lo, t1);
+                Sgemm.Clear(dst, lo - t0);
+                Sgemm.Copy(dst + lo - t0, xi + lo + _shift, hi - lo);
+                Sgemm.Clear(dst + hi - t0, t1 - hi);
+                if (_dx != 0)
                 {
-                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
-                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
+                    // The columns whose input lies past the row's start (dx < 0) or end (dx > 0).
+                    int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
+                    for (int p = t0 / _w * _w; p < t1; p += _w)
                     {
-                        dst[t - t0] = (uint)yy < (uint)_h && (uint)xx < (uint)_w ? xi[yy * _w + xx] : 0f;
-                    }
-                }
-
-                return;
-            }
-
-            var (lo, hi) = Run(t0, t1);
-            new Span<float>(dst, lo - t0).Clear();
-            new ReadOnlySpan<float>(xi + lo + Shift, hi - lo).CopyTo(new Span<float>(dst + lo - t0, hi - lo));
-            new Span<float>(dst + hi - t0, t1 - hi).Clear();
-            ClearWrapped(dst, t0, t1);
-        }
-
-        /// <summary>x[tap position of t] += src[t - t0] for t in [t0, t1) whose tap lies inside the image.</summary>
-        public void ScatterAdd(float* xi, float* src, int t0, int t1)
-        {
-            if (!_flat)
-            {
-                for (int p = t0 / _ow, t = t0; t < t1; p++)
-                {
-                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
-                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
-                    {
-                        if ((uint)yy < (uint)_h && (uint)xx < (uint)_w)
+                        for (int t = Math.Max(t0, p + q0); t < Math.Min(t1, p + q1); t++)
                         {
-                            xi[yy * _w + xx] += src[t - t0];
+                            dst[t - t0] = 0f;
                         }
                     }
                 }
@@ -293,30 +293,47 @@ public sealed unsafe partial class CpuBackend
                 return;
             }
 
-            // Zero the values whose tap falls off a row end first, so one contiguous add is exact.
-            ClearWrapped(src, t0, t1);
-            var (lo, hi) = Run(t0, t1);
-            var dst = new Span<float>(xi + lo + Shift, hi - lo);
-            TensorPrimitives.Add(dst, new ReadOnlySpan<float>(src + lo - t0, hi - lo), dst);
-        }
-
-        /// <summary>The part of [t0, t1) whose flat-shifted input index lies inside the plane (empty: lo = hi).</summary>
-        private (int Lo, int Hi) Run(int t0, int t1)
-        {
-            int lo = Math.Max(t0, -Shift), hi = Math.Min(t1, _size - Shift);
-            return (Math.Min(lo, t1), Math.Max(Math.Min(lo, t1), hi));
-        }
-
-        /// <summary>Zeroes buf[t - t0] for the pixels t in [t0, t1) whose column q + dx lies outside the row.</summary>
-        private void ClearWrapped(float* buf, int t0, int t1)
-        {
-            int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
-            for (int p = t0 / _w * _w; p < t1; p += _w)
+            for (int t = t0; t < t1;)
             {
-                for (int t = Math.Max(t0, p + q0); t < Math.Min(t1, p + q1); t++)
+                int p = t / _ow, q0 = t - p * _ow, q1 = Math.Min(t1 - p * _ow, _ow), yy = p * _stride + _dy;
+                float* d = dst + (t - t0) - q0;
+                if ((uint)yy >= (uint)_h)
                 {
-                    buf[t - t0] = 0f;
+                    Sgemm.Clear(d + q0, q1 - q0);
                 }
+                else
+                {
+                    float* src = xi + yy * _w + _dx;
+                    for (int q = q0; q < q1; q++)
+                    {
+                        d[q] = (uint)(q * _stride + _dx) < (uint)_w ? src[q * _stride] : 0f;
+                    }
+                }
+
+                t += q1 - q0;
+            }
+        }
+
+        /// <summary>x[tap position of t] += src[t - t0] for t in [t0, t1) whose tap lies inside the image (strided convs).</summary>
+        public void ScatterAdd(float* xi, float* src, int t0, int t1)
+        {
+            for (int t = t0; t < t1;)
+            {
+                int p = t / _ow, q0 = t - p * _ow, q1 = Math.Min(t1 - p * _ow, _ow), yy = p * _stride + _dy;
+                if ((uint)yy < (uint)_h)
+                {
+                    float* s = src + (t - t0) - q0;
+                    float* dst = xi + yy * _w + _dx;
+                    for (int q = q0; q < q1; q++)
+                    {
+                        if ((uint)(q * _stride + _dx) < (uint)_w)
+                        {
+                            dst[q * _stride] += s[q];
+                        }
+                    }
+                }
+
+                t += q1 - q0;
             }
         }
     }
