@@ -42,9 +42,10 @@ public sealed unsafe partial class CpuBackend
     // OutH*OutW), threaded inside the GEMM, instead of per-image products of depth OutH*OutW (16 at 4x4)
     // that each re-read and re-write dW.
     //
-    // The im2col columns are stored in panels of ColumnPanel(OutH*OutW) pixels, [panel][Cin*K*K][pixel]:
-    // one panel is one GEMM's B, whose rows are then contiguous and adjacent, so the GEMM reads them in
-    // place without packing, and the 16-wide panels tile the 16-wide micro-kernel exactly.
+    // Forward (and strided backward-data) store the im2col columns in panels of ColumnPanel(OutH*OutW)
+    // pixels, [panel][Cin*K*K][pixel]: one panel is one GEMM's B, whose rows are then contiguous and
+    // adjacent, so the GEMM reads them in place without packing (about 20% of a 16x16 conv's time), and
+    // the 16-wide panels tile the 16-wide micro-kernel exactly.
 
     /// <inheritdoc />
     public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
@@ -144,7 +145,6 @@ public sealed unsafe partial class CpuBackend
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
         bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
 
         // Images per GEMM: enough that the summed depth (group x outHw) spans a few KC blocks, few enough
         // that the group's columns stay a few MiB of workspace. A 1x1 conv needs no columns: its x_n is col_n.
@@ -158,13 +158,13 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 int first = g0;
-                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw, panel));
+                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw, outHw));
             }
 
-            // dW [Cout, kdim] (+)= sum over the group's pixels of dy [Cout, pixel] x col^T [pixel, kdim]: the
-            // depth runs over images (segments of outHw in dy) and over column panels (segments of panel in col).
+            // dW [Cout, kdim] (+)= sum over the group's images of dy_n [Cout, outHw] x col_n^T [outHw, kdim]. The
+            // GEMM packs B here anyway (transposed), so the columns are one plain [kdim, outHw] block per image.
             var dyn = GemmOperand.A(pdy + (long)g0 * sh.Cout * outHw, outHw, trans: false).Segmented(outHw, (nint)sh.Cout * outHw);
-            var coln = GemmOperand.B(cols, panel, trans: true).Segmented(panel, (nint)kdim * panel);
+            var coln = GemmOperand.B(cols, outHw, trans: true).Segmented(outHw, (nint)kdim * outHw);
             Sgemm.Run(this, dyn, coln, sh.Cout, kdim, count * outHw, 1f, g0 == 0 ? 0f : 1f, pdw, kdim, parallel: true, Sgemm.BestIsa);
         }
 
