@@ -42,10 +42,9 @@ public sealed unsafe partial class CpuBackend
     // OutH*OutW), threaded inside the GEMM, instead of per-image products of depth OutH*OutW (16 at 4x4)
     // that each re-read and re-write dW.
     //
-    // Forward (and strided backward-data) store the im2col columns in panels of ColumnPanel(OutH*OutW)
-    // pixels, [panel][Cin*K*K][pixel]: one panel is one GEMM's B, whose rows are then contiguous and
-    // adjacent, so the GEMM reads them in place without packing (about 20% of a 16x16 conv's time), and
-    // the 16-wide panels tile the 16-wide micro-kernel exactly.
+    // The im2col matrix is plain [Cin*K*K, OutH*OutW]: each of its rows is one shifted copy of an input
+    // plane, written in a few long runs. (Storing it in 16-pixel panels that the GEMM could read without
+    // packing measured 10-20% slower at 16x16 and 8x8: the many short runs cost more than the packing.)
 
     /// <inheritdoc />
     public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
@@ -76,9 +75,8 @@ public sealed unsafe partial class CpuBackend
         float* pdx = Ptr(dx);
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * taps;
-        int panel = ColumnPanel(outHw);
 
-        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw] panel by panel; col2im scatters it back.
+        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw]; col2im scatters it back.
         using var packedT = Workspace(PackedA.Size(kdim, sh.Cout));
         var pwT = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packedT));
         using var ws = Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
@@ -86,19 +84,14 @@ public sealed unsafe partial class CpuBackend
         PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
         {
             float* col = pws + (long)slot * kdim * outHw;
-            for (int j = 0; j < outHw; j += panel)
-            {
-                Sgemm.Run(this, pwT, GemmOperand.B(pdy + (long)n * sh.Cout * outHw + j, outHw, trans: false), panel, 1f, 0f,
-                    col + (long)j * kdim, panel, parallel: false, Sgemm.BestIsa);
-            }
-
-            Col2Im(sh, col, pdx + (long)n * sh.Cin * sh.H * sh.W, panel);
+            Sgemm.Run(this, pwT, GemmOperand.B(pdy + (long)n * sh.Cout * outHw, outHw, trans: false), outHw, 1f, 0f, col, outHw, parallel: false, Sgemm.BestIsa);
+            Col2Im(sh, col, pdx + (long)n * sh.Cin * sh.H * sh.W);
         });
     }
 
     /// <summary>
     /// output_n [Cout, outHw] = weights [Cout, kdim] x col_n [kdim, outHw] (+ bias) for every image, one
-    /// image per task, one panel of columns per GEMM; a 1x1 conv's input is its own column matrix.
+    /// image per task; a 1x1 conv's input is its own column matrix.
     /// </summary>
     private void Convolve(in Conv2dShape s, PackedA weights, float* input, float* output, float* bias)
     {
@@ -106,7 +99,6 @@ public sealed unsafe partial class CpuBackend
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
         bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
         using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
         float* pws = ws is null ? null : Ptr(ws);
         PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
@@ -116,13 +108,10 @@ public sealed unsafe partial class CpuBackend
             float* col = direct ? xn : pws + (long)slot * kdim * outHw;
             if (!direct)
             {
-                Im2Col(sh, xn, col, panel);
+                Im2Col(sh, xn, col);
             }
 
-            for (int j = 0; j < outHw; j += panel)
-            {
-                Sgemm.Run(this, weights, GemmOperand.B(col + (long)j * kdim, panel, trans: false), panel, 1f, 0f, yn + j, outHw, parallel: false, Sgemm.BestIsa);
-            }
+            Sgemm.Run(this, weights, GemmOperand.B(col, outHw, trans: false), outHw, 1f, 0f, yn, outHw, parallel: false, Sgemm.BestIsa);
 
             if (bias != null)
             {
@@ -158,11 +147,10 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 int first = g0;
-                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw, outHw));
+                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw));
             }
 
-            // dW [Cout, kdim] (+)= sum over the group's images of dy_n [Cout, outHw] x col_n^T [outHw, kdim]. The
-            // GEMM packs B here anyway (transposed), so the columns are one plain [kdim, outHw] block per image.
+            // dW [Cout, kdim] (+)= sum over the group's images of dy_n [Cout, outHw] x col_n^T [outHw, kdim].
             var dyn = GemmOperand.A(pdy + (long)g0 * sh.Cout * outHw, outHw, trans: false).Segmented(outHw, (nint)sh.Cout * outHw);
             var coln = GemmOperand.B(cols, outHw, trans: true).Segmented(outHw, (nint)kdim * outHw);
             Sgemm.Run(this, dyn, coln, sh.Cout, kdim, count * outHw, 1f, g0 == 0 ? 0f : 1f, pdw, kdim, parallel: true, Sgemm.BestIsa);
@@ -182,9 +170,6 @@ public sealed unsafe partial class CpuBackend
 
     /// <summary>A 1x1, stride-1, unpadded conv is a plain GEMM on the image itself (no im2col).</summary>
     private static bool IsPointwise(in Conv2dShape s) => s.Kernel == 1 && s.Stride == 1 && s.Pad == 0;
-
-    /// <summary>Pixels per im2col panel: 16 (the AVX2 micro-tile width) when they divide the image, else the whole image.</summary>
-    private static int ColumnPanel(int outHw) => outHw % 16 == 0 ? 16 : outHw;
 
     /// <summary>Runs body(image, threadSlot) with each thread slot used by one task at a time.</summary>
     private void PerImage(int images, double workPerImage, Action<int, int> body)
@@ -210,37 +195,24 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    /// <summary>
-    /// im2col in panels of <paramref name="panel"/> pixels: for row r = (i*K + u)*K + v and pixel t = p*OutW + q,
-    /// col[t / panel][r][t % panel] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).
-    /// </summary>
-    private static void Im2Col(in Conv2dShape s, float* x, float* col, int panel)
+    /// <summary>col[(i*K + u)*K + v, p*OutW + q] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).</summary>
+    private static void Im2Col(in Conv2dShape s, float* x, float* col)
     {
-        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
-        for (int r = 0; r < rows; r++)
+        int taps = s.Kernel * s.Kernel, outHw = s.OutH * s.OutW;
+        for (int r = 0; r < s.Cin * taps; r++)
         {
-            var tap = new Tap(s, r);
-            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
-            for (int t0 = 0; t0 < outHw; t0 += panel)
-            {
-                tap.Gather(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
-            }
+            new Tap(s, r).Gather(x + (long)(r / taps) * s.H * s.W, col + (long)r * outHw);
         }
     }
 
-    /// <summary>The adjoint of <see cref="Im2Col"/> for strided convs: x is overwritten with the scattered sums.</summary>
-    private static void Col2Im(in Conv2dShape s, float* col, float* x, int panel)
+    /// <summary>The adjoint of <see cref="Im2Col"/> (strided convs only): x is overwritten with the scattered sums.</summary>
+    private static void Col2Im(in Conv2dShape s, float* col, float* x)
     {
-        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
+        int taps = s.Kernel * s.Kernel, outHw = s.OutH * s.OutW;
         new Span<float>(x, checked(s.Cin * s.H * s.W)).Clear();
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < s.Cin * taps; r++)
         {
-            var tap = new Tap(s, r);
-            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
-            for (int t0 = 0; t0 < outHw; t0 += panel)
-            {
-                tap.ScatterAdd(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
-            }
+            new Tap(s, r).ScatterAdd(x + (long)(r / taps) * s.H * s.W, col + (long)r * outHw);
         }
     }
 
@@ -249,91 +221,78 @@ public sealed unsafe partial class CpuBackend
     /// the input) the row is the input plane shifted by Shift = dy*W + dx in flat index, so outputs
     /// [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows off the top or
     /// bottom) and the |dx| columns at one end of every row (which the flat run takes from the
-    /// neighbouring row) are zero taps. Other convs (stride 2) go row by row, element by element.
+    /// neighbouring row) are zero taps. Other convs (stride 2) go output row by output row.
     /// </summary>
     private readonly struct Tap
     {
-        private readonly int _dy, _dx, _h, _w, _ow, _stride, _shift, _lo, _hi;
-        private readonly bool _flat;
+        private readonly int _dy, _dx, _h, _w, _oh, _ow, _stride;
 
         public Tap(in Conv2dShape s, int row)
         {
             _dy = row / s.Kernel % s.Kernel - s.Pad;
             _dx = row % s.Kernel - s.Pad;
-            (_h, _w, _ow, _stride) = (s.H, s.W, s.OutW, s.Stride);
-            _flat = IsSameSize(s);
-            int size = s.H * s.W;
-            _shift = _dy * s.W + _dx;
-            _lo = Math.Max(0, -_shift);
-            _hi = Math.Min(size, size - _shift);
+            (_h, _w, _oh, _ow, _stride) = (s.H, s.W, s.OutH, s.OutW, s.Stride);
         }
 
-        /// <summary>dst[t - t0] = the tap's value at output pixel t, for t in [t0, t1).</summary>
-        public void Gather(float* xi, float* dst, int t0, int t1)
+        /// <summary>dst[p*OutW + q] = the tap's input value at output pixel (p, q), 0 outside the plane.</summary>
+        public void Gather(float* xi, float* dst)
         {
-            if (_flat)
+            if (_stride == 1 && _oh == _h && _ow == _w)
             {
-                int lo = Math.Clamp(_lo, t0, t1), hi = Math.Clamp(_hi, lo, t1);
-                Sgemm.Clear(dst, lo - t0);
-                Sgemm.Copy(dst + lo - t0, xi + lo + _shift, hi - lo);
-                Sgemm.Clear(dst + hi - t0, t1 - hi);
+                int size = _h * _w, shift = _dy * _w + _dx;
+                int lo = Math.Clamp(-shift, 0, size), hi = Math.Clamp(size - shift, lo, size);
+                Sgemm.Clear(dst, lo);
+                Sgemm.Copy(dst + lo, xi + lo + shift, hi - lo);
+                Sgemm.Clear(dst + hi, size - hi);
                 if (_dx != 0)
                 {
                     // The columns whose input lies past the row's start (dx < 0) or end (dx > 0).
                     int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
-                    for (int p = t0 / _w * _w; p < t1; p += _w)
+                    for (int p = 0; p < size; p += _w)
                     {
-                        for (int t = Math.Max(t0, p + q0); t < Math.Min(t1, p + q1); t++)
-                        {
-                            dst[t - t0] = 0f;
-                        }
+                        Sgemm.Clear(dst + p + q0, q1 - q0);
                     }
                 }
 
                 return;
             }
 
-            for (int t = t0; t < t1;)
+            for (int p = 0; p < _oh; p++, dst += _ow)
             {
-                int p = t / _ow, q0 = t - p * _ow, q1 = Math.Min(t1 - p * _ow, _ow), yy = p * _stride + _dy;
-                float* d = dst + (t - t0) - q0;
+                int yy = p * _stride + _dy;
                 if ((uint)yy >= (uint)_h)
                 {
-                    Sgemm.Clear(d + q0, q1 - q0);
-                }
-                else
-                {
-                    float* src = xi + yy * _w + _dx;
-                    for (int q = q0; q < q1; q++)
-                    {
-                        d[q] = (uint)(q * _stride + _dx) < (uint)_w ? src[q * _stride] : 0f;
-                    }
+                    Sgemm.Clear(dst, _ow);
+                    continue;
                 }
 
-                t += q1 - q0;
+                float* src = xi + yy * _w;
+                for (int q = 0, xx = _dx; q < _ow; q++, xx += _stride)
+                {
+                    dst[q] = (uint)xx < (uint)_w ? src[xx] : 0f;
+                }
             }
         }
 
-        /// <summary>x[tap position of t] += src[t - t0] for t in [t0, t1) whose tap lies inside the image (strided convs).</summary>
-        public void ScatterAdd(float* xi, float* src, int t0, int t1)
+        /// <summary>x[tap position of (p, q)] += src[p*OutW + q] for the output pixels whose tap lies inside the plane.</summary>
+        public void ScatterAdd(float* xi, float* src)
         {
-            for (int t = t0; t < t1;)
+            for (int p = 0; p < _oh; p++, src += _ow)
             {
-                int p = t / _ow, q0 = t - p * _ow, q1 = Math.Min(t1 - p * _ow, _ow), yy = p * _stride + _dy;
-                if ((uint)yy < (uint)_h)
+                int yy = p * _stride + _dy;
+                if ((uint)yy >= (uint)_h)
                 {
-                    float* s = src + (t - t0) - q0;
-                    float* dst = xi + yy * _w + _dx;
-                    for (int q = q0; q < q1; q++)
-                    {
-                        if ((uint)(q * _stride + _dx) < (uint)_w)
-                        {
-                            dst[q * _stride] += s[q];
-                        }
-                    }
+                    continue;
                 }
 
-                t += q1 - q0;
+                float* dst = xi + yy * _w;
+                for (int q = 0, xx = _dx; q < _ow; q++, xx += _stride)
+                {
+                    if ((uint)xx < (uint)_w)
+                    {
+                        dst[xx] += src[q];
+                    }
+                }
             }
         }
     }
