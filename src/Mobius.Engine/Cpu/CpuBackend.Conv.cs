@@ -32,89 +32,94 @@ public sealed unsafe partial class CpuBackend
 
     // ---- conv2d: im2col + GEMM ----------------------------------------------------------------------
     //
-    // Forward and backward-data run one image per task on both threads with single-threaded GEMMs: the
-    // weights are packed once per call and shared, so an image's GEMM packs nothing of its own; at 4x4
-    // and 8x8 the weights are 8 to 70 times larger than one image's columns and re-packing them per image
-    // cost more than the product. Backward-filter sums over images, so it is one k-segmented GEMM over a
-    // group of images (dW = sum_n dy_n col_n^T, k = images x OutH*OutW), threaded inside the GEMM,
-    // instead of per-image products of depth OutH*OutW (16 at 4x4) that each re-read and re-write dW.
+    // Forward runs one image per task on both threads with single-threaded GEMMs: the weights are packed
+    // once per call and shared, so an image's GEMM packs nothing of its own; at 4x4 and 8x8 the weights
+    // are 8 to 70 times larger than one image's columns and re-packing them per image cost more than the
+    // product. Backward-data of a same-size conv (stride 1, "same" padding: the 3x3 and 1x1 convs) is
+    // the forward conv of dy with the weights transposed and flipped, so it runs the same way and needs
+    // no col2im; only strided convs go through dcol = W^T dy and col2im. Backward-filter sums over
+    // images, so it is one k-segmented GEMM over a group of images (dW = sum_n dy_n col_n^T, k = images x
+    // OutH*OutW), threaded inside the GEMM, instead of per-image products of depth OutH*OutW (16 at 4x4)
+    // that each re-read and re-write dW.
     //
-    // The im2col columns are stored in panels of ColumnPanel(OutH*OutW) pixels, [panel][Cin*K*K][pixel]:
-    // one panel is one GEMM's B, whose rows are then contiguous and adjacent, so the GEMM reads them in
-    // place without packing, and the 16-wide panels tile the 16-wide micro-kernel exactly.
+    // The im2col matrix is plain [Cin*K*K, OutH*OutW]: each of its rows is one shifted copy of an input
+    // plane, written in a few long runs. (Storing it in 16-pixel panels that the GEMM could read without
+    // packing measured 10-20% slower at 16x16 and 8x8: the many short runs cost more than the packing.)
 
     /// <inheritdoc />
     public void Conv2dForward(in Conv2dShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
-        var sh = s;
-        float* px = Ptr(x);
-        float* py = Ptr(y);
-        float* pbias = bias is null ? null : Ptr(bias);
-        int outHw = sh.OutH * sh.OutW;
-        int kdim = sh.Cin * sh.Kernel * sh.Kernel;
-        bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
-
-        // y_n [Cout, outHw] = W [Cout, kdim] x col_n [kdim, outHw], one panel of columns at a time.
-        using var packed = Workspace(PackedA.Size(sh.Cout, kdim));
-        var pw = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: false), sh.Cout, kdim, Ptr(packed));
-        using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
-        float* pws = ws is null ? null : Ptr(ws);
-        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
-        {
-            float* xn = px + (long)n * sh.Cin * sh.H * sh.W;
-            float* yn = py + (long)n * sh.Cout * outHw;
-            float* col = direct ? xn : pws + (long)slot * kdim * outHw;
-            if (!direct)
-            {
-                Im2Col(sh, xn, col, panel);
-            }
-
-            for (int j = 0; j < outHw; j += panel)
-            {
-                Sgemm.Run(this, pw, GemmOperand.B(col + (long)j * kdim, panel, trans: false), panel, 1f, 0f, yn + j, outHw, parallel: false, Sgemm.BestIsa);
-            }
-
-            if (pbias != null)
-            {
-                for (int o = 0; o < sh.Cout; o++)
-                {
-                    var row = new Span<float>(yn + (long)o * outHw, outHw);
-                    TensorPrimitives.Add(row, pbias[o], row);
-                }
-            }
-        });
+        int kdim = s.Cin * s.Kernel * s.Kernel;
+        using var packed = Workspace(PackedA.Size(s.Cout, kdim));
+        var pw = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: false), s.Cout, kdim, Ptr(packed));
+        Convolve(s, pw, Ptr(x), Ptr(y), bias is null ? null : Ptr(bias));
     }
 
     /// <inheritdoc />
     public void Conv2dBackwardData(in Conv2dShape s, Tensor dy, Tensor w, Tensor dx)
     {
+        int taps = s.Kernel * s.Kernel;
+        if (IsSameSize(s))
+        {
+            // dx[i, y, x] = sum_{o,u,v} w[o, i, K-1-u, K-1-v] dy[o, y + u - pad', x + v - pad'] with pad' = K-1-pad:
+            // a same-size conv of dy by op(A)(i, o*K*K + t) = w[o, i, K*K-1-t].
+            var flipped = GemmOperand.Strided(Ptr(w) + taps - 1, taps, -1).Segmented(taps, (nint)s.Cin * taps);
+            using var packed = Workspace(PackedA.Size(s.Cin, s.Cout * taps));
+            var pwt = Sgemm.PackA(flipped, s.Cin, s.Cout * taps, Ptr(packed));
+            Convolve(new Conv2dShape(s.N, s.Cout, s.H, s.W, s.Cin, s.Kernel, 1, s.Kernel - 1 - s.Pad), pwt, Ptr(dy), Ptr(dx), null);
+            return;
+        }
+
         var sh = s;
         float* pdy = Ptr(dy);
         float* pdx = Ptr(dx);
         int outHw = sh.OutH * sh.OutW;
+        int kdim = sh.Cin * taps;
+
+        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw]; col2im scatters it back.
+        using var packedT = Workspace(PackedA.Size(kdim, sh.Cout));
+        var pwT = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packedT));
+        using var ws = Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
+        float* pws = Ptr(ws);
+        PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
+        {
+            float* col = pws + (long)slot * kdim * outHw;
+            Sgemm.Run(this, pwT, GemmOperand.B(pdy + (long)n * sh.Cout * outHw, outHw, trans: false), outHw, 1f, 0f, col, outHw, parallel: false, Sgemm.BestIsa);
+            Col2Im(sh, col, pdx + (long)n * sh.Cin * sh.H * sh.W);
+        });
+    }
+
+    /// <summary>
+    /// output_n [Cout, outHw] = weights [Cout, kdim] x col_n [kdim, outHw] (+ bias) for every image, one
+    /// image per task; a 1x1 conv's input is its own column matrix.
+    /// </summary>
+    private void Convolve(in Conv2dShape s, PackedA weights, float* input, float* output, float* bias)
+    {
+        var sh = s;
+        int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
         bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
-
-        // dcol_n [kdim, outHw] = W^T [kdim, Cout] x dy_n [Cout, outHw] panel by panel; col2im scatters it back.
-        using var packed = Workspace(PackedA.Size(kdim, sh.Cout));
-        var pwt = Sgemm.PackA(GemmOperand.A(Ptr(w), kdim, trans: true), kdim, sh.Cout, Ptr(packed));
         using var ws = direct ? null : Workspace((long)Math.Min(Threads, sh.N) * kdim * outHw);
         float* pws = ws is null ? null : Ptr(ws);
         PerImage(sh.N, 2.0 * kdim * outHw * sh.Cout, (n, slot) =>
         {
-            float* dyn = pdy + (long)n * sh.Cout * outHw;
-            float* dxn = pdx + (long)n * sh.Cin * sh.H * sh.W;
-            float* col = direct ? dxn : pws + (long)slot * kdim * outHw;
-            for (int j = 0; j < outHw; j += panel)
-            {
-                Sgemm.Run(this, pwt, GemmOperand.B(dyn + j, outHw, trans: false), panel, 1f, 0f, col + (long)j * kdim, panel, parallel: false, Sgemm.BestIsa);
-            }
-
+            float* xn = input + (long)n * sh.Cin * sh.H * sh.W;
+            float* yn = output + (long)n * sh.Cout * outHw;
+            float* col = direct ? xn : pws + (long)slot * kdim * outHw;
             if (!direct)
             {
-                Col2Im(sh, col, dxn, panel);
+                Im2Col(sh, xn, col);
+            }
+
+            Sgemm.Run(this, weights, GemmOperand.B(col, outHw, trans: false), outHw, 1f, 0f, yn, outHw, parallel: false, Sgemm.BestIsa);
+
+            if (bias != null)
+            {
+                for (int o = 0; o < sh.Cout; o++)
+                {
+                    var row = new Span<float>(yn + (long)o * outHw, outHw);
+                    TensorPrimitives.Add(row, bias[o], row);
+                }
             }
         });
     }
@@ -129,7 +134,6 @@ public sealed unsafe partial class CpuBackend
         int outHw = sh.OutH * sh.OutW;
         int kdim = sh.Cin * sh.Kernel * sh.Kernel;
         bool direct = IsPointwise(sh);
-        int panel = direct ? outHw : ColumnPanel(outHw);
 
         // Images per GEMM: enough that the summed depth (group x outHw) spans a few KC blocks, few enough
         // that the group's columns stay a few MiB of workspace. A 1x1 conv needs no columns: its x_n is col_n.
@@ -143,13 +147,12 @@ public sealed unsafe partial class CpuBackend
             if (!direct)
             {
                 int first = g0;
-                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw, panel));
+                For(count, 9.0 * kdim * outHw, i => Im2Col(sh, px + (long)(first + i) * sh.Cin * sh.H * sh.W, pws + (long)i * kdim * outHw));
             }
 
-            // dW [Cout, kdim] (+)= sum over the group's pixels of dy [Cout, pixel] x col^T [pixel, kdim]: the
-            // depth runs over images (segments of outHw in dy) and over column panels (segments of panel in col).
+            // dW [Cout, kdim] (+)= sum over the group's images of dy_n [Cout, outHw] x col_n^T [outHw, kdim].
             var dyn = GemmOperand.A(pdy + (long)g0 * sh.Cout * outHw, outHw, trans: false).Segmented(outHw, (nint)sh.Cout * outHw);
-            var coln = GemmOperand.B(cols, panel, trans: true).Segmented(panel, (nint)kdim * panel);
+            var coln = GemmOperand.B(cols, outHw, trans: true).Segmented(outHw, (nint)kdim * outHw);
             Sgemm.Run(this, dyn, coln, sh.Cout, kdim, count * outHw, 1f, g0 == 0 ? 0f : 1f, pdw, kdim, parallel: true, Sgemm.BestIsa);
         }
 
@@ -162,11 +165,11 @@ public sealed unsafe partial class CpuBackend
     /// <summary>Summed depth aimed at per backward-filter GEMM: about three KC blocks.</summary>
     private const int FilterGradDepth = 1024;
 
+    /// <summary>Stride 1 with output as large as the input: the 3x3 convs with padding 1 and the 1x1 convs.</summary>
+    private static bool IsSameSize(in Conv2dShape s) => s.Stride == 1 && s.OutH == s.H && s.OutW == s.W;
+
     /// <summary>A 1x1, stride-1, unpadded conv is a plain GEMM on the image itself (no im2col).</summary>
     private static bool IsPointwise(in Conv2dShape s) => s.Kernel == 1 && s.Stride == 1 && s.Pad == 0;
-
-    /// <summary>Pixels per im2col panel: 16 (the AVX2 micro-tile width) when they divide the image, else the whole image.</summary>
-    private static int ColumnPanel(int outHw) => outHw % 16 == 0 ? 16 : outHw;
 
     /// <summary>Runs body(image, threadSlot) with each thread slot used by one task at a time.</summary>
     private void PerImage(int images, double workPerImage, Action<int, int> body)
@@ -192,130 +195,103 @@ public sealed unsafe partial class CpuBackend
         });
     }
 
-    /// <summary>
-    /// im2col in panels of <paramref name="panel"/> pixels: for row r = (i*K + u)*K + v and pixel t = p*OutW + q,
-    /// col[t / panel][r][t % panel] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).
-    /// </summary>
-    private static void Im2Col(in Conv2dShape s, float* x, float* col, int panel)
+    /// <summary>col[(i*K + u)*K + v, p*OutW + q] = x[i, p*stride + u - pad, q*stride + v - pad] (0 outside).</summary>
+    private static void Im2Col(in Conv2dShape s, float* x, float* col)
     {
-        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
-        for (int r = 0; r < rows; r++)
+        int taps = s.Kernel * s.Kernel, outHw = s.OutH * s.OutW;
+        for (int r = 0; r < s.Cin * taps; r++)
         {
-            var tap = new Tap(s, r);
-            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
-            for (int t0 = 0; t0 < outHw; t0 += panel)
-            {
-                tap.Gather(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
-            }
+            new Tap(s, r).Gather(x + (long)(r / taps) * s.H * s.W, col + (long)r * outHw);
         }
     }
 
-    /// <summary>The adjoint of <see cref="Im2Col"/>: x is overwritten with the scattered sums; col is clobbered.</summary>
-    private static void Col2Im(in Conv2dShape s, float* col, float* x, int panel)
+    /// <summary>The adjoint of <see cref="Im2Col"/> (strided convs only): x is overwritten with the scattered sums.</summary>
+    private static void Col2Im(in Conv2dShape s, float* col, float* x)
     {
-        int k = s.Kernel, rows = s.Cin * k * k, outHw = s.OutH * s.OutW;
+        int taps = s.Kernel * s.Kernel, outHw = s.OutH * s.OutW;
         new Span<float>(x, checked(s.Cin * s.H * s.W)).Clear();
-        for (int r = 0; r < rows; r++)
+        for (int r = 0; r < s.Cin * taps; r++)
         {
-            var tap = new Tap(s, r);
-            float* xi = x + (long)(r / (k * k)) * s.H * s.W;
-            for (int t0 = 0; t0 < outHw; t0 += panel)
-            {
-                tap.ScatterAdd(xi, col + (long)t0 * rows + (long)r * panel, t0, t0 + panel);
-            }
+            new Tap(s, r).ScatterAdd(x + (long)(r / taps) * s.H * s.W, col + (long)r * outHw);
         }
     }
 
     /// <summary>
     /// One im2col row: tap (u, v) of one input channel. In a same-size conv (stride 1, output as large as
-    /// the input, the model's 3x3 convs) the row is the input plane shifted by Shift = dy*W + dx in flat
-    /// index, so outputs [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows
-    /// off the top or bottom) and the |dx| columns at one end of every row (which the flat run takes from
-    /// the neighbouring row) are zero taps. Other convs (stride 2) go element by element.
+    /// the input) the row is the input plane shifted by Shift = dy*W + dx in flat index, so outputs
+    /// [Lo, Hi) read input [Lo + Shift, Hi + Shift) in one run; outputs outside it (rows off the top or
+    /// bottom) and the |dx| columns at one end of every row (which the flat run takes from the
+    /// neighbouring row) are zero taps. Other convs (stride 2) go output row by output row.
     /// </summary>
     private readonly struct Tap
     {
-        private readonly int _dy, _dx, _h, _w, _ow, _stride, _size;
-        private readonly bool _flat;
+        private readonly int _dy, _dx, _h, _w, _oh, _ow, _stride;
 
         public Tap(in Conv2dShape s, int row)
         {
             _dy = row / s.Kernel % s.Kernel - s.Pad;
             _dx = row % s.Kernel - s.Pad;
-            (_h, _w, _ow, _stride) = (s.H, s.W, s.OutW, s.Stride);
-            _size = s.OutH * s.OutW;
-            _flat = s.Stride == 1 && s.OutH == s.H && s.OutW == s.W;
+            (_h, _w, _oh, _ow, _stride) = (s.H, s.W, s.OutH, s.OutW, s.Stride);
         }
 
-        private int Shift => _dy * _w + _dx;
-
-        /// <summary>dst[t - t0] = the tap's value at output pixel t, for t in [t0, t1).</summary>
-        public void Gather(float* xi, float* dst, int t0, int t1)
+        /// <summary>dst[p*OutW + q] = the tap's input value at output pixel (p, q), 0 outside the plane.</summary>
+        public void Gather(float* xi, float* dst)
         {
-            if (!_flat)
+            if (_stride == 1 && _oh == _h && _ow == _w)
             {
-                for (int p = t0 / _ow, t = t0; t < t1; p++)
+                int size = _h * _w, shift = _dy * _w + _dx;
+                int lo = Math.Clamp(-shift, 0, size), hi = Math.Clamp(size - shift, lo, size);
+                Sgemm.Clear(dst, lo);
+                Sgemm.Copy(dst + lo, xi + lo + shift, hi - lo);
+                Sgemm.Clear(dst + hi, size - hi);
+                if (_dx != 0)
                 {
-                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
-                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
+                    // The columns whose input lies past the row's start (dx < 0) or end (dx > 0).
+                    int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
+                    for (int p = 0; p < size; p += _w)
                     {
-                        dst[t - t0] = (uint)yy < (uint)_h && (uint)xx < (uint)_w ? xi[yy * _w + xx] : 0f;
+                        Sgemm.Clear(dst + p + q0, q1 - q0);
                     }
                 }
 
                 return;
             }
 
-            var (lo, hi) = Run(t0, t1);
-            new Span<float>(dst, lo - t0).Clear();
-            new ReadOnlySpan<float>(xi + lo + Shift, hi - lo).CopyTo(new Span<float>(dst + lo - t0, hi - lo));
-            new Span<float>(dst + hi - t0, t1 - hi).Clear();
-            ClearWrapped(dst, t0, t1);
-        }
-
-        /// <summary>x[tap position of t] += src[t - t0] for t in [t0, t1) whose tap lies inside the image.</summary>
-        public void ScatterAdd(float* xi, float* src, int t0, int t1)
-        {
-            if (!_flat)
+            for (int p = 0; p < _oh; p++, dst += _ow)
             {
-                for (int p = t0 / _ow, t = t0; t < t1; p++)
+                int yy = p * _stride + _dy;
+                if ((uint)yy >= (uint)_h)
                 {
-                    int yy = p * _stride + _dy, end = Math.Min(t1, (p + 1) * _ow);
-                    for (int xx = (t - p * _ow) * _stride + _dx; t < end; t++, xx += _stride)
-                    {
-                        if ((uint)yy < (uint)_h && (uint)xx < (uint)_w)
-                        {
-                            xi[yy * _w + xx] += src[t - t0];
-                        }
-                    }
+                    Sgemm.Clear(dst, _ow);
+                    continue;
                 }
 
-                return;
-            }
-
-            // Zero the values whose tap falls off a row end first, so one contiguous add is exact.
-            ClearWrapped(src, t0, t1);
-            var (lo, hi) = Run(t0, t1);
-            var dst = new Span<float>(xi + lo + Shift, hi - lo);
-            TensorPrimitives.Add(dst, new ReadOnlySpan<float>(src + lo - t0, hi - lo), dst);
-        }
-
-        /// <summary>The part of [t0, t1) whose flat-shifted input index lies inside the plane (empty: lo = hi).</summary>
-        private (int Lo, int Hi) Run(int t0, int t1)
-        {
-            int lo = Math.Max(t0, -Shift), hi = Math.Min(t1, _size - Shift);
-            return (Math.Min(lo, t1), Math.Max(Math.Min(lo, t1), hi));
-        }
-
-        /// <summary>Zeroes buf[t - t0] for the pixels t in [t0, t1) whose column q + dx lies outside the row.</summary>
-        private void ClearWrapped(float* buf, int t0, int t1)
-        {
-            int q0 = _dx < 0 ? 0 : _w - _dx, q1 = _dx < 0 ? -_dx : _w;
-            for (int p = t0 / _w * _w; p < t1; p += _w)
-            {
-                for (int t = Math.Max(t0, p + q0); t < Math.Min(t1, p + q1); t++)
+                float* src = xi + yy * _w;
+                for (int q = 0, xx = _dx; q < _ow; q++, xx += _stride)
                 {
-                    buf[t - t0] = 0f;
+                    dst[q] = (uint)xx < (uint)_w ? src[xx] : 0f;
+                }
+            }
+        }
+
+        /// <summary>x[tap position of (p, q)] += src[p*OutW + q] for the output pixels whose tap lies inside the plane.</summary>
+        public void ScatterAdd(float* xi, float* src)
+        {
+            for (int p = 0; p < _oh; p++, src += _ow)
+            {
+                int yy = p * _stride + _dy;
+                if ((uint)yy >= (uint)_h)
+                {
+                    continue;
+                }
+
+                float* dst = xi + yy * _w;
+                for (int q = 0, xx = _dx; q < _ow; q++, xx += _stride)
+                {
+                    if ((uint)xx < (uint)_w)
+                    {
+                        dst[xx] += src[q];
+                    }
                 }
             }
         }

@@ -111,7 +111,7 @@ internal static unsafe partial class Sgemm
     /// from them and stalls, which dominated tiny products before the copies were made this wide.
     /// </summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Copy(float* d, float* s, int count)
+    internal static void Copy(float* d, float* s, int count)
     {
         int r = 0;
         if (Vector256.IsHardwareAccelerated)
@@ -135,7 +135,7 @@ internal static unsafe partial class Sgemm
 
     /// <summary>d[0..count) = 0, in the widest vectors first (see <see cref="Copy"/>).</summary>
     [MethodImpl(MethodImplOptions.AggressiveInlining)]
-    private static void Clear(float* d, int count)
+    internal static void Clear(float* d, int count)
     {
         int r = 0;
         if (Vector256.IsHardwareAccelerated)

@@ -28,6 +28,7 @@ public sealed class SgemmConvTests : IDisposable
     [InlineData(4, 24, 8, 8, 3, 2, 1)]
     [InlineData(5, 12, 20, 8, 1, 1, 0)]
     [InlineData(3, 7, 5, 6, 1, 2, 0)]
+    [InlineData(2, 6, 5, 7, 3, 1, 0)]
     public void Conv2d_forward_and_backward_match_the_reference(int n, int cin, int cout, int size, int kernel, int stride, int pad)
     {
         var r = new Rng(Seeds.One + n * 31 + cin * 7 + size);
