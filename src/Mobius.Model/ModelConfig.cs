@@ -65,6 +65,12 @@ public sealed record ModelConfig
     [JsonIgnore]
     public int LatentWidth => Width / 2;
 
+    /// <summary>
+    /// Correlation of the diffusion noise across the frames of a clip (stage 2 training and video
+    /// sampling; see <see cref="Diffusion.NoiseSchedule.ClipNoise"/>). 0: independent frames.
+    /// </summary>
+    public float FrameNoiseCorrelation { get; init; } = 0.9f;
+
     /// <summary>The spatial-to-temporal bridge of the parallel topology ("additive" or "gated").</summary>
     public string Bridge { get; init; } = "additive";
 
@@ -89,6 +95,7 @@ public sealed record ModelConfig
         Need(Height % factor == 0 && Width % factor == 0, $"height and width must be multiples of {factor} for {Channels.Length} levels.");
         Need(LayersPerLevel >= 1 && Batch >= 1 && TokenLength >= 3, "layers, batch and token length must be positive.");
         Need(Bridge is "additive" or "gated", $"unknown bridge '{Bridge}'.");
+        Need(FrameNoiseCorrelation is >= 0f and < 1f, "frame noise correlation must be in [0, 1).");
     }
 
     /// <summary>JSON form, stored in checkpoints.</summary>

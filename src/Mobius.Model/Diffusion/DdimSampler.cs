@@ -1,6 +1,5 @@
 using Mobius.Engine;
 using Mobius.Engine.Autograd;
-using Mobius.Engine.NN;
 
 namespace Mobius.Model.Diffusion;
 
@@ -13,11 +12,18 @@ public delegate Tensor Denoiser(Tensor x, int t);
 /// </summary>
 public sealed class DdimSampler(NoiseSchedule schedule)
 {
-    /// <summary>Denoises Gaussian noise of <paramref name="shape"/> (drawn from <paramref name="seed"/>) in <paramref name="steps"/> steps.</summary>
-    public float[] Sample(IBackend backend, Shape shape, Denoiser denoise, int steps, int seed, IProgress<int>? progress = null)
+    /// <summary>
+    /// Denoises Gaussian noise of <paramref name="shape"/> (drawn from <paramref name="seed"/>; the frames
+    /// of each clip of <paramref name="frames"/> images correlated as <see cref="NoiseSchedule.ClipNoise"/>
+    /// says) in <paramref name="steps"/> steps.
+    /// </summary>
+    public float[] Sample(IBackend backend, Shape shape, Denoiser denoise, int steps, int seed, IProgress<int>? progress = null,
+        int frames = 1, float noiseCorrelation = 0f)
     {
         using var noGrad = Tape.NoGrad();
-        var x = Tensor.FromArray(backend, Init.Normal(new Random(seed), shape.Numel, 1f), shape);
+        int imageSize = (int)(shape.Numel / shape[0]);
+        var start = NoiseSchedule.ClipNoise(new Random(seed), shape[0] / frames, frames, imageSize, noiseCorrelation);
+        var x = Tensor.FromArray(backend, start, shape);
         var timesteps = schedule.DdimTimesteps(steps);
         try
         {

@@ -51,6 +51,39 @@ public sealed class NoiseSchedule
         return xt;
     }
 
+    /// <summary>
+    /// Gaussian noise for <paramref name="clips"/> clips of <paramref name="frames"/> images of
+    /// <paramref name="imageSize"/> values whose frames are correlated with coefficient
+    /// <paramref name="correlation"/>: eps_f = sqrt(rho) eps_shared + sqrt(1 - rho) eps_f (each frame still
+    /// standard normal). This is the mixed noise prior of PYoCo (Ge et al., 2023): video models fine-tuned
+    /// from image models learn coherent frames much faster when the noise of a clip's frames is
+    /// correlated. Training and sampling must use the same prior. rho = 0 is independent noise.
+    /// </summary>
+    public static float[] ClipNoise(Random rng, int clips, int frames, int imageSize, float correlation)
+    {
+        var noise = Mobius.Engine.NN.Init.Normal(rng, (long)clips * frames * imageSize, 1f);
+        if (correlation <= 0 || frames == 1)
+        {
+            return noise;
+        }
+
+        var shared = Mobius.Engine.NN.Init.Normal(rng, (long)clips * imageSize, 1f);
+        float a = MathF.Sqrt(correlation), b = MathF.Sqrt(1 - correlation);
+        for (int c = 0; c < clips; c++)
+        {
+            for (int f = 0; f < frames; f++)
+            {
+                int offset = (c * frames + f) * imageSize;
+                for (int i = 0; i < imageSize; i++)
+                {
+                    noise[offset + i] = a * shared[c * imageSize + i] + b * noise[offset + i];
+                }
+            }
+        }
+
+        return noise;
+    }
+
     /// <summary>Evenly spaced DDIM timesteps, descending (for example 960, 920, ..., 0 for 25 steps).</summary>
     public int[] DdimTimesteps(int count)
     {

@@ -145,7 +145,8 @@ public sealed class TextToVideo : IDisposable
         using var cond = EncodeText(prompts, frames);
         using var uncond = EncodeText(Enumerable.Repeat("", prompts.Count).ToList(), frames);
         var shape = new Shape(prompts.Count * frames, Config.LatentChannels, Config.LatentHeight, Config.LatentWidth);
-        var latents = new DdimSampler(Schedule).Sample(Backend, shape, DdimSampler.Guided(Unet, cond, uncond, frames, guidance), steps, seed, progress);
+        var latents = new DdimSampler(Schedule).Sample(Backend, shape, DdimSampler.Guided(Unet, cond, uncond, frames, guidance), steps, seed, progress,
+            frames, Topology == Topology.Spatial ? 0f : Config.FrameNoiseCorrelation);
         var pixels = Codec.Decode(latents, prompts.Count * frames, Config.Height, Config.Width);
         for (int i = 0; i < pixels.Length; i++)
         {

@@ -4,6 +4,7 @@ using Mobius.Engine;
 using Mobius.Engine.Autograd;
 using Mobius.Engine.NN;
 using Mobius.Engine.Optim;
+using Mobius.Model.Diffusion;
 
 namespace Mobius.Model.Training;
 
@@ -238,7 +239,7 @@ public sealed class Trainer : IDisposable
             Array.Fill(timesteps, t, i * frames, frames);
         }
 
-        var noise = Init.Normal(rng, latents.Length, 1f);
+        var noise = NoiseSchedule.ClipNoise(rng, items, frames, imageSize, video ? config.FrameNoiseCorrelation : 0f);
         var noisy = _model.Schedule.AddNoise(latents, noise, timesteps, imageSize);
         return new Batch(noisy, noise, timesteps, captions, frames, new Shape(items * frames, c, h, w));
     }
