@@ -222,11 +222,23 @@ public sealed unsafe partial class CpuBackend : IBackend
         float* px = Ptr(x);
         float* pb = Ptr(bias);
         float* py = Ptr(y);
-        For(outer * channels, inner, oc =>
+        long row = (long)channels * inner;
+        For(outer, row, o =>
         {
-            float b = perOuter ? pb[oc] : pb[oc % channels];
-            long off = (long)oc * inner;
-            TensorPrimitives.Add(Span(px + off, inner), b, Span(py + off, inner));
+            float* xo = px + o * row;
+            float* yo = py + o * row;
+            float* bo = perOuter ? pb + (long)o * channels : pb;
+            if (inner == 1)
+            {
+                // A linear layer's bias: one vector add per row.
+                TensorPrimitives.Add(Span(xo, channels), Span(bo, channels), Span(yo, channels));
+                return;
+            }
+
+            for (int c = 0; c < channels; c++)
+            {
+                TensorPrimitives.Add(Span(xo + (long)c * inner, inner), bo[c], Span(yo + (long)c * inner, inner));
+            }
         });
     }
 
@@ -238,6 +250,28 @@ public sealed unsafe partial class CpuBackend : IBackend
         if (perOuter)
         {
             For(outer * channels, inner, oc => pdb[oc] = TensorPrimitives.Sum(Span(pdy + (long)oc * inner, inner)));
+            return;
+        }
+
+        if (inner == 1)
+        {
+            // Column sums of a [outer, channels] gradient: each thread adds whole rows into its own partial.
+            var partial = new float[Threads * channels];
+            int parts = ForRanges(outer, channels, (t, start, end) =>
+            {
+                var acc = partial.AsSpan(t * channels, channels);
+                for (long o = start; o < end; o++)
+                {
+                    TensorPrimitives.Add(acc, Span(pdy + o * channels, channels), acc);
+                }
+            });
+            var result = Span(pdb, channels);
+            result.Clear();
+            for (int t = 0; t < parts; t++)
+            {
+                TensorPrimitives.Add(result, partial.AsSpan(t * channels, channels), result);
+            }
+
             return;
         }
 
