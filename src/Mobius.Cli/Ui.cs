@@ -131,6 +131,8 @@ public static class Ui
         t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
         t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
         t.AddRow("motion score (samples)", $"{r.Serial.MotionScore:0.000}", $"{r.Parallel.MotionScore:0.000}", "", "");
+        t.AddRow("  movement matches caption", $"{r.Serial.MotionMatch:0.000}", $"{r.Parallel.MotionMatch:0.000}", "", "");
+        t.AddRow("  frame consistency", $"{r.Serial.Consistency:0.000}", $"{r.Parallel.Consistency:0.000}", "", "");
         AnsiConsole.Write(t);
     }
 }

@@ -234,7 +234,7 @@ public static class OpWorkloads
     private static Tensor R(IBackend b, List<Tensor> owned, params int[] dims)
     {
         var shape = new Shape(dims);
-        var rng = new Random(shape.GetHashCode());
+        var rng = new Random((int)(shape.Numel % int.MaxValue) ^ (shape.Rank << 24));
         var data = new float[shape.Numel];
         for (long i = 0; i < data.Length; i++)
         {

@@ -69,9 +69,17 @@ public sealed record TopologyResult
     [JsonPropertyName("validation_loss")]
     public double ValidationLoss { get; init; }
 
-    /// <summary>Mean motion score of DDIM samples (NaN when not sampled).</summary>
+    /// <summary>Mean motion score of DDIM samples: the geometric mean of the two parts below (NaN when not sampled).</summary>
     [JsonPropertyName("motion_score")]
     public double MotionScore { get; init; }
+
+    /// <summary>Mean of how well the samples' movement matches their captions.</summary>
+    [JsonPropertyName("motion_match")]
+    public double MotionMatch { get; init; }
+
+    /// <summary>Mean frame-to-frame consistency of the samples (1: each frame is the previous one moved).</summary>
+    [JsonPropertyName("consistency")]
+    public double Consistency { get; init; }
 
     /// <summary>Memory by category at the moment of the peak.</summary>
     [JsonPropertyName("memory")]
@@ -214,7 +222,7 @@ public static class Comparison
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
                 double validationLoss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
-                var scores = new List<double>();
+                var scores = new List<MotionScore>();
                 if (prompts.Count > 0)
                 {
                     int ti = i;
@@ -224,7 +232,7 @@ public static class Comparison
                     for (int k = 0; k < prompts.Count; k++)
                     {
                         var frames = pixels.AsSpan(k * clipSize, clipSize);
-                        scores.Add(MotionMetric.Score(frames, config.Frames, config.Height, config.Width, prompts[k].Label!.Motion).Combined);
+                        scores.Add(MotionMetric.Score(frames, config.Frames, config.Height, config.Width, prompts[k].Label!.Motion));
                     }
 
                     onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
@@ -280,7 +288,7 @@ public static class Comparison
         return picked;
     }
 
-    private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double validationLoss, List<double> scores)
+    private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double validationLoss, List<MotionScore> scores)
     {
         var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
         var times = measured.Select(s => s.Milliseconds).OrderBy(t => t).ToList();
@@ -295,12 +303,14 @@ public static class Comparison
             TrainableParams = trainable,
             FinalLoss = stats.TakeLast(tail).Average(s => s.Loss),
             ValidationLoss = validationLoss,
-            MotionScore = scores.Count > 0 ? scores.Average() : double.NaN,
+            MotionScore = scores.Count > 0 ? scores.Average(m => m.Combined) : double.NaN,
+            MotionMatch = scores.Count > 0 ? scores.Average(m => m.Motion) : double.NaN,
+            Consistency = scores.Count > 0 ? scores.Average(m => m.Consistency) : double.NaN,
             Memory = peak.Memory.AtPeak.ToDictionary(kv => ToSnake(kv.Key.ToString()), kv => kv.Value),
             SavedByKind = stats[^1].SavedByKind,
             Losses = stats.Select(s => (double)s.Loss).ToList(),
             StepMs = stats.Select(s => s.Milliseconds).ToList(),
-            SampleScores = scores,
+            SampleScores = scores.Select(m => m.Combined).ToList(),
         };
     }
 

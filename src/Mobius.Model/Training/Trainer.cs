@@ -214,7 +214,7 @@ public sealed class Trainer : IDisposable
     internal Batch MakeBatch(IClipSource data, int step, int seed, float captionDropout)
     {
         var config = _model.Config;
-        var rng = new Random(HashCode.Combine(seed, step, 0x6d6f6269));
+        var rng = new Random(StepSeed(seed, step));
         bool video = Stage == Stage.TextToVideo;
         int items = video ? config.Batch : config.Batch * config.Frames;
         int frames = video ? config.Frames : 1;
@@ -242,6 +242,19 @@ public sealed class Trainer : IDisposable
         var noise = NoiseSchedule.ClipNoise(rng, items, frames, imageSize, video ? config.FrameNoiseCorrelation : 0f);
         var noisy = _model.Schedule.AddNoise(latents, noise, timesteps, imageSize);
         return new Batch(noisy, noise, timesteps, captions, frames, new Shape(items * frames, c, h, w));
+    }
+
+    /// <summary>
+    /// The seed of one step's batch: a fixed mix of the run's seed and the step (HashCode.Combine would
+    /// differ between processes and break repeatable runs).
+    /// </summary>
+    internal static int StepSeed(int seed, int step)
+    {
+        // SplitMix64 finaliser over (seed, step).
+        ulong z = ((ulong)(uint)seed << 32 | (uint)step) + 0x9E3779B97F4A7C15UL;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9UL;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBUL;
+        return (int)((z ^ (z >> 31)) & 0x7FFFFFFF);
     }
 
     /// <summary>One training batch on the host.</summary>

@@ -94,6 +94,22 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void A_seed_makes_a_run_repeatable_across_processes()
+    {
+        using var folder = new TempFolder();
+        string a = folder.File("a.safetensors"), b = folder.File("b.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "3", "--seed", "7", "--out", a).Code);
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "3", "--seed", "7", "--out", b).Code);
+        var (ta, _) = Mobius.Engine.IO.SafeTensors.Read(a);
+        var (tb, _) = Mobius.Engine.IO.SafeTensors.Read(b);
+        Assert.Equal(ta.Keys.Order(), tb.Keys.Order());
+        foreach (var (name, entry) in ta)
+        {
+            Assert.True(entry.Data.AsSpan().SequenceEqual(tb[name].Data), $"{name} differs between two runs with the same seed");
+        }
+    }
+
+    [Fact]
     public void Bad_input_gives_one_clear_message_and_the_documented_exit_code()
     {
         using var folder = new TempFolder();
