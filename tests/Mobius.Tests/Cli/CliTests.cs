@@ -100,8 +100,8 @@ public sealed class CliTests
         string a = folder.File("a.safetensors"), b = folder.File("b.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "3", "--seed", "7", "--out", a).Code);
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "3", "--seed", "7", "--out", b).Code);
-        var (ta, _) = Mobius.Engine.IO.SafeTensors.Read(a);
-        var (tb, _) = Mobius.Engine.IO.SafeTensors.Read(b);
+        var (ta, _) = global::Mobius.Engine.IO.SafeTensors.Read(a);
+        var (tb, _) = global::Mobius.Engine.IO.SafeTensors.Read(b);
         Assert.Equal(ta.Keys.Order(), tb.Keys.Order());
         foreach (var (name, entry) in ta)
         {
