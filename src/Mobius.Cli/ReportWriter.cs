@@ -111,9 +111,9 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| trainable parameters | {r.Serial.TrainableParams:N0} | {r.Parallel.TrainableParams:N0} | | |");
         sb.AppendLine(ci, $"| final training loss (last tenth) | {r.Serial.FinalLoss:0.0000} | {r.Parallel.FinalLoss:0.0000} | | |");
         sb.AppendLine(ci, $"| validation loss | {r.Serial.ValidationLoss:0.0000} | {r.Parallel.ValidationLoss:0.0000} | | |");
-        sb.AppendLine(ci, $"| motion score of samples (0..1) | {r.Serial.MotionScore:0.000} | {r.Parallel.MotionScore:0.000} | | |");
-        sb.AppendLine(ci, $"| movement matches caption | {r.Serial.MotionMatch:0.000} | {r.Parallel.MotionMatch:0.000} | | |");
-        sb.AppendLine(ci, $"| frame-to-frame consistency | {r.Serial.Consistency:0.000} | {r.Parallel.Consistency:0.000} | | |").AppendLine();
+        sb.AppendLine(ci, $"| motion score of samples (0..1) | {Ui.Score(r.Serial.MotionScore)} | {Ui.Score(r.Parallel.MotionScore)} | | |");
+        sb.AppendLine(ci, $"| movement matches caption | {Ui.Score(r.Serial.MotionMatch)} | {Ui.Score(r.Parallel.MotionMatch)} | | |");
+        sb.AppendLine(ci, $"| frame-to-frame consistency | {Ui.Score(r.Serial.Consistency)} | {Ui.Score(r.Parallel.Consistency)} | | |").AppendLine();
         sb.AppendLine("Saved activations by layer kind at the start of backward (MiB):").AppendLine();
         sb.AppendLine("| kind | serial | parallel |").AppendLine("|---|---:|---:|");
         foreach (var kind in r.Serial.SavedByKind.Keys.Union(r.Parallel.SavedByKind.Keys).OrderBy(k => k, StringComparer.Ordinal))

@@ -130,9 +130,12 @@ public static class Ui
         t.AddRow("trainable parameters", $"{r.Serial.TrainableParams:N0}", $"{r.Parallel.TrainableParams:N0}", "", "");
         t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
         t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
-        t.AddRow("motion score (samples)", $"{r.Serial.MotionScore:0.000}", $"{r.Parallel.MotionScore:0.000}", "", "");
-        t.AddRow("  movement matches caption", $"{r.Serial.MotionMatch:0.000}", $"{r.Parallel.MotionMatch:0.000}", "", "");
-        t.AddRow("  frame consistency", $"{r.Serial.Consistency:0.000}", $"{r.Parallel.Consistency:0.000}", "", "");
+        t.AddRow("motion score (samples)", $"{Score(r.Serial.MotionScore)}", $"{Score(r.Parallel.MotionScore)}", "", "");
+        t.AddRow("  movement matches caption", $"{Score(r.Serial.MotionMatch)}", $"{Score(r.Parallel.MotionMatch)}", "", "");
+        t.AddRow("  frame consistency", $"{Score(r.Serial.Consistency)}", $"{Score(r.Parallel.Consistency)}", "", "");
         AnsiConsole.Write(t);
     }
+
+    /// <summary>A 0..1 score with three decimals, or "n/a" when nothing was sampled.</summary>
+    internal static string Score(double? value) => value is { } v ? v.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture) : "n/a";
 }

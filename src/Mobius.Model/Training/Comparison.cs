@@ -69,17 +69,17 @@ public sealed record TopologyResult
     [JsonPropertyName("validation_loss")]
     public double ValidationLoss { get; init; }
 
-    /// <summary>Mean motion score of DDIM samples: the geometric mean of the two parts below (NaN when not sampled).</summary>
+    /// <summary>Mean motion score of DDIM samples: the geometric mean of the two parts below (null when not sampled).</summary>
     [JsonPropertyName("motion_score")]
-    public double MotionScore { get; init; }
+    public double? MotionScore { get; init; }
 
-    /// <summary>Mean of how well the samples' movement matches their captions.</summary>
+    /// <summary>Mean of how well the samples' movement matches their captions (null when not sampled).</summary>
     [JsonPropertyName("motion_match")]
-    public double MotionMatch { get; init; }
+    public double? MotionMatch { get; init; }
 
-    /// <summary>Mean frame-to-frame consistency of the samples (1: each frame is the previous one moved).</summary>
+    /// <summary>Mean frame-to-frame consistency of the samples (1: each frame is the previous one moved; null when not sampled).</summary>
     [JsonPropertyName("consistency")]
-    public double Consistency { get; init; }
+    public double? Consistency { get; init; }
 
     /// <summary>Memory by category at the moment of the peak.</summary>
     [JsonPropertyName("memory")]
@@ -303,9 +303,9 @@ public static class Comparison
             TrainableParams = trainable,
             FinalLoss = stats.TakeLast(tail).Average(s => s.Loss),
             ValidationLoss = validationLoss,
-            MotionScore = scores.Count > 0 ? scores.Average(m => m.Combined) : double.NaN,
-            MotionMatch = scores.Count > 0 ? scores.Average(m => m.Motion) : double.NaN,
-            Consistency = scores.Count > 0 ? scores.Average(m => m.Consistency) : double.NaN,
+            MotionScore = scores.Count > 0 ? scores.Average(m => m.Combined) : null,
+            MotionMatch = scores.Count > 0 ? scores.Average(m => m.Motion) : null,
+            Consistency = scores.Count > 0 ? scores.Average(m => m.Consistency) : null,
             Memory = peak.Memory.AtPeak.ToDictionary(kv => ToSnake(kv.Key.ToString()), kv => kv.Value),
             SavedByKind = stats[^1].SavedByKind,
             Losses = stats.Select(s => (double)s.Loss).ToList(),

@@ -47,6 +47,24 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Compare_without_samples_reports_no_motion_score_rather_than_a_number()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--json", "--out", folder.Path);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            foreach (var key in new[] { "motion_score", "motion_match", "consistency" })
+            {
+                Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty(topo).GetProperty(key).ValueKind);
+            }
+        }
+
+        Assert.Contains("| motion score of samples (0..1) | n/a | n/a |", File.ReadAllText(folder.File("report.md")));
+    }
+
+    [Fact]
     public void Compare_json_has_both_topologies_and_the_ratios_and_writes_the_report()
     {
         using var folder = new TempFolder();
@@ -66,6 +84,7 @@ public sealed class CliTests
 
             Assert.True(t.GetProperty("memory").GetProperty("weights").GetInt64() > 0);
             Assert.True(t.GetProperty("peak_bytes").GetInt64() > 0);
+            Assert.InRange(t.GetProperty("motion_score").GetDouble(), 0, 1);
         }
 
         var ratio = root.GetProperty("ratio");
