@@ -237,10 +237,11 @@ public static class Commands
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var samples = new Option<int>("--samples") { Description = "prompts sampled per topology for the motion score (0: none)", DefaultValueFactory = _ => 4 };
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
+        var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, ThreadsOption, MemoryLimitOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, ThreadsOption, MemoryLimitOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
-            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
+            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
         return cmd;
     }
 
@@ -248,8 +249,9 @@ public static class Commands
     {
         var output = new Option<string>("--out") { Description = "folder for the report, plots and GIFs", DefaultValueFactory = _ => "mobius-demo" };
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
+        var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, BackendOption, SeedOption, ThreadsOption };
+            { output, steps, lr, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -259,17 +261,22 @@ public static class Commands
             }
 
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: 4, sampleSteps: 25, p.GetValue(ThreadsOption), 0);
+                samples: 4, sampleSteps: 25, p.GetValue(lr), p.GetValue(ThreadsOption), 0);
         });
         return cmd;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        int threads, long memoryLimitMb)
+        float learningRate, int threads, long memoryLimitMb)
     {
         if (steps < 1)
         {
             throw new UsageException($"--steps must be at least 1, got {steps}.");
+        }
+
+        if (!(learningRate > 0 && learningRate < 1))
+        {
+            throw new UsageException($"--lr must be in (0, 1), got {learningRate}.");
         }
 
         var config = Configs.Get(configName);
@@ -283,6 +290,7 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
+            Train = new TrainOptions { Seed = seed, LearningRate = learningRate },
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
         };
         Directory.CreateDirectory(outDir);

@@ -130,6 +130,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("seed")]
     public int Seed { get; init; }
 
+    /// <summary>Learning rate (the same for both topologies).</summary>
+    [JsonPropertyName("learning_rate")]
+    public double LearningRate { get; init; }
+
     /// <summary>The serial baseline.</summary>
     [JsonPropertyName("serial")]
     public required TopologyResult Serial { get; init; }
@@ -247,6 +251,7 @@ public static class Comparison
                 Backend = backends[0].DeviceName,
                 Steps = options.Steps,
                 Seed = options.Seed,
+                LearningRate = options.Train.LearningRate,
                 Serial = results[0],
                 Parallel = results[1],
                 Ratio = new Ratio(

@@ -73,6 +73,7 @@ public sealed class CliTests
         using var doc = JsonDocument.Parse(r.Out);
         var root = doc.RootElement;
         Assert.Equal("micro", root.GetProperty("config").GetString());
+        Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
         Assert.Equal(3, root.GetProperty("steps").GetInt32());
         foreach (var topo in new[] { "serial", "parallel" })
         {
@@ -134,6 +135,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         AssertCleanFailure(Mobius("compare", "--stepz", "3"), 2, "--stepz");
         AssertCleanFailure(Mobius("compare", "--config", "huge", "--steps", "1"), 2, "unknown config 'huge'");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--lr", "-0.1"), 2, "--lr must be in (0, 1)");
         AssertCleanFailure(Mobius("train", "--topology", "diagonal", "--out", folder.File("x")), 2, "unknown topology");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 
