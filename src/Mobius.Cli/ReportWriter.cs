@@ -110,6 +110,7 @@ public sealed class ReportWriter(string folder)
 
         sb.AppendLine(ci, $"| trainable parameters | {r.Serial.TrainableParams:N0} | {r.Parallel.TrainableParams:N0} | | |");
         sb.AppendLine(ci, $"| final training loss (last tenth) | {r.Serial.FinalLoss:0.0000} | {r.Parallel.FinalLoss:0.0000} | | |");
+        sb.AppendLine(ci, $"| validation loss before training | {r.Serial.InitialValidationLoss:0.0000} | {r.Parallel.InitialValidationLoss:0.0000} | | |");
         sb.AppendLine(ci, $"| validation loss | {r.Serial.ValidationLoss:0.0000} | {r.Parallel.ValidationLoss:0.0000} | | |");
         sb.AppendLine(ci, $"| motion score of samples (0..1) | {Ui.Score(r.Serial.MotionScore)} | {Ui.Score(r.Parallel.MotionScore)} | | |");
         sb.AppendLine(ci, $"| movement matches caption | {Ui.Score(r.Serial.MotionMatch)} | {Ui.Score(r.Parallel.MotionMatch)} | | |");

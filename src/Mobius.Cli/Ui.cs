@@ -129,6 +129,7 @@ public static class Ui
 
         t.AddRow("trainable parameters", $"{r.Serial.TrainableParams:N0}", $"{r.Parallel.TrainableParams:N0}", "", "");
         t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
+        t.AddRow("validation loss before training", $"{r.Serial.InitialValidationLoss:0.0000}", $"{r.Parallel.InitialValidationLoss:0.0000}", "", "");
         t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
         t.AddRow("motion score (samples)", $"{Score(r.Serial.MotionScore)}", $"{Score(r.Parallel.MotionScore)}", "", "");
         t.AddRow("  movement matches caption", $"{Score(r.Serial.MotionMatch)}", $"{Score(r.Parallel.MotionMatch)}", "", "");

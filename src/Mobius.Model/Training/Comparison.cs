@@ -69,6 +69,10 @@ public sealed record TopologyResult
     [JsonPropertyName("validation_loss")]
     public double ValidationLoss { get; init; }
 
+    /// <summary>The same validation loss before the first step: the frozen text-to-image model frame by frame (equal for both topologies).</summary>
+    [JsonPropertyName("initial_validation_loss")]
+    public double InitialValidationLoss { get; init; }
+
     /// <summary>Mean motion score of DDIM samples: the geometric mean of the two parts below (null when not sampled).</summary>
     [JsonPropertyName("motion_score")]
     public double? MotionScore { get; init; }
@@ -208,6 +212,15 @@ public static class Comparison
                 trainers[i] = new Trainer(models[i]!, Data(config, options.Seed, Split.Train), Stage.TextToVideo, options.Train with { Seed = options.Seed });
             }
 
+            // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
+            var validation = Data(config, options.Seed, Split.Validation);
+            var initialValidation = new double[2];
+            for (int i = 0; i < 2; i++)
+            {
+                progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
+                initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+            }
+
             var stats = new List<StepStats>[] { new(), new() };
             for (int step = 1; step <= options.Steps; step++)
             {
@@ -219,7 +232,6 @@ public static class Comparison
                 }
             }
 
-            var validation = Data(config, options.Seed, Split.Validation);
             var prompts = SamplePrompts(validation, options.SamplePrompts);
             var results = new TopologyResult[2];
             for (int i = 0; i < 2; i++)
@@ -242,7 +254,7 @@ public static class Comparison
                     onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
                 }
 
-                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, validationLoss, scores);
+                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, validationLoss, scores) with { InitialValidationLoss = initialValidation[i] };
             }
 
             return new ComparisonResult

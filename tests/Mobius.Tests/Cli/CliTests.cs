@@ -88,6 +88,10 @@ public sealed class CliTests
             Assert.InRange(t.GetProperty("motion_score").GetDouble(), 0, 1);
         }
 
+        // Both start as the frozen text-to-image model: the same loss on the same held-out batches.
+        Assert.Equal(root.GetProperty("serial").GetProperty("initial_validation_loss").GetDouble(),
+            root.GetProperty("parallel").GetProperty("initial_validation_loss").GetDouble(), 1e-5);
+
         var ratio = root.GetProperty("ratio");
         double saved = ratio.GetProperty("saved_activation_bytes").GetDouble();
         Assert.InRange(saved, 0.01, 0.99);
