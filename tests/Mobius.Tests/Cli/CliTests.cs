@@ -8,7 +8,9 @@ namespace Mobius.Tests.Cli;
 /// <summary>The mobius command end to end on the micro config, as a user runs it: a separate process.</summary>
 public sealed class CliTests
 {
-    private static (int Code, string Out, string Err) Mobius(params string[] args)
+    private static (int Code, string Out, string Err) Mobius(params string[] args) => Run("", args);
+
+    private static (int Code, string Out, string Err) Run(string cudaMode, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "mobius.dll"));
@@ -17,7 +19,7 @@ public sealed class CliTests
             psi.ArgumentList.Add(a);
         }
 
-        psi.Environment["MOBIUS_CUDA"] = "";
+        psi.Environment["MOBIUS_CUDA"] = cudaMode;
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -44,6 +46,33 @@ public sealed class CliTests
         }
 
         Assert.Contains("cpu", r.Out);
+    }
+
+    [Fact]
+    public void Compare_runs_on_the_cuda_backend_over_the_simulated_driver_and_matches_the_cpu_run()
+    {
+        using var folder = new TempFolder();
+        string[] common = ["compare", "--config", "micro", "--steps", "1", "--samples", "0", "--json", "--seed", "5"];
+        var cpu = Run("", [.. common, "--backend", "cpu", "--out", folder.File("cpu")]);
+        var cuda = Run("sim", [.. common, "--backend", "cuda", "--out", folder.File("cuda")]);
+        Assert.True(cpu.Code == 0, cpu.Out + cpu.Err);
+        Assert.True(cuda.Code == 0, cuda.Out + cuda.Err);
+        using var a = JsonDocument.Parse(cpu.Out);
+        using var b = JsonDocument.Parse(cuda.Out);
+        Assert.Contains("simulat", b.RootElement.GetProperty("backend").GetString(), StringComparison.OrdinalIgnoreCase);
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            // Same seed, data and weights: the losses agree to float32 reduction-order differences (relative 1e-3).
+            foreach (var key in new[] { "final_loss", "validation_loss", "initial_validation_loss" })
+            {
+                double x = a.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
+                double y = b.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
+                Assert.True(Math.Abs(x - y) <= 1e-3 * Math.Abs(x), $"{topo}.{key}: cpu {x}, cuda {y}");
+            }
+
+            Assert.Equal(a.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64(),
+                b.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64());
+        }
     }
 
     [Fact]
