@@ -4,12 +4,67 @@ using Mobius.Engine.Cpu;
 
 namespace Mobius.Benchmarks;
 
-/// <summary>Conv2d forward, backward-data and backward-filter of the CPU backend on the model's shapes.</summary>
-public class Conv2dBenchmarks
+/// <summary>
+/// What the CPU convolution benchmarks share: the backend and random x, w, bias, y (also dy), dw and
+/// dbias, released after the run.
+/// </summary>
+public abstract class CpuConvBenchmark
 {
-    private CpuBackend _cpu = null!;
-    private Tensor _x = null!, _w = null!, _bias = null!, _y = null!, _dw = null!, _dbias = null!;
+    protected CpuBackend Cpu { get; private set; } = null!;
 
+    protected Tensor X { get; private set; } = null!;
+
+    protected Tensor W { get; private set; } = null!;
+
+    protected Tensor Bias { get; private set; } = null!;
+
+    protected Tensor Y { get; private set; } = null!;
+
+    protected Tensor Dw { get; private set; } = null!;
+
+    protected Tensor Dbias { get; private set; } = null!;
+
+    /// <summary>Allocates every tensor with values in [-1, 1] from a fixed seed; bias and dbias have w's first dimension.</summary>
+    protected void Allocate(int[] x, int[] w, int[] y)
+    {
+        Cpu = new CpuBackend();
+        var rng = new Random(1);
+        Tensor Rand(params int[] dims)
+        {
+            var shape = new Shape(dims);
+            var data = new float[shape.Numel];
+            for (int i = 0; i < data.Length; i++)
+            {
+                data[i] = (float)(rng.NextDouble() * 2 - 1);
+            }
+
+            return Tensor.FromArray(Cpu, data, shape);
+        }
+
+        X = Rand(x);
+        W = Rand(w);
+        Bias = Rand(w[0]);
+        Y = Rand(y);
+        Dw = Rand(w);
+        Dbias = Rand(w[0]);
+    }
+
+    [GlobalCleanup]
+    public void Cleanup()
+    {
+        foreach (var t in new[] { X, W, Bias, Y, Dw, Dbias })
+        {
+            t.Dispose();
+        }
+
+        Cpu.Dispose();
+    }
+}
+
+/// <summary>Conv2d forward, backward-data and backward-filter of the CPU backend on the model's shapes.</summary>
+[Config(typeof(BenchmarkConfig))]
+public class Conv2dBenchmarks : CpuConvBenchmark
+{
     public static IEnumerable<ConvCase> Cases() => ModelShapes.Convs;
 
     [ParamsSource(nameof(Cases))]
@@ -19,56 +74,24 @@ public class Conv2dBenchmarks
     public void Setup()
     {
         var s = Case.Shape;
-        _cpu = new CpuBackend();
-        var rng = new Random(1);
-        Tensor Rand(params int[] dims)
-        {
-            var shape = new Shape(dims);
-            var data = new float[shape.Numel];
-            for (int i = 0; i < data.Length; i++)
-            {
-                data[i] = (float)(rng.NextDouble() * 2 - 1);
-            }
-
-            return Tensor.FromArray(_cpu, data, shape);
-        }
-
-        _x = Rand(s.N, s.Cin, s.H, s.W);
-        _w = Rand(s.Cout, s.Cin, s.Kernel, s.Kernel);
-        _bias = Rand(s.Cout);
-        _y = Rand(s.N, s.Cout, s.OutH, s.OutW);
-        _dw = Rand(s.Cout, s.Cin, s.Kernel, s.Kernel);
-        _dbias = Rand(s.Cout);
-    }
-
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        foreach (var t in new[] { _x, _w, _bias, _y, _dw, _dbias })
-        {
-            t.Dispose();
-        }
-
-        _cpu.Dispose();
+        Allocate([s.N, s.Cin, s.H, s.W], [s.Cout, s.Cin, s.Kernel, s.Kernel], [s.N, s.Cout, s.OutH, s.OutW]);
     }
 
     [Benchmark]
-    public void Forward() => _cpu.Conv2dForward(Case.Shape, _x, _w, _bias, _y);
+    public void Forward() => Cpu.Conv2dForward(Case.Shape, X, W, Bias, Y);
 
     /// <summary>dx from dy (the y buffer) into the x buffer.</summary>
     [Benchmark]
-    public void BackwardData() => _cpu.Conv2dBackwardData(Case.Shape, _y, _w, _x);
+    public void BackwardData() => Cpu.Conv2dBackwardData(Case.Shape, Y, W, X);
 
     [Benchmark]
-    public void BackwardFilter() => _cpu.Conv2dBackwardFilter(Case.Shape, _x, _y, _dw, _dbias);
+    public void BackwardFilter() => Cpu.Conv2dBackwardFilter(Case.Shape, X, Y, Dw, Dbias);
 }
 
 /// <summary>Temporal conv forward, backward-data and backward-weight of the CPU backend on the model's shapes.</summary>
-public class TemporalConvBenchmarks
+[Config(typeof(BenchmarkConfig))]
+public class TemporalConvBenchmarks : CpuConvBenchmark
 {
-    private CpuBackend _cpu = null!;
-    private Tensor _x = null!, _w = null!, _bias = null!, _y = null!, _dw = null!, _dbias = null!;
-
     public static IEnumerable<TemporalConvCase> Cases() => ModelShapes.TemporalConvs;
 
     [ParamsSource(nameof(Cases))]
@@ -78,47 +101,17 @@ public class TemporalConvBenchmarks
     public void Setup()
     {
         var s = Case.Shape;
-        _cpu = new CpuBackend();
-        var rng = new Random(1);
-        Tensor Rand(params int[] dims)
-        {
-            var shape = new Shape(dims);
-            var data = new float[shape.Numel];
-            for (int i = 0; i < data.Length; i++)
-            {
-                data[i] = (float)(rng.NextDouble() * 2 - 1);
-            }
-
-            return Tensor.FromArray(_cpu, data, shape);
-        }
-
-        _x = Rand(s.B * s.F, s.Cin, s.S);
-        _w = Rand(s.Cout, s.Cin, 3);
-        _bias = Rand(s.Cout);
-        _y = Rand(s.B * s.F, s.Cout, s.S);
-        _dw = Rand(s.Cout, s.Cin, 3);
-        _dbias = Rand(s.Cout);
-    }
-
-    [GlobalCleanup]
-    public void Cleanup()
-    {
-        foreach (var t in new[] { _x, _w, _bias, _y, _dw, _dbias })
-        {
-            t.Dispose();
-        }
-
-        _cpu.Dispose();
+        Allocate([s.B * s.F, s.Cin, s.S], [s.Cout, s.Cin, 3], [s.B * s.F, s.Cout, s.S]);
     }
 
     [Benchmark]
-    public void Forward() => _cpu.TemporalConvForward(Case.Shape, _x, _w, _bias, _y);
+    public void Forward() => Cpu.TemporalConvForward(Case.Shape, X, W, Bias, Y);
 
     [Benchmark]
-    public void BackwardData() => _cpu.TemporalConvBackwardData(Case.Shape, _y, _w, _x);
+    public void BackwardData() => Cpu.TemporalConvBackwardData(Case.Shape, Y, W, X);
 
     [Benchmark]
-    public void BackwardWeight() => _cpu.TemporalConvBackwardWeight(Case.Shape, _x, _y, _dw, _dbias);
+    public void BackwardWeight() => Cpu.TemporalConvBackwardWeight(Case.Shape, X, Y, Dw, Dbias);
 }
 
 /// <summary>A conv2d benchmark case; every direction does the forward's multiply-adds.</summary>

@@ -9,6 +9,7 @@ namespace Mobius.Benchmarks;
 /// The CPU SGEMM on square sizes (both cores) and on the products the model issues, each called the way
 /// the engine calls it (leading dimensions, transpositions, threaded or not).
 /// </summary>
+[Config(typeof(BenchmarkConfig))]
 public unsafe class GemmBenchmarks
 {
     private CpuBackend _cpu = null!;

@@ -3,8 +3,9 @@ using Mobius.Benchmarks;
 
 // Runs the suites chosen on the command line with BenchmarkDotNet's usual options, for example
 //   dotnet run -c Release --project benchmarks/Mobius.Benchmarks -- --filter '*Gemm*'
-// (no --filter: an interactive menu). Everything runs in this process (see BenchmarkConfig), so a
-// self-contained published build runs on a machine without the SDK. New suites join the list below.
+// (no --filter: an interactive menu). Each suite names its configuration in a [Config] attribute
+// (BenchmarkConfig or its own): everything runs in this process, so a self-contained published build runs
+// on a machine without the SDK. New suites join the list below.
 // `report` runs the standard set and writes benchmarks/results/<date>-<machine>.md (see Report).
 if (args.Length > 0 && args[0] == "report")
 {
@@ -13,5 +14,5 @@ if (args.Length > 0 && args[0] == "report")
 
 BenchmarkSwitcher
     .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks), typeof(TrainStepBenchmarks), typeof(KernelBenchmarks)])
-    .Run(args, new BenchmarkConfig());
+    .Run(args);
 return 0;
