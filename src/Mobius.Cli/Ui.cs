@@ -131,9 +131,9 @@ public static class Ui
         t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
         t.AddRow("validation loss before training", $"{r.Serial.InitialValidationLoss:0.0000}", $"{r.Parallel.InitialValidationLoss:0.0000}", "", "");
         t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
-        t.AddRow("motion score (samples)", $"{Score(r.Serial.MotionScore)}", $"{Score(r.Parallel.MotionScore)}", "", "");
-        t.AddRow("  movement matches caption", $"{Score(r.Serial.MotionMatch)}", $"{Score(r.Parallel.MotionMatch)}", "", "");
-        t.AddRow("  frame consistency", $"{Score(r.Serial.Consistency)}", $"{Score(r.Parallel.Consistency)}", "", "");
+        t.AddRow("motion score (samples)", Score(r.Serial.MotionScore), Score(r.Parallel.MotionScore), "", "");
+        t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
+        t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
     }
 

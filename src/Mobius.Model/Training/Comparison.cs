@@ -254,7 +254,7 @@ public static class Comparison
                     onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
                 }
 
-                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, validationLoss, scores) with { InitialValidationLoss = initialValidation[i] };
+                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, initialValidation[i], validationLoss, scores);
             }
 
             return new ComparisonResult
@@ -305,7 +305,8 @@ public static class Comparison
         return picked;
     }
 
-    private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double validationLoss, List<MotionScore> scores)
+    private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double initialValidationLoss, double validationLoss,
+        List<MotionScore> scores)
     {
         var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
         var times = measured.Select(s => s.Milliseconds).OrderBy(t => t).ToList();
@@ -319,6 +320,7 @@ public static class Comparison
             SavedActivationBytes = stats.Max(s => s.SavedActivationBytes),
             TrainableParams = trainable,
             FinalLoss = stats.TakeLast(tail).Average(s => s.Loss),
+            InitialValidationLoss = initialValidationLoss,
             ValidationLoss = validationLoss,
             MotionScore = scores.Count > 0 ? scores.Average(m => m.Combined) : null,
             MotionMatch = scores.Count > 0 ? scores.Average(m => m.Motion) : null,
