@@ -4,11 +4,15 @@ The same layers, shapes and parameter names as src/Mobius.Model (see docs/ops.md
 in both topologies:
   serial:   h' = TA(SA(TC(R(h, e)), c))
   parallel: s' = SA(R(s, e), c) under no_grad;  t' = TA(TC(t + s'));  eps = out(s_L) + fuse(t_L)
+            (the additive bridge)
+  loop:     serial's values; every spatial layer under no_grad, its input given the gradient of its
+            skip path alone (straight through: v + (k - k.detach()), k = identity or the 1x1 shortcut)
+            (the parallel topology's loop bridge, Mobius's default)
 
 `python3 mobius_torch.py fixtures OUT_DIR` writes the parity fixtures the C# tests compare against
 (float64 reference: outputs, loss and every trainable gradient, for the micro config).
-`python3 mobius_torch.py bench --device cpu|cuda --config tiny --steps N` is the PyTorch peer of
-`mobius compare`: serial and parallel training steps on random data, one JSON object.
+`python3 mobius_torch.py bench --device cpu|cuda --config tiny --steps N [--bridge loop|additive]` is
+the PyTorch peer of `mobius compare`: serial and parallel training steps on random data, one JSON object.
 Runs on Debian's python3-torch (1.13, CPU); needs nothing else.
 """
 import json
@@ -304,7 +308,7 @@ def temporal_transformer(p, cfg, name, x, frames):
 
 def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
     c0 = cfg["channels"][0]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and topology != "parallel"):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and topology not in ("parallel", "loop")):
         e = linear(p, "time_embedding.linear_1", sinusoid(timesteps, c0, x.dtype))
         e = F.silu(linear(p, "time_embedding.linear_2", F.silu(e)))
     steps = plan(cfg)
@@ -319,6 +323,35 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
 
     def out_head(h):
         return conv(p, "conv_out", F.silu(group_norm(h, p["norm_out.weight"], p["norm_out.bias"], cfg["groups"])))
+
+    def bypass(f, h, shortcut=None):
+        with torch.no_grad():
+            v = f(h)
+        if not h.requires_grad:
+            return v
+        k = h if shortcut is None else conv(p, shortcut, h)
+        return v + (k - k.detach())
+
+    if topology == "loop":
+        h = conv(p, "conv_in", x)
+        skips = [h]
+        for kind, name, _, _, attn, pop, push in steps:
+            if kind == "block":
+                if pop:
+                    h = torch.cat([h, skips.pop()], dim=1)
+                sc = name + ".res.conv_shortcut" if name + ".res.conv_shortcut.weight" in p else None
+                h = bypass(lambda t: res_block(p, cfg, name + ".res", t, e), h, sc)
+                h = temporal_conv(p, cfg, name + ".temp_conv", h, frames)
+                if attn:
+                    h = bypass(lambda t: spatial_transformer(p, cfg, name + ".attn", t, ctx), h)
+                    h = temporal_transformer(p, cfg, name + ".temp_attn", h, frames)
+            elif kind == "down":
+                h = conv(p, name + ".conv", h, stride=2)
+            else:
+                h = conv(p, name + ".conv", F.interpolate(h, scale_factor=2, mode="nearest"))
+            if push:
+                skips.append(h)
+        return out_head(h)
 
     if topology in ("spatial", "serial"):
         h = conv(p, "conv_in", x)
@@ -404,7 +437,7 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
     gen = torch.Generator().manual_seed(seed)
     dt = torch.float64
     b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
-    for topology in ("serial", "parallel"):
+    def unet_fixture(topology, gen):
         p = {k: fp32_exact(v) for k, v in make_unet_params(cfg, topology, gen, dt).items()}
         x = fp32_exact(torch.randn((b * f, LATENT, h, w), generator=gen, dtype=dt))
         steps = torch.randint(0, 1000, (b,), generator=gen).repeat_interleave(f)
@@ -423,6 +456,9 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
         save_safetensors(path, out, {"config": config, "topology": topology, "seed": seed, "torch": torch.__version__})
         print(f"{path}: loss {loss.item():.6f}, {sum(1 for k in out if k.startswith('grad.'))} gradients")
 
+    for topology in ("serial", "parallel"):
+        unet_fixture(topology, gen)
+
     vocab = 23
     p = {k: fp32_exact(v) for k, v in make_text_params(cfg, vocab, gen, dt).items()}
     ids = torch.randint(0, vocab, (b, cfg["tokens"]), generator=gen)
@@ -439,8 +475,11 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
     save_safetensors(path, out, {"config": config, "vocab": vocab, "seed": seed, "torch": torch.__version__})
     print(f"{path}: loss {loss.item():.6f}")
 
+    # The loop bridge came later: its own generator, so the fixtures above stay as they were.
+    unet_fixture("loop", torch.Generator().manual_seed(seed + 1))
 
-def bench(device, config, steps, warmup, seed=1):
+
+def bench(device, config, steps, warmup, seed=1, bridge="loop"):
     """Serial and parallel training steps of the same model on random data, alternating, as Mobius
     measures them: median step time, peak memory (CUDA: max_memory_allocated) and the bytes autograd
     saves for backward (unique storages seen by saved_tensors_hooks). Prints one JSON object."""
@@ -452,8 +491,10 @@ def bench(device, config, steps, warmup, seed=1):
     gen = torch.Generator().manual_seed(seed)
     b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
     runs = {}
+    # "parallel" is the reading the bridge names: the loop, or the additive ring.
+    forward_of = {"serial": "serial", "parallel": "loop" if bridge == "loop" else "parallel"}
     for topology in ("serial", "parallel"):
-        p = {k: v.to(torch.float32).to(dev) for k, v in make_unet_params(cfg, topology, gen, torch.float32).items()}
+        p = {k: v.to(torch.float32).to(dev) for k, v in make_unet_params(cfg, forward_of[topology], gen, torch.float32).items()}
         trainable = [v for k, v in p.items() if is_temporal(k)]
         for v in trainable:
             v.requires_grad_(True)
@@ -486,7 +527,7 @@ def bench(device, config, steps, warmup, seed=1):
             sync()
             start = time.perf_counter()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                eps = unet_forward(p, cfg, topology, x, t, ctx, f)
+                eps = unet_forward(p, cfg, forward_of[topology], x, t, ctx, f)
                 loss = F.mse_loss(eps, target)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([v for v in p.values() if v.requires_grad], 1.0)
@@ -500,7 +541,7 @@ def bench(device, config, steps, warmup, seed=1):
             if dev.type == "cuda":
                 peak[topology] = torch.cuda.max_memory_allocated()
 
-    out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "steps": steps,
+    out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "bridge": bridge, "steps": steps,
            "threads": torch.get_num_threads()}
     for topology in runs:
         out[topology] = {"step_ms_median": statistics.median(times[topology]), "saved_activation_bytes": saved[topology],
@@ -524,10 +565,11 @@ if __name__ == "__main__":
         a.add_argument("--steps", type=int, default=10)
         a.add_argument("--warmup", type=int, default=2)
         a.add_argument("--threads", type=int, default=0)
+        a.add_argument("--bridge", default="loop", choices=["loop", "additive"])
         args = a.parse_args(sys.argv[2:])
         if args.threads:
             torch.set_num_threads(args.threads)
-        bench(args.device, args.config, args.steps, args.warmup)
+        bench(args.device, args.config, args.steps, args.warmup, bridge=args.bridge)
     else:
         print(__doc__)
         sys.exit(2)

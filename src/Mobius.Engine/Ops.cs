@@ -169,6 +169,25 @@ public static partial class Ops
         return x.View(0, x.Shape);
     }
 
+    /// <summary>
+    /// The value of <paramref name="value"/> (computed without a gradient) carrying the gradient of
+    /// <paramref name="path"/>: forward it is <paramref name="value"/> (a view, no copy), backward the
+    /// incoming gradient goes to <paramref name="path"/> unchanged. A straight-through estimator: with
+    /// path = the skip connection of a residual block y = skip(x) + f(x), the block's activations need not
+    /// be kept, at the price of leaving f's Jacobian out of the gradient.
+    /// </summary>
+    public static Tensor StraightThrough(Tensor value, Tensor path)
+    {
+        const string op = "straight_through";
+        Check.Same(op, value, path);
+        Check.SameShape(op, value, path);
+        Check.That(op, !value.RequiresGrad, $"the value {value.Shape} must be computed without a gradient (under Tape.NoGrad()).");
+        var y = value.View(0, value.Shape);
+        var node = Tape.Record(op, path);
+        node?.Finish(y, g => [g.View(0, path.Shape)]);
+        return y;
+    }
+
     // ---- elementwise ------------------------------------------------------------------------------
 
     /// <summary>a + b.</summary>

@@ -71,8 +71,19 @@ public sealed record ModelConfig
     /// </summary>
     public float FrameNoiseCorrelation { get; init; } = 0.9f;
 
-    /// <summary>The spatial-to-temporal bridge of the parallel topology ("additive" or "gated").</summary>
-    public string Bridge { get; init; } = "additive";
+    /// <summary>
+    /// The reading of the parallel topology's bridges: "loop" (the default: each block's temporal layers
+    /// feed back into the spatial chain, gradients run through the temporal layers and the chain's skip
+    /// paths), or a separate ring ("additive": t + s', "gated": s' + g * t) read out by a fuse at the end.
+    /// A stage-2 choice: text-to-image checkpoints load with any bridge.
+    /// </summary>
+    public string Bridge { get; init; } = DefaultBridge;
+
+    /// <summary>The bridge a text-to-video model gets unless told otherwise.</summary>
+    public const string DefaultBridge = "loop";
+
+    /// <summary>The bridge names <see cref="Validate"/> accepts.</summary>
+    public static IReadOnlyList<string> Bridges { get; } = ["loop", "additive", "gated"];
 
     /// <summary>Checks internal consistency; throws <see cref="ArgumentException"/> naming the problem.</summary>
     public void Validate()
@@ -94,7 +105,7 @@ public sealed record ModelConfig
         int factor = 2 << (Channels.Length - 1);
         Need(Height % factor == 0 && Width % factor == 0, $"height and width must be multiples of {factor} for {Channels.Length} levels.");
         Need(LayersPerLevel >= 1 && Batch >= 1 && TokenLength >= 3, "layers, batch and token length must be positive.");
-        Need(Bridge is "additive" or "gated", $"unknown bridge '{Bridge}'.");
+        Need(Bridges.Contains(Bridge), $"unknown bridge '{Bridge}'; known: {string.Join(", ", Bridges)}.");
         Need(FrameNoiseCorrelation is >= 0f and < 1f, "frame noise correlation must be in [0, 1).");
     }
 

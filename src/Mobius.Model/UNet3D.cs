@@ -14,7 +14,10 @@ public enum Topology
     /// <summary>The usual 3D-UNet: temporal layers follow spatial layers; gradients flow through both.</summary>
     Serial,
 
-    /// <summary>Mobius: a spatial chain (inference-only) and a temporal ring side by side.</summary>
+    /// <summary>
+    /// Mobius: a spatial chain (inference-only) and a temporal ring side by side; gradients flow only
+    /// through the temporal layers. How the two meet is the config's <see cref="ModelConfig.Bridge"/>.
+    /// </summary>
     Parallel,
 }
 
@@ -75,6 +78,44 @@ public sealed class UNetBlock : Module
     {
         var x = TempConv!.Forward(u, frames);
         return TempAttn is null ? x : x.Then(t => TempAttn.Forward(t, frames));
+    }
+
+    /// <summary>
+    /// The loop reading of the parallel topology: the values of <see cref="Serial"/>, but each spatial
+    /// layer runs inference-only and hands its input the gradient of its skip path alone (identity, or
+    /// the ResBlock's 1x1 shortcut), so gradients flow through the temporal layers and nothing of the
+    /// spatial layers is kept.
+    /// </summary>
+    public Tensor Loop(Tensor h, Tensor e, Tensor c, int frames)
+    {
+        var x = Bypass(h, t => Res.Forward(t, e), Res.Shortcut).Then(t => TempConv!.Forward(t, frames));
+        return Attn is null ? x : x.Then(t => Bypass(t, u => Attn.Forward(u, c), null)).Then(t => TempAttn!.Forward(t, frames));
+    }
+
+    private static Tensor Bypass(Tensor h, Func<Tensor, Tensor> spatial, Conv2d? shortcut)
+    {
+        Tensor value;
+        using (Tape.NoGrad())
+        {
+            value = spatial(h);
+        }
+
+        if (!h.RequiresGrad || !Tape.GradEnabled)
+        {
+            return value;
+        }
+
+        using (value)
+        using (Tape.Kind(nameof(Layers.Bridge)))
+        {
+            if (shortcut is null)
+            {
+                return Ops.StraightThrough(value, h);
+            }
+
+            using var path = shortcut.Forward(h);
+            return Ops.StraightThrough(value, path);
+        }
     }
 }
 
@@ -156,7 +197,7 @@ public sealed class UNet3D : Module
         NormOut = AddModule("norm_out", new GroupNorm(backend, config.Groups, c0));
         ConvOut = AddModule("conv_out", new Conv2d(backend, rng, c0, config.LatentChannels, 3));
 
-        if (topology == Topology.Parallel)
+        if (topology == Topology.Parallel && !IsLoop)
         {
             // The ring carries its state from block to block; where the channel count changes, a
             // trainable 1x1 convolution adapts it (resolution changes need no parameters).
@@ -179,6 +220,12 @@ public sealed class UNet3D : Module
 
     /// <summary>The topology.</summary>
     public Topology Topology { get; }
+
+    /// <summary>
+    /// Parallel with the loop bridge: the temporal layers sit where serial has them and feed back into the
+    /// spatial chain, which runs inference-only; no ring projections or fuse (the parameters are serial's).
+    /// </summary>
+    public bool IsLoop => Topology == Topology.Parallel && Config.Bridge == "loop";
 
     /// <summary>Latent-to-feature convolution.</summary>
     public Conv2d ConvIn { get; }
@@ -207,10 +254,10 @@ public sealed class UNet3D : Module
     /// <summary>Feature-to-latent convolution.</summary>
     public Conv2d ConvOut { get; }
 
-    /// <summary>Channel adapters of the temporal ring (parallel only).</summary>
+    /// <summary>Channel adapters of the temporal ring (parallel with a ring bridge only).</summary>
     public ModuleList<Conv2d>? RingProjections { get; }
 
-    /// <summary>The spatial-to-temporal and temporal-to-output bridges (parallel only).</summary>
+    /// <summary>The spatial-to-temporal and temporal-to-output bridges (parallel with a ring bridge only; null for the loop).</summary>
     public Bridge? Bridge { get; }
 
     /// <summary>All blocks in forward order.</summary>
@@ -257,7 +304,7 @@ public sealed class UNet3D : Module
         }
 
         using var embedding = e;
-        return Topology == Topology.Parallel ? ForwardParallel(x, e, context, frames) : ForwardSerial(x, e, context, frames);
+        return Topology == Topology.Parallel && !IsLoop ? ForwardParallel(x, e, context, frames) : ForwardSerial(x, e, context, frames);
     }
 
     private Tensor ForwardSerial(Tensor x, Tensor e, Tensor c, int frames)
@@ -271,8 +318,12 @@ public sealed class UNet3D : Module
             {
                 h = step.Kind switch
                 {
-                    StepKind.Block => h.Then(t => RunBlock(step, t, skips, u =>
-                        Topology == Topology.Spatial ? step.Block.Spatial(u, e, c) : step.Block.Serial(u, e, c, frames))),
+                    StepKind.Block => h.Then(t => RunBlock(step, t, skips, u => Topology switch
+                    {
+                        Topology.Spatial => step.Block.Spatial(u, e, c),
+                        Topology.Serial => step.Block.Serial(u, e, c, frames),
+                        _ => step.Block.Loop(u, e, c, frames),
+                    })),
                     StepKind.Down => h.Then(Downsamplers[step.Index].Forward),
                     _ => h.Then(Upsamplers[step.Index].Forward),
                 };
@@ -282,6 +333,8 @@ public sealed class UNet3D : Module
                 }
             }
 
+            // In the loop the resampling convs (frozen, linear: they keep nothing) and the out head are on
+            // the gradient's path; the out head keeps its input, one feature map.
             return h.Then(OutHead);
         }
         finally

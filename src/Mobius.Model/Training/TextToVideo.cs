@@ -57,18 +57,30 @@ public sealed class TextToVideo : IDisposable
     /// <summary>
     /// A model from a checkpoint in <paramref name="topology"/>. A text-to-image checkpoint loads into any
     /// topology (the temporal layers start from their initialisation, the identity); a text-to-video
-    /// checkpoint only into its own topology.
+    /// checkpoint only into its own topology. The parallel topology's <paramref name="bridge"/> is a
+    /// stage-2 choice (null: <see cref="ModelConfig.DefaultBridge"/>); a text-to-video checkpoint keeps its own.
     /// </summary>
-    public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed)
+    public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed, string? bridge = null)
     {
         if (checkpoint.Topology != Topology.Spatial && checkpoint.Topology != topology)
         {
             throw new InvalidDataException($"a {checkpoint.Topology} checkpoint cannot be loaded as {topology}; only text-to-image checkpoints load into any topology.");
         }
 
-        var tokenizer = Tokenizer.FromVocabulary(checkpoint.Vocabulary, checkpoint.Config.TokenLength);
+        var config = checkpoint.Config;
+        if (checkpoint.Topology == Topology.Spatial)
+        {
+            config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge };
+        }
+        else if (bridge is not null && bridge != config.Bridge && topology == Topology.Parallel)
+        {
+            throw new InvalidDataException($"the checkpoint was trained with the {config.Bridge} bridge; it cannot continue with the {bridge} bridge.");
+        }
+
+        config.Validate();
+        var tokenizer = Tokenizer.FromVocabulary(checkpoint.Vocabulary, config.TokenLength);
         var codec = new SpaceToDepthCodec(checkpoint.CodecScales, checkpoint.CodecShifts);
-        var model = new TextToVideo(backend, checkpoint.Config, topology, tokenizer, codec, seed);
+        var model = new TextToVideo(backend, config, topology, tokenizer, codec, seed);
         try
         {
             var loaded = model.Unet.LoadStateDict(checkpoint.Unet, strict: false);

@@ -40,12 +40,14 @@ public abstract class TorchParityTests(BackendFixture fixture)
     }
 
     [Theory]
-    [InlineData(Topology.Serial)]
-    [InlineData(Topology.Parallel)]
-    public void UNet3D_matches_pytorch(Topology topology)
+    [InlineData("serial", Topology.Serial, "loop")]
+    [InlineData("parallel", Topology.Parallel, "additive")]
+    [InlineData("loop", Topology.Parallel, "loop")]
+    public void UNet3D_matches_pytorch(string fixtureName, Topology topology, string bridge)
     {
-        var (all, meta) = SafeTensors.Read(FixturePath($"unet3d_micro_{topology.ToString().ToLowerInvariant()}.safetensors"));
-        var config = ModelConfig.Get(meta["config"]);
+        var (all, meta) = SafeTensors.Read(FixturePath($"unet3d_micro_{fixtureName}.safetensors"));
+        Assert.Equal(fixtureName, meta["topology"]);
+        var config = ModelConfig.Get(meta["config"]) with { Bridge = bridge };
         using var tape = Tape.Begin();
         using var model = new UNet3D(B, config, topology, seed: 0);
         model.LoadStateDict(Prefixed(all, "param."));
@@ -64,7 +66,7 @@ public abstract class TorchParityTests(BackendFixture fixture)
 
         // fp32 through ~40 layers against fp64: outputs agree to about 1e-5 of their scale.
         double outErr = RelMaxError(eps.ToArray(), all["output.eps"].Data);
-        Assert.True(outErr < 1e-4, $"{topology} output: relative max error {outErr:E2}");
+        Assert.True(outErr < 1e-4, $"{fixtureName} output: relative max error {outErr:E2}");
         Assert.Equal(all["output.loss"].Data[0], loss.Item(), 4e-5f);
 
         loss.Backward();
@@ -74,7 +76,7 @@ public abstract class TorchParityTests(BackendFixture fixture)
         {
             // Gradients accumulate fp32 rounding through backward as well: 1e-3 of each tensor's scale.
             double err = RelMaxError(p.Grad!.ToArray(), all["grad." + name].Data);
-            Assert.True(err < 1e-3, $"{topology} gradient of {name}: relative max error {err:E2}");
+            Assert.True(err < 1e-3, $"{fixtureName} gradient of {name}: relative max error {err:E2}");
             p.ClearGrad();
         }
 

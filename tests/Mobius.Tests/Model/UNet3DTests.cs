@@ -38,9 +38,9 @@ public abstract class UNet3DTests(BackendFixture fixture)
     }
 
     /// <summary>A video model whose spatial part is the given text-to-image model's, frozen.</summary>
-    private UNet3D VideoModel(UNet3D t2i, Topology topology, int seed)
+    private UNet3D VideoModel(UNet3D t2i, Topology topology, int seed, string bridge = ModelConfig.DefaultBridge)
     {
-        var m = new UNet3D(B, Micro, topology, seed);
+        var m = new UNet3D(B, Micro with { Bridge = bridge }, topology, seed);
         var loaded = m.LoadStateDict(t2i.StateDict(), strict: false);
         Assert.Equal(t2i.Parameters().Count(), loaded.Count);
         m.FreezeSpatial();
@@ -69,17 +69,93 @@ public abstract class UNet3DTests(BackendFixture fixture)
         Assert.Contains(reference, v => v != 0);
         Assert.Equal(reference, Predict(serial));
         Assert.Equal(reference, Predict(parallel));
+        foreach (var bridge in ModelConfig.Bridges.Where(b => b != ModelConfig.DefaultBridge))
+        {
+            using var other = VideoModel(t2i, Topology.Parallel, r.Seed + 3, bridge);
+            Assert.Equal(reference, Predict(other));
+        }
     }
 
-    [Theory]
-    [InlineData(Topology.Serial)]
-    [InlineData(Topology.Parallel)]
-    public void Spatial_weights_never_receive_a_gradient_and_temporal_weights_do(Topology topology)
+    /// <summary>Random values for every temporal parameter (the zero-initialised outputs included).</summary>
+    private static Dictionary<string, float[]> RandomTemporal(UNet3D m, Rng r) =>
+        m.TemporalParameters().ToDictionary(np => np.Name, np => r.Uniform(np.Parameter.Numel, 0.2f));
+
+    [Fact]
+    public void The_loop_computes_serial_values_and_the_exact_gradient_where_only_the_out_head_follows()
     {
         var r = new Rng(Seeds.One);
         using var tape = Tape.Begin();
         using var t2i = new UNet3D(B, Micro, Topology.Spatial, r.Seed);
-        using var m = VideoModel(t2i, topology, r.Seed + 1);
+        using var serial = VideoModel(t2i, Topology.Serial, r.Seed + 1);
+        using var loop = VideoModel(t2i, Topology.Parallel, r.Seed + 2, "loop");
+        Assert.True(loop.IsLoop);
+        var temporal = RandomTemporal(serial, r);
+        serial.LoadStateDict(temporal, strict: false);
+        Assert.Equal(temporal.Count, loop.LoadStateDict(temporal, strict: false).Count); // the same parameters
+        using var inputs = MakeInputs(r);
+
+        Dictionary<string, float[]> Run(UNet3D m, out float[] output)
+        {
+            using var y = m.Forward(inputs.X, inputs.Timesteps, inputs.Context, Micro.Frames);
+            output = y.ToArray();
+            using (var loss = Ops.MseLoss(y, inputs.Target))
+            {
+                loss.Backward();
+            }
+
+            var grads = m.TemporalParameters().ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+            foreach (var (_, p) in m.TemporalParameters())
+            {
+                p.ClearGrad();
+            }
+
+            return grads;
+        }
+
+        var gs = Run(serial, out var ys);
+        var gl = Run(loop, out var yl);
+        Assert.Contains(ys, v => Math.Abs(v) > 1e-3);
+        Assert.Equal(ys, yl); // the same arithmetic: bit for bit
+
+        // After the last block's temporal transformer only the out head runs, on the tape in both: its
+        // gradients are the exact ones. Earlier layers see the skip-path gradient, which differs.
+        string last = $"up.{loop.Up.Count - 1}.temp_attn.";
+        var tail = gs.Keys.Where(n => n.StartsWith(last, StringComparison.Ordinal)).ToList();
+        Assert.NotEmpty(tail);
+        foreach (var n in tail)
+        {
+            Assert.Equal(gs[n], gl[n], (a, b) => Math.Abs(a - b) <= 1e-5f + 1e-4f * Math.Abs(a));
+        }
+
+        var first = gs.Keys.First(n => n.StartsWith("down.0.temp_conv.conv1_weight", StringComparison.Ordinal));
+        Assert.NotEqual(gs[first], gl[first]);
+        double cos = Cosine(gs[first], gl[first]);
+        Assert.True(cos is > -1 and < 0.9999, $"cosine {cos}");
+    }
+
+    private static double Cosine(float[] a, float[] b)
+    {
+        double ab = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            ab += (double)a[i] * b[i];
+            aa += (double)a[i] * a[i];
+            bb += (double)b[i] * b[i];
+        }
+
+        return ab / Math.Sqrt(aa * bb);
+    }
+
+    [Theory]
+    [InlineData(Topology.Serial, "loop")]
+    [InlineData(Topology.Parallel, "loop")]
+    [InlineData(Topology.Parallel, "additive")]
+    public void Spatial_weights_never_receive_a_gradient_and_temporal_weights_do(Topology topology, string bridge)
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var t2i = new UNet3D(B, Micro, Topology.Spatial, r.Seed);
+        using var m = VideoModel(t2i, topology, r.Seed + 1, bridge);
         using var inputs = MakeInputs(r);
         using (var y = m.Forward(inputs.X, inputs.Timesteps, inputs.Context, Micro.Frames))
         using (var loss = Ops.MseLoss(y, inputs.Target))
@@ -106,31 +182,49 @@ public abstract class UNet3DTests(BackendFixture fixture)
     }
 
     [Fact]
-    public void The_parallel_tape_holds_no_spatial_node_and_the_serial_tape_does()
+    public void The_parallel_tape_holds_no_spatial_layer_and_the_serial_tape_does()
     {
         var r = new Rng(Seeds.One);
         using var t2i = new UNet3D(B, Micro, Topology.Spatial, r.Seed);
         using var inputs = MakeInputs(r);
-        var stats = new Dictionary<Topology, IReadOnlyDictionary<string, TapeKindStats>>();
-        foreach (var topology in new[] { Topology.Serial, Topology.Parallel })
+        var stats = new Dictionary<string, IReadOnlyDictionary<string, TapeKindStats>>();
+        foreach (var (name, topology, bridge) in new[] { ("serial", Topology.Serial, "loop"), ("additive", Topology.Parallel, "additive"), ("loop", Topology.Parallel, "loop") })
         {
             using var tape = Tape.Begin();
-            using var m = VideoModel(t2i, topology, r.Seed + 1);
+            using var m = VideoModel(t2i, topology, r.Seed + 1, bridge);
             using var y = m.Forward(inputs.X, inputs.Timesteps, inputs.Context, Micro.Frames);
-            stats[topology] = tape.StatsByKind;
+            stats[name] = tape.StatsByKind;
         }
 
-        var parallel = stats[Topology.Parallel];
-        Assert.Empty(parallel.Keys.Intersect(SpatialKinds));
-        Assert.Subset(new HashSet<string> { "TemporalConv", "TemporalTransformer", "TemporalRing", "Bridge" }, parallel.Keys.ToHashSet());
+        // A ring bridge: nothing spatial on the tape at all.
+        var ring = stats["additive"];
+        Assert.Empty(ring.Keys.Intersect(SpatialKinds));
+        Assert.Subset(new HashSet<string> { "TemporalConv", "TemporalTransformer", "TemporalRing", "Bridge" }, ring.Keys.ToHashSet());
+
+        // The loop: no ResBlock2D or SpatialTransformer node; the gradient's path crosses only the frozen
+        // resampling convs and skip joins (which keep nothing) and the out head (which keeps its input).
+        var loop = stats["loop"];
+        Assert.DoesNotContain("ResBlock2D", loop.Keys);
+        Assert.DoesNotContain("SpatialTransformer", loop.Keys);
+        Assert.Subset(new HashSet<string> { "TemporalConv", "TemporalTransformer", "Bridge", "Resample", "Other", "OutHead" }, loop.Keys.ToHashSet());
+        Assert.True(loop["Bridge"].Nodes > 0);
+        Assert.All(new[] { "Bridge", "Resample", "Other" }, k => Assert.Equal(0, loop.GetValueOrDefault(k)?.SavedBytes ?? 0));
 
         // Serial: the frozen spatial layers are on the gradient path and keep activations for it.
-        var serial = stats[Topology.Serial];
+        var serial = stats["serial"];
         Assert.True(serial["ResBlock2D"].Nodes > 0 && serial["ResBlock2D"].SavedBytes > 0);
         Assert.True(serial["SpatialTransformer"].Nodes > 0 && serial["SpatialTransformer"].SavedBytes > 0);
         long serialSaved = serial.Values.Sum(s => s.SavedBytes);
-        long parallelSaved = parallel.Values.Sum(s => s.SavedBytes);
-        Assert.True(parallelSaved < serialSaved, $"parallel saved {parallelSaved} B, serial {serialSaved} B");
+        foreach (var parallel in new[] { ring, loop })
+        {
+            long parallelSaved = parallel.Values.Sum(s => s.SavedBytes);
+            Assert.True(parallelSaved < serialSaved, $"parallel saved {parallelSaved} B, serial {serialSaved} B");
+        }
+
+        // Loop and serial keep the same temporal activations; the loop keeps nothing else but the out head's input.
+        Assert.Equal(serial["TemporalConv"].SavedBytes, loop["TemporalConv"].SavedBytes);
+        Assert.Equal(serial["TemporalTransformer"].SavedBytes, loop["TemporalTransformer"].SavedBytes);
+        Assert.Equal(serial["OutHead"].SavedBytes, loop["OutHead"].SavedBytes);
     }
 
     [Fact]
@@ -138,12 +232,18 @@ public abstract class UNet3DTests(BackendFixture fixture)
     {
         using var t2i = new UNet3D(B, Micro, Topology.Spatial, 1);
         using var serial = new UNet3D(B, Micro, Topology.Serial, 1);
-        using var parallel = new UNet3D(B, Micro, Topology.Parallel, 1);
+        using var parallel = new UNet3D(B, Micro with { Bridge = "additive" }, Topology.Parallel, 1);
+        using var loop = new UNet3D(B, Micro with { Bridge = "loop" }, Topology.Parallel, 1);
         var names = t2i.NamedParameters().Select(n => n.Name).ToList();
         Assert.Equal(names, serial.SpatialParameters().Select(n => n.Name));
         Assert.Equal(names, parallel.SpatialParameters().Select(n => n.Name));
+        Assert.Equal(names, loop.SpatialParameters().Select(n => n.Name));
         Assert.Empty(t2i.TemporalParameters());
         Assert.Contains(parallel.TemporalParameters(), n => n.Name.StartsWith("bridge.", StringComparison.Ordinal));
+
+        // The loop trains exactly serial's temporal layers: no ring adapters, no fuse.
+        Assert.Equal(serial.TemporalParameters().Select(n => n.Name), loop.TemporalParameters().Select(n => n.Name));
+        Assert.Null(loop.Bridge);
     }
 }
 
