@@ -23,6 +23,8 @@ public static class Commands
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
     private static readonly Option<int> ThreadsOption = new("--threads") { Description = "CPU threads (0: all cores)", DefaultValueFactory = _ => 0 };
     private static readonly Option<bool> WeightsOnlyOption = new("--weights-only") { Description = "leave the optimiser state out of the final checkpoint (smaller; it cannot be resumed)" };
+    private static readonly Option<string?> BridgeOption = new("--bridge") { Description = "the parallel topology's bridge: loop (default), additive or gated" };
+    private static readonly Option<string?> MotionOption = new("--motion") { Description = "train and validate on clips of these motions only, e.g. move-right or grow,shrink (default: all)" };
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
 
     /// <summary>Every command.</summary>
@@ -157,7 +159,7 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, output, saveEvery, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption };
+            { topology, from, resume, steps, lr, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -170,8 +172,8 @@ public static class Commands
             }
 
             int seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed;
-            using var model = TextToVideo.Load(backend, ckpt, topo, seed);
-            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train), Stage.TextToVideo,
+            using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)));
+            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, ParseMotions(p.GetValue(MotionOption))), Stage.TextToVideo,
                 new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr) });
             if (resumeFrom is not null)
             {
@@ -239,9 +241,9 @@ public static class Commands
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, ThreadsOption, MemoryLimitOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
-            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
+            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
         return cmd;
     }
 
@@ -251,7 +253,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, BackendOption, SeedOption, ThreadsOption };
+            { output, steps, lr, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -261,13 +263,13 @@ public static class Commands
             }
 
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: 4, sampleSteps: 25, p.GetValue(lr), p.GetValue(ThreadsOption), 0);
+                samples: 4, sampleSteps: 25, p.GetValue(lr), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0);
         });
         return cmd;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        float learningRate, int threads, long memoryLimitMb)
+        float learningRate, string? bridge, string? motion, int threads, long memoryLimitMb)
     {
         if (steps < 1)
         {
@@ -291,6 +293,8 @@ public static class Commands
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
             Train = new TrainOptions { Seed = seed, LearningRate = learningRate },
+            Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
+            Motions = ParseMotions(motion),
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
         };
         Directory.CreateDirectory(outDir);
@@ -309,6 +313,34 @@ public static class Commands
 
         return ExitCodes.Success;
     }
+
+    private static List<Motion>? ParseMotions(string? text)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        var known = Enum.GetValues<Motion>().ToDictionary(m => m.ToString().ToLowerInvariant(), m => m);
+        var motions = new List<Motion>();
+        foreach (var part in text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries))
+        {
+            if (!known.TryGetValue(part.Replace("-", "", StringComparison.Ordinal).ToLowerInvariant(), out var m))
+            {
+                throw new UsageException($"unknown motion '{part}'; use {string.Join(", ", Enum.GetValues<Motion>().Select(Kebab))}.");
+            }
+
+            motions.Add(m);
+        }
+
+        return motions.Count > 0 ? motions.Distinct().ToList() : throw new UsageException("--motion names no motion.");
+    }
+
+    private static string Kebab(Motion m) => string.Concat(m.ToString().Select((ch, i) => i > 0 && char.IsUpper(ch) ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
+
+    private static string? ParseBridge(string? name) =>
+        name is null || ModelConfig.Bridges.Contains(name.ToLowerInvariant()) ? name?.ToLowerInvariant()
+        : throw new UsageException($"unknown bridge '{name}'; use {string.Join(", ", ModelConfig.Bridges)}.");
 
     private static Topology ParseTopology(string name) => name.ToLowerInvariant() switch
     {

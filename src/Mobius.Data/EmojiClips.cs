@@ -30,6 +30,9 @@ public sealed record EmojiClipsOptions
 
     /// <summary>Training or validation clips.</summary>
     public Split Split { get; init; } = Split.Train;
+
+    /// <summary>Only combinations with these motions (null: every motion); the split is unchanged.</summary>
+    public IReadOnlyList<Motion>? Motions { get; init; }
 }
 
 /// <summary>
@@ -46,7 +49,8 @@ public sealed record EmojiClipsOptions
 /// <para>
 /// Every run of <see cref="Split.Train"/> combinations (448) or <see cref="Split.Validation"/>
 /// combinations (64) consecutive indices, starting at a multiple of that count, shows each combination
-/// of the split once, in a shuffled order.
+/// of the split once, in a shuffled order (with <see cref="EmojiClipsOptions.Motions"/>, the split's
+/// combinations of those motions: 56 and 8 per motion).
 /// </para>
 /// </summary>
 public sealed class EmojiClips : IClipSource
@@ -64,7 +68,11 @@ public sealed class EmojiClips : IClipSource
                 nameof(options));
         }
 
-        _labels = [.. Labels(Options.Split)];
+        _labels = [.. Labels(Options.Split).Where(l => Options.Motions is null || Options.Motions.Contains(l.Motion))];
+        if (_labels.Length == 0)
+        {
+            throw new ArgumentException("Emoji clips need at least one motion.", nameof(options));
+        }
     }
 
     /// <summary>The settings.</summary>

@@ -38,6 +38,12 @@ public sealed record ComparisonOptions
     /// <summary>Classifier-free guidance scale.</summary>
     public float Guidance { get; init; } = 4f;
 
+    /// <summary>Train, validate and sample on clips of these motions only (null: all of them).</summary>
+    public IReadOnlyList<Motion>? Motions { get; init; }
+
+    /// <summary>The parallel topology's bridge (see <see cref="ModelConfig.Bridge"/>).</summary>
+    public string Bridge { get; init; } = ModelConfig.DefaultBridge;
+
     /// <summary>Creates a fresh backend (one per topology, so memory statistics stay separate).</summary>
     public required Func<IBackend> BackendFactory { get; init; }
 }
@@ -122,6 +128,14 @@ public sealed record ComparisonResult
     [JsonPropertyName("config")]
     public required string Config { get; init; }
 
+    /// <summary>The parallel topology's bridge.</summary>
+    [JsonPropertyName("bridge")]
+    public string Bridge { get; init; } = ModelConfig.DefaultBridge;
+
+    /// <summary>The motions trained and validated on (null: all).</summary>
+    [JsonPropertyName("motions")]
+    public IReadOnlyList<string>? Motions { get; init; }
+
     /// <summary>Backend and device.</summary>
     [JsonPropertyName("backend")]
     public required string Backend { get; init; }
@@ -180,7 +194,8 @@ public static class Comparison
         Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples = null)
     {
         var checkpoint = options.Checkpoint is null ? null : Training.Checkpoint.Load(options.Checkpoint);
-        var config = checkpoint?.Config ?? options.Config;
+        var config = (checkpoint?.Config ?? options.Config) with { Bridge = options.Bridge };
+        config.Validate();
         var topologies = new[] { Topology.Serial, Topology.Parallel };
         var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
         var models = new TextToVideo?[2];
@@ -201,7 +216,7 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 models[i] = checkpoint is not null
-                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed)
+                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed, options.Bridge)
                     : TextToVideo.Create(backends[i], config, topologies[i], options.Seed);
                 if (spatial is not null)
                 {
@@ -209,11 +224,11 @@ public static class Comparison
                     models[i]!.Text.LoadStateDict(text!);
                 }
 
-                trainers[i] = new Trainer(models[i]!, Data(config, options.Seed, Split.Train), Stage.TextToVideo, options.Train with { Seed = options.Seed });
+                trainers[i] = new Trainer(models[i]!, Data(config, options.Seed, Split.Train, options.Motions), Stage.TextToVideo, options.Train with { Seed = options.Seed });
             }
 
             // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
-            var validation = Data(config, options.Seed, Split.Validation);
+            var validation = Data(config, options.Seed, Split.Validation, options.Motions);
             var initialValidation = new double[2];
             for (int i = 0; i < 2; i++)
             {
@@ -260,6 +275,8 @@ public static class Comparison
             return new ComparisonResult
             {
                 Config = config.Name,
+                Bridge = config.Bridge,
+                Motions = options.Motions?.Select(m => m.ToString()).ToList(),
                 Backend = backends[0].DeviceName,
                 Steps = options.Steps,
                 Seed = options.Seed,
@@ -285,20 +302,29 @@ public static class Comparison
     }
 
     /// <summary>The emoji clips of a split, sized for <paramref name="config"/>.</summary>
-    public static EmojiClips Data(ModelConfig config, int seed, Split split) =>
-        new(new EmojiClipsOptions { Seed = seed, Frames = config.Frames, Height = config.Height, Width = config.Width, Split = split });
+    public static EmojiClips Data(ModelConfig config, int seed, Split split, IReadOnlyList<Motion>? motions = null) =>
+        new(new EmojiClipsOptions { Seed = seed, Frames = config.Frames, Height = config.Height, Width = config.Width, Split = split, Motions = motions });
 
-    /// <summary>The first <paramref name="count"/> clips of the source whose motions differ as much as possible.</summary>
+    /// <summary>
+    /// <paramref name="count"/> clips of the source, one per motion first; when there are fewer motions than
+    /// that (a run on one motion), further clips of other (sprite, colour, motion) combinations.
+    /// </summary>
     private static List<Clip> SamplePrompts(IClipSource source, int count)
     {
         var picked = new List<Clip>();
         var motions = new HashSet<Motion>();
-        for (int i = 0; i < source.Count && picked.Count < count; i++)
+        var labels = new HashSet<ClipLabel>();
+        int scan = Math.Min(source.Count, 512);
+        for (int pass = 0; pass < 2; pass++)
         {
-            var clip = source.Get(i);
-            if (clip.Label is { } label && motions.Add(label.Motion))
+            for (int i = 0; i < scan && picked.Count < count; i++)
             {
-                picked.Add(clip);
+                var clip = source.Get(i);
+                if (clip.Label is { } label && !labels.Contains(label) && (pass == 1 || motions.Add(label.Motion)))
+                {
+                    labels.Add(label);
+                    picked.Add(clip);
+                }
             }
         }
 

@@ -102,6 +102,8 @@ public sealed class CliTests
         using var doc = JsonDocument.Parse(r.Out);
         var root = doc.RootElement;
         Assert.Equal("micro", root.GetProperty("config").GetString());
+        Assert.Equal("loop", root.GetProperty("bridge").GetString());
+        Assert.Equal(JsonValueKind.Null, root.GetProperty("motions").ValueKind);
         Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
         Assert.Equal(3, root.GetProperty("steps").GetInt32());
         foreach (var topo in new[] { "serial", "parallel" })
@@ -129,6 +131,27 @@ public sealed class CliTests
         {
             Assert.True(File.Exists(folder.File(file)), $"{file} not written");
         }
+    }
+
+    [Fact]
+    public void Compare_on_one_motion_with_a_ring_bridge_trains_validates_and_samples_that_motion()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "2", "--samples", "2", "--sample-steps", "2", "--json", "--out", folder.Path,
+            "--motion", "move-right", "--bridge", "additive");
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var root = doc.RootElement;
+        Assert.Equal("additive", root.GetProperty("bridge").GetString());
+        Assert.Equal(["MoveRight"], root.GetProperty("motions").EnumerateArray().Select(m => m.GetString()));
+        var prompts = root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()!).ToList();
+        Assert.Equal(2, prompts.Count);
+        Assert.Equal(2, prompts.Distinct().Count());
+        Assert.All(prompts, p => Assert.Contains("right", p, StringComparison.Ordinal));
+
+        // The ring's adapters and fuse train beside the temporal layers: more trainable parameters than serial.
+        Assert.True(root.GetProperty("parallel").GetProperty("trainable_params").GetInt64() > root.GetProperty("serial").GetProperty("trainable_params").GetInt64());
+        Assert.Contains("additive bridge", File.ReadAllText(folder.File("report.md")), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -170,6 +193,8 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "huge", "--steps", "1"), 2, "unknown config 'huge'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--lr", "-0.1"), 2, "--lr must be in (0, 1)");
         AssertCleanFailure(Mobius("train", "--topology", "diagonal", "--out", folder.File("x")), 2, "unknown topology");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--bridge", "tunnel"), 2, "unknown bridge 'tunnel'");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 
         string corrupt = folder.File("corrupt.safetensors");

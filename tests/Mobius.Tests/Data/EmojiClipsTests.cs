@@ -145,6 +145,27 @@ public sealed class EmojiClipsTests
 
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void A_motion_subset_keeps_the_split_and_cycles_through_its_combinations(int seed)
+    {
+        Motion[] motions = [Motion.Grow, Motion.MoveUp];
+        var options = new EmojiClipsOptions { Seed = seed, Count = 224, Height = 16, Width = 16, Frames = 2, Motions = motions };
+        var train = new EmojiClips(options);
+        var validation = new EmojiClips(options with { Split = Split.Validation, Count = 32 });
+        var trainLabels = Enumerable.Range(0, train.Count).Select(i => train.Get(i).Label!).ToList();
+        var validationLabels = Enumerable.Range(0, validation.Count).Select(i => validation.Get(i).Label!).ToList();
+
+        // 56 training and 8 validation combinations per motion, each once per run of that many clips.
+        Assert.All(trainLabels.Concat(validationLabels), l => Assert.Contains(l.Motion, motions));
+        Assert.Equal(112, trainLabels.Take(112).Distinct().Count());
+        Assert.Equal(112, trainLabels.Skip(112).Distinct().Count());
+        Assert.Equal(16, validationLabels.Take(16).Distinct().Count());
+        Assert.All(trainLabels, l => Assert.Equal(Split.Train, EmojiClips.SplitOf(l)));
+        Assert.All(validationLabels, l => Assert.Equal(Split.Validation, EmojiClips.SplitOf(l)));
+        Assert.Throws<ArgumentException>(() => new EmojiClips(options with { Motions = [] }));
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Every_motion_is_clearly_visible_at_32_by_32_over_8_frames(int seed)
     {
         var gen = Generator(seed, count: 40);
