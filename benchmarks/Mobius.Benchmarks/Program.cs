@@ -12,6 +12,12 @@ if (args.Length > 0 && args[0] == "report")
     return Report.Run(args[1..]);
 }
 
+// `alignment` compares the loop bridge's gradients with serial's, layer by layer (see Alignment).
+if (args.Length > 0 && args[0] == "alignment")
+{
+    return Alignment.Run(args[1..]);
+}
+
 BenchmarkSwitcher
     .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks), typeof(TrainStepBenchmarks), typeof(KernelBenchmarks)])
     .Run(args);

@@ -110,7 +110,7 @@ public static class Report
         }
 
         sb.AppendLine("| paper (Yang et al. 2024, ModelScope-T2V on GPUs) | | | | | 0.88 | | | 0.76 | | | |").AppendLine();
-        sb.AppendLine("PyTorch peer: the same model written independently (benchmarks/peers/mobius_torch.py), spatial chain under `torch.no_grad()` in parallel; its saved bytes are the unique storages autograd's saved-tensor hooks see (PyTorch keeps inputs of frozen convolutions, probabilities of attention). CPU peak memory is not measured for PyTorch.").AppendLine();
+        sb.AppendLine("PyTorch peer: the same model written independently (benchmarks/peers/mobius_torch.py), parallel with the same bridge as ours (default loop: spatial layers under `torch.no_grad()`, straight-through skip paths); its saved bytes are the unique storages autograd's saved-tensor hooks see (PyTorch keeps inputs of frozen convolutions, probabilities of attention). CPU peak memory is not measured for PyTorch.").AppendLine();
         sb.AppendLine($"![step time]({stem}-time.png) ![saved activations]({stem}-memory.png)").AppendLine();
         sb.AppendLine("### BenchmarkDotNet: training step").AppendLine();
         sb.AppendLine(Table(train));

@@ -22,6 +22,27 @@ public enum Topology
 }
 
 /// <summary>
+/// Which spatial layers the loop bridge runs inference-only (<see cref="UNetBlock.Loop"/>). Anything but
+/// <see cref="All"/> puts the others back on the tape with their activations: a diagnostic of where the
+/// loop's gradient departs from serial's (benchmarks' `alignment`), not a topology.
+/// </summary>
+[Flags]
+public enum LoopBypass
+{
+    /// <summary>Every spatial layer on the tape (serial's gradient).</summary>
+    None = 0,
+
+    /// <summary>ResBlocks inference-only.</summary>
+    ResBlocks = 1,
+
+    /// <summary>Spatial transformers inference-only.</summary>
+    Transformers = 2,
+
+    /// <summary>Every spatial layer inference-only: the loop bridge.</summary>
+    All = ResBlocks | Transformers,
+}
+
+/// <summary>
 /// One block of the UNet: a spatial pair (ResBlock2D, optional SpatialTransformer) and a temporal pair
 /// (TemporalConv, optional TemporalTransformer). The two topologies differ only in how these four
 /// layers are chained; both are here, side by side.
@@ -86,10 +107,13 @@ public sealed class UNetBlock : Module
     /// the ResBlock's 1x1 shortcut), so gradients flow through the temporal layers and nothing of the
     /// spatial layers is kept.
     /// </summary>
-    public Tensor Loop(Tensor h, Tensor e, Tensor c, int frames)
+    public Tensor Loop(Tensor h, Tensor e, Tensor c, int frames, LoopBypass bypass = LoopBypass.All)
     {
-        var x = Bypass(h, t => Res.Forward(t, e), Res.Shortcut).Then(t => TempConv!.Forward(t, frames));
-        return Attn is null ? x : x.Then(t => Bypass(t, u => Attn.Forward(u, c), null)).Then(t => TempAttn!.Forward(t, frames));
+        var x = (bypass.HasFlag(LoopBypass.ResBlocks) ? Bypass(h, t => Res.Forward(t, e), Res.Shortcut) : Res.Forward(h, e))
+            .Then(t => TempConv!.Forward(t, frames));
+        return Attn is null ? x : x
+            .Then(t => bypass.HasFlag(LoopBypass.Transformers) ? Bypass(t, u => Attn.Forward(u, c), null) : Attn.Forward(t, c))
+            .Then(t => TempAttn!.Forward(t, frames));
     }
 
     private static Tensor Bypass(Tensor h, Func<Tensor, Tensor> spatial, Conv2d? shortcut)
@@ -227,6 +251,9 @@ public sealed class UNet3D : Module
     /// </summary>
     public bool IsLoop => Topology == Topology.Parallel && Config.Bridge == "loop";
 
+    /// <summary>Diagnostics only: which spatial layers the loop bypasses (default all; see <see cref="LoopBypass"/>).</summary>
+    internal LoopBypass LoopBypass { get; set; } = LoopBypass.All;
+
     /// <summary>Latent-to-feature convolution.</summary>
     public Conv2d ConvIn { get; }
 
@@ -322,7 +349,7 @@ public sealed class UNet3D : Module
                     {
                         Topology.Spatial => step.Block.Spatial(u, e, c),
                         Topology.Serial => step.Block.Serial(u, e, c, frames),
-                        _ => step.Block.Loop(u, e, c, frames),
+                        _ => step.Block.Loop(u, e, c, frames, LoopBypass),
                     })),
                     StepKind.Down => h.Then(Downsamplers[step.Index].Forward),
                     _ => h.Then(Upsamplers[step.Index].Forward),

@@ -131,6 +131,15 @@ public abstract class UNet3DTests(BackendFixture fixture)
         Assert.NotEqual(gs[first], gl[first]);
         double cos = Cosine(gs[first], gl[first]);
         Assert.True(cos is > -1 and < 0.9999, $"cosine {cos}");
+
+        // With no spatial layer bypassed (the diagnostic setting) the loop is serial, gradients included.
+        loop.LoopBypass = LoopBypass.None;
+        var ge = Run(loop, out var ye);
+        Assert.Equal(ys, ye);
+        foreach (var (n, g) in gs)
+        {
+            Assert.Equal(g, ge[n], (a, b) => Math.Abs(a - b) <= 1e-6f + 1e-5f * Math.Abs(a));
+        }
     }
 
     private static double Cosine(float[] a, float[] b)

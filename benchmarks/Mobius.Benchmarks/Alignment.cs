@@ -1,0 +1,129 @@
+using System.Globalization;
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Engine.Cpu;
+using Mobius.Model;
+using Mobius.Model.Training;
+
+namespace Mobius.Benchmarks;
+
+/// <summary>
+/// `Mobius.Benchmarks alignment [--checkpoint FILE] [--batches N] [--scale S]`: how close the loop bridge's
+/// straight-through gradient is to serial's exact one, layer by layer. Both models hold the same weights
+/// (the checkpoint's spatial part, temporal outputs drawn at +-S so every temporal layer matters) and see
+/// the same training batches; the table gives, per temporal layer, the cosine between the two gradients
+/// (averaged over its parameter tensors and the batches) and the norm ratio loop / serial. A bridge that
+/// changes how gradients cross the spatial chain is measured here. Two more columns put one kind of
+/// spatial layer back on the tape (exact, with its activations) to show which kind's bypass costs the most
+/// alignment.
+/// </summary>
+public static class Alignment
+{
+    public static int Run(string[] args)
+    {
+        string Arg(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
+        string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
+        int batches = int.Parse(Arg("--batches", "3"), CultureInfo.InvariantCulture);
+        float scale = float.Parse(Arg("--scale", "0.02"), CultureInfo.InvariantCulture);
+        if (!File.Exists(path))
+        {
+            Console.Error.WriteLine($"no checkpoint at {path}; pass --checkpoint FILE (a text-to-image checkpoint).");
+            return 3;
+        }
+
+        using var backend = new CpuBackend();
+        var checkpoint = Checkpoint.Load(path);
+        using var serial = TextToVideo.Load(backend, checkpoint, Topology.Serial, 1);
+        using var loop = TextToVideo.Load(backend, checkpoint, Topology.Parallel, 1, "loop");
+        var rng = new Random(5);
+        var temporal = serial.Unet.TemporalParameters().ToDictionary(np => np.Name,
+            np => np.Parameter.ToArray().Select(v => v == 0 ? (float)(rng.NextDouble() * 2 - 1) * scale : v).ToArray());
+        serial.Unet.LoadStateDict(temporal, strict: false);
+        loop.Unet.LoadStateDict(temporal, strict: false);
+
+        var data = Comparison.Data(checkpoint.Config, 1, Mobius.Data.Split.Train);
+        var order = serial.Unet.TemporalParameters().Select(np => Layer(np.Name)).Distinct().ToList();
+        var variants = new[] { LoopBypass.All, LoopBypass.Transformers, LoopBypass.ResBlocks };
+        var cos = variants.ToDictionary(v => v, _ => order.ToDictionary(l => l, _ => new List<double>()));
+        var ratio = order.ToDictionary(l => l, _ => new List<double>());
+        for (int b = 0; b < batches; b++)
+        {
+            var exact = Gradients(serial, data, b);
+            foreach (var variant in variants)
+            {
+                loop.Unet.LoopBypass = variant;
+                var straight = Gradients(loop, data, b);
+                foreach (var (name, g) in exact)
+                {
+                    var (dot, na, nb) = Dot(g, straight[name]);
+                    cos[variant][Layer(name)].Add(dot / Math.Sqrt(na * nb + 1e-300));
+                    if (variant == LoopBypass.All)
+                    {
+                        ratio[Layer(name)].Add(Math.Sqrt(nb / (na + 1e-300)));
+                    }
+                }
+            }
+
+            Console.Error.WriteLine($"batch {b + 1}/{batches}");
+        }
+
+        Console.WriteLine($"Loop vs serial gradients: {Path.GetFileName(path)}, temporal outputs +-{scale}, {batches} batches, {DateTime.UtcNow:yyyy-MM-dd}");
+        Console.WriteLine("(cosine per temporal layer, averaged over its parameter tensors and the batches)");
+        Console.WriteLine();
+        Console.WriteLine("| temporal layer | loop: cosine | loop: norm / serial's | cosine, transformers exact | cosine, ResBlocks exact |");
+        Console.WriteLine("|---|---:|---:|---:|---:|");
+        foreach (var layer in order)
+        {
+            Console.WriteLine($"| {layer} | {cos[LoopBypass.All][layer].Average():F3} | {ratio[layer].Average():F2} | "
+                + $"{cos[LoopBypass.ResBlocks][layer].Average():F3} | {cos[LoopBypass.Transformers][layer].Average():F3} |");
+        }
+
+        return 0;
+    }
+
+    private static string Layer(string name) => string.Join('.', name.Split('.').Take(3));
+
+    private static Dictionary<string, float[]> Gradients(TextToVideo model, Mobius.Data.IClipSource data, int index)
+    {
+        model.FreezeForVideo();
+        using var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = 1 });
+        var batch = trainer.MakeBatch(data, index + 1, 11, captionDropout: 0);
+        var backend = model.Backend;
+        using var tape = Tape.Begin();
+        using var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape);
+        using var target = Tensor.FromArray(backend, batch.Noise, batch.Shape);
+        Tensor context;
+        using (Tape.NoGrad())
+        {
+            context = model.EncodeText(batch.Captions, batch.Frames);
+        }
+
+        using (context)
+        using (var eps = model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
+        using (var loss = Ops.MseLoss(eps, target))
+        {
+            loss.Backward();
+        }
+
+        var grads = model.Unet.TemporalParameters().ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+        foreach (var (_, p) in model.Unet.TemporalParameters())
+        {
+            p.ClearGrad();
+        }
+
+        return grads;
+    }
+
+    private static (double Dot, double NormA, double NormB) Dot(float[] a, float[] b)
+    {
+        double ab = 0, aa = 0, bb = 0;
+        for (int i = 0; i < a.Length; i++)
+        {
+            ab += (double)a[i] * b[i];
+            aa += (double)a[i] * a[i];
+            bb += (double)b[i] * b[i];
+        }
+
+        return (ab, aa, bb);
+    }
+}
