@@ -42,17 +42,22 @@ public static class Alignment
         loop.Unet.LoadStateDict(temporal, strict: false);
 
         var data = Comparison.Data(checkpoint.Config, 1, Mobius.Data.Split.Train);
+
+        // One trainer, for its batches (the same for both models: same config, codec and schedule); it freezes serial.
+        using var sampler = new Trainer(serial, data, Stage.TextToVideo, new TrainOptions { Seed = 1 });
+        loop.FreezeForVideo();
         var order = serial.Unet.TemporalParameters().Select(np => Layer(np.Name)).Distinct().ToList();
         var variants = new[] { LoopBypass.All, LoopBypass.Transformers, LoopBypass.ResBlocks };
         var cos = variants.ToDictionary(v => v, _ => order.ToDictionary(l => l, _ => new List<double>()));
         var ratio = order.ToDictionary(l => l, _ => new List<double>());
         for (int b = 0; b < batches; b++)
         {
-            var exact = Gradients(serial, data, b);
+            var batch = sampler.MakeBatch(data, b + 1, 11, captionDropout: 0);
+            var exact = Gradients(serial, batch);
             foreach (var variant in variants)
             {
                 loop.Unet.LoopBypass = variant;
-                var straight = Gradients(loop, data, b);
+                var straight = Gradients(loop, batch);
                 foreach (var (name, g) in exact)
                 {
                     var (dot, na, nb) = Dot(g, straight[name]);
@@ -83,11 +88,8 @@ public static class Alignment
 
     private static string Layer(string name) => string.Join('.', name.Split('.').Take(3));
 
-    private static Dictionary<string, float[]> Gradients(TextToVideo model, Mobius.Data.IClipSource data, int index)
+    private static Dictionary<string, float[]> Gradients(TextToVideo model, Trainer.Batch batch)
     {
-        model.FreezeForVideo();
-        using var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = 1 });
-        var batch = trainer.MakeBatch(data, index + 1, 11, captionDropout: 0);
         var backend = model.Backend;
         using var tape = Tape.Begin();
         using var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape);

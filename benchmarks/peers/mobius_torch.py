@@ -332,28 +332,9 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
         k = h if shortcut is None else conv(p, shortcut, h)
         return v + (k - k.detach())
 
-    if topology == "loop":
-        h = conv(p, "conv_in", x)
-        skips = [h]
-        for kind, name, _, _, attn, pop, push in steps:
-            if kind == "block":
-                if pop:
-                    h = torch.cat([h, skips.pop()], dim=1)
-                sc = name + ".res.conv_shortcut" if name + ".res.conv_shortcut.weight" in p else None
-                h = bypass(lambda t: res_block(p, cfg, name + ".res", t, e), h, sc)
-                h = temporal_conv(p, cfg, name + ".temp_conv", h, frames)
-                if attn:
-                    h = bypass(lambda t: spatial_transformer(p, cfg, name + ".attn", t, ctx), h)
-                    h = temporal_transformer(p, cfg, name + ".temp_attn", h, frames)
-            elif kind == "down":
-                h = conv(p, name + ".conv", h, stride=2)
-            else:
-                h = conv(p, name + ".conv", F.interpolate(h, scale_factor=2, mode="nearest"))
-            if push:
-                skips.append(h)
-        return out_head(h)
-
-    if topology in ("spatial", "serial"):
+    if topology in ("spatial", "serial", "loop"):
+        # serial: h' = TA(SA(TC(R(h, e)), c)); loop: the same values, each spatial layer bypassed
+        run = bypass if topology == "loop" else (lambda f, h, shortcut=None: f(h))
         h = conv(p, "conv_in", x)
         skips = [h]
         for kind, name, _, _, attn, pop, push in steps:
@@ -362,10 +343,12 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
                     h = torch.cat([h, skips.pop()], dim=1)
                 if topology == "spatial":
                     h = spatial(name, h, attn)
-                else:  # serial: h' = TA(SA(TC(R(h, e)), c))
-                    h = temporal_conv(p, cfg, name + ".temp_conv", res_block(p, cfg, name + ".res", h, e), frames)
+                else:
+                    sc = name + ".res.conv_shortcut" if name + ".res.conv_shortcut.weight" in p else None
+                    h = run(lambda t: res_block(p, cfg, name + ".res", t, e), h, sc)
+                    h = temporal_conv(p, cfg, name + ".temp_conv", h, frames)
                     if attn:
-                        h = spatial_transformer(p, cfg, name + ".attn", h, ctx)
+                        h = run(lambda t: spatial_transformer(p, cfg, name + ".attn", t, ctx), h)
                         h = temporal_transformer(p, cfg, name + ".temp_attn", h, frames)
             elif kind == "down":
                 h = conv(p, name + ".conv", h, stride=2)
