@@ -25,6 +25,17 @@ public static class Commands
     private static readonly Option<bool> WeightsOnlyOption = new("--weights-only") { Description = "leave the optimiser state out of the final checkpoint (smaller; it cannot be resumed)" };
     private static readonly Option<string?> BridgeOption = new("--bridge") { Description = "the parallel topology's bridge: loop (default), additive or gated" };
     private static readonly Option<string?> MotionOption = new("--motion") { Description = "train and validate on clips of these motions only, e.g. move-right or grow,shrink (default: all)" };
+    private static readonly Option<float> MinSnrOption = new("--min-snr")
+    {
+        Description = "min-SNR-gamma loss weighting: each clip's noise MSE weighted by min(SNR, gamma) / SNR (0: plain MSE)",
+        DefaultValueFactory = _ => TrainOptions.DefaultMinSnrGamma,
+    };
+
+    private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
+    {
+        Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default {ModelConfig.DefaultFrameNoiseCorrelation})",
+    };
+
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
 
     /// <summary>Every command.</summary>
@@ -115,10 +126,11 @@ public static class Commands
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cosine = new Option<int>("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, output, resume, saveEvery, cosine, WeightsOnlyOption };
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, MinSnrOption, output, resume, saveEvery, cosine, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
+            float minSnr = MinSnr(p);
             var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
             using var _ = backend;
             var resumeFrom = p.GetValue(resume);
@@ -130,7 +142,7 @@ public static class Commands
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
-            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), WeightDecay = 0, CosineDecaySteps = p.GetValue(cosine) };
+            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr, WeightDecay = 0, CosineDecaySteps = p.GetValue(cosine) };
             using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {
@@ -159,10 +171,12 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption };
+            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
+            float minSnr = MinSnr(p);
+            float? frameNoise = FrameNoise(p);
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
             var resumeFrom = p.GetValue(resume);
             var ckpt = Checkpoint.Load(resumeFrom ?? p.GetValue(from) ?? DefaultCheckpoint);
@@ -172,9 +186,9 @@ public static class Commands
             }
 
             int seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed;
-            using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)));
+            using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
             using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, ParseMotions(p.GetValue(MotionOption))), Stage.TextToVideo,
-                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr) });
+                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr });
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -241,9 +255,9 @@ public static class Commands
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
-            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
+            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
         return cmd;
     }
 
@@ -253,7 +267,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption };
+            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -263,13 +277,13 @@ public static class Commands
             }
 
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: 4, sampleSteps: 25, p.GetValue(lr), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0);
+                samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0);
         });
         return cmd;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        float learningRate, string? bridge, string? motion, int threads, long memoryLimitMb)
+        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb)
     {
         if (steps < 1)
         {
@@ -292,8 +306,9 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
-            Train = new TrainOptions { Seed = seed, LearningRate = learningRate },
+            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
+            FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
         };
@@ -337,6 +352,18 @@ public static class Commands
     }
 
     private static string Kebab(Motion m) => string.Concat(m.ToString().Select((ch, i) => i > 0 && char.IsUpper(ch) ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
+
+    private static float MinSnr(ParseResult p)
+    {
+        float gamma = p.GetValue(MinSnrOption);
+        return gamma >= 0 && float.IsFinite(gamma) ? gamma : throw new UsageException($"--min-snr must be 0 (off) or positive, got {gamma}.");
+    }
+
+    private static float? FrameNoise(ParseResult p)
+    {
+        float? rho = p.GetValue(FrameNoiseOption);
+        return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--frame-noise must be in [0, 1), got {rho}.");
+    }
 
     private static string? ParseBridge(string? name) =>
         name is null || ModelConfig.Bridges.Contains(name.ToLowerInvariant()) ? name?.ToLowerInvariant()

@@ -67,9 +67,18 @@ public sealed record ModelConfig
 
     /// <summary>
     /// Correlation of the diffusion noise across the frames of a clip (stage 2 training and video
-    /// sampling; see <see cref="Diffusion.NoiseSchedule.ClipNoise"/>). 0: independent frames.
+    /// sampling; see <see cref="Diffusion.NoiseSchedule.ClipNoise"/>). 0: independent frames. A stage-2
+    /// choice: text-to-image checkpoints load with <see cref="DefaultFrameNoiseCorrelation"/>.
     /// </summary>
-    public float FrameNoiseCorrelation { get; init; } = 0.9f;
+    public float FrameNoiseCorrelation { get; init; } = DefaultFrameNoiseCorrelation;
+
+    /// <summary>
+    /// The frame noise correlation of a new text-to-video model: 0.9. Less correlation gives the frozen
+    /// image model more room to draw each frame differently: at 0.7 and 0.5 the samples' frames agreed
+    /// less after the same training and their combined motion score was lower
+    /// (benchmarks/results/2026-11-26-motion-training-settings.md).
+    /// </summary>
+    public const float DefaultFrameNoiseCorrelation = 0.9f;
 
     /// <summary>
     /// The reading of the parallel topology's bridges: "loop" (the default: each block's temporal layers

@@ -41,6 +41,9 @@ public sealed record ComparisonOptions
     /// <summary>Train, validate and sample on clips of these motions only (null: all of them).</summary>
     public IReadOnlyList<Motion>? Motions { get; init; }
 
+    /// <summary>Correlation of the diffusion noise across a clip's frames (null: <see cref="ModelConfig.DefaultFrameNoiseCorrelation"/>).</summary>
+    public float? FrameNoiseCorrelation { get; init; }
+
     /// <summary>The parallel topology's bridge (see <see cref="ModelConfig.Bridge"/>).</summary>
     public string Bridge { get; init; } = ModelConfig.DefaultBridge;
 
@@ -152,6 +155,14 @@ public sealed record ComparisonResult
     [JsonPropertyName("learning_rate")]
     public double LearningRate { get; init; }
 
+    /// <summary>Min-SNR-gamma loss weighting of both runs (0: plain MSE; see <see cref="TrainOptions.MinSnrGamma"/>).</summary>
+    [JsonPropertyName("min_snr_gamma")]
+    public double MinSnrGamma { get; init; }
+
+    /// <summary>Correlation of the diffusion noise across a clip's frames, in training and sampling.</summary>
+    [JsonPropertyName("frame_noise_correlation")]
+    public double FrameNoiseCorrelation { get; init; }
+
     /// <summary>The serial baseline.</summary>
     [JsonPropertyName("serial")]
     public required TopologyResult Serial { get; init; }
@@ -194,7 +205,11 @@ public static class Comparison
         Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples = null)
     {
         var checkpoint = options.Checkpoint is null ? null : Training.Checkpoint.Load(options.Checkpoint);
-        var config = (checkpoint?.Config ?? options.Config) with { Bridge = options.Bridge };
+        var config = (checkpoint?.Config ?? options.Config) with
+        {
+            Bridge = options.Bridge,
+            FrameNoiseCorrelation = options.FrameNoiseCorrelation ?? ModelConfig.DefaultFrameNoiseCorrelation,
+        };
         config.Validate();
         var topologies = new[] { Topology.Serial, Topology.Parallel };
         var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
@@ -216,7 +231,7 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 models[i] = checkpoint is not null
-                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed, options.Bridge)
+                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed, options.Bridge, options.FrameNoiseCorrelation)
                     : TextToVideo.Create(backends[i], config, topologies[i], options.Seed);
                 if (spatial is not null)
                 {
@@ -281,6 +296,8 @@ public static class Comparison
                 Steps = options.Steps,
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
+                MinSnrGamma = options.Train.MinSnrGamma,
+                FrameNoiseCorrelation = Math.Round(models[0]!.Config.FrameNoiseCorrelation, 4),
                 Serial = results[0],
                 Parallel = results[1],
                 Ratio = new Ratio(

@@ -58,9 +58,11 @@ public sealed class TextToVideo : IDisposable
     /// A model from a checkpoint in <paramref name="topology"/>. A text-to-image checkpoint loads into any
     /// topology (the temporal layers start from their initialisation, the identity); a text-to-video
     /// checkpoint only into its own topology. The parallel topology's <paramref name="bridge"/> is a
-    /// stage-2 choice (null: <see cref="ModelConfig.DefaultBridge"/>); a text-to-video checkpoint keeps its own.
+    /// stage-2 choice (null: <see cref="ModelConfig.DefaultBridge"/>), as is the frame noise correlation
+    /// (<paramref name="frameNoiseCorrelation"/>, null: <see cref="ModelConfig.DefaultFrameNoiseCorrelation"/>);
+    /// a text-to-video checkpoint keeps its own and rejects a different one.
     /// </summary>
-    public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed, string? bridge = null)
+    public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed, string? bridge = null, float? frameNoiseCorrelation = null)
     {
         if (checkpoint.Topology != Topology.Spatial && checkpoint.Topology != topology)
         {
@@ -70,7 +72,11 @@ public sealed class TextToVideo : IDisposable
         var config = checkpoint.Config;
         if (checkpoint.Topology == Topology.Spatial)
         {
-            config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge };
+            config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge, FrameNoiseCorrelation = frameNoiseCorrelation ?? ModelConfig.DefaultFrameNoiseCorrelation };
+        }
+        else if (frameNoiseCorrelation is { } rho && rho != config.FrameNoiseCorrelation)
+        {
+            throw new InvalidDataException($"the checkpoint was trained with frame noise correlation {config.FrameNoiseCorrelation}; it cannot continue or sample with {rho}.");
         }
         else if (bridge is not null && bridge != config.Bridge && topology == Topology.Parallel)
         {

@@ -36,6 +36,17 @@ public sealed record TrainOptions
     /// <summary>Probability of replacing a caption with the empty caption (for classifier-free guidance).</summary>
     public float CaptionDropout { get; init; } = 0.1f;
 
+    /// <summary>
+    /// Min-SNR-gamma loss weighting (Hang et al., 2023): each item's noise MSE is weighted by
+    /// min(SNR_t, gamma) / SNR_t, so the nearly clean timesteps, whose noise is hardest to predict and least
+    /// useful for sampling, stop dominating the gradient. 0 turns it off (plain MSE). The reported training
+    /// loss and <see cref="Trainer.Evaluate"/> stay the plain MSE, comparable across settings.
+    /// </summary>
+    public float MinSnrGamma { get; init; } = DefaultMinSnrGamma;
+
+    /// <summary>The default <see cref="MinSnrGamma"/>.</summary>
+    public const float DefaultMinSnrGamma = 5f;
+
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
 
@@ -154,12 +165,13 @@ public sealed class Trainer : IDisposable
         using (var target = Tensor.FromArray(backend, batch.Noise, batch.Shape))
         using (var context = EncodeContext(batch.Captions, batch.Frames))
         using (var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
-        using (var lossT = Ops.MseLoss(eps, target))
+        using (var lossT = DiffusionLoss(eps, target, batch.Timesteps, batch.Captions.Length, _model.Schedule, Options.MinSnrGamma, out var plain))
+        using (plain)
         {
             saved = tape.SavedBytes;
             byKind = tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes);
             lossT.Backward(checkFinite: Options.CheckFinite);
-            loss = lossT.Item();
+            loss = plain.Item();
         }
 
         _optimizer.Lr = Options.LearningRateAt(step);
@@ -190,6 +202,62 @@ public sealed class Trainer : IDisposable
         }
 
         return (float)(total / batches);
+    }
+
+    /// <summary>
+    /// The training loss of predicted noise <paramref name="eps"/> against <paramref name="target"/>, both
+    /// [items * k, ...] with <paramref name="items"/> items of k images sharing one timestep: the plain MSE
+    /// when <paramref name="minSnrGamma"/> is 0, else sum_i w_i MSE_i / items with w_i = min(SNR, gamma) / SNR
+    /// at item i's timestep. <paramref name="plain"/> is the unweighted MSE (no tape), for reporting.
+    /// </summary>
+    internal static Tensor DiffusionLoss(Tensor eps, Tensor target, IReadOnlyList<int> timesteps, int items, NoiseSchedule schedule, float minSnrGamma, out Tensor plain)
+    {
+        if (minSnrGamma < 0 || float.IsNaN(minSnrGamma))
+        {
+            throw new ArgumentOutOfRangeException(nameof(minSnrGamma), $"min-SNR gamma must be 0 (off) or positive, got {minSnrGamma}.");
+        }
+
+        if (minSnrGamma == 0)
+        {
+            var mse = Ops.MseLoss(eps, target);
+            plain = Ops.Detach(mse);
+            return mse;
+        }
+
+        int per = eps.Dim(0) / items;
+        Tensor? total = null, sum = null;
+        try
+        {
+            for (int i = 0; i < items; i++)
+            {
+                double ab = schedule.AlphasCumprod[timesteps[i * per]];
+                double snr = ab / (1 - ab);
+                float w = (float)(Math.Min(snr, minSnrGamma) / snr / items);
+                using var e = Ops.Narrow(eps, 0, i * per, per);
+                using var t = Ops.Narrow(target, 0, i * per, per);
+                using var l = Ops.MseLoss(e, t);
+                var next = total is null ? Ops.Scale(l, w) : Ops.Combine(total, l, 1f, w);
+                total?.Dispose();
+                total = next;
+                using (Tape.NoGrad())
+                {
+                    var nextSum = sum is null ? Ops.Scale(l, 1f / items) : Ops.Combine(sum, l, 1f, 1f / items);
+                    sum?.Dispose();
+                    sum = nextSum;
+                }
+            }
+
+            plain = sum!;
+            sum = null;
+            var result = total!;
+            total = null;
+            return result;
+        }
+        finally
+        {
+            total?.Dispose();
+            sum?.Dispose();
+        }
     }
 
     /// <summary>Releases the optimiser state.</summary>

@@ -1,5 +1,7 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Mobius.Model;
+using Mobius.Model.Training;
 using Mobius.Tests.Data;
 using Xunit;
 
@@ -105,6 +107,8 @@ public sealed class CliTests
         Assert.Equal("loop", root.GetProperty("bridge").GetString());
         Assert.Equal(JsonValueKind.Null, root.GetProperty("motions").ValueKind);
         Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
+        Assert.Equal(TrainOptions.DefaultMinSnrGamma, root.GetProperty("min_snr_gamma").GetDouble(), 1e-9);
+        Assert.Equal(ModelConfig.DefaultFrameNoiseCorrelation, root.GetProperty("frame_noise_correlation").GetDouble(), 1e-6);
         Assert.Equal(3, root.GetProperty("steps").GetInt32());
         foreach (var topo in new[] { "serial", "parallel" })
         {
@@ -138,12 +142,14 @@ public sealed class CliTests
     {
         using var folder = new TempFolder();
         var r = Mobius("compare", "--config", "micro", "--steps", "2", "--samples", "2", "--sample-steps", "2", "--json", "--out", folder.Path,
-            "--motion", "move-right", "--bridge", "additive");
+            "--motion", "move-right", "--bridge", "additive", "--min-snr", "0", "--frame-noise", "0.3");
         Assert.True(r.Code == 0, r.Out + r.Err);
         using var doc = JsonDocument.Parse(r.Out);
         var root = doc.RootElement;
         Assert.Equal("additive", root.GetProperty("bridge").GetString());
         Assert.Equal(["MoveRight"], root.GetProperty("motions").EnumerateArray().Select(m => m.GetString()));
+        Assert.Equal(0, root.GetProperty("min_snr_gamma").GetDouble());
+        Assert.Equal(0.3, root.GetProperty("frame_noise_correlation").GetDouble(), 1e-6);
         var prompts = root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()!).ToList();
         Assert.Equal(2, prompts.Count);
         Assert.Equal(2, prompts.Distinct().Count());
@@ -194,6 +200,8 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--lr", "-0.1"), 2, "--lr must be in (0, 1)");
         AssertCleanFailure(Mobius("train", "--topology", "diagonal", "--out", folder.File("x")), 2, "unknown topology");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--bridge", "tunnel"), 2, "unknown bridge 'tunnel'");
+        AssertCleanFailure(Mobius("train", "--topology", "serial", "--min-snr", "-1", "--out", folder.File("x")), 2, "--min-snr must be 0 (off) or positive");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 

@@ -1,6 +1,8 @@
 using Mobius.Data;
 using Mobius.Engine;
+using Mobius.Engine.Autograd;
 using Mobius.Model;
+using Mobius.Model.Diffusion;
 using Mobius.Model.Training;
 using Mobius.Tests.Data;
 using Xunit;
@@ -40,6 +42,82 @@ public abstract class TrainingTests(BackendFixture fixture)
         float after = trainer.Evaluate(data, 3, seed);
         Assert.True(after < before * 0.97, $"{topology}: loss {before:0.0000} -> {after:0.0000} after 25 steps (seed {seed})");
         Assert.All(model.Unet.SpatialParameters(), p => Assert.Null(p.Parameter.Grad));
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Min_snr_weighting_weights_each_item_by_its_timestep(int seed)
+    {
+        // Reference on the host: loss = sum_i min(SNR_i, gamma) / SNR_i * mean_i((e - t)^2) / items, whose
+        // gradient in e is 2 w_i (e - t) / (items * n_i); the plain MSE (gamma 0) has w_i = 1.
+        var r = new Rng(seed);
+        int items = r.Int(2, 4), per = r.Int(1, 3), size = r.Int(3, 7);
+        float gamma = r.Pick(1f, 5f);
+        var schedule = new NoiseSchedule();
+        var timesteps = new int[items * per];
+        for (int i = 0; i < items; i++)
+        {
+            Array.Fill(timesteps, i == 0 ? r.Int(0, 30) : r.Int(0, schedule.Steps - 1), i * per, per);
+        }
+
+        var shape = new Shape(items * per, size);
+        var e = r.Uniform(shape.Numel);
+        var t = r.Uniform(shape.Numel);
+        foreach (float g in new[] { 0f, gamma })
+        {
+            using var tape = Tape.Begin();
+            using var eps = Tensor.FromArray(B, e, shape).SetRequiresGrad();
+            using var target = Tensor.FromArray(B, t, shape);
+            using var loss = Trainer.DiffusionLoss(eps, target, timesteps, items, schedule, g, out var plain);
+            using (plain)
+            {
+                loss.Backward();
+                double expected = 0, mse = 0;
+                var grad = eps.Grad!.ToArray();
+                int n = per * size;
+                for (int i = 0; i < items; i++)
+                {
+                    double ab = schedule.AlphasCumprod[timesteps[i * per]], snr = ab / (1 - ab);
+                    double w = g == 0 ? 1 : Math.Min(snr, g) / snr;
+                    double sq = 0;
+                    for (int j = i * n; j < (i + 1) * n; j++)
+                    {
+                        sq += (e[j] - t[j]) * (double)(e[j] - t[j]);
+                        double dj = 2 * w * (e[j] - t[j]) / (items * n);
+                        Assert.True(Math.Abs(grad[j] - dj) <= 1e-6 + 1e-4 * Math.Abs(dj), $"gamma {g}, element {j}: gradient {grad[j]} vs {dj} (seed {seed})");
+                    }
+
+                    expected += w * sq / n / items;
+                    mse += sq / n / items;
+                }
+
+                Assert.True(Math.Abs(loss.Item() - expected) <= 1e-5 * expected, $"gamma {g}: loss {loss.Item()} vs {expected} (seed {seed})");
+                Assert.True(Math.Abs(plain.Item() - mse) <= 1e-5 * mse, $"gamma {g}: reported loss {plain.Item()} vs plain MSE {mse} (seed {seed})");
+                Assert.False(plain.RequiresGrad);
+            }
+        }
+
+        // Item 0 sits at a nearly clean timestep (SNR far above any gamma): the weighting shrinks it.
+        double ab0 = schedule.AlphasCumprod[timesteps[0]];
+        Assert.True(ab0 / (1 - ab0) > 5 * gamma, $"item 0's SNR {ab0 / (1 - ab0)} (seed {seed})");
+        using var bad1 = Tensor.FromArray(B, e, shape);
+        using var bad2 = Tensor.FromArray(B, t, shape);
+        Assert.Throws<ArgumentOutOfRangeException>(() => Trainer.DiffusionLoss(bad1, bad2, timesteps, items, schedule, -1f, out _));
+    }
+
+    [Fact]
+    public void Min_snr_weighting_keeps_no_extra_activation()
+    {
+        // The weighting reads the saved prediction and target through views: the tape keeps the same bytes.
+        int seed = Seeds.One;
+        long Saved(float gamma)
+        {
+            using var model = TextToVideo.Create(B, Micro, Topology.Serial, seed);
+            using var trainer = new Trainer(model, Clips(seed), Stage.TextToVideo, new TrainOptions { Seed = seed, MinSnrGamma = gamma });
+            return trainer.TrainStep().SavedActivationBytes;
+        }
+
+        Assert.Equal(Saved(0f), Saved(TrainOptions.DefaultMinSnrGamma));
     }
 
     [Fact]
@@ -91,16 +169,20 @@ public abstract class TrainingTests(BackendFixture fixture)
         int seed = Seeds.One;
         using var folder = new TempFolder();
         string t2iPath = folder.File("t2i.safetensors");
-        using (var t2i = TextToVideo.Create(B, Micro, Topology.Spatial, seed))
+        // The stage-1 run's frame noise setting is not a stage-2 one: video models get the default.
+        using (var t2i = TextToVideo.Create(B, Micro with { FrameNoiseCorrelation = 0.7f }, Topology.Spatial, seed))
         {
             t2i.Save(t2iPath, step: 7, seed);
         }
 
         var ckpt = Checkpoint.Load(t2iPath);
         Assert.Equal(7, ckpt.Step);
+        Assert.Equal(0.7f, ckpt.Config.FrameNoiseCorrelation);
         using (var serial = TextToVideo.Load(B, ckpt, Topology.Serial, seed))
         using (var parallel = TextToVideo.Load(B, ckpt, Topology.Parallel, seed))
         {
+            Assert.Equal(ModelConfig.DefaultFrameNoiseCorrelation, serial.Config.FrameNoiseCorrelation);
+            Assert.Equal(ModelConfig.DefaultFrameNoiseCorrelation, parallel.Config.FrameNoiseCorrelation);
             foreach (var (name, values) in ckpt.Unet)
             {
                 Assert.Equal(values, serial.Unet.StateDict()[name]);
@@ -108,7 +190,22 @@ public abstract class TrainingTests(BackendFixture fixture)
             }
 
             string serialPath = folder.File("serial.safetensors");
-            serial.Save(serialPath, 1, seed);
+            using (var trained = TextToVideo.Create(B, Micro with { FrameNoiseCorrelation = 0.25f }, Topology.Serial, seed))
+            {
+                trained.Save(serialPath, 1, seed);
+            }
+
+            using (var resumed = TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Serial, seed))
+            {
+                Assert.Equal(0.25f, resumed.Config.FrameNoiseCorrelation);
+            }
+
+            Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Serial, seed, frameNoiseCorrelation: 0.9f));
+            using (var chosen = TextToVideo.Load(B, ckpt, Topology.Serial, seed, frameNoiseCorrelation: 0.3f))
+            {
+                Assert.Equal(0.3f, chosen.Config.FrameNoiseCorrelation);
+            }
+
             var e = Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Parallel, seed));
             Assert.Contains("Serial", e.Message);
         }
