@@ -18,6 +18,12 @@ if (args.Length > 0 && args[0] == "alignment")
     return Alignment.Run(args[1..]);
 }
 
+// `settings` measures what one stage-2 training setting does to loss and samples (see Settings).
+if (args.Length > 0 && args[0] == "settings")
+{
+    return Settings.Run(args[1..]);
+}
+
 BenchmarkSwitcher
     .FromTypes([typeof(GemmBenchmarks), typeof(Conv2dBenchmarks), typeof(TemporalConvBenchmarks), typeof(TrainStepBenchmarks), typeof(KernelBenchmarks)])
     .Run(args);

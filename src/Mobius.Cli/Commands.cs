@@ -27,7 +27,7 @@ public static class Commands
     private static readonly Option<string?> MotionOption = new("--motion") { Description = "train and validate on clips of these motions only, e.g. move-right or grow,shrink (default: all)" };
     private static readonly Option<float> MinSnrOption = new("--min-snr")
     {
-        Description = "min-SNR-gamma loss weighting: each clip's noise MSE weighted by min(SNR, gamma) / SNR (0: plain MSE)",
+        Description = "min-SNR-gamma loss weighting: each clip's noise MSE weighted by min(SNR, gamma) / SNR, e.g. 5 (default 0: plain MSE)",
         DefaultValueFactory = _ => TrainOptions.DefaultMinSnrGamma,
     };
 

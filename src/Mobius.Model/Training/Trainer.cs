@@ -38,14 +38,18 @@ public sealed record TrainOptions
 
     /// <summary>
     /// Min-SNR-gamma loss weighting (Hang et al., 2023): each item's noise MSE is weighted by
-    /// min(SNR_t, gamma) / SNR_t, so the nearly clean timesteps, whose noise is hardest to predict and least
-    /// useful for sampling, stop dominating the gradient. 0 turns it off (plain MSE). The reported training
-    /// loss and <see cref="Trainer.Evaluate"/> stay the plain MSE, comparable across settings.
+    /// min(SNR_t, gamma) / SNR_t, so the nearly clean timesteps, whose noise error is largest, stop
+    /// dominating the gradient. 0 (the default) is the plain MSE. The reported training loss and
+    /// <see cref="Trainer.Evaluate"/> stay the plain MSE, comparable across settings.
     /// </summary>
     public float MinSnrGamma { get; init; } = DefaultMinSnrGamma;
 
-    /// <summary>The default <see cref="MinSnrGamma"/>.</summary>
-    public const float DefaultMinSnrGamma = 5f;
+    /// <summary>
+    /// The default <see cref="MinSnrGamma"/>: 0, the plain MSE. Gamma 5 helps the serial topology and hurts
+    /// the loop bridge, whose straight-through gradient is least faithful at the noisy timesteps it weights
+    /// up (benchmarks/results/2026-11-26-motion-training-settings.md); a comparison trains both alike.
+    /// </summary>
+    public const float DefaultMinSnrGamma = 0f;
 
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
