@@ -8,14 +8,15 @@ using Mobius.Model.Training;
 namespace Mobius.Benchmarks;
 
 /// <summary>
-/// `Mobius.Benchmarks alignment [--checkpoint FILE] [--batches N] [--scale S]`: how close the loop bridge's
+/// `Mobius.Benchmarks alignment [--checkpoint FILE] [--batches N] [--scale S] [--timestep T]`: how close the loop bridge's
 /// straight-through gradient is to serial's exact one, layer by layer. Both models hold the same weights
 /// (the checkpoint's spatial part, temporal outputs drawn at +-S so every temporal layer matters) and see
 /// the same training batches; the table gives, per temporal layer, the cosine between the two gradients
 /// (averaged over its parameter tensors and the batches) and the norm ratio loop / serial. A bridge that
 /// changes how gradients cross the spatial chain is measured here. Two more columns put one kind of
 /// spatial layer back on the tape (exact, with its activations) to show which kind's bypass costs the most
-/// alignment.
+/// alignment. With --timestep every batch is re-noised at that one diffusion step (same clips, same
+/// noise), to see where along the noise schedule the estimate departs.
 /// </summary>
 public static class Alignment
 {
@@ -25,6 +26,7 @@ public static class Alignment
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
         int batches = int.Parse(Arg("--batches", "3"), CultureInfo.InvariantCulture);
         float scale = float.Parse(Arg("--scale", "0.02"), CultureInfo.InvariantCulture);
+        int? timestep = Arg("--timestep", "") is { Length: > 0 } t ? int.Parse(t, CultureInfo.InvariantCulture) : null;
         if (!File.Exists(path))
         {
             Console.Error.WriteLine($"no checkpoint at {path}; pass --checkpoint FILE (a text-to-image checkpoint).");
@@ -53,6 +55,11 @@ public static class Alignment
         for (int b = 0; b < batches; b++)
         {
             var batch = sampler.MakeBatch(data, b + 1, 11, captionDropout: 0);
+            if (timestep is { } fixedStep)
+            {
+                batch = AtTimestep(batch, serial.Schedule, fixedStep);
+            }
+
             var exact = Gradients(serial, batch);
             foreach (var variant in variants)
             {
@@ -72,7 +79,7 @@ public static class Alignment
             Console.Error.WriteLine($"batch {b + 1}/{batches}");
         }
 
-        Console.WriteLine($"Loop vs serial gradients: {Path.GetFileName(path)}, temporal outputs +-{scale}, {batches} batches, {DateTime.UtcNow:yyyy-MM-dd}");
+        Console.WriteLine($"Loop vs serial gradients: {Path.GetFileName(path)}, temporal outputs +-{scale}, {batches} batches{(timestep is null ? "" : $" at timestep {timestep}")}, {DateTime.UtcNow:yyyy-MM-dd}");
         Console.WriteLine("(cosine per temporal layer, averaged over its parameter tensors and the batches)");
         Console.WriteLine();
         Console.WriteLine("| temporal layer | loop: cosine | loop: norm / serial's | cosine, transformers exact | cosine, ResBlocks exact |");
@@ -84,6 +91,25 @@ public static class Alignment
         }
 
         return 0;
+    }
+
+    /// <summary>The batch's clips and noise at diffusion step <paramref name="t"/> instead of their own steps.</summary>
+    private static Trainer.Batch AtTimestep(Trainer.Batch batch, Mobius.Model.Diffusion.NoiseSchedule schedule, int t)
+    {
+        int images = batch.Shape[0], size = (int)(batch.Shape.Numel / images);
+        var clean = new float[batch.NoisyLatents.Length];
+        for (int i = 0; i < images; i++)
+        {
+            double ab = schedule.AlphasCumprod[batch.Timesteps[i]];
+            float a = (float)Math.Sqrt(ab), s = (float)Math.Sqrt(1 - ab);
+            for (int j = i * size; j < (i + 1) * size; j++)
+            {
+                clean[j] = (batch.NoisyLatents[j] - s * batch.Noise[j]) / a;
+            }
+        }
+
+        var steps = Enumerable.Repeat(t, images).ToArray();
+        return batch with { NoisyLatents = schedule.AddNoise(clean, batch.Noise, steps, size), Timesteps = steps };
     }
 
     private static string Layer(string name) => string.Join('.', name.Split('.').Take(3));

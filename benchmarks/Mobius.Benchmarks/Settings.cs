@@ -11,14 +11,15 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
-/// [--topology serial] [--frame-noise 0.9] [--min-snr 0] [--samples 16]`: what one stage-2 training setting
+/// [--topology serial] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
 /// DDIM samples (guidance 4, 25 steps) of held-out captions: how well the movement matches the caption,
 /// how consistent the frames are, and their geometric mean. --steps 0 measures the starting point.
 /// Losses at different --frame-noise values are over different noise and do not compare; the sample
-/// scores do.
+/// scores do. --freeze keeps the temporal layers whose names start with one of the given prefixes at their
+/// initialisation (the identity): only the others train.
 /// </summary>
 public static class Settings
 {
@@ -48,10 +49,17 @@ public static class Settings
         var config = model.Config;
         Console.WriteLine($"{topology}, {steps} steps at lr {lr:g3} on {motion}; frame noise {rho:g3}, min-SNR gamma {gamma:g3}; {backend.DeviceName}");
         var clock = System.Diagnostics.Stopwatch.StartNew();
+        var frozenPrefixes = Arg("--freeze", "").Split(',', StringSplitOptions.RemoveEmptyEntries);
+        foreach (var (name, parameter) in model.Unet.TemporalParameters())
+        {
+            parameter.Frozen |= frozenPrefixes.Any(name.StartsWith);
+        }
+
         if (steps > 0)
         {
             using var trainer = new Trainer(model, Comparison.Data(config, 1, Split.Train, [motion]), Stage.TextToVideo,
                 new TrainOptions { Seed = 1, LearningRate = lr, MinSnrGamma = gamma });
+            Console.WriteLine($"trainable parameters: {trainer.TrainableParameters:N0}{(frozenPrefixes.Length > 0 ? $" (frozen: {string.Join(", ", frozenPrefixes)})" : "")}");
             for (int i = 1; i <= steps; i++)
             {
                 var s = trainer.TrainStep();
