@@ -22,7 +22,7 @@ public static class Alignment
 {
     public static int Run(string[] args)
     {
-        string Arg(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
+        string Arg(string name, string fallback) => CommandArgs.Get(args, name, fallback);
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
         int batches = int.Parse(Arg("--batches", "3"), CultureInfo.InvariantCulture);
         float scale = float.Parse(Arg("--scale", "0.02"), CultureInfo.InvariantCulture);

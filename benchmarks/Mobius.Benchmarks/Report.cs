@@ -17,7 +17,7 @@ public static class Report
 {
     public static int Run(string[] args)
     {
-        string outDir = args.SkipWhile(a => a != "--out").Skip(1).FirstOrDefault() ?? Path.Combine("benchmarks", "results");
+        string outDir = CommandArgs.Get(args, "--out", Path.Combine("benchmarks", "results"));
         bool skipKernels = args.Contains("--no-kernels");
         Directory.CreateDirectory(outDir);
         var train = BenchmarkRunner.Run<TrainStepBenchmarks>();

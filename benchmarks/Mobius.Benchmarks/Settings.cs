@@ -27,7 +27,7 @@ public static class Settings
 
     public static int Run(string[] args)
     {
-        string Arg(string name, string fallback) => args.SkipWhile(a => a != name).Skip(1).FirstOrDefault() ?? fallback;
+        string Arg(string name, string fallback) => CommandArgs.Get(args, name, fallback);
         float F(string name, string fallback) => float.Parse(Arg(name, fallback), CultureInfo.InvariantCulture);
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
         if (!File.Exists(path))

@@ -297,7 +297,7 @@ public static class Comparison
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,
-                FrameNoiseCorrelation = Math.Round(models[0]!.Config.FrameNoiseCorrelation, 4),
+                FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 Serial = results[0],
                 Parallel = results[1],
                 Ratio = new Ratio(

@@ -229,7 +229,7 @@ public sealed class Trainer : IDisposable
         }
 
         int per = eps.Dim(0) / items;
-        Tensor? total = null, sum = null;
+        Tensor? total = null;
         try
         {
             for (int i = 0; i < items; i++)
@@ -243,16 +243,13 @@ public sealed class Trainer : IDisposable
                 var next = total is null ? Ops.Scale(l, w) : Ops.Combine(total, l, 1f, w);
                 total?.Dispose();
                 total = next;
-                using (Tape.NoGrad())
-                {
-                    var nextSum = sum is null ? Ops.Scale(l, 1f / items) : Ops.Combine(sum, l, 1f, 1f / items);
-                    sum?.Dispose();
-                    sum = nextSum;
-                }
             }
 
-            plain = sum!;
-            sum = null;
+            using (Tape.NoGrad())
+            {
+                plain = Ops.MseLoss(eps, target);
+            }
+
             var result = total!;
             total = null;
             return result;
@@ -260,7 +257,6 @@ public sealed class Trainer : IDisposable
         finally
         {
             total?.Dispose();
-            sum?.Dispose();
         }
     }
 
