@@ -4,6 +4,10 @@
 #
 #   bash gpu-run.sh [gpu.tar.xz | unpacked folder] [RESULTS_DIR] [--sim]
 #
+# MOBIUS_GPU_BUDGET_S (seconds, default 3600) bounds the whole run: each step gets its own cap and never
+# more than what is left, so a hang in one step still leaves a report of all the others. Steps run in
+# order of what they tell: the device tests first, the comparison, the kernels, the peer, the sanitizers.
+#
 # It unpacks the build made by scripts/gpu-pack.sh, finds the CUDA libraries (MOBIUS_CUDA_PATH, else
 # the nvidia packages of the Python that has torch), builds the kernels with nvcc as well as checking the
 # committed PTX, runs the test suite on the GPU (the kernel tests also under compute-sanitizer memcheck
@@ -22,10 +26,35 @@ else
   root=$(cd "$src" && pwd)
 fi
 bin="$root/bin"
+# The pack leaves out the weights; they come from the repository this script sits in (or MOBIUS_REPO).
+repo=${MOBIUS_REPO:-$(cd "$(dirname "$0")/.." && pwd)}
+for pair in "Fixtures:tests/Mobius.Tests/Fixtures" "models:models"; do
+  if [ ! -e "$bin/${pair%%:*}" ] && [ -d "$repo/${pair#*:}" ]; then ln -s "$repo/${pair#*:}" "$bin/${pair%%:*}"; fi
+done
 md="$results/gpu-run.md"
 py=${PYTHON:-python3}
 step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
-run() { echo "\$ $*" >> "$md"; echo '```' >> "$md"; "$@" >> "$md" 2>&1; local rc=$?; echo '```' >> "$md"; echo "exit $rc" >> "$md"; return $rc; }
+start=$(date +%s)
+budget=${MOBIUS_GPU_BUDGET_S:-3600}
+summary=()
+# run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
+run() {
+  local cap=$1; shift
+  local left=$(( budget - ($(date +%s) - start) - 5 ))
+  [ $cap -gt $left ] && cap=$left
+  local name="${*:1:6}"; name=${name#"$bin/"}; name=${name#"$root/"}
+  if [ $cap -lt 5 ]; then echo "skipped (time budget spent): $*" >> "$md"; summary+=("skipped  $name"); return 1; fi
+  echo "\$ $*" >> "$md"; echo '```' >> "$md"
+  local t0=$(date +%s)
+  timeout -k 5 "$cap" "$@" >> "$md" 2>&1; local rc=$?
+  echo '```' >> "$md"
+  local took=$(( $(date +%s) - t0 ))
+  [ $rc = 124 ] && echo "timed out after ${cap} s" >> "$md"
+  echo "exit $rc (${took} s)" >> "$md"
+  summary+=("$(printf 'exit %-3s %4ss  %s' "$rc" "$took" "$name")")
+  echo "   exit $rc in ${took} s"
+  return $rc
+}
 
 if [ $sim = 1 ]; then
   export MOBIUS_CUDA=sim MOBIUS_SIM_LIBRARY="$bin/libmobius_simcuda.so"
@@ -49,53 +78,69 @@ fi
 } > "$md"
 
 step "mobius info"
-run "$bin/mobius" info
-
-step "kernels: committed PTX fresh, nvcc builds every source"
-if command -v nvcc >/dev/null && [ $sim = 0 ]; then
-  run bash "$root/kernels/build-ptx.sh" --check
-else
-  echo "nvcc not found or rehearsal: skipped" >> "$md"
-fi
+run 60 "$bin/mobius" info
+[ $sim = 0 ] && nvidia-smi >> "$md" 2>&1
 
 step "test suite on the GPU (cuda backend classes)"
-run "$bin/Mobius.Tests" -class "*.Cuda*"
-
-step "kernel tests under compute-sanitizer"
-if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
-  for tool in memcheck racecheck; do
-    run compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests"
-  done
-else
-  echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
-fi
+run 150 "$bin/Mobius.Tests" -class "*.Cuda*"
 
 step "serial vs parallel (mobius compare)"
-for spec in "tiny 60 4" "small 20 0" "ms256 8 0"; do
+for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 90"; do
   set -- $spec
   [ $sim = 1 ] && [ "$1" != tiny ] && continue
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
-  run "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --json --out "$results/compare-$1"
+  run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --json --out "$results/compare-$1"
 done
 
 step "kernel workloads (mobius profile)"
 for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do
   for d in fwd bwd; do
     dir=$d; case $k in temporal_conv|conv2d) [ $d = bwd ] && dir=bwd_data;; gemm) [ $d = bwd ] && continue;; esac
-    iters=200; [ $sim = 1 ] && iters=1
-    run "$bin/mobius" profile --kernel $k --direction $dir --backend cuda --iterations $iters
+    iters=100; [ $sim = 1 ] && iters=1
+    run 20 "$bin/mobius" profile --kernel $k --direction $dir --backend cuda --iterations $iters
   done
 done
+# The temporal kernels at the ms256 model's first level (32x32 latent, 320 channels, 16 frames, batch 1).
+if [ $sim = 0 ]; then
+  for spec in "temporal_attention fwd n=1024,h=5,f=16,d=64" "temporal_attention bwd n=1024,h=5,f=16,d=64" \
+              "temporal_conv fwd b=1,f=16,c=320,s=1024" "temporal_conv bwd_data b=1,f=16,c=320,s=1024" \
+              "group_norm fwd n=1,t=16,c=320,s=1024,g=32" "group_norm bwd n=1,t=16,c=320,s=1024,g=32"; do
+    set -- $spec
+    run 20 "$bin/mobius" profile --kernel $1 --direction $2 --shape $3 --backend cuda --iterations 100
+  done
+fi
 
 step "PyTorch peer (same model, both topologies)"
 if $py -c "import torch" 2>/dev/null; then
   device=cuda; [ $sim = 1 ] && device=cpu
-  for c in tiny; do
-    $py "$root/peers/mobius_torch.py" bench --device $device --config $c --steps 10 > "$results/peer-$c.json" 2>> "$md"
+  for spec in "tiny 10 60" "small 10 90" "ms256 6 180"; do
+    set -- $spec; c=$1
+    [ $sim = 1 ] && [ "$c" != tiny ] && continue
+    run "$3" sh -c "$py '$root/peers/mobius_torch.py' bench --device $device --config $c --steps $2 > '$results/peer-$c.json'"
     cat "$results/peer-$c.json" >> "$md"
   done
 else
   echo "python with torch not found: skipped" >> "$md"
 fi
 
+step "kernels: nvcc builds every source for sm_90 (resource usage)"
+if command -v nvcc >/dev/null && [ $sim = 0 ]; then
+  for cu in "$root"/kernels/*.cu; do
+    run 60 nvcc -arch=sm_90 -std=c++17 -O3 -I"$root/kernels/include" -cubin -Xptxas -v -o /dev/null "$cu"
+  done
+else
+  echo "nvcc not found or rehearsal: skipped" >> "$md"
+fi
+
+step "kernel tests under compute-sanitizer"
+if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
+  for tool in memcheck racecheck; do
+    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests"
+  done
+else
+  echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
+fi
+
+{ echo; echo "## summary"; echo; echo '```'; printf '%s\n' "${summary[@]}"; echo '```'; } >> "$md"
+printf '%s\n' "${summary[@]}"
 echo "wrote $md"

@@ -67,6 +67,10 @@ CONFIGS = {
                   text_width=16, text_layers=1, text_heads=2, tokens=14, frames=4, height=16, width=16, batch=2),
     "tiny": dict(channels=[32, 64, 64], layers=1, attention=[True, True, True], head_dim=32, groups=8, ff_mult=4,
                  text_width=64, text_layers=2, text_heads=2, tokens=16, frames=8, height=32, width=32, batch=2),
+    "small": dict(channels=[64, 128, 256], layers=2, attention=[True, True, True], head_dim=32, groups=16, ff_mult=4,
+                  text_width=256, text_layers=2, text_heads=4, tokens=16, frames=16, height=64, width=64, batch=2),
+    "ms256": dict(channels=[320, 640, 1280, 1280], layers=2, attention=[True, True, True, False], head_dim=64, groups=32,
+                  ff_mult=4, text_width=1024, text_layers=2, text_heads=16, tokens=77, frames=16, height=64, width=64, batch=1),
 }
 LATENT = 12
 
@@ -242,7 +246,7 @@ def attention(q, k, v, heads):
 
 def sinusoid(pos, dim, dtype):
     half = dim // 2
-    freq = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64) / half)
+    freq = torch.exp(-math.log(10000) * torch.arange(half, dtype=torch.float64, device=pos.device) / half)
     a = pos.to(torch.float64)[:, None] * freq[None, :]
     return torch.cat([torch.cos(a), torch.sin(a)], dim=1).to(dtype)
 
@@ -299,7 +303,7 @@ def temporal_transformer(p, cfg, name, x, frames):
     h = group_norm(x, p[name + ".norm.weight"], p[name + ".norm.bias"], cfg["groups"], frames)
     h = h.reshape(b, frames * c, s).transpose(1, 2).reshape(b * s, frames, c)
     h = linear(p, name + ".proj_in", h)
-    h = h + sinusoid(torch.arange(frames), c, x.dtype)[None]
+    h = h + sinusoid(torch.arange(frames, device=x.device), c, x.dtype)[None]
     h = block_core(p, name + ".block", h, None, c // cfg["head_dim"])
     h = linear(p, name + ".proj_out", h)
     h = h.reshape(b, s, frames * c).transpose(1, 2).reshape(bf, c, hh, ww)
@@ -471,6 +475,9 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
 
     cfg = CONFIGS[config]
     dev = torch.device(device)
+    # Strict fp32 like the engine (cuBLAS default math, cuDNN FMA math): no TF32 on either side.
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     gen = torch.Generator().manual_seed(seed)
     b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
     runs = {}
@@ -501,8 +508,12 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
             storages = {}
 
             def pack(tensor):
-                st = tensor.storage()
-                storages[st.data_ptr()] = st.size() * st.element_size()
+                if hasattr(tensor, "untyped_storage"):  # torch 2
+                    st = tensor.untyped_storage()
+                    storages[st.data_ptr()] = st.nbytes()
+                else:
+                    st = tensor.storage()
+                    storages[st.data_ptr()] = st.size() * st.element_size()
                 return tensor
 
             if dev.type == "cuda":
@@ -519,7 +530,7 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
             sync()
             if step >= warmup:
                 times[topology].append((time.perf_counter() - start) * 1000)
-            param_ptrs = {v.storage().data_ptr() for v in p.values()}
+            param_ptrs = {(v.untyped_storage() if hasattr(v, "untyped_storage") else v.storage()).data_ptr() for v in p.values()}
             saved[topology] = sum(n for ptr, n in storages.items() if ptr not in param_ptrs)
             if dev.type == "cuda":
                 peak[topology] = torch.cuda.max_memory_allocated()

@@ -105,9 +105,21 @@ public sealed unsafe partial class CudaBackend
         return plan;
     }
 
-    /// <summary>The heuristics' first algorithm that reported success.</summary>
+    /// <summary>
+    /// The heuristics' first deterministic algorithm that reported success, else their first that did: some
+    /// backward algorithms add with atomics, whose order changes from run to run, and a run that resumes
+    /// from a checkpoint must repeat the uninterrupted one bit for bit.
+    /// </summary>
     private static int Best(Cudnn.AlgoPerf[] perf, int count, string what)
     {
+        for (int i = 0; i < count; i++)
+        {
+            if (perf[i].Status == 0 && perf[i].Determinism == Cudnn.Deterministic)
+            {
+                return perf[i].Algo;
+            }
+        }
+
         for (int i = 0; i < count; i++)
         {
             if (perf[i].Status == 0)

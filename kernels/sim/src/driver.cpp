@@ -145,6 +145,11 @@ CUresult load_module(CUmodule* module, const void* image, std::string& log) {
         log = "the simulator runs PTX only; cubin and fatbin images are not supported";
         return fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: " + log);
     }
+    // Like the real driver: text without a .version directive is no image it knows (not a PTX error).
+    if (std::strstr(static_cast<const char*>(image), ".version") == nullptr) {
+        log = "the image is neither PTX (no .version directive), cubin nor fatbin";
+        return fail(CUDA_ERROR_INVALID_IMAGE, "cuModuleLoadData: " + log);
+    }
     ptx::Module parsed;
     std::string error;
     if (!ptx::parse(static_cast<const char*>(image), parsed, error)) {

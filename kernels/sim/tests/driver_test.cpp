@@ -125,7 +125,8 @@ TEST(Driver, EveryCommittedPtxModuleLoadsForBothArchitecturesWithAllEntries) {
 TEST(Driver, BadModulesFailLikeTheRealDriverWithAJitLog) {
     mt::Gpu gpu;
     CUmodule m = nullptr;
-    EXPECT_EQ(cuModuleLoadData(&m, "this is not PTX"), CUDA_ERROR_INVALID_PTX);
+    EXPECT_EQ(cuModuleLoadData(&m, "this is not PTX"), CUDA_ERROR_INVALID_IMAGE);  // what a real driver answers
+    EXPECT_EQ(cuModuleLoadData(&m, ".version 7.8\n.target sm_90\n.address_size 64\n.visible .entry broken()\n{\n  ret;\n"), CUDA_ERROR_INVALID_PTX);
     EXPECT_EQ(cuModuleLoadData(&m, "\x7f" "ELF\x02\x01\x01"), CUDA_ERROR_INVALID_IMAGE);
     EXPECT_EQ(cuModuleLoadData(&m, stub_ptx("ew_add_f32", ".param .u64 a", "sm_100").c_str()), CUDA_ERROR_INVALID_PTX);
 

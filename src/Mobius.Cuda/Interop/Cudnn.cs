@@ -15,6 +15,7 @@ internal static partial class Cudnn
     public const int CrossCorrelation = 1;
     public const int DefaultMath = 0;
     public const int FmaMath = 3;
+    public const int Deterministic = 1;  // cudnnDeterminism_t CUDNN_DETERMINISTIC
 
     /// <summary>cudnnConvolution{Fwd,BwdData,BwdFilter}AlgoPerf_t: the same layout for the three.</summary>
     [StructLayout(LayoutKind.Sequential)]
