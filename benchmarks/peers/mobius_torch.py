@@ -466,6 +466,12 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
     unet_fixture("loop", torch.Generator().manual_seed(seed + 1))
 
 
+def resident_bytes(params, opt):
+    """Bytes of a model's weights and optimizer state."""
+    tensors = list(params.values()) + [t for st in opt.state.values() for t in st.values() if torch.is_tensor(t)]
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def bench(device, config, steps, warmup, seed=1, bridge="loop"):
     """Serial and parallel training steps of the same model on random data, alternating, as Mobius
     measures them: median step time, peak memory (CUDA: max_memory_allocated) and the bytes autograd
@@ -533,7 +539,9 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
             param_ptrs = {(v.untyped_storage() if hasattr(v, "untyped_storage") else v.storage()).data_ptr() for v in p.values()}
             saved[topology] = sum(n for ptr, n in storages.items() if ptr not in param_ptrs)
             if dev.type == "cuda":
-                peak[topology] = torch.cuda.max_memory_allocated()
+                # Both topologies stay resident, so the other's weights and optimizer state are not this one's.
+                other_p, other_opt = next(r for k, r in runs.items() if k != topology)
+                peak[topology] = torch.cuda.max_memory_allocated() - resident_bytes(other_p, other_opt)
 
     out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "bridge": bridge, "steps": steps,
            "threads": torch.get_num_threads()}
