@@ -1,13 +1,17 @@
 // Group norm over x viewed [N, T, C, S] (optionally fused with SiLU) and layer norm over the last dimension,
 // forward and backward, with deterministic parameter-gradient reductions.
 //
-// Group norm design: one block per (n, group), grid-stride over the N*G groups. In memory a group is T runs
-// (one per frame t) of (C/G)*S contiguous floats, C*S apart, so every pass walks those runs with consecutive
-// threads on consecutive floats (coalesced). Statistics take two passes (mean, then the mean of squared
-// deviations): exact where sum-of-squares would cancel, and the second read hits L2 (a group is a few MB at
-// most). Backward reduces, channel by channel, sum(g) and sum(g*xhat) over the channel's T*S elements:
-// those are the per-(n, c) partials of dbeta and dgamma (written to [N, C] buffers, reduced over n by
-// column_sum_f32), and gamma-weighted they give the two group means dx needs. No atomics.
+// Group norm design. A group is T runs (one per frame t) of (C/G)*S contiguous floats, C*S apart: at batch 1
+// a video norm has only G (32) groups of up to a few MB each, too few blocks for a GPU, so each group is cut
+// into `splits` chunks of its flattened elements (grid: splits x groups, groups grid-strided over y), and
+// every pass walks a chunk's pieces of runs with consecutive threads on consecutive floats (coalesced).
+// Forward: group_norm_stats_f32 writes each chunk's mean and sum of squared deviations about that mean (two
+// passes over the chunk, the second from cache: exact where a sum of squares would cancel);
+// group_norm_apply_f32 merges a group's chunk statistics in a fixed order (Chan et al.'s pairwise update),
+// then normalises its own chunk. Backward: group_norm_bwd_reduce_f32 sums g and g*xhat per (n, c) over chunks
+// of the channel's T*S elements; group_norm_bwd_dx_f32 adds those chunk sums up in a fixed order into the
+// per-(n, c) partials of dbeta and dgamma (reduced over n by column_sum_f32) and, gamma-weighted, into the two
+// group means dx needs, then writes dx for its own chunk. No atomics: results do not depend on the schedule.
 //
 // Layer norm design: rows are a few hundred to a few thousand floats, so one warp per row (rows grid-strided
 // over all warps) with lane-strided coalesced reads and shuffle reductions, no shared memory. The parameter
@@ -23,106 +27,203 @@ MOBIUS_DEVICE float through_silu(float grad, float pre) {
     return grad * s * (1.0f + pre * (1.0f - s));
 }
 
-struct Group {
-    long long n;
-    int g;
-    int channels_per_group;
-    int run;  // (C/G)*S contiguous floats per frame
-    // offset of frame t's run of this group in x [N, T, C, S]
-    MOBIUS_DEVICE long long frame(int t, int T, int C, int S) const {
-        return ((n * T + t) * C + static_cast<long long>(g) * channels_per_group) * S;
+struct GroupShape {
+    int N, T, C, S, G;
+    MOBIUS_DEVICE int cg() const { return C / G; }
+    MOBIUS_DEVICE int run() const { return cg() * S; }  // contiguous floats of one group in one frame
+    MOBIUS_DEVICE long long count() const { return static_cast<long long>(T) * run(); }
+    // offset of frame t's run of group g of sample n
+    MOBIUS_DEVICE long long frame(long long n, int g, int t) const {
+        return ((n * T + t) * C + static_cast<long long>(g) * cg()) * S;
     }
 };
 
+// Chunk `k` of `splits` over `count` elements: [begin, end).
+MOBIUS_DEVICE void chunk(long long count, int splits, int k, long long* begin, long long* end) {
+    const long long size = (count + splits - 1) / splits;
+    *begin = k * size < count ? k * size : count;
+    *end = *begin + size < count ? *begin + size : count;
+}
+
+// Calls f(offset, e) for the elements [begin, end) of a group's flattened (t, e) index space, e being the
+// position within the frame's run (channel = g*cg + e / S). Threads stride within each piece of a run.
+template <class F>
+MOBIUS_DEVICE void for_group_chunk(const GroupShape& sh, long long n, int g, long long begin, long long end, F&& f) {
+    const int run = sh.run();
+    for (int t = static_cast<int>(begin / run); t < sh.T && static_cast<long long>(t) * run < end; ++t) {
+        const long long lo = static_cast<long long>(t) * run, base = sh.frame(n, g, t);
+        const int e0 = static_cast<int>(begin > lo ? begin - lo : 0);
+        const int e1 = static_cast<int>(end - lo < run ? end - lo : run);
+        for (int e = e0 + static_cast<int>(threadIdx.x); e < e1; e += static_cast<int>(blockDim.x)) f(base + e, e);
+    }
+}
+
+// The same for one channel's T*S elements (T runs of S floats, C*S apart).
+template <class F>
+MOBIUS_DEVICE void for_channel_chunk(const GroupShape& sh, long long n, int c, long long begin, long long end, F&& f) {
+    const int S = sh.S;
+    for (int t = static_cast<int>(begin / S); t < sh.T && static_cast<long long>(t) * S < end; ++t) {
+        const long long lo = static_cast<long long>(t) * S, base = ((n * sh.T + t) * sh.C + c) * static_cast<long long>(S);
+        const int s0 = static_cast<int>(begin > lo ? begin - lo : 0);
+        const int s1 = static_cast<int>(end - lo < S ? end - lo : S);
+        for (int s = s0 + static_cast<int>(threadIdx.x); s < s1; s += static_cast<int>(blockDim.x)) f(base + s);
+    }
+}
+
 template <class T>
-MOBIUS_DEVICE void group_norm_forward(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd, int N,
-                                      int frames, int C, int S, int G, float eps, bool silu) {
+MOBIUS_DEVICE void group_norm_stats(const T* x, float* stats, const GroupShape& sh, int splits) {
     __shared__ float scratch[32];
-    const int cg = C / G;
-    const float inv_count = 1.0f / (static_cast<float>(frames) * static_cast<float>(cg) * static_cast<float>(S));
-    for (long long ng = blockIdx.x; ng < static_cast<long long>(N) * G; ng += gridDim.x) {
-        const Group grp{ng / G, static_cast<int>(ng % G), cg, cg * S};
+    const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
+    const int k = static_cast<int>(blockIdx.x);
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+        const long long n = ng / sh.G;
+        const int g = static_cast<int>(ng % sh.G);
+        long long begin, end;
+        chunk(count, splits, k, &begin, &end);
+        const float inv = end > begin ? 1.0f / static_cast<float>(end - begin) : 0.0f;
         float acc = 0.0f;
-        for (int t = 0; t < frames; ++t) {
-            const T* run = x + grp.frame(t, frames, C, S);
-            for (int e = threadIdx.x; e < grp.run; e += blockDim.x) acc += gpu::load(run + e);
-        }
-        const float mu = gpu::block_sum(acc, scratch) * inv_count;
+        for_group_chunk(sh, n, g, begin, end, [&](long long i, int) { acc += gpu::load(x + i); });
+        const float mu = gpu::block_sum(acc, scratch) * inv;
         acc = 0.0f;
-        for (int t = 0; t < frames; ++t) {
-            const T* run = x + grp.frame(t, frames, C, S);
-            for (int e = threadIdx.x; e < grp.run; e += blockDim.x) {
-                const float d = gpu::load(run + e) - mu;
-                acc += d * d;
-            }
-        }
-        const float rs = gpu::rsqrt(gpu::block_sum(acc, scratch) * inv_count + eps);
-        for (int t = 0; t < frames; ++t) {
-            const long long off = grp.frame(t, frames, C, S);
-            for (int e = threadIdx.x; e < grp.run; e += blockDim.x) {
-                const int c = grp.g * cg + e / S;
-                float v = (gpu::load(x + off + e) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
-                if (silu) v *= gpu::sigmoid(v);
-                gpu::store(y + off + e, v);
-            }
-        }
+        for_group_chunk(sh, n, g, begin, end, [&](long long i, int) {
+            const float d = gpu::load(x + i) - mu;
+            acc += d * d;
+        });
+        const float m2 = gpu::block_sum(acc, scratch);
         if (threadIdx.x == 0) {
-            mean[ng] = mu;
-            rstd[ng] = rs;
+            stats[(ng * splits + k) * 2] = mu;
+            stats[(ng * splits + k) * 2 + 1] = m2;
+        }
+    }
+}
+
+// A group's mean and rstd from its chunk statistics, merged in chunk order (every caller gets the same bits).
+MOBIUS_DEVICE void merge_stats(const float* stats, long long ng, long long count, int splits, float eps, float* mean, float* rstd) {
+    float n_acc = 0.0f, mu = 0.0f, m2 = 0.0f;
+    for (int k = 0; k < splits; ++k) {
+        long long begin, end;
+        chunk(count, splits, k, &begin, &end);
+        if (end <= begin) continue;
+        const float nb = static_cast<float>(end - begin), mb = stats[(ng * splits + k) * 2], m2b = stats[(ng * splits + k) * 2 + 1];
+        const float n = n_acc + nb, delta = mb - mu;
+        mu += delta * (nb / n);
+        m2 += m2b + delta * delta * (n_acc * nb / n);
+        n_acc = n;
+    }
+    *mean = mu;
+    *rstd = gpu::rsqrt(m2 / static_cast<float>(count) + eps);
+}
+
+template <class T>
+MOBIUS_DEVICE void group_norm_apply(const T* x, const T* gamma, const T* beta, T* y, const float* stats, float* mean, float* rstd,
+                                    const GroupShape& sh, int splits, float eps, bool silu) {
+    __shared__ float stat[2];
+    const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
+    const int k = static_cast<int>(blockIdx.x), cg = sh.cg();
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+        __syncthreads();  // stat of the previous group is no longer read
+        if (threadIdx.x == 0) {
+            merge_stats(stats, ng, count, splits, eps, &stat[0], &stat[1]);
+            if (k == 0) {
+                mean[ng] = stat[0];
+                rstd[ng] = stat[1];
+            }
+        }
+        __syncthreads();
+        const float mu = stat[0], rs = stat[1];
+        const long long n = ng / sh.G;
+        const int g = static_cast<int>(ng % sh.G);
+        long long begin, end;
+        chunk(count, splits, k, &begin, &end);
+        for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
+            const int c = g * cg + e / sh.S;
+            float v = (gpu::load(x + i) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
+            if (silu) v *= gpu::sigmoid(v);
+            gpu::store(y + i, v);
+        });
+    }
+}
+
+// The gradient reaching the affine output at element i of channel c, and xhat there.
+template <class T>
+MOBIUS_DEVICE float group_norm_grad_at(const T* x, const T* gamma, const T* beta, const T* dy, long long i, int c, float mu, float rs,
+                                       bool silu, float* xhat) {
+    *xhat = (gpu::load(x + i) - mu) * rs;
+    const float g = gpu::load(dy + i);
+    return silu ? through_silu(g, *xhat * gpu::load(gamma + c) + gpu::load(beta + c)) : g;
+}
+
+template <class T>
+MOBIUS_DEVICE void group_norm_bwd_reduce(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
+                                         float* sums, const GroupShape& sh, int splits, bool silu) {
+    __shared__ float scratch[32];
+    const long long channels = static_cast<long long>(sh.N) * sh.C, count = static_cast<long long>(sh.T) * sh.S;
+    const int k = static_cast<int>(blockIdx.x), cg = sh.cg();
+    for (long long nc = blockIdx.y; nc < channels; nc += gridDim.y) {
+        const long long n = nc / sh.C;
+        const int c = static_cast<int>(nc % sh.C);
+        const long long ng = n * sh.G + c / cg;
+        const float mu = mean[ng], rs = rstd[ng];
+        long long begin, end;
+        chunk(count, splits, k, &begin, &end);
+        float a = 0.0f, b = 0.0f;
+        for_channel_chunk(sh, n, c, begin, end, [&](long long i) {
+            float xhat;
+            const float g = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
+            a += g;
+            b += g * xhat;
+        });
+        a = gpu::block_sum(a, scratch);
+        b = gpu::block_sum(b, scratch);
+        if (threadIdx.x == 0) {
+            sums[(nc * splits + k) * 2] = a;
+            sums[(nc * splits + k) * 2 + 1] = b;
         }
     }
 }
 
 template <class T>
-MOBIUS_DEVICE void group_norm_backward(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd,
-                                       const T* dy, T* dx, float* dgamma_partial, float* dbeta_partial, int N, int frames,
-                                       int C, int S, int G, bool silu) {
+MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
+                                     const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
+                                     int reduce_splits, int splits, bool silu) {
     __shared__ float scratch[32];
-    const int cg = C / G;
-    const float inv_count = 1.0f / (static_cast<float>(frames) * static_cast<float>(cg) * static_cast<float>(S));
-    for (long long ng = blockIdx.x; ng < static_cast<long long>(N) * G; ng += gridDim.x) {
-        const Group grp{ng / G, static_cast<int>(ng % G), cg, cg * S};
-        const float mu = mean[ng], rs = rstd[ng];
-        // the gradient reaching the affine output, and xhat, at element `i` of channel c
-        auto grad_at = [&](long long i, int c, float* xhat) {
-            *xhat = (gpu::load(x + i) - mu) * rs;
-            const float g = gpu::load(dy + i);
-            return silu ? through_silu(g, *xhat * gpu::load(gamma + c) + gpu::load(beta + c)) : g;
-        };
-        float sum_g = 0.0f, sum_gx = 0.0f;  // sum of gamma*g and gamma*g*xhat over the group; same in every thread
-        for (int cl = 0; cl < cg; ++cl) {
-            const int c = grp.g * cg + cl;
+    const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
+    const int k = static_cast<int>(blockIdx.x), cg = sh.cg();
+    const float inv_count = 1.0f / static_cast<float>(count);
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+        const long long n = ng / sh.G;
+        const int g = static_cast<int>(ng % sh.G);
+        // Channel sums in chunk order (thread j owns channels j, j + blockDim.x, ...), then gamma-weighted
+        // group sums over a fixed thread layout: the same bits in every block of the group.
+        float sg = 0.0f, sgx = 0.0f;
+        for (int cl = static_cast<int>(threadIdx.x); cl < cg; cl += static_cast<int>(blockDim.x)) {
+            const int c = g * cg + cl;
+            const long long nc = n * sh.C + c;
             float a = 0.0f, b = 0.0f;
-            for (int t = 0; t < frames; ++t) {
-                const long long off = grp.frame(t, frames, C, S) + static_cast<long long>(cl) * S;
-                for (int s = threadIdx.x; s < S; s += blockDim.x) {
-                    float xhat;
-                    const float g = grad_at(off + s, c, &xhat);
-                    a += g;
-                    b += g * xhat;
-                }
+            for (int r = 0; r < reduce_splits; ++r) {
+                a += sums[(nc * reduce_splits + r) * 2];
+                b += sums[(nc * reduce_splits + r) * 2 + 1];
             }
-            a = gpu::block_sum(a, scratch);
-            b = gpu::block_sum(b, scratch);
-            if (threadIdx.x == 0) {
-                if (dbeta_partial != nullptr) dbeta_partial[grp.n * C + c] = a;
-                if (dgamma_partial != nullptr) dgamma_partial[grp.n * C + c] = b;
+            if (k == 0) {
+                if (dbeta_partial != nullptr) dbeta_partial[nc] = a;
+                if (dgamma_partial != nullptr) dgamma_partial[nc] = b;
             }
             const float gm = gpu::load(gamma + c);
-            sum_g += gm * a;
-            sum_gx += gm * b;
+            sg += gm * a;
+            sgx += gm * b;
         }
+        sg = gpu::block_sum(sg, scratch);
+        sgx = gpu::block_sum(sgx, scratch);
         if (dx == nullptr) continue;
-        const float k1 = sum_g * inv_count, k2 = sum_gx * inv_count;
-        for (int t = 0; t < frames; ++t) {
-            const long long off = grp.frame(t, frames, C, S);
-            for (int e = threadIdx.x; e < grp.run; e += blockDim.x) {
-                const int c = grp.g * cg + e / S;
-                float xhat;
-                const float g = grad_at(off + e, c, &xhat);
-                gpu::store(dx + off + e, rs * (g * gpu::load(gamma + c) - k1 - xhat * k2));
-            }
-        }
+        const float k1 = sg * inv_count, k2 = sgx * inv_count, mu = mean[ng], rs = rstd[ng];
+        long long begin, end;
+        chunk(count, splits, k, &begin, &end);
+        for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
+            const int c = g * cg + e / sh.S;
+            float xhat;
+            const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
+            gpu::store(dx + i, rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2));
+        });
     }
 }
 
@@ -198,30 +299,49 @@ MOBIUS_DEVICE void layer_norm_param_grad(const T* x, const float* mean, const fl
 }  // namespace
 
 // Group norm of x [N, T, C, S] with G groups (C % G == 0): y = (x - mean) * rstd * gamma[c] + beta[c], then
-// SiLU when silu != 0; mean and rstd [N, G]. One block per (n, g), grid-stride: grid min(N*G, 65535);
-// blockDim.x a multiple of 32 (<= 1024; 256 or 512 intended).
+// SiLU when silu != 0; mean and rstd [N, G]. Two launches with the same grid (splits, min(N*G, 65535)) and
+// blockDim.x a multiple of 32 (<= 1024; 256 intended): group_norm_stats_f32 fills stats [N*G, splits, 2],
+// group_norm_apply_f32 reads it.
 extern "C" __global__ void __launch_bounds__(1024)
-    group_norm_fwd_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                       float* __restrict__ y, float* __restrict__ mean, float* __restrict__ rstd, int N, int T, int C, int S,
-                       int G, float eps, int silu) {
-    MOBIUS_REQUIRE(G > 0 && C % G == 0 && blockDim.x % 32 == 0);
-    group_norm_forward(x, gamma, beta, y, mean, rstd, N, T, C, S, G, eps, silu != 0);
+    group_norm_stats_f32(const float* __restrict__ x, float* __restrict__ stats, int N, int T, int C, int S, int G, int splits) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && splits >= 1 && blockDim.x % 32 == 0);
+    group_norm_stats(x, stats, GroupShape{N, T, C, S, G}, splits);
 }
-MOBIUS_REGISTER_KERNEL(group_norm_fwd_f32);
+MOBIUS_REGISTER_KERNEL(group_norm_stats_f32);
 
-// Backward of group_norm_fwd_f32 (same silu flag, mean and rstd from the forward). Writes dx (if not null)
-// and the per-(n, c) partial sums dgamma_partial[n*C + c] = sum of g*xhat and dbeta_partial[n*C + c] = sum of g
-// over t and s (each may be null), where g = dy, times silu' when fused; dgamma = column_sum over n.
-// Launch as the forward.
 extern "C" __global__ void __launch_bounds__(1024)
-    group_norm_bwd_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
-                       const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy,
-                       float* __restrict__ dx, float* __restrict__ dgamma_partial, float* __restrict__ dbeta_partial, int N, int T,
-                       int C, int S, int G, int silu) {
-    MOBIUS_REQUIRE(G > 0 && C % G == 0 && blockDim.x % 32 == 0);
-    group_norm_backward(x, gamma, beta, mean, rstd, dy, dx, dgamma_partial, dbeta_partial, N, T, C, S, G, silu != 0);
+    group_norm_apply_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                         float* __restrict__ y, const float* __restrict__ stats, float* __restrict__ mean, float* __restrict__ rstd,
+                         int N, int T, int C, int S, int G, int splits, float eps, int silu) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && splits >= 1 && blockDim.x % 32 == 0);
+    group_norm_apply(x, gamma, beta, y, stats, mean, rstd, GroupShape{N, T, C, S, G}, splits, eps, silu != 0);
 }
-MOBIUS_REGISTER_KERNEL(group_norm_bwd_f32);
+MOBIUS_REGISTER_KERNEL(group_norm_apply_f32);
+
+// Backward of the group norm (same silu flag, mean and rstd from the forward), in two launches.
+// group_norm_bwd_reduce_f32, grid (reduce_splits, min(N*C, 65535)): sums [N*C, reduce_splits, 2] of g and g*xhat
+// over chunks of each channel's T*S elements, where g = dy, times silu' when fused.
+// group_norm_bwd_dx_f32, grid (splits, min(N*G, 65535)): writes dgamma_partial[n*C + c] = sum of g*xhat and
+// dbeta_partial[n*C + c] = sum of g (each may be null; dgamma = column_sum over n) and dx (may be null).
+extern "C" __global__ void __launch_bounds__(1024)
+    group_norm_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                              const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy,
+                              float* __restrict__ sums, int N, int T, int C, int S, int G, int reduce_splits, int silu) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && reduce_splits >= 1 && blockDim.x % 32 == 0);
+    group_norm_bwd_reduce(x, gamma, beta, mean, rstd, dy, sums, GroupShape{N, T, C, S, G}, reduce_splits, silu != 0);
+}
+MOBIUS_REGISTER_KERNEL(group_norm_bwd_reduce_f32);
+
+extern "C" __global__ void __launch_bounds__(1024)
+    group_norm_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                          const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy,
+                          const float* __restrict__ sums, float* __restrict__ dx, float* __restrict__ dgamma_partial,
+                          float* __restrict__ dbeta_partial, int N, int T, int C, int S, int G, int reduce_splits, int splits, int silu) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && reduce_splits >= 1 && splits >= 1 && blockDim.x % 32 == 0);
+    group_norm_bwd_dx(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G},
+                      reduce_splits, splits, silu != 0);
+}
+MOBIUS_REGISTER_KERNEL(group_norm_bwd_dx_f32);
 
 // Layer norm of x [rows, cols] over cols; mean and rstd [rows]. One warp per row: blockDim.x a multiple of 32
 // (<= 256; 256 = 8 rows per block), any grid (ceil(rows/8) or a cap).

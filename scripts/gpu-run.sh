@@ -135,7 +135,7 @@ fi
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
-    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests"
+    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests" -class "Mobius.Tests.Cuda.CudaGroupNormTests"
   done
 else
   echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"

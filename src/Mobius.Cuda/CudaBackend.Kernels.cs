@@ -168,20 +168,53 @@ public sealed unsafe partial class CudaBackend
 
     // ---- norms ---------------------------------------------------------------------------------------
 
+    /// <summary>
+    /// Blocks the group-norm kernels aim for: a video norm at batch 1 has only G groups (32), so each group's
+    /// elements are cut into chunks until about this many blocks run. Tests lower the chunk size to reach the
+    /// split path on small shapes.
+    /// </summary>
+    internal int GroupNormTargetBlocks => 4 * Device.Multiprocessors;
+
+    /// <summary>Fewest elements a group-norm chunk takes (below that a block has too little to do).</summary>
+    internal int GroupNormMinChunk { get; set; } = 4096;
+
+    /// <summary>Chunks per reduction unit: enough units x chunks to fill the device, none under the minimum chunk.</summary>
+    internal int GroupNormSplits(long units, long elementsPerUnit)
+    {
+        long wanted = (GroupNormTargetBlocks + units - 1) / units;
+        long most = Math.Max(1, elementsPerUnit / GroupNormMinChunk);
+        return (int)Math.Clamp(wanted, 1, Math.Min(most, 1024));
+    }
+
+    private static uint GridY(long units) => (uint)Math.Min(units, 65535);
+
     /// <inheritdoc />
-    public void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu) =>
-        Launch("group_norm_fwd_f32", ((uint)Math.Min(s.N * s.Groups, 65535), 1, 1), (256, 1, 1), 0,
-            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(y), Ptr(mean), Ptr(rstd), s.N, s.T, s.C, s.S, s.Groups, s.Eps, silu ? 1 : 0]);
+    public void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu)
+    {
+        long groups = (long)s.N * s.Groups;
+        int splits = GroupNormSplits(groups, (long)s.T * (s.C / s.Groups) * s.S);
+        using var stats = Scratch(groups * splits * 2);
+        Launch("group_norm_stats_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(stats), s.N, s.T, s.C, s.S, s.Groups, splits]);
+        Launch("group_norm_apply_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(y), Ptr(stats), Ptr(mean), Ptr(rstd), s.N, s.T, s.C, s.S, s.Groups, splits, s.Eps, silu ? 1 : 0]);
+    }
 
     /// <inheritdoc />
     public void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
         Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu)
     {
-        using var pg = dgamma is null ? null : Scratch((long)s.N * s.C);
-        using var pb = dbeta is null ? null : Scratch((long)s.N * s.C);
-        Launch("group_norm_bwd_f32", ((uint)Math.Min(s.N * s.Groups, 65535), 1, 1), (256, 1, 1), 0,
-            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), dx is null ? 0UL : Ptr(dx),
-             pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, silu ? 1 : 0]);
+        long channels = (long)s.N * s.C, groups = (long)s.N * s.Groups;
+        int reduceSplits = GroupNormSplits(channels, (long)s.T * s.S);
+        int splits = dx is null ? 1 : GroupNormSplits(groups, (long)s.T * (s.C / s.Groups) * s.S);
+        using var sums = Scratch(channels * reduceSplits * 2);
+        using var pg = dgamma is null ? null : Scratch(channels);
+        using var pb = dbeta is null ? null : Scratch(channels);
+        Launch("group_norm_bwd_reduce_f32", ((uint)reduceSplits, GridY(channels), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, silu ? 1 : 0]);
+        Launch("group_norm_bwd_dx_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
+             pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, splits, silu ? 1 : 0]);
         if (pg is not null)
         {
             ColumnSum(Ptr(pg), Ptr(dgamma!), s.N, s.C, s.N);

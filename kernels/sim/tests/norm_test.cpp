@@ -17,39 +17,76 @@ reference::GroupNorm group_norm_reference(const GroupShape& s, const std::vector
     return reference::group_norm(s.N, s.T, s.C, s.S, s.G, eps, silu, x, gamma, beta, dy);
 }
 
+// Runs the forward pair: chunk statistics, then the normalisation, on a grid of (splits, at most 3 groups):
+// y-striding over groups and chunk merging are both exercised.
+void group_norm_forward(mt::Gpu& gpu, const GroupShape& s, int splits, unsigned block, float* x, float* gamma, float* beta, float* y,
+                        float* mean, float* rstd, float eps, int silu) {
+    mt::DeviceArray<float> stats(static_cast<std::size_t>(s.N) * s.G * splits * 2);
+    const unsigned gy = std::min(3u, unsigned(s.N * s.G));
+    gpu.run("norm", "group_norm_stats_f32", {unsigned(splits), gy}, {block}, 0, x, stats.get(), s.N, s.T, s.C, s.S, s.G, splits);
+    gpu.run("norm", "group_norm_apply_f32", {unsigned(splits), gy}, {block}, 0, x, gamma, beta, y, stats.get(), mean, rstd, s.N, s.T, s.C,
+            s.S, s.G, splits, eps, silu);
+}
+
+void group_norm_backward(mt::Gpu& gpu, const GroupShape& s, int reduce_splits, int splits, unsigned block, float* x, float* gamma,
+                         float* beta, float* mean, float* rstd, float* dy, float* dx, float* pg, float* pb, int silu) {
+    mt::DeviceArray<float> sums(static_cast<std::size_t>(s.N) * s.C * reduce_splits * 2);
+    gpu.run("norm", "group_norm_bwd_reduce_f32", {unsigned(reduce_splits), std::min(5u, unsigned(s.N * s.C))}, {block}, 0, x, gamma, beta,
+            mean, rstd, dy, sums.get(), s.N, s.T, s.C, s.S, s.G, reduce_splits, silu);
+    gpu.run("norm", "group_norm_bwd_dx_f32", {unsigned(splits), std::min(3u, unsigned(s.N * s.G))}, {block}, 0, x, gamma, beta, mean, rstd,
+            dy, sums.get(), dx, pg, pb, s.N, s.T, s.C, s.S, s.G, reduce_splits, splits, silu);
+}
+
 TEST(GroupNorm, ForwardBackwardAndParameterGradients) {
     mt::Gpu gpu;
     const GroupShape shapes[] = {{1, 1, 1, 1, 1}, {2, 1, 6, 7, 3}, {1, 5, 4, 17, 2}, {2, 3, 64, 16, 32}, {1, 2, 17, 1, 17}, {3, 1, 3, 256, 1}};
+    // (forward and dx chunks per group, reduction chunks per channel): one chunk, and more chunks than some groups have elements
+    const std::pair<int, int> splits[] = {{1, 1}, {3, 2}, {7, 5}};
     for (const GroupShape& s : shapes) {
         for (int silu : {0, 1}) {
-            const long long n = 1LL * s.N * s.T * s.C * s.S;
-            const float eps = 1e-5f;
-            // an offset and a scale per tensor so that the mean subtraction matters
-            const auto x = mt::random_vector(n, n + s.C, 0.5f, 3.0f), dy = mt::random_vector(n, n + 1);
-            const auto gamma = mt::random_vector(s.C, s.C + 2, 0.5f, 1.5f), beta = mt::random_vector(s.C, s.C + 3);
-            const reference::GroupNorm ref = group_norm_reference(s, x, gamma, beta, dy, eps, silu != 0);
-            mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y(n), mean(s.N * s.G), rstd(s.N * s.G), ddy(dy), dx(n),
-                pg(s.N * s.C), pb(s.N * s.C), dgamma(s.C), dbeta(s.C);
-            const std::string what = "group norm N" + std::to_string(s.N) + " T" + std::to_string(s.T) + " C" + std::to_string(s.C) +
-                                     " S" + std::to_string(s.S) + " G" + std::to_string(s.G) + (silu ? " silu" : "");
-            const unsigned block = s.S >= 64 ? 256 : 64;
-            gpu.run("norm", "group_norm_fwd_f32", {std::min(3u, unsigned(s.N * s.G))}, {block}, 0, dx_.get(), dg.get(), db.get(), y.get(),
-                    mean.get(), rstd.get(), s.N, s.T, s.C, s.S, s.G, eps, silu);
-            // y: xhat carries the float rounding of two group sums and rsqrt (~1e-6 relative) times |xhat| <~ 3
-            mt::expect_close(y.read(), ref.y, 2e-5, 1e-5, what);
-            mt::expect_close(mean.read(), ref.mean, 1e-6, 1e-6, what + " mean");
-            mt::expect_close(rstd.read(), ref.rstd, 0.0, 1e-5, what + " rstd");
+            for (const auto& [sp, rsp] : splits) {
+                const long long n = 1LL * s.N * s.T * s.C * s.S;
+                const float eps = 1e-5f;
+                // an offset and a scale per tensor so that the mean subtraction matters
+                const auto x = mt::random_vector(n, n + s.C + sp, 0.5f, 3.0f), dy = mt::random_vector(n, n + 1 + sp);
+                const auto gamma = mt::random_vector(s.C, s.C + 2, 0.5f, 1.5f), beta = mt::random_vector(s.C, s.C + 3);
+                const reference::GroupNorm ref = group_norm_reference(s, x, gamma, beta, dy, eps, silu != 0);
+                mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y(n), mean(s.N * s.G), rstd(s.N * s.G), ddy(dy), dx(n),
+                    pg(s.N * s.C), pb(s.N * s.C), dgamma(s.C), dbeta(s.C);
+                const std::string what = "group norm N" + std::to_string(s.N) + " T" + std::to_string(s.T) + " C" + std::to_string(s.C) +
+                                         " S" + std::to_string(s.S) + " G" + std::to_string(s.G) + (silu ? " silu" : "") + " splits " +
+                                         std::to_string(sp) + "/" + std::to_string(rsp);
+                const unsigned block = s.S >= 64 ? 256 : 64;
+                group_norm_forward(gpu, s, sp, block, dx_.get(), dg.get(), db.get(), y.get(), mean.get(), rstd.get(), eps, silu);
+                // y: xhat carries the float rounding of the chunk sums, their merge and rsqrt (~1e-6 relative) times |xhat| <~ 3
+                mt::expect_close(y.read(), ref.y, 2e-5, 1e-5, what);
+                mt::expect_close(mean.read(), ref.mean, 1e-6, 1e-6, what + " mean");
+                mt::expect_close(rstd.read(), ref.rstd, 0.0, 1e-5, what + " rstd");
 
-            gpu.run("norm", "group_norm_bwd_f32", {2}, {block}, 0, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(),
-                    dx.get(), pg.get(), pb.get(), s.N, s.T, s.C, s.S, s.G, silu);
-            gpu.run("bias", "column_sum_f32", {1}, {64}, 0, pg.get(), dgamma.get(), (long long)s.N, s.C, (long long)s.N);
-            gpu.run("bias", "column_sum_f32", {1}, {64}, 0, pb.get(), dbeta.get(), (long long)s.N, s.C, (long long)s.N);
-            // dx subtracts two group means from g*gamma; rstd of the narrow inputs is ~2, sums up to 1536 terms
-            mt::expect_close(dx.read(), ref.dx, 5e-5, 1e-4, what + " dx");
-            mt::expect_close(dgamma.read(), ref.dgamma, 1e-4, 1e-4, what + " dgamma");
-            mt::expect_close(dbeta.read(), ref.dbeta, 1e-4, 1e-4, what + " dbeta");
+                group_norm_backward(gpu, s, rsp, sp, block, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), dx.get(),
+                                    pg.get(), pb.get(), silu);
+                gpu.run("bias", "column_sum_f32", {1}, {64}, 0, pg.get(), dgamma.get(), (long long)s.N, s.C, (long long)s.N);
+                gpu.run("bias", "column_sum_f32", {1}, {64}, 0, pb.get(), dbeta.get(), (long long)s.N, s.C, (long long)s.N);
+                // dx subtracts two group means from g*gamma; rstd of the narrow inputs is ~2, sums up to 1536 terms
+                mt::expect_close(dx.read(), ref.dx, 5e-5, 1e-4, what + " dx");
+                mt::expect_close(dgamma.read(), ref.dgamma, 1e-4, 1e-4, what + " dgamma");
+                mt::expect_close(dbeta.read(), ref.dbeta, 1e-4, 1e-4, what + " dbeta");
+            }
         }
     }
+}
+
+TEST(GroupNorm, ChunkCountDoesNotChangeTheResultBeyondRounding) {
+    mt::Gpu gpu;
+    const GroupShape s{1, 4, 8, 64, 2};
+    const long long n = 1LL * s.N * s.T * s.C * s.S;
+    const auto x = mt::random_vector(n, 11, 2.0f, 5.0f), gamma = mt::random_vector(s.C, 12), beta = mt::random_vector(s.C, 13);
+    mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y1(n), y2(n), mean(s.N * s.G), rstd(s.N * s.G);
+    group_norm_forward(gpu, s, 1, 64, dx_.get(), dg.get(), db.get(), y1.get(), mean.get(), rstd.get(), 1e-5f, 0);
+    group_norm_forward(gpu, s, 16, 64, dx_.get(), dg.get(), db.get(), y2.get(), mean.get(), rstd.get(), 1e-5f, 0);
+    const std::vector<float> a = y1.read(), b = y2.read();
+    std::vector<double> ad(a.begin(), a.end());
+    mt::expect_close(b, ad, 1e-5, 1e-5, "16 chunks against 1");
 }
 
 TEST(GroupNorm, BackwardOutputsAreOptional) {
@@ -59,14 +96,11 @@ TEST(GroupNorm, BackwardOutputsAreOptional) {
     const auto x = mt::random_vector(n, 1), dy = mt::random_vector(n, 2), gamma = mt::random_vector(s.C, 3), beta = mt::random_vector(s.C, 4);
     const reference::GroupNorm ref = group_norm_reference(s, x, gamma, beta, dy, 1e-5, false);
     mt::DeviceArray<float> dx_(x), dg(gamma), db(beta), y(n), mean(s.N * s.G), rstd(s.N * s.G), ddy(dy), dx(n), pb(s.N * s.C);
-    gpu.run("norm", "group_norm_fwd_f32", {8}, {32}, 0, dx_.get(), dg.get(), db.get(), y.get(), mean.get(), rstd.get(), s.N, s.T, s.C, s.S, s.G,
-            1e-5f, 0);
+    group_norm_forward(gpu, s, 2, 32, dx_.get(), dg.get(), db.get(), y.get(), mean.get(), rstd.get(), 1e-5f, 0);
     float* none = nullptr;
-    gpu.run("norm", "group_norm_bwd_f32", {8}, {32}, 0, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), dx.get(), none, none,
-            s.N, s.T, s.C, s.S, s.G, 0);
+    group_norm_backward(gpu, s, 2, 3, 32, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), dx.get(), none, none, 0);
     mt::expect_close(dx.read(), ref.dx, 5e-5, 1e-4, "dx alone");
-    gpu.run("norm", "group_norm_bwd_f32", {8}, {32}, 0, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), none, none, pb.get(),
-            s.N, s.T, s.C, s.S, s.G, 0);
+    group_norm_backward(gpu, s, 1, 1, 32, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), none, none, pb.get(), 0);
     std::vector<float> got = pb.read(), summed(s.C, 0.0f);
     for (int i = 0; i < s.N * s.C; ++i) summed[i % s.C] += got[i];
     mt::expect_close(summed, ref.dbeta, 1e-4, 1e-4, "dbeta alone");
@@ -74,10 +108,9 @@ TEST(GroupNorm, BackwardOutputsAreOptional) {
 
 TEST(GroupNorm, RejectsChannelsNotDivisibleByGroups) {
     mt::Gpu gpu;
-    mt::DeviceArray<float> buf(64), stats(4);
-    CUfunction f = gpu.kernel("norm", "group_norm_fwd_f32");
-    EXPECT_EQ(gpu.launch(f, "group_norm_fwd_f32", {1}, {32}, 0, buf.get(), buf.get(), buf.get(), buf.get(), stats.get(), stats.get(), 1, 1, 6,
-                         4, 4, 1e-5f, 0),
+    mt::DeviceArray<float> buf(64), stats(8);
+    CUfunction f = gpu.kernel("norm", "group_norm_stats_f32");
+    EXPECT_EQ(gpu.launch(f, "group_norm_stats_f32", {1, 1}, {32}, 0, buf.get(), stats.get(), 1, 1, 6, 4, 4, 1),
               CUDA_ERROR_LAUNCH_FAILED);
 }
 
