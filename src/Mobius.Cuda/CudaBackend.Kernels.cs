@@ -126,27 +126,56 @@ public sealed unsafe partial class CudaBackend
 
     // ---- temporal convolution ------------------------------------------------------------------
 
-    /// <inheritdoc />
-    public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y) =>
-        Launch("temporal_conv_fwd_f32", (Tiles((long)s.B * s.F * s.S), Tiles(s.Cout), 1), (256, 1, 1), 0,
-            [Ptr(x), Ptr(w), bias is null ? 0UL : Ptr(bias), Ptr(y), s.B, s.F, s.Cin, s.Cout, s.S]);
+    /// <summary>
+    /// Forces the temporal convolution's tile width (64 or 128) when set; null chooses by shape. Tests set it
+    /// to reach both kernels on small shapes.
+    /// </summary>
+    internal int? TemporalConvTileOverride { get; set; }
+
+    /// <summary>
+    /// 128x128 tiles do twice the multiply-adds per shared-memory read of 64x64 ones but make a quarter as many
+    /// blocks: taken when they still give every SM a block.
+    /// </summary>
+    internal int TemporalConvTile(long columns, int rows) =>
+        TemporalConvTileOverride ?? (TilesOf(columns, 128) * TilesOf(rows, 128) >= Device.Multiprocessors ? 128 : 64);
+
+    /// <summary>The weight gradient splits its reduction to fill the device, so wide tiles pay whenever they are mostly full.</summary>
+    internal int TemporalConvWeightTile(int cin, int cout) => TemporalConvTileOverride ?? (3 * cin >= 128 && cout >= 128 ? 128 : 64);
+
+    private static uint TilesOf(long n, int width) => (uint)((n + width - 1) / width);
+
+    private static string ConvEntry(string name, int tile) => tile == 128 ? $"temporal_conv_{name}_128_f32" : $"temporal_conv_{name}_f32";
 
     /// <inheritdoc />
-    public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx) =>
-        Launch("temporal_conv_bwd_data_f32", (Tiles((long)s.B * s.F * s.S), Tiles(s.Cin), 1), (256, 1, 1), 0,
+    public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
+    {
+        long columns = (long)s.B * s.F * s.S;
+        int tile = TemporalConvTile(columns, s.Cout);
+        Launch(ConvEntry("fwd", tile), (TilesOf(columns, tile), TilesOf(s.Cout, tile), 1), (256, 1, 1), 0,
+            [Ptr(x), Ptr(w), bias is null ? 0UL : Ptr(bias), Ptr(y), s.B, s.F, s.Cin, s.Cout, s.S]);
+    }
+
+    /// <inheritdoc />
+    public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx)
+    {
+        long columns = (long)s.B * s.F * s.S;
+        int tile = TemporalConvTile(columns, s.Cin);
+        Launch(ConvEntry("bwd_data", tile), (TilesOf(columns, tile), TilesOf(s.Cin, tile), 1), (256, 1, 1), 0,
             [Ptr(dy), Ptr(w), Ptr(dx), s.B, s.F, s.Cin, s.Cout, s.S]);
+    }
 
     /// <inheritdoc />
     public void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias)
     {
         // Split the B*F*S reduction so that the weight tiles fill the device; partials summed after.
         long columns = (long)s.B * s.F * s.S;
-        uint tiles = Tiles(3L * s.Cin) * Tiles(s.Cout);
+        int tile = TemporalConvWeightTile(s.Cin, s.Cout);
+        uint tiles = TilesOf(3L * s.Cin, tile) * TilesOf(s.Cout, tile);
         int splits = (int)Math.Clamp(2L * Device.Multiprocessors / tiles, 1, Math.Max(1, columns / 256));
         long perSplit = (columns + splits - 1) / splits;
         long weights = (long)s.Cout * s.Cin * 3;
         using var partial = splits > 1 ? Scratch(splits * weights) : null;
-        Launch("temporal_conv_bwd_weight_f32", (Tiles(3L * s.Cin), Tiles(s.Cout), (uint)splits), (256, 1, 1), 0,
+        Launch(ConvEntry("bwd_weight", tile), (TilesOf(3L * s.Cin, tile), TilesOf(s.Cout, tile), (uint)splits), (256, 1, 1), 0,
             [Ptr(x), Ptr(dy), partial is null ? Ptr(dw) : Ptr(partial), s.B, s.F, s.Cin, s.Cout, s.S, perSplit]);
         if (partial is not null)
         {
@@ -159,7 +188,6 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
-    private static uint Tiles(long n) => (uint)((n + 63) / 64);
 
     /// <summary>dst[s, j] = sum of src[r, j] over each split of <paramref name="rowsPerSplit"/> rows.</summary>
     private void ColumnSum(ulong src, ulong dst, long rows, int cols, long rowsPerSplit) =>

@@ -29,29 +29,34 @@ TEST(TemporalConv, ForwardBackwardDataBackwardWeightAndBias) {
         const reference::TemporalConv ref = reference::temporal_conv(s.B, s.F, s.Cin, s.Cout, s.S, x, w, bias, dy);
         mt::DeviceArray<float> dx_(x), dw_(w), db_(bias), ddy(dy), y(ny), dx(nx), dw(nw), dbias(s.Cout);
         const long long columns = 1LL * s.B * s.F * s.S;
+        // both tile widths: 64 (the plain entries) and 128 (the _128 entries)
+        for (unsigned W : {64u, 128u}) {
+            const std::string suffix = W == 64 ? "_f32" : "_128_f32";
+            const std::string what = name(s) + " W" + std::to_string(W);
+            // sums of up to 3*70 products of |values| < 1: float error below 2e-5 absolute
+            gpu.run("temporal_conv", "temporal_conv_fwd" + suffix, {mt::blocks_for(columns, W), (s.Cout + W - 1) / W}, {256}, 0, dx_.get(),
+                    dw_.get(), db_.get(), y.get(), s.B, s.F, s.Cin, s.Cout, s.S);
+            mt::expect_close(y.read(), ref.y, 2e-5, 1e-5, what + " forward");
+            gpu.run("temporal_conv", "temporal_conv_bwd_data" + suffix, {mt::blocks_for(columns, W), (s.Cin + W - 1) / W}, {256}, 0, ddy.get(),
+                    dw_.get(), dx.get(), s.B, s.F, s.Cin, s.Cout, s.S);
+            mt::expect_close(dx.read(), ref.dx, 2e-5, 1e-5, what + " backward data");
+            const Dim wgrid{(3u * s.Cin + W - 1) / W, (s.Cout + W - 1) / W, 1};
+            // one split: dw directly
+            gpu.run("temporal_conv", "temporal_conv_bwd_weight" + suffix, wgrid, {256}, 0, dx_.get(), ddy.get(), dw.get(), s.B, s.F, s.Cin,
+                    s.Cout, s.S, columns);
+            // sums over B*F*S <= 1024 columns
+            mt::expect_close(dw.read(), ref.dw, 5e-5, 1e-5, what + " backward weight");
+            // split-K with splits that are not multiples of the 16-column step, reduced by column_sum
+            const long long per_split = std::max(1LL, columns / 3 + 5);
+            const unsigned splits = static_cast<unsigned>((columns + per_split - 1) / per_split);
+            mt::DeviceArray<float> partial(splits * nw), dw2(nw);
+            gpu.run("temporal_conv", "temporal_conv_bwd_weight" + suffix, Dim{wgrid.x, wgrid.y, splits}, {256}, 0, dx_.get(), ddy.get(),
+                    partial.get(), s.B, s.F, s.Cin, s.Cout, s.S, per_split);
+            gpu.run("bias", "column_sum_f32", {mt::blocks_for(nw, 256)}, {256}, 0, partial.get(), dw2.get(), (long long)splits, int(nw),
+                    (long long)splits);
+            mt::expect_close(dw2.read(), ref.dw, 5e-5, 1e-5, what + " backward weight, " + std::to_string(splits) + " splits");
+        }
         const std::string what = name(s);
-        // sums of up to 3*70 products of |values| < 1: float error below 2e-5 absolute
-        gpu.run("temporal_conv", "temporal_conv_fwd_f32", {mt::blocks_for(columns, 64), (s.Cout + 63u) / 64}, {256}, 0, dx_.get(), dw_.get(),
-                db_.get(), y.get(), s.B, s.F, s.Cin, s.Cout, s.S);
-        mt::expect_close(y.read(), ref.y, 2e-5, 1e-5, what + " forward");
-        gpu.run("temporal_conv", "temporal_conv_bwd_data_f32", {mt::blocks_for(columns, 64), (s.Cin + 63u) / 64}, {256}, 0, ddy.get(),
-                dw_.get(), dx.get(), s.B, s.F, s.Cin, s.Cout, s.S);
-        mt::expect_close(dx.read(), ref.dx, 2e-5, 1e-5, what + " backward data");
-        const Dim wgrid{(3u * s.Cin + 63) / 64, (s.Cout + 63u) / 64, 1};
-        // one split: dw directly
-        gpu.run("temporal_conv", "temporal_conv_bwd_weight_f32", wgrid, {256}, 0, dx_.get(), ddy.get(), dw.get(), s.B, s.F, s.Cin, s.Cout,
-                s.S, columns);
-        // sums over B*F*S <= 1024 columns
-        mt::expect_close(dw.read(), ref.dw, 5e-5, 1e-5, what + " backward weight");
-        // split-K with splits that are not multiples of the 16-column step, reduced by column_sum
-        const long long per_split = std::max(1LL, columns / 3 + 5);
-        const unsigned splits = static_cast<unsigned>((columns + per_split - 1) / per_split);
-        mt::DeviceArray<float> partial(splits * nw), dw2(nw);
-        gpu.run("temporal_conv", "temporal_conv_bwd_weight_f32", Dim{wgrid.x, wgrid.y, splits}, {256}, 0, dx_.get(), ddy.get(), partial.get(),
-                s.B, s.F, s.Cin, s.Cout, s.S, per_split);
-        gpu.run("bias", "column_sum_f32", {mt::blocks_for(nw, 256)}, {256}, 0, partial.get(), dw2.get(), (long long)splits, int(nw),
-                (long long)splits);
-        mt::expect_close(dw2.read(), ref.dw, 5e-5, 1e-5, what + " backward weight, " + std::to_string(splits) + " splits");
         gpu.run("bias", "channel_bias_grad_f32", {(unsigned)s.Cout}, {256}, 0, ddy.get(), dbias.get(), (long long)s.B * s.F, s.Cout,
                 (long long)s.S, 0);
         mt::expect_close(dbias.read(), ref.dbias, 5e-5, 1e-5, what + " bias grad");

@@ -1,0 +1,52 @@
+using Mobius.Cuda;
+using Mobius.Engine;
+using Xunit;
+
+namespace Mobius.Tests.Cuda;
+
+/// <summary>
+/// The CUDA temporal convolution has two tile widths, 64 and 128, chosen by shape; the shared op tests use
+/// shapes that always get 64. These force each width and check the op against the fp64 reference and finite
+/// differences. The class has its own backend instance, so the setting reaches no other test.
+/// </summary>
+public sealed class CudaTemporalConvTests(CudaFixture fixture) : IClassFixture<CudaFixture>
+{
+    private CudaBackend B => (CudaBackend)fixture.Backend;
+
+    [Theory]
+    [InlineData(64, 1)]
+    [InlineData(128, 1)]
+    [InlineData(128, 2)]
+    public void Temporal_conv_matches_the_reference_at_each_tile_width(int tile, int seed)
+    {
+        var r = new Rng(Seeds.One * 11 + seed);
+        // Channels past one 128-row tile and a ragged column count, so partial tiles are exercised.
+        int b = r.Int(1, 2), f = r.Pick(2, 3, 5), cin = r.Int(3, 7), cout = r.Int(130, 140), h = r.Int(1, 3), w = r.Int(2, 5);
+        B.TemporalConvTileOverride = tile;
+        try
+        {
+            OpCheck.Run(B, r, new OpCase
+            {
+                Name = $"temporal_conv tile {tile} F={f}",
+                Inputs = [new Shape(b * f, cin, h, w), new Shape(cout, cin, 3), new Shape(cout)],
+                Op = t => Ops.TemporalConv(t[0], t[1], t[2], f),
+                Reference = d => Reference.TemporalConv(d[0], d[1], d[2], b, f, cin, cout, h * w),
+            });
+        }
+        finally
+        {
+            B.TemporalConvTileOverride = null;
+        }
+    }
+
+    [Fact]
+    public void Wide_tiles_are_taken_only_where_every_multiprocessor_still_gets_a_block()
+    {
+        int sms = B.Device.Multiprocessors;
+        Assert.Equal(128, B.TemporalConvTile(16L * 1024, 320));   // ms256 first level: 128 x 3 tiles
+        Assert.Equal(64, B.TemporalConvTile(2L * 8 * 256, 64));   // tiny: 32 x 1 wide tiles would idle most SMs
+        Assert.Equal(sms <= 128 ? 128 : 64, B.TemporalConvTile(128L * 128, 128));
+        Assert.Equal(128, B.TemporalConvWeightTile(320, 320));
+        Assert.Equal(64, B.TemporalConvWeightTile(32, 64));
+    }
+}
