@@ -100,10 +100,12 @@ for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do
     run 20 "$bin/mobius" profile --kernel $k --direction $dir --backend cuda --iterations $iters
   done
 done
-# The temporal kernels at the ms256 model's first level (32x32 latent, 320 channels, 16 frames, batch 1).
+# The temporal kernels at the ms256 model's first level (32x32 latent, 320 channels, 16 frames, batch 1), and
+# the temporal convolution at its last (8x8, 1280 channels).
 if [ $sim = 0 ]; then
   for spec in "temporal_attention fwd n=1024,h=5,f=16,d=64" "temporal_attention bwd n=1024,h=5,f=16,d=64" \
               "temporal_conv fwd b=1,f=16,c=320,s=1024" "temporal_conv bwd_data b=1,f=16,c=320,s=1024" \
+              "temporal_conv bwd_filter b=1,f=16,c=320,s=1024" "temporal_conv fwd b=1,f=16,c=1280,s=64" \
               "group_norm fwd n=1,t=16,c=320,s=1024,g=32" "group_norm bwd n=1,t=16,c=320,s=1024,g=32"; do
     set -- $spec
     run 20 "$bin/mobius" profile --kernel $1 --direction $2 --shape $3 --backend cuda --iterations 100
@@ -135,7 +137,7 @@ fi
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
-    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests" -class "Mobius.Tests.Cuda.CudaGroupNormTests"
+    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests" -class "Mobius.Tests.Cuda.CudaGroupNormTests" -class "Mobius.Tests.Cuda.CudaTemporalConvTests"
   done
 else
   echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
