@@ -134,6 +134,15 @@ else
   echo "nvcc not found or rehearsal: skipped" >> "$md"
 fi
 
+# Opt-in, long: MOBIUS_GPU_MOTION_STEPS=N trains both topologies N steps on move-right clips (tiny, lr 1e-3)
+# and scores 16 samples: does motion become visible with training the CPU cannot afford, and does the
+# parallel topology keep up? About 25 ms per step per topology on an H200.
+if [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
+  step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
+  run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
+    --samples 16 --seed 1 --json --out "$results/motion-tiny"
+fi
+
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
