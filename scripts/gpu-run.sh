@@ -85,11 +85,12 @@ step "test suite on the GPU (cuda backend classes)"
 run 150 "$bin/Mobius.Tests" -class "*.Cuda*"
 
 step "serial vs parallel (mobius compare)"
-for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 90"; do
+# --profile 3: three more steps per topology, timed by layer kind (kept out of the step times).
+for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   set -- $spec
   [ $sim = 1 ] && [ "$1" != tiny ] && continue
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
-  run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --json --out "$results/compare-$1"
+  run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
 
 step "kernel workloads (mobius profile)"

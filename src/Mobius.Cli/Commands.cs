@@ -254,10 +254,12 @@ public static class Commands
         var samples = new Option<int>("--samples") { Description = "prompts sampled per topology for the motion score (0: none)", DefaultValueFactory = _ => 4 };
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
+        var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
-            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption)));
+            p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
+            p.GetValue(profile)));
         return cmd;
     }
 
@@ -283,11 +285,16 @@ public static class Commands
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb)
+        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0)
     {
         if (steps < 1)
         {
             throw new UsageException($"--steps must be at least 1, got {steps}.");
+        }
+
+        if (profileSteps < 0)
+        {
+            throw new UsageException($"--profile must be 0 or more steps, got {profileSteps}.");
         }
 
         if (!(learningRate > 0 && learningRate < 1))
@@ -311,6 +318,7 @@ public static class Commands
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
+            ProfileSteps = profileSteps,
         };
         Directory.CreateDirectory(outDir);
         var writer = new ReportWriter(outDir);

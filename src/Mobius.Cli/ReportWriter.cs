@@ -122,6 +122,18 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine($"| {kind} | {Mb(r.Serial.SavedByKind.GetValueOrDefault(kind))} | {Mb(r.Parallel.SavedByKind.GetValueOrDefault(kind))} |");
         }
 
+        if (r.Serial.TimeByKind is { } st && r.Parallel.TimeByKind is { } pt)
+        {
+            sb.AppendLine().AppendLine($"Time by layer kind over {o.ProfileSteps} extra steps per topology after everything above (ms per step; the device synchronised at every kind boundary, so these steps are slower than the step times above; \"Other\" also holds the loss and the optimizer step):").AppendLine();
+            sb.AppendLine("| kind | serial forward | serial backward | parallel forward | parallel backward |").AppendLine("|---|---:|---:|---:|---:|");
+            foreach (var kind in Ui.TimeKinds(st, pt))
+            {
+                string Ms(IReadOnlyDictionary<string, KindTime> d, bool forward) =>
+                    d.TryGetValue(kind, out var v) ? (forward ? v.ForwardMs : v.BackwardMs).ToString("0.0", ci) : "";
+                sb.AppendLine($"| {kind} | {Ms(st, true)} | {Ms(st, false)} | {Ms(pt, true)} | {Ms(pt, false)} |");
+            }
+        }
+
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
         sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split.").AppendLine();

@@ -135,7 +135,27 @@ public static class Ui
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
+        if (r.Serial.TimeByKind is { } st && r.Parallel.TimeByKind is { } pt)
+        {
+            var k = new Table().Title("[bold]time by layer kind[/] (ms per step, device synchronised at every kind)")
+                .AddColumns("kind", "serial forward", "serial backward", "parallel forward", "parallel backward");
+            foreach (var kind in TimeKinds(st, pt))
+            {
+                string Ms(IReadOnlyDictionary<string, KindTime> d, bool forward) =>
+                    d.TryGetValue(kind, out var v) ? (forward ? v.ForwardMs : v.BackwardMs).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) : "";
+                k.AddRow(kind, Ms(st, true), Ms(st, false), Ms(pt, true), Ms(pt, false));
+            }
+
+            AnsiConsole.Write(k);
+        }
     }
+
+    /// <summary>The kinds of two breakdowns, most expensive (serial, then parallel) first.</summary>
+    internal static IEnumerable<string> TimeKinds(IReadOnlyDictionary<string, KindTime> serial, IReadOnlyDictionary<string, KindTime> parallel) =>
+        serial.Keys.Union(parallel.Keys)
+            .OrderByDescending(k => serial.TryGetValue(k, out var v) ? v.ForwardMs + v.BackwardMs : 0)
+            .ThenByDescending(k => parallel.TryGetValue(k, out var v) ? v.ForwardMs + v.BackwardMs : 0)
+            .ThenBy(k => k, StringComparer.Ordinal);
 
     /// <summary>A 0..1 score with three decimals, or "n/a" when nothing was sampled.</summary>
     internal static string Score(double? value) => value is { } v ? v.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture) : "n/a";

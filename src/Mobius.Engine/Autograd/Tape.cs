@@ -64,8 +64,9 @@ public sealed class Tape : IDisposable
 
     /// <summary>
     /// When set, wall time on this thread is attributed to the innermost layer kind: forward time between
-    /// <see cref="Kind"/> scopes, backward time per node. Meaningful on the CPU backend (device backends
-    /// queue work asynchronously). `mobius compare --profile` prints it.
+    /// <see cref="Kind"/> scopes, backward time per node. A device backend queues work asynchronously, so give
+    /// the profiler its Synchronize (every boundary then waits for the device, which slows the step).
+    /// `mobius compare --profile N` prints it.
     /// </summary>
     public static KindProfiler? Profiler
     {
@@ -168,7 +169,7 @@ public sealed class Tape : IDisposable
                 {
                     if (g is not null)
                     {
-                        long started = Profiler is null ? 0 : System.Diagnostics.Stopwatch.GetTimestamp();
+                        long started = Profiler?.Start() ?? 0;
                         var grads = node.RunBackward(g);
                         Profiler?.AddBackward(node.Kind, started);
                         for (int j = 0; j < grads.Length; j++)
@@ -313,8 +314,13 @@ public sealed class Tape : IDisposable
 /// <param name="PeakSavedBytes">Highest saved bytes since the last peak reset.</param>
 public sealed record TapeKindStats(int Nodes, long SavedBytes, long PeakSavedBytes);
 
-/// <summary>Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>).</summary>
-public sealed class KindProfiler
+/// <summary>
+/// Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>). Time outside any kind
+/// scope (the loss, the optimizer step, uploads) counts as the forward time of "Other".
+/// </summary>
+/// <param name="synchronize">Waits for queued device work before each reading (a device backend's
+/// Synchronize); null on the CPU.</param>
+public sealed class KindProfiler(Action? synchronize = null)
 {
     private readonly Dictionary<string, (double Forward, double Backward)> _ms = new();
     private long _since = System.Diagnostics.Stopwatch.GetTimestamp();
@@ -322,25 +328,44 @@ public sealed class KindProfiler
     /// <summary>Milliseconds by kind.</summary>
     public IReadOnlyDictionary<string, (double Forward, double Backward)> Milliseconds => _ms;
 
-    /// <summary>Forgets everything measured so far.</summary>
+    /// <summary>Forgets everything measured so far and starts timing now.</summary>
     public void Reset()
     {
         _ms.Clear();
-        _since = System.Diagnostics.Stopwatch.GetTimestamp();
+        _since = Now();
     }
+
+    private long Now()
+    {
+        synchronize?.Invoke();
+        return System.Diagnostics.Stopwatch.GetTimestamp();
+    }
+
+    /// <summary>Charges the time since the last reading to the current kind (call at the end of a measurement).</summary>
+    public void Flush() => Switch(Tape.CurrentKind);
 
     /// <summary>Closes the forward interval of <paramref name="kind"/> and starts the next one.</summary>
     internal void Switch(string kind)
     {
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        long now = Now();
         var (f, b) = _ms.GetValueOrDefault(kind);
         _ms[kind] = (f + System.Diagnostics.Stopwatch.GetElapsedTime(_since, now).TotalMilliseconds, b);
         _since = now;
     }
 
+    /// <summary>The start of a backward node: what was queued before it is charged to the interval open until now.</summary>
+    internal long Start()
+    {
+        long now = Now();
+        var (f, b) = _ms.GetValueOrDefault(Tape.CurrentKind);
+        _ms[Tape.CurrentKind] = (f + System.Diagnostics.Stopwatch.GetElapsedTime(_since, now).TotalMilliseconds, b);
+        _since = now;
+        return now;
+    }
+
     internal void AddBackward(string kind, long started)
     {
-        long now = System.Diagnostics.Stopwatch.GetTimestamp();
+        long now = Now();
         var (f, b) = _ms.GetValueOrDefault(kind);
         _ms[kind] = (f, b + System.Diagnostics.Stopwatch.GetElapsedTime(started, now).TotalMilliseconds);
         _since = now;

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Mobius.Data;
 using Mobius.Engine;
+using Mobius.Engine.Autograd;
 
 namespace Mobius.Model.Training;
 
@@ -49,6 +50,13 @@ public sealed record ComparisonOptions
 
     /// <summary>Creates a fresh backend (one per topology, so memory statistics stay separate).</summary>
     public required Func<IBackend> BackendFactory { get; init; }
+
+    /// <summary>
+    /// Extra steps per topology, after everything else is measured, with the time split by layer kind (the
+    /// device synchronised at every kind boundary, so these steps run slower and are not in the step times).
+    /// 0: none.
+    /// </summary>
+    public int ProfileSteps { get; init; }
 }
 
 /// <summary>What one topology measured.</summary>
@@ -113,7 +121,19 @@ public sealed record TopologyResult
     /// <summary>Motion scores of each sample.</summary>
     [JsonPropertyName("sample_scores")]
     public required IReadOnlyList<double> SampleScores { get; init; }
+
+    /// <summary>Mean time per profiled step by layer kind (null without <see cref="ComparisonOptions.ProfileSteps"/>).</summary>
+    [JsonPropertyName("time_by_kind")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyDictionary<string, KindTime>? TimeByKind { get; init; }
 }
+
+/// <summary>Time of one layer kind in one step, milliseconds.</summary>
+/// <param name="ForwardMs">Forward (for "Other": also the loss, the optimizer step and the gaps between backward nodes).</param>
+/// <param name="BackwardMs">Backward.</param>
+public sealed record KindTime(
+    [property: JsonPropertyName("forward_ms")] double ForwardMs,
+    [property: JsonPropertyName("backward_ms")] double BackwardMs);
 
 /// <summary>Parallel divided by serial.</summary>
 /// <param name="StepMs">Median step time ratio.</param>
@@ -285,6 +305,10 @@ public static class Comparison
                 }
 
                 results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, initialValidation[i], validationLoss, scores);
+                if (options.ProfileSteps > 0)
+                {
+                    results[i] = results[i] with { TimeByKind = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress) };
+                }
             }
 
             return new ComparisonResult
@@ -316,6 +340,31 @@ public static class Comparison
                 backends[i].Dispose();
             }
         }
+    }
+
+    private static Dictionary<string, KindTime> Profile(Trainer trainer, IBackend backend, int steps, Topology topology, IProgress<CompareProgress>? progress)
+    {
+        var profiler = new KindProfiler(backend.Synchronize);
+        var before = Tape.Profiler;
+        Tape.Profiler = profiler;
+        try
+        {
+            profiler.Reset();
+            progress?.Report(new CompareProgress("profile", topology, 0, steps));
+            for (int k = 0; k < steps; k++)
+            {
+                trainer.TrainStep();
+                progress?.Report(new CompareProgress("profile", topology, k + 1, steps));
+            }
+
+            profiler.Flush();  // the last optimizer step
+        }
+        finally
+        {
+            Tape.Profiler = before;
+        }
+
+        return profiler.Milliseconds.ToDictionary(kv => kv.Key, kv => new KindTime(kv.Value.Forward / steps, kv.Value.Backward / steps));
     }
 
     /// <summary>The emoji clips of a split, sized for <paramref name="config"/>.</summary>

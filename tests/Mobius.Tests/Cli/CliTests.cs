@@ -93,6 +93,37 @@ public sealed class CliTests
         }
 
         Assert.Contains("| motion score of samples (0..1) | n/a | n/a |", File.ReadAllText(folder.File("report.md")));
+        Assert.False(doc.RootElement.GetProperty("serial").TryGetProperty("time_by_kind", out _), "no breakdown without --profile");
+    }
+
+    [Fact]
+    public void Compare_profile_splits_the_step_time_by_layer_kind()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--profile", "1", "--json", "--out", folder.Path);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var serial = doc.RootElement.GetProperty("serial").GetProperty("time_by_kind");
+        var parallel = doc.RootElement.GetProperty("parallel").GetProperty("time_by_kind");
+        double Ms(JsonElement kinds, string kind, string part) =>
+            kinds.TryGetProperty(kind, out var k) ? k.GetProperty(part).GetDouble() : 0;
+        foreach (var kinds in new[] { serial, parallel })
+        {
+            foreach (var kind in kinds.EnumerateObject())
+            {
+                Assert.InRange(kind.Value.GetProperty("forward_ms").GetDouble(), 0, 1e6);
+                Assert.InRange(kind.Value.GetProperty("backward_ms").GetDouble(), 0, 1e6);
+            }
+
+            Assert.True(Ms(kinds, "TemporalTransformer", "backward_ms") > 0, "the temporal layers train in both topologies");
+        }
+
+        // Serial passes gradients back through the frozen spatial layers; parallel runs them forward only.
+        Assert.True(Ms(serial, "SpatialTransformer", "backward_ms") > 0);
+        Assert.Equal(0, Ms(parallel, "SpatialTransformer", "backward_ms"));
+        Assert.True(Ms(parallel, "SpatialTransformer", "forward_ms") > 0);
+        Assert.True(parallel.TryGetProperty("Bridge", out _));
+        Assert.Contains("Time by layer kind over 1 extra steps per topology", File.ReadAllText(folder.File("report.md")));
     }
 
     [Fact]
@@ -203,6 +234,7 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("train", "--topology", "serial", "--min-snr", "-1", "--out", folder.File("x")), 2, "--min-snr must be 0 (off) or positive");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 
         string corrupt = folder.File("corrupt.safetensors");
