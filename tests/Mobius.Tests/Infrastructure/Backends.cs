@@ -11,6 +11,9 @@ public abstract class BackendFixture : IDisposable
 {
     public abstract IBackend Backend { get; }
 
+    /// <summary>True for the CUDA backend on the simulated driver, which runs kernels thread by thread on one core.</summary>
+    public virtual bool Simulated => false;
+
     public virtual void Dispose() => Backend.Dispose();
 }
 
@@ -38,4 +41,6 @@ public sealed class CudaFixture : BackendFixture
     }
 
     public override IBackend Backend { get; }
+
+    public override bool Simulated => Mobius.Cuda.Interop.NativeLibraries.Simulated;
 }
