@@ -121,6 +121,10 @@ float time_ms(F, int = 0) {
 // WB_LAUNCH(kernel, grid, block, shared_bytes, args...)
 #define WB_LAUNCH(kernel, ...) ::wb::launch<&kernel>(#kernel, __VA_ARGS__)
 
+// Fills a device buffer with NaN before a version runs, so an element the version does not write fails validation
+// instead of passing with the previous version's value.
+inline void poison(float* p, std::size_t n) { upload(p, std::vector<float>(n, std::nanf(""))); }
+
 inline std::vector<float> random_vector(std::size_t n, unsigned seed, float lo = -1.0f, float hi = 1.0f) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> d(lo, hi);

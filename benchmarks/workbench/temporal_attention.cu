@@ -59,6 +59,8 @@ int main(int argc, char** argv) {
     bool ok = true;
     const double bytes = 4.0 * 4 * n, flops = 4.0 * N * H * F * F * D;
     auto v1 = [&] { WB_LAUNCH(attention_fwd_v1, {unsigned((nl + 255) / 256)}, {256}, 0, dq_in, dk_in, dv_in, o, lse, N, H, F, D, scale); };
+    wb::poison(o, n);
+    wb::poison(lse, nl);
     v1();
     ok &= wb::validate("v1 o", wb::download(o, n), ref.o, 1e-5, 1e-5);
     ok &= wb::validate("v1 lse", wb::download(lse, nl), ref.lse, 1e-5, 1e-6);
@@ -70,6 +72,8 @@ int main(int argc, char** argv) {
     const unsigned fwd_bytes = 4u * (2 * F * dp + 4 * rows * dp), bwd_bytes = 4u * (2 * F * dp + 8 * rows * dp + 2 * F * F);
     const unsigned grid = unsigned(std::min<long long>(1LL * N * H, 65535));
     auto v2 = [&] { WB_LAUNCH(temporal_attention_fwd_f32, {grid}, {128}, fwd_bytes, dq_in, dk_in, dv_in, o, lse, N, H, F, D, scale); };
+    wb::poison(o, n);
+    wb::poison(lse, nl);
     v2();
     ok &= wb::validate("v2 o", wb::download(o, n), ref.o, 1e-5, 1e-5);
     ok &= wb::validate("v2 lse", wb::download(lse, nl), ref.lse, 1e-5, 1e-6);
@@ -78,6 +82,7 @@ int main(int argc, char** argv) {
     auto bwd = [&] {
         WB_LAUNCH(temporal_attention_bwd_f32, {grid}, {128}, bwd_bytes, dq_in, dk_in, dv_in, o, lse, ddo, dq, dk, dv, N, H, F, D, scale);
     };
+    for (float* p : {dq, dk, dv}) wb::poison(p, n);
     bwd();
     ok &= wb::validate("backward dq", wb::download(dq, n), ref.dq, 2e-5, 1e-4);
     ok &= wb::validate("backward dk", wb::download(dk, n), ref.dk, 2e-5, 1e-4);

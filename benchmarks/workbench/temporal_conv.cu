@@ -4,7 +4,10 @@
 //       memory (w is re-read by every thread, x by Cout threads).
 //   v2  the engine kernel temporal_conv_fwd_f32: 64x64 implicit-GEMM tiles in shared memory, 4x4 outputs per
 //       thread, one-step register prefetch.
-//   backward-data and backward-weight (split-K, splits reduced by column_sum_f32): the engine kernels.
+//   v3  the engine kernel temporal_conv_fwd_128_f32: the same on 128x128 tiles, 8x8 outputs per thread (the
+//       backend takes it where the wider grid still gives every SM a block).
+//   backward-data and backward-weight (split-K, splits reduced by column_sum_f32): the engine kernels at both
+//       tile widths.
 //
 // usage: temporal_conv [B F Cin Cout S]
 #include "../../kernels/bias.cu"
@@ -52,6 +55,7 @@ int main(int argc, char** argv) {
         WB_LAUNCH(temporal_conv_fwd_v1, {unsigned(std::min<long long>((ny + 255) / 256, 1 << 20))}, {256}, 0, dx_in, dw_in, db_in, y, B, F, Cin,
                   Cout, S);
     };
+    wb::poison(y, ny);
     v1();
     ok &= wb::validate("v1 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
     wb::report_time("v1 forward (direct)", wb::time_ms(v1), bytes, flops);
@@ -60,28 +64,53 @@ int main(int argc, char** argv) {
     auto v2 = [&] {
         WB_LAUNCH(temporal_conv_fwd_f32, {col_tiles, unsigned((Cout + 63) / 64)}, {256}, 0, dx_in, dw_in, db_in, y, B, F, Cin, Cout, S);
     };
+    wb::poison(y, ny);
     v2();
     ok &= wb::validate("v2 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
     wb::report_time("v2 forward (engine)", wb::time_ms(v2), bytes, flops);
 
-    auto data = [&] { WB_LAUNCH(temporal_conv_bwd_data_f32, {col_tiles, unsigned((Cin + 63) / 64)}, {256}, 0, ddy, dw_in, dx, B, F, Cin, Cout, S); };
-    data();
-    ok &= wb::validate("backward data", wb::download(dx, nx), ref.dx, tol_bwd, 1e-5);
-    wb::report_time("backward data (engine)", wb::time_ms(data), bytes, flops);
-
-    // Enough splits that the weight gradient has about four blocks per SM of an H100 (132 SMs).
-    const unsigned tiles = unsigned((3 * Cin + 63) / 64 * ((Cout + 63) / 64));
-    const unsigned splits = unsigned(std::max<long long>(1, std::min<long long>(4 * 132 / tiles + 1, (columns + 255) / 256)));
-    const long long per_split = (columns + splits - 1) / splits;
-    float* partial = wb::alloc<float>(splits * nw);
-    auto weight = [&] {
-        WB_LAUNCH(temporal_conv_bwd_weight_f32, {unsigned((3 * Cin + 63) / 64), unsigned((Cout + 63) / 64), splits}, {256}, 0, dx_in, ddy, partial,
-                  B, F, Cin, Cout, S, per_split);
-        WB_LAUNCH(column_sum_f32, {unsigned((nw + 255) / 256)}, {256}, 0, partial, dw, (long long)splits, int(nw), (long long)splits);
+    const unsigned col_tiles128 = unsigned((columns + 127) / 128);
+    auto v3 = [&] {
+        WB_LAUNCH(temporal_conv_fwd_128_f32, {col_tiles128, unsigned((Cout + 127) / 128)}, {256}, 0, dx_in, dw_in, db_in, y, B, F, Cin, Cout, S);
     };
-    weight();
-    ok &= wb::validate("backward weight", wb::download(dw, nw), ref.dw, tol_w, 1e-5);
-    wb::report_time("backward weight (engine)", wb::time_ms(weight), bytes, flops);
+    wb::poison(y, ny);
+    v3();
+    ok &= wb::validate("v3 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
+    wb::report_time("v3 forward (engine, 128 tiles)", wb::time_ms(v3), bytes, flops);
+
+    float* partial = nullptr;
+    for (int W : {64, 128}) {
+        const std::string tag = " (engine, " + std::to_string(W) + " tiles)";
+        auto data = [&] {
+            if (W == 64)
+                WB_LAUNCH(temporal_conv_bwd_data_f32, {col_tiles, unsigned((Cin + 63) / 64)}, {256}, 0, ddy, dw_in, dx, B, F, Cin, Cout, S);
+            else
+                WB_LAUNCH(temporal_conv_bwd_data_128_f32, {col_tiles128, unsigned((Cin + 127) / 128)}, {256}, 0, ddy, dw_in, dx, B, F, Cin, Cout,
+                          S);
+        };
+        wb::poison(dx, nx);
+        data();
+        ok &= wb::validate("backward data", wb::download(dx, nx), ref.dx, tol_bwd, 1e-5);
+        wb::report_time(("backward data" + tag).c_str(), wb::time_ms(data), bytes, flops);
+
+        // Enough splits that the weight gradient has about four blocks per SM of an H100 (132 SMs).
+        const unsigned wx = unsigned((3 * Cin + W - 1) / W), wy = unsigned((Cout + W - 1) / W);
+        const unsigned splits = unsigned(std::max<long long>(1, std::min<long long>(4 * 132 / (wx * wy) + 1, (columns + 255) / 256)));
+        const long long per_split = (columns + splits - 1) / splits;
+        if (partial != nullptr) wb::release(partial);
+        partial = wb::alloc<float>(splits * nw);
+        auto weight = [&] {
+            if (W == 64)
+                WB_LAUNCH(temporal_conv_bwd_weight_f32, {wx, wy, splits}, {256}, 0, dx_in, ddy, partial, B, F, Cin, Cout, S, per_split);
+            else
+                WB_LAUNCH(temporal_conv_bwd_weight_128_f32, {wx, wy, splits}, {256}, 0, dx_in, ddy, partial, B, F, Cin, Cout, S, per_split);
+            WB_LAUNCH(column_sum_f32, {unsigned((nw + 255) / 256)}, {256}, 0, partial, dw, (long long)splits, int(nw), (long long)splits);
+        };
+        wb::poison(dw, nw);
+        weight();
+        ok &= wb::validate("backward weight", wb::download(dw, nw), ref.dw, tol_w, 1e-5);
+        wb::report_time(("backward weight" + tag).c_str(), wb::time_ms(weight), bytes, flops);
+    }
 
     for (float* p : {dx_in, dw_in, db_in, ddy, y, dx, dw, partial}) wb::release(p);
     std::printf("%s\n", ok ? "all versions agree with the reference" : "MISMATCH");
