@@ -29,15 +29,7 @@ public sealed class CudaGroupNormTests(CudaFixture fixture) : IClassFixture<Cuda
             long perGroup = (long)frames * (c / groups) * h * w;
             Assert.True(B.GroupNormSplits(n * groups, perGroup) > 1, "the shape must be cut into chunks");
 
-            // Gradients of a normalisation divide by small variances of few elements: rtol 2e-3 (as the shared test).
-            OpCheck.Run(B, r, new OpCase
-            {
-                Name = $"group_norm in chunks T={frames} silu={silu}",
-                Inputs = [new Shape(n * frames, c, h, w), new Shape(c), new Shape(c)],
-                Op = t => Ops.GroupNorm(t[0], t[1], t[2], groups, frames, silu),
-                Reference = d => Reference.GroupNorm(d[0], d[1], d[2], n, frames, c, h * w, groups, 1e-5, silu),
-                GradRtol = 2e-3,
-            });
+            OpCheck.Run(B, r, Mobius.Tests.Engine.OpGradientTests.GroupNormCase($"group_norm in chunks T={frames} silu={silu}", n, frames, c, h, w, groups, silu));
         }
         finally
         {

@@ -25,13 +25,7 @@ public sealed class CudaTemporalConvTests(CudaFixture fixture) : IClassFixture<C
         B.TemporalConvTileOverride = tile;
         try
         {
-            OpCheck.Run(B, r, new OpCase
-            {
-                Name = $"temporal_conv tile {tile} F={f}",
-                Inputs = [new Shape(b * f, cin, h, w), new Shape(cout, cin, 3), new Shape(cout)],
-                Op = t => Ops.TemporalConv(t[0], t[1], t[2], f),
-                Reference = d => Reference.TemporalConv(d[0], d[1], d[2], b, f, cin, cout, h * w),
-            });
+            OpCheck.Run(B, r, Mobius.Tests.Engine.OpGradientTests.TemporalConvCase($"temporal_conv tile {tile} F={f}", b, f, cin, cout, h, w));
         }
         finally
         {

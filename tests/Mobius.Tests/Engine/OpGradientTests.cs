@@ -90,14 +90,17 @@ public abstract class OpGradientTests(BackendFixture fixture)
     {
         var r = new Rng(seed);
         int b = r.Int(1, 2), f = r.Pick(1, 2, 3, 5), cin = r.Int(1, 4), cout = r.Int(1, 4), h = r.Int(1, 3), w = r.Int(1, 3);
-        OpCheck.Run(B, r, new OpCase
-        {
-            Name = $"temporal_conv F={f}",
-            Inputs = [new Shape(b * f, cin, h, w), new Shape(cout, cin, 3), new Shape(cout)],
-            Op = t => Ops.TemporalConv(t[0], t[1], t[2], f),
-            Reference = d => Reference.TemporalConv(d[0], d[1], d[2], b, f, cin, cout, h * w),
-        });
+        OpCheck.Run(B, r, TemporalConvCase($"temporal_conv F={f}", b, f, cin, cout, h, w));
     }
+
+    /// <summary>The temporal convolution of x [b*f, cin, h, w] against the fp64 reference (shared with the CUDA tile tests).</summary>
+    internal static OpCase TemporalConvCase(string name, int b, int f, int cin, int cout, int h, int w) => new()
+    {
+        Name = name,
+        Inputs = [new Shape(b * f, cin, h, w), new Shape(cout, cin, 3), new Shape(cout)],
+        Op = t => Ops.TemporalConv(t[0], t[1], t[2], f),
+        Reference = d => Reference.TemporalConv(d[0], d[1], d[2], b, f, cin, cout, h * w),
+    };
 
     [Theory]
     [InlineData(1, false)]
@@ -109,16 +112,21 @@ public abstract class OpGradientTests(BackendFixture fixture)
         var r = new Rng(Seeds.One + frames * 2 + (silu ? 1 : 0));
         int n = r.Int(1, 2), groups = r.Int(1, 3), c = groups * r.Int(1, 3), h = r.Int(1, 3), w = r.Int(2, 3);
 
-        // Gradients of a normalisation divide by small variances of few elements: rtol 2e-3.
-        OpCheck.Run(B, r, new OpCase
-        {
-            Name = $"group_norm T={frames} silu={silu}",
-            Inputs = [new Shape(n * frames, c, h, w), new Shape(c), new Shape(c)],
-            Op = t => Ops.GroupNorm(t[0], t[1], t[2], groups, frames, silu),
-            Reference = d => Reference.GroupNorm(d[0], d[1], d[2], n, frames, c, h * w, groups, 1e-5, silu),
-            GradRtol = 2e-3,
-        });
+        OpCheck.Run(B, r, GroupNormCase($"group_norm T={frames} silu={silu}", n, frames, c, h, w, groups, silu));
     }
+
+    /// <summary>
+    /// Group norm of x [n*frames, c, h, w] against the fp64 reference (shared with the CUDA chunk tests). Gradients
+    /// of a normalisation divide by small variances of few elements: rtol 2e-3.
+    /// </summary>
+    internal static OpCase GroupNormCase(string name, int n, int frames, int c, int h, int w, int groups, bool silu) => new()
+    {
+        Name = name,
+        Inputs = [new Shape(n * frames, c, h, w), new Shape(c), new Shape(c)],
+        Op = t => Ops.GroupNorm(t[0], t[1], t[2], groups, frames, silu),
+        Reference = d => Reference.GroupNorm(d[0], d[1], d[2], n, frames, c, h * w, groups, 1e-5, silu),
+        GradRtol = 2e-3,
+    };
 
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
