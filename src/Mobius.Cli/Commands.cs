@@ -31,6 +31,11 @@ public static class Commands
         DefaultValueFactory = _ => TrainOptions.DefaultMinSnrGamma,
     };
 
+    private static readonly Option<string?> FreezeOption = new("--freeze")
+    {
+        Description = "temporal layers both topologies keep at their initial values, as name prefixes, e.g. down.2.,mid.,up.0.,up.1. (default: all train)",
+    };
+
     private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
     {
         Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default {ModelConfig.DefaultFrameNoiseCorrelation})",
@@ -256,10 +261,10 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile)));
+            p.GetValue(profile), p.GetValue(FreezeOption)));
         return cmd;
     }
 
@@ -269,7 +274,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption };
+            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -279,13 +284,15 @@ public static class Commands
             }
 
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0);
+                samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
+                freeze: p.GetValue(FreezeOption));
         });
         return cmd;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0)
+        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
+        string? freeze = null)
     {
         if (steps < 1)
         {
@@ -313,7 +320,7 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
-            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma },
+            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge) },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
@@ -335,6 +342,35 @@ public static class Commands
         }
 
         return ExitCodes.Success;
+    }
+
+    /// <summary>The --freeze prefixes, checked against the temporal layers of the config (built on the meta backend, nothing allocated).</summary>
+    private static List<string>? ParseFreeze(string? text, ModelConfig config, string? bridge)
+    {
+        if (text is null)
+        {
+            return null;
+        }
+
+        var prefixes = text.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries).ToList();
+        if (prefixes.Count == 0)
+        {
+            throw new UsageException("--freeze needs at least one layer-name prefix, e.g. down.2.,mid.");
+        }
+
+        using var meta = new MetaBackend();
+        using var unet = new UNet3D(meta, config with { Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge }, Topology.Parallel, 0);
+        unet.FreezeSpatial();
+        try
+        {
+            unet.FreezeTemporal(prefixes);
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--freeze: {e.Message}");
+        }
+
+        return prefixes;
     }
 
     private static List<Motion>? ParseMotions(string? text)

@@ -313,6 +313,38 @@ public sealed class UNet3D : Module
     }
 
     /// <summary>
+    /// Also freezes the temporal parameters whose names start with one of <paramref name="prefixes"/> ("down.2.",
+    /// "mid."): those layers stay at their initial values (a never-trained temporal layer is the identity, its
+    /// output layers being zero-initialised). Throws <see cref="ArgumentException"/> naming the blocks that hold
+    /// temporal layers when a prefix matches none, or when nothing would be left to train.
+    /// </summary>
+    public void FreezeTemporal(IReadOnlyList<string> prefixes)
+    {
+        var temporal = TemporalParameters().ToList();
+        foreach (var prefix in prefixes)
+        {
+            if (string.IsNullOrWhiteSpace(prefix) || !temporal.Any(t => t.Name.StartsWith(prefix, StringComparison.Ordinal)))
+            {
+                var blocks = temporal.Select(t => string.Join('.', t.Name.Split('.').Take(2)) + ".").Distinct();
+                throw new ArgumentException($"'{prefix}' names no temporal layer; the temporal layers sit under {string.Join(", ", blocks)}");
+            }
+        }
+
+        if (temporal.All(t => t.Parameter.Frozen || prefixes.Any(p => t.Name.StartsWith(p, StringComparison.Ordinal))))
+        {
+            throw new ArgumentException($"freezing {string.Join(", ", prefixes)} leaves no temporal layer to train");
+        }
+
+        foreach (var (name, p) in temporal)
+        {
+            if (prefixes.Any(prefix => name.StartsWith(prefix, StringComparison.Ordinal)))
+            {
+                p.Frozen = true;
+            }
+        }
+    }
+
+    /// <summary>
     /// Predicts the noise of latents <paramref name="x"/> [B*F, C, H, W] at <paramref name="timesteps"/>
     /// (one per image) given a text context [B*F, L, D]; <paramref name="frames"/> consecutive images form a clip.
     /// </summary>

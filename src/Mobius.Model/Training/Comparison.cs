@@ -183,6 +183,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
 
+    /// <summary>Temporal layers both topologies kept frozen (name prefixes; null: all trained). See <see cref="TrainOptions.FrozenTemporal"/>.</summary>
+    [JsonPropertyName("frozen_temporal")]
+    public IReadOnlyList<string>? FrozenTemporal { get; init; }
+
     /// <summary>The serial baseline.</summary>
     [JsonPropertyName("serial")]
     public required TopologyResult Serial { get; init; }
@@ -321,6 +325,7 @@ public static class Comparison
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,
+                FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 Serial = results[0],
                 Parallel = results[1],

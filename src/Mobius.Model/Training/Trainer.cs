@@ -51,6 +51,12 @@ public sealed record TrainOptions
     /// </summary>
     public const float DefaultMinSnrGamma = 0f;
 
+    /// <summary>
+    /// Stage 2 only: temporal layers kept at their initial values, as parameter-name prefixes ("down.2.", "mid.");
+    /// null or empty trains them all. See <see cref="UNet3D.FreezeTemporal"/>.
+    /// </summary>
+    public IReadOnlyList<string>? FrozenTemporal { get; init; }
+
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
 
@@ -115,6 +121,14 @@ public sealed class Trainer : IDisposable
             }
 
             model.FreezeForVideo();
+            if (options.FrozenTemporal is { Count: > 0 } frozen)
+            {
+                model.Unet.FreezeTemporal(frozen);
+            }
+        }
+        else if (options.FrozenTemporal is { Count: > 0 })
+        {
+            throw new ArgumentException("frozen temporal layers are a stage-2 setting; stage 1 trains no temporal layer.");
         }
 
         var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))

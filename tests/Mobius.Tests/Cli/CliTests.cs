@@ -94,13 +94,14 @@ public sealed class CliTests
 
         Assert.Contains("| motion score of samples (0..1) | n/a | n/a |", File.ReadAllText(folder.File("report.md")));
         Assert.False(doc.RootElement.GetProperty("serial").TryGetProperty("time_by_kind", out _), "no breakdown without --profile");
+        Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("frozen_temporal").ValueKind);
     }
 
     [Fact]
-    public void Compare_profile_splits_the_step_time_by_layer_kind()
+    public void Compare_profile_splits_the_step_time_by_layer_kind_and_freeze_keeps_layers_frozen_in_both()
     {
         using var folder = new TempFolder();
-        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--profile", "1", "--json", "--out", folder.Path);
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--profile", "1", "--freeze", "mid.", "--json", "--out", folder.Path);
         Assert.True(r.Code == 0, r.Out + r.Err);
         using var doc = JsonDocument.Parse(r.Out);
         var serial = doc.RootElement.GetProperty("serial").GetProperty("time_by_kind");
@@ -124,6 +125,13 @@ public sealed class CliTests
         Assert.True(Ms(parallel, "SpatialTransformer", "forward_ms") > 0);
         Assert.True(parallel.TryGetProperty("Bridge", out _));
         Assert.Contains("Time by layer kind over 1 extra steps per topology", File.ReadAllText(folder.File("report.md")));
+
+        // --freeze: both topologies train the same smaller set, and the run says which layers stayed frozen.
+        Assert.Equal("mid.", doc.RootElement.GetProperty("frozen_temporal")[0].GetString());
+        long trainable = doc.RootElement.GetProperty("serial").GetProperty("trainable_params").GetInt64();
+        Assert.Equal(trainable, doc.RootElement.GetProperty("parallel").GetProperty("trainable_params").GetInt64());
+        Assert.InRange(trainable, 1, 163_871);  // micro trains 163,872 temporal parameters with none frozen
+        Assert.Contains("Temporal layers kept frozen in both: mid.", File.ReadAllText(folder.File("report.md")));
     }
 
     [Fact]
@@ -235,6 +243,7 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--freeze", "down.9."), 2, "--freeze: 'down.9.' names no temporal layer");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 
         string corrupt = folder.File("corrupt.safetensors");
