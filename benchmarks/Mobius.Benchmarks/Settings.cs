@@ -50,15 +50,11 @@ public static class Settings
         Console.WriteLine($"{topology}, {steps} steps at lr {lr:g3} on {motion}; frame noise {rho:g3}, min-SNR gamma {gamma:g3}; {backend.DeviceName}");
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var frozenPrefixes = Arg("--freeze", "").Split(',', StringSplitOptions.RemoveEmptyEntries);
-        foreach (var (name, parameter) in model.Unet.TemporalParameters())
-        {
-            parameter.Frozen |= frozenPrefixes.Any(name.StartsWith);
-        }
 
         if (steps > 0)
         {
             using var trainer = new Trainer(model, Comparison.Data(config, 1, Split.Train, [motion]), Stage.TextToVideo,
-                new TrainOptions { Seed = 1, LearningRate = lr, MinSnrGamma = gamma });
+                new TrainOptions { Seed = 1, LearningRate = lr, MinSnrGamma = gamma, FrozenTemporal = frozenPrefixes });
             Console.WriteLine($"trainable parameters: {trainer.TrainableParameters:N0}{(frozenPrefixes.Length > 0 ? $" (frozen: {string.Join(", ", frozenPrefixes)})" : "")}");
             for (int i = 1; i <= steps; i++)
             {

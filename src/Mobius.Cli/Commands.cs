@@ -360,7 +360,6 @@ public static class Commands
 
         using var meta = new MetaBackend();
         using var unet = new UNet3D(meta, config with { Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge }, Topology.Parallel, 0);
-        unet.FreezeSpatial();
         try
         {
             unet.FreezeTemporal(prefixes);

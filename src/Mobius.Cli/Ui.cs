@@ -139,23 +139,29 @@ public static class Ui
         {
             var k = new Table().Title("[bold]time by layer kind[/] (ms per step, device synchronised at every kind)")
                 .AddColumns("kind", "serial forward", "serial backward", "parallel forward", "parallel backward");
-            foreach (var kind in TimeKinds(st, pt))
+            foreach (var row in TimeRows(st, pt))
             {
-                string Ms(IReadOnlyDictionary<string, KindTime> d, bool forward) =>
-                    d.TryGetValue(kind, out var v) ? (forward ? v.ForwardMs : v.BackwardMs).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) : "";
-                k.AddRow(kind, Ms(st, true), Ms(st, false), Ms(pt, true), Ms(pt, false));
+                k.AddRow(row);
             }
 
             AnsiConsole.Write(k);
         }
     }
 
-    /// <summary>The kinds of two breakdowns, most expensive (serial, then parallel) first.</summary>
-    internal static IEnumerable<string> TimeKinds(IReadOnlyDictionary<string, KindTime> serial, IReadOnlyDictionary<string, KindTime> parallel) =>
-        serial.Keys.Union(parallel.Keys)
+    /// <summary>
+    /// Rows of the time-by-kind table (kind; serial forward, backward; parallel forward, backward, in ms), most
+    /// expensive (serial, then parallel) first; a kind one topology lacks gets empty cells.
+    /// </summary>
+    internal static IEnumerable<string[]> TimeRows(IReadOnlyDictionary<string, KindTime> serial, IReadOnlyDictionary<string, KindTime> parallel)
+    {
+        string Ms(IReadOnlyDictionary<string, KindTime> d, string kind, bool forward) =>
+            d.TryGetValue(kind, out var v) ? (forward ? v.ForwardMs : v.BackwardMs).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture) : "";
+        return serial.Keys.Union(parallel.Keys)
             .OrderByDescending(k => serial.TryGetValue(k, out var v) ? v.ForwardMs + v.BackwardMs : 0)
             .ThenByDescending(k => parallel.TryGetValue(k, out var v) ? v.ForwardMs + v.BackwardMs : 0)
-            .ThenBy(k => k, StringComparer.Ordinal);
+            .ThenBy(k => k, StringComparer.Ordinal)
+            .Select(k => new[] { k, Ms(serial, k, true), Ms(serial, k, false), Ms(parallel, k, true), Ms(parallel, k, false) });
+    }
 
     /// <summary>A 0..1 score with three decimals, or "n/a" when nothing was sampled.</summary>
     internal static string Score(double? value) => value is { } v ? v.ToString("0.000", System.Globalization.CultureInfo.InvariantCulture) : "n/a";

@@ -356,11 +356,8 @@ public sealed class KindProfiler(Action? synchronize = null)
     /// <summary>The start of a backward node: what was queued before it is charged to the interval open until now.</summary>
     internal long Start()
     {
-        long now = Now();
-        var (f, b) = _ms.GetValueOrDefault(Tape.CurrentKind);
-        _ms[Tape.CurrentKind] = (f + System.Diagnostics.Stopwatch.GetElapsedTime(_since, now).TotalMilliseconds, b);
-        _since = now;
-        return now;
+        Switch(Tape.CurrentKind);
+        return _since;
     }
 
     internal void AddBackward(string kind, long started)
