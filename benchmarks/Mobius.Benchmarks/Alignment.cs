@@ -15,7 +15,8 @@ namespace Mobius.Benchmarks;
 /// (averaged over its parameter tensors and the batches) and the norm ratio loop / serial. A bridge that
 /// changes how gradients cross the spatial chain is measured here. Two more columns put one kind of
 /// spatial layer back on the tape (exact, with its activations) to show which kind's bypass costs the most
-/// alignment. With --timestep every batch is re-noised at that one diffusion step (same clips, same
+/// alignment; the next ones put every spatial layer of some resolution levels back, and the last row gives
+/// each variant's saved bytes, so the price of that alignment is on the same page. With --timestep every batch is re-noised at that one diffusion step (same clips, same
 /// noise), to see where along the noise schedule the estimate departs.
 /// </summary>
 public static class Alignment
@@ -49,9 +50,22 @@ public static class Alignment
         using var sampler = new Trainer(serial, data, Stage.TextToVideo, new TrainOptions { Seed = 1 });
         loop.FreezeForVideo();
         var order = serial.Unet.TemporalParameters().Select(np => Layer(np.Name)).Distinct().ToList();
-        var variants = new[] { LoopBypass.All, LoopBypass.Transformers, LoopBypass.ResBlocks };
-        var cos = variants.ToDictionary(v => v, _ => order.ToDictionary(l => l, _ => new List<double>()));
+        int levels = checkpoint.Config.Channels.Length;
+        var variants = new List<(string Label, LoopBypass Bypass, int ExactLevels)>
+        {
+            ("loop", LoopBypass.All, 0),
+            ("transformers exact", LoopBypass.ResBlocks, 0),
+            ("ResBlocks exact", LoopBypass.Transformers, 0),
+        };
+        for (int mask = 1; mask < (1 << levels) - 1; mask++)
+        {
+            variants.Add(($"levels {string.Join("+", Enumerable.Range(0, levels).Where(l => ((mask >> l) & 1) != 0))} exact", LoopBypass.All, mask));
+        }
+
+        var cos = variants.ToDictionary(v => v.Label, _ => order.ToDictionary(l => l, _ => new List<double>()));
+        var saved = variants.ToDictionary(v => v.Label, _ => 0L);
         var ratio = order.ToDictionary(l => l, _ => new List<double>());
+        long serialSaved = 0;
         for (int b = 0; b < batches; b++)
         {
             var batch = sampler.MakeBatch(data, b + 1, 11, captionDropout: 0);
@@ -60,16 +74,17 @@ public static class Alignment
                 batch = AtTimestep(batch, serial.Schedule, fixedStep);
             }
 
-            var exact = Gradients(serial, batch);
-            foreach (var variant in variants)
+            (var exact, serialSaved) = Gradients(serial, batch);
+            foreach (var (label, bypass, exactLevels) in variants)
             {
-                loop.Unet.LoopBypass = variant;
-                var straight = Gradients(loop, batch);
+                loop.Unet.LoopBypass = bypass;
+                loop.Unet.LoopExactLevels = exactLevels;
+                (var straight, saved[label]) = Gradients(loop, batch);
                 foreach (var (name, g) in exact)
                 {
                     var (dot, na, nb) = Dot(g, straight[name]);
-                    cos[variant][Layer(name)].Add(dot / Math.Sqrt(na * nb + 1e-300));
-                    if (variant == LoopBypass.All)
+                    cos[label][Layer(name)].Add(dot / Math.Sqrt(na * nb + 1e-300));
+                    if (label == "loop")
                     {
                         ratio[Layer(name)].Add(Math.Sqrt(nb / (na + 1e-300)));
                     }
@@ -82,14 +97,17 @@ public static class Alignment
         Console.WriteLine($"Loop vs serial gradients: {Path.GetFileName(path)}, temporal outputs +-{scale}, {batches} batches{(timestep is null ? "" : $" at timestep {timestep}")}, {DateTime.UtcNow:yyyy-MM-dd}");
         Console.WriteLine("(cosine per temporal layer, averaged over its parameter tensors and the batches)");
         Console.WriteLine();
-        Console.WriteLine("| temporal layer | loop: cosine | loop: norm / serial's | cosine, transformers exact | cosine, ResBlocks exact |");
-        Console.WriteLine("|---|---:|---:|---:|---:|");
+        var others = variants.Skip(1).Select(v => v.Label).ToList();
+        Console.WriteLine($"| temporal layer | loop: cosine | loop: norm / serial's | {string.Join(" | ", others.Select(o => $"cosine, {o}"))} |");
+        Console.WriteLine($"|---|---:|---:|{string.Concat(others.Select(_ => "---:|"))}");
         foreach (var layer in order)
         {
-            Console.WriteLine($"| {layer} | {cos[LoopBypass.All][layer].Average():F3} | {ratio[layer].Average():F2} | "
-                + $"{cos[LoopBypass.ResBlocks][layer].Average():F3} | {cos[LoopBypass.Transformers][layer].Average():F3} |");
+            Console.WriteLine($"| {layer} | {cos["loop"][layer].Average():F3} | {ratio[layer].Average():F2} | "
+                + $"{string.Join(" | ", others.Select(o => cos[o][layer].Average().ToString("F3", CultureInfo.InvariantCulture)))} |");
         }
 
+        Console.WriteLine($"| saved for backward, MiB (serial {serialSaved / 1048576.0:F1}) | {saved["loop"] / 1048576.0:F1} | | "
+            + $"{string.Join(" | ", others.Select(o => (saved[o] / 1048576.0).ToString("F1", CultureInfo.InvariantCulture)))} |");
         return 0;
     }
 
@@ -114,8 +132,9 @@ public static class Alignment
 
     private static string Layer(string name) => string.Join('.', name.Split('.').Take(3));
 
-    private static Dictionary<string, float[]> Gradients(TextToVideo model, Trainer.Batch batch)
+    private static (Dictionary<string, float[]> Gradients, long SavedBytes) Gradients(TextToVideo model, Trainer.Batch batch)
     {
+        long savedBytes;
         var backend = model.Backend;
         using var tape = Tape.Begin();
         using var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape);
@@ -130,6 +149,7 @@ public static class Alignment
         using (var eps = model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
         using (var loss = Ops.MseLoss(eps, target))
         {
+            savedBytes = tape.SavedBytes;
             loss.Backward();
         }
 
@@ -139,7 +159,7 @@ public static class Alignment
             p.ClearGrad();
         }
 
-        return grads;
+        return (grads, savedBytes);
     }
 
     private static (double Dot, double NormA, double NormB) Dot(float[] a, float[] b)

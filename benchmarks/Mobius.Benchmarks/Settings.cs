@@ -11,7 +11,7 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
-/// [--topology serial] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.]`: what one stage-2 training setting
+/// [--topology serial] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
@@ -19,7 +19,9 @@ namespace Mobius.Benchmarks;
 /// how consistent the frames are, and their geometric mean. --steps 0 measures the starting point.
 /// Losses at different --frame-noise values are over different noise and do not compare; the sample
 /// scores do. --freeze keeps the temporal layers whose names start with one of the given prefixes at their
-/// initialisation (the identity): only the others train.
+/// initialisation (the identity): only the others train. --exact-levels (parallel, loop bridge) keeps the
+/// spatial layers of the resolution levels in the bit mask on the tape (a diagnostic, see
+/// <c>UNet3D.LoopExactLevels</c>).
 /// </summary>
 public static class Settings
 {
@@ -47,6 +49,12 @@ public static class Settings
         var checkpoint = Checkpoint.Load(path);
         using var model = TextToVideo.Load(backend, checkpoint, topology, 1, frameNoiseCorrelation: rho);
         var config = model.Config;
+        model.Unet.LoopExactLevels = int.Parse(Arg("--exact-levels", "0"), CultureInfo.InvariantCulture);
+        if (model.Unet.LoopExactLevels != 0)
+        {
+            Console.WriteLine($"loop bridge with the spatial layers of level mask {model.Unet.LoopExactLevels} exact (a diagnostic)");
+        }
+
         Console.WriteLine($"{topology}, {steps} steps at lr {lr:g3} on {motion}; frame noise {rho:g3}, min-SNR gamma {gamma:g3}; {backend.DeviceName}");
         var clock = System.Diagnostics.Stopwatch.StartNew();
         var frozenPrefixes = Arg("--freeze", "").Split(',', StringSplitOptions.RemoveEmptyEntries);

@@ -175,10 +175,10 @@ public sealed class UNet3D : Module
         int ch = c0;
         var skips = new Stack<int>([c0]);
         var blockChannels = new List<int>();
-        void Block(ModuleList<UNetBlock> list, int inCh, int outCh, bool attention, bool pop, bool push)
+        void Block(ModuleList<UNetBlock> list, int level, int inCh, int outCh, bool attention, bool pop, bool push)
         {
             list.Add(new UNetBlock(backend, rng, config, inCh, outCh, attention, temporal));
-            _plan.Add(new Step(StepKind.Block, list, list.Count - 1, pop, push, blockChannels.Count));
+            _plan.Add(new Step(StepKind.Block, list, list.Count - 1, pop, push, blockChannels.Count, level));
             blockChannels.Add(outCh);
         }
 
@@ -187,7 +187,7 @@ public sealed class UNet3D : Module
         {
             for (int j = 0; j < config.LayersPerLevel; j++)
             {
-                Block(Down, ch, config.Channels[l], config.Attention[l], pop: false, push: true);
+                Block(Down, l, ch, config.Channels[l], config.Attention[l], pop: false, push: true);
                 ch = config.Channels[l];
                 skips.Push(ch);
             }
@@ -195,26 +195,26 @@ public sealed class UNet3D : Module
             if (l < levels - 1)
             {
                 Downsamplers.Add(new Downsample(backend, rng, ch));
-                _plan.Add(new Step(StepKind.Down, null, Downsamplers.Count - 1, false, true, -1));
+                _plan.Add(new Step(StepKind.Down, null, Downsamplers.Count - 1, false, true, -1, l));
                 skips.Push(ch);
             }
         }
 
-        Block(Mid, ch, ch, attention: true, pop: false, push: false);
-        Block(Mid, ch, ch, attention: false, pop: false, push: false);
+        Block(Mid, levels - 1, ch, ch, attention: true, pop: false, push: false);
+        Block(Mid, levels - 1, ch, ch, attention: false, pop: false, push: false);
 
         for (int l = levels - 1; l >= 0; l--)
         {
             for (int j = 0; j <= config.LayersPerLevel; j++)
             {
-                Block(Up, ch + skips.Pop(), config.Channels[l], config.Attention[l], pop: true, push: false);
+                Block(Up, l, ch + skips.Pop(), config.Channels[l], config.Attention[l], pop: true, push: false);
                 ch = config.Channels[l];
             }
 
             if (l > 0)
             {
                 Upsamplers.Add(new Upsample(backend, rng, ch));
-                _plan.Add(new Step(StepKind.Up, null, Upsamplers.Count - 1, false, false, -1));
+                _plan.Add(new Step(StepKind.Up, null, Upsamplers.Count - 1, false, false, -1, l));
             }
         }
 
@@ -253,6 +253,14 @@ public sealed class UNet3D : Module
 
     /// <summary>Diagnostics only: which spatial layers the loop bypasses (default all; see <see cref="LoopBypass"/>).</summary>
     internal LoopBypass LoopBypass { get; set; } = LoopBypass.All;
+
+    /// <summary>
+    /// Diagnostics only: a bit mask of resolution levels (bit l: level l, the middle blocks at the lowest
+    /// level) whose spatial layers the loop keeps on the tape, exact and with their activations; the other
+    /// levels bypass as <see cref="LoopBypass"/> says. Benchmarks' `alignment` and `settings --exact-levels`
+    /// measure what partial exactness buys (benchmarks/results/2026-11-26-loop-gradient-alignment.md).
+    /// </summary>
+    internal int LoopExactLevels { get; set; }
 
     /// <summary>Latent-to-feature convolution.</summary>
     public Conv2d ConvIn { get; }
@@ -381,7 +389,7 @@ public sealed class UNet3D : Module
                     {
                         Topology.Spatial => step.Block.Spatial(u, e, c),
                         Topology.Serial => step.Block.Serial(u, e, c, frames),
-                        _ => step.Block.Loop(u, e, c, frames, LoopBypass),
+                        _ => step.Block.Loop(u, e, c, frames, ((LoopExactLevels >> step.Level) & 1) != 0 ? LoopBypass.None : LoopBypass),
                     })),
                     StepKind.Down => h.Then(Downsamplers[step.Index].Forward),
                     _ => h.Then(Upsamplers[step.Index].Forward),
@@ -513,7 +521,7 @@ public sealed class UNet3D : Module
         Up,
     }
 
-    private sealed record Step(StepKind Kind, ModuleList<UNetBlock>? List, int Index, bool PopSkip, bool PushSkip, int Ordinal)
+    private sealed record Step(StepKind Kind, ModuleList<UNetBlock>? List, int Index, bool PopSkip, bool PushSkip, int Ordinal, int Level)
     {
         public UNetBlock Block => List![Index];
     }
