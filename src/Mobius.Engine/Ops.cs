@@ -188,6 +188,79 @@ public static partial class Ops
         return y;
     }
 
+    /// <summary>
+    /// Activation checkpointing: returns <paramref name="f"/>(<paramref name="x"/>, <paramref name="others"/>...)
+    /// and keeps only those inputs for backward. The forward runs without recording; backward runs f again
+    /// on a private tape and back-propagates the output gradient through it, so every input that needs a
+    /// gradient receives f's exact one (and f's trainable parameters theirs), while f's own activations
+    /// exist only during this node's backward: one more forward of f for its saved activations. f gets its
+    /// inputs as an array, in the order given; any other tensor it reads must outlive the backward (a
+    /// layer's parameters do; a per-step embedding does not, so pass that one as an input) and f must
+    /// compute the same values every time (the backends are deterministic). Without a gradient to compute
+    /// it is just f.
+    /// </summary>
+    public static Tensor Recompute(Func<Tensor[], Tensor> f, Tensor x, params Tensor[] others)
+    {
+        const string op = "recompute";
+        ArgumentNullException.ThrowIfNull(f);
+        var inputs = new Tensor[others.Length + 1];
+        inputs[0] = x;
+        others.CopyTo(inputs, 1);
+        foreach (var t in inputs)
+        {
+            Check.Live(op, t);
+        }
+
+        var node = Tape.Record(op, inputs);
+        if (node is null)
+        {
+            return f(inputs);
+        }
+
+        Tensor y;
+        using (Tape.NoGrad())
+        {
+            y = f(inputs);
+        }
+
+        var saved = inputs.Select(node.Save).ToArray();
+        node.Finish(y, g =>
+        {
+            using var enable = Tape.EnableGrad();
+            using var tape = Tape.Begin();
+            var args = saved.Select((t, i) => node.NeedsGrad(i) ? t.View(0, t.Shape).SetRequiresGrad() : t.View(0, t.Shape)).ToArray();
+            try
+            {
+                using (var again = f(args))
+                {
+                    tape.Backward(again, g);
+                }
+
+                var grads = new Tensor?[args.Length];
+                for (int i = 0; i < args.Length; i++)
+                {
+                    grads[i] = args[i].Grad;
+                    args[i].Grad = null;
+                    if (grads[i] is { } gi && gi.Storage.Category == MemoryCategory.Gradients)
+                    {
+                        gi.Storage.Reclassify(MemoryCategory.Temporaries);
+                    }
+                }
+
+                return grads;
+            }
+            finally
+            {
+                foreach (var a in args)
+                {
+                    a.ClearGrad();
+                    a.Dispose();
+                }
+            }
+        });
+        return y;
+    }
+
     // ---- elementwise ------------------------------------------------------------------------------
 
     /// <summary>a + b.</summary>

@@ -49,6 +49,17 @@ public sealed class Tape : IDisposable
         return new Scope(static () => _noGradDepth--);
     }
 
+    /// <summary>
+    /// Turns recording back on inside <see cref="NoGrad"/> scopes until the returned scope is disposed (a
+    /// recomputed region's backward: <see cref="Ops.Recompute"/>).
+    /// </summary>
+    internal static Scope EnableGrad()
+    {
+        int depth = _noGradDepth;
+        _noGradDepth = 0;
+        return new Scope(() => _noGradDepth = depth);
+    }
+
     /// <summary>Attributes nodes recorded inside the scope to a layer kind ("TemporalConv").</summary>
     public static Scope Kind(string kind)
     {

@@ -237,6 +237,130 @@ public abstract class AutogradTests(BackendFixture fixture)
         });
     }
 
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void A_recomputed_region_matches_finite_differences_of_the_reference(int seed)
+    {
+        // The same composition as above, run through Ops.Recompute: only its inputs are kept, the region
+        // runs again in backward, and every input that needs a gradient (the LayerNorm gain does not) gets it.
+        var r = new Rng(seed);
+        int rows = r.Int(1, 4), c = r.Int(2, 6), h = r.Int(1, 4);
+        OpCheck.Run(B, r, new OpCase
+        {
+            Name = "recompute(layer_norm > linear > geglu > linear)",
+            Inputs = [new Shape(rows, c), new Shape(c), new Shape(c), new Shape(2 * h, c), new Shape(c, h)],
+            RequiresGrad = [true, false, true, true, true],
+            Op = t => Ops.Recompute(
+                a =>
+                {
+                    using var n = Ops.LayerNorm(a[0], a[1], a[2]);
+                    using var p = Ops.Linear(n, a[3]);
+                    using var g = Ops.Geglu(p);
+                    return Ops.Linear(g, a[4]);
+                },
+                t[0], t[1], t[2], t[3], t[4]),
+            Reference = d =>
+            {
+                var n = Reference.LayerNorm(d[0], d[1], d[2], rows, c, 1e-5);
+                var p = Reference.Linear(n, d[3], null, rows, c, 2 * h);
+                return Reference.Linear(Reference.Geglu(p, rows, h), d[4], null, rows, h, c);
+            },
+            GradRtol = 2e-3,
+        });
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Recompute_keeps_only_its_inputs_and_gives_the_gradients_of_the_plain_graph(int seed)
+    {
+        var r = new Rng(seed);
+        var rng = new Random(r.Seed);
+        int rows = r.Int(2, 6), c = r.Int(3, 8);
+        using var frozen = new Linear(B, rng, c, 2 * c);
+        using var trainable = new Linear(B, rng, c, c);
+        frozen.Freeze();
+        using var x = Leaf(r, rows, c);
+        using var z = Leaf(r, rows, c);
+        using var gain = Data(r, c);
+        using var shift = Data(r, c);
+        Tensor Region(Tensor[] a)
+        {
+            using var sum = Ops.Add(a[0], a[1]);
+            using var n = Ops.LayerNorm(sum, gain, shift);
+            using var p = frozen.Forward(n);
+            using var g = Ops.Geglu(p);
+            using var q = Ops.Silu(g);
+            return trainable.Forward(q);
+        }
+
+        (float[] X, float[] Z, float[] W, long Saved, float[] Y) Run(bool recompute)
+        {
+            using var tape = Tape.Begin();
+            using var y = recompute ? Ops.Recompute(Region, x, z) : Region([x, z]);
+            long saved = tape.SavedBytes;
+            var values = y.ToArray();
+            using (var loss = Ops.Sum(y))
+            {
+                loss.Backward();
+            }
+
+            Assert.Equal(0, tape.SavedBytes);
+            var result = (x.Grad!.ToArray(), z.Grad!.ToArray(), trainable.Weight.Grad!.ToArray(), saved, values);
+            x.ClearGrad();
+            z.ClearGrad();
+            trainable.Weight.ClearGrad();
+            trainable.Bias!.ClearGrad();
+            Assert.Null(frozen.Weight.Grad);
+            return result;
+        }
+
+        long before = B.Memory.CurrentBytes;
+        var plain = Run(recompute: false);
+        var again = Run(recompute: true);
+        Assert.Equal(before, B.Memory.CurrentBytes); // nothing of the private tape outlives the backward
+
+        // Same arithmetic in the same order: bit-identical values and gradients.
+        Assert.Equal(plain.Y, again.Y);
+        Assert.Equal(plain.X, again.X);
+        Assert.Equal(plain.Z, again.Z);
+        Assert.Equal(plain.W, again.W);
+        Assert.Contains(plain.X, v => v != 0);
+
+        // What stays on the tape between forward and backward: the two inputs, nothing of the region.
+        Assert.Equal(x.Bytes + z.Bytes, again.Saved);
+        Assert.True(plain.Saved > again.Saved, $"plain graph keeps {plain.Saved} B, the recomputed one {again.Saved} B");
+    }
+
+    [Fact]
+    public void Recompute_records_nothing_without_a_gradient_to_compute()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 3, 4);
+        using var d = Data(r, 3, 4);
+        int calls = 0;
+        Tensor Region(Tensor[] a)
+        {
+            calls++;
+            return Ops.Silu(a[0]);
+        }
+
+        using (Tape.NoGrad())
+        using (var y = Ops.Recompute(Region, x))
+        {
+            Assert.False(y.RequiresGrad);
+        }
+
+        using (var y = Ops.Recompute(Region, d))
+        {
+            Assert.False(y.RequiresGrad);
+        }
+
+        Assert.Equal(0, tape.NodeCount);
+        Assert.Equal(0, tape.SavedBytes);
+        Assert.Equal(2, calls); // once each: no second forward when nothing is recorded
+    }
+
     [Fact]
     public void Backward_twice_is_an_error()
     {
