@@ -92,6 +92,9 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
   run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
+# The second baseline: serial recomputing its frozen spatial layers in backward (exact gradients, less memory, more time).
+c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
+run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-spatial --json --out "$results/compare-$c-recompute"
 
 step "kernel workloads (mobius profile)"
 for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do
@@ -133,6 +136,9 @@ if $py -c "import torch" 2>/dev/null; then
     run "$3" sh -c "$py '$root/peers/mobius_torch.py' bench --device $device --config $c --steps $2 > '$results/peer-$c.json'"
     cat "$results/peer-$c.json" >> "$md"
   done
+  c=ms256; [ $sim = 1 ] && c=tiny
+  run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device $device --config $c --steps 6 --recompute-spatial > '$results/peer-$c-recompute.json'"
+  cat "$results/peer-$c-recompute.json" >> "$md"
 else
   echo "python with torch not found: skipped" >> "$md"
 fi

@@ -22,6 +22,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 # ---------------------------------------------------------------------------------------------
 # safetensors, minimal (the format: u64 header length, JSON header, raw little-endian data)
@@ -310,7 +311,7 @@ def temporal_transformer(p, cfg, name, x, frames):
     return x + h
 
 
-def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
+def unet_forward(p, cfg, topology, x, timesteps, ctx, frames, recompute_spatial=False):
     c0 = cfg["channels"][0]
     with torch.set_grad_enabled(torch.is_grad_enabled() and topology not in ("parallel", "loop")):
         e = linear(p, "time_embedding.linear_1", sinusoid(timesteps, c0, x.dtype))
@@ -336,9 +337,13 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
         k = h if shortcut is None else conv(p, shortcut, h)
         return v + (k - k.detach())
 
+    def recomputed(f, h, shortcut=None):
+        # serial with activation checkpointing of each frozen spatial layer (the engine's --recompute-spatial)
+        return torch.utils.checkpoint.checkpoint(f, h, use_reentrant=True) if h.requires_grad else f(h)
+
     if topology in ("spatial", "serial", "loop"):
         # serial: h' = TA(SA(TC(R(h, e)), c)); loop: the same values, each spatial layer bypassed
-        run = bypass if topology == "loop" else (lambda f, h, shortcut=None: f(h))
+        run = bypass if topology == "loop" else (recomputed if recompute_spatial else (lambda f, h, shortcut=None: f(h)))
         h = conv(p, "conv_in", x)
         skips = [h]
         for kind, name, _, _, attn, pop, push in steps:
@@ -349,10 +354,10 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames):
                     h = spatial(name, h, attn)
                 else:
                     sc = name + ".res.conv_shortcut" if name + ".res.conv_shortcut.weight" in p else None
-                    h = run(lambda t: res_block(p, cfg, name + ".res", t, e), h, sc)
+                    h = run(lambda t, name=name: res_block(p, cfg, name + ".res", t, e), h, sc)  # bound now: a checkpoint calls it again in backward
                     h = temporal_conv(p, cfg, name + ".temp_conv", h, frames)
                     if attn:
-                        h = run(lambda t: spatial_transformer(p, cfg, name + ".attn", t, ctx), h)
+                        h = run(lambda t, name=name: spatial_transformer(p, cfg, name + ".attn", t, ctx), h)
                         h = temporal_transformer(p, cfg, name + ".temp_attn", h, frames)
             elif kind == "down":
                 h = conv(p, name + ".conv", h, stride=2)
@@ -472,10 +477,11 @@ def resident_bytes(params, opt):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def bench(device, config, steps, warmup, seed=1, bridge="loop"):
+def bench(device, config, steps, warmup, seed=1, bridge="loop", recompute_spatial=False):
     """Serial and parallel training steps of the same model on random data, alternating, as Mobius
     measures them: median step time, peak memory (CUDA: max_memory_allocated) and the bytes autograd
-    saves for backward (unique storages seen by saved_tensors_hooks). Prints one JSON object."""
+    saves for backward (unique storages seen by saved_tensors_hooks). With recompute_spatial the serial
+    topology checkpoints each frozen spatial layer (torch.utils.checkpoint). Prints one JSON object."""
     import statistics
     import time
 
@@ -527,7 +533,7 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
             sync()
             start = time.perf_counter()
             with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
-                eps = unet_forward(p, cfg, forward_of[topology], x, t, ctx, f)
+                eps = unet_forward(p, cfg, forward_of[topology], x, t, ctx, f, recompute_spatial)
                 loss = F.mse_loss(eps, target)
             loss.backward()
             torch.nn.utils.clip_grad_norm_([v for v in p.values() if v.requires_grad], 1.0)
@@ -544,6 +550,7 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop"):
                 peak[topology] = torch.cuda.max_memory_allocated() - resident_bytes(other_p, other_opt)
 
     out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "bridge": bridge, "steps": steps,
+           "recompute_spatial": recompute_spatial,
            "threads": torch.get_num_threads()}
     for topology in runs:
         out[topology] = {"step_ms_median": statistics.median(times[topology]), "saved_activation_bytes": saved[topology],
@@ -568,10 +575,11 @@ if __name__ == "__main__":
         a.add_argument("--warmup", type=int, default=2)
         a.add_argument("--threads", type=int, default=0)
         a.add_argument("--bridge", default="loop", choices=["loop", "additive"])
+        a.add_argument("--recompute-spatial", action="store_true")
         args = a.parse_args(sys.argv[2:])
         if args.threads:
             torch.set_num_threads(args.threads)
-        bench(args.device, args.config, args.steps, args.warmup, bridge=args.bridge)
+        bench(args.device, args.config, args.steps, args.warmup, bridge=args.bridge, recompute_spatial=args.recompute_spatial)
     else:
         print(__doc__)
         sys.exit(2)

@@ -96,7 +96,7 @@ public sealed class ReportWriter(string folder)
         var sb = new StringBuilder();
         sb.AppendLine($"# Serial vs parallel: {r.Config}").AppendLine();
         sb.AppendLine($"One run, same seed ({r.Seed}), same data, same config; {r.Steps} training steps per topology at learning rate {r.LearningRate:g3}, steps alternating; min-SNR weighting {(r.MinSnrGamma > 0 ? $"gamma {r.MinSnrGamma:g3}" : "off")}, frame noise correlation {r.FrameNoiseCorrelation:g3}.");
-        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")} Backend: {r.Backend}. Started from: {(o.Checkpoint is null ? "a random text-to-image model" : Path.GetFileName(o.Checkpoint))}.");
+        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")} Backend: {r.Backend}. Started from: {(o.Checkpoint is null ? "a random text-to-image model" : Path.GetFileName(o.Checkpoint))}.");
         sb.AppendLine($"Written {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by mobius {typeof(ReportWriter).Assembly.GetName().Version}.").AppendLine();
         sb.AppendLine("| | serial | parallel | parallel / serial | paper |");
         sb.AppendLine("|---|---:|---:|---:|---:|");

@@ -80,11 +80,25 @@ public sealed class UNetBlock : Module
     /// <summary>Temporal transformer, or null.</summary>
     public TemporalTransformer? TempAttn { get; }
 
-    /// <summary>Serial 3D-UNet: h' = TA(SA(TC(R(h, e)), c)). Gradients to the temporal layers cross every spatial layer.</summary>
-    public Tensor Serial(Tensor h, Tensor e, Tensor c, int frames)
+    /// <summary>
+    /// Serial 3D-UNet: h' = TA(SA(TC(R(h, e)), c)). Gradients to the temporal layers cross every spatial
+    /// layer. With <paramref name="recomputeSpatial"/> each spatial layer keeps only its input and runs again
+    /// in backward (<see cref="Ops.Recompute"/>): the same gradients for one more spatial forward.
+    /// </summary>
+    public Tensor Serial(Tensor h, Tensor e, Tensor c, int frames, bool recomputeSpatial = false)
     {
-        var x = Res.Forward(h, e).Then(t => TempConv!.Forward(t, frames));
-        return Attn is null ? x : x.Then(t => Attn.Forward(t, c)).Then(t => TempAttn!.Forward(t, frames));
+        var x = (recomputeSpatial ? Recomputed(nameof(ResBlock2D), a => Res.Forward(a[0], a[1]), h, e) : Res.Forward(h, e))
+            .Then(t => TempConv!.Forward(t, frames));
+        return Attn is null ? x : x
+            .Then(t => recomputeSpatial ? Recomputed(nameof(SpatialTransformer), a => Attn.Forward(a[0], a[1]), t, c) : Attn.Forward(t, c))
+            .Then(t => TempAttn!.Forward(t, frames));
+    }
+
+    /// <summary>A spatial layer under <see cref="Ops.Recompute"/>, its kept inputs attributed to the layer's kind.</summary>
+    private static Tensor Recomputed(string kind, Func<Tensor[], Tensor> layer, Tensor x, Tensor other)
+    {
+        using var scope = Tape.Kind(kind);
+        return Ops.Recompute(layer, x, other);
     }
 
     /// <summary>Spatial chain (and the text-to-image UNet): s' = SA(R(s, e), c).</summary>
@@ -251,6 +265,15 @@ public sealed class UNet3D : Module
     /// </summary>
     public bool IsLoop => Topology == Topology.Parallel && Config.Bridge == "loop";
 
+    /// <summary>
+    /// Serial only: every frozen spatial layer (ResBlock, spatial transformer) keeps just its input for
+    /// backward and runs again there (activation checkpointing, <see cref="Ops.Recompute"/>). The gradients
+    /// are serial's exact ones; the spatial activations serial keeps to pass gradients through these layers
+    /// live only while each layer's backward runs, for one more spatial forward per step. The parallel
+    /// topology keeps no spatial activation to begin with, so there it changes nothing.
+    /// </summary>
+    public bool RecomputeSpatial { get; set; }
+
     /// <summary>Diagnostics only: which spatial layers the loop bypasses (default all; see <see cref="LoopBypass"/>).</summary>
     internal LoopBypass LoopBypass { get; set; } = LoopBypass.All;
 
@@ -388,7 +411,7 @@ public sealed class UNet3D : Module
                     StepKind.Block => h.Then(t => RunBlock(step, t, skips, u => Topology switch
                     {
                         Topology.Spatial => step.Block.Spatial(u, e, c),
-                        Topology.Serial => step.Block.Serial(u, e, c, frames),
+                        Topology.Serial => step.Block.Serial(u, e, c, frames, RecomputeSpatial),
                         _ => step.Block.Loop(u, e, c, frames, ((LoopExactLevels >> step.Level) & 1) != 0 ? LoopBypass.None : LoopBypass),
                     })),
                     StepKind.Down => h.Then(Downsamplers[step.Index].Forward),

@@ -179,6 +179,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("min_snr_gamma")]
     public double MinSnrGamma { get; init; }
 
+    /// <summary>Whether the frozen spatial layers were recomputed in backward (serial only; see <see cref="TrainOptions.RecomputeSpatial"/>).</summary>
+    [JsonPropertyName("recompute_spatial")]
+    public bool RecomputeSpatial { get; init; }
+
     /// <summary>Correlation of the diffusion noise across a clip's frames, in training and sampling.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
@@ -326,6 +330,7 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
+                RecomputeSpatial = options.Train.RecomputeSpatial,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 Serial = results[0],
                 Parallel = results[1],

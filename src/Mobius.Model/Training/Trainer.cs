@@ -57,6 +57,13 @@ public sealed record TrainOptions
     /// </summary>
     public IReadOnlyList<string>? FrozenTemporal { get; init; }
 
+    /// <summary>
+    /// Stage 2, serial topology: the frozen spatial layers keep only their inputs and run again in backward
+    /// (<see cref="UNet3D.RecomputeSpatial"/>): serial's exact gradients with fewer saved activations, for one
+    /// more spatial forward per step. The parallel topology keeps no spatial activation, so it changes nothing there.
+    /// </summary>
+    public bool RecomputeSpatial { get; init; }
+
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
 
@@ -121,6 +128,7 @@ public sealed class Trainer : IDisposable
             }
 
             model.FreezeForVideo();
+            model.Unet.RecomputeSpatial = options.RecomputeSpatial;
             if (options.FrozenTemporal is { Count: > 0 } frozen)
             {
                 model.Unet.FreezeTemporal(frozen);
@@ -129,6 +137,10 @@ public sealed class Trainer : IDisposable
         else if (options.FrozenTemporal is { Count: > 0 })
         {
             throw new ArgumentException("frozen temporal layers are a stage-2 setting; stage 1 trains no temporal layer.");
+        }
+        else if (options.RecomputeSpatial)
+        {
+            throw new ArgumentException("recomputing the frozen spatial layers is a stage-2 setting; in stage 1 they train.");
         }
 
         var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))

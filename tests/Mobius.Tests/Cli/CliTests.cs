@@ -95,6 +95,36 @@ public sealed class CliTests
         Assert.Contains("| motion score of samples (0..1) | n/a | n/a |", File.ReadAllText(folder.File("report.md")));
         Assert.False(doc.RootElement.GetProperty("serial").TryGetProperty("time_by_kind", out _), "no breakdown without --profile");
         Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("frozen_temporal").ValueKind);
+        Assert.False(doc.RootElement.GetProperty("recompute_spatial").GetBoolean());
+    }
+
+    [Fact]
+    public void Compare_recompute_spatial_gives_serial_the_same_losses_with_fewer_saved_activations()
+    {
+        using var plainFolder = new TempFolder();
+        using var recomputeFolder = new TempFolder();
+        string[] common = ["compare", "--config", "micro", "--steps", "2", "--samples", "0", "--json", "--seed", "4"];
+        var plain = Mobius([.. common, "--out", plainFolder.Path]);
+        var recompute = Mobius([.. common, "--out", recomputeFolder.Path, "--recompute-spatial"]);
+        Assert.True(plain.Code == 0, plain.Out + plain.Err);
+        Assert.True(recompute.Code == 0, recompute.Out + recompute.Err);
+        using var a = JsonDocument.Parse(plain.Out);
+        using var b = JsonDocument.Parse(recompute.Out);
+        Assert.True(b.RootElement.GetProperty("recompute_spatial").GetBoolean());
+        JsonElement Get(JsonDocument d, string topo, string key) => d.RootElement.GetProperty(topo).GetProperty(key);
+
+        // The same gradients, so the same training: losses equal to the last bit.
+        foreach (var key in new[] { "final_loss", "validation_loss" })
+        {
+            Assert.Equal(Get(a, "serial", key).GetDouble(), Get(b, "serial", key).GetDouble());
+            Assert.Equal(Get(a, "parallel", key).GetDouble(), Get(b, "parallel", key).GetDouble());
+        }
+
+        // Serial keeps less; the parallel topology, which keeps no spatial activation, is untouched.
+        Assert.True(Get(b, "serial", "saved_activation_bytes").GetInt64() < Get(a, "serial", "saved_activation_bytes").GetInt64());
+        Assert.True(Get(b, "serial", "peak_bytes").GetInt64() < Get(a, "serial", "peak_bytes").GetInt64());
+        Assert.Equal(Get(a, "parallel", "saved_activation_bytes").GetInt64(), Get(b, "parallel", "saved_activation_bytes").GetInt64());
+        Assert.Contains("Serial recomputes its frozen spatial layers in backward", File.ReadAllText(recomputeFolder.File("report.md")));
     }
 
     [Fact]

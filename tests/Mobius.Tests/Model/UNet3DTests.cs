@@ -237,6 +237,73 @@ public abstract class UNet3DTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void Recomputing_the_spatial_layers_keeps_serial_gradients_and_only_their_inputs()
+    {
+        var r = new Rng(Seeds.One);
+        using var t2i = new UNet3D(B, Micro, Topology.Spatial, r.Seed);
+        using var serial = VideoModel(t2i, Topology.Serial, r.Seed + 1);
+        using var loop = VideoModel(t2i, Topology.Parallel, r.Seed + 2, "loop");
+        var temporal = RandomTemporal(serial, r);
+        serial.LoadStateDict(temporal, strict: false);
+        loop.LoadStateDict(temporal, strict: false);
+        using var inputs = MakeInputs(r);
+
+        (float[] Y, Dictionary<string, float[]> Grads, IReadOnlyDictionary<string, TapeKindStats> Saved) Run(UNet3D m, bool recompute)
+        {
+            m.RecomputeSpatial = recompute;
+            using var tape = Tape.Begin();
+            using var y = m.Forward(inputs.X, inputs.Timesteps, inputs.Context, Micro.Frames);
+            var saved = tape.StatsByKind;
+            using (var loss = Ops.MseLoss(y, inputs.Target))
+            {
+                loss.Backward();
+            }
+
+            var grads = m.TemporalParameters().ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+            foreach (var (name, p) in m.NamedParameters())
+            {
+                Assert.True(p.Grad is null || UNet3D.IsTemporal(name), $"{name} got a gradient");
+                p.ClearGrad();
+            }
+
+            return (y.ToArray(), grads, saved);
+        }
+
+        var plain = Run(serial, recompute: false);
+        long before = B.Memory.CurrentBytes; // after a first step, which may fill caches
+        var again = Run(serial, recompute: true);
+        Assert.Equal(before, B.Memory.CurrentBytes);
+
+        // The same values and the same (exact) gradients, bit for bit: the recomputed forward is the same arithmetic.
+        Assert.Equal(plain.Y, again.Y);
+        foreach (var (name, g) in plain.Grads)
+        {
+            Assert.Equal(g, again.Grads[name]);
+        }
+
+        Assert.Contains(plain.Grads.Values.SelectMany(g => g), v => v != 0);
+
+        // The spatial layers keep less (their inputs, the time embedding and the text context); the temporal layers the same.
+        long Kind(IReadOnlyDictionary<string, TapeKindStats> s, string kind) => s.GetValueOrDefault(kind)?.SavedBytes ?? 0;
+        long Spatial(IReadOnlyDictionary<string, TapeKindStats> s) => Kind(s, "ResBlock2D") + Kind(s, "SpatialTransformer");
+        foreach (var kind in new[] { "ResBlock2D", "SpatialTransformer" })
+        {
+            Assert.True(Kind(again.Saved, kind) < Kind(plain.Saved, kind), $"{kind}: {Kind(again.Saved, kind)} B recomputed, {Kind(plain.Saved, kind)} B kept");
+        }
+
+        Assert.True(Spatial(again.Saved) < Spatial(plain.Saved) / 3, $"spatial layers: {Spatial(again.Saved)} B recomputed, {Spatial(plain.Saved)} B kept");
+
+        Assert.Equal(Kind(plain.Saved, "TemporalConv"), Kind(again.Saved, "TemporalConv"));
+        Assert.Equal(Kind(plain.Saved, "TemporalTransformer"), Kind(again.Saved, "TemporalTransformer"));
+
+        // The loop keeps no spatial activation: the setting changes nothing there.
+        var loopPlain = Run(loop, recompute: false);
+        var loopAgain = Run(loop, recompute: true);
+        Assert.Equal(loopPlain.Saved.Values.Sum(s => s.SavedBytes), loopAgain.Saved.Values.Sum(s => s.SavedBytes));
+        Assert.Equal(loopPlain.Grads.Values.SelectMany(g => g), loopAgain.Grads.Values.SelectMany(g => g));
+    }
+
+    [Fact]
     public void Spatial_parameter_names_are_the_same_in_every_topology()
     {
         using var t2i = new UNet3D(B, Micro, Topology.Spatial, 1);
