@@ -92,9 +92,12 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
   run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
-# The second baseline: serial recomputing its frozen spatial layers in backward (exact gradients, less memory, more time).
+# Recomputation (benchmarks/results/2026-11-26-recompute.md): serial recomputing its frozen spatial layers in
+# backward, the second baseline (the same gradients, less memory, more time).
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
 run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-spatial --json --out "$results/compare-$c-recompute"
+# And both topologies recomputing their temporal layers (the parallel topology's own activations).
+run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-temporal --json --out "$results/compare-$c-recompute-temporal"
 
 step "kernel workloads (mobius profile)"
 for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do

@@ -41,6 +41,11 @@ public static class Commands
         Description = "serial keeps only the inputs of the frozen spatial layers and recomputes them in backward (same gradients, less memory, more time)",
     };
 
+    private static readonly Option<bool> RecomputeTemporalOption = new("--recompute-temporal")
+    {
+        Description = "both topologies keep only the inputs of the temporal layers and recompute them in backward (same gradients, less memory, more time)",
+    };
+
     private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
     {
         Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default {ModelConfig.DefaultFrameNoiseCorrelation})",
@@ -181,7 +186,7 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption };
+            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -198,7 +203,8 @@ public static class Commands
             int seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed;
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
             using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, ParseMotions(p.GetValue(MotionOption))), Stage.TextToVideo,
-                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr, RecomputeSpatial = p.GetValue(RecomputeOption) });
+                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr,
+                    RecomputeSpatial = p.GetValue(RecomputeOption), RecomputeTemporal = p.GetValue(RecomputeTemporalOption) });
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -266,10 +272,10 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption)));
         return cmd;
     }
 
@@ -279,7 +285,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 120 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption };
+            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -290,14 +296,14 @@ public static class Commands
 
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
                 samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
-                freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption));
+                freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption));
         });
         return cmd;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false)
     {
         if (steps < 1)
         {
@@ -325,7 +331,8 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
-            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge), RecomputeSpatial = recomputeSpatial },
+            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
+                RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),

@@ -81,38 +81,33 @@ public sealed class UNetBlock : Module
     public TemporalTransformer? TempAttn { get; }
 
     /// <summary>
-    /// Serial 3D-UNet: h' = TA(SA(TC(R(h, e)), c)). Gradients to the temporal layers cross every spatial
-    /// layer. With <paramref name="recomputeSpatial"/> each spatial layer keeps only its input and runs again
-    /// in backward (<see cref="Ops.Recompute"/>): the same gradients for one more spatial forward.
+    /// Whether the spatial layers (ResBlock, spatial transformer) keep only their inputs for backward and run
+    /// again there, where gradients cross them (<see cref="Ops.Recompute"/>; set through <see cref="UNet3D.RecomputeSpatial"/>).
     /// </summary>
-    public Tensor Serial(Tensor h, Tensor e, Tensor c, int frames, bool recomputeSpatial = false)
-    {
-        var x = (recomputeSpatial ? Recomputed(nameof(ResBlock2D), a => Res.Forward(a[0], a[1]), h, e) : Res.Forward(h, e))
-            .Then(t => TempConv!.Forward(t, frames));
-        return Attn is null ? x : x
-            .Then(t => recomputeSpatial ? Recomputed(nameof(SpatialTransformer), a => Attn.Forward(a[0], a[1]), t, c) : Attn.Forward(t, c))
-            .Then(t => TempAttn!.Forward(t, frames));
-    }
+    internal bool RecomputeSpatial { get; set; }
 
-    /// <summary>A spatial layer under <see cref="Ops.Recompute"/>, its kept inputs attributed to the layer's kind.</summary>
-    private static Tensor Recomputed(string kind, Func<Tensor[], Tensor> layer, Tensor x, Tensor other)
+    /// <summary>The same for the temporal layers (set through <see cref="UNet3D.RecomputeTemporal"/>).</summary>
+    internal bool RecomputeTemporal { get; set; }
+
+    /// <summary>Serial 3D-UNet: h' = TA(SA(TC(R(h, e)), c)). Gradients to the temporal layers cross every spatial layer.</summary>
+    public Tensor Serial(Tensor h, Tensor e, Tensor c, int frames)
     {
-        using var scope = Tape.Kind(kind);
-        return Ops.Recompute(layer, x, other);
+        var x = ResLayer(h, e).Then(t => TempConvLayer(t, frames));
+        return Attn is null ? x : x.Then(t => AttnLayer(t, c)).Then(t => TempAttnLayer(t, frames));
     }
 
     /// <summary>Spatial chain (and the text-to-image UNet): s' = SA(R(s, e), c).</summary>
     public Tensor Spatial(Tensor s, Tensor e, Tensor c)
     {
-        var x = Res.Forward(s, e);
-        return Attn is null ? x : x.Then(t => Attn.Forward(t, c));
+        var x = ResLayer(s, e);
+        return Attn is null ? x : x.Then(t => AttnLayer(t, c));
     }
 
     /// <summary>Temporal ring: t' = TA(TC(u)), u = the bridged ring input.</summary>
     public Tensor Temporal(Tensor u, int frames)
     {
-        var x = TempConv!.Forward(u, frames);
-        return TempAttn is null ? x : x.Then(t => TempAttn.Forward(t, frames));
+        var x = TempConvLayer(u, frames);
+        return TempAttn is null ? x : x.Then(t => TempAttnLayer(t, frames));
     }
 
     /// <summary>
@@ -123,11 +118,30 @@ public sealed class UNetBlock : Module
     /// </summary>
     public Tensor Loop(Tensor h, Tensor e, Tensor c, int frames, LoopBypass bypass = LoopBypass.All)
     {
-        var x = (bypass.HasFlag(LoopBypass.ResBlocks) ? Bypass(h, t => Res.Forward(t, e), Res.Shortcut) : Res.Forward(h, e))
-            .Then(t => TempConv!.Forward(t, frames));
+        var x = (bypass.HasFlag(LoopBypass.ResBlocks) ? Bypass(h, t => Res.Forward(t, e), Res.Shortcut) : ResLayer(h, e))
+            .Then(t => TempConvLayer(t, frames));
         return Attn is null ? x : x
-            .Then(t => bypass.HasFlag(LoopBypass.Transformers) ? Bypass(t, u => Attn.Forward(u, c), null) : Attn.Forward(t, c))
-            .Then(t => TempAttn!.Forward(t, frames));
+            .Then(t => bypass.HasFlag(LoopBypass.Transformers) ? Bypass(t, u => Attn.Forward(u, c), null) : AttnLayer(t, c))
+            .Then(t => TempAttnLayer(t, frames));
+    }
+
+    private Tensor ResLayer(Tensor h, Tensor e) =>
+        RecomputeSpatial ? Recomputed(nameof(ResBlock2D), a => Res.Forward(a[0], a[1]), h, e) : Res.Forward(h, e);
+
+    private Tensor AttnLayer(Tensor h, Tensor c) =>
+        RecomputeSpatial ? Recomputed(nameof(SpatialTransformer), a => Attn!.Forward(a[0], a[1]), h, c) : Attn!.Forward(h, c);
+
+    private Tensor TempConvLayer(Tensor h, int frames) =>
+        RecomputeTemporal ? Recomputed("TemporalConv", a => TempConv!.Forward(a[0], frames), h) : TempConv!.Forward(h, frames);
+
+    private Tensor TempAttnLayer(Tensor h, int frames) =>
+        RecomputeTemporal ? Recomputed(nameof(TemporalTransformer), a => TempAttn!.Forward(a[0], frames), h) : TempAttn!.Forward(h, frames);
+
+    /// <summary>A layer under <see cref="Ops.Recompute"/>, its kept inputs attributed to the layer's kind.</summary>
+    private static Tensor Recomputed(string kind, Func<Tensor[], Tensor> layer, Tensor x, params Tensor[] others)
+    {
+        using var scope = Tape.Kind(kind);
+        return Ops.Recompute(layer, x, others);
     }
 
     private static Tensor Bypass(Tensor h, Func<Tensor, Tensor> spatial, Conv2d? shortcut)
@@ -266,13 +280,39 @@ public sealed class UNet3D : Module
     public bool IsLoop => Topology == Topology.Parallel && Config.Bridge == "loop";
 
     /// <summary>
-    /// Serial only: every frozen spatial layer (ResBlock, spatial transformer) keeps just its input for
+    /// Every spatial layer (ResBlock, spatial transformer) that gradients cross keeps just its inputs for
     /// backward and runs again there (activation checkpointing, <see cref="Ops.Recompute"/>). The gradients
-    /// are serial's exact ones; the spatial activations serial keeps to pass gradients through these layers
-    /// live only while each layer's backward runs, for one more spatial forward per step. The parallel
-    /// topology keeps no spatial activation to begin with, so there it changes nothing.
+    /// are the same, bit for bit; the activations serial keeps to pass gradients through the frozen spatial
+    /// layers live only while each layer's backward runs, for one more spatial forward per step. The
+    /// parallel topology keeps no spatial activation to begin with, so there it changes nothing.
     /// </summary>
-    public bool RecomputeSpatial { get; set; }
+    public bool RecomputeSpatial
+    {
+        get => Blocks.Any(b => b.RecomputeSpatial);
+        set
+        {
+            foreach (var b in Blocks)
+            {
+                b.RecomputeSpatial = value;
+            }
+        }
+    }
+
+    /// <summary>
+    /// The same for the temporal layers (temporal convolutions and transformers), in every topology: each keeps
+    /// its input only and runs again in backward, for one more temporal forward per step. The same gradients.
+    /// </summary>
+    public bool RecomputeTemporal
+    {
+        get => Blocks.Any(b => b.RecomputeTemporal);
+        set
+        {
+            foreach (var b in Blocks)
+            {
+                b.RecomputeTemporal = value;
+            }
+        }
+    }
 
     /// <summary>Diagnostics only: which spatial layers the loop bypasses (default all; see <see cref="LoopBypass"/>).</summary>
     internal LoopBypass LoopBypass { get; set; } = LoopBypass.All;
@@ -411,7 +451,7 @@ public sealed class UNet3D : Module
                     StepKind.Block => h.Then(t => RunBlock(step, t, skips, u => Topology switch
                     {
                         Topology.Spatial => step.Block.Spatial(u, e, c),
-                        Topology.Serial => step.Block.Serial(u, e, c, frames, RecomputeSpatial),
+                        Topology.Serial => step.Block.Serial(u, e, c, frames),
                         _ => step.Block.Loop(u, e, c, frames, ((LoopExactLevels >> step.Level) & 1) != 0 ? LoopBypass.None : LoopBypass),
                     })),
                     StepKind.Down => h.Then(Downsamplers[step.Index].Forward),

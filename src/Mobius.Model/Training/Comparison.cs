@@ -183,6 +183,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("recompute_spatial")]
     public bool RecomputeSpatial { get; init; }
 
+    /// <summary>Whether the temporal layers were recomputed in backward, in both topologies (see <see cref="TrainOptions.RecomputeTemporal"/>).</summary>
+    [JsonPropertyName("recompute_temporal")]
+    public bool RecomputeTemporal { get; init; }
+
     /// <summary>Correlation of the diffusion noise across a clip's frames, in training and sampling.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
@@ -331,6 +335,7 @@ public static class Comparison
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 RecomputeSpatial = options.Train.RecomputeSpatial,
+                RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 Serial = results[0],
                 Parallel = results[1],

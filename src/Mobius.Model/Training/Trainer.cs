@@ -58,11 +58,17 @@ public sealed record TrainOptions
     public IReadOnlyList<string>? FrozenTemporal { get; init; }
 
     /// <summary>
-    /// Stage 2, serial topology: the frozen spatial layers keep only their inputs and run again in backward
-    /// (<see cref="UNet3D.RecomputeSpatial"/>): serial's exact gradients with fewer saved activations, for one
-    /// more spatial forward per step. The parallel topology keeps no spatial activation, so it changes nothing there.
+    /// The spatial layers keep only their inputs and run again in backward (<see cref="UNet3D.RecomputeSpatial"/>):
+    /// the same gradients with fewer saved activations, for one more spatial forward per step. In stage 2 it
+    /// matters to the serial topology only; the parallel one keeps no spatial activation.
     /// </summary>
     public bool RecomputeSpatial { get; init; }
+
+    /// <summary>
+    /// Stage 2: the temporal layers keep only their inputs and run again in backward (<see cref="UNet3D.RecomputeTemporal"/>),
+    /// in either topology: the same gradients, most of the temporal activations gone, one more temporal forward per step.
+    /// </summary>
+    public bool RecomputeTemporal { get; init; }
 
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
@@ -128,7 +134,6 @@ public sealed class Trainer : IDisposable
             }
 
             model.FreezeForVideo();
-            model.Unet.RecomputeSpatial = options.RecomputeSpatial;
             if (options.FrozenTemporal is { Count: > 0 } frozen)
             {
                 model.Unet.FreezeTemporal(frozen);
@@ -138,10 +143,13 @@ public sealed class Trainer : IDisposable
         {
             throw new ArgumentException("frozen temporal layers are a stage-2 setting; stage 1 trains no temporal layer.");
         }
-        else if (options.RecomputeSpatial)
+        else if (options.RecomputeTemporal)
         {
-            throw new ArgumentException("recomputing the frozen spatial layers is a stage-2 setting; in stage 1 they train.");
+            throw new ArgumentException("recomputing the temporal layers is a stage-2 setting; the stage-1 model has none.");
         }
+
+        model.Unet.RecomputeSpatial = options.RecomputeSpatial;
+        model.Unet.RecomputeTemporal = options.RecomputeTemporal;
 
         var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
             .Concat(model.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)));

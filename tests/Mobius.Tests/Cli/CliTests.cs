@@ -99,32 +99,50 @@ public sealed class CliTests
     }
 
     [Fact]
-    public void Compare_recompute_spatial_gives_serial_the_same_losses_with_fewer_saved_activations()
+    public void Compare_recompute_options_give_the_same_losses_with_fewer_saved_activations()
     {
         using var plainFolder = new TempFolder();
-        using var recomputeFolder = new TempFolder();
+        using var spatialFolder = new TempFolder();
+        using var temporalFolder = new TempFolder();
         string[] common = ["compare", "--config", "micro", "--steps", "2", "--samples", "0", "--json", "--seed", "4"];
-        var plain = Mobius([.. common, "--out", plainFolder.Path]);
-        var recompute = Mobius([.. common, "--out", recomputeFolder.Path, "--recompute-spatial"]);
-        Assert.True(plain.Code == 0, plain.Out + plain.Err);
-        Assert.True(recompute.Code == 0, recompute.Out + recompute.Err);
-        using var a = JsonDocument.Parse(plain.Out);
-        using var b = JsonDocument.Parse(recompute.Out);
-        Assert.True(b.RootElement.GetProperty("recompute_spatial").GetBoolean());
+        var runs = new[] { (plainFolder, ""), (spatialFolder, "--recompute-spatial"), (temporalFolder, "--recompute-temporal") }
+            .Select(run =>
+            {
+                var r = Mobius([.. common, "--out", run.Item1.Path, .. run.Item2.Length > 0 ? new[] { run.Item2 } : []]);
+                Assert.True(r.Code == 0, r.Out + r.Err);
+                return JsonDocument.Parse(r.Out);
+            }).ToArray();
+        var (a, spatial, temporal) = (runs[0], runs[1], runs[2]);
+        Assert.True(spatial.RootElement.GetProperty("recompute_spatial").GetBoolean());
+        Assert.False(spatial.RootElement.GetProperty("recompute_temporal").GetBoolean());
+        Assert.True(temporal.RootElement.GetProperty("recompute_temporal").GetBoolean());
         JsonElement Get(JsonDocument d, string topo, string key) => d.RootElement.GetProperty(topo).GetProperty(key);
+        long Saved(JsonDocument d, string topo) => Get(d, topo, "saved_activation_bytes").GetInt64();
 
         // The same gradients, so the same training: losses equal to the last bit.
-        foreach (var key in new[] { "final_loss", "validation_loss" })
+        foreach (var b in new[] { spatial, temporal })
         {
-            Assert.Equal(Get(a, "serial", key).GetDouble(), Get(b, "serial", key).GetDouble());
-            Assert.Equal(Get(a, "parallel", key).GetDouble(), Get(b, "parallel", key).GetDouble());
+            foreach (var key in new[] { "final_loss", "validation_loss" })
+            {
+                Assert.Equal(Get(a, "serial", key).GetDouble(), Get(b, "serial", key).GetDouble());
+                Assert.Equal(Get(a, "parallel", key).GetDouble(), Get(b, "parallel", key).GetDouble());
+            }
         }
 
-        // Serial keeps less; the parallel topology, which keeps no spatial activation, is untouched.
-        Assert.True(Get(b, "serial", "saved_activation_bytes").GetInt64() < Get(a, "serial", "saved_activation_bytes").GetInt64());
-        Assert.True(Get(b, "serial", "peak_bytes").GetInt64() < Get(a, "serial", "peak_bytes").GetInt64());
-        Assert.Equal(Get(a, "parallel", "saved_activation_bytes").GetInt64(), Get(b, "parallel", "saved_activation_bytes").GetInt64());
-        Assert.Contains("Serial recomputes its frozen spatial layers in backward", File.ReadAllText(recomputeFolder.File("report.md")));
+        // Spatial: serial keeps less; the parallel topology, which keeps no spatial activation, is untouched.
+        Assert.True(Saved(spatial, "serial") < Saved(a, "serial"));
+        Assert.True(Get(spatial, "serial", "peak_bytes").GetInt64() < Get(a, "serial", "peak_bytes").GetInt64());
+        Assert.Equal(Saved(a, "parallel"), Saved(spatial, "parallel"));
+        Assert.Contains("Serial recomputes its frozen spatial layers in backward", File.ReadAllText(spatialFolder.File("report.md")));
+
+        // Temporal: both keep less.
+        Assert.True(Saved(temporal, "serial") < Saved(a, "serial"));
+        Assert.True(Saved(temporal, "parallel") < Saved(a, "parallel") / 2);
+        Assert.Contains("Both recompute their temporal layers in backward", File.ReadAllText(temporalFolder.File("report.md")));
+        foreach (var d in runs)
+        {
+            d.Dispose();
+        }
     }
 
     [Fact]

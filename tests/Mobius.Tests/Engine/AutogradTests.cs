@@ -210,55 +210,36 @@ public abstract class AutogradTests(BackendFixture fixture)
 
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
-    public void Recomputed_inputs_give_the_same_gradients(int seed)
-    {
-        // LayerNorm -> Linear -> GEGLU -> Linear, every parameter trainable: the linear layers keep
-        // recipes, not tensors; gradients must match finite differences of the reference composition.
-        var r = new Rng(seed);
-        int rows = r.Int(1, 4), c = r.Int(2, 6), h = r.Int(1, 4);
-        OpCheck.Run(B, r, new OpCase
-        {
-            Name = "layer_norm > linear > geglu > linear",
-            Inputs = [new Shape(rows, c), new Shape(c), new Shape(c), new Shape(2 * h, c), new Shape(c, h)],
-            Op = t =>
-            {
-                using var n = Ops.LayerNorm(t[0], t[1], t[2]);
-                using var p = Ops.Linear(n, t[3]);
-                using var g = Ops.Geglu(p);
-                return Ops.Linear(g, t[4]);
-            },
-            Reference = d =>
-            {
-                var n = Reference.LayerNorm(d[0], d[1], d[2], rows, c, 1e-5);
-                var p = Reference.Linear(n, d[3], null, rows, c, 2 * h);
-                return Reference.Linear(Reference.Geglu(p, rows, h), d[4], null, rows, h, c);
-            },
-            GradRtol = 2e-3,
-        });
-    }
+    public void Recomputed_inputs_give_the_same_gradients(int seed) =>
+        NormLinearGegluLinear(new Rng(seed), checkpointed: false); // the linear layers keep recipes, not tensors
 
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
-    public void A_recomputed_region_matches_finite_differences_of_the_reference(int seed)
+    public void A_recomputed_region_matches_finite_differences_of_the_reference(int seed) =>
+        NormLinearGegluLinear(new Rng(seed), checkpointed: true); // Ops.Recompute: only the inputs are kept
+
+    /// <summary>
+    /// LayerNorm -> Linear -> GEGLU -> Linear, plain (every input needing a gradient) or as one
+    /// <see cref="Ops.Recompute"/> region (all but the norm's gain, whose gradient must then stay null);
+    /// gradients must match finite differences of the reference composition.
+    /// </summary>
+    private void NormLinearGegluLinear(Rng r, bool checkpointed)
     {
-        // The same composition as above, run through Ops.Recompute: only its inputs are kept, the region
-        // runs again in backward, and every input that needs a gradient (the LayerNorm gain does not) gets it.
-        var r = new Rng(seed);
         int rows = r.Int(1, 4), c = r.Int(2, 6), h = r.Int(1, 4);
+        static Tensor Region(Tensor[] t)
+        {
+            using var n = Ops.LayerNorm(t[0], t[1], t[2]);
+            using var p = Ops.Linear(n, t[3]);
+            using var g = Ops.Geglu(p);
+            return Ops.Linear(g, t[4]);
+        }
+
         OpCheck.Run(B, r, new OpCase
         {
-            Name = "recompute(layer_norm > linear > geglu > linear)",
+            Name = checkpointed ? "recompute(layer_norm > linear > geglu > linear)" : "layer_norm > linear > geglu > linear",
             Inputs = [new Shape(rows, c), new Shape(c), new Shape(c), new Shape(2 * h, c), new Shape(c, h)],
-            RequiresGrad = [true, false, true, true, true],
-            Op = t => Ops.Recompute(
-                a =>
-                {
-                    using var n = Ops.LayerNorm(a[0], a[1], a[2]);
-                    using var p = Ops.Linear(n, a[3]);
-                    using var g = Ops.Geglu(p);
-                    return Ops.Linear(g, a[4]);
-                },
-                t[0], t[1], t[2], t[3], t[4]),
+            RequiresGrad = checkpointed ? [true, false, true, true, true] : null,
+            Op = t => checkpointed ? Ops.Recompute(Region, t[0], t[1..]) : Region(t),
             Reference = d =>
             {
                 var n = Reference.LayerNorm(d[0], d[1], d[2], rows, c, 1e-5);
