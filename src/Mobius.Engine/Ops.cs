@@ -229,6 +229,11 @@ public static partial class Ops
             using var enable = Tape.EnableGrad();
             using var tape = Tape.Begin();
             var args = saved.Select((t, i) => node.NeedsGrad(i) ? t.View(0, t.Shape).SetRequiresGrad() : t.View(0, t.Shape)).ToArray();
+
+            // A kind profiler charges this whole node, the second forward included, to the node's kind as backward
+            // time; timing the private tape's nodes too would count them twice.
+            var profiler = Tape.Profiler;
+            Tape.Profiler = null;
             try
             {
                 using (var again = f(args))
@@ -251,6 +256,7 @@ public static partial class Ops
             }
             finally
             {
+                Tape.Profiler = profiler;
                 foreach (var a in args)
                 {
                     a.ClearGrad();

@@ -313,6 +313,52 @@ public abstract class AutogradTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void A_kind_profiler_charges_a_recomputed_region_once_to_the_kind_that_recorded_it()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 64, 64);
+        using var w = Leaf(r, 64, 64);
+        static Tensor Region(Tensor[] a)
+        {
+            using var inner = Tape.Kind("Inner");
+            using var h = Ops.Linear(a[0], a[1]);
+            using var g = Ops.Gelu(h);
+            return Ops.Linear(g, a[1]);
+        }
+
+        var profiler = new KindProfiler(B.Synchronize);
+        Tape.Profiler = profiler;
+        try
+        {
+            Tensor y;
+            using (Tape.Kind("Outer"))
+            {
+                y = Ops.Recompute(Region, x, w);
+            }
+
+            using (y)
+            using (var loss = Ops.Sum(y))
+            {
+                loss.Backward();
+            }
+
+            profiler.Flush();
+        }
+        finally
+        {
+            Tape.Profiler = null;
+        }
+
+        var ms = profiler.Milliseconds;
+        Assert.True(ms["Outer"].Backward > 0, "the recompute node's backward (second forward included) is Outer's, so the profiler is back by then");
+        Assert.Equal(0, ms.GetValueOrDefault("Inner").Backward); // not timed again inside
+        Assert.True(ms["Inner"].Forward > 0, "the first forward is Inner's, as any forward");
+        x.ClearGrad();
+        w.ClearGrad();
+    }
+
+    [Fact]
     public void Recompute_records_nothing_without_a_gradient_to_compute()
     {
         var r = new Rng(Seeds.One);
