@@ -223,6 +223,11 @@ public static partial class Ops
             y = f(inputs);
         }
 
+        if (inputs.Any(t => ReferenceEquals(t, y)))
+        {
+            y = y.View(0, y.Shape); // f handed back an input: the output needs its own handle
+        }
+
         var saved = inputs.Select(node.Save).ToArray();
         node.Finish(y, g =>
         {
@@ -238,6 +243,11 @@ public static partial class Ops
             {
                 using (var again = f(args))
                 {
+                    if (!again.RequiresGrad)
+                    {
+                        return new Tensor?[args.Length]; // the output does not depend on what needs a gradient
+                    }
+
                     tape.Backward(again, g);
                 }
 

@@ -359,6 +359,36 @@ public abstract class AutogradTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void Recompute_handles_a_region_that_returns_its_input_or_ignores_it()
+    {
+        var r = new Rng(Seeds.One);
+        using var tape = Tape.Begin();
+        using var x = Leaf(r, 3, 4);
+        using var d = Data(r, 3, 4);
+        var upstream = r.Uniform(12);
+        using var g = Tensor.FromArray(B, upstream, x.Shape);
+
+        // The identity: the gradient passes unchanged, and the input keeps its own place in the graph.
+        using (var y = Ops.Recompute(a => a[0], x))
+        {
+            Assert.NotSame(x, y);
+            y.Backward(g);
+        }
+
+        Assert.Equal(upstream, x.Grad!.ToArray());
+        x.ClearGrad();
+
+        // An output that does not depend on the input that needs a gradient: nothing reaches it.
+        using (var y = Ops.Recompute(a => Ops.Silu(a[1]), x, d))
+        {
+            y.Backward(g);
+        }
+
+        Assert.Null(x.Grad);
+        Assert.Equal(0, tape.SavedBytes);
+    }
+
+    [Fact]
     public void Recompute_records_nothing_without_a_gradient_to_compute()
     {
         var r = new Rng(Seeds.One);
