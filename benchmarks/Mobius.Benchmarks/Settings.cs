@@ -11,7 +11,7 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
-/// [--topology serial] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK]`: what one stage-2 training setting
+/// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
@@ -21,7 +21,8 @@ namespace Mobius.Benchmarks;
 /// scores do. --freeze keeps the temporal layers whose names start with one of the given prefixes at their
 /// initialisation (the identity): only the others train. --exact-levels (parallel, loop bridge) keeps the
 /// spatial layers of the resolution levels in the bit mask on the tape (a diagnostic, see
-/// <c>UNet3D.LoopExactLevels</c>).
+/// <c>UNet3D.LoopExactLevels</c>). --bridge picks the parallel topology's bridge; --norms 1 prints the RMS of
+/// every trained tensor after training (how far the zero-initialised outputs moved).
 /// </summary>
 public static class Settings
 {
@@ -47,7 +48,8 @@ public static class Settings
 
         using var backend = new CpuBackend();
         var checkpoint = Checkpoint.Load(path);
-        using var model = TextToVideo.Load(backend, checkpoint, topology, 1, frameNoiseCorrelation: rho);
+        string? bridge = Arg("--bridge", "") is { Length: > 0 } b ? b : null;
+        using var model = TextToVideo.Load(backend, checkpoint, topology, 1, bridge, frameNoiseCorrelation: rho);
         var config = model.Config;
         model.Unet.LoopExactLevels = int.Parse(Arg("--exact-levels", "0"), CultureInfo.InvariantCulture);
         if (model.Unet.LoopExactLevels != 0)
@@ -70,6 +72,16 @@ public static class Settings
                 if (i % 100 == 0 || i == steps)
                 {
                     Console.Error.WriteLine($"  step {i}/{steps}, loss {s.Loss:0.0000}, {clock.Elapsed.TotalSeconds:0} s");
+                }
+            }
+
+            if (Arg("--norms", "") == "1")
+            {
+                // RMS of each trainable tensor: how far training moved what started at zero.
+                foreach (var (name, p) in model.Unet.TemporalParameters().Where(np => !np.Parameter.Frozen))
+                {
+                    var v = p.ToArray();
+                    Console.WriteLine($"  {name,-48} rms {Math.Sqrt(v.Sum(x => (double)x * x) / v.Length):0.00000}");
                 }
             }
         }
