@@ -54,7 +54,7 @@ public static class Commands
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
 
     /// <summary>Every command.</summary>
-    public static IEnumerable<Command> All() => [Info(), Pretrain(), Train(), Sample(), Compare(), Demo(), Profile()];
+    public static IEnumerable<Command> All() => [Info(), Pretrain(), Train(), Sample(), Compare(), Demo(), Plan(), Profile()];
 
     // ---- profile ----------------------------------------------------------------------------------
 
@@ -297,6 +297,56 @@ public static class Commands
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
                 samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption));
+        });
+        return cmd;
+    }
+
+    // ---- plan -------------------------------------------------------------------------------------
+
+    private static Command Plan()
+    {
+        var batch = new Option<int?>("--batch") { Description = "clips per training step (default: the config's)" };
+        var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
+        var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
+            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, json };
+        cmd.SetAction(p =>
+        {
+            var config = Configs.Get(p.GetValue(ConfigOption)!);
+            if (p.GetValue(batch) is { } b)
+            {
+                config = b >= 1 ? config with { Batch = b } : throw new UsageException($"--batch must be at least 1, got {b}.");
+            }
+
+            string? bridge = ParseBridge(p.GetValue(BridgeOption));
+            config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge };
+            var options = new TrainOptions
+            {
+                FrozenTemporal = ParseFreeze(p.GetValue(FreezeOption), config, bridge),
+                RecomputeSpatial = p.GetValue(RecomputeOption),
+                RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
+            };
+            var plan = MemoryPlan.Plan(config, options);
+            if (p.GetValue(json))
+            {
+                Console.WriteLine(plan.ToJson());
+                return ExitCodes.Success;
+            }
+
+            var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
+            var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, batch {config.Batch}, {Markup.Escape(config.Bridge)} bridge" +
+                (recompute.Length > 0 ? $", recomputing {recompute} layers" : ""));
+            t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
+            t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
+            t.AddRow("saved for backward", Mb(plan.Serial.SavedActivationBytes), Mb(plan.Parallel.SavedActivationBytes), plan.SavedRatio.ToString("0.00", CultureInfo.InvariantCulture));
+            foreach (var category in plan.Serial.AtPeak.Keys.Union(plan.Parallel.AtPeak.Keys))
+            {
+                t.AddRow($"  at peak: {category}", Mb(plan.Serial.AtPeak.GetValueOrDefault(category)), Mb(plan.Parallel.AtPeak.GetValueOrDefault(category)), "");
+            }
+
+            t.AddRow("trainable parameters", plan.Serial.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), plan.Parallel.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), "");
+            AnsiConsole.Write(t);
+            AnsiConsole.MarkupLine("[grey]the engine's own tensors only: a GPU adds its libraries' workspace, the allocator's cache and the CUDA context[/]");
+            return ExitCodes.Success;
         });
         return cmd;
     }

@@ -440,6 +440,6 @@ public static class Comparison
         };
     }
 
-    private static string ToSnake(string name) =>
+    internal static string ToSnake(string name) =>
         string.Concat(name.Select((ch, i) => char.IsUpper(ch) ? (i > 0 ? "_" : "") + char.ToLowerInvariant(ch) : ch.ToString()));
 }

@@ -99,6 +99,32 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Plan_gives_both_topologies_memory_without_a_device()
+    {
+        var r = Mobius("plan", "--config", "micro", "--batch", "3", "--recompute-temporal", "--json");
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var root = doc.RootElement;
+        Assert.Equal("micro", root.GetProperty("config").GetString());
+        Assert.Equal(3, root.GetProperty("batch").GetInt32());
+        Assert.True(root.GetProperty("recompute_temporal").GetBoolean());
+        long serial = root.GetProperty("serial").GetProperty("peak_bytes").GetInt64();
+        long parallel = root.GetProperty("parallel").GetProperty("peak_bytes").GetInt64();
+        Assert.InRange(parallel, 1, serial - 1);
+        Assert.Equal((double)parallel / serial, root.GetProperty("peak_ratio").GetDouble(), 1e-12);
+        Assert.True(root.GetProperty("serial").GetProperty("memory").GetProperty("saved_activations").GetInt64() > 0);
+
+        // A larger batch needs more; the table names what it planned.
+        var table = Mobius("plan", "--config", "micro", "--batch", "4");
+        Assert.True(table.Code == 0, table.Out + table.Err);
+        Assert.Contains("planned memory of a training step", table.Out);
+        Assert.Contains("batch 4", table.Out);
+
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--batch", "0"), 2, "--batch must be at least 1");
+        AssertCleanFailure(Mobius("plan", "--config", "huge"), 2, "unknown config 'huge'");
+    }
+
+    [Fact]
     public void Compare_recompute_options_give_the_same_losses_with_fewer_saved_activations()
     {
         using var plainFolder = new TempFolder();

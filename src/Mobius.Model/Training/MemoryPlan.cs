@@ -1,0 +1,81 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using Mobius.Data;
+using Mobius.Engine;
+
+namespace Mobius.Model.Training;
+
+/// <summary>
+/// What a stage-2 training step of each topology needs, planned without a device: both models are built
+/// on a dry-run <see cref="MetaBackend"/> and take real training steps there (data, forward, backward,
+/// AdamW), so every tensor is allocated and released exactly as on the CPU or a GPU while nothing is
+/// computed. The engine's memory tracker then gives the peak by category and the tape the bytes kept for
+/// backward, for any config and batch, in seconds. What a device adds on top (a library's workspace, the
+/// allocator's cache, the CUDA context) is not in it.
+/// </summary>
+public static class MemoryPlan
+{
+    /// <summary>
+    /// Plans <paramref name="steps"/> training steps of each topology of <paramref name="config"/> under
+    /// <paramref name="options"/> (recomputation, frozen temporal layers) and keeps each one's largest step.
+    /// </summary>
+    public static MemoryPlanResult Plan(ModelConfig config, TrainOptions options, int steps = 2)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
+        var plans = new List<TopologyPlan>();
+        foreach (var topology in new[] { Topology.Serial, Topology.Parallel })
+        {
+            using var meta = new MetaBackend(dryRun: true);
+            using var model = TextToVideo.Create(meta, config, topology, options.Seed);
+            using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options with { CheckFinite = false });
+            StepStats? largest = null;
+            for (int i = 0; i < steps; i++)
+            {
+                var step = trainer.TrainStep();
+                if (largest is null || step.Memory.PeakBytes > largest.Memory.PeakBytes)
+                {
+                    largest = step;
+                }
+            }
+
+            plans.Add(new TopologyPlan(
+                largest!.Memory.PeakBytes,
+                largest.SavedActivationBytes,
+                trainer.TrainableParameters,
+                largest.Memory.AtPeak.ToDictionary(kv => Comparison.ToSnake(kv.Key.ToString()), kv => kv.Value),
+                largest.SavedByKind));
+        }
+
+        return new MemoryPlanResult(config.Name, config.Batch, config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
+            (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes);
+    }
+}
+
+/// <summary>The plan of one topology.</summary>
+/// <param name="PeakBytes">Peak bytes of the largest step.</param>
+/// <param name="SavedActivationBytes">Most bytes the tape held for backward.</param>
+/// <param name="TrainableParams">Trainable parameters.</param>
+/// <param name="AtPeak">Bytes by memory category at the moment of the peak.</param>
+/// <param name="SavedByKind">Saved bytes by layer kind.</param>
+public sealed record TopologyPlan(
+    [property: JsonPropertyName("peak_bytes")] long PeakBytes,
+    [property: JsonPropertyName("saved_activation_bytes")] long SavedActivationBytes,
+    [property: JsonPropertyName("trainable_params")] long TrainableParams,
+    [property: JsonPropertyName("memory")] IReadOnlyDictionary<string, long> AtPeak,
+    [property: JsonPropertyName("saved_by_kind")] IReadOnlyDictionary<string, long> SavedByKind);
+
+/// <summary>The plan of both topologies and their ratios (parallel / serial).</summary>
+public sealed record MemoryPlanResult(
+    [property: JsonPropertyName("config")] string Config,
+    [property: JsonPropertyName("batch")] int Batch,
+    [property: JsonPropertyName("bridge")] string Bridge,
+    [property: JsonPropertyName("recompute_spatial")] bool RecomputeSpatial,
+    [property: JsonPropertyName("recompute_temporal")] bool RecomputeTemporal,
+    [property: JsonPropertyName("serial")] TopologyPlan Serial,
+    [property: JsonPropertyName("parallel")] TopologyPlan Parallel,
+    [property: JsonPropertyName("peak_ratio")] double PeakRatio,
+    [property: JsonPropertyName("saved_ratio")] double SavedRatio)
+{
+    /// <summary>Indented JSON.</summary>
+    public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
+}

@@ -1,0 +1,56 @@
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Cpu;
+using Mobius.Model;
+using Mobius.Model.Training;
+using Xunit;
+
+namespace Mobius.Tests.Model;
+
+/// <summary>The memory plan (training steps on a dry-run meta backend) against the same steps on the CPU.</summary>
+public sealed class MemoryPlanTests
+{
+    public static TheoryData<bool, bool> Recompute => new() { { false, false }, { true, false }, { false, true }, { true, true } };
+
+    [Theory]
+    [MemberData(nameof(Recompute))]
+    public void The_plan_is_what_the_cpu_measures(bool spatial, bool temporal)
+    {
+        var config = ModelConfig.Get("micro");
+        var options = new TrainOptions { Seed = 3, LearningRate = 1e-3f, RecomputeSpatial = spatial, RecomputeTemporal = temporal };
+        var plan = MemoryPlan.Plan(config, options);
+
+        foreach (var (topology, planned) in new[] { (Topology.Serial, plan.Serial), (Topology.Parallel, plan.Parallel) })
+        {
+            using var cpu = new CpuBackend(1);
+            using var model = TextToVideo.Create(cpu, config, topology, options.Seed);
+            using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options);
+            var steps = new[] { trainer.TrainStep(), trainer.TrainStep() };
+            Assert.Equal(steps.Max(s => s.Memory.PeakBytes), planned.PeakBytes);
+            Assert.Equal(steps.Max(s => s.SavedActivationBytes), planned.SavedActivationBytes);
+            Assert.Equal(trainer.TrainableParameters, planned.TrainableParams);
+            var atPeak = steps.MaxBy(s => s.Memory.PeakBytes)!.Memory.AtPeak;
+            Assert.Equal(atPeak.Values.Sum(), planned.AtPeak.Values.Sum());
+            Assert.Equal(atPeak[MemoryCategory.SavedActivations], planned.AtPeak["saved_activations"]);
+            Assert.Equal(atPeak[MemoryCategory.OptimizerState], planned.AtPeak["optimizer_state"]);
+            Assert.True(Math.Abs(steps[^1].Loss) > 0, "the cpu run computed something");
+        }
+
+        Assert.True(plan.Parallel.PeakBytes < plan.Serial.PeakBytes);
+        Assert.InRange(plan.PeakRatio, 0.01, 0.999);
+    }
+
+    [Fact]
+    public void A_meta_backend_computes_nothing_unless_asked_to_dry_run()
+    {
+        using var meta = new MetaBackend();
+        using var a = Tensor.Empty(meta, new Shape(4));
+        Assert.Throws<NotSupportedException>(() => Ops.Add(a, a));
+
+        using var dry = new MetaBackend(dryRun: true);
+        using var b = Tensor.FromArray(dry, [1f, 2f, 3f, 4f], new Shape(4));
+        using var c = Ops.Add(b, b);
+        Assert.Equal(new float[4], c.ToArray()); // nothing was computed: reads give zeros
+        Assert.Equal(2 * 16, dry.Memory.CurrentBytes); // b and c, allocated as on a real backend
+    }
+}
