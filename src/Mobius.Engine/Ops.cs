@@ -203,9 +203,7 @@ public static partial class Ops
     {
         const string op = "recompute";
         ArgumentNullException.ThrowIfNull(f);
-        var inputs = new Tensor[others.Length + 1];
-        inputs[0] = x;
-        others.CopyTo(inputs, 1);
+        Tensor[] inputs = [x, .. others];
         foreach (var t in inputs)
         {
             Check.Live(op, t);

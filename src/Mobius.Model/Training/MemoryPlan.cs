@@ -16,31 +16,23 @@ namespace Mobius.Model.Training;
 public static class MemoryPlan
 {
     /// <summary>
-    /// Plans <paramref name="steps"/> training steps of each topology of <paramref name="config"/> under
+    /// Plans <paramref name="stepCount"/> training steps of each topology of <paramref name="config"/> under
     /// <paramref name="options"/> (recomputation, frozen temporal layers) and keeps each one's largest step.
     /// </summary>
-    public static MemoryPlanResult Plan(ModelConfig config, TrainOptions options, int steps = 2)
+    public static MemoryPlanResult Plan(ModelConfig config, TrainOptions options, int stepCount = 2)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
+        ArgumentOutOfRangeException.ThrowIfLessThan(stepCount, 1);
         var plans = new List<TopologyPlan>();
         foreach (var topology in new[] { Topology.Serial, Topology.Parallel })
         {
             using var meta = new MetaBackend(dryRun: true);
             using var model = TextToVideo.Create(meta, config, topology, options.Seed);
             using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options with { CheckFinite = false });
-            StepStats? largest = null;
-            for (int i = 0; i < steps; i++)
-            {
-                var step = trainer.TrainStep();
-                if (largest is null || step.Memory.PeakBytes > largest.Memory.PeakBytes)
-                {
-                    largest = step;
-                }
-            }
-
+            var steps = Enumerable.Range(0, stepCount).Select(_ => trainer.TrainStep()).ToList();
+            var largest = steps.MaxBy(s => s.Memory.PeakBytes)!; // as a comparison reports it
             plans.Add(new TopologyPlan(
-                largest!.Memory.PeakBytes,
-                largest.SavedActivationBytes,
+                largest.Memory.PeakBytes,
+                steps.Max(s => s.SavedActivationBytes),
                 trainer.TrainableParameters,
                 largest.Memory.AtPeak.ToDictionary(kv => Comparison.ToSnake(kv.Key.ToString()), kv => kv.Value),
                 largest.SavedByKind));
