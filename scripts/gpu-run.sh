@@ -14,6 +14,9 @@
 # and racecheck), the serial vs parallel comparison, the kernel workloads and the PyTorch peer, and
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
+# MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
+# recompute motion profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
 results=${2:-results}
@@ -37,6 +40,9 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute motion profile workbench peer nvcc sanitizer} "
+configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
+want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
 run() {
   local cap=$1; shift
@@ -77,28 +83,47 @@ fi
   echo "- CUDA libraries from: ${MOBIUS_CUDA_PATH:-system search path}"
 } > "$md"
 
+echo "- parts: $parts (configs:$configs)" >> "$md"
+
+if want info; then
 step "mobius info"
 run 60 "$bin/mobius" info
 [ $sim = 0 ] && nvidia-smi >> "$md" 2>&1
+fi
 
+if want tests; then
 step "test suite on the GPU (cuda backend classes)"
 run 150 "$bin/Mobius.Tests" -class "*.Cuda*"
+fi
 
+if want compare; then
 step "serial vs parallel (mobius compare)"
 # --profile 3: three more steps per topology, timed by layer kind (kept out of the step times).
 for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   set -- $spec
   [ $sim = 1 ] && [ "$1" != tiny ] && continue
+  [[ "$configs" == *" $1 "* ]] || continue
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
   run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
+fi
+if want recompute; then
+step "serial vs parallel with recomputation (mobius compare --recompute-*)"
 # Recomputation (benchmarks/results/2026-11-26-recompute.md): serial recomputing its frozen spatial layers in
 # backward, the second baseline (the same gradients, less memory, more time).
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
 run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-spatial --json --out "$results/compare-$c-recompute"
 # And both topologies recomputing their temporal layers (the parallel topology's own activations).
 run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-temporal --json --out "$results/compare-$c-recompute-temporal"
+fi
 
+if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
+  step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
+  run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
+    --samples 16 --seed 1 --json --out "$results/motion-tiny"
+fi
+
+if want profile; then
 step "kernel workloads (mobius profile)"
 for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do
   for d in fwd bwd; do
@@ -119,6 +144,9 @@ if [ $sim = 0 ]; then
   done
 fi
 
+fi
+
+if want workbench; then
 step "kernel workbench (nvcc, every version validated and timed)"
 if command -v nvcc >/dev/null && [ $sim = 0 ] && [ -d "$repo/benchmarks/workbench" ]; then
   wbdir=$(mktemp -d)
@@ -130,12 +158,16 @@ else
   echo "nvcc not found, rehearsal, or no workbench next to this script: skipped" >> "$md"
 fi
 
+fi
+
+if want peer; then
 step "PyTorch peer (same model, both topologies)"
 if $py -c "import torch" 2>/dev/null; then
   device=cuda; [ $sim = 1 ] && device=cpu
   for spec in "tiny 10 60" "small 10 90" "ms256 6 180"; do
     set -- $spec; c=$1
     [ $sim = 1 ] && [ "$c" != tiny ] && continue
+    [[ "$configs" == *" $c "* ]] || continue
     run "$3" sh -c "$py '$root/peers/mobius_torch.py' bench --device $device --config $c --steps $2 > '$results/peer-$c.json'"
     cat "$results/peer-$c.json" >> "$md"
   done
@@ -146,6 +178,9 @@ else
   echo "python with torch not found: skipped" >> "$md"
 fi
 
+fi
+
+if want nvcc; then
 step "kernels: nvcc builds every source for sm_90 (resource usage)"
 if command -v nvcc >/dev/null && [ $sim = 0 ]; then
   for cu in "$root"/kernels/*.cu; do
@@ -155,15 +190,9 @@ else
   echo "nvcc not found or rehearsal: skipped" >> "$md"
 fi
 
-# Opt-in, long: MOBIUS_GPU_MOTION_STEPS=N trains both topologies N steps on move-right clips (tiny, lr 1e-3)
-# and scores 16 samples: does motion become visible with training the CPU cannot afford, and does the
-# parallel topology keep up? About 25 ms per step per topology on an H200.
-if [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
-  step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
-  run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
-    --samples 16 --seed 1 --json --out "$results/motion-tiny"
 fi
 
+if want sanitizer; then
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
@@ -171,6 +200,7 @@ if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   done
 else
   echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
+fi
 fi
 
 { echo; echo "## summary"; echo; echo '```'; printf '%s\n' "${summary[@]}"; echo '```'; } >> "$md"
