@@ -119,8 +119,9 @@ fi
 
 if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
+  # MOBIUS_GPU_MOTION_ARGS adds options the line does not give already (--freeze PREFIXES, --min-snr G).
   run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
-    --samples 16 --seed 1 --json --out "$results/motion-tiny"
+    --samples 16 --seed 1 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
 fi
 
 if want profile; then
