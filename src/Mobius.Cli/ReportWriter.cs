@@ -82,6 +82,16 @@ public sealed class ReportWriter(string folder)
         s.LegendText = "serial";
         var p = loss.Add.Signal(r.Parallel.Losses.ToArray());
         p.LegendText = "parallel";
+        if (r.ValidateEvery > 0)
+        {
+            foreach (var (curve, name) in new[] { (r.Serial.ValidationCurve, "serial validation"), (r.Parallel.ValidationCurve, "parallel validation") })
+            {
+                var v = loss.Add.Scatter(curve.Select(c => (double)c.Step).ToArray(), curve.Select(c => c.Loss).ToArray());
+                v.LegendText = name;
+                v.LineWidth = 2;
+            }
+        }
+
         loss.XLabel("step");
         loss.YLabel("training loss");
         loss.Title("Training loss (same batches)");
@@ -111,10 +121,34 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| trainable parameters | {r.Serial.TrainableParams:N0} | {r.Parallel.TrainableParams:N0} | | |");
         sb.AppendLine(ci, $"| final training loss (last tenth) | {r.Serial.FinalLoss:0.0000} | {r.Parallel.FinalLoss:0.0000} | | |");
         sb.AppendLine(ci, $"| validation loss before training | {r.Serial.InitialValidationLoss:0.0000} | {r.Parallel.InitialValidationLoss:0.0000} | | |");
-        sb.AppendLine(ci, $"| validation loss | {r.Serial.ValidationLoss:0.0000} | {r.Parallel.ValidationLoss:0.0000} | | |");
+        if (r.ValidateEvery > 0)
+        {
+            sb.AppendLine(ci, $"| best validation loss (at step) | {r.Serial.BestValidationLoss:0.0000} ({r.Serial.BestValidationStep}) | {r.Parallel.BestValidationLoss:0.0000} ({r.Parallel.BestValidationStep}) | | |");
+        }
+
+        if (r.KeepBest)
+        {
+            sb.AppendLine(ci, $"| validation loss of the kept weights (step) | {r.Serial.ValidationLoss:0.0000} ({r.Serial.WeightsStep}) | {r.Parallel.ValidationLoss:0.0000} ({r.Parallel.WeightsStep}) | | |");
+        }
+        else
+        {
+            sb.AppendLine(ci, $"| validation loss | {r.Serial.ValidationLoss:0.0000} | {r.Parallel.ValidationLoss:0.0000} | | |");
+        }
         sb.AppendLine(ci, $"| motion score of samples (0..1) | {Ui.Score(r.Serial.MotionScore)} | {Ui.Score(r.Parallel.MotionScore)} | | |");
         sb.AppendLine(ci, $"| movement matches caption | {Ui.Score(r.Serial.MotionMatch)} | {Ui.Score(r.Parallel.MotionMatch)} | | |");
         sb.AppendLine(ci, $"| frame-to-frame consistency | {Ui.Score(r.Serial.Consistency)} | {Ui.Score(r.Parallel.Consistency)} | | |").AppendLine();
+        if (r.ValidateEvery > 0)
+        {
+            sb.AppendLine($"Validation loss every {r.ValidateEvery} steps (the same held-out batches for both){(r.KeepBest ? "; each topology was then put back to the weights of its lowest, and sampled with them" : "")}:").AppendLine();
+            sb.AppendLine("| step | serial | parallel |").AppendLine("|---:|---:|---:|");
+            foreach (var (sv, pv) in r.Serial.ValidationCurve.Zip(r.Parallel.ValidationCurve))
+            {
+                sb.AppendLine(ci, $"| {sv.Step} | {sv.Loss:0.0000} | {pv.Loss:0.0000} |");
+            }
+
+            sb.AppendLine();
+        }
+
         sb.AppendLine("Saved activations by layer kind at the start of backward (MiB):").AppendLine();
         sb.AppendLine("| kind | serial | parallel |").AppendLine("|---|---:|---:|");
         foreach (var kind in r.Serial.SavedByKind.Keys.Union(r.Parallel.SavedByKind.Keys).OrderBy(k => k, StringComparer.Ordinal))

@@ -77,6 +77,10 @@ public static class Ui
                 {
                     Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} train step {p.Done}/{p.Total}, loss {p.Loss:0.0000}");
                 }
+                else if (p.Phase == "validated")
+                {
+                    Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} validation loss {p.Loss:0.0000} after step {p.Done}");
+                }
                 else if (p.Phase != "train" && p.Done == 0)
                 {
                     Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} {p.Phase}");
@@ -90,9 +94,16 @@ public static class Ui
             .Start(ctx =>
             {
                 var tasks = new Dictionary<(string, Topology), ProgressTask>();
+                var validated = new Dictionary<Topology, string>();
                 var bars = new InlineProgress<CompareProgress>(p =>
                 {
                     cancel.ThrowIfCancellationRequested();
+                    if (p.Phase == "validated")
+                    {
+                        validated[p.Topology] = $", validation {p.Loss:0.0000} at step {p.Done}";
+                        return;
+                    }
+
                     if (!tasks.TryGetValue((p.Phase, p.Topology), out var t))
                     {
                         t = ctx.AddTask($"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}", maxValue: Math.Max(1, p.Total));
@@ -102,7 +113,7 @@ public static class Ui
                     t.Value = p.Done;
                     if (p.Phase == "train")
                     {
-                        t.Description = $"{p.Topology.ToString().ToLowerInvariant()} train, loss {p.Loss:0.0000}";
+                        t.Description = $"{p.Topology.ToString().ToLowerInvariant()} train, loss {p.Loss:0.0000}{validated.GetValueOrDefault(p.Topology)}";
                     }
                     else if (p.Phase == "validate")
                     {
@@ -130,7 +141,14 @@ public static class Ui
         t.AddRow("trainable parameters", $"{r.Serial.TrainableParams:N0}", $"{r.Parallel.TrainableParams:N0}", "", "");
         t.AddRow("final train loss", $"{r.Serial.FinalLoss:0.0000}", $"{r.Parallel.FinalLoss:0.0000}", "", "");
         t.AddRow("validation loss before training", $"{r.Serial.InitialValidationLoss:0.0000}", $"{r.Parallel.InitialValidationLoss:0.0000}", "", "");
-        t.AddRow("validation loss", $"{r.Serial.ValidationLoss:0.0000}", $"{r.Parallel.ValidationLoss:0.0000}", "", "");
+        if (r.ValidateEvery > 0)
+        {
+            t.AddRow("best validation loss (step)", $"{r.Serial.BestValidationLoss:0.0000} ({r.Serial.BestValidationStep})", $"{r.Parallel.BestValidationLoss:0.0000} ({r.Parallel.BestValidationStep})", "", "");
+        }
+
+        t.AddRow(r.KeepBest ? "validation loss, kept weights (step)" : "validation loss",
+            r.KeepBest ? $"{r.Serial.ValidationLoss:0.0000} ({r.Serial.WeightsStep})" : $"{r.Serial.ValidationLoss:0.0000}",
+            r.KeepBest ? $"{r.Parallel.ValidationLoss:0.0000} ({r.Parallel.WeightsStep})" : $"{r.Parallel.ValidationLoss:0.0000}", "", "");
         t.AddRow("motion score (samples)", Score(r.Serial.MotionScore), Score(r.Parallel.MotionScore), "", "");
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");

@@ -30,6 +30,20 @@ public sealed record ComparisonOptions
     /// <summary>Batches in the validation loss.</summary>
     public int ValidationBatches { get; init; } = 4;
 
+    /// <summary>
+    /// Also measure the validation loss of both topologies every this many steps (0: before the first step and
+    /// after the last only), for <see cref="TopologyResult.ValidationCurve"/>. Validation runs without a tape
+    /// between steps: it is in no step's time or peak, and the training batches stay the same.
+    /// </summary>
+    public int ValidateEvery { get; init; }
+
+    /// <summary>
+    /// Early stopping: after training, each topology goes back to its weights at the validation with the lowest
+    /// loss (the untrained model included) before the final validation and the samples. Needs
+    /// <see cref="ValidateEvery"/>; the weights are kept on the host, not the device.
+    /// </summary>
+    public bool KeepBest { get; init; }
+
     /// <summary>Prompts sampled per topology for the motion score (0: no sampling).</summary>
     public int SamplePrompts { get; init; } = 4;
 
@@ -90,6 +104,25 @@ public sealed record TopologyResult
     [JsonPropertyName("initial_validation_loss")]
     public double InitialValidationLoss { get; init; }
 
+    /// <summary>Every validation of the run, step 0 (before training) first and the last step last.</summary>
+    [JsonPropertyName("validation_curve")]
+    public IReadOnlyList<ValidationPoint> ValidationCurve { get; init; } = [];
+
+    /// <summary>The step of the lowest loss on <see cref="ValidationCurve"/> (0: training never beat the untrained model).</summary>
+    [JsonPropertyName("best_validation_step")]
+    public int BestValidationStep { get; init; }
+
+    /// <summary>The lowest loss on <see cref="ValidationCurve"/>.</summary>
+    [JsonPropertyName("best_validation_loss")]
+    public double BestValidationLoss { get; init; }
+
+    /// <summary>
+    /// The step whose weights <see cref="ValidationLoss"/> and the samples come from: the last step, or with
+    /// <see cref="ComparisonOptions.KeepBest"/> the best validation's.
+    /// </summary>
+    [JsonPropertyName("weights_step")]
+    public int WeightsStep { get; init; }
+
     /// <summary>Mean motion score of DDIM samples: the geometric mean of the two parts below (null when not sampled).</summary>
     [JsonPropertyName("motion_score")]
     public double? MotionScore { get; init; }
@@ -127,6 +160,13 @@ public sealed record TopologyResult
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyDictionary<string, KindTime>? TimeByKind { get; init; }
 }
+
+/// <summary>One validation during a comparison.</summary>
+/// <param name="Step">Steps trained before it (0: the untrained model).</param>
+/// <param name="Loss">The validation loss.</param>
+public sealed record ValidationPoint(
+    [property: JsonPropertyName("step")] int Step,
+    [property: JsonPropertyName("loss")] double Loss);
 
 /// <summary>Time of one layer kind in one step, milliseconds.</summary>
 /// <param name="ForwardMs">Forward (for "Other": also the loss, the optimizer step and the gaps between backward nodes).</param>
@@ -191,6 +231,14 @@ public sealed record ComparisonResult
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
 
+    /// <summary>Steps between validations (0: before and after training only; see <see cref="ComparisonOptions.ValidateEvery"/>).</summary>
+    [JsonPropertyName("validate_every")]
+    public int ValidateEvery { get; init; }
+
+    /// <summary>Whether each topology was sampled and finally validated with its best validation's weights (<see cref="ComparisonOptions.KeepBest"/>).</summary>
+    [JsonPropertyName("keep_best")]
+    public bool KeepBest { get; init; }
+
     /// <summary>Temporal layers both topologies kept frozen (name prefixes; null: all trained). See <see cref="TrainOptions.FrozenTemporal"/>.</summary>
     [JsonPropertyName("frozen_temporal")]
     public IReadOnlyList<string>? FrozenTemporal { get; init; }
@@ -216,11 +264,11 @@ public sealed record ComparisonResult
 }
 
 /// <summary>Progress of a comparison, for progress bars.</summary>
-/// <param name="Phase">"train", "validate" or "sample".</param>
+/// <param name="Phase">"train", "validate", "validated" (a validation during training: <paramref name="Loss"/> is its loss, <paramref name="Done"/> its step) or "sample".</param>
 /// <param name="Topology">The topology being worked on.</param>
 /// <param name="Done">Units done in this phase.</param>
 /// <param name="Total">Units in this phase.</param>
-/// <param name="Loss">The latest training loss, when training.</param>
+/// <param name="Loss">The latest training loss, when training; the validation loss, when validated.</param>
 public sealed record CompareProgress(string Phase, Topology Topology, int Done, int Total, float Loss = float.NaN);
 
 /// <summary>
@@ -243,6 +291,16 @@ public static class Comparison
             FrameNoiseCorrelation = options.FrameNoiseCorrelation ?? ModelConfig.DefaultFrameNoiseCorrelation,
         };
         config.Validate();
+        if (options.ValidateEvery < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"ValidateEvery must be 0 or more steps, got {options.ValidateEvery}.");
+        }
+
+        if (options.KeepBest && options.ValidateEvery == 0)
+        {
+            throw new ArgumentException("KeepBest needs ValidateEvery: without validations during training there is no best step to go back to.", nameof(options));
+        }
+
         var topologies = new[] { Topology.Serial, Topology.Parallel };
         var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
         var models = new TextToVideo?[2];
@@ -283,6 +341,26 @@ public static class Comparison
                 initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
             }
 
+            var curves = new List<ValidationPoint>[] { [new(0, initialValidation[0])], [new(0, initialValidation[1])] };
+            var bestWeights = new Dictionary<string, float[]>?[2];
+            for (int i = 0; i < 2; i++)
+            {
+                bestWeights[i] = options.KeepBest ? trainers[i]!.TrainableSnapshot() : null;
+            }
+
+            // Validates topology i after `step` steps; keeps its weights when they are the best so far.
+            void Validate(int i, int step)
+            {
+                double loss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                if (options.KeepBest && loss < curves[i].Min(v => v.Loss))
+                {
+                    bestWeights[i] = trainers[i]!.TrainableSnapshot();
+                }
+
+                curves[i].Add(new ValidationPoint(step, loss));
+                progress?.Report(new CompareProgress("validated", topologies[i], step, options.Steps, (float)loss));
+            }
+
             var stats = new List<StepStats>[] { new(), new() };
             for (int step = 1; step <= options.Steps; step++)
             {
@@ -292,6 +370,14 @@ public static class Comparison
                     stats[i].Add(s);
                     progress?.Report(new CompareProgress("train", topologies[i], step, options.Steps, s.Loss));
                 }
+
+                if (options.ValidateEvery > 0 && step % options.ValidateEvery == 0 && step < options.Steps)
+                {
+                    for (int i = 0; i < 2; i++)
+                    {
+                        Validate(i, step);
+                    }
+                }
             }
 
             var prompts = SamplePrompts(validation, options.SamplePrompts);
@@ -299,7 +385,17 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
-                double validationLoss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                Validate(i, options.Steps);
+                var best = curves[i].MinBy(v => v.Loss)!;
+                var final = curves[i][^1];
+                if (options.KeepBest && best.Step != options.Steps)
+                {
+                    trainers[i]!.RestoreTrainable(bestWeights[i]!);
+                    final = best;
+                }
+
+                bestWeights[i] = null;
+                double validationLoss = final.Loss;
                 var scores = new List<MotionScore>();
                 if (prompts.Count > 0)
                 {
@@ -316,7 +412,13 @@ public static class Comparison
                     onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
                 }
 
-                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, initialValidation[i], validationLoss, scores);
+                results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, initialValidation[i], validationLoss, scores) with
+                {
+                    ValidationCurve = curves[i],
+                    BestValidationStep = best.Step,
+                    BestValidationLoss = best.Loss,
+                    WeightsStep = final.Step,
+                };
                 if (options.ProfileSteps > 0)
                 {
                     results[i] = results[i] with { TimeByKind = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress) };
@@ -334,6 +436,8 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
+                ValidateEvery = options.ValidateEvery,
+                KeepBest = options.KeepBest,
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),

@@ -171,6 +171,34 @@ public sealed class Trainer : IDisposable
     /// <summary>The optimiser (its state goes into checkpoints).</summary>
     public AdamW Optimizer => _optimizer;
 
+    /// <summary>
+    /// A host copy of the values of the parameters this trainer updates, by name: what
+    /// <see cref="RestoreTrainable"/> puts back (early stopping keeps the best weights of a run this way,
+    /// without holding device memory).
+    /// </summary>
+    public Dictionary<string, float[]> TrainableSnapshot() => _optimizer.Parameters.ToDictionary(p => p.Name, p => p.Parameter.ToArray());
+
+    /// <summary>
+    /// Puts back the values of a <see cref="TrainableSnapshot"/> of this trainer. The optimiser's moments and
+    /// step count stay as they are: this restores weights to evaluate or sample, not a point to resume from.
+    /// </summary>
+    public void RestoreTrainable(IReadOnlyDictionary<string, float[]> snapshot)
+    {
+        ArgumentNullException.ThrowIfNull(snapshot);
+        foreach (var (name, p) in _optimizer.Parameters)
+        {
+            if (!snapshot.TryGetValue(name, out var values) || values.Length != p.Numel)
+            {
+                throw new ArgumentException($"the snapshot does not match this trainer's parameters (at '{name}').", nameof(snapshot));
+            }
+        }
+
+        foreach (var (name, p) in _optimizer.Parameters)
+        {
+            p.CopyFrom(snapshot[name]);
+        }
+    }
+
     /// <summary>Restores the optimiser state and step count from a checkpoint taken by <see cref="Save"/>.</summary>
     public void Resume(Checkpoint checkpoint)
     {

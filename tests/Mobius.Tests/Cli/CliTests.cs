@@ -209,6 +209,62 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Compare_validates_during_training_without_changing_it_and_keep_best_goes_back_to_the_best_weights()
+    {
+        using var plainFolder = new TempFolder();
+        using var curveFolder = new TempFolder();
+        using var bestFolder = new TempFolder();
+        // A learning rate far too high makes later weights worse than earlier ones, so the best is not the last.
+        string[] common = ["compare", "--config", "micro", "--steps", "4", "--samples", "0", "--json", "--seed", "5", "--lr", "0.5"];
+        JsonDocument Run(TempFolder folder, params string[] extra)
+        {
+            var r = Mobius([.. common, "--out", folder.Path, .. extra]);
+            Assert.True(r.Code == 0, r.Out + r.Err);
+            return JsonDocument.Parse(r.Out);
+        }
+
+        using var plain = Run(plainFolder);
+        using var curve = Run(curveFolder, "--validate-every", "2");
+        using var best = Run(bestFolder, "--validate-every", "2", "--keep-best");
+        JsonElement T(JsonDocument d, string topo) => d.RootElement.GetProperty(topo);
+        double[] Losses(JsonDocument d, string topo) => T(d, topo).GetProperty("losses").EnumerateArray().Select(e => e.GetDouble()).ToArray();
+        (int Step, double Loss)[] Curve(JsonDocument d, string topo) => T(d, topo).GetProperty("validation_curve").EnumerateArray()
+            .Select(e => (e.GetProperty("step").GetInt32(), e.GetProperty("loss").GetDouble())).ToArray();
+
+        Assert.Equal(0, plain.RootElement.GetProperty("validate_every").GetInt32());
+        Assert.Equal(2, curve.RootElement.GetProperty("validate_every").GetInt32());
+        Assert.True(best.RootElement.GetProperty("keep_best").GetBoolean());
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            // Validating between steps changes no training step.
+            Assert.Equal(Losses(plain, topo), Losses(curve, topo));
+            Assert.Equal(Losses(plain, topo), Losses(best, topo));
+
+            var points = Curve(curve, topo);
+            Assert.Equal([0, 2, 4], points.Select(p => p.Step));
+            Assert.Equal(T(plain, topo).GetProperty("initial_validation_loss").GetDouble(), points[0].Loss);
+            Assert.Equal(T(plain, topo).GetProperty("validation_loss").GetDouble(), points[^1].Loss);
+            Assert.Equal(Curve(plain, topo).Select(p => p.Step), new[] { 0, 4 });
+            var lowest = points.MinBy(p => p.Loss);
+            Assert.Equal(lowest.Step, T(curve, topo).GetProperty("best_validation_step").GetInt32());
+            Assert.Equal(lowest.Loss, T(curve, topo).GetProperty("best_validation_loss").GetDouble());
+            Assert.Equal(4, T(curve, topo).GetProperty("weights_step").GetInt32());
+
+            // Keep-best reports (and samples) the weights of the lowest validation: its loss is that one's.
+            Assert.Equal(points, Curve(best, topo));
+            Assert.True(lowest.Step < 4, $"{topo}: the last step was the best ({string.Join(", ", points)}); the test needs an earlier one");
+            Assert.Equal(lowest.Step, T(best, topo).GetProperty("weights_step").GetInt32());
+            Assert.Equal(lowest.Loss, T(best, topo).GetProperty("validation_loss").GetDouble());
+        }
+
+        string report = File.ReadAllText(bestFolder.File("report.md"));
+        Assert.Contains("Validation loss every 2 steps", report);
+        Assert.Contains("validation loss of the kept weights (step)", report);
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--keep-best"), 2, "--keep-best needs --validate-every");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--validate-every", "-1"), 2, "--validate-every must be 0 or more");
+    }
+
+    [Fact]
     public void Compare_json_has_both_topologies_and_the_ratios_and_writes_the_report()
     {
         using var folder = new TempFolder();

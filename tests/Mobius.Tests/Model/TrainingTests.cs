@@ -125,6 +125,41 @@ public abstract class TrainingTests(BackendFixture fixture)
         Assert.Equal(Saved(0f), Saved(5f));
     }
 
+    [Theory]
+    [InlineData(Topology.Serial)]
+    [InlineData(Topology.Parallel)]
+    public void A_snapshot_of_the_trainable_weights_restores_them_and_their_validation_loss(Topology topology)
+    {
+        int seed = Seeds.One;
+        using var model = TextToVideo.Create(B, Micro, topology, seed);
+        using var trainer = new Trainer(model, Clips(seed), Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f });
+        var validation = Clips(seed, Split.Validation);
+        var spatialBefore = model.Unet.SpatialParameters().Select(p => p.Parameter.ToArray()).ToList();
+
+        var snapshot = trainer.TrainableSnapshot();
+        Assert.Equal(trainer.TrainableParameters, snapshot.Values.Sum(v => (long)v.Length));
+        float before = trainer.Evaluate(validation, 1, seed);
+        trainer.TrainStep();
+        float trained = trainer.Evaluate(validation, 1, seed);
+        Assert.NotEqual(before, trained);
+
+        trainer.RestoreTrainable(snapshot);
+        Assert.Equal(before, trainer.Evaluate(validation, 1, seed));
+        foreach (var (name, p) in trainer.Optimizer.Parameters)
+        {
+            Assert.True(p.ToArray().AsSpan().SequenceEqual(snapshot[name]), $"{name} not restored (seed {seed})");
+        }
+
+        // The frozen layers were never touched, by the step or the restore.
+        Assert.All(model.Unet.SpatialParameters().Zip(spatialBefore), pair => Assert.True(pair.First.Parameter.ToArray().AsSpan().SequenceEqual(pair.Second)));
+
+        // A snapshot of other parameters is refused before anything is written.
+        var partial = snapshot.Skip(1).ToDictionary();
+        string missing = snapshot.Keys.First();
+        var ex = Assert.Throws<ArgumentException>(() => trainer.RestoreTrainable(partial));
+        Assert.Contains(missing, ex.Message);
+    }
+
     [Fact]
     public void Resuming_from_a_checkpoint_continues_exactly()
     {
