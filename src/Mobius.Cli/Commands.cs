@@ -287,8 +287,9 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "folder for the report, plots and GIFs", DefaultValueFactory = _ => "mobius-demo" };
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 360 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
+        var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, KeepBestOption };
+            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, KeepBestOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -300,7 +301,7 @@ public static class Commands
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
                 samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
-                validateEvery: p.GetValue(ValidateEveryOption), keepBest: p.GetValue(KeepBestOption));
+                validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption));
         });
         return cmd;
     }
