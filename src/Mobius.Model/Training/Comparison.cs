@@ -231,6 +231,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
 
+    /// <summary>Steps between the loop bridge's exact, correcting steps (0: off; see <see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
+    [JsonPropertyName("loop_correction_every")]
+    public int LoopCorrectionEvery { get; init; }
+
     /// <summary>Steps between validations (0: before and after training only; see <see cref="ComparisonOptions.ValidateEvery"/>).</summary>
     [JsonPropertyName("validate_every")]
     public int ValidateEvery { get; init; }
@@ -436,6 +440,7 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
+                LoopCorrectionEvery = options.Train.LoopCorrectionEvery,
                 ValidateEvery = options.ValidateEvery,
                 KeepBest = options.KeepBest,
                 RecomputeSpatial = options.Train.RecomputeSpatial,

@@ -70,6 +70,20 @@ public sealed record TrainOptions
     /// </summary>
     public bool RecomputeTemporal { get; init; }
 
+    /// <summary>
+    /// Experimental, stage 2, parallel topology with the loop bridge only: every this many steps (0: never)
+    /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
+    /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
+    /// the exact step, and folds the difference between the loop's and the exact gradient into a running
+    /// mean (<see cref="LoopCorrectionMomentum"/>). The steps in between subtract that mean from the loop's
+    /// gradient: a control variate for the straight-through estimate's bias, kept as one more gradient-sized
+    /// buffer (optimizer state). Other topologies ignore it.
+    /// </summary>
+    public int LoopCorrectionEvery { get; init; }
+
+    /// <summary>Weight of the old mean when <see cref="LoopCorrectionEvery"/> folds in a new difference.</summary>
+    public float LoopCorrectionMomentum { get; init; } = 0.9f;
+
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
 
@@ -113,6 +127,7 @@ public sealed class Trainer : IDisposable
     private readonly TextToVideo _model;
     private readonly IClipSource _data;
     private readonly AdamW _optimizer;
+    private readonly Dictionary<Parameter, Tensor> _loopBias = new();
 
     /// <summary>Creates a trainer; stage 2 freezes the spatial UNet and text encoder first.</summary>
     public Trainer(TextToVideo model, IClipSource data, Stage stage, TrainOptions options)
@@ -214,6 +229,13 @@ public sealed class Trainer : IDisposable
     public void Save(string path, IReadOnlyDictionary<string, string>? extra = null, bool weightsOnly = false) =>
         _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra);
 
+    /// <summary>The running loop-minus-exact gradient difference by parameter (<see cref="TrainOptions.LoopCorrectionEvery"/>), for tests.</summary>
+    internal IReadOnlyDictionary<Parameter, Tensor> LoopBias => _loopBias;
+
+    /// <summary>Whether this run corrects the loop bridge's gradient (<see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
+    private bool LoopCorrected => Options.LoopCorrectionEvery > 0 && Stage == Stage.TextToVideo && _model.Topology == Topology.Parallel
+        && _model.Unet.Config.Bridge == "loop";
+
     /// <summary>Runs one training step on the next batch.</summary>
     public StepStats TrainStep()
     {
@@ -222,8 +244,37 @@ public sealed class Trainer : IDisposable
         var backend = _model.Backend;
         backend.Synchronize();
         backend.Memory.ResetPeak();
-        using var tape = Tape.Begin();
         var clock = Stopwatch.StartNew();
+        bool exactStep = LoopCorrected && (step - 1) % Options.LoopCorrectionEvery == 0;
+        var (loss, saved, byKind) = Backprop(batch);
+        if (exactStep)
+        {
+            ExactStepAndFoldBias(batch);
+        }
+        else if (_loopBias.Count > 0)
+        {
+            foreach (var (_, p) in _optimizer.Parameters)
+            {
+                if (p.Grad is { } g && _loopBias.TryGetValue(p, out var bias))
+                {
+                    backend.Add(g, bias, g, 1f, -1f);
+                }
+            }
+        }
+
+        _optimizer.Lr = Options.LearningRateAt(step);
+        float norm = _optimizer.Step(Options.MaxGradNorm);
+        backend.Synchronize();
+        double ms = clock.Elapsed.TotalMilliseconds;
+        StepsDone = step;
+        return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
+    }
+
+    /// <summary>Forward and backward of one batch; the gradients land in the parameters.</summary>
+    internal (float Loss, long Saved, Dictionary<string, long> ByKind) Backprop(Batch batch)
+    {
+        var backend = _model.Backend;
+        using var tape = Tape.Begin();
         float loss;
         long saved;
         Dictionary<string, long> byKind;
@@ -240,12 +291,73 @@ public sealed class Trainer : IDisposable
             loss = plain.Item();
         }
 
-        _optimizer.Lr = Options.LearningRateAt(step);
-        float norm = _optimizer.Step(Options.MaxGradNorm);
-        backend.Synchronize();
-        double ms = clock.Elapsed.TotalMilliseconds;
-        StepsDone = step;
-        return new StepStats(step, loss, ms, backend.Memory.Snapshot(), Math.Max(saved, tape.PeakSavedBytes), byKind, norm);
+        return (loss, Math.Max(saved, tape.PeakSavedBytes), byKind);
+    }
+
+    /// <summary>
+    /// With the loop's gradient in the parameters: computes serial's exact one on the same batch (every level
+    /// exact, spatial layers recomputed), folds loop minus exact into the running bias, and leaves the exact
+    /// gradient in the parameters for the optimizer.
+    /// </summary>
+    private void ExactStepAndFoldBias(Batch batch)
+    {
+        var backend = _model.Backend;
+        var unet = _model.Unet;
+        var loopGrads = new Dictionary<Parameter, Tensor>();
+        try
+        {
+            foreach (var (_, p) in _optimizer.Parameters)
+            {
+                if (p.Grad is { } g)
+                {
+                    var copy = Tensor.Empty(backend, g.Shape);
+                    backend.Add(g, g, copy, 1f, 0f);
+                    loopGrads[p] = copy;
+                }
+
+                p.ClearGrad();
+            }
+
+            (int levels, bool recompute) = (unet.LoopExactLevels, unet.RecomputeSpatial);
+            unet.LoopExactLevels = -1;
+            unet.RecomputeSpatial = true;
+            try
+            {
+                Backprop(batch);
+            }
+            finally
+            {
+                (unet.LoopExactLevels, unet.RecomputeSpatial) = (levels, recompute);
+            }
+
+            float m = Options.LoopCorrectionMomentum;
+            foreach (var (p, loopGrad) in loopGrads)
+            {
+                if (p.Grad is not { } exact)
+                {
+                    continue;
+                }
+
+                if (_loopBias.TryGetValue(p, out var bias))
+                {
+                    backend.Add(loopGrad, exact, loopGrad, 1f, -1f);
+                    backend.Add(bias, loopGrad, bias, m, 1f - m);
+                }
+                else
+                {
+                    bias = Tensor.Empty(backend, exact.Shape, MemoryCategory.OptimizerState);
+                    backend.Add(loopGrad, exact, bias, 1f, -1f);
+                    _loopBias[p] = bias;
+                }
+            }
+        }
+        finally
+        {
+            foreach (var t in loopGrads.Values)
+            {
+                t.Dispose();
+            }
+        }
     }
 
     /// <summary>
@@ -323,7 +435,16 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>Releases the optimiser state.</summary>
-    public void Dispose() => _optimizer.Dispose();
+    public void Dispose()
+    {
+        foreach (var bias in _loopBias.Values)
+        {
+            bias.Dispose();
+        }
+
+        _loopBias.Clear();
+        _optimizer.Dispose();
+    }
 
     private Tensor EncodeContext(IReadOnlyList<string> captions, int frames)
     {

@@ -161,6 +161,74 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void Loop_correction_takes_serials_exact_steps_and_keeps_its_bias_as_optimizer_state()
+    {
+        // Ten training steps and their exact passes take minutes on the simulator; the CUDA path adds nothing
+        // here that the op tests do not cover (one elementwise op), and scripts/gpu-run.sh runs it on a GPU.
+        Assert.SkipWhen(fixture.Simulated, "minutes of training steps on the CUDA simulator; run on a real GPU by scripts/gpu-run.sh");
+        int seed = Seeds.One;
+        var data = Clips(seed);
+        (float[] Losses, Dictionary<string, float[]> Weights, long OptimizerBytes, long Left) Run(Topology topology, int correctEvery, int steps)
+        {
+            using var model = TextToVideo.Create(B, Micro, topology, seed);
+            long before = B.Memory.Snapshot().CurrentBytes;
+            var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f, LoopCorrectionEvery = correctEvery });
+            var losses = Enumerable.Range(0, steps).Select(_ => trainer.TrainStep().Loss).ToArray();
+            long optimizerBytes = B.Memory.Snapshot().Current[MemoryCategory.OptimizerState];
+            trainer.Dispose();
+            return (losses, model.Unet.StateDict(), optimizerBytes, B.Memory.Snapshot().CurrentBytes - before);
+        }
+
+        // Correcting every step is taking serial's exact step every step: the loop then trains as serial does.
+        var serial = Run(Topology.Serial, 0, 2);
+        var exact = Run(Topology.Parallel, 1, 2);
+        Assert.Equal(serial.Losses, exact.Losses);
+        bool Same(Dictionary<string, float[]> a, Dictionary<string, float[]> b) => a.All(kv => kv.Value.AsSpan().SequenceEqual(b[kv.Key]));
+        Assert.True(Same(serial.Weights, exact.Weights), $"the exact loop steps are not serial's (seed {seed})");
+
+        // The running bias is one more gradient-sized buffer, accounted as optimizer state (Adam keeps two).
+        var plainLoop = Run(Topology.Parallel, 0, 2);
+        long trainableBytes = 4 * plainLoop.Weights.Where(kv => kv.Key.Contains("temp_", StringComparison.Ordinal)).Sum(kv => (long)kv.Value.Length);
+        Assert.Equal(2 * trainableBytes, plainLoop.OptimizerBytes);
+        Assert.Equal(3 * trainableBytes, exact.OptimizerBytes);
+        Assert.Equal(plainLoop.Left, exact.Left);  // the bias buffers go back with the trainer (the model's own caches stay)
+
+        // Every other step corrected: step 1 is serial's exact step, step 2 the loop's corrected one.
+        var corrected = Run(Topology.Parallel, 2, 2);
+        Assert.Equal(serial.Losses, corrected.Losses);
+        Assert.False(Same(serial.Weights, corrected.Weights), "the corrected loop step equals serial's");
+        Assert.All(corrected.Weights.Values, v => Assert.All(v, x => Assert.True(float.IsFinite(x))));
+
+        // The bias after the first exact step is the loop's gradient minus serial's on that batch, each
+        // computed here on its own: the loop's by a plain backward, serial's by a serial model.
+        using var loopModel = TextToVideo.Create(B, Micro, Topology.Parallel, seed);
+        using var serialModel = TextToVideo.Create(B, Micro, Topology.Serial, seed);
+        using var correcting = new Trainer(loopModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LoopCorrectionEvery = 2 });
+        using var serialTrainer = new Trainer(serialModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed });
+        var batch = correcting.MakeBatch(data, 1, seed, correcting.Options.CaptionDropout);
+        correcting.Backprop(batch);
+        serialTrainer.Backprop(batch);
+        var expected = correcting.Optimizer.Parameters.ToDictionary(
+            np => np.Name, np => np.Parameter.Grad!.ToArray().Zip(serialTrainer.Optimizer.Parameters.Single(s => s.Name == np.Name).Parameter.Grad!.ToArray(), (l, e) => l - e).ToArray());
+        correcting.Optimizer.ZeroGrad();
+        serialTrainer.Optimizer.ZeroGrad();
+        correcting.TrainStep();
+        Assert.Equal(expected.Count, correcting.LoopBias.Count);
+        foreach (var (name, p) in correcting.Optimizer.Parameters)
+        {
+            var got = correcting.LoopBias[p].ToArray();
+            float scale = expected[name].Max(MathF.Abs) + 1e-12f;
+            for (int i = 0; i < got.Length; i++)
+            {
+                Assert.True(MathF.Abs(got[i] - expected[name][i]) <= 1e-5f * scale, $"{name}[{i}]: bias {got[i]}, loop - serial {expected[name][i]} (seed {seed})");
+            }
+        }
+
+        // Serial has nothing to correct: the option leaves it alone.
+        Assert.True(Same(serial.Weights, Run(Topology.Serial, 2, 2).Weights), "the option changed serial's training");
+    }
+
+    [Fact]
     public void Resuming_from_a_checkpoint_continues_exactly()
     {
         int seed = Seeds.One;
