@@ -314,7 +314,7 @@ public static class Commands
         var batch = new Option<int?>("--batch") { Description = "clips per training step (default: the config's)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, json };
+            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -330,6 +330,7 @@ public static class Commands
                 FrozenTemporal = ParseFreeze(p.GetValue(FreezeOption), config, bridge),
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
+                LoopCorrectionEvery = p.GetValue(LoopCorrectionOption) is >= 0 and var k ? k : throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {p.GetValue(LoopCorrectionOption)}."),
             };
             var plan = MemoryPlan.Plan(config, options);
             if (p.GetValue(json))
