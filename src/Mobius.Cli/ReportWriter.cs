@@ -139,7 +139,7 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| frame-to-frame consistency | {Ui.Score(r.Serial.Consistency)} | {Ui.Score(r.Parallel.Consistency)} | | |").AppendLine();
         if (r.ValidateEvery > 0)
         {
-            sb.AppendLine($"Validation loss every {r.ValidateEvery} steps (the same held-out batches for both){(r.KeepBest ? "; each topology was then put back to the weights of its lowest, and sampled with them" : "")}:").AppendLine();
+            sb.AppendLine($"Validation loss every {r.ValidateEvery} steps (the same {r.ValidationBatches} held-out batches for both){(r.KeepBest ? "; each topology was then put back to the weights of its lowest, and sampled with them" : "")}:").AppendLine();
             sb.AppendLine("| step | serial | parallel |").AppendLine("|---:|---:|---:|");
             foreach (var (sv, pv) in r.Serial.ValidationCurve.Zip(r.Parallel.ValidationCurve))
             {

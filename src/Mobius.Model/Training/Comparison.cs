@@ -235,6 +235,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("loop_correction_every")]
     public int LoopCorrectionEvery { get; init; }
 
+    /// <summary>Held-out batches in each validation loss.</summary>
+    [JsonPropertyName("validation_batches")]
+    public int ValidationBatches { get; init; }
+
     /// <summary>Steps between validations (0: before and after training only; see <see cref="ComparisonOptions.ValidateEvery"/>).</summary>
     [JsonPropertyName("validate_every")]
     public int ValidateEvery { get; init; }
@@ -298,6 +302,11 @@ public static class Comparison
         if (options.ValidateEvery < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), $"ValidateEvery must be 0 or more steps, got {options.ValidateEvery}.");
+        }
+
+        if (options.ValidationBatches < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"ValidationBatches must be at least 1, got {options.ValidationBatches}.");
         }
 
         if (options.KeepBest && options.ValidateEvery == 0)
@@ -442,6 +451,7 @@ public static class Comparison
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,
                 ValidateEvery = options.ValidateEvery,
+                ValidationBatches = options.ValidationBatches,
                 KeepBest = options.KeepBest,
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,

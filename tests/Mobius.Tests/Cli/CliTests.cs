@@ -258,10 +258,12 @@ public sealed class CliTests
         }
 
         string report = File.ReadAllText(bestFolder.File("report.md"));
-        Assert.Contains("Validation loss every 2 steps", report);
+        Assert.Contains("Validation loss every 2 steps (the same 4 held-out batches", report);
         Assert.Contains("validation loss of the kept weights (step)", report);
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--keep-best"), 2, "--keep-best needs --validate-every");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--validate-every", "-1"), 2, "--validate-every must be 0 or more");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--validation-batches", "0"), 2, "--validation-batches must be at least 1");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--loop-correction", "-2"), 2, "--loop-correction must be 0 (off)");
     }
 
     [Fact]
