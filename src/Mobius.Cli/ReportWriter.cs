@@ -77,24 +77,53 @@ public sealed class ReportWriter(string folder)
         time.Title($"Step time ({r.Backend})");
         time.SavePng(Path.Combine(folder, "time.png"), 640, 420);
 
+        // Every step's loss, faint (its spikes are the timesteps near zero), and its running median over a
+        // fortieth of the run, which is what the eye should follow; the y axis stops above the 99th percentile.
         var loss = new ScottPlot.Plot();
-        var s = loss.Add.Signal(r.Serial.Losses.ToArray());
-        s.LegendText = "serial";
-        var p = loss.Add.Signal(r.Parallel.Losses.ToArray());
-        p.LegendText = "parallel";
+        int window = Math.Max(1, r.Steps / 40);
+        for (int t = 0; t < 2; t++)
+        {
+            var losses = (t == 0 ? r.Serial : r.Parallel).Losses.ToArray();
+            var color = palette.GetColor(t);
+            var raw = loss.Add.Signal(losses);
+            raw.Color = color.WithAlpha(0.25);
+            if (window > 1)
+            {
+                var median = loss.Add.Signal(RunningMedian(losses, window));
+                median.Color = color;
+                median.LineWidth = 2;
+                median.LegendText = $"{(t == 0 ? "serial" : "parallel")}, running median of {window}";
+            }
+            else
+            {
+                raw.LegendText = t == 0 ? "serial" : "parallel";
+            }
+        }
+
         if (r.ValidateEvery > 0)
         {
-            foreach (var (curve, name) in new[] { (r.Serial.ValidationCurve, "serial validation"), (r.Parallel.ValidationCurve, "parallel validation") })
+            for (int t = 0; t < 2; t++)
             {
+                var curve = (t == 0 ? r.Serial : r.Parallel).ValidationCurve;
                 var v = loss.Add.Scatter(curve.Select(c => (double)c.Step).ToArray(), curve.Select(c => c.Loss).ToArray());
-                v.LegendText = name;
+                v.Color = palette.GetColor(t + 2);
+                v.LegendText = $"{(t == 0 ? "serial" : "parallel")} validation";
                 v.LineWidth = 2;
             }
         }
 
+        var all = r.Serial.Losses.Concat(r.Parallel.Losses).Where(double.IsFinite).Order().ToList();
+        if (all.Count > 0)
+        {
+            double top = all[(int)Math.Min(all.Count - 1, Math.Ceiling(0.99 * (all.Count - 1)))];
+            var validation = r.Serial.ValidationCurve.Concat(r.Parallel.ValidationCurve).Select(c => c.Loss).Where(double.IsFinite);
+            top = Math.Max(top, validation.DefaultIfEmpty(0).Max());
+            loss.Axes.SetLimitsY(0, top * 1.1);
+        }
+
         loss.XLabel("step");
-        loss.YLabel("training loss");
-        loss.Title("Training loss (same batches)");
+        loss.YLabel("loss");
+        loss.Title("Training loss (same batches) and validation loss");
         loss.ShowLegend();
         loss.SavePng(Path.Combine(folder, "loss.png"), 640, 420);
     }
@@ -179,6 +208,20 @@ public sealed class ReportWriter(string folder)
 
         sb.AppendLine().AppendLine("All figures measured in this run; result.json holds every step's loss and time.");
         return sb.ToString();
+    }
+
+    /// <summary>The median of each window of <paramref name="window"/> values ending at each index (shorter at the start).</summary>
+    internal static double[] RunningMedian(IReadOnlyList<double> values, int window)
+    {
+        var result = new double[values.Count];
+        for (int i = 0; i < values.Count; i++)
+        {
+            int start = Math.Max(0, i - window + 1);
+            var slice = values.Skip(start).Take(i - start + 1).Order().ToList();
+            result[i] = slice.Count % 2 == 1 ? slice[slice.Count / 2] : (slice[slice.Count / 2 - 1] + slice[slice.Count / 2]) / 2;
+        }
+
+        return result;
     }
 
     private static string Slug(string s) => new(s.Select(c => char.IsAsciiLetterOrDigit(c) ? char.ToLowerInvariant(c) : '-').ToArray());
