@@ -235,6 +235,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("loop_correction_every")]
     public int LoopCorrectionEvery { get; init; }
 
+    /// <summary>The running difference's momentum when <see cref="LoopCorrectionEvery"/> is on.</summary>
+    [JsonPropertyName("loop_correction_momentum")]
+    public double LoopCorrectionMomentum { get; init; }
+
     /// <summary>Held-out batches in each validation loss.</summary>
     [JsonPropertyName("validation_batches")]
     public int ValidationBatches { get; init; }
@@ -450,6 +454,7 @@ public static class Comparison
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,
+                LoopCorrectionMomentum = options.Train.LoopCorrectionMomentum,
                 ValidateEvery = options.ValidateEvery,
                 ValidationBatches = options.ValidationBatches,
                 KeepBest = options.KeepBest,

@@ -75,7 +75,8 @@ public sealed record TrainOptions
     /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
     /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
     /// the exact step, and folds the difference between the loop's and the exact gradient into a running
-    /// mean (<see cref="LoopCorrectionMomentum"/>). The steps in between subtract that mean from the loop's
+    /// mean (exponential with <see cref="LoopCorrectionMomentum"/>, debiased as Adam's moments are; not kept
+    /// in checkpoints). The steps in between subtract that mean from the loop's
     /// gradient: a control variate for the straight-through estimate's bias, kept as one more gradient-sized
     /// buffer (optimizer state). Other topologies ignore it.
     /// </summary>
@@ -128,6 +129,7 @@ public sealed class Trainer : IDisposable
     private readonly IClipSource _data;
     private readonly AdamW _optimizer;
     private readonly Dictionary<Parameter, Tensor> _loopBias = new();
+    private int _loopBiasFolds;
 
     /// <summary>Creates a trainer; stage 2 freezes the spatial UNet and text encoder first.</summary>
     public Trainer(TextToVideo model, IClipSource data, Stage stage, TrainOptions options)
@@ -229,8 +231,14 @@ public sealed class Trainer : IDisposable
     public void Save(string path, IReadOnlyDictionary<string, string>? extra = null, bool weightsOnly = false) =>
         _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra);
 
-    /// <summary>The running loop-minus-exact gradient difference by parameter (<see cref="TrainOptions.LoopCorrectionEvery"/>), for tests.</summary>
+    /// <summary>
+    /// The running loop-minus-exact gradient difference by parameter (<see cref="TrainOptions.LoopCorrectionEvery"/>),
+    /// an exponential mean from zero: times <see cref="LoopBiasScale"/> it is the debiased mean the steps subtract. For tests.
+    /// </summary>
     internal IReadOnlyDictionary<Parameter, Tensor> LoopBias => _loopBias;
+
+    /// <summary>1 / (1 - momentum^folds): what turns <see cref="LoopBias"/> into an unbiased mean (as Adam debiases its moments).</summary>
+    internal float LoopBiasScale => _loopBiasFolds == 0 ? 0f : 1f / (1f - MathF.Pow(Options.LoopCorrectionMomentum, _loopBiasFolds));
 
     /// <summary>Whether this run corrects the loop bridge's gradient (<see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
     private bool LoopCorrected => Options.LoopCorrectionEvery > 0 && Stage == Stage.TextToVideo && _model.Topology == Topology.Parallel
@@ -253,11 +261,12 @@ public sealed class Trainer : IDisposable
         }
         else if (_loopBias.Count > 0)
         {
+            float scale = LoopBiasScale;
             foreach (var (_, p) in _optimizer.Parameters)
             {
                 if (p.Grad is { } g && _loopBias.TryGetValue(p, out var bias))
                 {
-                    backend.Add(g, bias, g, 1f, -1f);
+                    backend.Add(g, bias, g, 1f, -scale);
                 }
             }
         }
@@ -330,6 +339,8 @@ public sealed class Trainer : IDisposable
                 (unet.LoopExactLevels, unet.RecomputeSpatial) = (levels, recompute);
             }
 
+            // An exponential mean from zero, debiased where it is used (LoopBiasScale), so the first differences
+            // count alike instead of the first one lasting for 1 / (1 - momentum) folds.
             float m = Options.LoopCorrectionMomentum;
             foreach (var (p, loopGrad) in loopGrads)
             {
@@ -338,18 +349,17 @@ public sealed class Trainer : IDisposable
                     continue;
                 }
 
-                if (_loopBias.TryGetValue(p, out var bias))
+                if (!_loopBias.TryGetValue(p, out var bias))
                 {
-                    backend.Add(loopGrad, exact, loopGrad, 1f, -1f);
-                    backend.Add(bias, loopGrad, bias, m, 1f - m);
-                }
-                else
-                {
-                    bias = Tensor.Empty(backend, exact.Shape, MemoryCategory.OptimizerState);
-                    backend.Add(loopGrad, exact, bias, 1f, -1f);
+                    bias = Tensor.Zeros(backend, exact.Shape, MemoryCategory.OptimizerState);
                     _loopBias[p] = bias;
                 }
+
+                backend.Add(loopGrad, exact, loopGrad, 1f, -1f);
+                backend.Add(bias, loopGrad, bias, m, 1f - m);
             }
+
+            _loopBiasFolds++;
         }
         finally
         {

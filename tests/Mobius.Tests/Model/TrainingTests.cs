@@ -216,7 +216,7 @@ public abstract class TrainingTests(BackendFixture fixture)
         Assert.Equal(expected.Count, correcting.LoopBias.Count);
         foreach (var (name, p) in correcting.Optimizer.Parameters)
         {
-            var got = correcting.LoopBias[p].ToArray();
+            var got = correcting.LoopBias[p].ToArray().Select(v => v * correcting.LoopBiasScale).ToArray();
             float scale = expected[name].Max(MathF.Abs) + 1e-12f;
             for (int i = 0; i < got.Length; i++)
             {
