@@ -80,6 +80,13 @@ public sealed record TopologyResult
     [JsonPropertyName("step_ms_median")]
     public double StepMsMedian { get; init; }
 
+    /// <summary>
+    /// Mean step time after warm-up, milliseconds: with <see cref="TrainOptions.LoopCorrectionEvery"/> the honest
+    /// cost, since the median falls on the cheap steps and leaves the exact ones out.
+    /// </summary>
+    [JsonPropertyName("step_ms_mean")]
+    public double StepMsMean { get; init; }
+
     /// <summary>Highest bytes in use during any measured step.</summary>
     [JsonPropertyName("peak_bytes")]
     public long PeakBytes { get; init; }
@@ -547,6 +554,7 @@ public static class Comparison
         return new TopologyResult
         {
             StepMsMedian = median,
+            StepMsMean = times.Average(),
             PeakBytes = peak.Memory.PeakBytes,
             SavedActivationBytes = stats.Max(s => s.SavedActivationBytes),
             TrainableParams = trainable,

@@ -284,7 +284,7 @@ public sealed class CliTests
         foreach (var topo in new[] { "serial", "parallel" })
         {
             var t = root.GetProperty(topo);
-            foreach (var key in new[] { "step_ms_median", "peak_bytes", "saved_activation_bytes", "trainable_params", "final_loss", "validation_loss", "motion_score" })
+            foreach (var key in new[] { "step_ms_median", "step_ms_mean", "peak_bytes", "saved_activation_bytes", "trainable_params", "final_loss", "validation_loss", "motion_score" })
             {
                 Assert.True(t.TryGetProperty(key, out _), $"{topo}.{key} missing");
             }
