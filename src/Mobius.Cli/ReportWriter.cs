@@ -78,7 +78,7 @@ public sealed class ReportWriter(string folder)
         time.SavePng(Path.Combine(folder, "time.png"), 640, 420);
 
         // Every step's loss, faint (its spikes are the timesteps near zero), and its running median over a
-        // fortieth of the run, which is what the eye should follow; the y axis stops above the 99th percentile.
+        // fortieth of the run, which is what the eye should follow; the y axis stops above the 95th percentile.
         var loss = new ScottPlot.Plot();
         int window = Math.Max(1, r.Steps / 40);
         for (int t = 0; t < 2; t++)
@@ -115,7 +115,7 @@ public sealed class ReportWriter(string folder)
         var all = r.Serial.Losses.Concat(r.Parallel.Losses).Where(double.IsFinite).Order().ToList();
         if (all.Count > 0)
         {
-            double top = all[(int)Math.Min(all.Count - 1, Math.Ceiling(0.99 * (all.Count - 1)))];
+            double top = all[(int)Math.Min(all.Count - 1, Math.Ceiling(0.95 * (all.Count - 1)))];
             var validation = r.Serial.ValidationCurve.Concat(r.Parallel.ValidationCurve).Select(c => c.Loss).Where(double.IsFinite);
             top = Math.Max(top, validation.DefaultIfEmpty(0).Max());
             loss.Axes.SetLimitsY(0, top * 1.1);
@@ -124,7 +124,7 @@ public sealed class ReportWriter(string folder)
         loss.XLabel("step");
         loss.YLabel("loss");
         loss.Title("Training loss (same batches) and validation loss");
-        loss.ShowLegend();
+        loss.ShowLegend(ScottPlot.Alignment.UpperRight);
         loss.SavePng(Path.Combine(folder, "loss.png"), 640, 420);
     }
 
