@@ -191,11 +191,29 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate", DefaultValueFactory = _ => 1e-4f };
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
+        var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption };
+            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
+            int validateEvery = p.GetValue(ValidateEveryOption);
+            int validationBatches = p.GetValue(ValidationBatchesOption);
+            if (validateEvery < 0)
+            {
+                throw new UsageException($"--validate-every must be 0 or more steps, got {validateEvery}.");
+            }
+
+            if (validationBatches < 1)
+            {
+                throw new UsageException($"--validation-batches must be at least 1, got {validationBatches}.");
+            }
+
+            if (p.GetValue(keepBest) && validateEvery == 0)
+            {
+                throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to keep.");
+            }
+
             float minSnr = MinSnr(p);
             float? frameNoise = FrameNoise(p);
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
@@ -218,7 +236,29 @@ public static class Commands
 
             string path = p.GetValue(output)!;
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
-            Ui.Train($"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
+            string title = $"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}";
+            Func<int, float>? validate = null;
+            if (validateEvery > 0)
+            {
+                // Held-out clips of the same motions; the same batches at every validation.
+                var held = Comparison.Data(ckpt.Config, seed, Split.Validation, ParseMotions(p.GetValue(MotionOption)));
+                float best = float.PositiveInfinity;
+                string bestPath = Path.ChangeExtension(path, null) + ".best.safetensors";
+                AnsiConsole.MarkupLine($"validation loss before step {trainer.StepsDone + 1}: {trainer.Evaluate(held, validationBatches, seed):0.0000}");
+                validate = step =>
+                {
+                    float v = trainer.Evaluate(held, validationBatches, seed);
+                    if (p.GetValue(keepBest) && v < best)
+                    {
+                        best = v;
+                        trainer.Save(bestPath, extra, weightsOnly: true);
+                    }
+
+                    return v;
+                };
+            }
+
+            Ui.Train(title, trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation, validateEvery, validate);
             trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
             return ExitCodes.Success;

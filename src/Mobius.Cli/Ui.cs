@@ -9,14 +9,21 @@ public static class Ui
 {
     private static bool Interactive => AnsiConsole.Profile.Capabilities.Interactive && !Console.IsOutputRedirected;
 
-    /// <summary>Runs <paramref name="steps"/> training steps with a progress bar (or a line every tenth), saving every <paramref name="saveEvery"/>.</summary>
-    public static void Train(string title, Trainer trainer, int steps, int saveEvery, string path, IReadOnlyDictionary<string, string> extra, CancellationToken cancel)
+    /// <summary>
+    /// Runs <paramref name="steps"/> training steps with a progress bar (or a line every tenth), saving every
+    /// <paramref name="saveEvery"/>; every <paramref name="validateEvery"/> steps (and after the last) it also
+    /// calls <paramref name="validate"/> with the step and shows the loss it returns.
+    /// </summary>
+    public static void Train(string title, Trainer trainer, int steps, int saveEvery, string path, IReadOnlyDictionary<string, string> extra, CancellationToken cancel,
+        int validateEvery = 0, Func<int, float>? validate = null)
     {
         if (steps < 1)
         {
             throw new UsageException($"--steps must be at least 1, got {steps}.");
         }
 
+        int lastStep = trainer.StepsDone + steps;
+        string lastValidation = "";
         void One(Action<StepStats> report)
         {
             cancel.ThrowIfCancellationRequested();
@@ -26,7 +33,18 @@ public static class Ui
             {
                 trainer.Save(path, extra);
             }
+
+            if (validate is not null && validateEvery > 0 && (s.Step % validateEvery == 0 || s.Step == lastStep))
+            {
+                float v = validate(s.Step);
+                lastValidation = $", validation {v:0.0000} at step {s.Step}";
+                if (!Interactive)
+                {
+                    Console.WriteLine($"{title}: validation loss {v:0.0000} after step {s.Step}");
+                }
+            }
         }
+
 
         if (Interactive)
         {
@@ -38,7 +56,7 @@ public static class Ui
                     {
                         One(s =>
                         {
-                            task.Description = $"{title}: step {s.Step}, loss {s.Loss:0.0000}, {s.Milliseconds:0} ms";
+                            task.Description = $"{title}: step {s.Step}, loss {s.Loss:0.0000}, {s.Milliseconds:0} ms{lastValidation}";
                             task.Increment(1);
                         });
                     }

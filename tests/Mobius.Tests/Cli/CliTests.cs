@@ -344,6 +344,20 @@ public sealed class CliTests
         var s = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--out", gif);
         Assert.True(s.Code == 0, s.Out + s.Err);
         Assert.True(new FileInfo(gif).Length > 100);
+
+        // Validation every 2 of 3 steps (and after the last), the best weights kept beside the output.
+        string parallel = folder.File("parallel.safetensors");
+        var v = Mobius("train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--validate-every", "2", "--keep-best", "--out", parallel);
+        Assert.True(v.Code == 0, v.Out + v.Err);
+        var losses = System.Text.RegularExpressions.Regex.Matches(v.Out, @"validation loss ([0-9.]+) after step (\d+)")
+            .Select(m => (Loss: double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), Step: int.Parse(m.Groups[2].Value))).ToList();
+        Assert.Equal([2, 3], losses.Select(l => l.Step));
+        Assert.Contains("validation loss before step 1", v.Out);
+        var best = Checkpoint.Load(folder.File("parallel.best.safetensors"));
+        Assert.Contains(best.Step, losses.Where(l => l.Loss == losses.Min(m => m.Loss)).Select(l => l.Step));  // (printed to 4 decimals)
+        Assert.Equal(Topology.Parallel, best.Topology);
+        Assert.Equal(3, Checkpoint.Load(parallel).Step);
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--keep-best", "--out", folder.File("x")), 2, "--keep-best needs --validate-every");
     }
 
     [Fact]
