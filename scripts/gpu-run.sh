@@ -119,9 +119,10 @@ fi
 
 if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
-  # MOBIUS_GPU_MOTION_ARGS adds options the line does not give already (--freeze PREFIXES, --min-snr G).
+  # A validation every 250 steps gives a curve rather than one noisy estimate. MOBIUS_GPU_MOTION_ARGS adds
+  # options the line does not give already (--freeze PREFIXES, --min-snr G, --keep-best, --loop-correction K).
   run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
-    --samples 16 --seed 1 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
+    --samples 16 --seed 1 --validate-every 250 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
 fi
 
 if want profile; then
