@@ -199,20 +199,7 @@ public static class Commands
             var topo = ParseTopology(p.GetValue(topology)!);
             int validateEvery = p.GetValue(ValidateEveryOption);
             int validationBatches = p.GetValue(ValidationBatchesOption);
-            if (validateEvery < 0)
-            {
-                throw new UsageException($"--validate-every must be 0 or more steps, got {validateEvery}.");
-            }
-
-            if (validationBatches < 1)
-            {
-                throw new UsageException($"--validation-batches must be at least 1, got {validationBatches}.");
-            }
-
-            if (p.GetValue(keepBest) && validateEvery == 0)
-            {
-                throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to keep.");
-            }
+            CheckValidation(validateEvery, validationBatches, p.GetValue(keepBest));
 
             float minSnr = MinSnr(p);
             float? frameNoise = FrameNoise(p);
@@ -373,7 +360,7 @@ public static class Commands
                 FrozenTemporal = ParseFreeze(p.GetValue(FreezeOption), config, bridge),
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
-                LoopCorrectionEvery = p.GetValue(LoopCorrectionOption) is >= 0 and var k ? k : throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {p.GetValue(LoopCorrectionOption)}."),
+                LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
             };
             var plan = MemoryPlan.Plan(config, options);
             if (p.GetValue(json))
@@ -410,30 +397,13 @@ public static class Commands
             throw new UsageException($"--steps must be at least 1, got {steps}.");
         }
 
-        if (validateEvery < 0)
-        {
-            throw new UsageException($"--validate-every must be 0 or more steps, got {validateEvery}.");
-        }
-
-        if (validationBatches < 1)
-        {
-            throw new UsageException($"--validation-batches must be at least 1, got {validationBatches}.");
-        }
-
+        CheckValidation(validateEvery, validationBatches, keepBest);
         if (!(loopCorrectionMomentum >= 0 && loopCorrectionMomentum < 1))
         {
             throw new UsageException($"--loop-correction-momentum must be in [0, 1), got {loopCorrectionMomentum}.");
         }
 
-        if (loopCorrection < 0)
-        {
-            throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {loopCorrection}.");
-        }
-
-        if (keepBest && validateEvery == 0)
-        {
-            throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to go back to.");
-        }
+        CheckLoopCorrection(loopCorrection);
 
         if (profileSteps < 0)
         {
@@ -483,6 +453,29 @@ public static class Commands
 
         return ExitCodes.Success;
     }
+
+    /// <summary>The validation options of compare, demo and train, checked alike.</summary>
+    private static void CheckValidation(int validateEvery, int validationBatches, bool keepBest)
+    {
+        if (validateEvery < 0)
+        {
+            throw new UsageException($"--validate-every must be 0 or more steps, got {validateEvery}.");
+        }
+
+        if (validationBatches < 1)
+        {
+            throw new UsageException($"--validation-batches must be at least 1, got {validationBatches}.");
+        }
+
+        if (keepBest && validateEvery == 0)
+        {
+            throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to go back to.");
+        }
+    }
+
+    /// <summary>The --loop-correction steps, checked.</summary>
+    private static int CheckLoopCorrection(int steps) =>
+        steps >= 0 ? steps : throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {steps}.");
 
     /// <summary>The --freeze prefixes, checked against the temporal layers of the config (built on the meta backend, nothing allocated).</summary>
     private static List<string>? ParseFreeze(string? text, ModelConfig config, string? bridge)

@@ -241,8 +241,7 @@ public sealed class Trainer : IDisposable
     internal float LoopBiasScale => _loopBiasFolds == 0 ? 0f : 1f / (1f - MathF.Pow(Options.LoopCorrectionMomentum, _loopBiasFolds));
 
     /// <summary>Whether this run corrects the loop bridge's gradient (<see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
-    private bool LoopCorrected => Options.LoopCorrectionEvery > 0 && Stage == Stage.TextToVideo && _model.Topology == Topology.Parallel
-        && _model.Unet.Config.Bridge == "loop";
+    private bool LoopCorrected => Options.LoopCorrectionEvery > 0 && Stage == Stage.TextToVideo && _model.Unet.IsLoop;
 
     /// <summary>Runs one training step on the next batch.</summary>
     public StepStats TrainStep()
