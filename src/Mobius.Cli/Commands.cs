@@ -50,6 +50,7 @@ public static class Commands
     private static readonly Option<int> LoopCorrectionOption = new("--loop-correction") { Description = "experimental: every K steps the loop bridge also takes serial's exact gradient and corrects the steps between by the running difference (0: off)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
     private static readonly Option<float> LoopCorrectionMomentumOption = new("--loop-correction-momentum") { Description = "experimental: weight of the old running difference when --loop-correction folds in a new one", DefaultValueFactory = _ => 0.9f };
+    private static readonly Option<string> LoopCorrectionModeOption = new("--loop-correction-mode") { Description = "experimental, with --loop-correction: mean (subtract the running mean of loop minus exact) or scale (scale the loop's gradient per tensor by its fitted coefficient on the exact one)", DefaultValueFactory = _ => "mean" };
     private static readonly Option<bool> KeepBestOption = new("--keep-best") { Description = "early stopping: sample and finally validate each topology with its weights at its lowest validation loss (needs --validate-every)" };
 
     private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
@@ -193,13 +194,15 @@ public static class Commands
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest };
+            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
             int validateEvery = p.GetValue(ValidateEveryOption);
             int validationBatches = p.GetValue(ValidationBatchesOption);
             CheckValidation(validateEvery, validationBatches, p.GetValue(keepBest));
+            int loopCorrection = p.GetValue(LoopCorrectionOption);
+            var correctionMode = ParseLoopCorrectionMode(loopCorrection, p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!);
 
             float minSnr = MinSnr(p);
             float? frameNoise = FrameNoise(p);
@@ -215,7 +218,8 @@ public static class Commands
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
             using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, ParseMotions(p.GetValue(MotionOption))), Stage.TextToVideo,
                 new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr,
-                    RecomputeSpatial = p.GetValue(RecomputeOption), RecomputeTemporal = p.GetValue(RecomputeTemporalOption) });
+                    RecomputeSpatial = p.GetValue(RecomputeOption), RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
+                    LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = p.GetValue(LoopCorrectionMomentumOption), LoopCorrectionMode = correctionMode });
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -305,10 +309,10 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!));
         return cmd;
     }
 
@@ -319,7 +323,7 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption };
+            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -332,7 +336,8 @@ public static class Commands
                 samples: 4, sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
-                validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption));
+                validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
+                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!);
         });
         return cmd;
     }
@@ -390,7 +395,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "mean")
     {
         if (steps < 1)
         {
@@ -398,12 +403,7 @@ public static class Commands
         }
 
         CheckValidation(validateEvery, validationBatches, keepBest);
-        if (!(loopCorrectionMomentum >= 0 && loopCorrectionMomentum < 1))
-        {
-            throw new UsageException($"--loop-correction-momentum must be in [0, 1), got {loopCorrectionMomentum}.");
-        }
-
-        CheckLoopCorrection(loopCorrection);
+        var correctionMode = ParseLoopCorrectionMode(loopCorrection, loopCorrectionMomentum, loopCorrectionMode);
 
         if (profileSteps < 0)
         {
@@ -427,7 +427,7 @@ public static class Commands
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
             Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
-                RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum },
+                RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
@@ -476,6 +476,23 @@ public static class Commands
     /// <summary>The --loop-correction steps, checked.</summary>
     private static int CheckLoopCorrection(int steps) =>
         steps >= 0 ? steps : throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {steps}.");
+
+    /// <summary>The --loop-correction steps, --loop-correction-momentum and --loop-correction-mode, checked; the mode parsed.</summary>
+    private static LoopCorrectionMode ParseLoopCorrectionMode(int steps, float momentum, string mode)
+    {
+        CheckLoopCorrection(steps);
+        if (!(momentum >= 0 && momentum < 1))
+        {
+            throw new UsageException($"--loop-correction-momentum must be in [0, 1), got {momentum}.");
+        }
+
+        return mode.ToLowerInvariant() switch
+        {
+            "mean" => LoopCorrectionMode.Mean,
+            "scale" => LoopCorrectionMode.Scale,
+            _ => throw new UsageException($"--loop-correction-mode must be mean or scale, got '{mode}'."),
+        };
+    }
 
     /// <summary>The --freeze prefixes, checked against the temporal layers of the config (built on the meta backend, nothing allocated).</summary>
     private static List<string>? ParseFreeze(string? text, ModelConfig config, string? bridge)

@@ -246,6 +246,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("loop_correction_momentum")]
     public double LoopCorrectionMomentum { get; init; }
 
+    /// <summary>How the exact steps correct the others when <see cref="LoopCorrectionEvery"/> is on: "mean" or "scale".</summary>
+    [JsonPropertyName("loop_correction_mode")]
+    public string LoopCorrectionMode { get; init; } = "mean";
+
     /// <summary>Held-out batches in each validation loss.</summary>
     [JsonPropertyName("validation_batches")]
     public int ValidationBatches { get; init; }
@@ -462,6 +466,7 @@ public static class Comparison
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,
                 LoopCorrectionMomentum = options.Train.LoopCorrectionMomentum,
+                LoopCorrectionMode = options.Train.LoopCorrectionMode.ToString().ToLowerInvariant(),
                 ValidateEvery = options.ValidateEvery,
                 ValidationBatches = options.ValidationBatches,
                 KeepBest = options.KeepBest,

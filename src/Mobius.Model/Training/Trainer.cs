@@ -74,16 +74,21 @@ public sealed record TrainOptions
     /// Experimental, stage 2, parallel topology with the loop bridge only: every this many steps (0: never)
     /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
     /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
-    /// the exact step, and folds the difference between the loop's and the exact gradient into a running
-    /// mean (exponential with <see cref="LoopCorrectionMomentum"/>, debiased as Adam's moments are; not kept
-    /// in checkpoints). The steps in between subtract that mean from the loop's
+    /// the exact step, and corrects the steps in between by what the exact steps measured
+    /// (<see cref="LoopCorrectionMode"/>; not kept in checkpoints). <see cref="LoopCorrectionMode.Mean"/>
+    /// folds the difference between the loop's and the exact gradient into a running mean (exponential with
+    /// <see cref="LoopCorrectionMomentum"/>, debiased as Adam's moments are) and subtracts it from the loop's
     /// gradient: a control variate for the straight-through estimate's bias, kept as one more gradient-sized
-    /// buffer (optimizer state). Other topologies ignore it.
+    /// buffer (optimizer state). <see cref="LoopCorrectionMode.Scale"/> scales the loop's gradient per tensor
+    /// by its fitted coefficient on the exact one. Other topologies ignore it.
     /// </summary>
     public int LoopCorrectionEvery { get; init; }
 
     /// <summary>Weight of the old mean when <see cref="LoopCorrectionEvery"/> folds in a new difference.</summary>
     public float LoopCorrectionMomentum { get; init; } = 0.9f;
+
+    /// <summary>How <see cref="LoopCorrectionEvery"/>'s exact steps correct the steps between.</summary>
+    public LoopCorrectionMode LoopCorrectionMode { get; init; }
 
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
@@ -105,6 +110,26 @@ public sealed record TrainOptions
         double progress = Math.Min(1.0, (step - 1) / (double)Math.Max(1, CosineDecaySteps - 1));
         return (float)(LearningRate * (0.1 + 0.9 * 0.5 * (1 + Math.Cos(Math.PI * progress))));
     }
+}
+
+/// <summary>How the loop bridge's exact steps (<see cref="TrainOptions.LoopCorrectionEvery"/>) correct the steps between.</summary>
+public enum LoopCorrectionMode
+{
+    /// <summary>
+    /// Subtract the running mean of loop minus exact from the loop's gradient: one more gradient-sized buffer
+    /// (optimizer state).
+    /// </summary>
+    Mean,
+
+    /// <summary>
+    /// Scale the loop's gradient, per parameter tensor, by its fitted coefficient on serial's exact one:
+    /// <c>c = mean&lt;exact, loop&gt; / mean&lt;loop, loop&gt;</c> over the exact steps (running means with
+    /// <see cref="TrainOptions.LoopCorrectionMomentum"/>), clamped to [0, 1]. Where the loop's gradient is
+    /// serial's (next to the output) c stays near 1; where it is nearly uncorrelated with serial's (the
+    /// lowest-resolution blocks) c falls towards 0 and those layers learn from the exact steps alone instead
+    /// of from noise. Two numbers per tensor, no buffer.
+    /// </summary>
+    Scale,
 }
 
 /// <summary>What one training step did and cost.</summary>
@@ -129,7 +154,21 @@ public sealed class Trainer : IDisposable
     private readonly IClipSource _data;
     private readonly AdamW _optimizer;
     private readonly Dictionary<Parameter, Tensor> _loopBias = new();
+    private readonly Dictionary<Parameter, LoopScale> _loopScale = new();
     private int _loopBiasFolds;
+
+    /// <summary><see cref="LoopCorrectionMode.Scale"/>'s running means for one parameter tensor.</summary>
+    internal sealed class LoopScale
+    {
+        /// <summary>Running mean of &lt;exact, loop&gt;.</summary>
+        public double Covariance { get; set; }
+
+        /// <summary>Running mean of &lt;loop, loop&gt;.</summary>
+        public double Variance { get; set; }
+
+        /// <summary>The fitted coefficient, clamped to [0, 1] (0 without a variance).</summary>
+        public float Coefficient => Variance > 0 ? (float)Math.Clamp(Covariance / Variance, 0, 1) : 0f;
+    }
 
     /// <summary>Creates a trainer; stage 2 freezes the spatial UNet and text encoder first.</summary>
     public Trainer(TextToVideo model, IClipSource data, Stage stage, TrainOptions options)
@@ -237,6 +276,9 @@ public sealed class Trainer : IDisposable
     /// </summary>
     internal IReadOnlyDictionary<Parameter, Tensor> LoopBias => _loopBias;
 
+    /// <summary><see cref="LoopCorrectionMode.Scale"/>'s fitted coefficients by parameter. For tests.</summary>
+    internal IReadOnlyDictionary<Parameter, LoopScale> LoopScales => _loopScale;
+
     /// <summary>1 / (1 - momentum^folds): what turns <see cref="LoopBias"/> into an unbiased mean (as Adam debiases its moments).</summary>
     internal float LoopBiasScale => _loopBiasFolds == 0 ? 0f : 1f / (1f - MathF.Pow(Options.LoopCorrectionMomentum, _loopBiasFolds));
 
@@ -258,16 +300,9 @@ public sealed class Trainer : IDisposable
         {
             ExactStepAndFoldBias(batch);
         }
-        else if (_loopBias.Count > 0)
+        else if (LoopCorrected)
         {
-            float scale = LoopBiasScale;
-            foreach (var (_, p) in _optimizer.Parameters)
-            {
-                if (p.Grad is { } g && _loopBias.TryGetValue(p, out var bias))
-                {
-                    backend.Add(g, bias, g, 1f, -scale);
-                }
-            }
+            CorrectLoopGradients();
         }
 
         _optimizer.Lr = Options.LearningRateAt(step);
@@ -276,6 +311,32 @@ public sealed class Trainer : IDisposable
         double ms = clock.Elapsed.TotalMilliseconds;
         StepsDone = step;
         return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
+    }
+
+    /// <summary>
+    /// Between exact steps (<see cref="TrainOptions.LoopCorrectionEvery"/>): corrects the loop's gradient in the
+    /// parameters by what the exact steps so far have measured; nothing before the first exact step.
+    /// </summary>
+    internal void CorrectLoopGradients()
+    {
+        var backend = _model.Backend;
+        float scale = LoopBiasScale;
+        foreach (var (_, p) in _optimizer.Parameters)
+        {
+            if (p.Grad is not { } g)
+            {
+                continue;
+            }
+
+            if (_loopBias.TryGetValue(p, out var bias))
+            {
+                backend.Add(g, bias, g, 1f, -scale);
+            }
+            else if (_loopScale.TryGetValue(p, out var fit))
+            {
+                backend.Scale(g, fit.Coefficient, g);
+            }
+        }
     }
 
     /// <summary>Forward and backward of one batch; the gradients land in the parameters.</summary>
@@ -304,8 +365,8 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// With the loop's gradient in the parameters: computes serial's exact one on the same batch (every level
-    /// exact, spatial layers recomputed), folds loop minus exact into the running bias, and leaves the exact
-    /// gradient in the parameters for the optimizer.
+    /// exact, spatial layers recomputed), folds the pair into the correction (<see cref="TrainOptions.LoopCorrectionMode"/>),
+    /// and leaves the exact gradient in the parameters for the optimizer.
     /// </summary>
     private void ExactStepAndFoldBias(Batch batch)
     {
@@ -338,9 +399,34 @@ public sealed class Trainer : IDisposable
                 (unet.LoopExactLevels, unet.RecomputeSpatial) = (levels, recompute);
             }
 
+            float m = Options.LoopCorrectionMomentum;
+            if (Options.LoopCorrectionMode == LoopCorrectionMode.Scale)
+            {
+                // Running means from zero; their ratio needs no debiasing.
+                using var sum = Tensor.Zeros(backend, new Shape(1));
+                foreach (var (p, loopGrad) in loopGrads)
+                {
+                    if (p.Grad is not { } exact)
+                    {
+                        continue;
+                    }
+
+                    var fit = _loopScale.TryGetValue(p, out var known) ? known : _loopScale[p] = new LoopScale();
+                    backend.Fill(sum, 0f);
+                    backend.SumSquaresAccumulate(loopGrad, sum);
+                    double variance = sum.Item();
+                    backend.Mul(loopGrad, exact, loopGrad);
+                    backend.Sum(loopGrad, sum);
+                    fit.Covariance = m * fit.Covariance + (1 - m) * sum.Item();
+                    fit.Variance = m * fit.Variance + (1 - m) * variance;
+                }
+
+                _loopBiasFolds++;
+                return;
+            }
+
             // An exponential mean from zero, debiased where it is used (LoopBiasScale), so the first differences
             // count alike instead of the first one lasting for 1 / (1 - momentum) folds.
-            float m = Options.LoopCorrectionMomentum;
             foreach (var (p, loopGrad) in loopGrads)
             {
                 if (p.Grad is not { } exact)
@@ -452,6 +538,7 @@ public sealed class Trainer : IDisposable
         }
 
         _loopBias.Clear();
+        _loopScale.Clear();
         _optimizer.Dispose();
     }
 

@@ -264,6 +264,16 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--validate-every", "-1"), 2, "--validate-every must be 0 or more");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--validation-batches", "0"), 2, "--validation-batches must be at least 1");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--loop-correction", "-2"), 2, "--loop-correction must be 0 (off)");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--loop-correction", "2", "--loop-correction-mode", "median"), 2, "--loop-correction-mode must be mean or scale, got 'median'");
+        AssertCleanFailure(Mobius("train", "--steps", "2", "--loop-correction", "2", "--loop-correction-momentum", "1", "--out", bestFolder.File("x.safetensors")), 2, "--loop-correction-momentum must be in [0, 1)");
+
+        // The scaled correction runs end to end and says so in the JSON.
+        var scaled = Mobius("compare", "--config", "micro", "--steps", "3", "--samples", "0", "--json", "--out", bestFolder.File("scaled"), "--seed", "4",
+            "--loop-correction", "2", "--loop-correction-mode", "scale");
+        Assert.True(scaled.Code == 0, scaled.Out + scaled.Err);
+        using var scaledDoc = JsonDocument.Parse(scaled.Out);
+        Assert.Equal("scale", scaledDoc.RootElement.GetProperty("loop_correction_mode").GetString());
+        Assert.Equal(2, scaledDoc.RootElement.GetProperty("loop_correction_every").GetInt32());
     }
 
     [Fact]

@@ -229,6 +229,82 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void Scaled_loop_correction_fits_each_tensors_coefficient_on_serials_gradient()
+    {
+        Assert.SkipWhen(fixture.Simulated, "minutes of training passes on the CUDA simulator; run on a real GPU by scripts/gpu-run.sh");
+        int seed = Seeds.One;
+        const float momentum = 0.8f;
+        var data = Clips(seed);
+        using var loopModel = TextToVideo.Create(B, Micro, Topology.Parallel, seed);
+        using var serialModel = TextToVideo.Create(B, Micro, Topology.Serial, seed);
+        using var serialTrainer = new Trainer(serialModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed });
+        long optimizerBefore = B.Memory.Snapshot().Current.GetValueOrDefault(MemoryCategory.OptimizerState);
+        using var correcting = new Trainer(loopModel, data, Stage.TextToVideo,
+            new TrainOptions { Seed = seed, LearningRate = 1e-2f, LoopCorrectionEvery = 2, LoopCorrectionMode = LoopCorrectionMode.Scale, LoopCorrectionMomentum = momentum });
+        Dictionary<string, float[]> Grads(Trainer t) => t.Optimizer.Parameters.ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+        static double Dot(float[] a, float[] b) => a.Zip(b, (x, y) => (double)x * y).Sum();
+        static double Ratio(double cov, double var) => var > 0 ? Math.Clamp(cov / var, 0, 1) : 0;  // a tensor with no gradient yet: 0
+
+        // Both gradients of step k's batch at the loop model's current weights, each computed here on its own:
+        // the loop's by a plain backward, serial's by a serial model holding the same weights.
+        (Dictionary<string, float[]> Loop, Dictionary<string, float[]> Exact) Pair(int step)
+        {
+            var batch = correcting.MakeBatch(data, step, seed, correcting.Options.CaptionDropout);
+            serialModel.Unet.LoadStateDict(loopModel.Unet.StateDict());
+            correcting.Backprop(batch);
+            serialTrainer.Backprop(batch);
+            var pair = (Grads(correcting), Grads(serialTrainer));
+            correcting.Optimizer.ZeroGrad();
+            serialTrainer.Optimizer.ZeroGrad();
+            return pair;
+        }
+
+        // Steps 1 and 3 are exact; each folds <exact, loop> and <loop, loop> into running means (from zero, so
+        // their ratio needs no debiasing), and the coefficient is the ratio, clamped to [0, 1].
+        var (loop1, exact1) = Pair(1);
+        correcting.TrainStep();
+        var coefficients = new Dictionary<string, float>();
+        foreach (var (name, p) in correcting.Optimizer.Parameters)
+        {
+            double expected = Ratio(Dot(exact1[name], loop1[name]), Dot(loop1[name], loop1[name]));
+            float got = correcting.LoopScales[p].Coefficient;
+            Assert.True(Math.Abs(got - expected) <= 1e-4 * Math.Max(1, expected), $"{name}: coefficient {got}, expected {expected} after one fold (seed {seed})");
+            coefficients[name] = got;
+        }
+
+        Assert.Contains(coefficients.Values, c => c is > 0.02f and < 0.98f);  // the fit is exercised, not just its clamp
+        Assert.Contains(coefficients.Values, c => c > 0.98f);                 // the last temporal layer's loop gradient is exact
+
+        // Step 2 is the loop's, scaled per tensor by those coefficients.
+        var batch2 = correcting.MakeBatch(data, 2, seed, correcting.Options.CaptionDropout);
+        correcting.Backprop(batch2);
+        var loop2 = Grads(correcting);
+        correcting.CorrectLoopGradients();
+        foreach (var (name, g) in Grads(correcting))
+        {
+            float c = coefficients[name];
+            float scale = loop2[name].Max(MathF.Abs) + 1e-12f;
+            Assert.All(g.Zip(loop2[name]), pair => Assert.True(MathF.Abs(pair.First - c * pair.Second) <= 1e-6f * scale, $"{name}: corrected {pair.First}, expected {c * pair.Second} (seed {seed})"));
+        }
+
+        correcting.Optimizer.ZeroGrad();
+        correcting.TrainStep();  // step 2 for real, so step 3 starts from the corrected weights
+        var (loop3, exact3) = Pair(3);
+        correcting.TrainStep();
+        foreach (var (name, p) in correcting.Optimizer.Parameters)
+        {
+            double cov = momentum * (1 - momentum) * Dot(exact1[name], loop1[name]) + (1 - momentum) * Dot(exact3[name], loop3[name]);
+            double var = momentum * (1 - momentum) * Dot(loop1[name], loop1[name]) + (1 - momentum) * Dot(loop3[name], loop3[name]);
+            double expected = Ratio(cov, var);
+            float got = correcting.LoopScales[p].Coefficient;
+            Assert.True(Math.Abs(got - expected) <= 1e-4 * Math.Max(1, expected), $"{name}: coefficient {got}, expected {expected} after two folds (seed {seed})");
+        }
+
+        // The correction keeps no buffer: the optimizer state is Adam's two moments, as without it.
+        Assert.Equal(2 * 4 * correcting.TrainableParameters, B.Memory.Snapshot().Current[MemoryCategory.OptimizerState] - optimizerBefore);
+    }
+
+    [Fact]
     public void Resuming_from_a_checkpoint_continues_exactly()
     {
         int seed = Seeds.One;
