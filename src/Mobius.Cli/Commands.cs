@@ -250,6 +250,17 @@ public static class Commands
             }
 
             Ui.Train(title, trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation, validateEvery, validate);
+            if (trainer.LoopCoefficients() is { Count: > 0 } coefficients)
+            {
+                var table = new Table().Title("loop correction: fitted coefficients by temporal layer").AddColumns("layer", "mean", "min", "max");
+                foreach (var (layer, values) in ReportWriter.LoopCoefficientsByLayer(coefficients))
+                {
+                    table.AddRow(layer, $"{values.Average():0.00}", $"{values.Min():0.00}", $"{values.Max():0.00}");
+                }
+
+                AnsiConsole.Write(table);
+            }
+
             trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
             return ExitCodes.Success;
@@ -349,7 +360,7 @@ public static class Commands
         var batch = new Option<int?>("--batch") { Description = "clips per training step (default: the config's)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, json };
+            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -366,6 +377,7 @@ public static class Commands
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
                 LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
+                LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), 0.9f, p.GetValue(LoopCorrectionModeOption)!),
             };
             var plan = MemoryPlan.Plan(config, options);
             if (p.GetValue(json))

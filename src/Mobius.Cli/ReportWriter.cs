@@ -179,6 +179,18 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine();
         }
 
+        if (r.Parallel.LoopCoefficients is { Count: > 0 } coefficients)
+        {
+            sb.AppendLine("The loop correction's fitted coefficients at the end of training, by temporal layer (1: the loop's gradient taken as it is; 0: the layer learns from the exact steps alone):").AppendLine();
+            sb.AppendLine("| layer | tensors | mean | min | max |").AppendLine("|---|---:|---:|---:|---:|");
+            foreach (var (layer, values) in LoopCoefficientsByLayer(coefficients))
+            {
+                sb.AppendLine(ci, $"| {layer} | {values.Count} | {values.Average():0.00} | {values.Min():0.00} | {values.Max():0.00} |");
+            }
+
+            sb.AppendLine();
+        }
+
         sb.AppendLine("Saved activations by layer kind at the start of backward (MiB):").AppendLine();
         sb.AppendLine("| kind | serial | parallel |").AppendLine("|---|---:|---:|");
         foreach (var kind in r.Serial.SavedByKind.Keys.Union(r.Parallel.SavedByKind.Keys).OrderBy(k => k, StringComparer.Ordinal))
@@ -209,6 +221,33 @@ public sealed class ReportWriter(string folder)
 
         sb.AppendLine().AppendLine("All figures measured in this run; result.json holds every step's loss and time.");
         return sb.ToString();
+    }
+
+    /// <summary>
+    /// Coefficients grouped by temporal layer, in the model's order: a parameter name up to its first part that
+    /// starts with "temp_" ("unet.down.0.temp_conv.convs.3.weight" belongs to "down.0.temp_conv").
+    /// </summary>
+    internal static List<(string Layer, List<float> Values)> LoopCoefficientsByLayer(IReadOnlyDictionary<string, float> coefficients)
+    {
+        var layers = new List<(string Layer, List<float> Values)>();
+        foreach (var (name, c) in coefficients)
+        {
+            var parts = name.Split('.');
+            int start = parts[0] == "unet" ? 1 : 0;
+            int end = Array.FindIndex(parts, start, p => p.StartsWith("temp_", StringComparison.Ordinal));
+            string layer = string.Join('.', parts[start..(end < 0 ? parts.Length - 1 : end + 1)]);
+            int at = layers.FindIndex(l => l.Layer == layer);
+            if (at < 0)
+            {
+                layers.Add((layer, [c]));
+            }
+            else
+            {
+                layers[at].Values.Add(c);
+            }
+        }
+
+        return layers;
     }
 
     /// <summary>The median of each window of <paramref name="window"/> values ending at each index (shorter at the start).</summary>

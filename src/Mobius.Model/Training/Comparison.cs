@@ -162,6 +162,14 @@ public sealed record TopologyResult
     [JsonPropertyName("sample_scores")]
     public required IReadOnlyList<double> SampleScores { get; init; }
 
+    /// <summary>
+    /// The loop correction's fitted coefficients by parameter at the end of training (<see cref="LoopCorrectionMode.Scale"/>;
+    /// null otherwise).
+    /// </summary>
+    [JsonPropertyName("loop_coefficients")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyDictionary<string, float>? LoopCoefficients { get; init; }
+
     /// <summary>Mean time per profiled step by layer kind (null without <see cref="ComparisonOptions.ProfileSteps"/>).</summary>
     [JsonPropertyName("time_by_kind")]
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
@@ -446,6 +454,7 @@ public static class Comparison
                     BestValidationStep = best.Step,
                     BestValidationLoss = best.Loss,
                     WeightsStep = final.Step,
+                    LoopCoefficients = trainers[i]!.LoopCoefficients() is { Count: > 0 } coefficients ? coefficients : null,
                 };
                 if (options.ProfileSteps > 0)
                 {

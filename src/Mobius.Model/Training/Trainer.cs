@@ -279,6 +279,13 @@ public sealed class Trainer : IDisposable
     /// <summary><see cref="LoopCorrectionMode.Scale"/>'s fitted coefficients by parameter. For tests.</summary>
     internal IReadOnlyDictionary<Parameter, LoopScale> LoopScales => _loopScale;
 
+    /// <summary>
+    /// <see cref="LoopCorrectionMode.Scale"/>'s fitted coefficients by parameter name (empty in other modes and
+    /// before the first exact step): how far the loop's gradient is trusted, tensor by tensor.
+    /// </summary>
+    public IReadOnlyDictionary<string, float> LoopCoefficients() =>
+        _optimizer.Parameters.Where(np => _loopScale.ContainsKey(np.Parameter)).ToDictionary(np => np.Name, np => _loopScale[np.Parameter].Coefficient);
+
     /// <summary>1 / (1 - momentum^folds): what turns <see cref="LoopBias"/> into an unbiased mean (as Adam debiases its moments).</summary>
     internal float LoopBiasScale => _loopBiasFolds == 0 ? 0f : 1f / (1f - MathF.Pow(Options.LoopCorrectionMomentum, _loopBiasFolds));
 

@@ -274,6 +274,11 @@ public sealed class CliTests
         using var scaledDoc = JsonDocument.Parse(scaled.Out);
         Assert.Equal("scale", scaledDoc.RootElement.GetProperty("loop_correction_mode").GetString());
         Assert.Equal(2, scaledDoc.RootElement.GetProperty("loop_correction_every").GetInt32());
+        var fitted = scaledDoc.RootElement.GetProperty("parallel").GetProperty("loop_coefficients").EnumerateObject().ToList();
+        Assert.NotEmpty(fitted);
+        Assert.All(fitted, c => Assert.True(c.Name.Contains(".temp_", StringComparison.Ordinal) && c.Value.GetDouble() is >= 0 and <= 1, $"{c.Name}: {c.Value}"));
+        Assert.False(scaledDoc.RootElement.GetProperty("serial").TryGetProperty("loop_coefficients", out _), "serial has no loop to correct");
+        Assert.Contains("fitted coefficients at the end of training, by temporal layer", File.ReadAllText(Path.Combine(bestFolder.File("scaled"), "report.md")));
     }
 
     [Fact]
