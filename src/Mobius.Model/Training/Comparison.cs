@@ -194,10 +194,13 @@ public sealed record KindTime(
 /// <param name="StepMs">Median step time ratio.</param>
 /// <param name="PeakBytes">Peak memory ratio.</param>
 /// <param name="SavedActivationBytes">Saved-activation ratio.</param>
+/// <param name="StepMsMean">Mean step time ratio (warm-up left out): the one to read when the steps differ, as with
+/// <see cref="TrainOptions.LoopCorrectionEvery"/>'s exact steps.</param>
 public sealed record Ratio(
     [property: JsonPropertyName("step_ms")] double StepMs,
     [property: JsonPropertyName("peak_bytes")] double PeakBytes,
-    [property: JsonPropertyName("saved_activation_bytes")] double SavedActivationBytes);
+    [property: JsonPropertyName("saved_activation_bytes")] double SavedActivationBytes,
+    [property: JsonPropertyName("step_ms_mean")] double StepMsMean);
 
 /// <summary>The result of <see cref="Comparison.Run"/>: both topologies from one run, same seed, data and config.</summary>
 public sealed record ComparisonResult
@@ -254,9 +257,9 @@ public sealed record ComparisonResult
     [JsonPropertyName("loop_correction_momentum")]
     public double LoopCorrectionMomentum { get; init; }
 
-    /// <summary>How the exact steps correct the others when <see cref="LoopCorrectionEvery"/> is on: "mean" or "scale".</summary>
+    /// <summary>How the exact steps correct the others when <see cref="LoopCorrectionEvery"/> is on: "scale" or "mean".</summary>
     [JsonPropertyName("loop_correction_mode")]
-    public string LoopCorrectionMode { get; init; } = "mean";
+    public string LoopCorrectionMode { get; init; } = "scale";
 
     /// <summary>Held-out batches in each validation loss.</summary>
     [JsonPropertyName("validation_batches")]
@@ -487,7 +490,8 @@ public static class Comparison
                 Ratio = new Ratio(
                     results[1].StepMsMedian / results[0].StepMsMedian,
                     (double)results[1].PeakBytes / results[0].PeakBytes,
-                    (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes),
+                    (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes,
+                    results[1].StepMsMean / results[0].StepMsMean),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
             };
         }

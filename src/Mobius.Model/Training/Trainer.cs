@@ -87,8 +87,8 @@ public sealed record TrainOptions
     /// <summary>Weight of the old mean when <see cref="LoopCorrectionEvery"/> folds in a new difference.</summary>
     public float LoopCorrectionMomentum { get; init; } = 0.9f;
 
-    /// <summary>How <see cref="LoopCorrectionEvery"/>'s exact steps correct the steps between.</summary>
-    public LoopCorrectionMode LoopCorrectionMode { get; init; }
+    /// <summary>How <see cref="LoopCorrectionEvery"/>'s exact steps correct the steps between (default: scale).</summary>
+    public LoopCorrectionMode LoopCorrectionMode { get; init; } = LoopCorrectionMode.Scale;
 
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;

@@ -269,7 +269,7 @@ public sealed class CliTests
 
         // The scaled correction runs end to end and says so in the JSON.
         var scaled = Mobius("compare", "--config", "micro", "--steps", "3", "--samples", "0", "--json", "--out", bestFolder.File("scaled"), "--seed", "4",
-            "--loop-correction", "2", "--loop-correction-mode", "scale");
+            "--loop-correction", "2");  // scale is the default mode
         Assert.True(scaled.Code == 0, scaled.Out + scaled.Err);
         using var scaledDoc = JsonDocument.Parse(scaled.Out);
         Assert.Equal("scale", scaledDoc.RootElement.GetProperty("loop_correction_mode").GetString());
@@ -317,6 +317,8 @@ public sealed class CliTests
         double saved = ratio.GetProperty("saved_activation_bytes").GetDouble();
         Assert.InRange(saved, 0.01, 0.99);
         Assert.InRange(ratio.GetProperty("peak_bytes").GetDouble(), 0.1, 0.99);
+        Assert.Equal(root.GetProperty("parallel").GetProperty("step_ms_mean").GetDouble() / root.GetProperty("serial").GetProperty("step_ms_mean").GetDouble(),
+            ratio.GetProperty("step_ms_mean").GetDouble(), 1e-9);
         foreach (var file in new[] { "report.md", "result.json", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif" })
         {
             Assert.True(File.Exists(folder.File(file)), $"{file} not written");

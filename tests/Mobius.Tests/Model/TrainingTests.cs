@@ -161,7 +161,7 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Fact]
-    public void Loop_correction_takes_serials_exact_steps_and_keeps_its_bias_as_optimizer_state()
+    public void Loop_correction_takes_serials_exact_steps_and_its_mean_mode_keeps_the_bias_as_optimizer_state()
     {
         // Ten training steps and their exact passes take minutes on the simulator; the CUDA path adds nothing
         // here that the op tests do not cover (one elementwise op), and scripts/gpu-run.sh runs it on a GPU.
@@ -172,7 +172,7 @@ public abstract class TrainingTests(BackendFixture fixture)
         {
             using var model = TextToVideo.Create(B, Micro, topology, seed);
             long before = B.Memory.Snapshot().CurrentBytes;
-            var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f, LoopCorrectionEvery = correctEvery });
+            var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f, LoopCorrectionEvery = correctEvery, LoopCorrectionMode = LoopCorrectionMode.Mean });
             var losses = Enumerable.Range(0, steps).Select(_ => trainer.TrainStep().Loss).ToArray();
             long optimizerBytes = B.Memory.Snapshot().Current[MemoryCategory.OptimizerState];
             trainer.Dispose();
@@ -203,7 +203,7 @@ public abstract class TrainingTests(BackendFixture fixture)
         // computed here on its own: the loop's by a plain backward, serial's by a serial model.
         using var loopModel = TextToVideo.Create(B, Micro, Topology.Parallel, seed);
         using var serialModel = TextToVideo.Create(B, Micro, Topology.Serial, seed);
-        using var correcting = new Trainer(loopModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LoopCorrectionEvery = 2 });
+        using var correcting = new Trainer(loopModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LoopCorrectionEvery = 2, LoopCorrectionMode = LoopCorrectionMode.Mean });
         using var serialTrainer = new Trainer(serialModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed });
         var batch = correcting.MakeBatch(data, 1, seed, correcting.Options.CaptionDropout);
         correcting.Backprop(batch);
