@@ -193,8 +193,9 @@ public static class Commands
         var output = new Option<string>("--out") { Description = "checkpoint to write", Required = true };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
+        var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
+            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -249,7 +250,11 @@ public static class Commands
                 };
             }
 
-            Ui.Train(title, trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation, validateEvery, validate);
+            using (var logWriter = p.GetValue(log) is { } logPath ? OpenLog(logPath) : null)
+            {
+                Ui.Train(title, trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation, validateEvery, validate, logWriter);
+            }
+
             if (trainer.LoopCoefficients() is { Count: > 0 } coefficients)
             {
                 var table = new Table().Title("loop correction: fitted coefficients by temporal layer").AddColumns("layer", "mean", "min", "max");
@@ -482,6 +487,19 @@ public static class Commands
         if (keepBest && validateEvery == 0)
         {
             throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to go back to.");
+        }
+    }
+
+    /// <summary>The --log file, created (or truncated) before the first step, so that a bad path fails before any training.</summary>
+    private static StreamWriter OpenLog(string path)
+    {
+        try
+        {
+            return new StreamWriter(path, append: false);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"cannot write the --log file {path}: {e.Message}");
         }
     }
 

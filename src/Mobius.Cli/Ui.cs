@@ -1,3 +1,4 @@
+using System.Globalization;
 using Mobius.Model;
 using Mobius.Model.Training;
 using Spectre.Console;
@@ -15,12 +16,14 @@ public static class Ui
     /// calls <paramref name="validate"/> with the step and shows the loss it returns.
     /// </summary>
     public static void Train(string title, Trainer trainer, int steps, int saveEvery, string path, IReadOnlyDictionary<string, string> extra, CancellationToken cancel,
-        int validateEvery = 0, Func<int, float>? validate = null)
+        int validateEvery = 0, Func<int, float>? validate = null, TextWriter? log = null)
     {
         if (steps < 1)
         {
             throw new UsageException($"--steps must be at least 1, got {steps}.");
         }
+
+        log?.WriteLine("step,loss,ms,grad_norm,validation_loss");
 
         int lastStep = trainer.StepsDone + steps;
         string lastValidation = "";
@@ -34,14 +37,23 @@ public static class Ui
                 trainer.Save(path, extra);
             }
 
+            string validation = "";
             if (validate is not null && validateEvery > 0 && (s.Step % validateEvery == 0 || s.Step == lastStep))
             {
                 float v = validate(s.Step);
+                validation = v.ToString("R", CultureInfo.InvariantCulture);
                 lastValidation = $", validation {v:0.0000} at step {s.Step}";
                 if (!Interactive)
                 {
                     Console.WriteLine($"{title}: validation loss {v:0.0000} after step {s.Step}");
                 }
+            }
+
+            if (log is not null)
+            {
+                // One line a step, flushed, so a stopped run keeps every step it took.
+                log.WriteLine(string.Create(CultureInfo.InvariantCulture, $"{s.Step},{s.Loss:R},{s.Milliseconds:0.###},{s.GradNorm:R},{validation}"));
+                log.Flush();
             }
         }
 

@@ -364,7 +364,8 @@ public sealed class CliTests
 
         // Validation every 2 of 3 steps (and after the last), the best weights kept beside the output.
         string parallel = folder.File("parallel.safetensors");
-        var v = Mobius("train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--validate-every", "2", "--keep-best", "--out", parallel);
+        string log = folder.File("parallel.csv");
+        var v = Mobius("train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--validate-every", "2", "--keep-best", "--out", parallel, "--log", log);
         Assert.True(v.Code == 0, v.Out + v.Err);
         var losses = System.Text.RegularExpressions.Regex.Matches(v.Out, @"validation loss ([0-9.]+) after step (\d+)")
             .Select(m => (Loss: double.Parse(m.Groups[1].Value, System.Globalization.CultureInfo.InvariantCulture), Step: int.Parse(m.Groups[2].Value))).ToList();
@@ -375,6 +376,21 @@ public sealed class CliTests
         Assert.Equal(Topology.Parallel, best.Topology);
         Assert.Equal(3, Checkpoint.Load(parallel).Step);
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--keep-best", "--out", folder.File("x")), 2, "--keep-best needs --validate-every");
+
+        // --log: a header and one line a step; the validation column holds the printed validations.
+        var lines = File.ReadAllLines(log);
+        Assert.Equal("step,loss,ms,grad_norm,validation_loss", lines[0]);
+        Assert.Equal(4, lines.Length);
+        var rows = lines.Skip(1).Select(l => l.Split(',')).ToList();
+        Assert.Equal([1, 2, 3], rows.Select(r => int.Parse(r[0], System.Globalization.CultureInfo.InvariantCulture)));
+        Assert.All(rows, r => Assert.True(float.IsFinite(float.Parse(r[1], System.Globalization.CultureInfo.InvariantCulture)) && double.Parse(r[2], System.Globalization.CultureInfo.InvariantCulture) > 0, string.Join(',', r)));
+        Assert.Equal("", rows[0][4]);
+        foreach (var (loss, step) in losses)
+        {
+            Assert.Equal(loss, double.Parse(rows[step - 1][4], System.Globalization.CultureInfo.InvariantCulture), 1e-4);
+        }
+
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("y"), "--log", Path.Combine(folder.Path, "no-such-folder", "log.csv")), 2, "cannot write the --log file");
     }
 
     [Fact]
