@@ -17,11 +17,21 @@ public static class MemoryPlan
 {
     /// <summary>
     /// Plans <paramref name="stepCount"/> training steps of each topology of <paramref name="config"/> under
-    /// <paramref name="options"/> (recomputation, frozen temporal layers) and keeps each one's largest step.
+    /// <paramref name="options"/> (recomputation, frozen temporal layers) and keeps each one's largest step;
+    /// with <see cref="TrainOptions.LoopCorrectionEvery"/> = K, at least K + 1 steps, so that an exact step
+    /// after the first optimizer step is among them.
     /// </summary>
     public static MemoryPlanResult Plan(ModelConfig config, TrainOptions options, int stepCount = 2)
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(stepCount, 1);
+
+        // With the loop correction the first step is exact before the optimizer holds any state; the step that
+        // peaks is a later exact one, with Adam's moments (and the mean mode's buffer) allocated.
+        if (options.LoopCorrectionEvery > 0)
+        {
+            stepCount = Math.Max(stepCount, options.LoopCorrectionEvery + 1);
+        }
+
         var plans = new List<TopologyPlan>();
         foreach (var topology in new[] { Topology.Serial, Topology.Parallel })
         {

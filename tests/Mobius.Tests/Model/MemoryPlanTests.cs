@@ -40,6 +40,26 @@ public sealed class MemoryPlanTests
         Assert.InRange(plan.PeakRatio, 0.01, 0.999);
     }
 
+    [Theory]
+    [InlineData(LoopCorrectionMode.Scale)]
+    [InlineData(LoopCorrectionMode.Mean)]
+    public void The_plan_of_a_loop_correction_holds_its_exact_steps_with_the_optimizer_state(LoopCorrectionMode mode)
+    {
+        var config = ModelConfig.Get("micro");
+        var options = new TrainOptions { Seed = 5, LearningRate = 1e-3f, LoopCorrectionEvery = 2, LoopCorrectionMode = mode };
+        var plan = MemoryPlan.Plan(config, options);
+        var plain = MemoryPlan.Plan(config, options with { LoopCorrectionEvery = 0 });
+
+        using var cpu = new CpuBackend(1);
+        using var model = TextToVideo.Create(cpu, config, Topology.Parallel, options.Seed);
+        using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options);
+        var steps = Enumerable.Range(0, 3).Select(_ => trainer.TrainStep()).ToList();  // exact, corrected, exact with Adam's moments
+        Assert.Equal(steps.Max(s => s.Memory.PeakBytes), plan.Parallel.PeakBytes);
+        Assert.True(steps[2].Memory.PeakBytes > steps[0].Memory.PeakBytes, "the later exact step should peak higher");
+        Assert.True(plan.Parallel.PeakBytes > plain.Parallel.PeakBytes, "the exact steps cost nothing in the plan");
+        Assert.Equal(plain.Serial.PeakBytes, plan.Serial.PeakBytes);  // serial has nothing to correct
+    }
+
     [Fact]
     public void A_meta_backend_computes_nothing_unless_asked_to_dry_run()
     {
