@@ -90,6 +90,13 @@ public sealed record TrainOptions
     /// <summary>How <see cref="LoopCorrectionEvery"/>'s exact steps correct the steps between (default: scale).</summary>
     public LoopCorrectionMode LoopCorrectionMode { get; init; } = LoopCorrectionMode.Scale;
 
+    /// <summary>
+    /// <see cref="LoopCorrectionMode.Scale"/> fits each tensor's coefficient on at most this many of its
+    /// elements (every k-th, k = ceil(n / this)): the exact step then holds a sampled copy of the loop's
+    /// gradient instead of a whole one (2 GiB at ms256). Tensors up to this size are fitted whole.
+    /// </summary>
+    internal int LoopScaleSamples { get; init; } = 65536;
+
     /// <summary>Raise instead of stepping when the loss is NaN or infinite.</summary>
     public bool CheckFinite { get; init; } = true;
 
@@ -382,13 +389,13 @@ public sealed class Trainer : IDisposable
         var loopGrads = new Dictionary<Parameter, Tensor>();
         try
         {
+            bool scale = Options.LoopCorrectionMode == LoopCorrectionMode.Scale;
             foreach (var (_, p) in _optimizer.Parameters)
             {
                 if (p.Grad is { } g)
                 {
-                    var copy = Tensor.Empty(backend, g.Shape);
-                    backend.Add(g, g, copy, 1f, 0f);
-                    loopGrads[p] = copy;
+                    // The scale mode needs only dot products: a sample of a large tensor will do.
+                    loopGrads[p] = scale ? Sample(g) : Copy(g);
                 }
 
                 p.ClearGrad();
@@ -419,10 +426,11 @@ public sealed class Trainer : IDisposable
                     }
 
                     var fit = _loopScale.TryGetValue(p, out var known) ? known : _loopScale[p] = new LoopScale();
+                    using var exactSample = loopGrad.Numel == exact.Numel ? null : Sample(exact);
                     backend.Fill(sum, 0f);
                     backend.SumSquaresAccumulate(loopGrad, sum);
                     double variance = sum.Item();
-                    backend.Mul(loopGrad, exact, loopGrad);
+                    backend.Mul(loopGrad, exactSample ?? exact, loopGrad);
                     backend.Sum(loopGrad, sum);
                     fit.Covariance = m * fit.Covariance + (1 - m) * sum.Item();
                     fit.Variance = m * fit.Variance + (1 - m) * variance;
@@ -460,6 +468,33 @@ public sealed class Trainer : IDisposable
                 t.Dispose();
             }
         }
+    }
+
+    /// <summary>A whole copy of <paramref name="g"/>.</summary>
+    private Tensor Copy(Tensor g)
+    {
+        var copy = Tensor.Empty(_model.Backend, g.Shape);
+        _model.Backend.Add(g, g, copy, 1f, 0f);
+        return copy;
+    }
+
+    /// <summary>
+    /// Every k-th element of <paramref name="g"/>, k = ceil(n / <see cref="TrainOptions.LoopScaleSamples"/>): a
+    /// whole copy up to that size. The same elements for the same shape, so two samples pair up.
+    /// </summary>
+    private Tensor Sample(Tensor g)
+    {
+        long n = g.Numel;
+        long stride = (n + Options.LoopScaleSamples - 1) / Options.LoopScaleSamples;
+        if (stride <= 1)
+        {
+            return Copy(g);
+        }
+
+        int count = checked((int)((n + stride - 1) / stride));
+        var sample = Tensor.Empty(_model.Backend, new Shape(count));
+        _model.Backend.CopyRows(g, 0, stride, sample, 0, 1, count, 1);
+        return sample;
     }
 
     /// <summary>

@@ -305,6 +305,43 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Fact]
+    public void Scaled_loop_correction_fits_large_tensors_on_a_sample_of_their_elements()
+    {
+        Assert.SkipWhen(fixture.Simulated, "minutes of training passes on the CUDA simulator; run on a real GPU by scripts/gpu-run.sh");
+        int seed = Seeds.One;
+        const int samples = 7;
+        var data = Clips(seed);
+        using var loopModel = TextToVideo.Create(B, Micro, Topology.Parallel, seed);
+        using var serialModel = TextToVideo.Create(B, Micro, Topology.Serial, seed);
+        using var serialTrainer = new Trainer(serialModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed });
+        using var correcting = new Trainer(loopModel, data, Stage.TextToVideo,
+            new TrainOptions { Seed = seed, LoopCorrectionEvery = 2, LoopCorrectionMomentum = 0.5f, LoopScaleSamples = samples });
+        var batch = correcting.MakeBatch(data, 1, seed, correcting.Options.CaptionDropout);
+        correcting.Backprop(batch);
+        serialTrainer.Backprop(batch);
+        var loop = correcting.Optimizer.Parameters.ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+        var exact = serialTrainer.Optimizer.Parameters.ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+        correcting.Optimizer.ZeroGrad();
+        correcting.TrainStep();
+
+        // Every k-th element, k = ceil(n / 7), from the first: the same elements of both gradients.
+        int sampled = 0;
+        foreach (var (name, p) in correcting.Optimizer.Parameters)
+        {
+            int n = loop[name].Length, stride = (n + samples - 1) / samples;
+            var picks = Enumerable.Range(0, (n + stride - 1) / stride).Select(i => i * stride).ToList();
+            double ll = picks.Sum(i => (double)loop[name][i] * loop[name][i]);
+            double el = picks.Sum(i => (double)exact[name][i] * loop[name][i]);
+            double expected = ll > 0 ? Math.Clamp(el / ll, 0, 1) : 0;
+            float got = correcting.LoopScales[p].Coefficient;
+            Assert.True(Math.Abs(got - expected) <= 1e-4 * Math.Max(1, expected), $"{name} ({n} elements, every {stride}th): coefficient {got}, expected {expected} (seed {seed})");
+            sampled += stride > 1 && ll > 0 ? 1 : 0;
+        }
+
+        Assert.True(sampled > 0, $"no tensor was sampled (seed {seed})");
+    }
+
+    [Fact]
     public void Resuming_from_a_checkpoint_continues_exactly()
     {
         int seed = Seeds.One;
