@@ -382,7 +382,7 @@ public static class Commands
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
                 LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
-                LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), 0.9f, p.GetValue(LoopCorrectionModeOption)!),
+                LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), momentum: null, p.GetValue(LoopCorrectionModeOption)!),
             };
             var plan = MemoryPlan.Plan(config, options);
             if (p.GetValue(json))
@@ -507,13 +507,16 @@ public static class Commands
     private static int CheckLoopCorrection(int steps) =>
         steps >= 0 ? steps : throw new UsageException($"--loop-correction must be 0 (off) or a number of steps, got {steps}.");
 
-    /// <summary>The --loop-correction steps, --loop-correction-momentum and --loop-correction-mode, checked; the mode parsed.</summary>
-    private static LoopCorrectionMode ParseLoopCorrectionMode(int steps, float momentum, string mode)
+    /// <summary>
+    /// The --loop-correction steps, --loop-correction-momentum (where the command has it) and --loop-correction-mode,
+    /// checked; the mode parsed.
+    /// </summary>
+    private static LoopCorrectionMode ParseLoopCorrectionMode(int steps, float? momentum, string mode)
     {
         CheckLoopCorrection(steps);
-        if (!(momentum >= 0 && momentum < 1))
+        if (momentum is { } m && !(m >= 0 && m < 1))
         {
-            throw new UsageException($"--loop-correction-momentum must be in [0, 1), got {momentum}.");
+            throw new UsageException($"--loop-correction-momentum must be in [0, 1), got {m}.");
         }
 
         return mode.ToLowerInvariant() switch

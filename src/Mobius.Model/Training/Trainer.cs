@@ -414,7 +414,7 @@ public sealed class Trainer : IDisposable
             }
 
             float m = Options.LoopCorrectionMomentum;
-            if (Options.LoopCorrectionMode == LoopCorrectionMode.Scale)
+            if (scale)
             {
                 // Running means from zero; their ratio needs no debiasing.
                 using var sum = Tensor.Zeros(backend, new Shape(1));
@@ -474,7 +474,7 @@ public sealed class Trainer : IDisposable
     private Tensor Copy(Tensor g)
     {
         var copy = Tensor.Empty(_model.Backend, g.Shape);
-        _model.Backend.Add(g, g, copy, 1f, 0f);
+        _model.Backend.Scale(g, 1f, copy);
         return copy;
     }
 
