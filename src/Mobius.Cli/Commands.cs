@@ -152,7 +152,6 @@ public static class Commands
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
-            float minSnr = MinSnr(p);
             var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
             using var _ = backend;
             var resumeFrom = p.GetValue(resume);
@@ -164,7 +163,17 @@ public static class Commands
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
-            var options = new TrainOptions { Seed = ckpt?.Seed ?? seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr, WeightDecay = 0, CosineDecaySteps = p.GetValue(cosine) };
+            var recipe = new Recipe(p, resumeFrom, ckpt);
+            var options = new TrainOptions
+            {
+                Seed = ckpt?.Seed ?? seed, WeightDecay = 0,
+                LearningRate = recipe.Pick(lr, o => o.LearningRate),
+                MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
+                CosineDecaySteps = recipe.Pick(cosine, o => o.CosineDecaySteps),
+            };
+            recipe.Keep(SeedOption, options.Seed, "seed");
+            recipe.Keep(ConfigOption, config.Name, "config");
+            recipe.Announce();
             using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {
@@ -202,38 +211,60 @@ public static class Commands
             int validateEvery = p.GetValue(ValidateEveryOption);
             int validationBatches = p.GetValue(ValidationBatchesOption);
             CheckValidation(validateEvery, validationBatches, p.GetValue(keepBest));
-            int loopCorrection = p.GetValue(LoopCorrectionOption);
-            var correctionMode = ParseLoopCorrectionMode(loopCorrection, p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!);
-
-            float minSnr = MinSnr(p);
             float? frameNoise = FrameNoise(p);
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
             var resumeFrom = p.GetValue(resume);
             var ckpt = Checkpoint.Load(resumeFrom ?? p.GetValue(from) ?? DefaultCheckpoint);
+            if (resumeFrom is not null && ckpt.Topology == Topology.Spatial)
+            {
+                throw new UsageException($"{resumeFrom} is a text-to-image checkpoint: start stage 2 from it with --from, or resume its stage 1 with mobius pretrain --resume.");
+            }
+
             if (resumeFrom is not null && ckpt.Topology != topo)
             {
                 throw new UsageException($"{resumeFrom} was trained as {ckpt.Topology}; resume it with --topology {ckpt.Topology.ToString().ToLowerInvariant()}.");
             }
 
-            int seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed;
+            // A resumed run takes the options of the run that wrote the checkpoint, unless the command line says otherwise.
+            var recipe = new Recipe(p, resumeFrom, ckpt);
+            int loopCorrection = recipe.Pick(LoopCorrectionOption, o => o.LoopCorrectionEvery);
+            float momentum = recipe.Pick(LoopCorrectionMomentumOption, o => o.LoopCorrectionMomentum);
+            var correctionMode = ParseLoopCorrectionMode(loopCorrection, momentum, recipe.Pick(LoopCorrectionModeOption, o => o.LoopCorrectionMode.ToString().ToLowerInvariant()));
+            string? motions = recipe.Pick(MotionOption, _ => ckpt.Extra.GetValueOrDefault(MotionsKey));
+            var options = new TrainOptions
+            {
+                Seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed,
+                LearningRate = recipe.Pick(lr, o => o.LearningRate),
+                MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
+                RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
+                RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
+                LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode,
+            };
+            var parsedMotions = ParseMotions(motions);
+            recipe.Keep(SeedOption, options.Seed, "seed");
+
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
+            int seed = options.Seed;
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
-            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, ParseMotions(p.GetValue(MotionOption))), Stage.TextToVideo,
-                new TrainOptions { Seed = seed, LearningRate = p.GetValue(lr), MinSnrGamma = minSnr,
-                    RecomputeSpatial = p.GetValue(RecomputeOption), RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
-                    LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = p.GetValue(LoopCorrectionMomentumOption), LoopCorrectionMode = correctionMode });
+            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
             }
 
+            recipe.Announce();
             string path = p.GetValue(output)!;
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            if (motions is not null)
+            {
+                extra[MotionsKey] = motions;
+            }
+
             string title = $"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}";
             Func<int, float>? validate = null;
             if (validateEvery > 0)
             {
                 // Held-out clips of the same motions; the same batches at every validation.
-                var held = Comparison.Data(ckpt.Config, seed, Split.Validation, ParseMotions(p.GetValue(MotionOption)));
+                var held = Comparison.Data(ckpt.Config, seed, Split.Validation, parsedMotions);
                 float best = float.PositiveInfinity;
                 string bestPath = Path.ChangeExtension(path, null) + ".best.safetensors";
                 AnsiConsole.MarkupLine($"validation loss before step {trainer.StepsDone + 1}: {trainer.Evaluate(held, validationBatches, seed):0.0000}");
@@ -579,10 +610,92 @@ public static class Commands
 
     private static string Kebab(Motion m) => string.Concat(m.ToString().Select((ch, i) => i > 0 && char.IsUpper(ch) ? "-" + char.ToLowerInvariant(ch) : char.ToLowerInvariant(ch).ToString()));
 
-    private static float MinSnr(ParseResult p)
+    private static float MinSnr(ParseResult p) => CheckMinSnr(p.GetValue(MinSnrOption));
+
+    private static float CheckMinSnr(float gamma) =>
+        gamma >= 0 && float.IsFinite(gamma) ? gamma : throw new UsageException($"--min-snr must be 0 (off) or positive, got {gamma}.");
+
+    /// <summary>The checkpoint metadata entry where <c>train</c> records its <c>--motion</c> selection.</summary>
+    private const string MotionsKey = "motions";
+
+    /// <summary>
+    /// The options of a run that may resume a checkpoint: a fresh run reads the command line; a resumed one takes
+    /// the recorded value of each option the command line does not give, and names each one it gives that differs
+    /// (that run does not continue as the first would have). A checkpoint from before options were recorded
+    /// falls back to the command line, said once.
+    /// </summary>
+    private sealed class Recipe(ParseResult parse, string? resumeFrom, Checkpoint? checkpoint)
     {
-        float gamma = p.GetValue(MinSnrOption);
-        return gamma >= 0 && float.IsFinite(gamma) ? gamma : throw new UsageException($"--min-snr must be 0 (off) or positive, got {gamma}.");
+        private readonly List<string> _changed = [];
+        private readonly List<string> _kept = [];
+        private bool _unrecorded;
+
+        /// <summary>The option's value for this run; <paramref name="recorded"/> reads the checkpoint's run's.</summary>
+        public T Pick<T>(Option<T> option, Func<TrainOptions, T> recorded)
+        {
+            var given = parse.GetValue(option)!;
+            if (resumeFrom is null)
+            {
+                return given;
+            }
+
+            if (checkpoint?.TrainOptions is not { } options)
+            {
+                _unrecorded = true;
+                return given;
+            }
+
+            var old = recorded(options);
+            if (parse.GetResult(option) is not { Implicit: false })
+            {
+                return old;
+            }
+
+            if (!EqualityComparer<T>.Default.Equals(given, old))
+            {
+                _changed.Add($"{option.Name} {Show(given)} (the run had {Show(old)})");
+            }
+
+            return given;
+        }
+
+        /// <summary>Notes an option a resumed run cannot change (the seed fixes the data order) when the command line gives another value.</summary>
+        public void Keep<T>(Option<T> option, T value, string what)
+        {
+            if (resumeFrom is not null && parse.GetResult(option) is { Implicit: false } && !EqualityComparer<T>.Default.Equals(parse.GetValue(option), value))
+            {
+                _kept.Add($"{option.Name} {Show(parse.GetValue(option))} ignored: a resumed run keeps its {what}, {Show(value)}");
+            }
+        }
+
+        public void Announce()
+        {
+            if (resumeFrom is null)
+            {
+                return;
+            }
+
+            Console.WriteLine(_changed.Count > 0
+                ? $"resuming {resumeFrom} after step {checkpoint!.Step} with options changed: {string.Join("; ", _changed)}. The run will not continue exactly as it would have."
+                : $"resuming {resumeFrom} after step {checkpoint!.Step} with the options of the run that wrote it.");
+            foreach (var line in _kept)
+            {
+                Console.WriteLine(line + ".");
+            }
+
+            if (_unrecorded)
+            {
+                Console.WriteLine($"{resumeFrom} does not record all of its run's options (an older checkpoint); the command line's are used.");
+            }
+        }
+
+        private static string Show<T>(T value) => value switch
+        {
+            null => "the default",
+            float f => f.ToString("R", System.Globalization.CultureInfo.InvariantCulture),
+            bool b => b ? "on" : "off",
+            _ => value.ToString()!,
+        };
     }
 
     private static float? FrameNoise(ParseResult p)

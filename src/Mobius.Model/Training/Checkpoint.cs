@@ -9,7 +9,9 @@ namespace Mobius.Model.Training;
 /// <summary>
 /// A training checkpoint in safetensors (PyTorch's safetensors reads it): the UNet under "unet.",
 /// the text encoder under "text.", AdamW moments under "optim.", and in the metadata the config,
-/// topology, stage, step, seed, tokenizer vocabulary and codec scales. Written atomically.
+/// topology, stage, step, seed, tokenizer vocabulary and codec scales; a trainer's checkpoint also holds its
+/// options and, with the loop correction, that correction's state (running differences under "loop_bias.").
+/// Written atomically.
 /// </summary>
 public sealed class Checkpoint
 {
@@ -52,10 +54,31 @@ public sealed class Checkpoint
     /// <summary>Free-form metadata (for example the command that made the checkpoint).</summary>
     public Dictionary<string, string> Extra { get; init; } = new();
 
+    /// <summary>
+    /// The options of the run that wrote the checkpoint (null when no trainer wrote it, or an older one):
+    /// what a resumed run takes unless told otherwise.
+    /// </summary>
+    public TrainOptions? TrainOptions { get; init; }
+
+    /// <summary>
+    /// The loop bridge's gradient correction as it stood (<see cref="TrainOptions.LoopCorrectionEvery"/>; null
+    /// without one): a resumed run continues with the coefficients or running difference already measured.
+    /// </summary>
+    public LoopCorrectionState? LoopCorrection { get; init; }
+
+    private static readonly string[] Reserved =
+        ["format", "config", "topology", "step", "seed", "vocabulary", "codec_scales", "codec_shifts", "optimizer_steps", "train_options", "loop_correction"];
+
     /// <summary>Writes the checkpoint; parameter shapes are taken from the modules.</summary>
     public static void Save(string path, ModelConfig config, Topology topology, int step, int seed, IReadOnlyList<string> vocabulary,
-        IReadOnlyList<float> codecScales, IReadOnlyList<float> codecShifts, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null)
+        IReadOnlyList<float> codecScales, IReadOnlyList<float> codecShifts, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null,
+        TrainOptions? trainOptions = null, LoopCorrectionState? loopCorrection = null)
     {
+        if (extra?.Keys.FirstOrDefault(k => Reserved.Contains(k)) is { } clash)
+        {
+            throw new ArgumentException($"metadata key '{clash}' is the checkpoint's own.", nameof(extra));
+        }
+
         var tensors = new Dictionary<string, SafeTensors.Entry>();
         foreach (var (name, p) in unet.NamedParameters())
         {
@@ -75,6 +98,14 @@ public sealed class Checkpoint
             }
         }
 
+        if (loopCorrection is not null)
+        {
+            foreach (var (name, values) in loopCorrection.Bias)
+            {
+                tensors["loop_bias." + name] = new SafeTensors.Entry([values.Length], values);
+            }
+        }
+
         var meta = new Dictionary<string, string>(extra ?? new Dictionary<string, string>())
         {
             ["format"] = Format,
@@ -87,6 +118,16 @@ public sealed class Checkpoint
             ["codec_shifts"] = JsonSerializer.Serialize(codecShifts),
             ["optimizer_steps"] = (optimizer?.StepCount ?? 0).ToString(CultureInfo.InvariantCulture),
         };
+        if (trainOptions is not null)
+        {
+            meta["train_options"] = trainOptions.ToJson();
+        }
+
+        if (loopCorrection is not null)
+        {
+            meta["loop_correction"] = loopCorrection.MetadataJson();
+        }
+
         SafeTensors.Write(path, tensors, meta);
     }
 
@@ -102,8 +143,7 @@ public sealed class Checkpoint
 
         try
         {
-            var extra = meta.Where(kv => kv.Key is not ("format" or "config" or "topology" or "step" or "seed" or "vocabulary" or "codec_scales" or "codec_shifts" or "optimizer_steps"))
-                .ToDictionary(kv => kv.Key, kv => kv.Value);
+            var extra = meta.Where(kv => !Reserved.Contains(kv.Key)).ToDictionary(kv => kv.Key, kv => kv.Value);
             return new Checkpoint
             {
                 Config = ModelConfig.FromJson(Meta("config")),
@@ -118,6 +158,8 @@ public sealed class Checkpoint
                 Text = Section(tensors, "text."),
                 Optimizer = Section(tensors, "optim."),
                 Extra = extra,
+                TrainOptions = meta.TryGetValue("train_options", out var options) ? TrainOptions.FromJson(options) : null,
+                LoopCorrection = meta.TryGetValue("loop_correction", out var loop) ? LoopCorrectionState.FromMetadata(loop, Section(tensors, "loop_bias.")) : null,
             };
         }
         catch (Exception e) when (e is JsonException or FormatException or ArgumentException or OverflowException)

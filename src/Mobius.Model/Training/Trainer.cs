@@ -1,4 +1,6 @@
 using System.Diagnostics;
+using System.Text.Json;
+using System.Text.Json.Serialization;
 using Mobius.Data;
 using Mobius.Engine;
 using Mobius.Engine.Autograd;
@@ -75,7 +77,7 @@ public sealed record TrainOptions
     /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
     /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
     /// the exact step, and corrects the steps in between by what the exact steps measured
-    /// (<see cref="LoopCorrectionMode"/>; not kept in checkpoints). <see cref="LoopCorrectionMode.Mean"/>
+    /// (<see cref="LoopCorrectionMode"/>; kept in the trainer's checkpoints, <see cref="Checkpoint.LoopCorrection"/>). <see cref="LoopCorrectionMode.Mean"/>
     /// folds the difference between the loop's and the exact gradient into a running mean (exponential with
     /// <see cref="LoopCorrectionMomentum"/>, debiased as Adam's moments are) and subtracts it from the loop's
     /// gradient: a control variate for the straight-through estimate's bias, kept as one more gradient-sized
@@ -105,6 +107,69 @@ public sealed record TrainOptions
     /// a tenth of it at this step (and stays there); 0 keeps it constant.
     /// </summary>
     public int CosineDecaySteps { get; init; }
+
+    /// <summary>
+    /// These options as JSON (snake_case names, floats round-tripping exactly): what a trainer's checkpoint
+    /// keeps so that a resumed run continues with the same recipe (<see cref="Checkpoint.TrainOptions"/>).
+    /// </summary>
+    public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
+        FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
+        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps));
+
+    /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
+    /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
+    public static TrainOptions FromJson(string json)
+    {
+        Recorded r;
+        try
+        {
+            r = JsonSerializer.Deserialize<Recorded>(json) ?? throw new FormatException("train options are null.");
+        }
+        catch (JsonException e)
+        {
+            throw new FormatException($"train options are not valid JSON: {e.Message}", e);
+        }
+
+        var defaults = new TrainOptions();
+        return new TrainOptions
+        {
+            Seed = r.Seed ?? defaults.Seed,
+            LearningRate = r.LearningRate ?? defaults.LearningRate,
+            WeightDecay = r.WeightDecay ?? defaults.WeightDecay,
+            MaxGradNorm = r.MaxGradNorm ?? defaults.MaxGradNorm,
+            CaptionDropout = r.CaptionDropout ?? defaults.CaptionDropout,
+            MinSnrGamma = r.MinSnrGamma ?? defaults.MinSnrGamma,
+            FrozenTemporal = r.FrozenTemporal,
+            RecomputeSpatial = r.RecomputeSpatial ?? false,
+            RecomputeTemporal = r.RecomputeTemporal ?? false,
+            LoopCorrectionEvery = r.LoopCorrectionEvery ?? 0,
+            LoopCorrectionMomentum = r.LoopCorrectionMomentum ?? defaults.LoopCorrectionMomentum,
+            LoopCorrectionMode = r.LoopCorrectionMode is null ? defaults.LoopCorrectionMode
+                : Enum.TryParse<LoopCorrectionMode>(r.LoopCorrectionMode, ignoreCase: true, out var mode) ? mode
+                : throw new FormatException($"unknown loop-correction mode '{r.LoopCorrectionMode}'."),
+            LoopScaleSamples = r.LoopScaleSamples ?? defaults.LoopScaleSamples,
+            CheckFinite = r.CheckFinite ?? defaults.CheckFinite,
+            CosineDecaySteps = r.CosineDecaySteps ?? 0,
+        };
+    }
+
+    /// <summary>The JSON form of the options (nullable, so that a missing field keeps its default).</summary>
+    private sealed record Recorded(
+        [property: JsonPropertyName("seed")] int? Seed,
+        [property: JsonPropertyName("learning_rate")] float? LearningRate,
+        [property: JsonPropertyName("weight_decay")] float? WeightDecay,
+        [property: JsonPropertyName("max_grad_norm")] float? MaxGradNorm,
+        [property: JsonPropertyName("caption_dropout")] float? CaptionDropout,
+        [property: JsonPropertyName("min_snr_gamma")] float? MinSnrGamma,
+        [property: JsonPropertyName("frozen_temporal")] string[]? FrozenTemporal,
+        [property: JsonPropertyName("recompute_spatial")] bool? RecomputeSpatial,
+        [property: JsonPropertyName("recompute_temporal")] bool? RecomputeTemporal,
+        [property: JsonPropertyName("loop_correction_every")] int? LoopCorrectionEvery,
+        [property: JsonPropertyName("loop_correction_momentum")] float? LoopCorrectionMomentum,
+        [property: JsonPropertyName("loop_correction_mode")] string? LoopCorrectionMode,
+        [property: JsonPropertyName("loop_scale_samples")] int? LoopScaleSamples,
+        [property: JsonPropertyName("check_finite")] bool? CheckFinite,
+        [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -262,20 +327,81 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    /// <summary>Restores the optimiser state and step count from a checkpoint taken by <see cref="Save"/>.</summary>
+    /// <summary>
+    /// Restores the optimiser state and step count from a checkpoint taken by <see cref="Save"/>, and the loop
+    /// correction's measurements when this trainer corrects in the same mode (otherwise the correction starts
+    /// afresh). The options are this trainer's: pass the checkpoint's <see cref="Checkpoint.TrainOptions"/> to
+    /// continue exactly.
+    /// </summary>
     public void Resume(Checkpoint checkpoint)
     {
         var moments = checkpoint.Optimizer;
         _optimizer.LoadStateDict(moments, checkpoint.OptimizerSteps);
         StepsDone = checkpoint.Step;
+        ClearLoopCorrection();
+        if (checkpoint.LoopCorrection is not { } loop || !LoopCorrected || loop.Mode != Options.LoopCorrectionMode)
+        {
+            return;
+        }
+
+        foreach (var (name, p) in _optimizer.Parameters)
+        {
+            if (loop.Fits.TryGetValue(name, out var fit))
+            {
+                _loopScale[p] = new LoopScale { Covariance = fit.Covariance, Variance = fit.Variance };
+            }
+
+            if (loop.Bias.TryGetValue(name, out var bias))
+            {
+                if (bias.Length != p.Numel)
+                {
+                    throw new InvalidDataException($"the checkpoint's loop correction for '{name}' has {bias.Length} values; the parameter has {p.Numel}.");
+                }
+
+                _loopBias[p] = Tensor.FromArray(_model.Backend, bias, p.Shape, MemoryCategory.OptimizerState);
+            }
+        }
+
+        _loopBiasFolds = loop.Folds;
     }
 
     /// <summary>
-    /// Saves model and optimiser so that <see cref="Resume"/> continues exactly; without the optimiser
-    /// (<paramref name="weightsOnly"/>) the file is a third of the size and serves as a starting point.
+    /// Saves model and optimiser (and this trainer's options and loop correction) so that <see cref="Resume"/>
+    /// continues exactly; without the optimiser (<paramref name="weightsOnly"/>) the file is a third of the size
+    /// and serves as a starting point.
     /// </summary>
     public void Save(string path, IReadOnlyDictionary<string, string>? extra = null, bool weightsOnly = false) =>
-        _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra);
+        _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra, Options, weightsOnly ? null : LoopCorrectionState());
+
+    /// <summary>
+    /// What the loop correction (<see cref="TrainOptions.LoopCorrectionEvery"/>) has measured so far, by parameter
+    /// name; null when this run has none or has not yet taken an exact step. A copy: training goes on without it.
+    /// </summary>
+    public LoopCorrectionState? LoopCorrectionState()
+    {
+        if (!LoopCorrected || _loopBiasFolds == 0)
+        {
+            return null;
+        }
+
+        var fits = _optimizer.Parameters.Where(np => _loopScale.ContainsKey(np.Parameter))
+            .ToDictionary(np => np.Name, np => new LoopScaleFit(_loopScale[np.Parameter].Covariance, _loopScale[np.Parameter].Variance));
+        var bias = _optimizer.Parameters.Where(np => _loopBias.ContainsKey(np.Parameter))
+            .ToDictionary(np => np.Name, np => _loopBias[np.Parameter].ToArray());
+        return new LoopCorrectionState(Options.LoopCorrectionMode, _loopBiasFolds, fits, bias);
+    }
+
+    private void ClearLoopCorrection()
+    {
+        foreach (var t in _loopBias.Values)
+        {
+            t.Dispose();
+        }
+
+        _loopBias.Clear();
+        _loopScale.Clear();
+        _loopBiasFolds = 0;
+    }
 
     /// <summary>
     /// The running loop-minus-exact gradient difference by parameter (<see cref="TrainOptions.LoopCorrectionEvery"/>),

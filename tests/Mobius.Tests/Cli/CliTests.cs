@@ -349,6 +349,43 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void A_resumed_train_run_takes_the_options_its_checkpoint_records_and_names_those_changed()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
+        string[] recipe = ["--lr", "0.003", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4"];
+        var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
+        Assert.True(a.Code == 0, a.Out + a.Err);
+        var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
+        Assert.True(b.Code == 0, b.Out + b.Err);
+
+        // Resumed with no option but the run's length: the recorded learning rate, correction, motions and seed.
+        var c = Mobius("train", "--topology", "parallel", "--resume", part, "--steps", "1", "--out", part);
+        Assert.True(c.Code == 0, c.Out + c.Err);
+        Assert.Contains("with the options of the run that wrote it", c.Out);
+        var expected = Checkpoint.Load(straight);
+        var got = Checkpoint.Load(part);
+        Assert.Equal(4, got.Step);
+        Assert.Equal(expected.TrainOptions!.ToJson(), got.TrainOptions!.ToJson());
+        Assert.Equal("move-right", got.Extra["motions"]);
+        Assert.Equal(4, got.Seed);
+        Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
+        foreach (var (name, values) in expected.Unet)
+        {
+            Assert.True(values.AsSpan().SequenceEqual(got.Unet[name]), $"{name} differs from the uninterrupted run");
+        }
+
+        // Options given again on resume override the recorded ones, and the run says so; the seed cannot change.
+        var d = Mobius("train", "--topology", "parallel", "--resume", part, "--steps", "1", "--lr", "0.001", "--seed", "9", "--out", folder.File("changed.safetensors"));
+        Assert.True(d.Code == 0, d.Out + d.Err);
+        Assert.Contains("--lr 0.001 (the run had 0.003)", d.Out);
+        Assert.Contains("will not continue exactly", d.Out);
+        Assert.Contains("--seed 9 ignored: a resumed run keeps its seed, 4", d.Out);
+        Assert.Equal(0.001f, Checkpoint.Load(folder.File("changed.safetensors")).TrainOptions!.LearningRate);
+    }
+
+    [Fact]
     public void Pretrain_train_resume_and_sample_chain_together()
     {
         using var folder = new TempFolder();
@@ -434,6 +471,6 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a purple zebra dancing"), 4, "zebra");
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("v"), "--memory-limit-mb", "1"), 5, "out of memory");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--backend", "cuda"), 6, "cuda");
-        AssertCleanFailure(Mobius("train", "--topology", "parallel", "--resume", t2i, "--steps", "1", "--out", folder.File("v")), 2, "resume");
+        AssertCleanFailure(Mobius("train", "--topology", "parallel", "--resume", t2i, "--steps", "1", "--out", folder.File("v")), 2, "start stage 2 from it with --from");
     }
 }

@@ -363,6 +363,81 @@ public abstract class TrainingTests(BackendFixture fixture)
         }
     }
 
+    [Theory]
+    [InlineData(LoopCorrectionMode.Scale)]
+    [InlineData(LoopCorrectionMode.Mean)]
+    public void Resuming_a_loop_corrected_run_continues_exactly_with_its_options_and_correction(LoopCorrectionMode mode)
+    {
+        Assert.SkipWhen(fixture.Simulated, "minutes of training steps on the CUDA simulator; run on a real GPU by scripts/gpu-run.sh");
+        int seed = Seeds.One;
+        using var folder = new TempFolder();
+        var data = Clips(seed);
+        var options = new TrainOptions
+        {
+            Seed = seed, LearningRate = 3e-3f, MinSnrGamma = 5f, LoopCorrectionEvery = 2, LoopCorrectionMode = mode,
+            LoopCorrectionMomentum = 0.8f, FrozenTemporal = ["mid."],
+        };
+
+        // Seven steps straight: exact steps 1, 3, 5, 7; steps 4 and 6 corrected by what steps 1 and 3 (and 5) measured.
+        float[] straight;
+        Dictionary<string, float[]> expected;
+        using (var m = TextToVideo.Create(B, Micro, Topology.Parallel, seed))
+        using (var t = new Trainer(m, data, Stage.TextToVideo, options))
+        {
+            straight = Enumerable.Range(0, 7).Select(_ => t.TrainStep().Loss).ToArray();
+            expected = m.Unet.StateDict();
+        }
+
+        // Stopped after step 3 (an exact step just folded in), resumed from the checkpoint alone: its recorded options, its correction.
+        string path = folder.File("corrected.safetensors");
+        using (var m = TextToVideo.Create(B, Micro, Topology.Parallel, seed))
+        using (var t = new Trainer(m, data, Stage.TextToVideo, options))
+        {
+            for (int i = 0; i < 3; i++)
+            {
+                t.TrainStep();
+            }
+
+            t.Save(path);
+        }
+
+        var ckpt = Checkpoint.Load(path);
+        var recorded = Assert.IsType<TrainOptions>(ckpt.TrainOptions);
+        Assert.Equal(options.ToJson(), recorded.ToJson());
+        Assert.Equal(["mid."], recorded.FrozenTemporal!);
+        var state = Assert.IsType<LoopCorrectionState>(ckpt.LoopCorrection);
+        Assert.Equal(mode, state.Mode);
+        Assert.Equal(2, state.Folds);
+        Assert.NotEmpty(mode == LoopCorrectionMode.Scale ? state.Fits.Keys : state.Bias.Keys);
+        Assert.DoesNotContain(state.Fits.Keys.Concat(state.Bias.Keys), n => n.Contains(".mid.", StringComparison.Ordinal));  // frozen: no gradient, nothing measured
+
+        (float[] Losses, Dictionary<string, float[]> Weights) Resume(Checkpoint from)
+        {
+            using var m = TextToVideo.Load(B, from, Topology.Parallel, from.Seed);
+            using var t = new Trainer(m, data, Stage.TextToVideo, from.TrainOptions!);
+            t.Resume(from);
+            var losses = Enumerable.Range(0, 4).Select(_ => t.TrainStep().Loss).ToArray();
+            return (losses, m.Unet.StateDict());
+        }
+
+        var resumed = Resume(ckpt);
+        Assert.Equal(straight[3..], resumed.Losses);
+        foreach (var (name, values) in expected)
+        {
+            Assert.True(values.AsSpan().SequenceEqual(resumed.Weights[name]), $"{name} differs after resume (seed {seed}, {mode})");
+        }
+
+        // What the correction measured is what makes it exact: resumed without it, step 4 goes uncorrected and the weights part.
+        var forgetful = new Checkpoint
+        {
+            Config = ckpt.Config, Topology = ckpt.Topology, Step = ckpt.Step, Seed = ckpt.Seed, Vocabulary = ckpt.Vocabulary,
+            CodecScales = ckpt.CodecScales, CodecShifts = ckpt.CodecShifts, Unet = ckpt.Unet, Text = ckpt.Text,
+            Optimizer = ckpt.Optimizer, OptimizerSteps = ckpt.OptimizerSteps, TrainOptions = ckpt.TrainOptions, LoopCorrection = null,
+        };
+        var without = Resume(forgetful);
+        Assert.Contains(expected, kv => !kv.Value.AsSpan().SequenceEqual(without.Weights[kv.Key]));
+    }
+
     [Fact]
     public void A_text_to_image_checkpoint_loads_into_both_topologies_and_a_video_one_only_into_its_own()
     {
@@ -431,6 +506,23 @@ public abstract class TrainingTests(BackendFixture fixture)
         var bytes = File.ReadAllBytes(good);
         File.WriteAllBytes(path, bytes[..(bytes.Length - 100)]);
         Assert.Contains(path, Assert.Throws<InvalidDataException>(() => Checkpoint.Load(path)).Message);
+
+        // So are a trainer's entries that do not parse: its options, its loop correction.
+        var (tensors, meta) = Mobius.Engine.IO.SafeTensors.Read(good);
+        foreach (var (key, value) in new[] { ("train_options", "{\"learning_rate\": "), ("train_options", "{\"loop_correction_mode\": \"median\"}"),
+                     ("loop_correction", "{\"mode\": \"scale\", \"folds\": 1, \"fits\": {\"unet.a\": [1.0]}}") })
+        {
+            Mobius.Engine.IO.SafeTensors.Write(path, tensors, new Dictionary<string, string>(meta) { [key] = value });
+            var damaged = Assert.Throws<InvalidDataException>(() => Checkpoint.Load(path));
+            Assert.Contains(path, damaged.Message);
+            Assert.Contains("damaged metadata", damaged.Message);
+        }
+
+        // A caller's metadata cannot overwrite the checkpoint's own.
+        using (var m = TextToVideo.Create(B, Micro, Topology.Spatial, 1))
+        {
+            Assert.Throws<ArgumentException>(() => m.Save(path, 0, 1, extra: new Dictionary<string, string> { ["train_options"] = "{}" }));
+        }
     }
 
     [Fact]
