@@ -27,7 +27,7 @@ public static class ExitCodes
     /// <summary>The requested backend is not available (no GPU, libraries not found).</summary>
     public const int BackendUnavailable = 6;
 
-    /// <summary>Interrupted with Ctrl-C.</summary>
+    /// <summary>Interrupted with Ctrl-C or SIGTERM (a training run saves its last whole step first).</summary>
     public const int Cancelled = 130;
 
     /// <summary>Maps an exception to its exit code and a one-line message.</summary>

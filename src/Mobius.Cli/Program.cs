@@ -1,10 +1,11 @@
 using System.CommandLine;
+using System.Runtime.InteropServices;
 using Mobius.Cli;
 using Spectre.Console;
 
 // The mobius command. Exit codes (see ExitCodes): 0 success, 1 unexpected failure, 2 bad arguments,
 // 3 a missing or damaged input file, 4 unknown words in a prompt, 5 out of memory, 6 backend not
-// available, 130 cancelled.
+// available, 130 cancelled (Ctrl-C or SIGTERM).
 // Redirected output (logs, CI) gets wide tables instead of wrapping at 80 columns.
 if (Console.IsOutputRedirected)
 {
@@ -35,6 +36,13 @@ Console.CancelKeyPress += (_, e) =>
     e.Cancel = true;
     cancel.Cancel();
 };
+
+// SIGTERM (a scheduler's stop, timeout, kill) cancels as Ctrl-C does: a training run saves its last whole step.
+using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
+{
+    context.Cancel = true;
+    cancel.Cancel();
+});
 Commands.Cancellation = cancel.Token;
 
 try

@@ -1,6 +1,7 @@
 using System.Globalization;
 using Mobius.Model;
 using Mobius.Model.Training;
+using Mobius.Engine;
 using Spectre.Console;
 
 namespace Mobius.Cli;
@@ -26,7 +27,57 @@ public static class Ui
         log?.WriteLine("step,loss,ms,grad_norm,validation_loss");
 
         int lastStep = trainer.StepsDone + steps;
+        int lastSaved = trainer.StepsDone;
         string lastValidation = "";
+        try
+        {
+            Steps();
+        }
+        catch (Exception e) when ((e is OperationCanceledException or NonFiniteException) && trainer.StepsDone > lastSaved)
+        {
+            // Both stop between steps (a non-finite loss raises before the optimizer steps): the weights and the
+            // optimizer are those after the last whole step, so keep them rather than lose the run.
+            trainer.Save(path, extra);
+            string why = e is OperationCanceledException ? "cancelled" : $"the loss of step {trainer.StepsDone + 1} is not finite";
+            AnsiConsole.MarkupLine(Markup.Escape($"{why}: saved {path} after step {trainer.StepsDone}; continue with --resume {path}"));
+            throw;
+        }
+
+        return;
+
+        void Steps()
+        {
+            if (Interactive)
+            {
+                AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                    .Start(ctx =>
+                    {
+                        var task = ctx.AddTask(title, maxValue: steps);
+                        for (int i = 0; i < steps; i++)
+                        {
+                            One(s =>
+                            {
+                                task.Description = $"{title}: step {s.Step}, loss {s.Loss:0.0000}, {s.Milliseconds:0} ms{lastValidation}";
+                                task.Increment(1);
+                            });
+                        }
+                    });
+                return;
+            }
+
+            int every = Math.Max(1, steps / 10);
+            for (int i = 0; i < steps; i++)
+            {
+                One(s =>
+                {
+                    if ((i + 1) % every == 0 || i == 0)
+                    {
+                        Console.WriteLine($"{title}: step {s.Step} ({i + 1}/{steps}), loss {s.Loss:0.0000}, {s.Milliseconds:0} ms");
+                    }
+                });
+            }
+        }
+
         void One(Action<StepStats> report)
         {
             cancel.ThrowIfCancellationRequested();
@@ -35,6 +86,7 @@ public static class Ui
             if (saveEvery > 0 && s.Step % saveEvery == 0)
             {
                 trainer.Save(path, extra);
+                lastSaved = s.Step;
             }
 
             string validation = "";
@@ -57,36 +109,6 @@ public static class Ui
             }
         }
 
-
-        if (Interactive)
-        {
-            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
-                .Start(ctx =>
-                {
-                    var task = ctx.AddTask(title, maxValue: steps);
-                    for (int i = 0; i < steps; i++)
-                    {
-                        One(s =>
-                        {
-                            task.Description = $"{title}: step {s.Step}, loss {s.Loss:0.0000}, {s.Milliseconds:0} ms{lastValidation}";
-                            task.Increment(1);
-                        });
-                    }
-                });
-            return;
-        }
-
-        int every = Math.Max(1, steps / 10);
-        for (int i = 0; i < steps; i++)
-        {
-            One(s =>
-            {
-                if ((i + 1) % every == 0 || i == 0)
-                {
-                    Console.WriteLine($"{title}: step {s.Step} ({i + 1}/{steps}), loss {s.Loss:0.0000}, {s.Milliseconds:0} ms");
-                }
-            });
-        }
     }
 
     /// <summary>Runs a comparison with one progress bar per topology and phase (quiet with --json).</summary>

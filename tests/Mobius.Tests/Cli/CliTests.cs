@@ -386,6 +386,65 @@ public sealed class CliTests
     }
 
     [Fact]
+    public async Task A_cancelled_or_diverged_train_run_keeps_its_last_whole_step()
+    {
+        Assert.SkipWhen(OperatingSystem.IsWindows(), "sends SIGTERM with kill");
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
+
+        // SIGTERM (as Ctrl-C) in the middle of a long run: the steps taken are saved, resumable, and the exit code says cancelled.
+        // (Not SIGINT: a shell without job control starts background jobs with SIGINT ignored, and the runtime keeps it so.)
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "mobius.dll"), "train", "--from", t2i, "--steps", "100000", "--out", video })
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using (var p = Process.Start(psi)!)
+        {
+            var cancel = TestContext.Current.CancellationToken;
+            var stderr = p.StandardError.ReadToEndAsync(cancel);
+            string? line;
+            var seen = new System.Text.StringBuilder();
+            while ((line = await p.StandardOutput.ReadLineAsync(cancel)) is not null && !line.Contains("step 1 (", StringComparison.Ordinal))
+            {
+                seen.AppendLine(line);
+            }
+
+            if (line is null)
+            {
+                Assert.Fail("no first step: " + seen + await stderr);
+            }
+
+            using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+            {
+                kill.WaitForExit();
+            }
+
+            string rest = await p.StandardOutput.ReadToEndAsync(cancel);
+            Assert.True(p.WaitForExit(120_000), "mobius did not stop after SIGTERM");
+            Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}:\n{rest}\n{await stderr}");
+            var saved = Checkpoint.Load(video);
+            Assert.InRange(saved.Step, 1, 99_999);
+            Assert.Contains($"cancelled: saved {video} after step {saved.Step}", rest);
+            Assert.Equal(saved.Step, saved.OptimizerSteps);
+
+            var resumed = Mobius("train", "--resume", video, "--steps", "1", "--out", video);
+            Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+            Assert.Contains($"after step {saved.Step + 1}", resumed.Out);
+        }
+
+        // A loss that turns non-finite: the last finite step is kept, and the failure is one message.
+        string diverged = folder.File("diverged.safetensors");
+        var d = Mobius("train", "--from", t2i, "--steps", "5", "--lr", "1e30", "--out", diverged);
+        Assert.True(d.Code == 1, d.Out + d.Err);
+        Assert.Contains("is not finite: saved", d.Out);
+        Assert.DoesNotContain("   at ", d.Out + d.Err);
+        Assert.InRange(Checkpoint.Load(diverged).Step, 1, 4);
+    }
+
+    [Fact]
     public void Pretrain_train_resume_and_sample_chain_together()
     {
         using var folder = new TempFolder();
