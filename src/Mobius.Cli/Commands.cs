@@ -18,6 +18,12 @@ public static class Commands
     /// <summary>Set by Program: cancelled on Ctrl-C.</summary>
     public static CancellationToken Cancellation { get; set; }
 
+    /// <summary>Cancelled by the first interrupt when <see cref="StopsGracefully"/>: training stops and the report is finished.</summary>
+    public static CancellationToken Stop { get; set; }
+
+    /// <summary>Whether the running command finishes early on a first interrupt instead of cancelling (compare and demo, once training starts).</summary>
+    public static volatile bool StopsGracefully;
+
     private static readonly Option<string> ConfigOption = new("--config") { Description = "model config: micro, tiny, small, ms256", DefaultValueFactory = _ => "tiny" };
     private static readonly Option<string> BackendOption = new("--backend") { Description = "cpu or cuda (MOBIUS_CUDA=sim: the simulated driver)", DefaultValueFactory = _ => "cpu" };
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
@@ -484,10 +490,21 @@ public static class Commands
             ValidateEvery = validateEvery,
             ValidationBatches = validationBatches,
             KeepBest = keepBest,
+            StopTraining = Stop,
         };
         Directory.CreateDirectory(outDir);
         var writer = new ReportWriter(outDir);
-        var result = Ui.Compare(options, json, writer.WriteSamples, Cancellation);
+        StopsGracefully = true;
+        ComparisonResult result;
+        try
+        {
+            result = Ui.Compare(options, json, writer.WriteSamples, Cancellation);
+        }
+        finally
+        {
+            StopsGracefully = false;
+        }
+
         writer.Write(result, options);
         if (json)
         {
@@ -497,6 +514,13 @@ public static class Commands
         {
             Ui.PrintComparison(result);
             AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");
+        }
+
+        if (result.Steps < result.StepsRequested)
+        {
+            // Everything is written, but over fewer steps than asked for: a script must not take it for the full run.
+            Console.Error.WriteLine($"mobius: stopped early: {result.Steps} of {result.StepsRequested} steps; the report covers those.");
+            return ExitCodes.Cancelled;
         }
 
         return ExitCodes.Success;

@@ -31,19 +31,35 @@ if (parse.Errors.Count > 0)
 }
 
 using var cancel = new CancellationTokenSource();
+using var stop = new CancellationTokenSource();
+
+// Ctrl-C and SIGTERM (a scheduler's stop, timeout, kill) interrupt alike. A command that can finish early
+// (compare, demo) first stops training and finishes its report with the steps taken; a second interrupt, or
+// the first for any other command, cancels (a training run saves its last whole step first).
+void Interrupt()
+{
+    if (Commands.StopsGracefully && !stop.IsCancellationRequested)
+    {
+        stop.Cancel();
+        Console.Error.WriteLine("mobius: stopping training after this step and finishing the report with the steps taken; interrupt again to abort.");
+        return;
+    }
+
+    cancel.Cancel();
+}
+
 Console.CancelKeyPress += (_, e) =>
 {
     e.Cancel = true;
-    cancel.Cancel();
+    Interrupt();
 };
-
-// SIGTERM (a scheduler's stop, timeout, kill) cancels as Ctrl-C does: a training run saves its last whole step.
 using var terminate = PosixSignalRegistration.Create(PosixSignal.SIGTERM, context =>
 {
     context.Cancel = true;
-    cancel.Cancel();
+    Interrupt();
 });
 Commands.Cancellation = cancel.Token;
+Commands.Stop = stop.Token;
 
 try
 {

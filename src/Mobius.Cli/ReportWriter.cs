@@ -134,6 +134,12 @@ public sealed class ReportWriter(string folder)
         string Mb(long b) => (b / 1048576.0).ToString("0.0", ci);
         var sb = new StringBuilder();
         sb.AppendLine($"# Serial vs parallel: {r.Config}").AppendLine();
+        if (r.Steps < r.StepsRequested)
+        {
+            sb.AppendLine($"**Stopped early: {r.Steps} of the {r.StepsRequested} steps asked for** (interrupted; both topologies took the same steps, and everything below is over them).");
+            sb.AppendLine();
+        }
+
         sb.AppendLine($"One run, same seed ({r.Seed}), same data, same config; {r.Steps} training steps per topology at learning rate {r.LearningRate:g3}, steps alternating; min-SNR weighting {(r.MinSnrGamma > 0 ? $"gamma {r.MinSnrGamma:g3}" : "off")}, frame noise correlation {r.FrameNoiseCorrelation:g3}.");
         sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")}{(r.RecomputeTemporal ? " Both recompute their temporal layers in backward (--recompute-temporal)." : "")}{(r.LoopCorrectionEvery > 0 ? $" The loop bridge takes serial's exact gradient every {r.LoopCorrectionEvery} steps and corrects the steps between {(r.LoopCorrectionMode == "scale" ? "by scaling its gradient per tensor by the fitted coefficient on the exact one" : "by the running difference")}, momentum {r.LoopCorrectionMomentum:g3} (--loop-correction, experimental)." : "")} Backend: {r.Backend}. Started from: {(o.Checkpoint is null ? "a random text-to-image model" : Path.GetFileName(o.Checkpoint))}.");
         sb.AppendLine($"Written {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by mobius {typeof(ReportWriter).Assembly.GetName().Version}.").AppendLine();

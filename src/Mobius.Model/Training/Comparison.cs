@@ -71,6 +71,14 @@ public sealed record ComparisonOptions
     /// 0: none.
     /// </summary>
     public int ProfileSteps { get; init; }
+
+    /// <summary>
+    /// Cancelled during training: both topologies stop after the step pair in progress, and the comparison
+    /// finishes with the steps taken (final validation, samples, result), which <see cref="ComparisonResult.Steps"/>
+    /// then counts (fewer than <see cref="ComparisonResult.StepsRequested"/>). Both topologies always take the same
+    /// number of steps. A long run stopped this way keeps what it measured.
+    /// </summary>
+    public CancellationToken StopTraining { get; init; }
 }
 
 /// <summary>What one topology measured.</summary>
@@ -224,6 +232,10 @@ public sealed record ComparisonResult
     /// <summary>Training steps per topology.</summary>
     [JsonPropertyName("steps")]
     public int Steps { get; init; }
+
+    /// <summary>Steps asked for: more than <see cref="Steps"/> when training was stopped early (<see cref="ComparisonOptions.StopTraining"/>).</summary>
+    [JsonPropertyName("steps_requested")]
+    public int StepsRequested { get; init; }
 
     /// <summary>Seed.</summary>
     [JsonPropertyName("seed")]
@@ -401,8 +413,15 @@ public static class Comparison
             }
 
             var stats = new List<StepStats>[] { new(), new() };
+            int steps = 0;
             for (int step = 1; step <= options.Steps; step++)
             {
+                if (step > 1 && options.StopTraining.IsCancellationRequested)
+                {
+                    break;
+                }
+
+                steps = step;
                 for (int i = 0; i < 2; i++)
                 {
                     var s = trainers[i]!.TrainStep();
@@ -424,10 +443,14 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
-                Validate(i, options.Steps);
+                if (curves[i][^1].Step != steps)
+                {
+                    Validate(i, steps);
+                }
+
                 var best = curves[i].MinBy(v => v.Loss)!;
                 var final = curves[i][^1];
-                if (options.KeepBest && best.Step != options.Steps)
+                if (options.KeepBest && best.Step != steps)
                 {
                     trainers[i]!.RestoreTrainable(bestWeights[i]!);
                     final = best;
@@ -471,7 +494,8 @@ public static class Comparison
                 Bridge = config.Bridge,
                 Motions = options.Motions?.Select(m => m.ToString()).ToList(),
                 Backend = backends[0].DeviceName,
-                Steps = options.Steps,
+                Steps = steps,
+                StepsRequested = options.Steps,
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
                 MinSnrGamma = options.Train.MinSnrGamma,

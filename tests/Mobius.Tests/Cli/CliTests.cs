@@ -385,6 +385,60 @@ public sealed class CliTests
         Assert.Equal(0.001f, Checkpoint.Load(folder.File("changed.safetensors")).TrainOptions!.LearningRate);
     }
 
+    /// <summary>Runs mobius until a line of its output contains <paramref name="marker"/>, then sends it SIGTERM; its exit code and the rest of its output.</summary>
+    private static async Task<(int Code, string Output)> Interrupted(string marker, params string[] args)
+    {
+        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
+        psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "mobius.dll"));
+        foreach (var a in args)
+        {
+            psi.ArgumentList.Add(a);
+        }
+
+        using var p = Process.Start(psi)!;
+        var cancel = TestContext.Current.CancellationToken;
+        var stderr = p.StandardError.ReadToEndAsync(cancel);
+        string? line;
+        var seen = new System.Text.StringBuilder();
+        while ((line = await p.StandardOutput.ReadLineAsync(cancel)) is not null && !line.Contains(marker, StringComparison.Ordinal))
+        {
+            seen.AppendLine(line);
+        }
+
+        if (line is null)
+        {
+            Assert.Fail($"no line with '{marker}': {seen}{await stderr}");
+        }
+
+        using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
+        {
+            await kill.WaitForExitAsync(cancel);
+        }
+
+        string rest = await p.StandardOutput.ReadToEndAsync(cancel);
+        Assert.True(p.WaitForExit(120_000), "mobius did not stop after SIGTERM");
+        return (p.ExitCode, rest + await stderr);
+    }
+
+    [Fact]
+    public async Task An_interrupted_compare_finishes_its_report_over_the_steps_taken()
+    {
+        Assert.SkipWhen(OperatingSystem.IsWindows(), "sends SIGTERM with kill");
+        using var folder = new TempFolder();
+        string outDir = folder.File("cmp");
+        var (code, rest) = await Interrupted("parallel train step 1/", "compare", "--config", "micro", "--steps", "100000", "--samples", "1", "--sample-steps", "2", "--out", outDir);
+        Assert.True(code == 130, $"exit {code}:\n{rest}");
+        Assert.Contains("stopping training after this step", rest);
+        Assert.Contains("stopped early", rest);
+        using var json = JsonDocument.Parse(File.ReadAllText(Path.Combine(outDir, "result.json")));
+        int steps = json.RootElement.GetProperty("steps").GetInt32();
+        Assert.InRange(steps, 1, 99_999);
+        Assert.Equal(100_000, json.RootElement.GetProperty("steps_requested").GetInt32());
+        Assert.Equal(steps, json.RootElement.GetProperty("parallel").GetProperty("losses").GetArrayLength());
+        Assert.Contains($"Stopped early: {steps} of the 100000 steps", File.ReadAllText(Path.Combine(outDir, "report.md")));
+        Assert.NotEmpty(Directory.GetFiles(outDir, "parallel-*.gif"));  // the samples were still drawn, after the stop
+    }
+
     [Fact]
     public async Task A_cancelled_or_diverged_train_run_keeps_its_last_whole_step()
     {
@@ -395,45 +449,16 @@ public sealed class CliTests
 
         // SIGTERM (as Ctrl-C) in the middle of a long run: the steps taken are saved, resumable, and the exit code says cancelled.
         // (Not SIGINT: a shell without job control starts background jobs with SIGINT ignored, and the runtime keeps it so.)
-        var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
-        foreach (var a in new[] { Path.Combine(AppContext.BaseDirectory, "mobius.dll"), "train", "--from", t2i, "--steps", "100000", "--out", video })
-        {
-            psi.ArgumentList.Add(a);
-        }
+        var (code, rest) = await Interrupted("step 1 (", "train", "--from", t2i, "--steps", "100000", "--out", video);
+        Assert.True(code == 130, $"exit {code}:\n{rest}");
+        var saved = Checkpoint.Load(video);
+        Assert.InRange(saved.Step, 1, 99_999);
+        Assert.Contains($"cancelled: saved {video} after step {saved.Step}", rest);
+        Assert.Equal(saved.Step, saved.OptimizerSteps);
 
-        using (var p = Process.Start(psi)!)
-        {
-            var cancel = TestContext.Current.CancellationToken;
-            var stderr = p.StandardError.ReadToEndAsync(cancel);
-            string? line;
-            var seen = new System.Text.StringBuilder();
-            while ((line = await p.StandardOutput.ReadLineAsync(cancel)) is not null && !line.Contains("step 1 (", StringComparison.Ordinal))
-            {
-                seen.AppendLine(line);
-            }
-
-            if (line is null)
-            {
-                Assert.Fail("no first step: " + seen + await stderr);
-            }
-
-            using (var kill = Process.Start("kill", ["-TERM", p.Id.ToString(System.Globalization.CultureInfo.InvariantCulture)]))
-            {
-                kill.WaitForExit();
-            }
-
-            string rest = await p.StandardOutput.ReadToEndAsync(cancel);
-            Assert.True(p.WaitForExit(120_000), "mobius did not stop after SIGTERM");
-            Assert.True(p.ExitCode == 130, $"exit {p.ExitCode}:\n{rest}\n{await stderr}");
-            var saved = Checkpoint.Load(video);
-            Assert.InRange(saved.Step, 1, 99_999);
-            Assert.Contains($"cancelled: saved {video} after step {saved.Step}", rest);
-            Assert.Equal(saved.Step, saved.OptimizerSteps);
-
-            var resumed = Mobius("train", "--resume", video, "--steps", "1", "--out", video);
-            Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
-            Assert.Contains($"after step {saved.Step + 1}", resumed.Out);
-        }
+        var resumed = Mobius("train", "--resume", video, "--steps", "1", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains($"after step {saved.Step + 1}", resumed.Out);
 
         // A loss that turns non-finite: the last finite step is kept, and the failure is one message.
         string diverged = folder.File("diverged.safetensors");

@@ -1,0 +1,52 @@
+using Mobius.Engine.Cpu;
+using Mobius.Model;
+using Mobius.Model.Training;
+using Xunit;
+
+namespace Mobius.Tests.Model;
+
+/// <summary>The serial-vs-parallel comparison as a library call (the CLI's tests run it end to end).</summary>
+public sealed class ComparisonTests
+{
+    private static ComparisonOptions Options(int steps, CancellationToken stop = default) => new()
+    {
+        Config = ModelConfig.Get("micro"),
+        Steps = steps,
+        Seed = Seeds.One,
+        SamplePrompts = 0,
+        ValidateEvery = 2,
+        ValidationBatches = 1,
+        Train = new TrainOptions { LearningRate = 3e-3f },
+        BackendFactory = () => new CpuBackend(),
+        StopTraining = stop,
+    };
+
+    [Fact]
+    public void Stopping_training_early_finishes_the_comparison_over_the_steps_taken()
+    {
+        // Asked for 7 steps, stopped while the pair of step 3 trains: both topologies finish step 3, then the
+        // comparison validates and reports as a 3-step run would.
+        using var stop = new CancellationTokenSource();
+        var stopped = Comparison.Run(Options(7, stop.Token), new InlineProgress<CompareProgress>(p =>
+        {
+            if (p is { Phase: "train", Topology: Topology.Serial, Done: 3 })
+            {
+                stop.Cancel();
+            }
+        }));
+        var full = Comparison.Run(Options(3, TestContext.Current.CancellationToken));
+
+        Assert.Equal(3, stopped.Steps);
+        Assert.Equal(7, stopped.StepsRequested);
+        Assert.Equal(3, full.StepsRequested);
+        foreach (var (a, b) in new[] { (stopped.Serial, full.Serial), (stopped.Parallel, full.Parallel) })
+        {
+            Assert.Equal(3, a.Losses.Count);
+            Assert.Equal(b.Losses, a.Losses);
+            Assert.Equal([0, 2, 3], a.ValidationCurve.Select(v => v.Step));
+            Assert.Equal(b.ValidationLoss, a.ValidationLoss);
+        }
+
+        Assert.Contains("\"steps_requested\": 7", stopped.ToJson());
+    }
+}
