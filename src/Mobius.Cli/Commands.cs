@@ -273,6 +273,14 @@ public static class Commands
                 var held = Comparison.Data(ckpt.Config, seed, Split.Validation, parsedMotions);
                 float best = float.PositiveInfinity;
                 string bestPath = Path.ChangeExtension(path, null) + ".best.safetensors";
+                string batches = validationBatches.ToString(CultureInfo.InvariantCulture);
+                if (resumeFrom is not null && p.GetValue(keepBest) && PreviousBest(bestPath, trainer.StepsDone, batches) is { } previous)
+                {
+                    // A resumed run keeps the best of the steps before it: only a lower validation loss replaces that file.
+                    best = previous.Loss;
+                    AnsiConsole.MarkupLine(Markup.Escape($"best so far: validation loss {previous.Loss:0.0000} after step {previous.Step} ({bestPath})"));
+                }
+
                 AnsiConsole.MarkupLine($"validation loss before step {trainer.StepsDone + 1}: {trainer.Evaluate(held, validationBatches, seed):0.0000}");
                 validate = step =>
                 {
@@ -280,7 +288,11 @@ public static class Commands
                     if (p.GetValue(keepBest) && v < best)
                     {
                         best = v;
-                        trainer.Save(bestPath, extra, weightsOnly: true);
+                        trainer.Save(bestPath, new Dictionary<string, string>(extra)
+                        {
+                            [BestLossKey] = v.ToString("R", CultureInfo.InvariantCulture),
+                            [BestBatchesKey] = batches,
+                        }, weightsOnly: true);
                     }
 
                     return v;
@@ -638,6 +650,26 @@ public static class Commands
 
     private static float CheckMinSnr(float gamma) =>
         gamma >= 0 && float.IsFinite(gamma) ? gamma : throw new UsageException($"--min-snr must be 0 (off) or positive, got {gamma}.");
+
+    /// <summary>The metadata entries of a <c>--keep-best</c> checkpoint: its validation loss, and over how many batches.</summary>
+    private const string BestLossKey = "validation_loss", BestBatchesKey = "validation_batches";
+
+    /// <summary>
+    /// The validation loss and step recorded in an existing <c>--keep-best</c> file, when it is from this run's past
+    /// (not after its current step) and its loss is over the same number of batches; null otherwise.
+    /// </summary>
+    private static (float Loss, int Step)? PreviousBest(string path, int stepsDone, string batches)
+    {
+        if (!File.Exists(path))
+        {
+            return null;
+        }
+
+        var previous = Checkpoint.Load(path);
+        return previous.Step <= stepsDone && previous.Extra.GetValueOrDefault(BestBatchesKey) == batches
+            && float.TryParse(previous.Extra.GetValueOrDefault(BestLossKey), NumberStyles.Float, CultureInfo.InvariantCulture, out float loss)
+            ? (loss, previous.Step) : null;
+    }
 
     /// <summary>The checkpoint metadata entry where <c>train</c> records its <c>--motion</c> selection.</summary>
     private const string MotionsKey = "motions";

@@ -470,6 +470,44 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void A_resumed_keep_best_run_replaces_the_best_weights_only_with_better_ones()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), video = folder.File("v.safetensors"), best = folder.File("v.best.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
+        var first = Mobius("train", "--from", t2i, "--steps", "2", "--validate-every", "1", "--keep-best", "--out", video);
+        Assert.True(first.Code == 0, first.Out + first.Err);
+        Assert.True(float.TryParse(Checkpoint.Load(best).Extra["validation_loss"], System.Globalization.CultureInfo.InvariantCulture, out float recorded) && recorded > 0);
+
+        // The best file says what it scored; a resumed run measures against that, not against nothing.
+        void Record(string loss)
+        {
+            var (tensors, meta) = global::Mobius.Engine.IO.SafeTensors.Read(best);
+            meta["validation_loss"] = loss;
+            global::Mobius.Engine.IO.SafeTensors.Write(best, tensors, meta);
+        }
+
+        Record("1e-9");
+        int step = Checkpoint.Load(best).Step;
+        var resumed = Mobius("train", "--resume", video, "--steps", "1", "--validate-every", "1", "--keep-best", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains("best so far: validation loss 0.0000 after step " + step, resumed.Out);
+        Assert.Equal(step, Checkpoint.Load(best).Step);
+
+        Record("1e9");
+        resumed = Mobius("train", "--resume", video, "--steps", "1", "--validate-every", "1", "--keep-best", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Equal(4, Checkpoint.Load(best).Step);
+
+        // A best loss over another number of validation batches does not compare: the resumed run starts its own.
+        Record("1e-9");
+        resumed = Mobius("train", "--resume", video, "--steps", "1", "--validate-every", "1", "--validation-batches", "2", "--keep-best", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.DoesNotContain("best so far", resumed.Out);
+        Assert.Equal(5, Checkpoint.Load(best).Step);
+    }
+
+    [Fact]
     public void Pretrain_train_resume_and_sample_chain_together()
     {
         using var folder = new TempFolder();
