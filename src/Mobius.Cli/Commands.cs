@@ -186,7 +186,7 @@ public static class Commands
                 trainer.Resume(ckpt);
             }
 
-            string path = p.GetValue(output)!;
+            string path = CheckWritable(p.GetValue(output)!);
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
             Ui.Train($"pretrain {config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
             trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
@@ -258,7 +258,7 @@ public static class Commands
             }
 
             recipe.Announce();
-            string path = p.GetValue(output)!;
+            string path = CheckWritable(p.GetValue(output)!);
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
             if (motions is not null)
             {
@@ -504,7 +504,15 @@ public static class Commands
             KeepBest = keepBest,
             StopTraining = Stop,
         };
-        Directory.CreateDirectory(outDir);
+        try
+        {
+            Directory.CreateDirectory(outDir);
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+        {
+            throw new UsageException($"cannot create the output folder {outDir}: {e.Message}");
+        }
+
         var writer = new ReportWriter(outDir);
         StopsGracefully = true;
         ComparisonResult result;
@@ -554,6 +562,34 @@ public static class Commands
         if (keepBest && validateEvery == 0)
         {
             throw new UsageException("--keep-best needs --validate-every N: without validations during training there is no best step to go back to.");
+        }
+    }
+
+    /// <summary>
+    /// Checks before any training that a checkpoint can be written at <paramref name="path"/> (its folder created if
+    /// need be, a probe file written and removed there), so that a bad --out fails at once instead of after the run.
+    /// </summary>
+    private static string CheckWritable(string path)
+    {
+        try
+        {
+            string full = Path.GetFullPath(path);
+            if (Directory.Exists(full))
+            {
+                throw new UsageException($"--out {path} is a folder; give a checkpoint file name.");
+            }
+
+            string dir = Path.GetDirectoryName(full)!;
+            Directory.CreateDirectory(dir);
+            using (File.Create(Path.Combine(dir, $".{Path.GetFileName(full)}.{Environment.ProcessId}.probe"), 1, FileOptions.DeleteOnClose))
+            {
+            }
+
+            return path;
+        }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException or ArgumentException or NotSupportedException)
+        {
+            throw new UsageException($"cannot write --out {path}: {e.Message}");
         }
     }
 

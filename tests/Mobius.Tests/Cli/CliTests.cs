@@ -550,6 +550,17 @@ public sealed class CliTests
         }
 
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("y"), "--log", Path.Combine(folder.Path, "no-such-folder", "log.csv")), 2, "cannot write the --log file");
+
+        // An --out that cannot be written fails before the first step, not after the run.
+        foreach (var bad in new[] { Mobius("train", "--from", t2i, "--steps", "1", "--out", Path.Combine(t2i, "under-a-file.safetensors")),
+                                    Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", Path.Combine(t2i, "under-a-file.safetensors")) })
+        {
+            AssertCleanFailure(bad, 2, "cannot write --out");
+            Assert.DoesNotContain("step 1", bad.Out);
+        }
+
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.Path), 2, "is a folder");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--out", Path.Combine(t2i, "report")), 2, "cannot create the output folder");
     }
 
     [Fact]
