@@ -139,17 +139,17 @@ public sealed record TrainOptions
             MaxGradNorm = r.MaxGradNorm ?? defaults.MaxGradNorm,
             CaptionDropout = r.CaptionDropout ?? defaults.CaptionDropout,
             MinSnrGamma = r.MinSnrGamma ?? defaults.MinSnrGamma,
-            FrozenTemporal = r.FrozenTemporal,
-            RecomputeSpatial = r.RecomputeSpatial ?? false,
-            RecomputeTemporal = r.RecomputeTemporal ?? false,
-            LoopCorrectionEvery = r.LoopCorrectionEvery ?? 0,
+            FrozenTemporal = r.FrozenTemporal ?? defaults.FrozenTemporal,
+            RecomputeSpatial = r.RecomputeSpatial ?? defaults.RecomputeSpatial,
+            RecomputeTemporal = r.RecomputeTemporal ?? defaults.RecomputeTemporal,
+            LoopCorrectionEvery = r.LoopCorrectionEvery ?? defaults.LoopCorrectionEvery,
             LoopCorrectionMomentum = r.LoopCorrectionMomentum ?? defaults.LoopCorrectionMomentum,
             LoopCorrectionMode = r.LoopCorrectionMode is null ? defaults.LoopCorrectionMode
                 : Enum.TryParse<LoopCorrectionMode>(r.LoopCorrectionMode, ignoreCase: true, out var mode) ? mode
                 : throw new FormatException($"unknown loop-correction mode '{r.LoopCorrectionMode}'."),
             LoopScaleSamples = r.LoopScaleSamples ?? defaults.LoopScaleSamples,
             CheckFinite = r.CheckFinite ?? defaults.CheckFinite,
-            CosineDecaySteps = r.CosineDecaySteps ?? 0,
+            CosineDecaySteps = r.CosineDecaySteps ?? defaults.CosineDecaySteps,
         };
     }
 
@@ -700,13 +700,7 @@ public sealed class Trainer : IDisposable
     /// <summary>Releases the optimiser state.</summary>
     public void Dispose()
     {
-        foreach (var bias in _loopBias.Values)
-        {
-            bias.Dispose();
-        }
-
-        _loopBias.Clear();
-        _loopScale.Clear();
+        ClearLoopCorrection();
         _optimizer.Dispose();
     }
 
