@@ -64,6 +64,8 @@ public static class Commands
         Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default {ModelConfig.DefaultFrameNoiseCorrelation})",
     };
 
+    private static readonly Option<int?> BatchOption = new("--batch") { Description = "clips per training step (default: the config's; tiny: 2)" };
+
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
 
     /// <summary>Every command.</summary>
@@ -154,7 +156,7 @@ public static class Commands
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cosine = new Option<int>("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, MinSnrOption, output, resume, saveEvery, cosine, WeightsOnlyOption };
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, MinSnrOption, output, resume, saveEvery, cosine, WeightsOnlyOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -174,6 +176,7 @@ public static class Commands
             {
                 Seed = ckpt?.Seed ?? seed, WeightDecay = 0,
                 LearningRate = recipe.Pick(lr, o => o.LearningRate),
+                Batch = CheckBatch(recipe.Pick(BatchOption, RecordedBatch)),
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 CosineDecaySteps = recipe.Pick(cosine, o => o.CosineDecaySteps),
             };
@@ -210,7 +213,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, BatchOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -240,6 +243,7 @@ public static class Commands
             {
                 Seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed,
                 LearningRate = recipe.Pick(lr, o => o.LearningRate),
+                Batch = CheckBatch(recipe.Pick(BatchOption, RecordedBatch)),
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
@@ -374,10 +378,10 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption)));
         return cmd;
     }
 
@@ -388,7 +392,7 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
+            { output, steps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -402,7 +406,7 @@ public static class Commands
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
-                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!);
+                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption));
         });
         return cmd;
     }
@@ -411,22 +415,17 @@ public static class Commands
 
     private static Command Plan()
     {
-        var batch = new Option<int?>("--batch") { Description = "clips per training step (default: the config's)" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, batch, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
-            if (p.GetValue(batch) is { } b)
-            {
-                config = b >= 1 ? config with { Batch = b } : throw new UsageException($"--batch must be at least 1, got {b}.");
-            }
-
             string? bridge = ParseBridge(p.GetValue(BridgeOption));
             config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge };
             var options = new TrainOptions
             {
+                Batch = CheckBatch(p.GetValue(BatchOption)),
                 FrozenTemporal = ParseFreeze(p.GetValue(FreezeOption), config, bridge),
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
@@ -441,7 +440,7 @@ public static class Commands
             }
 
             var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
-            var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, batch {config.Batch}, {Markup.Escape(config.Bridge)} bridge" +
+            var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
                 (recompute.Length > 0 ? $", recomputing {recompute} layers" : ""));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
@@ -461,7 +460,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale")
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null)
     {
         if (steps < 1)
         {
@@ -492,7 +491,7 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
-            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
+            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, Batch = CheckBatch(batch), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
                 RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
@@ -545,6 +544,17 @@ public static class Commands
 
         return ExitCodes.Success;
     }
+
+    /// <summary><c>--batch</c> as <see cref="TrainOptions.Batch"/>: null (not given) is 0, the config's batch.</summary>
+    private static int CheckBatch(int? batch) => batch switch
+    {
+        null => 0,
+        >= 1 => batch.Value,
+        _ => throw new UsageException($"--batch must be at least 1 clip, got {batch}."),
+    };
+
+    /// <summary>A recorded run's batch as <c>--batch</c> would give it (null: the config's).</summary>
+    private static int? RecordedBatch(TrainOptions options) => options.Batch > 0 ? options.Batch : null;
 
     /// <summary>The validation options of compare, demo and train, checked alike.</summary>
     private static void CheckValidation(int validateEvery, int validationBatches, bool keepBest)

@@ -245,6 +245,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("learning_rate")]
     public double LearningRate { get; init; }
 
+    /// <summary>Clips per training step (the same for both topologies; see <see cref="TrainOptions.Batch"/>).</summary>
+    [JsonPropertyName("batch")]
+    public int Batch { get; init; }
+
     /// <summary>Min-SNR-gamma loss weighting of both runs (0: plain MSE; see <see cref="TrainOptions.MinSnrGamma"/>).</summary>
     [JsonPropertyName("min_snr_gamma")]
     public double MinSnrGamma { get; init; }
@@ -498,6 +502,7 @@ public static class Comparison
                 StepsRequested = options.Steps,
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
+                Batch = trainers[0]!.BatchSize,
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,

@@ -29,6 +29,13 @@ public sealed record TrainOptions
     /// <summary>AdamW learning rate.</summary>
     public float LearningRate { get; init; } = 1e-4f;
 
+    /// <summary>
+    /// Clips per training step (0, the default: the model config's <see cref="ModelConfig.Batch"/>). Stage 1
+    /// takes that many clips' worth of single frames (Batch x Frames). Validation (<see cref="Trainer.Evaluate"/>)
+    /// keeps the config's batch, so validation losses of runs with different batches are over the same clips.
+    /// </summary>
+    public int Batch { get; init; }
+
     /// <summary>AdamW decoupled weight decay.</summary>
     public float WeightDecay { get; init; } = 0.01f;
 
@@ -112,7 +119,7 @@ public sealed record TrainOptions
     /// These options as JSON (snake_case names, floats round-tripping exactly): what a trainer's checkpoint
     /// keeps so that a resumed run continues with the same recipe (<see cref="Checkpoint.TrainOptions"/>).
     /// </summary>
-    public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
+    public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
         LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps));
 
@@ -135,6 +142,7 @@ public sealed record TrainOptions
         {
             Seed = r.Seed ?? defaults.Seed,
             LearningRate = r.LearningRate ?? defaults.LearningRate,
+            Batch = r.Batch ?? defaults.Batch,
             WeightDecay = r.WeightDecay ?? defaults.WeightDecay,
             MaxGradNorm = r.MaxGradNorm ?? defaults.MaxGradNorm,
             CaptionDropout = r.CaptionDropout ?? defaults.CaptionDropout,
@@ -157,6 +165,7 @@ public sealed record TrainOptions
     private sealed record Recorded(
         [property: JsonPropertyName("seed")] int? Seed,
         [property: JsonPropertyName("learning_rate")] float? LearningRate,
+        [property: JsonPropertyName("batch")] int? Batch,
         [property: JsonPropertyName("weight_decay")] float? WeightDecay,
         [property: JsonPropertyName("max_grad_norm")] float? MaxGradNorm,
         [property: JsonPropertyName("caption_dropout")] float? CaptionDropout,
@@ -254,6 +263,11 @@ public sealed class Trainer : IDisposable
             throw new ArgumentException("the training data has no clips.");
         }
 
+        if (options.Batch < 0)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"the batch must be at least 1 clip (0: the config's), got {options.Batch}.");
+        }
+
         if (stage == Stage.TextToVideo)
         {
             if (model.Topology == Topology.Spatial)
@@ -292,6 +306,9 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Steps completed.</summary>
     public int StepsDone { get; private set; }
+
+    /// <summary>Clips per training step: <see cref="TrainOptions.Batch"/>, or the model config's when that is 0.</summary>
+    public int BatchSize => Options.Batch > 0 ? Options.Batch : _model.Config.Batch;
 
     /// <summary>Trainable scalars.</summary>
     public long TrainableParameters => _optimizer.Parameters.Sum(p => p.Parameter.Numel);
@@ -429,7 +446,7 @@ public sealed class Trainer : IDisposable
     public StepStats TrainStep()
     {
         int step = StepsDone + 1;
-        var batch = MakeBatch(_data, step, Options.Seed, Options.CaptionDropout);
+        var batch = MakeBatch(_data, step, Options.Seed, Options.CaptionDropout, BatchSize);
         var backend = _model.Backend;
         backend.Synchronize();
         backend.Memory.ResetPeak();
@@ -625,7 +642,9 @@ public sealed class Trainer : IDisposable
 
     /// <summary>
     /// Mean loss over <paramref name="batches"/> fixed batches of <paramref name="data"/> (same clips,
-    /// timesteps and noise for every model given the same seed), without recording anything.
+    /// timesteps and noise for every model given the same seed), without recording anything. The batches are
+    /// of the config's size whatever <see cref="TrainOptions.Batch"/> is, so runs with different batches
+    /// are validated on the same clips.
     /// </summary>
     public float Evaluate(IClipSource data, int batches, int seed)
     {
@@ -717,15 +736,17 @@ public sealed class Trainer : IDisposable
     }
 
     /// <summary>
-    /// The batch of step <paramref name="step"/>: stage 1 takes Batch x Frames single frames of different
-    /// clips (each its own caption and timestep); stage 2 takes Batch whole clips (one timestep per clip).
+    /// The batch of step <paramref name="step"/> of <paramref name="clips"/> clips (null: the config's batch):
+    /// stage 1 takes clips x Frames single frames of different clips (each its own caption and timestep);
+    /// stage 2 takes whole clips (one timestep per clip).
     /// </summary>
-    internal Batch MakeBatch(IClipSource data, int step, int seed, float captionDropout)
+    internal Batch MakeBatch(IClipSource data, int step, int seed, float captionDropout, int? clips = null)
     {
         var config = _model.Config;
         var rng = new Random(StepSeed(seed, step));
         bool video = Stage == Stage.TextToVideo;
-        int items = video ? config.Batch : config.Batch * config.Frames;
+        int batch = clips ?? config.Batch;
+        int items = video ? batch : batch * config.Frames;
         int frames = video ? config.Frames : 1;
         int c = config.LatentChannels, h = config.LatentHeight, w = config.LatentWidth;
         int imageSize = c * h * w;

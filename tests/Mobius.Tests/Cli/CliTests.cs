@@ -285,7 +285,7 @@ public sealed class CliTests
     public void Compare_json_has_both_topologies_and_the_ratios_and_writes_the_report()
     {
         using var folder = new TempFolder();
-        var r = Mobius("compare", "--config", "micro", "--steps", "3", "--samples", "1", "--sample-steps", "2", "--json", "--out", folder.Path, "--seed", "3");
+        var r = Mobius("compare", "--config", "micro", "--steps", "3", "--batch", "3", "--samples", "1", "--sample-steps", "2", "--json", "--out", folder.Path, "--seed", "3");
         Assert.True(r.Code == 0, r.Out + r.Err);
         using var doc = JsonDocument.Parse(r.Out);
         var root = doc.RootElement;
@@ -296,6 +296,7 @@ public sealed class CliTests
         Assert.Equal(TrainOptions.DefaultMinSnrGamma, root.GetProperty("min_snr_gamma").GetDouble(), 1e-9);
         Assert.Equal(ModelConfig.DefaultFrameNoiseCorrelation, root.GetProperty("frame_noise_correlation").GetDouble(), 1e-6);
         Assert.Equal(3, root.GetProperty("steps").GetInt32());
+        Assert.Equal(3, root.GetProperty("batch").GetInt32());
         foreach (var topo in new[] { "serial", "parallel" })
         {
             var t = root.GetProperty(topo);
@@ -354,7 +355,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
-        string[] recipe = ["--lr", "0.003", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4"];
+        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4"];
         var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
         Assert.True(a.Code == 0, a.Out + a.Err);
         var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
@@ -369,6 +370,7 @@ public sealed class CliTests
         Assert.Equal(4, got.Step);
         Assert.Equal(expected.TrainOptions!.ToJson(), got.TrainOptions!.ToJson());
         Assert.Equal("move-right", got.Extra["motions"]);
+        Assert.Equal(3, got.TrainOptions!.Batch);
         Assert.Equal(4, got.Seed);
         Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
         foreach (var (name, values) in expected.Unet)
@@ -592,6 +594,7 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
+        AssertCleanFailure(Mobius("train", "--topology", "serial", "--batch", "0", "--out", folder.File("x")), 2, "--batch must be at least 1 clip");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--freeze", "down.9."), 2, "--freeze: 'down.9.' names no temporal layer");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
 

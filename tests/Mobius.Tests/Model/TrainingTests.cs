@@ -128,6 +128,78 @@ public abstract class TrainingTests(BackendFixture fixture)
     [Theory]
     [InlineData(Topology.Serial)]
     [InlineData(Topology.Parallel)]
+    public void A_batch_other_than_the_configs_trains_on_the_mean_of_its_clips(Topology topology)
+    {
+        // TrainOptions.Batch (--batch): a step of B clips, here 3 where micro's config says 2, has the mean of its
+        // clips' losses and gradients. The reference is each clip alone through the same model: nothing may mix
+        // clips of a batch (norms, temporal layers, text context, the loss).
+        Assert.SkipWhen(fixture.Simulated && topology == Topology.Serial,
+            "a minute on the CUDA simulator; the parallel case runs the same kernels there, and the op tests cover other batch sizes");
+        int seed = Seeds.One;
+        const int clips = 3;
+        var data = Clips(seed);
+        using var model = TextToVideo.Create(B, Micro, topology, seed);
+        using var trainer = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = seed, Batch = clips, LearningRate = 1e-2f });
+        Assert.Equal(clips, trainer.BatchSize);
+
+        // Trainable weights moved at random, so that the zero-initialised temporal outputs are not zero and every tensor has a gradient.
+        var r = new Rng(seed);
+        foreach (var (_, p) in trainer.Optimizer.Parameters)
+        {
+            p.CopyFrom(p.ToArray().Zip(r.Uniform(p.Numel, 0.05f), (v, d) => v + d).ToArray());
+        }
+
+        var batch = trainer.MakeBatch(data, 1, seed, trainer.Options.CaptionDropout, clips);
+        Assert.Equal(clips * Micro.Frames, batch.Shape[0]);
+        Assert.Equal(clips, batch.Captions.Length);
+        float whole = trainer.Backprop(batch).Loss;
+        var grads = trainer.Optimizer.Parameters.ToDictionary(np => np.Name, np => np.Parameter.Grad!.ToArray());
+        trainer.Optimizer.ZeroGrad();
+
+        int perClip = batch.NoisyLatents.Length / clips;
+        var shape = new Shape([Micro.Frames, .. batch.Shape.Skip(1)]);
+        double meanLoss = 0;
+        var meanGrads = grads.ToDictionary(kv => kv.Key, kv => new double[kv.Value.Length]);
+        for (int c = 0; c < clips; c++)
+        {
+            var one = new Trainer.Batch(batch.NoisyLatents[(c * perClip)..((c + 1) * perClip)], batch.Noise[(c * perClip)..((c + 1) * perClip)],
+                batch.Timesteps[(c * Micro.Frames)..((c + 1) * Micro.Frames)], [batch.Captions[c]], batch.Frames, shape);
+            meanLoss += trainer.Backprop(one).Loss / (double)clips;
+            foreach (var (name, p) in trainer.Optimizer.Parameters)
+            {
+                var g = p.Grad!.ToArray();
+                for (int i = 0; i < g.Length; i++)
+                {
+                    meanGrads[name][i] += g[i] / (double)clips;
+                }
+            }
+
+            trainer.Optimizer.ZeroGrad();
+        }
+
+        Assert.True(Math.Abs(whole - meanLoss) <= 1e-5 * Math.Abs(meanLoss), $"{topology}: batch loss {whole}, mean of its clips' {meanLoss} (seed {seed})");
+        foreach (var (name, g) in grads)
+        {
+            double scale = meanGrads[name].Max(Math.Abs);
+            Assert.True(scale > 0, $"{name} has no gradient (seed {seed})");
+            for (int i = 0; i < g.Length; i++)
+            {
+                Assert.True(Math.Abs(g[i] - meanGrads[name][i]) <= 1e-4 * scale, $"{topology} {name}[{i}]: batch {g[i]}, mean of its clips {meanGrads[name][i]} (seed {seed})");
+            }
+        }
+
+        // The trainer's own first step is that batch; validation keeps the config's batch whatever the training one.
+        Assert.Equal(whole, trainer.TrainStep().Loss, 6);
+        float validation = trainer.Evaluate(Clips(seed, Split.Validation), 1, seed);
+        using var plain = new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Seed = seed });
+        Assert.Equal(2, plain.BatchSize);
+        Assert.Equal(validation, plain.Evaluate(Clips(seed, Split.Validation), 1, seed));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Trainer(model, data, Stage.TextToVideo, new TrainOptions { Batch = -1 }));
+    }
+
+    [Theory]
+    [InlineData(Topology.Serial)]
+    [InlineData(Topology.Parallel)]
     public void A_snapshot_of_the_trainable_weights_restores_them_and_their_validation_loss(Topology topology)
     {
         int seed = Seeds.One;
