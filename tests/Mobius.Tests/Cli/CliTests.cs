@@ -579,6 +579,14 @@ public sealed class CliTests
         {
             Assert.True(entry.Data.AsSpan().SequenceEqual(tb[name].Data), $"{name} differs between two runs with the same seed");
         }
+
+        // The batch is part of the recipe: another one trains on other frames, and the checkpoint records it.
+        string c = folder.File("c.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "3", "--seed", "7", "--batch", "3", "--out", c).Code);
+        var (tc, _) = global::Mobius.Engine.IO.SafeTensors.Read(c);
+        Assert.Contains(ta.Keys, name => !ta[name].Data.AsSpan().SequenceEqual(tc[name].Data));
+        Assert.Equal(3, Checkpoint.Load(c).TrainOptions!.Batch);
+        Assert.Equal(0, Checkpoint.Load(a).TrainOptions!.Batch);
     }
 
     [Fact]
