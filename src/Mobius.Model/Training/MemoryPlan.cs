@@ -48,7 +48,7 @@ public static class MemoryPlan
                 largest.SavedByKind));
         }
 
-        return new MemoryPlanResult(config.Name, options.Batch > 0 ? options.Batch : config.Batch, config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
+        return new MemoryPlanResult(config.Name, options.BatchFor(config), config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
             (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes);
     }
 }

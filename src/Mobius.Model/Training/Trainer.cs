@@ -36,6 +36,9 @@ public sealed record TrainOptions
     /// </summary>
     public int Batch { get; init; }
 
+    /// <summary>The clips per step these options give a model of <paramref name="config"/>: <see cref="Batch"/>, or the config's when that is 0.</summary>
+    public int BatchFor(ModelConfig config) => Batch > 0 ? Batch : config.Batch;
+
     /// <summary>AdamW decoupled weight decay.</summary>
     public float WeightDecay { get; init; } = 0.01f;
 
@@ -308,7 +311,7 @@ public sealed class Trainer : IDisposable
     public int StepsDone { get; private set; }
 
     /// <summary>Clips per training step: <see cref="TrainOptions.Batch"/>, or the model config's when that is 0.</summary>
-    public int BatchSize => Options.Batch > 0 ? Options.Batch : _model.Config.Batch;
+    public int BatchSize => Options.BatchFor(_model.Config);
 
     /// <summary>Trainable scalars.</summary>
     public long TrainableParameters => _optimizer.Parameters.Sum(p => p.Parameter.Numel);
