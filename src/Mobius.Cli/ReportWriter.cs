@@ -11,7 +11,10 @@ public sealed class ReportWriter(string folder)
 {
     private readonly Dictionary<Topology, List<string>> _gifs = new();
 
-    /// <summary>Writes one GIF per sample and a grid of all of them; called by the comparison as samples arrive.</summary>
+    /// <summary>
+    /// Writes one GIF per sample, a grid of all of them and a filmstrip PNG (a row per sample, a column per
+    /// frame); called by the comparison as samples arrive.
+    /// </summary>
     public void WriteSamples(Topology topology, ModelConfig config, IReadOnlyList<string> prompts, float[] pixels)
     {
         string name = topology.ToString().ToLowerInvariant();
@@ -28,6 +31,7 @@ public sealed class ReportWriter(string folder)
         }
 
         Gif.WriteGrid(Path.Combine(folder, $"{name}-samples.gif"), clips, 0, new GifWriteOptions { Upscale = 4 });
+        Filmstrip.Write(Path.Combine(folder, $"{name}-frames.png"), clips, upscale: 4);
         _gifs[topology] = files;
     }
 
@@ -223,6 +227,13 @@ public sealed class ReportWriter(string folder)
             string Cell(Topology t, IReadOnlyList<double> scores) =>
                 _gifs.TryGetValue(t, out var f) ? $"![{t}]({f[k]}) motion {scores[k].ToString("0.000", ci)}" : "";
             sb.AppendLine($"| {r.Prompts[k]} | {Cell(Topology.Serial, r.Serial.SampleScores)} | {Cell(Topology.Parallel, r.Parallel.SampleScores)} |");
+        }
+
+        foreach (var t in new[] { Topology.Serial, Topology.Parallel }.Where(_gifs.ContainsKey))
+        {
+            string name = t.ToString().ToLowerInvariant();
+            sb.AppendLine().AppendLine($"{t}, frame by frame (a row per prompt above, in order; a column per frame):").AppendLine();
+            sb.AppendLine($"![{name} frames]({name}-frames.png)");
         }
 
         sb.AppendLine().AppendLine("All figures measured in this run; result.json holds every step's loss and time.");

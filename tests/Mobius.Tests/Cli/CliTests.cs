@@ -320,10 +320,14 @@ public sealed class CliTests
         Assert.InRange(ratio.GetProperty("peak_bytes").GetDouble(), 0.1, 0.99);
         Assert.Equal(root.GetProperty("parallel").GetProperty("step_ms_mean").GetDouble() / root.GetProperty("serial").GetProperty("step_ms_mean").GetDouble(),
             ratio.GetProperty("step_ms_mean").GetDouble(), 1e-9);
-        foreach (var file in new[] { "report.md", "result.json", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif" })
+        foreach (var file in new[] { "report.md", "result.json", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif", "serial-frames.png", "parallel-frames.png" })
         {
             Assert.True(File.Exists(folder.File(file)), $"{file} not written");
         }
+
+        string report = File.ReadAllText(folder.File("report.md"));
+        Assert.Contains("(serial-frames.png)", report, StringComparison.Ordinal);
+        Assert.Contains("(parallel-frames.png)", report, StringComparison.Ordinal);
     }
 
     [Fact]
