@@ -57,7 +57,7 @@ public static class Filmstrip
                         for (int x = 0; x < width * upscale; x++)
                         {
                             int i = y / upscale * width + x / upscale;
-                            row[left * upscale + x] = new Rgba32(ToByte(src[i]), ToByte(src[plane + i]), ToByte(src[2 * plane + i]));
+                            row[left * upscale + x] = new Rgba32(Gif.ToByte(src[i]), Gif.ToByte(src[plane + i]), Gif.ToByte(src[2 * plane + i]));
                         }
                     }
                 }
@@ -65,6 +65,4 @@ public static class Filmstrip
         });
         image.SaveAsPng(path);
     }
-
-    private static byte ToByte(float v) => float.IsNaN(v) ? (byte)0 : (byte)MathF.Round((Math.Clamp(v, -1f, 1f) + 1f) * 127.5f);
 }

@@ -293,5 +293,5 @@ public static class Gif
         return chosen;
     }
 
-    private static byte ToByte(float v) => float.IsNaN(v) ? (byte)0 : (byte)MathF.Round((Math.Clamp(v, -1f, 1f) + 1f) * 127.5f);
+    internal static byte ToByte(float v) => float.IsNaN(v) ? (byte)0 : (byte)MathF.Round((Math.Clamp(v, -1f, 1f) + 1f) * 127.5f);
 }
