@@ -282,6 +282,42 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Demo_runs_the_comparison_on_tiny_from_the_shipped_checkpoint_and_writes_the_report()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("demo", "--steps", "2", "--samples", "1", "--validate-every", "1", "--seed", "4", "--out", folder.Path);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        Assert.Contains("serial vs parallel", r.Out, StringComparison.Ordinal);
+        Assert.Contains("parallel / serial", r.Out, StringComparison.Ordinal);
+        Assert.DoesNotContain("checkpoint is missing", r.Out + r.Err, StringComparison.Ordinal);
+
+        using var doc = JsonDocument.Parse(File.ReadAllText(folder.File("result.json")));
+        var root = doc.RootElement;
+        Assert.Equal("tiny", root.GetProperty("config").GetString());
+        Assert.Equal(2, root.GetProperty("steps").GetInt32());
+        Assert.Equal(1e-3, root.GetProperty("learning_rate").GetDouble(), 1e-9);
+        Assert.Equal(2, root.GetProperty("batch").GetInt32());
+        Assert.Equal(4, root.GetProperty("seed").GetInt32());
+        Assert.Single(root.GetProperty("prompts").EnumerateArray());
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            var t = root.GetProperty(topo);
+            Assert.Equal([0, 1, 2], t.GetProperty("validation_curve").EnumerateArray().Select(p => p.GetProperty("step").GetInt32()));
+            // The shipped text-to-image model predicts the noise well from the start; a random one is near 1.
+            Assert.InRange(t.GetProperty("initial_validation_loss").GetDouble(), 1e-4, 0.1);
+            Assert.Single(t.GetProperty("sample_scores").EnumerateArray());
+        }
+
+        foreach (var file in new[] { "report.md", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif", "serial-frames.png", "parallel-frames.png" })
+        {
+            Assert.True(File.Exists(folder.File(file)), $"{file} not written");
+        }
+
+        AssertCleanFailure(Mobius("demo", "--samples", "-1", "--out", folder.Path), 2, "--samples must be 0 or more");
+        AssertCleanFailure(Mobius("demo", "--steps", "0", "--out", folder.Path), 2, "--steps must be at least 1");
+    }
+
+    [Fact]
     public void Compare_json_has_both_topologies_and_the_ratios_and_writes_the_report()
     {
         using var folder = new TempFolder();
