@@ -21,8 +21,15 @@ namespace Mobius.Benchmarks;
 /// </summary>
 public static class Alignment
 {
+    private const string Usage = "Mobius.Benchmarks alignment [--checkpoint FILE] [--batches 3] [--scale 0.02] [--timestep T]";
+
     public static int Run(string[] args)
     {
+        if (CommandArgs.Check(args, Usage, ["--checkpoint", "--batches", "--scale", "--timestep"]) is { } code)
+        {
+            return code;
+        }
+
         string Arg(string name, string fallback) => CommandArgs.Get(args, name, fallback);
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
         int batches = int.Parse(Arg("--batches", "3"), CultureInfo.InvariantCulture);

@@ -15,8 +15,15 @@ namespace Mobius.Benchmarks;
 /// </summary>
 public static class Report
 {
+    private const string Usage = "Mobius.Benchmarks report [--out DIR] [--no-kernels]";
+
     public static int Run(string[] args)
     {
+        if (CommandArgs.Check(args, Usage, ["--out"], "--no-kernels") is { } code)
+        {
+            return code;
+        }
+
         string outDir = CommandArgs.Get(args, "--out", Path.Combine("benchmarks", "results"));
         bool skipKernels = args.Contains("--no-kernels");
         Directory.CreateDirectory(outDir);

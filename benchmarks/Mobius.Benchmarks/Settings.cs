@@ -29,8 +29,17 @@ public static class Settings
 {
     private static readonly int[] Timesteps = [20, 100, 250, 500, 750, 950];
 
+    private const string Usage = "Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3] [--topology serial] [--bridge loop] " +
+        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4]";
+
     public static int Run(string[] args)
     {
+        if (CommandArgs.Check(args, Usage, ["--checkpoint", "--motion", "--steps", "--lr", "--topology", "--bridge", "--frame-noise", "--min-snr", "--samples",
+            "--freeze", "--exact-levels", "--norms", "--guidance"]) is { } code)
+        {
+            return code;
+        }
+
         string Arg(string name, string fallback) => CommandArgs.Get(args, name, fallback);
         float F(string name, string fallback) => float.Parse(Arg(name, fallback), CultureInfo.InvariantCulture);
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
