@@ -120,9 +120,10 @@ fi
 if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   step "long motion training (tiny, move-right, $MOBIUS_GPU_MOTION_STEPS steps)"
   # A validation every 250 steps gives a curve rather than one noisy estimate. MOBIUS_GPU_MOTION_ARGS adds
-  # options the line does not give already (--batch N, --freeze PREFIXES, --min-snr G, --keep-best, --loop-correction K;
-  # a tiny step at batch 2 is launch-bound on a GPU, so --batch 16 should see eight times the clips for little more
-  # time a step: not measured yet).
+  # options the line does not give already (--batch N, --frame-noise R, --freeze PREFIXES, --min-snr G, --keep-best,
+  # --loop-correction K; a tiny step at batch 2 is launch-bound on a GPU, so --batch 16 should see eight times the
+  # clips for little more time a step: not measured yet). --frame-noise 0 is where serial learns visible motion on
+  # the CPU (benchmarks/results/2026-11-26-frame-noise-0.md): "--frame-noise 0 --batch 16" is the next GPU run.
   run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
     --samples 16 --seed 1 --validate-every 250 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
 fi

@@ -76,7 +76,9 @@ public sealed record ModelConfig
     /// The frame noise correlation of a new text-to-video model: 0.9. Less correlation gives the frozen
     /// image model more room to draw each frame differently: at 0.7 and 0.5 the samples' frames agreed
     /// less after the same training and their combined motion score was lower
-    /// (benchmarks/results/2026-11-26-motion-training-settings.md).
+    /// (benchmarks/results/2026-11-26-motion-training-settings.md). At 0 serial learns to move sprites
+    /// across the clip after a few thousand clips, but the loop bridge's validation loss rises
+    /// (benchmarks/results/2026-11-26-frame-noise-0.md): the default serves the comparison of both.
     /// </summary>
     public const float DefaultFrameNoiseCorrelation = 0.9f;
 
