@@ -538,6 +538,11 @@ public static class Commands
         else
         {
             Ui.PrintComparison(result);
+            if (result.Prompts.Count < samples)
+            {
+                AnsiConsole.MarkupLine($"[grey]{Markup.Escape(ReportWriter.FewerSamples(result.Prompts.Count, samples))}[/]");
+            }
+
             AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");
         }
 

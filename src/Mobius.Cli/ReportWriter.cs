@@ -220,7 +220,8 @@ public sealed class ReportWriter(string folder)
 
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
-        sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split.").AppendLine();
+        sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split" +
+            (r.Prompts.Count < o.SamplePrompts ? $" ({FewerSamples(r.Prompts.Count, o.SamplePrompts)})." : ".")).AppendLine();
         sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
         for (int k = 0; k < r.Prompts.Count; k++)
         {
@@ -239,6 +240,10 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine().AppendLine("All figures measured in this run; result.json holds every step's loss and time.");
         return sb.ToString();
     }
+
+    /// <summary>Says why a comparison sampled fewer clips than asked for.</summary>
+    internal static string FewerSamples(int got, int asked) =>
+        $"{got} of the {asked} samples asked for: the validation split has no more distinct sprite, colour and motion captions for these motions";
 
     /// <summary>
     /// Coefficients grouped by temporal layer, in the model's order: a parameter name up to its first part that

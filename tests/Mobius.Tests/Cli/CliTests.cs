@@ -390,6 +390,20 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Compare_says_when_the_validation_split_has_fewer_captions_than_samples_asked_for()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "60", "--sample-steps", "1", "--out", folder.Path, "--motion", "move-right");
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(File.ReadAllText(folder.File("result.json")));
+        int got = doc.RootElement.GetProperty("prompts").GetArrayLength();
+        Assert.InRange(got, 1, 59);
+        string message = $"{got} of the 60 samples asked for";
+        Assert.Contains(message, File.ReadAllText(folder.File("report.md")), StringComparison.Ordinal);
+        Assert.Contains(message, r.Out, StringComparison.Ordinal);
+    }
+
+    [Fact]
     public void A_resumed_train_run_takes_the_options_its_checkpoint_records_and_names_those_changed()
     {
         using var folder = new TempFolder();
