@@ -359,7 +359,9 @@ public abstract class TrainingTests(BackendFixture fixture)
             coefficients[name] = got;
         }
 
-        Assert.Contains(coefficients.Values, c => c is > 0.02f and < 0.98f);  // the fit is exercised, not just its clamp
+        // The fit must be exercised, not just its clamp: some coefficient strictly inside (0, 1), after this fold or
+        // the next (after one fold alone every tensor sits at a clamp for about one seed in 40).
+        int interior = coefficients.Values.Count(c => c is > 0.02f and < 0.98f);
         Assert.True(samples > loop1.Values.Max(g => g.Length) || loop1.Values.Any(g => g.Length > samples && g.Any(v => v != 0)), "no tensor with a gradient was sampled");
         Assert.Contains(coefficients.Values, c => c > 0.98f);                 // the last temporal layer's loop gradient is exact
 
@@ -386,7 +388,10 @@ public abstract class TrainingTests(BackendFixture fixture)
             double expected = Ratio(cov, var);
             float got = correcting.LoopScales[p].Coefficient;
             Assert.True(Math.Abs(got - expected) <= 1e-4 * Math.Max(1, expected), $"{name}: coefficient {got}, expected {expected} after two folds (seed {seed})");
+            interior += got is > 0.02f and < 0.98f ? 1 : 0;
         }
+
+        Assert.True(interior > 0, $"every fitted coefficient sat at a clamp (0 or 1) in both folds (seed {seed})");
 
         // The correction keeps no buffer: the optimizer state is Adam's two moments, as without it.
         Assert.Equal(2 * 4 * correcting.TrainableParameters, B.Memory.Snapshot().Current[MemoryCategory.OptimizerState] - optimizerBefore);
