@@ -41,12 +41,13 @@ public abstract class Bridge : Module
         return FuseNorm.Forward(ring, silu: true).Then(FuseConv.Forward);
     }
 
-    /// <summary>The bridge named by a config ("additive" or "gated").</summary>
+    /// <summary>The bridge named by a config ("additive", "gated" or "mixing").</summary>
     public static Bridge Create(string name, IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups) => name switch
     {
         "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups),
         "gated" => new GatedBridge(backend, rng, blockChannels, outChannels, groups),
-        _ => throw new ArgumentException($"unknown bridge '{name}'; known: additive, gated."),
+        "mixing" => new MixingBridge(backend, rng, blockChannels, outChannels, groups),
+        _ => throw new ArgumentException($"unknown bridge '{name}'; known: additive, gated, mixing."),
     };
 }
 
@@ -96,5 +97,35 @@ public sealed class GatedBridge : Bridge
     {
         using var zeros = Tensor.Zeros(like.Backend, like.Shape);
         return Ops.AddBias(zeros, gate, 1);
+    }
+}
+
+/// <summary>
+/// The additive ring with a spatial mixer at every block: u = t + s', then u + conv3x3(SiLU(GN(u))), a
+/// trainable 3x3 convolution (PyTorch's default initialisation; the fuse alone keeps the model at the
+/// text-to-image prediction at initialisation). The temporal layers mix along frames only, pixel by pixel,
+/// so the plain ring can move content across the frame only in its resampling and its fuse; a clip whose
+/// sprite travels needs what is at one pixel in one frame to come from a neighbouring pixel in the last.
+/// </summary>
+public sealed class MixingBridge : Bridge
+{
+    private readonly (GroupNorm Norm, Conv2d Conv)[] _mixers;
+
+    /// <summary>Creates the bridge with one mixer per block.</summary>
+    public MixingBridge(IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups)
+        : base(backend, rng, blockChannels[^1], outChannels, groups)
+    {
+        _mixers = blockChannels.Select((c, i) =>
+            (AddModule($"mix{i}_norm", new GroupNorm(backend, groups, c)), AddModule($"mix{i}_conv", new Conv2d(backend, rng, c, c, 3)))).ToArray();
+    }
+
+    /// <inheritdoc />
+    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        using var u = ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
+        var (norm, conv) = _mixers[block];
+        using var mixed = norm.Forward(u, silu: true).Then(conv.Forward);
+        return Ops.Add(u, mixed);
     }
 }

@@ -159,6 +159,7 @@ public abstract class UNet3DTests(BackendFixture fixture)
     [InlineData(Topology.Serial, "loop")]
     [InlineData(Topology.Parallel, "loop")]
     [InlineData(Topology.Parallel, "additive")]
+    [InlineData(Topology.Parallel, "mixing")]
     public void Spatial_weights_never_receive_a_gradient_and_temporal_weights_do(Topology topology, string bridge)
     {
         var r = new Rng(Seeds.One);
