@@ -29,7 +29,7 @@ public static class Commands
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
     private static readonly Option<int> ThreadsOption = new("--threads") { Description = "CPU threads (0: all cores)", DefaultValueFactory = _ => 0 };
     private static readonly Option<bool> WeightsOnlyOption = new("--weights-only") { Description = "leave the optimiser state out of the final checkpoint (smaller; it cannot be resumed)" };
-    private static readonly Option<string?> BridgeOption = new("--bridge") { Description = "the parallel topology's bridge: loop (default), additive, gated or mixing" };
+    private static readonly Option<string?> BridgeOption = new("--bridge") { Description = $"the parallel topology's bridge: {string.Join(", ", ModelConfig.Bridges)} (default {ModelConfig.DefaultBridge})" };
     private static readonly Option<string?> MotionOption = new("--motion") { Description = "train and validate on clips of these motions only, e.g. move-right or grow,shrink (default: all)" };
     private static readonly Option<float> MinSnrOption = new("--min-snr")
     {
@@ -538,9 +538,9 @@ public static class Commands
         else
         {
             Ui.PrintComparison(result);
-            if (result.Prompts.Count < samples)
+            if (ReportWriter.FewerSamples(result.Prompts.Count, samples) is { } fewer)
             {
-                AnsiConsole.MarkupLine($"[grey]{Markup.Escape(ReportWriter.FewerSamples(result.Prompts.Count, samples))}[/]");
+                AnsiConsole.MarkupLine($"[grey]{Markup.Escape(fewer)}[/]");
             }
 
             AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");

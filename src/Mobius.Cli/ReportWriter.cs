@@ -221,7 +221,7 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
         sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split" +
-            (r.Prompts.Count < o.SamplePrompts ? $" ({FewerSamples(r.Prompts.Count, o.SamplePrompts)})." : ".")).AppendLine();
+            (FewerSamples(r.Prompts.Count, o.SamplePrompts) is { } fewer ? $" ({fewer})." : ".")).AppendLine();
         sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
         for (int k = 0; k < r.Prompts.Count; k++)
         {
@@ -241,8 +241,8 @@ public sealed class ReportWriter(string folder)
         return sb.ToString();
     }
 
-    /// <summary>Says why a comparison sampled fewer clips than asked for.</summary>
-    internal static string FewerSamples(int got, int asked) =>
+    /// <summary>Says why a comparison sampled fewer clips than asked for; null when it sampled them all.</summary>
+    internal static string? FewerSamples(int got, int asked) => got >= asked ? null :
         $"{got} of the {asked} samples asked for: the validation split has no more distinct sprite, colour and motion captions for these motions";
 
     /// <summary>

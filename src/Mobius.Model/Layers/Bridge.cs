@@ -47,8 +47,12 @@ public abstract class Bridge : Module
         "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups),
         "gated" => new GatedBridge(backend, rng, blockChannels, outChannels, groups),
         "mixing" => new MixingBridge(backend, rng, blockChannels, outChannels, groups),
-        _ => throw new ArgumentException($"unknown bridge '{name}'; known: additive, gated, mixing."),
+        _ => throw new ArgumentException($"unknown bridge '{name}'; known: {string.Join(", ", ModelConfig.Bridges.Where(b => b != "loop"))}."),
     };
+
+    /// <summary>t + s', or s' alone (a new handle) before the first block.</summary>
+    protected static Tensor Sum(Tensor? ring, Tensor spatial) =>
+        ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
 }
 
 /// <summary>The default bridge: the ring carries t + s' from block to block.</summary>
@@ -64,7 +68,7 @@ public sealed class AdditiveBridge : Bridge
     public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
     {
         using var kind = Tape.Kind(nameof(Bridge));
-        return ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
+        return Sum(ring, spatial);
     }
 }
 
@@ -123,7 +127,7 @@ public sealed class MixingBridge : Bridge
     public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
     {
         using var kind = Tape.Kind(nameof(Bridge));
-        using var u = ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
+        using var u = Sum(ring, spatial);
         var (norm, conv) = _mixers[block];
         using var mixed = norm.Forward(u, silu: true).Then(conv.Forward);
         return Ops.Add(u, mixed);
