@@ -5,13 +5,17 @@ in both topologies:
   serial:   h' = TA(SA(TC(R(h, e)), c))
   parallel: s' = SA(R(s, e), c) under no_grad;  t' = TA(TC(t + s'));  eps = out(s_L) + fuse(t_L)
             (the additive bridge)
+  skip:     parallel, and the ring keeps skip connections where the UNet does: a decoder block's ring
+            input adds its encoder twin's ring state (1x1 conv where channels differ) (the skip bridge)
+  delta:    skip, but the ring carries only the temporal layers' corrections d:  t = TA(TC(s' + d)),
+            d' = t - s';  eps = out(s_L) + fuse(s_L + d_L)  (the delta bridge)
   loop:     serial's values; every spatial layer under no_grad, its input given the gradient of its
             skip path alone (straight through: v + (k - k.detach()), k = identity or the 1x1 shortcut)
             (the parallel topology's loop bridge, Mobius's default)
 
 `python3 mobius_torch.py fixtures OUT_DIR` writes the parity fixtures the C# tests compare against
 (float64 reference: outputs, loss and every trainable gradient, for the micro config).
-`python3 mobius_torch.py bench --device cpu|cuda --config tiny --steps N [--bridge loop|additive]` is
+`python3 mobius_torch.py bench --device cpu|cuda --config tiny --steps N [--bridge loop|additive|skip|delta]` is
 the PyTorch peer of `mobius compare`: serial and parallel training steps on random data, one JSON object.
 Runs on Debian's python3-torch (1.13, CPU); needs nothing else.
 """
@@ -196,19 +200,32 @@ def make_unet_params(cfg, topology, gen, dtype):
             P.conv(f"{name}.conv", cin, cout, 3)
     P.norm("norm_out", c0)
     P.conv("conv_out", c0, LATENT, 3)
-    if topology == "parallel":
+    if topology in ("parallel", "skip", "delta"):
         k = 0
         for b in range(1, len(outs)):
             if outs[b] != outs[b - 1]:
                 P.conv(f"ring_proj.{k}", outs[b - 1], outs[b], 1)
                 k += 1
+        if topology in ("skip", "delta"):
+            # the ring's own skips: a decoder block adds the ring state of its encoder twin, through a 1x1
+            # conv where the channels differ; conv_in's skip (the last block's) has no ring state
+            stack, j = [None], 0
+            for kind, _, cin, cout, _, pop, push in plan(cfg):
+                if pop:
+                    ch = stack.pop()
+                    if ch is not None and ch != cout:
+                        P.conv(f"ring_skip_proj.{j}", ch, cout, 1)
+                        j += 1
+                if push:
+                    stack.append(cout)
         P.norm("bridge.fuse_norm", outs[-1])
         P.conv("bridge.fuse_conv", outs[-1], LATENT, 3)
     return P.p
 
 
 def is_temporal(name):
-    return ".temp_conv." in name or ".temp_attn." in name or name.startswith("ring_proj.") or name.startswith("bridge.")
+    return (".temp_conv." in name or ".temp_attn." in name or name.startswith("ring_proj.") or name.startswith("ring_skip_proj.")
+            or name.startswith("bridge."))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,7 +330,7 @@ def temporal_transformer(p, cfg, name, x, frames):
 
 def unet_forward(p, cfg, topology, x, timesteps, ctx, frames, recompute_spatial=False):
     c0 = cfg["channels"][0]
-    with torch.set_grad_enabled(torch.is_grad_enabled() and topology not in ("parallel", "loop")):
+    with torch.set_grad_enabled(torch.is_grad_enabled() and topology not in ("parallel", "skip", "delta", "loop")):
         e = linear(p, "time_embedding.linear_1", sinusoid(timesteps, c0, x.dtype))
         e = F.silu(linear(p, "time_embedding.linear_2", F.silu(e)))
     steps = plan(cfg)
@@ -367,8 +384,8 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames, recompute_spatial=
                 skips.append(h)
         return out_head(h)
 
-    # parallel: spatial chain without a graph, temporal ring with one
-    ring, k = None, 0
+    # parallel: spatial chain without a graph, temporal ring with one ("skip": the ring keeps skips too)
+    ring, k, j, ring_skips = None, 0, 0, [None]
     with torch.no_grad():
         s = conv(p, "conv_in", x)
     skips = [s]
@@ -384,16 +401,28 @@ def unet_forward(p, cfg, topology, x, timesteps, ctx, frames, recompute_spatial=
                 s = conv(p, name + ".conv", F.interpolate(s, scale_factor=2, mode="nearest"))
             if push:
                 skips.append(s)
+        rs = ring_skips.pop() if topology in ("skip", "delta") and pop else None
         if kind == "block":
             if ring is not None and ring.shape[1] != cout:
                 ring = conv(p, f"ring_proj.{k}", ring)
                 k += 1
+            if ring is not None and rs is not None:
+                if rs.shape[1] != cout:
+                    rs = conv(p, f"ring_skip_proj.{j}", rs)
+                    j += 1
+                ring = ring + rs
             u = s if ring is None else ring + s
             ring = temporal(name, u, attn)
+            if topology == "delta":
+                ring = ring - s
         elif ring is not None:
             ring = F.avg_pool2d(ring, 2) if kind == "down" else F.interpolate(ring, scale_factor=2, mode="nearest")
+        if topology in ("skip", "delta") and push:
+            ring_skips.append(ring)
     with torch.no_grad():
         so = out_head(s)
+    if topology == "delta":
+        ring = ring + s
     fuse = conv(p, "bridge.fuse_conv", F.silu(group_norm(ring, p["bridge.fuse_norm.weight"], p["bridge.fuse_norm.bias"], cfg["groups"])))
     return so + fuse
 
@@ -467,8 +496,11 @@ def write_fixtures(out_dir, config="micro", seed=20261125):
     save_safetensors(path, out, {"config": config, "vocab": vocab, "seed": seed, "torch": torch.__version__})
     print(f"{path}: loss {loss.item():.6f}")
 
-    # The loop bridge came later: its own generator, so the fixtures above stay as they were.
+    # The loop bridge came later: its own generator, so the fixtures above stay as they were; so did the
+    # ring with skips.
     unet_fixture("loop", torch.Generator().manual_seed(seed + 1))
+    unet_fixture("skip", torch.Generator().manual_seed(seed + 2))
+    unet_fixture("delta", torch.Generator().manual_seed(seed + 3))
 
 
 def resident_bytes(params, opt):
@@ -493,8 +525,8 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop", recompute_spatia
     gen = torch.Generator().manual_seed(seed)
     b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
     runs = {}
-    # "parallel" is the reading the bridge names: the loop, or the additive ring.
-    forward_of = {"serial": "serial", "parallel": "loop" if bridge == "loop" else "parallel"}
+    # "parallel" is the reading the bridge names: the loop, the additive ring, or the ring with skips.
+    forward_of = {"serial": "serial", "parallel": {"loop": "loop", "skip": "skip", "delta": "delta"}.get(bridge, "parallel")}
     for topology in ("serial", "parallel"):
         p = {k: v.to(torch.float32).to(dev) for k, v in make_unet_params(cfg, forward_of[topology], gen, torch.float32).items()}
         trainable = [v for k, v in p.items() if is_temporal(k)]
@@ -574,7 +606,7 @@ if __name__ == "__main__":
         a.add_argument("--steps", type=int, default=10)
         a.add_argument("--warmup", type=int, default=2)
         a.add_argument("--threads", type=int, default=0)
-        a.add_argument("--bridge", default="loop", choices=["loop", "additive"])
+        a.add_argument("--bridge", default="loop", choices=["loop", "additive", "skip", "delta"])
         a.add_argument("--recompute-spatial", action="store_true")
         args = a.parse_args(sys.argv[2:])
         if args.threads:

@@ -85,8 +85,8 @@ public sealed record ModelConfig
     /// <summary>
     /// The reading of the parallel topology's bridges: "loop" (the default: each block's temporal layers
     /// feed back into the spatial chain, gradients run through the temporal layers and the chain's skip
-    /// paths), or a separate ring ("additive": t + s', "gated": s' + g * t, "mixing": t + s' and a trainable
-    /// 3x3 convolution per block) read out by a fuse at the end.
+    /// paths), or a separate ring ("additive": t + s', "skip": t + s' with the ring's own skip connections,
+    /// "gated": s' + g * t, "mixing": t + s' and a trainable 3x3 convolution per block) read out by a fuse at the end.
     /// A stage-2 choice: text-to-image checkpoints load with any bridge.
     /// </summary>
     public string Bridge { get; init; } = DefaultBridge;
@@ -95,7 +95,7 @@ public sealed record ModelConfig
     public const string DefaultBridge = "loop";
 
     /// <summary>The bridge names <see cref="Validate"/> accepts.</summary>
-    public static IReadOnlyList<string> Bridges { get; } = ["loop", "additive", "gated", "mixing"];
+    public static IReadOnlyList<string> Bridges { get; } = ["loop", "additive", "skip", "delta", "gated", "mixing"];
 
     /// <summary>Checks internal consistency; throws <see cref="ArgumentException"/> naming the problem.</summary>
     public void Validate()

@@ -180,6 +180,7 @@ public sealed class UNet3D : Module
 {
     private readonly List<Step> _plan = new();
     private readonly Dictionary<int, int> _ringProjection = new();
+    private readonly Dictionary<int, int> _ringSkipProjection = new();
 
     /// <summary>Builds the network for <paramref name="config"/> in <paramref name="topology"/>, initialised from <paramref name="seed"/>.</summary>
     public UNet3D(IBackend backend, ModelConfig config, Topology topology, int seed)
@@ -203,6 +204,7 @@ public sealed class UNet3D : Module
         int ch = c0;
         var skips = new Stack<int>([c0]);
         var blockChannels = new List<int>();
+        var skipChannels = new Dictionary<int, int>(); // decoder block ordinal -> channels of the skip it joins
         void Block(ModuleList<UNetBlock> list, int level, int inCh, int outCh, bool attention, bool pop, bool push)
         {
             list.Add(new UNetBlock(backend, rng, config, inCh, outCh, attention, temporal));
@@ -235,7 +237,9 @@ public sealed class UNet3D : Module
         {
             for (int j = 0; j <= config.LayersPerLevel; j++)
             {
-                Block(Up, l, ch + skips.Pop(), config.Channels[l], config.Attention[l], pop: true, push: false);
+                int skip = skips.Pop();
+                skipChannels[blockChannels.Count] = skip;
+                Block(Up, l, ch + skip, config.Channels[l], config.Attention[l], pop: true, push: false);
                 ch = config.Channels[l];
             }
 
@@ -263,7 +267,23 @@ public sealed class UNet3D : Module
                 }
             }
 
-            Bridge = AddModule("bridge", Layers.Bridge.Create(config.Bridge, backend, rng, blockChannels.ToArray(), config.LatentChannels, config.Groups));
+            var bridge = Layers.Bridge.Create(config.Bridge, backend, rng, blockChannels.ToArray(), config.LatentChannels, config.Groups);
+            if (bridge.RingSkips)
+            {
+                // A decoder block joins the ring state of its encoder twin; a 1x1 convolution adapts it where
+                // the channel counts differ. The chain's first skip (conv_in's output) has no ring state.
+                RingSkipProjections = AddModule("ring_skip_proj", new ModuleList<Conv2d>(backend));
+                foreach (var (b, skip) in skipChannels.Where(kv => kv.Key != blockChannels.Count - 1))
+                {
+                    if (skip != blockChannels[b])
+                    {
+                        _ringSkipProjection[b] = RingSkipProjections.Count;
+                        RingSkipProjections.Add(new Conv2d(backend, rng, skip, blockChannels[b], 1));
+                    }
+                }
+            }
+
+            Bridge = AddModule("bridge", bridge);
         }
     }
 
@@ -355,6 +375,9 @@ public sealed class UNet3D : Module
     /// <summary>Channel adapters of the temporal ring (parallel with a ring bridge only).</summary>
     public ModuleList<Conv2d>? RingProjections { get; }
 
+    /// <summary>1x1 convolutions on the ring's skip connections where channel counts change (with <see cref="Bridge.RingSkips"/>), or null.</summary>
+    public ModuleList<Conv2d>? RingSkipProjections { get; }
+
     /// <summary>The spatial-to-temporal and temporal-to-output bridges (parallel with a ring bridge only; null for the loop).</summary>
     public Bridge? Bridge { get; }
 
@@ -372,7 +395,8 @@ public sealed class UNet3D : Module
     /// <summary>Whether a parameter name belongs to the temporal side.</summary>
     public static bool IsTemporal(string name) =>
         name.Contains(".temp_conv.", StringComparison.Ordinal) || name.Contains(".temp_attn.", StringComparison.Ordinal)
-        || name.StartsWith("ring_proj.", StringComparison.Ordinal) || name.StartsWith("bridge.", StringComparison.Ordinal);
+        || name.StartsWith("ring_proj.", StringComparison.Ordinal) || name.StartsWith("ring_skip_proj.", StringComparison.Ordinal)
+        || name.StartsWith("bridge.", StringComparison.Ordinal);
 
     /// <summary>Freezes the text-to-image part (stage 2).</summary>
     public void FreezeSpatial()
@@ -484,6 +508,11 @@ public sealed class UNet3D : Module
         }
 
         skips.Push(Alias(s));
+
+        // With ring skips the ring keeps its own skip stack beside the chain's; conv_in's has no ring state.
+        var ringSkips = new Stack<Tensor?>();
+        bool ringSkipsOn = Bridge!.RingSkips;
+        ringSkips.Push(null);
         try
         {
             foreach (var step in _plan)
@@ -506,15 +535,21 @@ public sealed class UNet3D : Module
                 // Temporal ring: the only place gradients flow.
                 using (Tape.Kind("TemporalRing"))
                 {
+                    using var ringSkip = ringSkipsOn && step.PopSkip ? ringSkips.Pop() : null;
                     ring = step.Kind switch
                     {
-                        StepKind.Block => RingBlock(step, ring, s, frames),
+                        StepKind.Block => RingBlock(step, ring, ringSkip, s, frames),
                         StepKind.Down => ring?.Then(Ops.AvgPool2x2),
                         _ => ring?.Then(Ops.Upsample2x),
                     };
+                    if (ringSkipsOn && step.PushSkip)
+                    {
+                        ringSkips.Push(ring is null ? null : Alias(ring));
+                    }
                 }
             }
 
+            using var temporalOut = Bridge!.Exit(ring!, s);
             Tensor spatialOut;
             using (Tape.NoGrad())
             {
@@ -522,7 +557,6 @@ public sealed class UNet3D : Module
             }
 
             using (spatialOut)
-            using (var temporalOut = Bridge!.Exit(ring!))
             using (Tape.Kind(nameof(Layers.Bridge)))
             {
                 return Ops.Add(spatialOut, temporalOut);
@@ -532,20 +566,32 @@ public sealed class UNet3D : Module
         {
             ring?.Dispose();
             DisposeAll(skips);
+            while (ringSkips.Count > 0)
+            {
+                ringSkips.Pop()?.Dispose();
+            }
         }
     }
 
-    /// <summary>Bridge 1 into the block's temporal layers: u = Enter(adapt(t), s'), then t' = TA(TC(u)).</summary>
-    private Tensor RingBlock(Step step, Tensor? ring, Tensor spatial, int frames)
+    /// <summary>
+    /// Bridge 1 into the block's temporal layers: u = Enter(adapt(t) [+ adapt(skip)], s'), then t' = TA(TC(u)).
+    /// </summary>
+    private Tensor RingBlock(Step step, Tensor? ring, Tensor? ringSkip, Tensor spatial, int frames)
     {
         if (ring is not null && _ringProjection.TryGetValue(step.Ordinal, out int p))
         {
             ring = ring.Then(RingProjections![p].Forward);
         }
 
+        if (ring is not null && ringSkip is not null)
+        {
+            using var skip = _ringSkipProjection.TryGetValue(step.Ordinal, out int q) ? RingSkipProjections![q].Forward(ringSkip) : Alias(ringSkip);
+            ring = ring.Then(t => Ops.Add(t, skip));
+        }
+
         using var u = Bridge!.Enter(step.Ordinal, ring, spatial);
         ring?.Dispose();
-        return step.Block.Temporal(u, frames);
+        return Bridge.Leave(step.Ordinal, step.Block.Temporal(u, frames), spatial);
     }
 
     private static Tensor RunBlock(Step step, Tensor h, Stack<Tensor> skips, Func<Tensor, Tensor> block)

@@ -34,17 +34,38 @@ public abstract class Bridge : Module
     /// </summary>
     public abstract Tensor Enter(int block, Tensor? ring, Tensor spatial);
 
-    /// <summary>Bridge 2: the ring's contribution to the predicted noise.</summary>
-    public Tensor Exit(Tensor ring)
+    /// <summary>
+    /// Whether the ring has skip connections of its own, where the UNet has them: each decoder block's ring
+    /// input also gets the ring state of the encoder block whose spatial output the chain concatenates
+    /// there (through a trainable 1x1 convolution where the channel counts differ).
+    /// </summary>
+    public virtual bool RingSkips => false;
+
+    /// <summary>
+    /// The ring state block <paramref name="block"/> passes on, from its temporal layers' output (owned: this
+    /// returns it or disposes it) and its spatial output. The ring carries what the temporal layers output.
+    /// </summary>
+    public virtual Tensor Leave(int block, Tensor output, Tensor spatial) => output;
+
+    /// <summary>
+    /// Bridge 2: the ring's contribution to the predicted noise, from the last block's ring state and the
+    /// spatial chain's last features (before the out head).
+    /// </summary>
+    public virtual Tensor Exit(Tensor ring, Tensor spatial)
     {
         using var kind = Tape.Kind(nameof(Bridge));
-        return FuseNorm.Forward(ring, silu: true).Then(FuseConv.Forward);
+        return Fuse(ring);
     }
 
-    /// <summary>The bridge named by a config ("additive", "gated" or "mixing").</summary>
+    /// <summary>The fuse: conv3x3(SiLU(GN(x))), zero-initialised.</summary>
+    protected Tensor Fuse(Tensor x) => FuseNorm.Forward(x, silu: true).Then(FuseConv.Forward);
+
+    /// <summary>The bridge named by a config ("additive", "skip", "delta", "gated" or "mixing").</summary>
     public static Bridge Create(string name, IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups) => name switch
     {
         "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups),
+        "skip" => new SkipBridge(backend, rng, blockChannels[^1], outChannels, groups),
+        "delta" => new DeltaBridge(backend, rng, blockChannels[^1], outChannels, groups),
         "gated" => new GatedBridge(backend, rng, blockChannels, outChannels, groups),
         "mixing" => new MixingBridge(backend, rng, blockChannels, outChannels, groups),
         _ => throw new ArgumentException($"unknown bridge '{name}'; known: {string.Join(", ", ModelConfig.Bridges.Where(b => b != "loop"))}."),
@@ -69,6 +90,73 @@ public sealed class AdditiveBridge : Bridge
     {
         using var kind = Tape.Kind(nameof(Bridge));
         return Sum(ring, spatial);
+    }
+}
+
+/// <summary>
+/// The additive ring wired like the UNet: t + s' at every block as <see cref="AdditiveBridge"/>, and the ring
+/// keeps skip connections where the spatial chain does (<see cref="Bridge.RingSkips"/>). In the plain ring the
+/// encoder's temporal outputs reach the decoder only through the lowest resolution (average-pooled down,
+/// nearest-upsampled back); with the skips the full-resolution encoder layers reach the fuse at full
+/// resolution, as their spatial twins reach the out head through the UNet's skips.
+/// </summary>
+public sealed class SkipBridge : Bridge
+{
+    /// <summary>Creates the bridge.</summary>
+    public SkipBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
+        : base(backend, rng, ringChannels, outChannels, groups)
+    {
+    }
+
+    /// <inheritdoc />
+    public override bool RingSkips => true;
+
+    /// <inheritdoc />
+    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return Sum(ring, spatial);
+    }
+}
+
+/// <summary>
+/// The ring carries only what the temporal layers add, d: each block's temporal layers see s' + d (the
+/// spatial output plus the temporal corrections so far, what serial's temporal layers see, and at
+/// initialisation exactly that: s'), and pass on TA(TC(s' + d)) - s'. Skip connections as
+/// <see cref="SkipBridge"/>; the fuse reads s_L + d_L. The additive ring instead carries the running sum of
+/// every block's spatial output, so its temporal layers see features no serial layer sees.
+/// </summary>
+public sealed class DeltaBridge : Bridge
+{
+    /// <summary>Creates the bridge.</summary>
+    public DeltaBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
+        : base(backend, rng, ringChannels, outChannels, groups)
+    {
+    }
+
+    /// <inheritdoc />
+    public override bool RingSkips => true;
+
+    /// <inheritdoc />
+    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return Sum(ring, spatial);
+    }
+
+    /// <inheritdoc />
+    public override Tensor Leave(int block, Tensor output, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return output.Then(o => Ops.Sub(o, spatial));
+    }
+
+    /// <inheritdoc />
+    public override Tensor Exit(Tensor ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        using var u = Ops.Add(ring, spatial);
+        return Fuse(u);
     }
 }
 

@@ -43,6 +43,8 @@ public abstract class TorchParityTests(BackendFixture fixture)
     [InlineData("serial", Topology.Serial, "loop")]
     [InlineData("parallel", Topology.Parallel, "additive")]
     [InlineData("loop", Topology.Parallel, "loop")]
+    [InlineData("skip", Topology.Parallel, "skip")]
+    [InlineData("delta", Topology.Parallel, "delta")]
     public void UNet3D_matches_pytorch(string fixtureName, Topology topology, string bridge)
     {
         var (all, meta) = SafeTensors.Read(FixturePath($"unet3d_micro_{fixtureName}.safetensors"));

@@ -159,6 +159,8 @@ public abstract class UNet3DTests(BackendFixture fixture)
     [InlineData(Topology.Serial, "loop")]
     [InlineData(Topology.Parallel, "loop")]
     [InlineData(Topology.Parallel, "additive")]
+    [InlineData(Topology.Parallel, "skip")]
+    [InlineData(Topology.Parallel, "delta")]
     [InlineData(Topology.Parallel, "mixing")]
     public void Spatial_weights_never_receive_a_gradient_and_temporal_weights_do(Topology topology, string bridge)
     {
