@@ -193,6 +193,8 @@ public abstract class UNet3DTests(BackendFixture fixture)
         Assert.Equal(0, B.Memory.Current(MemoryCategory.SavedActivations));
     }
 
+    private static IEnumerable<string> RingBridges => ModelConfig.Bridges.Where(b => b != "loop");
+
     [Fact]
     public void The_parallel_tape_holds_no_spatial_layer_and_the_serial_tape_does()
     {
@@ -200,7 +202,9 @@ public abstract class UNet3DTests(BackendFixture fixture)
         using var t2i = new UNet3D(B, Micro, Topology.Spatial, r.Seed);
         using var inputs = MakeInputs(r);
         var stats = new Dictionary<string, IReadOnlyDictionary<string, TapeKindStats>>();
-        foreach (var (name, topology, bridge) in new[] { ("serial", Topology.Serial, "loop"), ("additive", Topology.Parallel, "additive"), ("loop", Topology.Parallel, "loop") })
+        var runs = new[] { ("serial", Topology.Serial, "loop"), ("loop", Topology.Parallel, "loop") }
+            .Concat(RingBridges.Select(b => (b, Topology.Parallel, b)));
+        foreach (var (name, topology, bridge) in runs)
         {
             using var tape = Tape.Begin();
             using var m = VideoModel(t2i, topology, r.Seed + 1, bridge);
@@ -208,10 +212,13 @@ public abstract class UNet3DTests(BackendFixture fixture)
             stats[name] = tape.StatsByKind;
         }
 
-        // A ring bridge: nothing spatial on the tape at all.
-        var ring = stats["additive"];
-        Assert.Empty(ring.Keys.Intersect(SpatialKinds));
-        Assert.Subset(new HashSet<string> { "TemporalConv", "TemporalTransformer", "TemporalRing", "Bridge" }, ring.Keys.ToHashSet());
+        // Every ring bridge: nothing spatial on the tape at all.
+        foreach (var bridge in RingBridges)
+        {
+            var ring = stats[bridge];
+            Assert.Empty(ring.Keys.Intersect(SpatialKinds));
+            Assert.Subset(new HashSet<string> { "TemporalConv", "TemporalTransformer", "TemporalRing", "Bridge" }, ring.Keys.ToHashSet());
+        }
 
         // The loop: no ResBlock2D or SpatialTransformer node; the gradient's path crosses only the frozen
         // resampling convs and skip joins (which keep nothing) and the out head (which keeps its input).
@@ -227,7 +234,7 @@ public abstract class UNet3DTests(BackendFixture fixture)
         Assert.True(serial["ResBlock2D"].Nodes > 0 && serial["ResBlock2D"].SavedBytes > 0);
         Assert.True(serial["SpatialTransformer"].Nodes > 0 && serial["SpatialTransformer"].SavedBytes > 0);
         long serialSaved = serial.Values.Sum(s => s.SavedBytes);
-        foreach (var parallel in new[] { ring, loop })
+        foreach (var parallel in RingBridges.Select(b => stats[b]).Append(loop))
         {
             long parallelSaved = parallel.Values.Sum(s => s.SavedBytes);
             Assert.True(parallelSaved < serialSaved, $"parallel saved {parallelSaved} B, serial {serialSaved} B");
