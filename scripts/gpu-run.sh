@@ -124,8 +124,9 @@ if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   # --loop-correction K; a tiny step at batch 2 is launch-bound on a GPU, so --batch 16 should see eight times the
   # clips for little more time a step: not measured yet). --frame-noise 0 is where serial learns visible motion on
   # the CPU (benchmarks/results/2026-11-26-frame-noise-0.md): "--frame-noise 0 --batch 16" is the next GPU run.
-  # Adding "--bridge additive" to it asks whether eight times the clips lift the ring's fuse gradient out of the
-  # noise that keeps it from learning at batch 2 (benchmarks/results/2026-11-27-decoder-only-and-ring.md).
+  # Adding "--bridge skip" to it asks whether the ring (with the UNet's skip connections, the best ring on the CPU:
+  # benchmarks/results/2026-11-27-ring-skips.md) learns serial's motion given many more clips: on the CPU its noise
+  # error passes serial's but its movement stalls near 0.18 after 16,000 clips.
   run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
     --samples 16 --seed 1 --validate-every 250 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
 fi
