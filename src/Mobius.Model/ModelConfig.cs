@@ -86,7 +86,8 @@ public sealed record ModelConfig
     /// The reading of the parallel topology's bridges: "loop" (the default: each block's temporal layers
     /// feed back into the spatial chain, gradients run through the temporal layers and the chain's skip
     /// paths), or a separate ring ("additive": t + s', "skip": t + s' with the ring's own skip connections,
-    /// "gated": s' + g * t, "mixing": t + s' and a trainable 3x3 convolution per block) read out by a fuse at the end.
+    /// "delta": skip, the ring carrying only the temporal layers' corrections, "gated": s' + g * t,
+    /// "mixing": t + s' and a trainable 3x3 convolution per block) read out by a fuse at the end.
     /// A stage-2 choice: text-to-image checkpoints load with any bridge.
     /// </summary>
     public string Bridge { get; init; } = DefaultBridge;
