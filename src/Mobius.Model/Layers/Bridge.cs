@@ -30,9 +30,14 @@ public abstract class Bridge : Module
 
     /// <summary>
     /// Bridge 1: the input of block <paramref name="block"/>'s temporal layers from the ring state
-    /// (null before the first block) and the block's spatial output (no gradient).
+    /// (null before the first block) and the block's spatial output (no gradient): t + s' unless a reading
+    /// says otherwise.
     /// </summary>
-    public abstract Tensor Enter(int block, Tensor? ring, Tensor spatial);
+    public virtual Tensor Enter(int block, Tensor? ring, Tensor spatial)
+    {
+        using var kind = Tape.Kind(nameof(Bridge));
+        return Sum(ring, spatial);
+    }
 
     /// <summary>
     /// Whether the ring has skip connections of its own, where the UNet has them: each decoder block's ring
@@ -63,8 +68,8 @@ public abstract class Bridge : Module
     /// <summary>The bridge named by a config ("additive", "skip", "delta", "gated" or "mixing").</summary>
     public static Bridge Create(string name, IBackend backend, Random rng, int[] blockChannels, int outChannels, int groups) => name switch
     {
-        "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups),
-        "skip" => new SkipBridge(backend, rng, blockChannels[^1], outChannels, groups),
+        "additive" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups, ringSkips: false),
+        "skip" => new AdditiveBridge(backend, rng, blockChannels[^1], outChannels, groups, ringSkips: true),
         "delta" => new DeltaBridge(backend, rng, blockChannels[^1], outChannels, groups),
         "gated" => new GatedBridge(backend, rng, blockChannels, outChannels, groups),
         "mixing" => new MixingBridge(backend, rng, blockChannels, outChannels, groups),
@@ -76,54 +81,25 @@ public abstract class Bridge : Module
         ring is null ? Ops.Reshape(spatial, spatial.Shape.ToArray()) : Ops.Add(ring, spatial);
 }
 
-/// <summary>The default bridge: the ring carries t + s' from block to block.</summary>
-public sealed class AdditiveBridge : Bridge
-{
-    /// <summary>Creates the bridge.</summary>
-    public AdditiveBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
-        : base(backend, rng, ringChannels, outChannels, groups)
-    {
-    }
-
-    /// <inheritdoc />
-    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
-    {
-        using var kind = Tape.Kind(nameof(Bridge));
-        return Sum(ring, spatial);
-    }
-}
-
 /// <summary>
-/// The additive ring wired like the UNet: t + s' at every block as <see cref="AdditiveBridge"/>, and the ring
-/// keeps skip connections where the spatial chain does (<see cref="Bridge.RingSkips"/>). In the plain ring the
-/// encoder's temporal outputs reach the decoder only through the lowest resolution (average-pooled down,
-/// nearest-upsampled back); with the skips the full-resolution encoder layers reach the fuse at full
-/// resolution, as their spatial twins reach the out head through the UNet's skips.
+/// The additive ring: t + s' from block to block ("additive"). With <paramref name="ringSkips"/> ("skip") the ring
+/// is wired like the UNet and keeps skip connections where the spatial chain does (<see cref="Bridge.RingSkips"/>):
+/// in the plain ring the encoder's temporal outputs reach the decoder only through the lowest resolution
+/// (average-pooled down, nearest-upsampled back); with the skips the full-resolution encoder layers reach the fuse
+/// at full resolution, as their spatial twins reach the out head through the UNet's skips.
 /// </summary>
-public sealed class SkipBridge : Bridge
+public sealed class AdditiveBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups, bool ringSkips)
+    : Bridge(backend, rng, ringChannels, outChannels, groups)
 {
-    /// <summary>Creates the bridge.</summary>
-    public SkipBridge(IBackend backend, Random rng, int ringChannels, int outChannels, int groups)
-        : base(backend, rng, ringChannels, outChannels, groups)
-    {
-    }
-
     /// <inheritdoc />
-    public override bool RingSkips => true;
-
-    /// <inheritdoc />
-    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
-    {
-        using var kind = Tape.Kind(nameof(Bridge));
-        return Sum(ring, spatial);
-    }
+    public override bool RingSkips => ringSkips;
 }
 
 /// <summary>
 /// The ring carries only what the temporal layers add, d: each block's temporal layers see s' + d (the
 /// spatial output plus the temporal corrections so far, what serial's temporal layers see, and at
-/// initialisation exactly that: s'), and pass on TA(TC(s' + d)) - s'. Skip connections as
-/// <see cref="SkipBridge"/>; the fuse reads s_L + d_L. The additive ring instead carries the running sum of
+/// initialisation exactly that: s'), and pass on TA(TC(s' + d)) - s'. Skip connections as the
+/// "skip" reading of <see cref="AdditiveBridge"/>; the fuse reads s_L + d_L. The additive ring instead carries the running sum of
 /// every block's spatial output, so its temporal layers see features no serial layer sees.
 /// </summary>
 public sealed class DeltaBridge : Bridge
@@ -136,13 +112,6 @@ public sealed class DeltaBridge : Bridge
 
     /// <inheritdoc />
     public override bool RingSkips => true;
-
-    /// <inheritdoc />
-    public override Tensor Enter(int block, Tensor? ring, Tensor spatial)
-    {
-        using var kind = Tape.Kind(nameof(Bridge));
-        return Sum(ring, spatial);
-    }
 
     /// <inheritdoc />
     public override Tensor Leave(int block, Tensor output, Tensor spatial)
