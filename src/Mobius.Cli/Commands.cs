@@ -453,6 +453,7 @@ public static class Commands
 
             t.AddRow("trainable parameters", plan.Serial.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), plan.Parallel.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), "");
             AnsiConsole.Write(t);
+            Ui.PrintOperatingPoints(MemoryPlan.OperatingPoints(config, options), MemoryPlan.PolicyName(options.RecomputeSpatial, options.RecomputeTemporal), "the one above");
             AnsiConsole.MarkupLine("[grey]the engine's own tensors only: a GPU adds its libraries' workspace, the allocator's cache and the CUDA context[/]");
             return ExitCodes.Success;
         });

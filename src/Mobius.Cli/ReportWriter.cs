@@ -201,6 +201,20 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine();
         }
 
+        if (r.OperatingPoints is { Count: > 0 } points)
+        {
+            string run = MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal);
+            sb.AppendLine("Memory at every recompute policy, planned on the meta backend with this run's config, batch and options (the engine's own tensors; recomputing changes no gradient, only memory and time; step times are measured for this run's policy only, marked *):").AppendLine();
+            sb.AppendLine("| recompute | serial peak (MiB) | serial saved | parallel peak | parallel saved | peak ratio | saved ratio |").AppendLine("|---|---:|---:|---:|---:|---:|---:|");
+            foreach (var p in points)
+            {
+                sb.AppendLine(ci, $"| {p.Recompute}{(p.Recompute == run ? " *" : "")} | {Mb(p.Serial.PeakBytes)} | {Mb(p.Serial.SavedActivationBytes)} | {Mb(p.Parallel.PeakBytes)} | {Mb(p.Parallel.SavedActivationBytes)} | {p.Ratio.PeakBytes:0.000} | {p.Ratio.SavedActivationBytes:0.000} |");
+            }
+
+            var (serialLeast, parallelLeast) = MemoryPlan.LeastPeak(points);
+            sb.AppendLine().AppendLine(ci, $"Each topology at its own lowest peak: serial {Mb(serialLeast.Serial.PeakBytes)} MiB ({serialLeast.Recompute}), parallel {Mb(parallelLeast.Parallel.PeakBytes)} MiB ({parallelLeast.Recompute}), ratio {(double)parallelLeast.Parallel.PeakBytes / serialLeast.Serial.PeakBytes:0.000}.").AppendLine();
+        }
+
         sb.AppendLine("Saved activations by layer kind at the start of backward (MiB):").AppendLine();
         sb.AppendLine("| kind | serial | parallel |").AppendLine("|---|---:|---:|");
         foreach (var kind in r.Serial.SavedByKind.Keys.Union(r.Parallel.SavedByKind.Keys).OrderBy(k => k, StringComparer.Ordinal))

@@ -210,6 +210,11 @@ public static class Ui
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
+        if (r.OperatingPoints is { Count: > 0 } points)
+        {
+            PrintOperatingPoints(points, MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal), "this run's");
+        }
+
         if (r.Serial.TimeByKind is { } st && r.Parallel.TimeByKind is { } pt)
         {
             var k = new Table().Title("[bold]time by layer kind[/] (ms per step, device synchronised at every kind)")
@@ -221,6 +226,23 @@ public static class Ui
 
             AnsiConsole.Write(k);
         }
+    }
+
+    /// <summary>Both topologies' planned memory at every recompute policy, <paramref name="marked"/> (the policy of the run or plan printed above) starred.</summary>
+    public static void PrintOperatingPoints(IReadOnlyList<OperatingPoint> points, string marked, string whose)
+    {
+        var m = new Table().Title($"[bold]memory at every recompute policy[/] (planned; {whose} marked *)")
+            .AddColumns("recompute", "serial peak", "serial saved", "parallel peak", "parallel saved", "peak ratio", "saved ratio");
+        foreach (var p in points)
+        {
+            m.AddRow(p.Recompute + (p.Recompute == marked ? " *" : ""), Commands.Mb(p.Serial.PeakBytes), Commands.Mb(p.Serial.SavedActivationBytes),
+                Commands.Mb(p.Parallel.PeakBytes), Commands.Mb(p.Parallel.SavedActivationBytes),
+                p.Ratio.PeakBytes.ToString("0.00", CultureInfo.InvariantCulture), p.Ratio.SavedActivationBytes.ToString("0.00", CultureInfo.InvariantCulture));
+        }
+
+        AnsiConsole.Write(m);
+        var (serialLeast, parallelLeast) = MemoryPlan.LeastPeak(points);
+        AnsiConsole.MarkupLine(string.Create(CultureInfo.InvariantCulture, $"[grey]each at its own lowest peak: serial {Commands.Mb(serialLeast.Serial.PeakBytes)} ({serialLeast.Recompute}), parallel {Commands.Mb(parallelLeast.Parallel.PeakBytes)} ({parallelLeast.Recompute}): {(double)parallelLeast.Parallel.PeakBytes / serialLeast.Serial.PeakBytes:0.00}[/]"));
     }
 
     /// <summary>

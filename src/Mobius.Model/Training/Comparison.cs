@@ -305,6 +305,14 @@ public sealed record ComparisonResult
     [JsonPropertyName("ratio")]
     public required Ratio Ratio { get; init; }
 
+    /// <summary>
+    /// Both topologies' memory at every recompute policy, planned on the meta backend with this run's config,
+    /// batch, bridge and options (<see cref="MemoryPlan.OperatingPoints"/>): the run measures one policy, this
+    /// shows the trades at all of them. The engine's own tensors only.
+    /// </summary>
+    [JsonPropertyName("operating_points")]
+    public IReadOnlyList<OperatingPoint>? OperatingPoints { get; init; }
+
     /// <summary>Sample prompts, in order.</summary>
     [JsonPropertyName("prompts")]
     public required IReadOnlyList<string> Prompts { get; init; }
@@ -522,6 +530,7 @@ public static class Comparison
                     (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes,
                     results[1].StepMsMean / results[0].StepMsMean),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
+                OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed }),
             };
         }
         finally

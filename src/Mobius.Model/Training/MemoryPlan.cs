@@ -51,6 +51,51 @@ public static class MemoryPlan
         return new MemoryPlanResult(config.Name, options.BatchFor(config), config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
             (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes);
     }
+
+    /// <summary>The recompute policies <see cref="OperatingPoints"/> plans, from the fastest to the leanest.</summary>
+    public static IReadOnlyList<(bool Spatial, bool Temporal)> Policies { get; } = [(false, false), (false, true), (true, false), (true, true)];
+
+    /// <summary>A recompute policy's name: "none", "temporal", "spatial" or "spatial+temporal".</summary>
+    public static string PolicyName(bool spatial, bool temporal) => (spatial, temporal) switch
+    {
+        (false, false) => "none",
+        (false, true) => "temporal",
+        (true, false) => "spatial",
+        _ => "spatial+temporal",
+    };
+
+    /// <summary>
+    /// Plans both topologies at every recompute policy (<see cref="Policies"/>), the other settings as in
+    /// <paramref name="options"/>: the time-for-memory trades each topology has. Recomputing changes no gradient,
+    /// only memory and time, so a comparison run at one policy tells where the others would put each topology's
+    /// memory; their step times need runs of their own. The parallel topology keeps no spatial activation, so
+    /// "spatial" changes nothing for it (outside the loop correction's exact steps).
+    /// </summary>
+    public static IReadOnlyList<OperatingPoint> OperatingPoints(ModelConfig config, TrainOptions options)
+    {
+        var points = new List<OperatingPoint>(Policies.Count);
+        foreach (var (spatial, temporal) in Policies)
+        {
+            var plan = Plan(config, options with { RecomputeSpatial = spatial, RecomputeTemporal = temporal });
+            points.Add(new OperatingPoint(
+                PolicyName(spatial, temporal),
+                new PlannedMemory(plan.Serial.PeakBytes, plan.Serial.SavedActivationBytes),
+                new PlannedMemory(plan.Parallel.PeakBytes, plan.Parallel.SavedActivationBytes),
+                new PlannedRatio(plan.PeakRatio, plan.SavedRatio)));
+        }
+
+        return points;
+    }
+
+    /// <summary>
+    /// Each topology at its own lowest planned peak among <paramref name="points"/> (on a tie, the policy that
+    /// recomputes less, the earlier one in <see cref="Policies"/>): the two topologies as a memory-bound user runs them.
+    /// </summary>
+    public static (OperatingPoint Serial, OperatingPoint Parallel) LeastPeak(IReadOnlyList<OperatingPoint> points)
+    {
+        ArgumentOutOfRangeException.ThrowIfZero(points.Count);
+        return (points.MinBy(p => p.Serial.PeakBytes)!, points.MinBy(p => p.Parallel.PeakBytes)!);
+    }
 }
 
 /// <summary>The plan of one topology.</summary>
@@ -81,3 +126,28 @@ public sealed record MemoryPlanResult(
     /// <summary>Indented JSON.</summary>
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
 }
+
+/// <summary>Planned memory of one topology at one recompute policy.</summary>
+/// <param name="PeakBytes">Peak bytes of the largest step.</param>
+/// <param name="SavedActivationBytes">Most bytes the tape held for backward.</param>
+public sealed record PlannedMemory(
+    [property: JsonPropertyName("peak_bytes")] long PeakBytes,
+    [property: JsonPropertyName("saved_activation_bytes")] long SavedActivationBytes);
+
+/// <summary>Parallel / serial of two <see cref="PlannedMemory"/>.</summary>
+/// <param name="PeakBytes">Peak ratio.</param>
+/// <param name="SavedActivationBytes">Saved-activation ratio.</param>
+public sealed record PlannedRatio(
+    [property: JsonPropertyName("peak_bytes")] double PeakBytes,
+    [property: JsonPropertyName("saved_activation_bytes")] double SavedActivationBytes);
+
+/// <summary>Both topologies' planned memory at one recompute policy (<see cref="MemoryPlan.OperatingPoints"/>).</summary>
+/// <param name="Recompute">The policy: "none", "temporal", "spatial" or "spatial+temporal" (<see cref="MemoryPlan.PolicyName"/>).</param>
+/// <param name="Serial">The serial topology.</param>
+/// <param name="Parallel">The parallel topology.</param>
+/// <param name="Ratio">Parallel / serial at the same policy.</param>
+public sealed record OperatingPoint(
+    [property: JsonPropertyName("recompute")] string Recompute,
+    [property: JsonPropertyName("serial")] PlannedMemory Serial,
+    [property: JsonPropertyName("parallel")] PlannedMemory Parallel,
+    [property: JsonPropertyName("ratio")] PlannedRatio Ratio);

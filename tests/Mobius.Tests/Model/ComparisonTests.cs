@@ -49,4 +49,23 @@ public sealed class ComparisonTests
 
         Assert.Contains("\"steps_requested\": 7", stopped.ToJson());
     }
+
+    [Fact]
+    public void The_planned_operating_point_of_the_run_is_what_the_run_measured()
+    {
+        // Recomputing the temporal layers, so the run's policy is not the first point: a mix-up of points shows.
+        var options = Options(2, TestContext.Current.CancellationToken) with { Train = new TrainOptions { LearningRate = 3e-3f, RecomputeTemporal = true } };
+        var r = Comparison.Run(options);
+
+        Assert.NotNull(r.OperatingPoints);
+        Assert.Equal(["none", "temporal", "spatial", "spatial+temporal"], r.OperatingPoints.Select(p => p.Recompute));
+        var run = Assert.Single(r.OperatingPoints, p => p.Recompute == "temporal");
+        Assert.Equal(r.Serial.PeakBytes, run.Serial.PeakBytes);
+        Assert.Equal(r.Serial.SavedActivationBytes, run.Serial.SavedActivationBytes);
+        Assert.Equal(r.Parallel.PeakBytes, run.Parallel.PeakBytes);
+        Assert.Equal(r.Parallel.SavedActivationBytes, run.Parallel.SavedActivationBytes);
+        Assert.Equal(r.Ratio.PeakBytes, run.Ratio.PeakBytes, 12);
+        Assert.Equal(r.Ratio.SavedActivationBytes, run.Ratio.SavedActivationBytes, 12);
+        Assert.Contains("\"operating_points\"", r.ToJson());
+    }
 }

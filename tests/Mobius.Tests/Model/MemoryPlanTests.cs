@@ -40,6 +40,38 @@ public sealed class MemoryPlanTests
         Assert.InRange(plan.PeakRatio, 0.01, 0.999);
     }
 
+    [Fact]
+    public void The_operating_points_are_the_plans_of_every_recompute_policy()
+    {
+        var config = ModelConfig.Get("micro");
+        var options = new TrainOptions { Seed = 4, LearningRate = 1e-3f };
+        var points = MemoryPlan.OperatingPoints(config, options);
+
+        Assert.Equal(MemoryPlan.Policies.Count, points.Count);
+        foreach (var ((spatial, temporal), point) in MemoryPlan.Policies.Zip(points))
+        {
+            var plan = MemoryPlan.Plan(config, options with { RecomputeSpatial = spatial, RecomputeTemporal = temporal });
+            Assert.Equal(MemoryPlan.PolicyName(spatial, temporal), point.Recompute);
+            Assert.Equal((plan.Serial.PeakBytes, plan.Serial.SavedActivationBytes), (point.Serial.PeakBytes, point.Serial.SavedActivationBytes));
+            Assert.Equal((plan.Parallel.PeakBytes, plan.Parallel.SavedActivationBytes), (point.Parallel.PeakBytes, point.Parallel.SavedActivationBytes));
+            Assert.Equal((double)plan.Parallel.PeakBytes / plan.Serial.PeakBytes, point.Ratio.PeakBytes, 12);
+        }
+
+        var (none, temporalOnly, spatialOnly, both) = (points[0], points[1], points[2], points[3]);
+        // Serial keeps spatial and temporal activations: each recomputation lowers what it saves, both the most.
+        Assert.True(temporalOnly.Serial.SavedActivationBytes < none.Serial.SavedActivationBytes);
+        Assert.True(spatialOnly.Serial.SavedActivationBytes < none.Serial.SavedActivationBytes);
+        Assert.True(both.Serial.SavedActivationBytes < Math.Min(temporalOnly.Serial.SavedActivationBytes, spatialOnly.Serial.SavedActivationBytes));
+        // The parallel topology keeps no spatial activation: recomputing spatial layers changes nothing for it.
+        Assert.Equal(none.Parallel, spatialOnly.Parallel);
+        Assert.Equal(temporalOnly.Parallel, both.Parallel);
+        Assert.True(temporalOnly.Parallel.SavedActivationBytes < none.Parallel.SavedActivationBytes);
+
+        var (serialLeast, parallelLeast) = MemoryPlan.LeastPeak(points);
+        Assert.Equal(points.Min(p => p.Serial.PeakBytes), serialLeast.Serial.PeakBytes);
+        Assert.Equal("temporal", parallelLeast.Recompute);  // tied with spatial+temporal: the one recomputing less
+    }
+
     [Theory]
     [InlineData(LoopCorrectionMode.Scale)]
     [InlineData(LoopCorrectionMode.Mean)]
