@@ -5,6 +5,7 @@ using System.Text.Json;
 using BenchmarkDotNet.Reports;
 using BenchmarkDotNet.Running;
 using Mobius.Model;
+using Mobius.Model.Training;
 
 namespace Mobius.Benchmarks;
 
@@ -93,18 +94,28 @@ public static class Report
         sb.AppendLine($"# Benchmarks {DateTime.UtcNow:yyyy-MM-dd}: {machine}").AppendLine();
         sb.AppendLine($"Commit {Commit()}. .NET {Environment.Version}, {Environment.ProcessorCount} logical cores. Made by `dotnet run -c Release --project benchmarks/Mobius.Benchmarks -- report`.").AppendLine();
         sb.AppendLine("## Training step, serial vs parallel (stage 2, same config, seed and batches, one process)").AppendLine();
-        sb.AppendLine("| engine | config | backend | serial ms | parallel ms | time P/S | serial peak MiB | parallel peak MiB | peak P/S | serial saved MiB | parallel saved MiB | saved P/S |");
-        sb.AppendLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        sb.AppendLine("Each topology at each recompute policy (none; temporal: both recompute their temporal layers; spatial: serial recomputes its frozen spatial layers, which the parallel topology never keeps; spatial+temporal), the ratios at the same policy:").AppendLine();
+        sb.AppendLine("| engine | config | backend | recompute | serial ms | parallel ms | time P/S | serial peak MiB | parallel peak MiB | peak P/S | serial saved MiB | parallel saved MiB | saved P/S |");
+        sb.AppendLine("|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        var frontiers = new List<string>();
         foreach (var g in rows.GroupBy(r => (r.Case.Config, r.Case.Backend)))
         {
-            var s = g.FirstOrDefault(r => r.Case.Topology == Topology.Serial);
-            var p = g.FirstOrDefault(r => r.Case.Topology == Topology.Parallel);
-            if (s is null || p is null)
+            foreach (var policy in g.Select(r => r.Case.Recompute).Distinct().OrderBy(PolicyOrder.IndexOf))
             {
-                continue;
+                var s = g.FirstOrDefault(r => r.Case.Topology == Topology.Serial && r.Case.Recompute == policy);
+                var p = g.FirstOrDefault(r => r.Case.Topology == Topology.Parallel && r.Case.Recompute == policy);
+                if (s is null || p is null)
+                {
+                    continue;
+                }
+
+                sb.AppendLine(ci, $"| Mobius | {g.Key.Config} | {g.Key.Backend} | {policy} | {s.MedianMs:0.0} | {p.MedianMs:0.0} | {p.MedianMs / s.MedianMs:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedBytes)} | {Mb(p.SavedBytes)} | {(double)p.SavedBytes / s.SavedBytes:0.000} |");
             }
 
-            sb.AppendLine(ci, $"| Mobius | {g.Key.Config} | {g.Key.Backend} | {s.MedianMs:0.0} | {p.MedianMs:0.0} | {p.MedianMs / s.MedianMs:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedBytes)} | {Mb(p.SavedBytes)} | {(double)p.SavedBytes / s.SavedBytes:0.000} |");
+            if (Frontier(g.ToList()) is { } line)
+            {
+                frontiers.Add($"- {g.Key.Config}, {g.Key.Backend}: {line}");
+            }
         }
 
         foreach (var peer in peers.OfType<JsonElement>())
@@ -113,10 +124,21 @@ public static class Report
             var p = peer.GetProperty("parallel");
             string Peak(JsonElement t) => t.GetProperty("peak_bytes").ValueKind == JsonValueKind.Number ? Mb(t.GetProperty("peak_bytes").GetDouble()) : "n/a";
             string PeakRatio() => peer.GetProperty("ratio").TryGetProperty("peak_bytes", out var r) ? r.GetDouble().ToString("0.000", ci) : "n/a";
-            sb.AppendLine(ci, $"| {peer.GetProperty("peer").GetString()} ({peer.GetProperty("threads").GetInt32()} threads) | {peer.GetProperty("config").GetString()} | {peer.GetProperty("device").GetString()} | {s.GetProperty("step_ms_median").GetDouble():0.0} | {p.GetProperty("step_ms_median").GetDouble():0.0} | {peer.GetProperty("ratio").GetProperty("step_ms").GetDouble():0.000} | {Peak(s)} | {Peak(p)} | {PeakRatio()} | {Mb(s.GetProperty("saved_activation_bytes").GetDouble())} | {Mb(p.GetProperty("saved_activation_bytes").GetDouble())} | {peer.GetProperty("ratio").GetProperty("saved_activation_bytes").GetDouble():0.000} |");
+            sb.AppendLine(ci, $"| {peer.GetProperty("peer").GetString()} ({peer.GetProperty("threads").GetInt32()} threads) | {peer.GetProperty("config").GetString()} | {peer.GetProperty("device").GetString()} | none | {s.GetProperty("step_ms_median").GetDouble():0.0} | {p.GetProperty("step_ms_median").GetDouble():0.0} | {peer.GetProperty("ratio").GetProperty("step_ms").GetDouble():0.000} | {Peak(s)} | {Peak(p)} | {PeakRatio()} | {Mb(s.GetProperty("saved_activation_bytes").GetDouble())} | {Mb(p.GetProperty("saved_activation_bytes").GetDouble())} | {peer.GetProperty("ratio").GetProperty("saved_activation_bytes").GetDouble():0.000} |");
         }
 
-        sb.AppendLine("| paper (Yang et al. 2024, ModelScope-T2V on GPUs) | | | | | 0.88 | | | 0.76 | | | |").AppendLine();
+        sb.AppendLine("| paper (Yang et al. 2024, ModelScope-T2V on GPUs) | | | none | | | 0.88 | | | 0.76 | | | |").AppendLine();
+        if (frontiers.Count > 0)
+        {
+            sb.AppendLine("Each topology at its own best: the fastest policy against the fastest, the leanest (lowest peak) against the leanest, and whether some parallel policy is at once faster and leaner than each serial one:").AppendLine();
+            foreach (var line in frontiers)
+            {
+                sb.AppendLine(line);
+            }
+
+            sb.AppendLine();
+        }
+
         sb.AppendLine("PyTorch peer: the same model written independently (benchmarks/peers/mobius_torch.py), parallel with the same bridge as ours (default loop: spatial layers under `torch.no_grad()`, straight-through skip paths); its saved bytes are the unique storages autograd's saved-tensor hooks see (PyTorch keeps inputs of frozen convolutions, probabilities of attention). CPU peak memory is not measured for PyTorch.").AppendLine();
         sb.AppendLine($"![step time]({stem}-time.png) ![saved activations]({stem}-memory.png)").AppendLine();
         sb.AppendLine("### BenchmarkDotNet: training step").AppendLine();
@@ -129,6 +151,25 @@ public static class Report
         }
 
         return sb.ToString();
+    }
+
+    /// <summary>Fastest against fastest, leanest against leanest, and which serial policies a parallel one beats on both counts.</summary>
+    private static string? Frontier(List<TrainRow> rows)
+    {
+        var serial = rows.Where(r => r.Case.Topology == Topology.Serial).ToList();
+        var parallel = rows.Where(r => r.Case.Topology == Topology.Parallel).ToList();
+        if (serial.Count == 0 || parallel.Count == 0)
+        {
+            return null;
+        }
+
+        var ci = CultureInfo.InvariantCulture;
+        var (sf, pf) = (serial.MinBy(r => r.MedianMs)!, parallel.MinBy(r => r.MedianMs)!);
+        var (sl, pl) = (serial.MinBy(r => (r.PeakBytes, r.MedianMs))!, parallel.MinBy(r => (r.PeakBytes, r.MedianMs))!);
+        var dominated = serial.Where(s => parallel.Any(p => p.MedianMs < s.MedianMs && p.PeakBytes < s.PeakBytes)).Select(s => s.Case.Recompute).ToList();
+        return string.Create(ci, $"fastest {pf.MedianMs:0.0} ms ({pf.Case.Recompute}) against {sf.MedianMs:0.0} ms ({sf.Case.Recompute}), {pf.MedianMs / sf.MedianMs:0.000}; " +
+            $"leanest {pl.PeakBytes / 1048576.0:0.0} MiB at {pl.MedianMs:0.0} ms ({pl.Case.Recompute}) against {sl.PeakBytes / 1048576.0:0.0} MiB at {sl.MedianMs:0.0} ms ({sl.Case.Recompute}), peak {(double)pl.PeakBytes / sl.PeakBytes:0.000}, time {pl.MedianMs / sl.MedianMs:0.000}; " +
+            $"serial policies beaten on both time and peak by a parallel one: {dominated.Count} of {serial.Count}{(dominated.Count == 0 ? "" : $" ({string.Join(", ", dominated.OrderBy(PolicyOrder.IndexOf))})")}.");
     }
 
     private static string Table(Summary summary)
@@ -145,9 +186,9 @@ public static class Report
         var labels = new List<string>();
         var ms = new List<double>();
         var saved = new List<double>();
-        foreach (var r in rows.OrderBy(r => r.Case.Backend).ThenBy(r => r.Case.Config).ThenBy(r => r.Case.Topology))
+        foreach (var r in rows.OrderBy(r => r.Case.Backend).ThenBy(r => r.Case.Config).ThenBy(r => PolicyOrder.IndexOf(r.Case.Recompute)).ThenBy(r => r.Case.Topology))
         {
-            labels.Add($"{r.Case.Config} {r.Case.Backend}\n{r.Case.Topology.ToString().ToLowerInvariant()}");
+            labels.Add($"{r.Case.Config} {r.Case.Backend}\n{r.Case.Topology.ToString().ToLowerInvariant()}\n{r.Case.Recompute}");
             ms.Add(r.MedianMs);
             saved.Add(r.SavedBytes / 1048576.0);
         }
@@ -173,9 +214,11 @@ public static class Report
         mem.Axes.Margins(bottom: 0);
         mem.YLabel("saved activations (MiB)");
         mem.Title("Activations kept for backward");
-        time.SavePng(path + "-time.png", 900, 450);
-        mem.SavePng(path + "-memory.png", 900, 450);
+        time.SavePng(path + "-time.png", 1400, 500);
+        mem.SavePng(path + "-memory.png", 1400, 500);
     }
+
+    private static readonly List<string> PolicyOrder = MemoryPlan.Policies.Select(p => MemoryPlan.PolicyName(p.Spatial, p.Temporal)).ToList();
 
     private static string Machine()
     {

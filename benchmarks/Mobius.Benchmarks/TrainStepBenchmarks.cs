@@ -15,7 +15,9 @@ namespace Mobius.Benchmarks;
 /// One stage-2 training step (upload, forward, backward, AdamW) of the serial and the parallel topology,
 /// same config, seed and batches, in the same process. Memory comes from the engine's allocator
 /// (BenchmarkDotNet's memory diagnoser sees only managed memory): peak bytes of the step by category and
-/// the bytes the tape saved for backward, in extra columns, with the parallel/serial ratios.
+/// the bytes the tape saved for backward, in extra columns, with the parallel/serial ratios at the same
+/// recompute policy. Every case runs at each policy of <see cref="MemoryPlan.Policies"/> (none, temporal,
+/// spatial, spatial+temporal): recomputing trades time for memory, and both topologies' trades are measured.
 /// Configs: tiny on the CPU; small and ms256 on a GPU (MOBIUS_BENCH_CUDA=1).
 /// </summary>
 [Config(typeof(TrainStepConfig))]
@@ -32,8 +34,9 @@ public class TrainStepBenchmarks
     public static IEnumerable<TrainCase> Cases() =>
         from backend in Backends.Names
         from config in backend == "cpu" ? new[] { "tiny" } : ["tiny", "small", "ms256"]
+        from policy in MemoryPlan.Policies
         from topology in new[] { Topology.Serial, Topology.Parallel }
-        select new TrainCase(config, topology, backend);
+        select new TrainCase(config, topology, backend, MemoryPlan.PolicyName(policy.Spatial, policy.Temporal));
 
     [ParamsSource(nameof(Cases))]
     public TrainCase Case { get; set; } = null!;
@@ -44,7 +47,9 @@ public class TrainStepBenchmarks
         var config = ModelConfig.Get(Case.Config);
         _backend = Backends.Create(Case.Backend);
         _model = TextToVideo.Create(_backend, config, Case.Topology, seed: 1);
-        _trainer = new Trainer(_model, Comparison.Data(config, 1, Split.Train), Stage.TextToVideo, new TrainOptions { Seed = 1 });
+        var (spatial, temporal) = MemoryPlan.Policies.Single(p => MemoryPlan.PolicyName(p.Spatial, p.Temporal) == Case.Recompute);
+        _trainer = new Trainer(_model, Comparison.Data(config, 1, Split.Train), Stage.TextToVideo,
+            new TrainOptions { Seed = 1, RecomputeSpatial = spatial, RecomputeTemporal = temporal });
         for (int i = 0; i < 2; i++)
         {
             _trainer.TrainStep();
@@ -68,22 +73,26 @@ public class TrainStepBenchmarks
     }
 }
 
-/// <summary>A training-step case.</summary>
-public sealed record TrainCase(string Config, Topology Topology, string Backend)
+/// <summary>A training-step case: config, topology, backend and recompute policy (<see cref="MemoryPlan.PolicyName"/>).</summary>
+public sealed record TrainCase(string Config, Topology Topology, string Backend, string Recompute = "none")
 {
+    /// <summary>The other topology at the same config, backend and policy.</summary>
     public TrainCase Partner => this with { Topology = Topology == Topology.Serial ? Topology.Parallel : Topology.Serial };
 
-    public override string ToString() => $"{Config} {Topology.ToString().ToLowerInvariant()} {Backend}";
+    public override string ToString() => $"{Config} {Topology.ToString().ToLowerInvariant()} {Backend} recompute {Recompute}";
 }
 
-/// <summary>Few iterations (a tiny step takes about a second on two cores) and the memory columns.</summary>
+/// <summary>
+/// Fifteen iterations of one step (a tiny step takes about a quarter of a second on two cores; seven left the
+/// medians of neighbouring policies out of order) and the memory columns.
+/// </summary>
 public sealed class TrainStepConfig : BenchmarkDotNet.Configs.ManualConfig
 {
     public TrainStepConfig()
     {
         AddJob(Job.Default
             .WithToolchain(BenchmarkDotNet.Toolchains.InProcess.Emit.InProcessEmitToolchain.Instance)
-            .WithWarmupCount(2).WithIterationCount(7).WithInvocationCount(1).WithUnrollFactor(1).AsDefault());
+            .WithWarmupCount(3).WithIterationCount(15).WithInvocationCount(1).WithUnrollFactor(1).AsDefault());
         AddColumn(StatisticColumn.Median,
             new MemoryColumn("Peak MiB", s => s.Memory.PeakBytes),
             new MemoryColumn("Saved MiB", s => s.SavedActivationBytes),
