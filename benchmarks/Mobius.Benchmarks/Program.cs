@@ -18,6 +18,12 @@ if (args.Length > 0 && args[0] == "alignment")
     return Alignment.Run(args[1..]);
 }
 
+// `frontier` times both topologies at every recompute policy, the cases taking turns (see Frontier).
+if (args.Length > 0 && args[0] == "frontier")
+{
+    return Frontier.Run(args[1..]);
+}
+
 // `settings` measures what one stage-2 training setting does to loss and samples (see Settings).
 if (args.Length > 0 && args[0] == "settings")
 {
