@@ -21,7 +21,7 @@ if (args.Length > 0 && args[0] == "alignment")
 // `frontier` times both topologies at every recompute policy, the cases taking turns (see Frontier).
 if (args.Length > 0 && args[0] == "frontier")
 {
-    return Frontier.Run(args[1..]);
+    return FrontierCommand.Run(args[1..]);
 }
 
 // `settings` measures what one stage-2 training setting does to loss and samples (see Settings).

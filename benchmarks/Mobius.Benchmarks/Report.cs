@@ -39,9 +39,8 @@ public static class Report
         var rows = new List<TrainRow>();
         foreach (var (config, backend) in TrainStepBenchmarks.Cases().Select(c => (c.Config, c.Backend)).Distinct())
         {
-            Console.Error.WriteLine($"frontier: {config} on {backend}");
-            rows.AddRange(Frontier.Measure(config, backend, steps: 20, warmup: 3)
-                .Select(p => new TrainRow(new TrainCase(config, p.Topology, backend, p.Recompute), p.MedianMs, p.PeakBytes, p.SavedBytes)));
+            rows.AddRange(FrontierCommand.Measure(config, backend, steps: 20, warmup: 3)
+                .Select(p => new TrainRow(new TrainCase(config, p.Topology, backend, p.Recompute), p.StepMsMedian, p.PeakBytes, p.SavedActivationBytes)));
         }
 
         Plot(rows, peers!, Path.Combine(outDir, stem));
@@ -112,7 +111,7 @@ public static class Report
                 sb.AppendLine(ci, $"| Mobius | {g.Key.Config} | {g.Key.Backend} | {policy} | {s.MedianMs:0.0} | {p.MedianMs:0.0} | {p.MedianMs / s.MedianMs:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedBytes)} | {Mb(p.SavedBytes)} | {(double)p.SavedBytes / s.SavedBytes:0.000} |");
             }
 
-            frontiers.Add($"- {g.Key.Config}, {g.Key.Backend}: {Frontier.Line(g.Select(r => new Frontier.Point(r.Case.Recompute, r.Case.Topology, r.MedianMs, r.PeakBytes, r.SavedBytes)).ToList())}");
+            frontiers.Add($"- {g.Key.Config}, {g.Key.Backend}: {Frontier.Summary(g.Select(r => new FrontierPoint(r.Case.Recompute, r.Case.Topology, r.MedianMs, r.PeakBytes, r.SavedBytes)).ToList())}");
         }
 
         foreach (var peer in peers.OfType<JsonElement>())

@@ -57,6 +57,12 @@ public static class Commands
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
     private static readonly Option<float> LoopCorrectionMomentumOption = new("--loop-correction-momentum") { Description = "experimental: weight of the old running difference when --loop-correction folds in a new one", DefaultValueFactory = _ => 0.9f };
     private static readonly Option<string> LoopCorrectionModeOption = new("--loop-correction-mode") { Description = "experimental, with --loop-correction: scale (scale the loop's gradient per tensor by its fitted coefficient on the exact one) or mean (subtract the running mean of loop minus exact; wants --loop-correction-momentum 0.99)", DefaultValueFactory = _ => "scale" };
+    private static Option<int> FrontierOption(int fallback) => new("--frontier")
+    {
+        Description = "after the run, time both topologies at every recompute policy, N steps each with their steps taking turns (0: the memory at every policy, planned, only)",
+        DefaultValueFactory = _ => fallback,
+    };
+
     private static readonly Option<bool> KeepBestOption = new("--keep-best") { Description = "early stopping: sample and finally validate each topology with its weights at its lowest validation loss (needs --validate-every)" };
 
     private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
@@ -377,11 +383,12 @@ public static class Commands
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
+        var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier)));
         return cmd;
     }
 
@@ -392,8 +399,9 @@ public static class Commands
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
         var samples = new Option<int>("--samples") { Description = "clips each topology samples (held-out prompts) for the GIFs and the motion score", DefaultValueFactory = _ => 4 };
+        var frontier = FrontierOption(20);
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption };
+            { output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p =>
         {
             string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
@@ -407,7 +415,7 @@ public static class Commands
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
-                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption));
+                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier));
         });
         return cmd;
     }
@@ -462,8 +470,13 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0)
     {
+        if (frontier < 0)
+        {
+            throw new UsageException($"--frontier must be 0 or more steps, got {frontier}.");
+        }
+
         if (steps < 1)
         {
             throw new UsageException($"--steps must be at least 1, got {steps}.");
@@ -505,6 +518,8 @@ public static class Commands
             Motions = ParseMotions(motion),
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
             ProfileSteps = profileSteps,
+            FrontierSteps = frontier,
+            FrontierTogether = backend == "cpu",
             ValidateEvery = validateEvery,
             ValidationBatches = validationBatches,
             KeepBest = keepBest,

@@ -201,7 +201,23 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine();
         }
 
-        if (r.OperatingPoints is { Count: > 0 } points)
+        if (r.Frontier is { Count: > 0 } frontier)
+        {
+            string run = MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal);
+            sb.AppendLine($"Both topologies at every recompute policy, measured after the run: {o.FrontierSteps} steps per case after {o.WarmupSteps} warm-up steps, the cases' steps taking turns ({(o.FrontierTogether ? "all eight at once" : "the two topologies of a policy at a time")}); recomputing changes no gradient, only memory and time; this run's policy marked *:").AppendLine();
+            sb.AppendLine("| recompute | serial ms | parallel ms | time ratio | serial peak (MiB) | parallel peak | peak ratio | serial saved | parallel saved | saved ratio |").AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+            foreach (var policy in frontier.Select(p => p.Recompute).Distinct())
+            {
+                var s = frontier.Single(p => p.Recompute == policy && p.Topology == Topology.Serial);
+                var p = frontier.Single(p => p.Recompute == policy && p.Topology == Topology.Parallel);
+                sb.AppendLine(ci, $"| {policy}{(policy == run ? " *" : "")} | {s.StepMsMedian:0.0} | {p.StepMsMedian:0.0} | {p.StepMsMedian / s.StepMsMedian:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedActivationBytes)} | {Mb(p.SavedActivationBytes)} | {(double)p.SavedActivationBytes / s.SavedActivationBytes:0.000} |");
+            }
+
+            sb.AppendLine().AppendLine(Frontier.Summary(frontier) + (r.LoopCorrectionEvery == 0
+                ? " (The parallel topology keeps no spatial activation, so its spatial rows run the very steps of its none and temporal rows: their difference is this machine's noise.)"
+                : "")).AppendLine();
+        }
+        else if (r.OperatingPoints is { Count: > 0 } points)
         {
             string run = MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal);
             sb.AppendLine("Memory at every recompute policy, planned on the meta backend with this run's config, batch and options (the engine's own tensors; recomputing changes no gradient, only memory and time; step times are measured for this run's policy only, marked *):").AppendLine();

@@ -133,6 +133,13 @@ public static class Ui
                 {
                     Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} validation loss {p.Loss:0.0000} after step {p.Done}");
                 }
+                else if (p.Phase == "frontier")
+                {
+                    if (p.Done == 0 || p.Done == p.Total || p.Done % Math.Max(1, p.Total / 5) == 0)
+                    {
+                        Console.WriteLine($"frontier: both topologies at every recompute policy, round {p.Done}/{p.Total}");
+                    }
+                }
                 else if (p.Phase != "train" && p.Done == 0)
                 {
                     Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} {p.Phase}");
@@ -158,9 +165,11 @@ public static class Ui
 
                     if (!tasks.TryGetValue((p.Phase, p.Topology), out var t))
                     {
-                        t = ctx.AddTask($"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}", maxValue: Math.Max(1, p.Total));
+                        t = ctx.AddTask(p.Phase == "frontier" ? "frontier: every recompute policy, taking turns" : $"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}", maxValue: Math.Max(1, p.Total));
                         tasks[(p.Phase, p.Topology)] = t;
                     }
+
+                    t.MaxValue = Math.Max(1, p.Total);
 
                     t.Value = p.Done;
                     if (p.Phase == "train")
@@ -210,7 +219,11 @@ public static class Ui
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
-        if (r.OperatingPoints is { Count: > 0 } points)
+        if (r.Frontier is { Count: > 0 } frontier)
+        {
+            PrintFrontier(frontier, MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal));
+        }
+        else if (r.OperatingPoints is { Count: > 0 } points)
         {
             PrintOperatingPoints(points, MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal), "this run's");
         }
@@ -226,6 +239,24 @@ public static class Ui
 
             AnsiConsole.Write(k);
         }
+    }
+
+    /// <summary>Both topologies at every recompute policy, measured with their steps taking turns; <paramref name="marked"/> (the run's policy) starred.</summary>
+    public static void PrintFrontier(IReadOnlyList<FrontierPoint> points, string marked)
+    {
+        var m = new Table().Title("[bold]both topologies at every recompute policy[/] (measured, steps taking turns; this run's marked *)")
+            .AddColumns("recompute", "serial step", "parallel step", "time ratio", "serial peak", "parallel peak", "peak ratio", "saved ratio");
+        foreach (var policy in points.Select(p => p.Recompute).Distinct())
+        {
+            var s = points.Single(p => p.Recompute == policy && p.Topology == Topology.Serial);
+            var p = points.Single(p => p.Recompute == policy && p.Topology == Topology.Parallel);
+            m.AddRow(policy + (policy == marked ? " *" : ""), $"{s.StepMsMedian.ToString("0", CultureInfo.InvariantCulture)} ms", $"{p.StepMsMedian.ToString("0", CultureInfo.InvariantCulture)} ms",
+                (p.StepMsMedian / s.StepMsMedian).ToString("0.00", CultureInfo.InvariantCulture), Commands.Mb(s.PeakBytes), Commands.Mb(p.PeakBytes),
+                ((double)p.PeakBytes / s.PeakBytes).ToString("0.00", CultureInfo.InvariantCulture), ((double)p.SavedActivationBytes / s.SavedActivationBytes).ToString("0.00", CultureInfo.InvariantCulture));
+        }
+
+        AnsiConsole.Write(m);
+        AnsiConsole.MarkupLine($"[grey]{Markup.Escape(Frontier.Summary(points))}[/]");
     }
 
     /// <summary>Both topologies' planned memory at every recompute policy, <paramref name="marked"/> (the policy of the run or plan printed above) starred.</summary>

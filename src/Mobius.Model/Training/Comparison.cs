@@ -73,6 +73,16 @@ public sealed record ComparisonOptions
     public int ProfileSteps { get; init; }
 
     /// <summary>
+    /// After everything else, time both topologies at every recompute policy, this many steps per case with the
+    /// cases taking turns (<see cref="Frontier.Measure"/>; into <see cref="ComparisonResult.Frontier"/>). 0: not measured.
+    /// Skipped when training was stopped early.
+    /// </summary>
+    public int FrontierSteps { get; init; }
+
+    /// <summary>With <see cref="FrontierSteps"/>: all eight cases live at once (the CPU, small models), or the two topologies of a policy at a time (a GPU).</summary>
+    public bool FrontierTogether { get; init; } = true;
+
+    /// <summary>
     /// Cancelled during training: both topologies stop after the step pair in progress, and the comparison
     /// finishes with the steps taken (final validation, samples, result), which <see cref="ComparisonResult.Steps"/>
     /// then counts (fewer than <see cref="ComparisonResult.StepsRequested"/>). Both topologies always take the same
@@ -313,6 +323,13 @@ public sealed record ComparisonResult
     [JsonPropertyName("operating_points")]
     public IReadOnlyList<OperatingPoint>? OperatingPoints { get; init; }
 
+    /// <summary>
+    /// Both topologies at every recompute policy, timed with their steps taking turns, when
+    /// <see cref="ComparisonOptions.FrontierSteps"/> asked for it (null: not measured).
+    /// </summary>
+    [JsonPropertyName("frontier")]
+    public IReadOnlyList<FrontierPoint>? Frontier { get; init; }
+
     /// <summary>Sample prompts, in order.</summary>
     [JsonPropertyName("prompts")]
     public required IReadOnlyList<string> Prompts { get; init; }
@@ -341,6 +358,24 @@ public static class Comparison
     /// <summary>Runs the comparison; samples (pixels [prompts, F, 3, H, W]) are handed to <paramref name="onSamples"/> as they are made.</summary>
     public static ComparisonResult Run(ComparisonOptions options, IProgress<CompareProgress>? progress = null,
         Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(options.FrontierSteps);
+        var (result, config) = RunPair(options, progress, onSamples);
+        if (options.FrontierSteps == 0 || options.StopTraining.IsCancellationRequested)
+        {
+            return result;
+        }
+
+        // The pair's models are released by now: the frontier's own cases have the memory to themselves.
+        progress?.Report(new CompareProgress("frontier", Topology.Serial, 0, 1));
+        var frontier = Frontier.Measure(config, options.BackendFactory, options.Train with { Seed = options.Seed }, options.FrontierSteps,
+            options.WarmupSteps, options.FrontierTogether,
+            progress is null ? null : new InlineProgress<(int Done, int Total)>(p => progress.Report(new CompareProgress("frontier", Topology.Serial, p.Done, p.Total))));
+        return result with { Frontier = frontier };
+    }
+
+    private static (ComparisonResult Result, ModelConfig Config) RunPair(ComparisonOptions options, IProgress<CompareProgress>? progress,
+        Action<Topology, ModelConfig, IReadOnlyList<string>, float[]>? onSamples)
     {
         var checkpoint = options.Checkpoint is null ? null : Training.Checkpoint.Load(options.Checkpoint);
         var config = (checkpoint?.Config ?? options.Config) with
@@ -500,7 +535,7 @@ public static class Comparison
                 }
             }
 
-            return new ComparisonResult
+            return (new ComparisonResult
             {
                 Config = config.Name,
                 Bridge = config.Bridge,
@@ -531,7 +566,7 @@ public static class Comparison
                     results[1].StepMsMean / results[0].StepMsMean),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
                 OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed }),
-            };
+            }, config);
         }
         finally
         {

@@ -96,6 +96,36 @@ public sealed class CliTests
         Assert.False(doc.RootElement.GetProperty("serial").TryGetProperty("time_by_kind", out _), "no breakdown without --profile");
         Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("frozen_temporal").ValueKind);
         Assert.False(doc.RootElement.GetProperty("recompute_spatial").GetBoolean());
+        Assert.Equal(JsonValueKind.Null, doc.RootElement.GetProperty("frontier").ValueKind);
+        Assert.Equal(4, doc.RootElement.GetProperty("operating_points").GetArrayLength());
+        Assert.Contains("Memory at every recompute policy, planned", File.ReadAllText(folder.File("report.md")));
+    }
+
+    [Fact]
+    public void Compare_with_a_frontier_times_both_topologies_at_every_recompute_policy()
+    {
+        using var folder = new TempFolder();
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--frontier", "1", "--json", "--out", folder.Path);
+        Assert.True(r.Code == 0, r.Out + r.Err);
+        using var doc = JsonDocument.Parse(r.Out);
+        var points = doc.RootElement.GetProperty("frontier").EnumerateArray().ToList();
+        Assert.Equal(8, points.Count);
+        Assert.Equal(["none", "temporal", "spatial", "spatial+temporal"], points.Select(p => p.GetProperty("recompute").GetString()).Distinct());
+        Assert.All(points, p => Assert.True(p.GetProperty("step_ms_median").GetDouble() > 0));
+        // The measured memory of each case is the planned one.
+        foreach (var planned in doc.RootElement.GetProperty("operating_points").EnumerateArray())
+        {
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                var measured = points.Single(p => p.GetProperty("recompute").GetString() == planned.GetProperty("recompute").GetString()
+                    && p.GetProperty("topology").GetString()!.Equals(topology, StringComparison.OrdinalIgnoreCase));
+                Assert.Equal(planned.GetProperty(topology).GetProperty("peak_bytes").GetInt64(), measured.GetProperty("peak_bytes").GetInt64());
+            }
+        }
+
+        string report = File.ReadAllText(folder.File("report.md"));
+        Assert.Contains("Both topologies at every recompute policy, measured after the run", report);
+        Assert.Contains("Fastest against fastest", report);
     }
 
     [Fact]
@@ -656,6 +686,7 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frontier", "-1"), 2, "--frontier must be 0 or more");
         AssertCleanFailure(Mobius("train", "--topology", "serial", "--batch", "0", "--out", folder.File("x")), 2, "--batch must be at least 1 clip");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--freeze", "down.9."), 2, "--freeze: 'down.9.' names no temporal layer");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");

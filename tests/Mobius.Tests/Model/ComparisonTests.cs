@@ -67,5 +67,29 @@ public sealed class ComparisonTests
         Assert.Equal(r.Ratio.PeakBytes, run.Ratio.PeakBytes, 12);
         Assert.Equal(r.Ratio.SavedActivationBytes, run.Ratio.SavedActivationBytes, 12);
         Assert.Contains("\"operating_points\"", r.ToJson());
+        Assert.Null(r.Frontier);  // not asked for
+    }
+
+    [Fact]
+    public void A_comparison_stopped_early_skips_the_frontier_it_asked_for()
+    {
+        using var stop = new CancellationTokenSource();
+        var options = Options(3, stop.Token) with { FrontierSteps = 1, WarmupSteps = 0 };
+        var stopped = Comparison.Run(options, new InlineProgress<CompareProgress>(p =>
+        {
+            if (p is { Phase: "train", Topology: Topology.Serial, Done: 1 })
+            {
+                stop.Cancel();
+            }
+        }));
+        Assert.Equal(1, stopped.Steps);
+        Assert.Null(stopped.Frontier);
+
+        var phases = new List<CompareProgress>();
+        var full = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { FrontierSteps = 1, WarmupSteps = 0 }, new InlineProgress<CompareProgress>(phases.Add));
+        Assert.NotNull(full.Frontier);
+        Assert.Equal(8, full.Frontier.Count);
+        Assert.Equal((1, 1), (phases[^1].Done, phases[^1].Total));  // the frontier's one round, reported last
+        Assert.Equal("frontier", phases[^1].Phase);
     }
 }
