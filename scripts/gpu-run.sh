@@ -108,13 +108,12 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
 done
 fi
 if want recompute; then
-step "serial vs parallel with recomputation (mobius compare --recompute-*)"
-# Recomputation (benchmarks/results/2026-11-26-recompute.md): serial recomputing its frozen spatial layers in
-# backward, the second baseline (the same gradients, less memory, more time).
-c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
-run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-spatial --json --out "$results/compare-$c-recompute"
-# And both topologies recomputing their temporal layers (the parallel topology's own activations).
-run 100 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --recompute-temporal --json --out "$results/compare-$c-recompute-temporal"
+step "both topologies at every recompute policy (mobius compare --frontier)"
+# Recomputation (benchmarks/results/2026-11-26-recompute.md) trades time for memory: the frontier times serial and
+# parallel at each policy (none, temporal, spatial, spatial+temporal), the two topologies of a policy taking
+# turns, with exact memory, and pairs each topology at its own best (fastest, leanest).
+c=ms256; steps=6; frontier=6; [ $sim = 1 ] && { c=tiny; steps=2; frontier=1; }
+run 240 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frontier $frontier --json --out "$results/compare-$c-frontier"
 fi
 
 if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
