@@ -442,9 +442,10 @@ public static class Commands
                 LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), momentum: null, p.GetValue(LoopCorrectionModeOption)!),
             };
             var plan = MemoryPlan.Plan(config, options);
+            var points = MemoryPlan.OperatingPoints(config, options);
             if (p.GetValue(json))
             {
-                Console.WriteLine(plan.ToJson());
+                Console.WriteLine((plan with { OperatingPoints = points }).ToJson());
                 return ExitCodes.Success;
             }
 
@@ -461,7 +462,7 @@ public static class Commands
 
             t.AddRow("trainable parameters", plan.Serial.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), plan.Parallel.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), "");
             AnsiConsole.Write(t);
-            Ui.PrintOperatingPoints(MemoryPlan.OperatingPoints(config, options), MemoryPlan.PolicyName(options.RecomputeSpatial, options.RecomputeTemporal), "the one above");
+            Ui.PrintOperatingPoints(points, MemoryPlan.PolicyName(options.RecomputeSpatial, options.RecomputeTemporal), "the one above");
             AnsiConsole.MarkupLine("[grey]the engine's own tensors only: a GPU adds its libraries' workspace, the allocator's cache and the CUDA context[/]");
             return ExitCodes.Success;
         });

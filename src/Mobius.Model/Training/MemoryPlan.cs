@@ -123,6 +123,10 @@ public sealed record MemoryPlanResult(
     [property: JsonPropertyName("peak_ratio")] double PeakRatio,
     [property: JsonPropertyName("saved_ratio")] double SavedRatio)
 {
+    /// <summary>Both topologies at every recompute policy (<see cref="MemoryPlan.OperatingPoints"/>), when the caller planned them too; else null.</summary>
+    [JsonPropertyName("operating_points")]
+    public IReadOnlyList<OperatingPoint>? OperatingPoints { get; init; }
+
     /// <summary>Indented JSON.</summary>
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
 }

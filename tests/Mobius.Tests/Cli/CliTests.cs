@@ -143,12 +143,19 @@ public sealed class CliTests
         Assert.InRange(parallel, 1, serial - 1);
         Assert.Equal((double)parallel / serial, root.GetProperty("peak_ratio").GetDouble(), 1e-12);
         Assert.True(root.GetProperty("serial").GetProperty("memory").GetProperty("saved_activations").GetInt64() > 0);
+        // Every policy planned beside it; the one asked for is the plan itself.
+        var points = root.GetProperty("operating_points").EnumerateArray().ToList();
+        Assert.Equal(4, points.Count);
+        var asked = Assert.Single(points, p => p.GetProperty("recompute").GetString() == "temporal");
+        Assert.Equal(serial, asked.GetProperty("serial").GetProperty("peak_bytes").GetInt64());
+        Assert.Equal(parallel, asked.GetProperty("parallel").GetProperty("peak_bytes").GetInt64());
 
         // A larger batch needs more; the table names what it planned.
         var table = Mobius("plan", "--config", "micro", "--batch", "4");
         Assert.True(table.Code == 0, table.Out + table.Err);
         Assert.Contains("planned memory of a training step", table.Out);
         Assert.Contains("batch 4", table.Out);
+        Assert.Contains("memory at every recompute policy", table.Out);
 
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--batch", "0"), 2, "--batch must be at least 1");
         AssertCleanFailure(Mobius("plan", "--config", "huge"), 2, "unknown config 'huge'");
