@@ -55,10 +55,8 @@ public static class FrontierCommand
         var sb = new StringBuilder();
         sb.AppendLine("| config | backend | recompute | serial ms | parallel ms | time P/S | serial peak MiB | parallel peak MiB | peak P/S | serial saved MiB | parallel saved MiB | saved P/S |");
         sb.AppendLine("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-        foreach (var policy in points.Select(p => p.Recompute).Distinct())
+        foreach (var (policy, s, p) in Frontier.Pairs(points))
         {
-            var s = points.Single(p => p.Recompute == policy && p.Topology == Topology.Serial);
-            var p = points.Single(p => p.Recompute == policy && p.Topology == Topology.Parallel);
             sb.AppendLine(ci, $"| {config} | {backend} | {policy} | {s.StepMsMedian:0.0} | {p.StepMsMedian:0.0} | {p.StepMsMedian / s.StepMsMedian:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedActivationBytes)} | {Mb(p.SavedActivationBytes)} | {(double)p.SavedActivationBytes / s.SavedActivationBytes:0.000} |");
         }
 

@@ -206,10 +206,8 @@ public sealed class ReportWriter(string folder)
             string run = MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal);
             sb.AppendLine($"Both topologies at every recompute policy, measured after the run: {o.FrontierSteps} steps per case after {o.WarmupSteps} warm-up steps, the cases' steps taking turns ({(o.FrontierTogether ? "all eight at once" : "the two topologies of a policy at a time")}); recomputing changes no gradient, only memory and time; this run's policy marked *:").AppendLine();
             sb.AppendLine("| recompute | serial ms | parallel ms | time ratio | serial peak (MiB) | parallel peak | peak ratio | serial saved | parallel saved | saved ratio |").AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-            foreach (var policy in frontier.Select(p => p.Recompute).Distinct())
+            foreach (var (policy, s, p) in Frontier.Pairs(frontier))
             {
-                var s = frontier.Single(p => p.Recompute == policy && p.Topology == Topology.Serial);
-                var p = frontier.Single(p => p.Recompute == policy && p.Topology == Topology.Parallel);
                 sb.AppendLine(ci, $"| {policy}{(policy == run ? " *" : "")} | {s.StepMsMedian:0.0} | {p.StepMsMedian:0.0} | {p.StepMsMedian / s.StepMsMedian:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedActivationBytes)} | {Mb(p.SavedActivationBytes)} | {(double)p.SavedActivationBytes / s.SavedActivationBytes:0.000} |");
             }
 

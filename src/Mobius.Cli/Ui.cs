@@ -246,10 +246,8 @@ public static class Ui
     {
         var m = new Table().Title("[bold]both topologies at every recompute policy[/] (measured, steps taking turns; this run's marked *)")
             .AddColumns("recompute", "serial step", "parallel step", "time ratio", "serial peak", "parallel peak", "peak ratio", "saved ratio");
-        foreach (var policy in points.Select(p => p.Recompute).Distinct())
+        foreach (var (policy, s, p) in Frontier.Pairs(points))
         {
-            var s = points.Single(p => p.Recompute == policy && p.Topology == Topology.Serial);
-            var p = points.Single(p => p.Recompute == policy && p.Topology == Topology.Parallel);
             m.AddRow(policy + (policy == marked ? " *" : ""), $"{s.StepMsMedian.ToString("0", CultureInfo.InvariantCulture)} ms", $"{p.StepMsMedian.ToString("0", CultureInfo.InvariantCulture)} ms",
                 (p.StepMsMedian / s.StepMsMedian).ToString("0.00", CultureInfo.InvariantCulture), Commands.Mb(s.PeakBytes), Commands.Mb(p.PeakBytes),
                 ((double)p.PeakBytes / s.PeakBytes).ToString("0.00", CultureInfo.InvariantCulture), ((double)p.SavedActivationBytes / s.SavedActivationBytes).ToString("0.00", CultureInfo.InvariantCulture));

@@ -131,6 +131,21 @@ public static class Frontier
             $"Serial policies that some parallel case beats on both time and peak: {beaten.Count} of {serial.Count}{(beaten.Count == 0 ? "" : $" ({string.Join(", ", beaten)})")}.");
     }
 
+    /// <summary>The two topologies' points of each policy, in the order of <see cref="MemoryPlan.Policies"/> (a policy missing either topology is left out).</summary>
+    public static IEnumerable<(string Recompute, FrontierPoint Serial, FrontierPoint Parallel)> Pairs(IReadOnlyList<FrontierPoint> points)
+    {
+        foreach (var (spatial, temporal) in MemoryPlan.Policies)
+        {
+            string policy = MemoryPlan.PolicyName(spatial, temporal);
+            var serial = points.FirstOrDefault(p => p.Recompute == policy && p.Topology == Topology.Serial);
+            var parallel = points.FirstOrDefault(p => p.Recompute == policy && p.Topology == Topology.Parallel);
+            if (serial is not null && parallel is not null)
+            {
+                yield return (policy, serial, parallel);
+            }
+        }
+    }
+
     /// <summary>The serial policies for which some parallel case is strictly faster and strictly leaner.</summary>
     public static IReadOnlyList<string> Beaten(IReadOnlyList<FrontierPoint> points)
     {

@@ -19,6 +19,8 @@ public sealed class FrontierTests
         var points = Frontier.Measure(config, () => new CpuBackend(1), options, steps: 2, warmup: 1, together, new InlineProgress<(int, int)>(rounds.Add));
 
         Assert.Equal(8, points.Count);
+        Assert.Equal(["none", "temporal", "spatial", "spatial+temporal"], Frontier.Pairs(points).Select(p => p.Recompute));
+        Assert.All(Frontier.Pairs(points), p => Assert.Equal((Topology.Serial, Topology.Parallel), (p.Serial.Topology, p.Parallel.Topology)));
         Assert.Equal(together ? 3 : 12, rounds.Count);  // a round per step; one rotation, or one per policy
         Assert.Equal(rounds.Count, rounds[^1].Done);
         foreach (var planned in MemoryPlan.OperatingPoints(config, options))
@@ -44,6 +46,7 @@ public sealed class FrontierTests
         // serial none: beaten by parallel none (80 < 100, 700 < 1000); serial temporal: parallel temporal is
         // leaner but slower (125 > 120), parallel none faster but not leaner (700 > 600); serial spatial: nothing leaner.
         Assert.Equal(["none"], Frontier.Beaten(points));
+        Assert.Equal(["none", "temporal"], Frontier.Pairs(points).Select(p => p.Recompute));  // serial's spatial has no parallel twin
         string summary = Frontier.Summary(points);
         Assert.Contains("Fastest against fastest: 80.0 ms (none) against 100.0 ms (none), 0.800.", summary);
         Assert.Contains("550.0 MiB at 125.0 ms (temporal) against 500.0 MiB at 130.0 ms (spatial)", summary);
