@@ -99,19 +99,13 @@ public static class Report
         var frontiers = new List<string>();
         foreach (var g in rows.GroupBy(r => (r.Case.Config, r.Case.Backend)))
         {
-            foreach (var policy in g.Select(r => r.Case.Recompute).Distinct().OrderBy(PolicyOrder.IndexOf))
+            var points = g.Select(r => new FrontierPoint(r.Case.Recompute, r.Case.Topology, r.MedianMs, r.PeakBytes, r.SavedBytes)).ToList();
+            foreach (var (policy, s, p) in Frontier.Pairs(points))
             {
-                var s = g.FirstOrDefault(r => r.Case.Topology == Topology.Serial && r.Case.Recompute == policy);
-                var p = g.FirstOrDefault(r => r.Case.Topology == Topology.Parallel && r.Case.Recompute == policy);
-                if (s is null || p is null)
-                {
-                    continue;
-                }
-
-                sb.AppendLine(ci, $"| Mobius | {g.Key.Config} | {g.Key.Backend} | {policy} | {s.MedianMs:0.0} | {p.MedianMs:0.0} | {p.MedianMs / s.MedianMs:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedBytes)} | {Mb(p.SavedBytes)} | {(double)p.SavedBytes / s.SavedBytes:0.000} |");
+                sb.AppendLine(ci, $"| Mobius | {g.Key.Config} | {g.Key.Backend} | {policy} | {s.StepMsMedian:0.0} | {p.StepMsMedian:0.0} | {p.StepMsMedian / s.StepMsMedian:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {(double)p.PeakBytes / s.PeakBytes:0.000} | {Mb(s.SavedActivationBytes)} | {Mb(p.SavedActivationBytes)} | {(double)p.SavedActivationBytes / s.SavedActivationBytes:0.000} |");
             }
 
-            frontiers.Add($"- {g.Key.Config}, {g.Key.Backend}: {Frontier.Summary(g.Select(r => new FrontierPoint(r.Case.Recompute, r.Case.Topology, r.MedianMs, r.PeakBytes, r.SavedBytes)).ToList())}");
+            frontiers.Add($"- {g.Key.Config}, {g.Key.Backend}: {Frontier.Summary(points)}");
         }
 
         foreach (var peer in peers.OfType<JsonElement>())

@@ -638,8 +638,8 @@ public static class Comparison
         List<MotionScore> scores)
     {
         var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
-        var times = measured.Select(s => s.Milliseconds).OrderBy(t => t).ToList();
-        double median = times.Count % 2 == 1 ? times[times.Count / 2] : (times[times.Count / 2 - 1] + times[times.Count / 2]) / 2;
+        var times = measured.Select(s => s.Milliseconds).ToList();
+        double median = Frontier.Median(times);
         var peak = stats.MaxBy(s => s.Memory.PeakBytes)!;
         int tail = Math.Max(1, stats.Count / 10);
         return new TopologyResult

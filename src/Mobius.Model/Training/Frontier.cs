@@ -156,7 +156,8 @@ public static class Frontier
 
     private static string Mib(long bytes) => (bytes / 1048576.0).ToString("0.0", CultureInfo.InvariantCulture);
 
-    private static double Median(List<double> values)
+    /// <summary>The median (the mean of the middle two for an even count).</summary>
+    internal static double Median(IEnumerable<double> values)
     {
         var sorted = values.Order().ToList();
         int n = sorted.Count;
