@@ -145,7 +145,7 @@ public sealed class ReportWriter(string folder)
         }
 
         sb.AppendLine($"One run, same seed ({r.Seed}), same data, same config; {r.Steps} training steps per topology of {r.Batch} clips each at learning rate {r.LearningRate:g3}, steps alternating; min-SNR weighting {(r.MinSnrGamma > 0 ? $"gamma {r.MinSnrGamma:g3}" : "off")}, frame noise correlation {r.FrameNoiseCorrelation:g3}.");
-        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")}{(r.RecomputeTemporal ? " Both recompute their temporal layers in backward (--recompute-temporal)." : "")}{(r.LoopCorrectionEvery > 0 ? $" The loop bridge takes serial's exact gradient every {r.LoopCorrectionEvery} steps and corrects the steps between {(r.LoopCorrectionMode == "scale" ? "by scaling its gradient per tensor by the fitted coefficient on the exact one" : "by the running difference")}, momentum {r.LoopCorrectionMomentum:g3} (--loop-correction, experimental)." : "")} Backend: {r.Backend}. Started from: {(o.Checkpoint is null ? "a random text-to-image model" : Path.GetFileName(o.Checkpoint))}.");
+        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")}{(r.RecomputeTemporal ? " Both recompute their temporal layers in backward (--recompute-temporal)." : "")}{(r.LoopCorrectionEvery > 0 ? $" The loop bridge takes serial's exact gradient every {r.LoopCorrectionEvery} steps and corrects the steps between {(r.LoopCorrectionMode == "scale" ? "by scaling its gradient per tensor by the fitted coefficient on the exact one" : "by the running difference")}, momentum {r.LoopCorrectionMomentum:g3} (--loop-correction, experimental)." : "")} Backend: {r.Backend}. Started from: {StartedFrom(r.Start)}.");
         sb.AppendLine($"Written {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by mobius {typeof(ReportWriter).Assembly.GetName().Version}.").AppendLine();
         sb.AppendLine("| | serial | parallel | parallel / serial | paper |");
         sb.AppendLine("|---|---:|---:|---:|---:|");
@@ -270,6 +270,14 @@ public sealed class ReportWriter(string folder)
     }
 
     /// <summary>Says why a comparison sampled fewer clips than asked for; null when it sampled them all.</summary>
+    /// <summary>What both topologies started from, in words.</summary>
+    internal static string StartedFrom(StartPoint? start) => start switch
+    {
+        null => "a random text-to-image model",
+        { Topology: "spatial" } => $"the text-to-image model {start.Checkpoint} (temporal layers at the identity)",
+        _ => $"the text-to-video model {start.Checkpoint} ({start.Topology}, {start.Step} steps), fine-tuned in both topologies",
+    };
+
     internal static string? FewerSamples(int got, int asked) => got >= asked ? null :
         $"{got} of the {asked} samples asked for: the validation split has no more distinct sprite, colour and motion captions for these motions";
 

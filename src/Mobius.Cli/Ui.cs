@@ -219,6 +219,11 @@ public static class Ui
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
+        if (r.Start is { Topology: not "spatial" })
+        {
+            AnsiConsole.MarkupLine($"both started from {Markup.Escape(ReportWriter.StartedFrom(r.Start))}");
+        }
+
         if (r.Frontier is { Count: > 0 } frontier)
         {
             PrintFrontier(frontier, MemoryPlan.PolicyName(r.RecomputeSpatial, r.RecomputeTemporal));

@@ -125,7 +125,7 @@ public sealed record TopologyResult
     [JsonPropertyName("validation_loss")]
     public double ValidationLoss { get; init; }
 
-    /// <summary>The same validation loss before the first step: the frozen text-to-image model frame by frame (equal for both topologies).</summary>
+    /// <summary>The same validation loss before the first step (equal for both topologies): the frozen text-to-image model frame by frame, or the text-to-video model both fine-tune.</summary>
     [JsonPropertyName("initial_validation_loss")]
     public double InitialValidationLoss { get; init; }
 
@@ -220,6 +220,16 @@ public sealed record Ratio(
     [property: JsonPropertyName("saved_activation_bytes")] double SavedActivationBytes,
     [property: JsonPropertyName("step_ms_mean")] double StepMsMean);
 
+/// <summary>
+/// The checkpoint both topologies of a comparison started from: its file name, its topology ("spatial": a
+/// text-to-image model whose temporal layers start at the identity; "serial" or "parallel": a text-to-video
+/// model both fine-tune) and the training steps it records.
+/// </summary>
+public sealed record StartPoint(
+    [property: JsonPropertyName("checkpoint")] string Checkpoint,
+    [property: JsonPropertyName("topology")] string Topology,
+    [property: JsonPropertyName("step")] int Step);
+
 /// <summary>The result of <see cref="Comparison.Run"/>: both topologies from one run, same seed, data and config.</summary>
 public sealed record ComparisonResult
 {
@@ -238,6 +248,10 @@ public sealed record ComparisonResult
     /// <summary>Backend and device.</summary>
     [JsonPropertyName("backend")]
     public required string Backend { get; init; }
+
+    /// <summary>What both topologies started from (null: a random text-to-image model).</summary>
+    [JsonPropertyName("start")]
+    public StartPoint? Start { get; init; }
 
     /// <summary>Training steps per topology.</summary>
     [JsonPropertyName("steps")]
@@ -381,7 +395,9 @@ public static class Comparison
         var config = (checkpoint?.Config ?? options.Config) with
         {
             Bridge = options.Bridge,
-            FrameNoiseCorrelation = options.FrameNoiseCorrelation ?? ModelConfig.DefaultFrameNoiseCorrelation,
+            // A text-to-video checkpoint keeps the frame noise it was trained with unless told otherwise.
+            FrameNoiseCorrelation = options.FrameNoiseCorrelation
+                ?? (checkpoint is { Topology: not Topology.Spatial } ? checkpoint.Config.FrameNoiseCorrelation : ModelConfig.DefaultFrameNoiseCorrelation),
         };
         config.Validate();
         if (options.ValidateEvery < 0)
@@ -557,6 +573,7 @@ public static class Comparison
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
+                Start = checkpoint is null ? null : new StartPoint(Path.GetFileName(options.Checkpoint!), checkpoint.Topology.ToString().ToLowerInvariant(), checkpoint.Step),
                 Serial = results[0],
                 Parallel = results[1],
                 Ratio = new Ratio(

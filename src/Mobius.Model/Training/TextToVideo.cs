@@ -57,19 +57,29 @@ public sealed class TextToVideo : IDisposable
     /// <summary>
     /// A model from a checkpoint in <paramref name="topology"/>. A text-to-image checkpoint loads into any
     /// topology (the temporal layers start from their initialisation, the identity); a text-to-video
-    /// checkpoint only into its own topology. The parallel topology's <paramref name="bridge"/> is a
+    /// checkpoint into its own topology, and a serial one into the parallel topology with the loop bridge
+    /// and back (the loop is serial's model, parameter for parameter: fine-tuning a text-to-video model in
+    /// either topology, as the paper does). The parallel topology's <paramref name="bridge"/> is a
     /// stage-2 choice (null: <see cref="ModelConfig.DefaultBridge"/>), as is the frame noise correlation
     /// (<paramref name="frameNoiseCorrelation"/>, null: <see cref="ModelConfig.DefaultFrameNoiseCorrelation"/>);
     /// a text-to-video checkpoint keeps its own and rejects a different one.
     /// </summary>
     public static TextToVideo Load(IBackend backend, Checkpoint checkpoint, Topology topology, int seed, string? bridge = null, float? frameNoiseCorrelation = null)
     {
-        if (checkpoint.Topology != Topology.Spatial && checkpoint.Topology != topology)
+        if (checkpoint.Topology != Topology.Spatial && checkpoint.Topology != topology && !SharesSerialModel(checkpoint, topology, bridge))
         {
-            throw new InvalidDataException($"a {checkpoint.Topology} checkpoint cannot be loaded as {topology}; only text-to-image checkpoints load into any topology.");
+            throw new InvalidDataException(
+                $"a {checkpoint.Topology} checkpoint{(checkpoint.Topology == Topology.Parallel ? $" with the {checkpoint.Config.Bridge} bridge" : "")} cannot be loaded as {topology}" +
+                $"{(topology == Topology.Parallel ? $" with the {bridge ?? checkpoint.Config.Bridge} bridge" : "")}; text-to-image checkpoints load into any topology, " +
+                "and serial and loop-bridge checkpoints into each other.");
         }
 
         var config = checkpoint.Config;
+        if (checkpoint.Topology == Topology.Serial && topology == Topology.Parallel)
+        {
+            config = config with { Bridge = "loop" };
+        }
+
         if (checkpoint.Topology == Topology.Spatial)
         {
             config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge, FrameNoiseCorrelation = frameNoiseCorrelation ?? ModelConfig.DefaultFrameNoiseCorrelation };
@@ -78,7 +88,7 @@ public sealed class TextToVideo : IDisposable
         {
             throw new InvalidDataException($"the checkpoint was trained with frame noise correlation {config.FrameNoiseCorrelation}; it cannot continue or sample with {rho}.");
         }
-        else if (bridge is not null && bridge != config.Bridge && topology == Topology.Parallel)
+        else if (bridge is not null && bridge != config.Bridge && topology == Topology.Parallel && checkpoint.Topology == Topology.Parallel)
         {
             throw new InvalidDataException($"the checkpoint was trained with the {config.Bridge} bridge; it cannot continue with the {bridge} bridge.");
         }
@@ -92,7 +102,7 @@ public sealed class TextToVideo : IDisposable
             var loaded = model.Unet.LoadStateDict(checkpoint.Unet, strict: false);
             var unexpected = checkpoint.Unet.Keys.Except(loaded).ToList();
             var missing = model.Unet.NamedParameters().Select(n => n.Name).Except(loaded)
-                .Where(n => checkpoint.Topology == topology || !UNet3D.IsTemporal(n)).ToList();
+                .Where(n => checkpoint.Topology != Topology.Spatial || !UNet3D.IsTemporal(n)).ToList();
             if (unexpected.Count > 0 || missing.Count > 0)
             {
                 throw new InvalidDataException($"checkpoint does not match the {checkpoint.Config.Name} UNet: missing [{string.Join(", ", missing.Take(5))}], unexpected [{string.Join(", ", unexpected.Take(5))}].");
@@ -107,6 +117,19 @@ public sealed class TextToVideo : IDisposable
             throw;
         }
     }
+
+    /// <summary>
+    /// Whether a text-to-video <paramref name="checkpoint"/> of the other topology holds exactly the parameters
+    /// <paramref name="topology"/> needs: serial into the parallel topology with the loop bridge (the
+    /// <paramref name="bridge"/> asked for, or the default), or a loop-bridge checkpoint into serial.
+    /// </summary>
+    public static bool SharesSerialModel(Checkpoint checkpoint, Topology topology, string? bridge = null) =>
+        (checkpoint.Topology, topology) switch
+        {
+            (Topology.Serial, Topology.Parallel) => (bridge ?? ModelConfig.DefaultBridge) == "loop",
+            (Topology.Parallel, Topology.Serial) => checkpoint.Config.Bridge == "loop",
+            _ => false,
+        };
 
     /// <summary>Stage 2: freezes the text-to-image UNet and the text encoder; only temporal layers (and bridges) train.</summary>
     public void FreezeForVideo()

@@ -1,3 +1,4 @@
+using Mobius.Data;
 using Mobius.Engine.Cpu;
 using Mobius.Model;
 using Mobius.Model.Training;
@@ -48,6 +49,36 @@ public sealed class ComparisonTests
         }
 
         Assert.Contains("\"steps_requested\": 7", stopped.ToJson());
+    }
+
+    [Fact]
+    public void Both_topologies_fine_tune_a_serial_text_to_video_checkpoint_from_the_same_model()
+    {
+        // A text-to-video model trained serially at frame noise 0: the comparison fine-tunes it in both
+        // topologies (the loop is serial's model), keeping the checkpoint's frame noise.
+        using var folder = new Mobius.Tests.Data.TempFolder();
+        string path = folder.File("serial-t2v.safetensors");
+        var config = ModelConfig.Get("micro") with { FrameNoiseCorrelation = 0 };
+        using (var backend = new CpuBackend())
+        using (var m = TextToVideo.Create(backend, config, Topology.Serial, Seeds.One))
+        using (var t = new Trainer(m, Comparison.Data(config, Seeds.One, Split.Train), Stage.TextToVideo, new TrainOptions { Seed = Seeds.One, LearningRate = 1e-2f }))
+        {
+            t.TrainStep();
+            t.TrainStep();
+            t.Save(path);
+        }
+
+        var fromT2v = Comparison.Run(Options(2, TestContext.Current.CancellationToken) with { Checkpoint = path });
+        var fromT2i = Comparison.Run(Options(2, TestContext.Current.CancellationToken) with { Checkpoint = null, FrameNoiseCorrelation = 0 });
+
+        Assert.Equal(new StartPoint("serial-t2v.safetensors", "serial", 2), fromT2v.Start);
+        Assert.Null(fromT2i.Start);
+        Assert.Contains("\"start\": {", fromT2v.ToJson());
+        Assert.Equal(0, fromT2v.FrameNoiseCorrelation);
+        Assert.Equal(fromT2v.Serial.InitialValidationLoss, fromT2v.Parallel.InitialValidationLoss);
+        Assert.NotEqual(fromT2i.Serial.InitialValidationLoss, fromT2v.Serial.InitialValidationLoss);
+        Assert.Equal(fromT2v.Serial.Losses[0], fromT2v.Parallel.Losses[0]);  // same model, same first batch
+        Assert.NotEqual(fromT2v.Serial.Losses[1], fromT2v.Parallel.Losses[1]);  // then each topology's own update
     }
 
     [Fact]

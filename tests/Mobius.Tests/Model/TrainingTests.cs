@@ -441,6 +441,76 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Theory]
+    [InlineData(Topology.Serial, Topology.Parallel)]
+    [InlineData(Topology.Parallel, Topology.Serial)]
+    public void A_text_to_video_checkpoint_fine_tunes_in_the_other_topology_when_the_bridge_is_the_loop(Topology trainedAs, Topology loadedAs)
+    {
+        // The loop bridge is serial's model parameter for parameter, so a trained text-to-video model (here two
+        // steps, so that the temporal outputs are no longer zero) predicts the same in either topology, to the bit.
+        int seed = Seeds.One;
+        using var folder = new TempFolder();
+        var data = Clips(seed);
+        var validation = Clips(seed, Split.Validation);
+        string path = folder.File("t2v.safetensors");
+        float untrained, trained;
+        using (var m = TextToVideo.Create(B, Micro, trainedAs, seed))
+        using (var t = new Trainer(m, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f }))
+        {
+            untrained = t.Evaluate(validation, 1, seed);
+            t.TrainStep();
+            t.TrainStep();
+            trained = t.Evaluate(validation, 1, seed);
+            t.Save(path);
+        }
+
+        Assert.NotEqual(untrained, trained);
+        var ckpt = Checkpoint.Load(path);
+        Assert.Equal(trainedAs, ckpt.Topology);
+        Assert.True(TextToVideo.SharesSerialModel(ckpt, loadedAs));
+        using var other = TextToVideo.Load(B, ckpt, loadedAs, seed);
+        Assert.Equal(loadedAs, other.Unet.Topology);
+        Assert.Equal("loop", other.Unet.Config.Bridge);
+        var weights = other.Unet.StateDict();
+        Assert.Equal(ckpt.Unet.Keys.Order(), weights.Keys.Order());
+        foreach (var (name, values) in ckpt.Unet)
+        {
+            Assert.True(values.AsSpan().SequenceEqual(weights[name]), $"{name} differs after loading as {loadedAs}");
+        }
+
+        using var trainer = new Trainer(other, data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f });
+        Assert.Equal(trained, trainer.Evaluate(validation, 1, seed));
+        Assert.True(float.IsFinite(trainer.TrainStep().Loss));
+    }
+
+    [Theory]
+    [InlineData("skip")]
+    [InlineData("additive")]
+    public void A_text_to_video_checkpoint_does_not_load_into_a_topology_with_other_parameters(string bridge)
+    {
+        int seed = Seeds.One;
+        using var folder = new TempFolder();
+        string serialPath = folder.File("serial.safetensors"), ringPath = folder.File("ring.safetensors");
+        using (var m = TextToVideo.Create(B, Micro, Topology.Serial, seed))
+        using (var t = new Trainer(m, Clips(seed), Stage.TextToVideo, new TrainOptions { Seed = seed }))
+        {
+            t.Save(serialPath);
+        }
+
+        using (var m = TextToVideo.Create(B, Micro with { Bridge = bridge }, Topology.Parallel, seed))
+        using (var t = new Trainer(m, Clips(seed), Stage.TextToVideo, new TrainOptions { Seed = seed }))
+        {
+            t.Save(ringPath);
+        }
+
+        var serial = Checkpoint.Load(serialPath);
+        var ring = Checkpoint.Load(ringPath);
+        var e = Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, serial, Topology.Parallel, seed, bridge));
+        Assert.Contains($"cannot be loaded as Parallel with the {bridge} bridge", e.Message, StringComparison.Ordinal);
+        e = Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, ring, Topology.Serial, seed));
+        Assert.Contains($"a Parallel checkpoint with the {bridge} bridge cannot be loaded as Serial", e.Message, StringComparison.Ordinal);
+    }
+
+    [Theory]
     [InlineData(LoopCorrectionMode.Scale)]
     [InlineData(LoopCorrectionMode.Mean)]
     public void Resuming_a_loop_corrected_run_continues_exactly_with_its_options_and_correction(LoopCorrectionMode mode)
@@ -516,7 +586,7 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Fact]
-    public void A_text_to_image_checkpoint_loads_into_both_topologies_and_a_video_one_only_into_its_own()
+    public void A_text_to_image_checkpoint_loads_into_both_topologies_and_a_video_one_into_its_own_or_the_loop()
     {
         int seed = Seeds.One;
         using var folder = new TempFolder();
@@ -558,7 +628,13 @@ public abstract class TrainingTests(BackendFixture fixture)
                 Assert.Equal(0.3f, chosen.Config.FrameNoiseCorrelation);
             }
 
-            var e = Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Parallel, seed));
+            // Into the parallel topology only with the loop bridge, serial's model (the fine-tuning tests below).
+            using (var loop = TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Parallel, seed))
+            {
+                Assert.Equal("loop", loop.Config.Bridge);
+            }
+
+            var e = Assert.Throws<InvalidDataException>(() => TextToVideo.Load(B, Checkpoint.Load(serialPath), Topology.Parallel, seed, bridge: "additive"));
             Assert.Contains("Serial", e.Message);
         }
     }
