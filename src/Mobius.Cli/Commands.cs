@@ -15,6 +15,18 @@ public static class Commands
     /// <summary>The stage-1 checkpoint that ships with Mobius (made by the command in models/README.md).</summary>
     public static string DefaultCheckpoint => Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2i.safetensors");
 
+    /// <summary>
+    /// The text-to-video model the demo fine-tunes: the stage-1 checkpoint's UNet with temporal layers trained
+    /// serially on one motion (made by the command in models/README.md).
+    /// </summary>
+    public static string DefaultVideoCheckpoint => Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2v.safetensors");
+
+    /// <summary>The demo's learning rate when it fine-tunes a text-to-video model.</summary>
+    public const float FineTuneLearningRate = 1e-4f;
+
+    /// <summary>The demo's learning rate when it trains the temporal layers from the identity (a short run).</summary>
+    public const float FromImageLearningRate = 1e-3f;
+
     /// <summary>Set by Program: cancelled on Ctrl-C.</summary>
     public static CancellationToken Cancellation { get; set; }
 
@@ -210,7 +222,7 @@ public static class Commands
     private static Command Train()
     {
         var topology = new Option<string>("--topology") { Description = "serial or parallel", DefaultValueFactory = _ => "parallel" };
-        var from = new Option<string?>("--from") { Description = "stage-1 (text-to-image) checkpoint; default: the one that ships" };
+        var from = new Option<string?>("--from") { Description = "the checkpoint to start from: stage 1 (text-to-image; default: the one that ships), or a text-to-video one to fine-tune (serial and loop-bridge checkpoints load into either topology)" };
         var resume = new Option<string?>("--resume") { Description = "continue a stage-2 checkpoint exactly where it stopped" };
         var steps = new Option<int>("--steps") { Description = "training steps", DefaultValueFactory = _ => 200 };
         var lr = new Option<float>("--lr") { Description = "learning rate", DefaultValueFactory = _ => 1e-4f };
@@ -375,7 +387,7 @@ public static class Commands
 
     private static Command Compare()
     {
-        var checkpoint = new Option<string?>("--checkpoint") { Description = "stage-1 checkpoint both start from (default: the one that ships for tiny; a random text-to-image model otherwise)" };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from: stage 1 (default: the one that ships for tiny; a random text-to-image model otherwise), or a serial or loop-bridge text-to-video one both fine-tune (its frame noise unless --frame-noise)" };
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 100 };
         var output = new Option<string>("--out") { Description = "folder for report.md, result.json, plots and sample GIFs", DefaultValueFactory = _ => "mobius-compare" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
@@ -396,22 +408,30 @@ public static class Commands
     {
         var output = new Option<string>("--out") { Description = "folder for the report, plots and GIFs", DefaultValueFactory = _ => "mobius-demo" };
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 360 };
-        var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies (high, for a short run)", DefaultValueFactory = _ => 1e-3f };
+        var lr = new Option<float?>("--lr") { Description = $"learning rate, the same for both topologies (default: {FineTuneLearningRate:g} fine-tuning a text-to-video model, {FromImageLearningRate:g} from a text-to-image one, high for a short run)" };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
         var samples = new Option<int>("--samples") { Description = "clips each topology samples (held-out prompts) for the GIFs and the motion score", DefaultValueFactory = _ => 4 };
         var frontier = FrontierOption(20);
-        var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny model from the stage-1 checkpoint that ships, on the CPU (or a GPU with --backend cuda).")
-            { output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
+        var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
+            { checkpoint, output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p =>
         {
-            string? ckpt = File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
+            string? ckpt = p.GetValue(checkpoint)
+                ?? (File.Exists(DefaultVideoCheckpoint) ? DefaultVideoCheckpoint : File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null);
             if (ckpt is null)
             {
-                AnsiConsole.MarkupLine("[yellow]the stage-1 checkpoint is missing; both topologies start from a random text-to-image model[/]");
+                AnsiConsole.MarkupLine("[yellow]the shipped checkpoints are missing; both topologies start from a random text-to-image model[/]");
+            }
+            else if (p.GetValue(checkpoint) is null && ckpt == DefaultCheckpoint)
+            {
+                AnsiConsole.MarkupLine("[yellow]the text-to-video checkpoint is missing; both topologies train their temporal layers from the identity[/]");
             }
 
+            bool fineTune = ckpt is not null && Checkpoint.Load(ckpt).Topology != Topology.Spatial;
+            float learningRate = p.GetValue(lr) ?? (fineTune ? FineTuneLearningRate : FromImageLearningRate);
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: p.GetValue(samples), sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
+                samples: p.GetValue(samples), sampleSteps: 25, learningRate, MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
@@ -503,6 +523,12 @@ public static class Commands
 
         var config = Configs.Get(configName);
         checkpoint ??= config.Name == "tiny" && File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
+        if (motion is null && checkpoint is not null && Checkpoint.Load(checkpoint) is { Topology: not Topology.Spatial } video)
+        {
+            // A text-to-video model is fine-tuned on the motions it was trained on, unless told otherwise.
+            motion = video.Extra.GetValueOrDefault(MotionsKey);
+        }
+
         Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
         var options = new ComparisonOptions
         {

@@ -332,7 +332,12 @@ public sealed class CliTests
         var root = doc.RootElement;
         Assert.Equal("tiny", root.GetProperty("config").GetString());
         Assert.Equal(2, root.GetProperty("steps").GetInt32());
-        Assert.Equal(1e-3, root.GetProperty("learning_rate").GetDouble(), 1e-9);
+        // The shipped text-to-video model, fine-tuned on the motion and frame noise it was trained with, at the fine-tuning rate.
+        Assert.Equal("tiny-t2v.safetensors", root.GetProperty("start").GetProperty("checkpoint").GetString());
+        Assert.Equal("serial", root.GetProperty("start").GetProperty("topology").GetString());
+        Assert.Equal(["MoveRight"], root.GetProperty("motions").EnumerateArray().Select(m => m.GetString()));
+        Assert.Equal(0, root.GetProperty("frame_noise_correlation").GetDouble());
+        Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(4, root.GetProperty("seed").GetInt32());
         Assert.Single(root.GetProperty("prompts").EnumerateArray());
@@ -340,7 +345,7 @@ public sealed class CliTests
         {
             var t = root.GetProperty(topo);
             Assert.Equal([0, 1, 2], t.GetProperty("validation_curve").EnumerateArray().Select(p => p.GetProperty("step").GetInt32()));
-            // The shipped text-to-image model predicts the noise well from the start; a random one is near 1.
+            // The shipped model predicts the noise well from the start; a random one is near 1.
             Assert.InRange(t.GetProperty("initial_validation_loss").GetDouble(), 1e-4, 0.1);
             Assert.Single(t.GetProperty("sample_scores").EnumerateArray());
         }
@@ -348,6 +353,19 @@ public sealed class CliTests
         foreach (var file in new[] { "report.md", "memory.png", "time.png", "loss.png", "serial-samples.gif", "parallel-samples.gif", "serial-frames.png", "parallel-frames.png" })
         {
             Assert.True(File.Exists(folder.File(file)), $"{file} not written");
+        }
+
+        // From the text-to-image model: the temporal layers from the identity, every motion, frame noise 0.9, the short run's rate.
+        string fromImage = folder.File("from-image");
+        var i = Mobius("demo", "--checkpoint", Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2i.safetensors"), "--steps", "1", "--samples", "0", "--validate-every", "0", "--frontier", "0", "--out", fromImage);
+        Assert.True(i.Code == 0, i.Out + i.Err);
+        using (var image = JsonDocument.Parse(File.ReadAllText(Path.Combine(fromImage, "result.json"))))
+        {
+            var ir = image.RootElement;
+            Assert.Equal("spatial", ir.GetProperty("start").GetProperty("topology").GetString());
+            Assert.Equal(JsonValueKind.Null, ir.GetProperty("motions").ValueKind);
+            Assert.Equal(0.9, ir.GetProperty("frame_noise_correlation").GetDouble(), 1e-6);
+            Assert.Equal(1e-3, ir.GetProperty("learning_rate").GetDouble(), 1e-9);
         }
 
         AssertCleanFailure(Mobius("demo", "--samples", "-1", "--out", folder.Path), 2, "--samples must be 0 or more");
@@ -613,6 +631,32 @@ public sealed class CliTests
         var s = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--out", gif);
         Assert.True(s.Code == 0, s.Out + s.Err);
         Assert.True(new FileInfo(gif).Length > 100);
+
+        // The serial text-to-video model fine-tunes in the parallel topology (the loop bridge is serial's model);
+        // a ring bridge, with parameters serial lacks, is refused with one message and exit 3.
+        string tuned = folder.File("tuned.safetensors");
+        var f = Mobius("train", "--topology", "parallel", "--from", video, "--steps", "1", "--out", tuned);
+        Assert.True(f.Code == 0, f.Out + f.Err);
+        Assert.Equal(Topology.Parallel, Checkpoint.Load(tuned).Topology);
+        AssertCleanFailure(Mobius("train", "--topology", "parallel", "--bridge", "skip", "--from", video, "--steps", "1", "--out", folder.File("ring")), 3,
+            "a Serial checkpoint cannot be loaded as Parallel with the skip bridge");
+
+        // compare fine-tunes a text-to-video model in both topologies, on the motions and frame noise it was trained with.
+        string leftward = folder.File("leftward.safetensors");
+        Assert.Equal(0, Mobius("train", "--topology", "serial", "--from", t2i, "--motion", "move-left", "--frame-noise", "0", "--steps", "1", "--out", leftward).Code);
+        var c = Mobius("compare", "--checkpoint", leftward, "--steps", "1", "--samples", "0", "--json", "--out", folder.File("ft"));
+        Assert.True(c.Code == 0, c.Out + c.Err);
+        using (var doc = JsonDocument.Parse(c.Out))
+        {
+            var root = doc.RootElement;
+            Assert.Equal(["MoveLeft"], root.GetProperty("motions").EnumerateArray().Select(m => m.GetString()));
+            Assert.Equal(0, root.GetProperty("frame_noise_correlation").GetDouble());
+            Assert.Equal("serial", root.GetProperty("start").GetProperty("topology").GetString());
+            Assert.Equal(1, root.GetProperty("start").GetProperty("step").GetInt32());
+            Assert.Equal(root.GetProperty("serial").GetProperty("initial_validation_loss").GetDouble(), root.GetProperty("parallel").GetProperty("initial_validation_loss").GetDouble());
+        }
+
+        Assert.Contains("fine-tuned in both topologies", File.ReadAllText(Path.Combine(folder.File("ft"), "report.md")));
 
         // Validation every 2 of 3 steps (and after the last), the best weights kept beside the output.
         string parallel = folder.File("parallel.safetensors");
