@@ -587,6 +587,11 @@ public static class Commands
             }
 
             AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");
+            if (result.Prompts.Count > 0)
+            {
+                AnsiConsole.MarkupLine($"samples: [bold]{Markup.Escape(Path.Combine(outDir, "serial-samples.gif"))}[/] and [bold]{Markup.Escape(Path.Combine(outDir, "parallel-samples.gif"))}[/] " +
+                    $"(a clip per caption), the frames side by side in [bold]{Markup.Escape(Path.Combine(outDir, "serial-frames.png"))}[/] and [bold]parallel-frames.png[/]");
+            }
         }
 
         if (result.Steps < result.StepsRequested)

@@ -327,6 +327,8 @@ public sealed class CliTests
         Assert.Contains("serial vs parallel", r.Out, StringComparison.Ordinal);
         Assert.Contains("parallel / serial", r.Out, StringComparison.Ordinal);
         Assert.DoesNotContain("checkpoint is missing", r.Out + r.Err, StringComparison.Ordinal);
+        Assert.DoesNotContain("checkpoints are missing", r.Out + r.Err, StringComparison.Ordinal);
+        Assert.Contains("samples: ", r.Out, StringComparison.Ordinal);
 
         using var doc = JsonDocument.Parse(File.ReadAllText(folder.File("result.json")));
         var root = doc.RootElement;
