@@ -15,7 +15,7 @@
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# recompute motion profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# recompute motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -40,7 +40,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute motion profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -125,9 +125,19 @@ if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   # the CPU (benchmarks/results/2026-11-26-frame-noise-0.md): "--frame-noise 0 --batch 16" is the next GPU run.
   # Adding "--bridge skip" to it asks whether the ring (with the UNet's skip connections, the best ring on the CPU:
   # benchmarks/results/2026-11-27-ring-skips.md) learns serial's motion given many more clips: on the CPU its noise
-  # error passes serial's but its movement stalls near 0.18 after 16,000 clips.
+  # error passes serial's and its movement term rises slowly, 0.18 after 16,000 clips and 0.60 after 48,000.
   run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
     --samples 16 --seed 1 --validate-every 250 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
+fi
+
+if want finetune && [ -n "${MOBIUS_GPU_FINETUNE_STEPS:-}" ] && [ $sim = 0 ]; then
+  step "long fine-tuning of the shipped text-to-video model (tiny, $MOBIUS_GPU_FINETUNE_STEPS steps)"
+  # The demo's experiment taken far: both topologies fine-tune models/tiny-t2v.safetensors on its motion and frame
+  # noise. On the CPU the loop tracks serial for 1200 steps at 1e-4 and then drifts
+  # (benchmarks/results/2026-11-27-fine-tune.md); MOBIUS_GPU_FINETUNE_ARGS adds options (--loop-correction 8,
+  # --keep-best, --lr R, --batch N, --motion M).
+  run 560 "$bin/mobius" compare --checkpoint "$bin/models/tiny-t2v.safetensors" --backend cuda --steps "$MOBIUS_GPU_FINETUNE_STEPS" \
+    --lr 1e-4 --samples 16 --seed 1 --validate-every 250 --json --out "$results/finetune-tiny" ${MOBIUS_GPU_FINETUNE_ARGS:-}
 fi
 
 if want profile; then
