@@ -428,10 +428,8 @@ public static class Commands
                 AnsiConsole.MarkupLine("[yellow]the text-to-video checkpoint is missing; both topologies train their temporal layers from the identity[/]");
             }
 
-            bool fineTune = ckpt is not null && Checkpoint.Load(ckpt).Topology != Topology.Spatial;
-            float learningRate = p.GetValue(lr) ?? (fineTune ? FineTuneLearningRate : FromImageLearningRate);
             return RunCompare("tiny", ckpt, p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!, p.GetValue(output)!, json: false,
-                samples: p.GetValue(samples), sampleSteps: 25, learningRate, MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
+                samples: p.GetValue(samples), sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
@@ -490,7 +488,7 @@ public static class Commands
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
-        float learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
+        float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
         string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0)
     {
         if (frontier < 0)
@@ -516,18 +514,19 @@ public static class Commands
             throw new UsageException($"--profile must be 0 or more steps, got {profileSteps}.");
         }
 
-        if (!(learningRate > 0 && learningRate < 1))
+        if (learningRate is { } given && !(given > 0 && given < 1))
         {
-            throw new UsageException($"--lr must be in (0, 1), got {learningRate}.");
+            throw new UsageException($"--lr must be in (0, 1), got {given}.");
         }
 
         var config = Configs.Get(configName);
         checkpoint ??= config.Name == "tiny" && File.Exists(DefaultCheckpoint) ? DefaultCheckpoint : null;
-        if (motion is null && checkpoint is not null && Checkpoint.Load(checkpoint) is { Topology: not Topology.Spatial } video)
-        {
-            // A text-to-video model is fine-tuned on the motions it was trained on, unless told otherwise.
-            motion = video.Extra.GetValueOrDefault(MotionsKey);
-        }
+        var video = checkpoint is null ? null : Checkpoint.Load(checkpoint) is { Topology: not Topology.Spatial } c ? c : null;
+
+        // A text-to-video model is fine-tuned on the motions it was trained on, unless told otherwise; with no
+        // rate given (the demo), at the fine-tuning rate, or the short run's from a text-to-image model.
+        motion ??= video?.Extra.GetValueOrDefault(MotionsKey);
+        float lr = learningRate ?? (video is not null ? FineTuneLearningRate : FromImageLearningRate);
 
         Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
         var options = new ComparisonOptions
@@ -538,7 +537,7 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
-            Train = new TrainOptions { Seed = seed, LearningRate = learningRate, Batch = CheckBatch(batch), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
+            Train = new TrainOptions { Seed = seed, LearningRate = lr, Batch = CheckBatch(batch), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
                 RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,

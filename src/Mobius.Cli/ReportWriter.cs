@@ -269,7 +269,6 @@ public sealed class ReportWriter(string folder)
         return sb.ToString();
     }
 
-    /// <summary>Says why a comparison sampled fewer clips than asked for; null when it sampled them all.</summary>
     /// <summary>What both topologies started from, in words.</summary>
     internal static string StartedFrom(StartPoint? start) => start switch
     {
@@ -278,6 +277,7 @@ public sealed class ReportWriter(string folder)
         _ => $"the text-to-video model {start.Checkpoint} ({start.Topology}, {start.Step} steps), fine-tuned in both topologies",
     };
 
+    /// <summary>Says why a comparison sampled fewer clips than asked for; null when it sampled them all.</summary>
     internal static string? FewerSamples(int got, int asked) => got >= asked ? null :
         $"{got} of the {asked} samples asked for: the validation split has no more distinct sprite, colour and motion captions for these motions";
 
