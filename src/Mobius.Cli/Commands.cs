@@ -85,9 +85,95 @@ public static class Commands
     private static readonly Option<int?> BatchOption = new("--batch") { Description = "clips per training step (default: the config's; tiny: 2)" };
 
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
+    private static readonly Option<string?> DataOption = new("--data")
+    {
+        Description = "train on a folder of animated GIFs listed with their captions in captions.jsonl, one {\"file\": \"a.gif\", \"caption\": \"...\"} per line (every tenth held out for validation), instead of the generated emoji clips",
+    };
 
     /// <summary>Every command.</summary>
-    public static IEnumerable<Command> All() => [Info(), Pretrain(), Train(), Sample(), Compare(), Demo(), Plan(), Profile()];
+    public static IEnumerable<Command> All() => [Info(), Pretrain(), Train(), Sample(), Compare(), Demo(), Plan(), Profile(), Clips()];
+
+    // ---- clips ------------------------------------------------------------------------------------
+
+    private static Command Clips()
+    {
+        var output = new Option<string>("--out") { Description = "folder to write the GIFs and captions.jsonl into (new, or without a captions.jsonl)", Required = true };
+        var count = new Option<int>("--count") { Description = "clips to write", DefaultValueFactory = _ => 100 };
+        var upscale = new Option<int>("--upscale") { Description = "write every pixel as an N x N block (the GIFs are read back at the config's size)", DefaultValueFactory = _ => 1 };
+        var cmd = new Command("clips", "Writes generated emoji clips as a folder of GIFs with a captions.jsonl: what --data reads, to start a dataset from or to try --data with.")
+            { output, count, ConfigOption, MotionOption, SeedOption, upscale };
+        cmd.SetAction(p =>
+        {
+            int n = p.GetValue(count);
+            if (n < 1)
+            {
+                throw new UsageException($"--count must be at least 1 clip, got {n}.");
+            }
+
+            if (p.GetValue(upscale) is < 1 or > 16)
+            {
+                throw new UsageException($"--upscale must be 1 to 16, got {p.GetValue(upscale)}.");
+            }
+
+            var config = Configs.Get(p.GetValue(ConfigOption)!);
+            var source = new EmojiClips(new EmojiClipsOptions
+            {
+                Seed = p.GetValue(SeedOption), Frames = config.Frames, Height = config.Height, Width = config.Width, Count = n,
+                Motions = ParseMotions(p.GetValue(MotionOption)),
+            });
+            string folder = p.GetValue(output)!;
+            if (File.Exists(Path.Combine(folder, GifFolderClips.CaptionsFileName)))
+            {
+                throw new UsageException($"{Path.Combine(folder, GifFolderClips.CaptionsFileName)} already exists; write the clips to a new folder.");
+            }
+
+            var clips = Enumerable.Range(0, n).Select(source.Get).ToList();
+            try
+            {
+                GifFolderClips.Export(folder, clips, new GifWriteOptions { Upscale = p.GetValue(upscale) });
+            }
+            catch (Exception e) when (e is IOException or UnauthorizedAccessException)
+            {
+                throw new UsageException($"cannot write the clips to {folder}: {e.Message}");
+            }
+
+            AnsiConsole.MarkupLine($"wrote [bold]{n}[/] clips of {config.Frames} frames, {config.Height}x{config.Width} ({Markup.Escape(config.Name)}), and [bold]{Markup.Escape(Path.Combine(folder, GifFolderClips.CaptionsFileName))}[/]");
+            return ExitCodes.Success;
+        });
+        return cmd;
+    }
+
+    /// <summary>
+    /// A <c>--data</c> folder at the config's clip size, its captions checked against <paramref name="tokenizer"/>
+    /// before any training; null when <paramref name="folder"/> is. <c>--motion</c> selects generated clips and is refused beside it.
+    /// </summary>
+    private static GifFolderClips? OpenData(string? folder, ModelConfig config, Tokenizer tokenizer, string? motions)
+    {
+        if (folder is null)
+        {
+            return null;
+        }
+
+        if (motions is not null)
+        {
+            throw new UsageException("--motion selects generated clips; with --data the folder's GIFs are used as they are.");
+        }
+
+        var data = Comparison.OpenFolder(folder, config);
+        Comparison.CheckCaptions(data, tokenizer);
+        AnsiConsole.MarkupLine(Markup.Escape($"reading the {data.Count} GIFs of {folder} ..."));
+        data.Verify();
+        return data;
+    }
+
+    /// <summary>Says which clips a run trains on.</summary>
+    private static void AnnounceData(GifFolderClips data, bool validates)
+    {
+        int held = Enumerable.Range(0, data.Count).Count(i => GifFolderClips.IsHeldOut(i, data.Count));
+        AnsiConsole.MarkupLine(Markup.Escape(validates
+            ? $"data: {data.Count} GIFs in {data.Folder}: {data.Count - held} to train on, {held} held out for validation"
+            : $"data: {data.Count} GIFs in {data.Folder}: {data.Count - held} to train on ({held} held out)"));
+    }
 
     // ---- profile ----------------------------------------------------------------------------------
 
@@ -173,8 +259,8 @@ public static class Commands
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cosine = new Option<int>("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
-        var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips.")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, MinSnrOption, output, resume, saveEvery, cosine, WeightsOnlyOption };
+        var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips (or of a --data folder's GIFs, its captions' words added to the vocabulary).")
+            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, MinSnrOption, output, resume, saveEvery, cosine, WeightsOnlyOption, DataOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -188,8 +274,15 @@ public static class Commands
             }
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
-            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
             var recipe = new Recipe(p, resumeFrom, ckpt);
+            string? dataFolder = recipe.Pick(DataOption, _ => ckpt!.Extra.GetValueOrDefault(DataKey));
+
+            // A new model on a folder knows the emoji captions' words and the folder's; a resumed one its own.
+            var folderCaptions = dataFolder is null ? null : Comparison.OpenFolder(dataFolder, config).Entries.Select(e => e.Caption);
+            var tokenizer = ckpt is not null ? Tokenizer.FromVocabulary(ckpt.Vocabulary, config.TokenLength)
+                : Tokenizer.FromCaptions(folderCaptions is null ? EmojiCaptions.All() : EmojiCaptions.All().Concat(folderCaptions), config.TokenLength);
+            var data = OpenData(dataFolder, config, tokenizer, motions: null);
+            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed, tokenizer) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
             var options = new TrainOptions
             {
                 Seed = ckpt?.Seed ?? seed, WeightDecay = 0,
@@ -201,7 +294,7 @@ public static class Commands
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
             recipe.Announce();
-            using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {
                 trainer.Resume(ckpt);
@@ -209,6 +302,12 @@ public static class Commands
 
             string path = CheckWritable(p.GetValue(output)!);
             var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            if (data is not null)
+            {
+                AnnounceData(data, validates: false);
+                extra[DataKey] = dataFolder!;
+            }
+
             Ui.Train($"pretrain {config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
             trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
@@ -231,7 +330,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, BatchOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, BatchOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -257,6 +356,9 @@ public static class Commands
             float momentum = recipe.Pick(LoopCorrectionMomentumOption, o => o.LoopCorrectionMomentum);
             var correctionMode = ParseLoopCorrectionMode(loopCorrection, momentum, recipe.Pick(LoopCorrectionModeOption, o => o.LoopCorrectionMode.ToString().ToLowerInvariant()));
             string? motions = recipe.Pick(MotionOption, _ => ckpt.Extra.GetValueOrDefault(MotionsKey));
+            string? dataFolder = recipe.Pick(DataOption, _ => ckpt.Extra.GetValueOrDefault(DataKey));
+            var data = OpenData(dataFolder, ckpt.Config, Tokenizer.FromVocabulary(ckpt.Vocabulary, ckpt.Config.TokenLength), motions);
+            var heldOut = data is not null && validateEvery > 0 ? data.Subset(Split.Validation) : null; // a folder too small to validate on fails here
             var options = new TrainOptions
             {
                 Seed = resumeFrom is null ? p.GetValue(SeedOption) : ckpt.Seed,
@@ -273,7 +375,7 @@ public static class Commands
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
             int seed = options.Seed;
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
-            using var trainer = new Trainer(model, Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
+            using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -287,12 +389,18 @@ public static class Commands
                 extra[MotionsKey] = motions;
             }
 
+            if (data is not null)
+            {
+                AnnounceData(data, validateEvery > 0);
+                extra[DataKey] = dataFolder!;
+            }
+
             string title = $"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}";
             Func<int, float>? validate = null;
             if (validateEvery > 0)
             {
                 // Held-out clips of the same motions; the same batches at every validation.
-                var held = Comparison.Data(ckpt.Config, seed, Split.Validation, parsedMotions);
+                var held = heldOut ?? Comparison.Data(ckpt.Config, seed, Split.Validation, parsedMotions);
                 float best = float.PositiveInfinity;
                 string bestPath = Path.ChangeExtension(path, null) + ".best.safetensors";
                 string batches = validationBatches.ToString(CultureInfo.InvariantCulture);
@@ -397,10 +505,10 @@ public static class Commands
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption)));
         return cmd;
     }
 
@@ -414,7 +522,7 @@ public static class Commands
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { checkpoint, output, steps, lr, samples, BatchOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -433,7 +541,7 @@ public static class Commands
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
-                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier));
+                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption));
         });
         return cmd;
     }
@@ -489,7 +597,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null)
     {
         if (frontier < 0)
         {
@@ -525,7 +633,12 @@ public static class Commands
 
         // A text-to-video model is fine-tuned on the motions it was trained on, unless told otherwise; with no
         // rate given (the demo), at the fine-tuning rate, or the short run's from a text-to-image model.
-        motion ??= video?.Extra.GetValueOrDefault(MotionsKey);
+        if (data is not null && motion is not null)
+        {
+            throw new UsageException("--motion selects generated clips; with --data the folder's GIFs are used as they are.");
+        }
+
+        motion ??= data is null ? video?.Extra.GetValueOrDefault(MotionsKey) : null;
         float lr = learningRate ?? (video is not null ? FineTuneLearningRate : FromImageLearningRate);
 
         Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
@@ -542,6 +655,7 @@ public static class Commands
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
+            DataFolder = data,
             BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
             ProfileSteps = profileSteps,
             FrontierSteps = frontier,
@@ -777,6 +891,9 @@ public static class Commands
 
     /// <summary>The checkpoint metadata entry where <c>train</c> records its <c>--motion</c> selection.</summary>
     private const string MotionsKey = "motions";
+
+    /// <summary>The checkpoint metadata entry where <c>train</c> and <c>pretrain</c> record their <c>--data</c> folder.</summary>
+    private const string DataKey = "data";
 
     /// <summary>
     /// The options of a run that may resume a checkpoint: a fresh run reads the command line; a resumed one takes

@@ -15,7 +15,7 @@ public static class ExitCodes
     /// <summary>Bad arguments: unknown option, unknown config, value out of range.</summary>
     public const int Usage = 2;
 
-    /// <summary>A missing or damaged input: checkpoint, GIF, captions file.</summary>
+    /// <summary>A missing or damaged input: checkpoint, GIF, captions file (a caption with words the model does not know included).</summary>
     public const int BadInput = 3;
 
     /// <summary>A prompt has words the model's tokenizer does not know.</summary>

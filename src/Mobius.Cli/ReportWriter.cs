@@ -145,7 +145,7 @@ public sealed class ReportWriter(string folder)
         }
 
         sb.AppendLine($"One run, same seed ({r.Seed}), same data, same config; {r.Steps} training steps per topology of {r.Batch} clips each at learning rate {r.LearningRate:g3}, steps alternating; min-SNR weighting {(r.MinSnrGamma > 0 ? $"gamma {r.MinSnrGamma:g3}" : "off")}, frame noise correlation {r.FrameNoiseCorrelation:g3}.");
-        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")}{(r.RecomputeTemporal ? " Both recompute their temporal layers in backward (--recompute-temporal)." : "")}{(r.LoopCorrectionEvery > 0 ? $" The loop bridge takes serial's exact gradient every {r.LoopCorrectionEvery} steps and corrects the steps between {(r.LoopCorrectionMode == "scale" ? "by scaling its gradient per tensor by the fitted coefficient on the exact one" : "by the running difference")}, momentum {r.LoopCorrectionMomentum:g3} (--loop-correction, experimental)." : "")} Backend: {r.Backend}. Started from: {StartedFrom(r.Start)}.");
+        sb.AppendLine($"Parallel topology with the {r.Bridge} bridge (docs/architecture.md). Clips: {(r.Data is { } data ? DataClips(data) : r.Motions is null ? "every motion" : string.Join(", ", r.Motions))}.{(r.FrozenTemporal is null ? "" : $" Temporal layers kept frozen in both: {string.Join(", ", r.FrozenTemporal)}.")}{(r.RecomputeSpatial ? " Serial recomputes its frozen spatial layers in backward (--recompute-spatial)." : "")}{(r.RecomputeTemporal ? " Both recompute their temporal layers in backward (--recompute-temporal)." : "")}{(r.LoopCorrectionEvery > 0 ? $" The loop bridge takes serial's exact gradient every {r.LoopCorrectionEvery} steps and corrects the steps between {(r.LoopCorrectionMode == "scale" ? "by scaling its gradient per tensor by the fitted coefficient on the exact one" : "by the running difference")}, momentum {r.LoopCorrectionMomentum:g3} (--loop-correction, experimental)." : "")} Backend: {r.Backend}. Started from: {StartedFrom(r.Start)}.");
         sb.AppendLine($"Written {DateTime.UtcNow:yyyy-MM-dd HH:mm} UTC by mobius {typeof(ReportWriter).Assembly.GetName().Version}.").AppendLine();
         sb.AppendLine("| | serial | parallel | parallel / serial | paper |");
         sb.AppendLine("|---|---:|---:|---:|---:|");
@@ -253,8 +253,8 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
         for (int k = 0; k < r.Prompts.Count; k++)
         {
-            string Cell(Topology t, IReadOnlyList<double> scores) =>
-                _gifs.TryGetValue(t, out var f) ? $"![{t}]({f[k]}) motion {scores[k].ToString("0.000", ci)}" : "";
+            string Cell(Topology t, IReadOnlyList<double?> scores) =>
+                _gifs.TryGetValue(t, out var f) ? $"![{t}]({f[k]}) motion {(scores[k] is { } score ? score.ToString("0.000", ci) : "n/a")}" : "";
             sb.AppendLine($"| {r.Prompts[k]} | {Cell(Topology.Serial, r.Serial.SampleScores)} | {Cell(Topology.Parallel, r.Parallel.SampleScores)} |");
         }
 
@@ -270,6 +270,10 @@ public sealed class ReportWriter(string folder)
     }
 
     /// <summary>What both topologies started from, in words.</summary>
+    /// <summary>A data folder's clips, as the table and the report name them.</summary>
+    internal static string DataClips(DataFolderInfo data) =>
+        $"the GIFs of {data.Folder} ({data.TrainClips} to train on, {data.ValidationClips} held out for validation and sample prompts; motion scores only for captions naming a motion)";
+
     internal static string StartedFrom(StartPoint? start) => start switch
     {
         null => "a random text-to-image model",

@@ -140,6 +140,13 @@ public static class Ui
                         Console.WriteLine($"frontier: both topologies at every recompute policy, round {p.Done}/{p.Total}");
                     }
                 }
+                else if (p.Phase == "read")
+                {
+                    if (p.Done == 0)
+                    {
+                        Console.WriteLine($"reading the {p.Total} GIFs of {options.DataFolder}");
+                    }
+                }
                 else if (p.Phase != "train" && p.Done == 0)
                 {
                     Console.WriteLine($"{p.Topology.ToString().ToLowerInvariant(),-8} {p.Phase}");
@@ -165,7 +172,12 @@ public static class Ui
 
                     if (!tasks.TryGetValue((p.Phase, p.Topology), out var t))
                     {
-                        t = ctx.AddTask(p.Phase == "frontier" ? "frontier: every recompute policy, taking turns" : $"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}", maxValue: Math.Max(1, p.Total));
+                        t = ctx.AddTask(p.Phase switch
+                        {
+                            "frontier" => "frontier: every recompute policy, taking turns",
+                            "read" => Markup.Escape($"reading the GIFs of {options.DataFolder}"),
+                            _ => $"{p.Topology.ToString().ToLowerInvariant()} {p.Phase}",
+                        }, maxValue: Math.Max(1, p.Total));
                         tasks[(p.Phase, p.Topology)] = t;
                     }
 
@@ -222,6 +234,11 @@ public static class Ui
         if (r.Start is { Topology: not "spatial" })
         {
             AnsiConsole.MarkupLine($"both started from {Markup.Escape(ReportWriter.StartedFrom(r.Start))}");
+        }
+
+        if (r.Data is { } data)
+        {
+            AnsiConsole.MarkupLine(Markup.Escape($"both trained on {ReportWriter.DataClips(data)}"));
         }
 
         if (r.Frontier is { Count: > 0 } frontier)

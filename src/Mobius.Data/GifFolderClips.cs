@@ -1,3 +1,4 @@
+using System.Collections.Concurrent;
 using System.Text.Json;
 
 namespace Mobius.Data;
@@ -14,15 +15,22 @@ public sealed record GifEntry(string File, string Caption, int Line);
 /// to the folder). The folder, the captions file, every line and the presence of every GIF are checked
 /// when the source is created; a GIF's content is checked when it is read. Every problem throws
 /// <see cref="DataFormatException"/> naming the file and line. Clips are read with
-/// <see cref="Gif.Read(string, int, int, int, string)"/>'s sampling and resizing, on every call (no
-/// cache); <see cref="Get"/> may be called from several threads at once.
+/// <see cref="Gif.Read(string, int, int, int, string)"/>'s sampling and resizing, once: decoded clips are
+/// kept (at their training size) up to <see cref="CacheBytes"/>, those beyond it read again on every call.
+/// <see cref="Get"/> may be called from several threads at once. <see cref="Subset"/> splits the folder into
+/// clips to train on and held-out clips; <see cref="Export"/> writes clips as such a folder.
 /// </summary>
 public sealed class GifFolderClips : IClipSource
 {
     /// <summary>The name of the captions file in the folder.</summary>
     public const string CaptionsFileName = "captions.jsonl";
 
+    /// <summary>Every <see cref="HoldOutEvery"/>-th GIF of a folder (the 10th, 20th, ...) is held out for validation.</summary>
+    public const int HoldOutEvery = 10;
+
     private readonly GifEntry[] _entries;
+    private readonly ConcurrentDictionary<int, Clip> _cache = new();
+    private long _cachedBytes;
 
     /// <summary>Opens <paramref name="folder"/>; clips come out as <paramref name="frames"/> frames of <paramref name="height"/> x <paramref name="width"/>.</summary>
     public GifFolderClips(string folder, int frames, int height, int width)
@@ -58,6 +66,12 @@ public sealed class GifFolderClips : IClipSource
     /// <summary>The folder.</summary>
     public string Folder { get; }
 
+    /// <summary>The captions file.</summary>
+    public string CaptionsPath => Path.Combine(Folder, CaptionsFileName);
+
+    /// <summary>Bytes of decoded clips kept in memory at most (default 256 MiB; 0: read every clip on every call).</summary>
+    public long CacheBytes { get; init; } = 256L << 20;
+
     /// <summary>The GIFs and captions, in file order.</summary>
     public IReadOnlyList<GifEntry> Entries => Array.AsReadOnly(_entries);
 
@@ -78,16 +92,126 @@ public sealed class GifFolderClips : IClipSource
     {
         ArgumentOutOfRangeException.ThrowIfNegative(index);
         ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
+        if (_cache.TryGetValue(index, out var cached))
+        {
+            return cached;
+        }
+
         var entry = _entries[index];
         string path = Path.Combine(Folder, entry.File);
+        Clip clip;
         try
         {
-            return Gif.Read(path, FrameCount, Height, Width, entry.Caption);
+            clip = Gif.Read(path, FrameCount, Height, Width, entry.Caption);
         }
         catch (DataFormatException e)
         {
             throw new DataFormatException(path, $"{e.Problem} (listed on line {entry.Line} of {CaptionsFileName})", e);
         }
+
+        long bytes = clip.Frames.LongLength * sizeof(float);
+        if (Interlocked.Add(ref _cachedBytes, bytes) <= CacheBytes)
+        {
+            // Two threads reading the same clip at once keep one copy and count both: the budget errs low.
+            return _cache.GetOrAdd(index, clip);
+        }
+
+        Interlocked.Add(ref _cachedBytes, -bytes);
+        return clip;
+    }
+
+    /// <summary>
+    /// Reads every GIF once (on all cores; into the cache, as far as it reaches), so that a damaged one fails before
+    /// training instead of at the step that first draws it. Throws <see cref="DataFormatException"/> for the first
+    /// damaged GIF in file order, counting the others. <paramref name="progress"/> hears the number read so far.
+    /// </summary>
+    public void Verify(IProgress<int>? progress = null)
+    {
+        var failures = new ConcurrentDictionary<int, DataFormatException>();
+        int done = 0;
+        Parallel.For(0, Count, i =>
+        {
+            try
+            {
+                Get(i);
+            }
+            catch (DataFormatException e)
+            {
+                failures[i] = e;
+            }
+
+            progress?.Report(Interlocked.Increment(ref done));
+        });
+        if (!failures.IsEmpty)
+        {
+            var first = failures.MinBy(kv => kv.Key);
+            var rest = failures.Keys.Where(k => k != first.Key).Order().ToList();
+            string lines = string.Join(", ", rest.Take(10).Select(k => _entries[k].Line)) + (rest.Count > 10 ? ", ..." : "");
+            string others = rest.Count switch
+            {
+                0 => "",
+                1 => $"; 1 more GIF cannot be read either (line {lines} of {CaptionsFileName})",
+                _ => $"; {rest.Count} more GIFs cannot be read either (lines {lines} of {CaptionsFileName})",
+            };
+            throw new DataFormatException(first.Value.File, first.Value.Problem + others, first.Value);
+        }
+    }
+
+    /// <summary>
+    /// True when GIF <paramref name="index"/> of <paramref name="count"/> is held out for validation: every
+    /// <see cref="HoldOutEvery"/>-th one, or the last of a folder of 2 to <see cref="HoldOutEvery"/> - 1 GIFs
+    /// (a folder of one holds none out). Adding GIFs at the end of the captions file moves no GIF between the
+    /// splits, once the folder has <see cref="HoldOutEvery"/> of them.
+    /// </summary>
+    public static bool IsHeldOut(int index, int count) =>
+        count >= HoldOutEvery ? index % HoldOutEvery == HoldOutEvery - 1 : count >= 2 && index == count - 1;
+
+    /// <summary>
+    /// The clips of one split (<see cref="IsHeldOut"/>), sharing this source's cache. A folder too small to hold
+    /// any out throws <see cref="DataFormatException"/> for the validation split.
+    /// </summary>
+    public IClipSource Subset(Split split)
+    {
+        int[] indices = [.. Enumerable.Range(0, Count).Where(i => IsHeldOut(i, Count) == (split == Split.Validation))];
+        if (indices.Length == 0)
+        {
+            throw new DataFormatException(CaptionsPath, $"lists {Count} GIF; a run that validates needs at least 2: the last one is held out.");
+        }
+
+        return new ClipSubset(this, indices);
+    }
+
+    /// <summary>
+    /// Writes <paramref name="clips"/> into <paramref name="folder"/> (created if need be) as
+    /// <c>clip-0001.gif</c>, ... at their own size, and lists them with their captions in
+    /// <see cref="CaptionsFileName"/>, written last (to a temporary name, then renamed), so a folder that has one
+    /// is complete. A folder that already has a captions file is refused, and nothing is written.
+    /// <paramref name="progress"/> hears the number of clips written so far.
+    /// </summary>
+    public static void Export(string folder, IReadOnlyList<Clip> clips, GifWriteOptions? options = null, IProgress<int>? progress = null)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        ArgumentNullException.ThrowIfNull(clips);
+        string captions = Path.Combine(folder, CaptionsFileName);
+        if (File.Exists(captions))
+        {
+            throw new IOException($"{captions} already exists; write the clips to a new folder.");
+        }
+
+        Directory.CreateDirectory(folder);
+        int digits = Math.Max(4, clips.Count.ToString(System.Globalization.CultureInfo.InvariantCulture).Length);
+        var lines = new List<string>(clips.Count);
+        for (int i = 0; i < clips.Count; i++)
+        {
+            string name = $"clip-{(i + 1).ToString(System.Globalization.CultureInfo.InvariantCulture).PadLeft(digits, '0')}.gif";
+            Gif.Write(Path.Combine(folder, name), clips[i], options);
+            lines.Add(JsonSerializer.Serialize(new Dictionary<string, string> { ["file"] = name, ["caption"] = clips[i].Caption }));
+            progress?.Report(i + 1);
+        }
+
+        string temp = captions + ".tmp";
+        File.WriteAllLines(temp, lines);
+        File.Move(temp, captions, overwrite: true);
     }
 
     private static IEnumerable<GifEntry> ReadCaptions(string folder, string captions)
@@ -135,5 +259,29 @@ public sealed class GifFolderClips : IClipSource
                 yield return new GifEntry(name, caption.GetString()!, line);
             }
         }
+    }
+}
+
+/// <summary>Some clips of another source, by index (a split of a <see cref="GifFolderClips"/>).</summary>
+internal sealed class ClipSubset(IClipSource source, int[] indices) : IClipSource
+{
+    /// <inheritdoc />
+    public int Count => indices.Length;
+
+    /// <inheritdoc />
+    public int FrameCount => source.FrameCount;
+
+    /// <inheritdoc />
+    public int Height => source.Height;
+
+    /// <inheritdoc />
+    public int Width => source.Width;
+
+    /// <inheritdoc />
+    public Clip Get(int index)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegative(index);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(index, Count);
+        return source.Get(indices[index]);
     }
 }

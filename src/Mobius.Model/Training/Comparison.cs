@@ -53,8 +53,15 @@ public sealed record ComparisonOptions
     /// <summary>Classifier-free guidance scale.</summary>
     public float Guidance { get; init; } = 4f;
 
-    /// <summary>Train, validate and sample on clips of these motions only (null: all of them).</summary>
+    /// <summary>Train, validate and sample on clips of these motions only (null: all of them). Generated clips only.</summary>
     public IReadOnlyList<Motion>? Motions { get; init; }
+
+    /// <summary>
+    /// A folder of GIFs with a captions.jsonl (<see cref="GifFolderClips"/>) to train, validate and sample on
+    /// instead of the generated emoji clips: every tenth GIF is held out (<see cref="GifFolderClips.IsHeldOut"/>).
+    /// Every caption must tokenize with the model's vocabulary. Null: the generated clips.
+    /// </summary>
+    public string? DataFolder { get; init; }
 
     /// <summary>Correlation of the diffusion noise across a clip's frames (null: <see cref="ModelConfig.DefaultFrameNoiseCorrelation"/>).</summary>
     public float? FrameNoiseCorrelation { get; init; }
@@ -176,9 +183,9 @@ public sealed record TopologyResult
     [JsonPropertyName("step_ms")]
     public required IReadOnlyList<double> StepMs { get; init; }
 
-    /// <summary>Motion scores of each sample.</summary>
+    /// <summary>Motion scores of each sample, in prompt order (null for a caption that names no motion).</summary>
     [JsonPropertyName("sample_scores")]
-    public required IReadOnlyList<double> SampleScores { get; init; }
+    public required IReadOnlyList<double?> SampleScores { get; init; }
 
     /// <summary>
     /// The loop correction's fitted coefficients by parameter at the end of training (<see cref="LoopCorrectionMode.Scale"/>;
@@ -230,6 +237,12 @@ public sealed record StartPoint(
     [property: JsonPropertyName("topology")] string Topology,
     [property: JsonPropertyName("step")] int Step);
 
+/// <summary>A folder of GIFs a comparison trained and validated on: the folder as given, and its clips in each split.</summary>
+public sealed record DataFolderInfo(
+    [property: JsonPropertyName("folder")] string Folder,
+    [property: JsonPropertyName("train_clips")] int TrainClips,
+    [property: JsonPropertyName("validation_clips")] int ValidationClips);
+
 /// <summary>The result of <see cref="Comparison.Run"/>: both topologies from one run, same seed, data and config.</summary>
 public sealed record ComparisonResult
 {
@@ -241,9 +254,13 @@ public sealed record ComparisonResult
     [JsonPropertyName("bridge")]
     public string Bridge { get; init; } = ModelConfig.DefaultBridge;
 
-    /// <summary>The motions trained and validated on (null: all).</summary>
+    /// <summary>The motions trained and validated on (null: all, or a folder's GIFs).</summary>
     [JsonPropertyName("motions")]
     public IReadOnlyList<string>? Motions { get; init; }
+
+    /// <summary>The folder of GIFs trained and validated on (null: the generated emoji clips).</summary>
+    [JsonPropertyName("data")]
+    public DataFolderInfo? Data { get; init; }
 
     /// <summary>Backend and device.</summary>
     [JsonPropertyName("backend")]
@@ -353,7 +370,7 @@ public sealed record ComparisonResult
 }
 
 /// <summary>Progress of a comparison, for progress bars.</summary>
-/// <param name="Phase">"train", "validate", "validated" (a validation during training: <paramref name="Loss"/> is its loss, <paramref name="Done"/> its step) or "sample".</param>
+/// <param name="Phase">"read" (a data folder's GIFs, checked before training), "train", "validate", "validated" (a validation during training: <paramref name="Loss"/> is its loss, <paramref name="Done"/> its step) or "sample".</param>
 /// <param name="Topology">The topology being worked on.</param>
 /// <param name="Done">Units done in this phase.</param>
 /// <param name="Total">Units in this phase.</param>
@@ -415,6 +432,23 @@ public static class Comparison
             throw new ArgumentException("KeepBest needs ValidateEvery: without validations during training there is no best step to go back to.", nameof(options));
         }
 
+        if (options.DataFolder is not null && options.Motions is not null)
+        {
+            throw new ArgumentException("Motions selects generated clips; a DataFolder's GIFs are used as they are.", nameof(options));
+        }
+
+        // A folder is opened and checked once, before any backend exists; both topologies read the same clips.
+        var folder = options.DataFolder is null ? null : OpenFolder(options.DataFolder, config);
+        var folderTrain = folder?.Subset(Split.Train);
+        var folderValidation = folder?.Subset(Split.Validation);
+        if (folder is not null)
+        {
+            CheckCaptions(folder, checkpoint is null ? Tokenizer.ForEmoji(config.TokenLength) : Tokenizer.FromVocabulary(checkpoint.Vocabulary, config.TokenLength));
+            progress?.Report(new CompareProgress("read", Topology.Serial, 0, folder.Count));
+            folder.Verify();
+            progress?.Report(new CompareProgress("read", Topology.Serial, folder.Count, folder.Count));
+        }
+
         var topologies = new[] { Topology.Serial, Topology.Parallel };
         var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
         var models = new TextToVideo?[2];
@@ -443,11 +477,11 @@ public static class Comparison
                     models[i]!.Text.LoadStateDict(text!);
                 }
 
-                trainers[i] = new Trainer(models[i]!, Data(config, options.Seed, Split.Train, options.Motions), Stage.TextToVideo, options.Train with { Seed = options.Seed });
+                trainers[i] = new Trainer(models[i]!, folderTrain ?? Data(config, options.Seed, Split.Train, options.Motions), Stage.TextToVideo, options.Train with { Seed = options.Seed });
             }
 
             // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
-            var validation = Data(config, options.Seed, Split.Validation, options.Motions);
+            var validation = folderValidation ?? Data(config, options.Seed, Split.Validation, options.Motions);
             var initialValidation = new double[2];
             for (int i = 0; i < 2; i++)
             {
@@ -521,7 +555,7 @@ public static class Comparison
 
                 bestWeights[i] = null;
                 double validationLoss = final.Loss;
-                var scores = new List<MotionScore>();
+                var scores = new List<MotionScore?>();
                 if (prompts.Count > 0)
                 {
                     int ti = i;
@@ -530,8 +564,10 @@ public static class Comparison
                     int clipSize = config.Frames * 3 * config.Height * config.Width;
                     for (int k = 0; k < prompts.Count; k++)
                     {
-                        var frames = pixels.AsSpan(k * clipSize, clipSize);
-                        scores.Add(MotionMetric.Score(frames, config.Frames, config.Height, config.Width, prompts[k].Label!.Motion));
+                        // A caption that names no known motion (a folder's GIF) is sampled but not scored.
+                        scores.Add(MotionOf(prompts[k]) is { } motion
+                            ? MotionMetric.Score(pixels.AsSpan(k * clipSize, clipSize), config.Frames, config.Height, config.Width, motion)
+                            : null);
                     }
 
                     onSamples?.Invoke(topologies[i], config, prompts.Select(p => p.Caption).ToList(), pixels);
@@ -556,6 +592,7 @@ public static class Comparison
                 Config = config.Name,
                 Bridge = config.Bridge,
                 Motions = options.Motions?.Select(m => m.ToString()).ToList(),
+                Data = folder is null ? null : new DataFolderInfo(options.DataFolder!, folderTrain!.Count, folderValidation!.Count),
                 Backend = backends[0].DeviceName,
                 Steps = steps,
                 StepsRequested = options.Steps,
@@ -626,11 +663,91 @@ public static class Comparison
         new(new EmojiClipsOptions { Seed = seed, Frames = config.Frames, Height = config.Height, Width = config.Width, Split = split, Motions = motions });
 
     /// <summary>
+    /// The clips of one split: the generated emoji clips (<paramref name="folder"/> null), or the GIFs of
+    /// <paramref name="folder"/> at the config's size (<see cref="GifFolderClips.Subset"/>; motions do not apply).
+    /// </summary>
+    public static IClipSource Data(ModelConfig config, int seed, Split split, IReadOnlyList<Motion>? motions, string? folder) =>
+        folder is null ? Data(config, seed, split, motions) : OpenFolder(folder, config).Subset(split);
+
+    /// <summary>A folder of GIFs read at the config's clip size.</summary>
+    public static GifFolderClips OpenFolder(string folder, ModelConfig config)
+    {
+        ArgumentNullException.ThrowIfNull(config);
+        return new GifFolderClips(folder, config.Frames, config.Height, config.Width);
+    }
+
+    /// <summary>
+    /// Checks, before any training, that every caption of <paramref name="folder"/> encodes with
+    /// <paramref name="tokenizer"/>: its words known and not too many. Throws <see cref="DataFormatException"/> at the
+    /// first line that does not, saying how many more lines have the same problem and which words the model lacks.
+    /// </summary>
+    public static void CheckCaptions(GifFolderClips folder, Tokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(folder);
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var known = tokenizer.Vocabulary.ToHashSet(StringComparer.Ordinal);
+        var unknownLines = new List<(GifEntry Entry, string[] Words)>();
+        var longLines = new List<(GifEntry Entry, int Words)>();
+        foreach (var entry in folder.Entries)
+        {
+            string[] words = Tokenizer.SplitWords(entry.Caption);
+            string[] unknown = [.. words.Where(w => !known.Contains(w)).Distinct()];
+            if (unknown.Length > 0)
+            {
+                unknownLines.Add((entry, unknown));
+            }
+            else if (words.Length > tokenizer.MaxWords)
+            {
+                longLines.Add((entry, words.Length));
+            }
+        }
+
+        if (unknownLines.Count > 0)
+        {
+            var (entry, words) = unknownLines[0];
+            var all = unknownLines.SelectMany(l => l.Words).Distinct().ToList();
+            string more = unknownLines.Count > 1 ? $"; {unknownLines.Count - 1} more line(s) too, {all.Count} unknown word(s) in all ({string.Join(", ", all.Take(12).Select(w => $"\"{w}\""))}{(all.Count > 12 ? ", ..." : "")})" : "";
+            throw new DataFormatException(folder.CaptionsPath, entry.Line,
+                $"caption \"{entry.Caption}\" has words the model does not know: {string.Join(", ", words.Select(w => $"\"{w}\""))}{more}. " +
+                $"Its tokenizer knows {tokenizer.VocabularySize - Tokenizer.Specials.Count} words; a text-to-image model pretrained on the folder (mobius pretrain --data) knows its captions' words.");
+        }
+
+        if (longLines.Count > 0)
+        {
+            var (entry, count) = longLines[0];
+            throw new DataFormatException(folder.CaptionsPath, entry.Line,
+                $"caption has {count} words; the model's text encoder takes at most {tokenizer.MaxWords}{(longLines.Count > 1 ? $" ({longLines.Count - 1} more line(s) too long)" : "")}.");
+        }
+    }
+
+    /// <summary>The motion a clip shows, from its label or else its caption; null when neither names one.</summary>
+    private static Motion? MotionOf(Clip clip) =>
+        clip.Label is { } label ? label.Motion : EmojiCaptions.TryParse(clip.Caption, out var parsed) ? parsed.Motion : null;
+
+    /// <summary>
     /// <paramref name="count"/> clips of the source, one per motion first; when there are fewer motions than
-    /// that (a run on one motion), further clips of other (sprite, colour, motion) combinations.
+    /// that (a run on one motion), further clips of other (sprite, colour, motion) combinations. Clips without a
+    /// label (a folder's GIFs) are picked by caption: first those whose caption names a motion (so they can be
+    /// scored), then any other, each caption once.
     /// </summary>
     private static List<Clip> SamplePrompts(IClipSource source, int count)
     {
+        if (source.Count > 0 && source.Get(0).Label is null)
+        {
+            var byCaption = new List<Clip>();
+            var captions = new HashSet<string>(StringComparer.Ordinal);
+            for (int i = 0; i < source.Count; i++)
+            {
+                var clip = source.Get(i);
+                if (captions.Add(clip.Caption))
+                {
+                    byCaption.Add(clip);
+                }
+            }
+
+            return [.. byCaption.OrderBy(c => MotionOf(c) is null).Take(count)];
+        }
+
         var picked = new List<Clip>();
         var motions = new HashSet<Motion>();
         var labels = new HashSet<ClipLabel>();
@@ -652,8 +769,9 @@ public static class Comparison
     }
 
     private static TopologyResult Summarise(List<StepStats> stats, ComparisonOptions o, long trainable, double initialValidationLoss, double validationLoss,
-        List<MotionScore> scores)
+        List<MotionScore?> sampled)
     {
+        var scores = sampled.OfType<MotionScore>().ToList();
         var measured = stats.Skip(Math.Min(o.WarmupSteps, stats.Count - 1)).ToList();
         var times = measured.Select(s => s.Milliseconds).ToList();
         double median = Frontier.Median(times);
@@ -676,7 +794,7 @@ public static class Comparison
             SavedByKind = stats[^1].SavedByKind,
             Losses = stats.Select(s => (double)s.Loss).ToList(),
             StepMs = stats.Select(s => s.Milliseconds).ToList(),
-            SampleScores = scores.Select(m => m.Combined).ToList(),
+            SampleScores = sampled.Select(m => m?.Combined).ToList(),
         };
     }
 

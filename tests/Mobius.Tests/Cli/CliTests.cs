@@ -1,5 +1,6 @@
 using System.Diagnostics;
 using System.Text.Json;
+using Mobius.Data;
 using Mobius.Model;
 using Mobius.Model.Training;
 using Mobius.Tests.Data;
@@ -29,11 +30,14 @@ public sealed class CliTests
         return (p.ExitCode, stdout.Result, stderr.Result);
     }
 
+    /// <summary>Whitespace runs as one space: a message wrapped to the console's width reads as one line.</summary>
+    private static string Flat(string text) => System.Text.RegularExpressions.Regex.Replace(text, @"\s+", " ");
+
     private static void AssertCleanFailure((int Code, string Out, string Err) r, int code, string mention)
     {
         Assert.True(r.Code == code, $"exit {r.Code}, expected {code}:\n{r.Out}\n{r.Err}");
         string all = r.Out + r.Err;
-        Assert.Contains(mention, all);
+        Assert.Contains(Flat(mention), Flat(all));
         Assert.DoesNotContain("   at ", all);
     }
 
@@ -700,6 +704,65 @@ public sealed class CliTests
 
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.Path), 2, "is a folder");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "0", "--out", Path.Combine(t2i, "report")), 2, "cannot create the output folder");
+    }
+
+    [Fact]
+    public void A_folder_of_gifs_trains_compares_and_samples_with_words_of_its_own()
+    {
+        using var folder = new TempFolder();
+        string data = folder.File("gifs"), t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors");
+        var w = Mobius("clips", "--config", "micro", "--count", "12", "--out", data);
+        Assert.True(w.Code == 0, w.Out + w.Err);
+        Assert.Equal(12, Directory.GetFiles(data, "*.gif").Length);
+        AssertCleanFailure(Mobius("clips", "--config", "micro", "--count", "3", "--out", data), 2, "already exists");
+        AssertCleanFailure(Mobius("clips", "--count", "0", "--out", folder.File("none")), 2, "--count must be at least 1");
+
+        // Give the first GIF and the held-out one (the 10th) captions with words no emoji caption has.
+        string captions = Path.Combine(data, GifFolderClips.CaptionsFileName);
+        var lines = File.ReadAllLines(captions);
+        lines[0] = "{\"file\": \"clip-0001.gif\", \"caption\": \"a red dragon flying\"}";
+        lines[9] = "{\"file\": \"clip-0010.gif\", \"caption\": \"the blue dragon flying\"}";
+        File.WriteAllLines(captions, lines);
+
+        // A model that does not know them says so before training; pretraining on the folder teaches them.
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--data", data, "--steps", "1", "--samples", "0", "--out", folder.File("x")), 3,
+            $"{captions}:1: caption \"a red dragon flying\" has words the model does not know: \"dragon\", \"flying\"");
+        var pre = Mobius("pretrain", "--config", "micro", "--data", data, "--steps", "2", "--out", t2i);
+        Assert.True(pre.Code == 0, pre.Out + pre.Err);
+        Assert.Contains("dragon", Checkpoint.Load(t2i).Vocabulary);
+
+        var t = Mobius("train", "--from", t2i, "--data", data, "--steps", "2", "--validate-every", "1", "--out", video);
+        Assert.True(t.Code == 0, t.Out + t.Err);
+        Assert.Contains($"data: 12 GIFs in {data}: 11 to train on, 1 held out for validation", t.Out);
+        Assert.Equal(data, Checkpoint.Load(video).Extra["data"]);
+        var resumed = Mobius("train", "--resume", video, "--steps", "1", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains($"data: 12 GIFs in {data}", resumed.Out);
+        var sample = Mobius("sample", "--checkpoint", video, "--prompt", "a red dragon flying", "--steps", "2", "--out", folder.File("dragon.gif"));
+        Assert.True(sample.Code == 0, sample.Out + sample.Err);
+
+        var c = Mobius("compare", "--checkpoint", t2i, "--data", data, "--steps", "1", "--samples", "2", "--sample-steps", "2", "--json", "--out", folder.File("cmp"));
+        Assert.True(c.Code == 0, c.Out + c.Err);
+        using (var doc = JsonDocument.Parse(c.Out))
+        {
+            var root = doc.RootElement;
+            Assert.Equal(data, root.GetProperty("data").GetProperty("folder").GetString());
+            Assert.Equal((11, 1), (root.GetProperty("data").GetProperty("train_clips").GetInt32(), root.GetProperty("data").GetProperty("validation_clips").GetInt32()));
+            Assert.Equal(["the blue dragon flying"], root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()));
+            Assert.Equal(JsonValueKind.Null, root.GetProperty("serial").GetProperty("motion_score").ValueKind);
+        }
+
+        Assert.Contains($"the GIFs of {data} (11 to train on, 1 held out", File.ReadAllText(Path.Combine(folder.File("cmp"), "report.md")));
+        AssertCleanFailure(Mobius("compare", "--checkpoint", t2i, "--data", data, "--motion", "grow", "--steps", "1", "--out", folder.File("x")), 2, "--motion selects generated clips");
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--data", data, "--motion", "grow", "--steps", "1", "--out", folder.File("x")), 2, "--motion selects generated clips");
+
+        // A damaged GIF fails before the first step, named with its captions line.
+        File.WriteAllBytes(Path.Combine(data, "clip-0005.gif"), [.. "GIF89a"u8, 1, 2]);
+        var bad = Mobius("train", "--from", t2i, "--data", data, "--steps", "1", "--out", folder.File("y.safetensors"));
+        AssertCleanFailure(bad, 3, "clip-0005.gif");
+        Assert.Contains("(listed on line 5 of captions.jsonl)", Flat(bad.Err + bad.Out));
+        Assert.DoesNotContain("step 1", bad.Out);
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--data", folder.File("nowhere"), "--steps", "1", "--out", folder.File("y.safetensors")), 3, "GIF folder not found");
     }
 
     [Fact]

@@ -123,4 +123,77 @@ public sealed class ComparisonTests
         Assert.Equal((1, 1), (phases[^1].Done, phases[^1].Total));  // the frontier's one round, reported last
         Assert.Equal("frontier", phases[^1].Phase);
     }
+
+    /// <summary>
+    /// Writes <paramref name="count"/> generated micro clips as a GIF folder; the held-out ones (the 10th, 20th, ...)
+    /// get captions that name no motion when <paramref name="motionlessHeldOut"/>.
+    /// </summary>
+    private static string GifFolder(Mobius.Tests.Data.TempFolder dir, int count, bool motionlessHeldOut)
+    {
+        var config = ModelConfig.Get("micro");
+        var emoji = new EmojiClips(new EmojiClipsOptions { Seed = Seeds.One, Count = count, Frames = config.Frames, Height = config.Height, Width = config.Width });
+        var clips = Enumerable.Range(0, count).Select(i =>
+        {
+            var c = emoji.Get(i);
+            return motionlessHeldOut && GifFolderClips.IsHeldOut(i, count) ? new Clip(c.Frames, c.FrameCount, c.Height, c.Width, i < 10 ? "a red heart" : "the blue star") : c;
+        }).ToList();
+        string folder = dir.File("gifs");
+        GifFolderClips.Export(folder, clips);
+        return folder;
+    }
+
+    [Fact]
+    public void A_comparison_on_a_gif_folder_trains_both_on_its_clips_and_samples_its_held_out_captions()
+    {
+        using var dir = new Mobius.Tests.Data.TempFolder();
+        string folder = GifFolder(dir, 20, motionlessHeldOut: true);
+        var sampled = new List<IReadOnlyList<string>>();
+        var r = Comparison.Run(Options(2, TestContext.Current.CancellationToken) with { DataFolder = folder, SamplePrompts = 4, SampleSteps = 2 }, null, (_, _, captions, _) => sampled.Add(captions));
+
+        Assert.Equal(new DataFolderInfo(folder, 18, 2), r.Data);
+        Assert.Null(r.Motions);
+        Assert.Equal(["a red heart", "the blue star"], r.Prompts);   // the held-out captions, each once
+        Assert.Equal([r.Prompts, r.Prompts], sampled);
+        Assert.Null(r.Serial.MotionScore);                          // sampled, but no caption names a motion to score against
+        Assert.Null(r.Parallel.MotionScore);
+        Assert.Equal(r.Serial.InitialValidationLoss, r.Parallel.InitialValidationLoss);
+        Assert.True(double.IsFinite(r.Serial.ValidationLoss) && double.IsFinite(r.Parallel.ValidationLoss));
+        Assert.Contains("\"data\"", r.ToJson());
+
+        // Captions that name a motion are sampled and scored.
+        using var dir2 = new Mobius.Tests.Data.TempFolder();
+        var scored = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = GifFolder(dir2, 12, motionlessHeldOut: false), SamplePrompts = 4, SampleSteps = 2 });
+        Assert.Single(scored.Prompts);
+        Assert.NotNull(scored.Serial.MotionScore);
+        Assert.Throws<ArgumentException>(() => Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = folder, Motions = [Motion.MoveLeft] }));
+    }
+
+    [Fact]
+    public void Captions_the_model_cannot_encode_are_refused_before_training_naming_the_line_and_every_unknown_word()
+    {
+        using var dir = new Mobius.Tests.Data.TempFolder();
+        string folder = GifFolder(dir, 12, motionlessHeldOut: false);
+        string captions = Path.Combine(folder, GifFolderClips.CaptionsFileName);
+        var lines = File.ReadAllLines(captions);
+        var config = ModelConfig.Get("micro");
+        var tokenizer = Tokenizer.ForEmoji(config.TokenLength);
+
+        lines[2] = "{\"file\": \"clip-0003.gif\", \"caption\": \"a red dragon flying\"}";
+        lines[6] = "{\"file\": \"clip-0007.gif\", \"caption\": \"a wyvern\"}";
+        File.WriteAllLines(captions, lines);
+        var e = Assert.Throws<DataFormatException>(() => Comparison.CheckCaptions(Comparison.OpenFolder(folder, config), tokenizer));
+        Assert.Equal((captions, 3), (e.File, e.Line));
+        Assert.Contains("\"dragon\", \"flying\"; 1 more line(s) too, 3 unknown word(s) in all (\"dragon\", \"flying\", \"wyvern\")", e.Message);
+        var run = Assert.Throws<DataFormatException>(() => Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = folder }));
+        Assert.Equal(e.Message, run.Message);
+
+        // Known words, but more of them than the text encoder takes.
+        string longCaption = string.Join(' ', Enumerable.Repeat("red", tokenizer.MaxWords + 1));
+        lines[2] = $"{{\"file\": \"clip-0003.gif\", \"caption\": \"{longCaption}\"}}";
+        lines[6] = lines[5].Replace("clip-0006", "clip-0007");
+        File.WriteAllLines(captions, lines);
+        e = Assert.Throws<DataFormatException>(() => Comparison.CheckCaptions(Comparison.OpenFolder(folder, config), tokenizer));
+        Assert.Equal(3, e.Line);
+        Assert.Contains($"caption has {tokenizer.MaxWords + 1} words; the model's text encoder takes at most {tokenizer.MaxWords}", e.Message);
+    }
 }
