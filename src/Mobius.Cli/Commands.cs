@@ -144,26 +144,25 @@ public static class Commands
     }
 
     /// <summary>
-    /// A <c>--data</c> folder at the config's clip size, its captions checked against <paramref name="tokenizer"/>
-    /// before any training; null when <paramref name="folder"/> is. <c>--motion</c> selects generated clips and is refused beside it.
+    /// The <c>--data</c> folder at the config's clip size (null without one); <c>--motion</c> selects generated clips
+    /// and is refused beside it.
     /// </summary>
-    private static GifFolderClips? OpenData(string? folder, ModelConfig config, Tokenizer tokenizer, string? motions)
+    private static GifFolderClips? OpenData(string? folder, ModelConfig config, string? motions)
     {
-        if (folder is null)
-        {
-            return null;
-        }
-
-        if (motions is not null)
+        if (folder is not null && motions is not null)
         {
             throw new UsageException("--motion selects generated clips; with --data the folder's GIFs are used as they are.");
         }
 
-        var data = Comparison.OpenFolder(folder, config);
+        return folder is null ? null : Comparison.OpenFolder(folder, config);
+    }
+
+    /// <summary>Before any training: the folder's captions against <paramref name="tokenizer"/>, then every GIF read once.</summary>
+    private static void CheckData(GifFolderClips data, Tokenizer tokenizer)
+    {
         Comparison.CheckCaptions(data, tokenizer);
-        AnsiConsole.MarkupLine(Markup.Escape($"reading the {data.Count} GIFs of {folder} ..."));
+        AnsiConsole.MarkupLine(Markup.Escape($"reading the {data.Count} GIFs of {data.Folder} ..."));
         data.Verify();
-        return data;
     }
 
     /// <summary>Says which clips a run trains on.</summary>
@@ -278,11 +277,23 @@ public static class Commands
             string? dataFolder = recipe.Pick(DataOption, _ => ckpt!.Extra.GetValueOrDefault(DataKey));
 
             // A new model on a folder knows the emoji captions' words and the folder's; a resumed one its own.
-            var folderCaptions = dataFolder is null ? null : Comparison.OpenFolder(dataFolder, config).Entries.Select(e => e.Caption);
+            var data = OpenData(dataFolder, config, motions: null);
             var tokenizer = ckpt is not null ? Tokenizer.FromVocabulary(ckpt.Vocabulary, config.TokenLength)
-                : Tokenizer.FromCaptions(folderCaptions is null ? EmojiCaptions.All() : EmojiCaptions.All().Concat(folderCaptions), config.TokenLength);
-            var data = OpenData(dataFolder, config, tokenizer, motions: null);
-            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed, tokenizer) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
+                : Tokenizer.FromCaptions(data is null ? EmojiCaptions.All() : EmojiCaptions.All().Concat(data.Entries.Select(e => e.Caption)), config.TokenLength);
+            if (data is not null)
+            {
+                CheckData(data, tokenizer);
+            }
+
+            // A new model on a folder fits its latent codec to the folder's clips (the default is fitted to the emoji
+            // clips' light backgrounds); the codec travels in the checkpoint to stage 2 and sampling.
+            var codec = ckpt is null && data is not null ? SpaceToDepthCodec.Fit(data.Subset(Split.Train)) : null;
+            if (codec is not null)
+            {
+                AnsiConsole.MarkupLine(Markup.Escape($"latent codec fitted to the folder: channel scales {string.Join(" ", codec.Scales.Distinct())}, shifts {string.Join(" ", codec.Shifts)}"));
+            }
+
+            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed, tokenizer, codec) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
             var options = new TrainOptions
             {
                 Seed = ckpt?.Seed ?? seed, WeightDecay = 0,
@@ -357,7 +368,12 @@ public static class Commands
             var correctionMode = ParseLoopCorrectionMode(loopCorrection, momentum, recipe.Pick(LoopCorrectionModeOption, o => o.LoopCorrectionMode.ToString().ToLowerInvariant()));
             string? motions = recipe.Pick(MotionOption, _ => ckpt.Extra.GetValueOrDefault(MotionsKey));
             string? dataFolder = recipe.Pick(DataOption, _ => ckpt.Extra.GetValueOrDefault(DataKey));
-            var data = OpenData(dataFolder, ckpt.Config, Tokenizer.FromVocabulary(ckpt.Vocabulary, ckpt.Config.TokenLength), motions);
+            var data = OpenData(dataFolder, ckpt.Config, motions);
+            if (data is not null)
+            {
+                CheckData(data, Tokenizer.FromVocabulary(ckpt.Vocabulary, ckpt.Config.TokenLength));
+            }
+
             var heldOut = data is not null && validateEvery > 0 ? data.Subset(Split.Validation) : null; // a folder too small to validate on fails here
             var options = new TrainOptions
             {

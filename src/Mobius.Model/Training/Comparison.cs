@@ -662,13 +662,6 @@ public static class Comparison
     public static EmojiClips Data(ModelConfig config, int seed, Split split, IReadOnlyList<Motion>? motions = null) =>
         new(new EmojiClipsOptions { Seed = seed, Frames = config.Frames, Height = config.Height, Width = config.Width, Split = split, Motions = motions });
 
-    /// <summary>
-    /// The clips of one split: the generated emoji clips (<paramref name="folder"/> null), or the GIFs of
-    /// <paramref name="folder"/> at the config's size (<see cref="GifFolderClips.Subset"/>; motions do not apply).
-    /// </summary>
-    public static IClipSource Data(ModelConfig config, int seed, Split split, IReadOnlyList<Motion>? motions, string? folder) =>
-        folder is null ? Data(config, seed, split, motions) : OpenFolder(folder, config).Subset(split);
-
     /// <summary>A folder of GIFs read at the config's clip size.</summary>
     public static GifFolderClips OpenFolder(string folder, ModelConfig config)
     {

@@ -729,7 +729,16 @@ public sealed class CliTests
             $"{captions}:1: caption \"a red dragon flying\" has words the model does not know: \"dragon\", \"flying\"");
         var pre = Mobius("pretrain", "--config", "micro", "--data", data, "--steps", "2", "--out", t2i);
         Assert.True(pre.Code == 0, pre.Out + pre.Err);
-        Assert.Contains("dragon", Checkpoint.Load(t2i).Vocabulary);
+        var pretrained = Checkpoint.Load(t2i);
+        Assert.Contains("dragon", pretrained.Vocabulary);
+        Assert.Contains("heart", pretrained.Vocabulary);   // the emoji captions' words too
+
+        // Its latent codec is fitted to the folder's clips to train on.
+        var micro = ModelConfig.Get("micro");
+        var fitted = SpaceToDepthCodec.Fit(new GifFolderClips(data, micro.Frames, micro.Height, micro.Width).Subset(Split.Train));
+        Assert.Equal(fitted.Scales, pretrained.CodecScales);
+        Assert.Equal(fitted.Shifts, pretrained.CodecShifts);
+        Assert.NotEqual(SpaceToDepthCodec.EmojiShifts, pretrained.CodecShifts);   // this folder's differ from the default: the check tells them apart
 
         var t = Mobius("train", "--from", t2i, "--data", data, "--steps", "2", "--validate-every", "1", "--out", video);
         Assert.True(t.Code == 0, t.Out + t.Err);
