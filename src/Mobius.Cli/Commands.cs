@@ -130,7 +130,7 @@ public static class Commands
             var clips = Enumerable.Range(0, n).Select(source.Get).ToList();
             try
             {
-                GifFolderClips.Export(folder, clips, new GifWriteOptions { Upscale = p.GetValue(upscale) });
+                Ui.Counted("writing GIFs", n, progress => GifFolderClips.Export(folder, clips, new GifWriteOptions { Upscale = p.GetValue(upscale) }, progress), Cancellation);
             }
             catch (Exception e) when (e is IOException or UnauthorizedAccessException)
             {
@@ -161,8 +161,7 @@ public static class Commands
     private static void CheckData(GifFolderClips data, Tokenizer tokenizer)
     {
         Comparison.CheckCaptions(data, tokenizer);
-        AnsiConsole.MarkupLine(Markup.Escape($"reading the {data.Count} GIFs of {data.Folder} ..."));
-        data.Verify();
+        Ui.Counted($"reading the GIFs of {data.Folder}", data.Count, progress => data.Verify(progress), Cancellation);
     }
 
     /// <summary>Says which clips a run trains on.</summary>

@@ -111,6 +111,38 @@ public static class Ui
 
     }
 
+    /// <summary>
+    /// Runs <paramref name="work"/> (which reports how many of <paramref name="total"/> units are done) under a
+    /// progress bar, or with a line every tenth when the output is not a terminal.
+    /// </summary>
+    public static void Counted(string title, int total, Action<IProgress<int>> work, CancellationToken cancel)
+    {
+        if (Interactive)
+        {
+            AnsiConsole.Progress().Columns(new TaskDescriptionColumn(), new ProgressBarColumn(), new PercentageColumn(), new RemainingTimeColumn())
+                .Start(ctx =>
+                {
+                    var task = ctx.AddTask(Markup.Escape(title), maxValue: Math.Max(1, total));
+                    work(new InlineProgress<int>(done =>
+                    {
+                        cancel.ThrowIfCancellationRequested();
+                        task.Value = done;
+                    }));
+                });
+            return;
+        }
+
+        int every = Math.Max(1, total / 10);
+        work(new InlineProgress<int>(done =>
+        {
+            cancel.ThrowIfCancellationRequested();
+            if (done % every == 0 || done == total)
+            {
+                Console.WriteLine($"{title}: {done}/{total}");
+            }
+        }));
+    }
+
     /// <summary>Runs a comparison with one progress bar per topology and phase (quiet with --json).</summary>
     public static ComparisonResult Compare(ComparisonOptions options, bool quiet, Action<Topology, ModelConfig, IReadOnlyList<string>, float[]> onSamples, CancellationToken cancel)
     {

@@ -123,25 +123,34 @@ public sealed class GifFolderClips : IClipSource
     /// <summary>
     /// Reads every GIF once (on all cores; into the cache, as far as it reaches), so that a damaged one fails before
     /// training instead of at the step that first draws it. Throws <see cref="DataFormatException"/> for the first
-    /// damaged GIF in file order, counting the others. <paramref name="progress"/> hears the number read so far.
+    /// damaged GIF in file order, counting the others. <paramref name="progress"/> hears the number read so far,
+    /// from the reading threads (a handler that throws stops the reading, and its exception comes out of Verify).
     /// </summary>
     public void Verify(IProgress<int>? progress = null)
     {
         var failures = new ConcurrentDictionary<int, DataFormatException>();
         int done = 0;
-        Parallel.For(0, Count, i =>
+        try
         {
-            try
+            Parallel.For(0, Count, i =>
             {
-                Get(i);
-            }
-            catch (DataFormatException e)
-            {
-                failures[i] = e;
-            }
+                try
+                {
+                    Get(i);
+                }
+                catch (DataFormatException e)
+                {
+                    failures[i] = e;
+                }
 
-            progress?.Report(Interlocked.Increment(ref done));
-        });
+                progress?.Report(Interlocked.Increment(ref done));
+            });
+        }
+        catch (AggregateException e) when (e.InnerExceptions.Count > 0)
+        {
+            // A progress handler that cancels, or a failure other than a damaged GIF: as if thrown here.
+            System.Runtime.ExceptionServices.ExceptionDispatchInfo.Capture(e.InnerExceptions[0]).Throw();
+        }
         if (!failures.IsEmpty)
         {
             var first = failures.MinBy(kv => kv.Key);
