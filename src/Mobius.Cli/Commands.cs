@@ -471,13 +471,14 @@ public static class Commands
 
     private static Command Sample()
     {
-        var checkpoint = new Option<string?>("--checkpoint") { Description = "a checkpoint (default: the stage-1 one that ships; stage-1 checkpoints give still images)" };
-        var prompt = new Option<string>("--prompt") { Description = "what to draw, e.g. \"a red heart moving left\"", Required = true };
-        var output = new Option<string>("--out") { Description = "GIF to write", DefaultValueFactory = _ => "clip.gif" };
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "a checkpoint (default: the text-to-video model that ships; stage-1 checkpoints give still images)" };
+        var prompt = new Option<string[]>("--prompt") { Description = "what to draw, e.g. \"a red heart moving left\" (give it again for more prompts)", Required = true };
+        var count = new Option<int>("--count") { Description = "clips per prompt, each from its own noise", DefaultValueFactory = _ => 1 };
+        var output = new Option<string>("--out") { Description = "GIF to write (several clips: a grid, their captions in a .txt beside it and their frames in OUT-frames.png)", DefaultValueFactory = _ => "clip.gif" };
         var steps = new Option<int>("--steps") { Description = "DDIM steps", DefaultValueFactory = _ => 25 };
         var guidance = new Option<float>("--guidance") { Description = "classifier-free guidance scale", DefaultValueFactory = _ => 4f };
-        var cmd = new Command("sample", "Generate a clip for a prompt with DDIM and classifier-free guidance, written as an animated GIF.")
-            { checkpoint, prompt, output, steps, guidance, BackendOption, SeedOption, ThreadsOption };
+        var cmd = new Command("sample", "Generate clips for prompts with DDIM and classifier-free guidance, written as an animated GIF (a grid for several), each scored for the motion its prompt names.")
+            { checkpoint, prompt, count, output, steps, guidance, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             int ddim = p.GetValue(steps);
@@ -486,21 +487,63 @@ public static class Commands
                 throw new UsageException($"--steps must be 1..1000, got {ddim}.");
             }
 
+            int perPrompt = p.GetValue(count);
+            if (perPrompt is < 1 or > 64)
+            {
+                throw new UsageException($"--count must be 1..64 clips per prompt, got {perPrompt}.");
+            }
+
+            string? given = p.GetValue(checkpoint);
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0);
-            var ckpt = Checkpoint.Load(p.GetValue(checkpoint) ?? DefaultCheckpoint);
+            var ckpt = Checkpoint.Load(given ?? (File.Exists(DefaultVideoCheckpoint) ? DefaultVideoCheckpoint : DefaultCheckpoint));
             using var model = TextToVideo.Load(backend, ckpt, ckpt.Topology, p.GetValue(SeedOption));
-            string text = p.GetValue(prompt)!;
-            model.Tokenizer.Encode(text, strict: true);
+            var texts = p.GetValue(prompt)!;
+            foreach (string text in texts)
+            {
+                model.Tokenizer.Encode(text, strict: true);
+            }
+
+            var captions = texts.SelectMany(t => Enumerable.Repeat(t, perPrompt)).ToList();
             float[] pixels = null!;
             AnsiConsole.Progress().Start(ctx =>
             {
-                var task = ctx.AddTask("sampling", maxValue: ddim);
-                pixels = model.Generate([text], ddim, p.GetValue(guidance), p.GetValue(SeedOption), new InlineProgress<int>(d => task.Value = d));
+                var task = ctx.AddTask(captions.Count == 1 ? "sampling" : $"sampling {captions.Count} clips", maxValue: ddim);
+                pixels = model.Generate(captions, ddim, p.GetValue(guidance), p.GetValue(SeedOption), new InlineProgress<int>(d => task.Value = d));
             });
-            int frames = ckpt.Topology == Topology.Spatial ? 1 : ckpt.Config.Frames;
+            var config = ckpt.Config;
+            int frames = ckpt.Topology == Topology.Spatial ? 1 : config.Frames;
+            int clipSize = frames * 3 * config.Height * config.Width;
+            var clips = captions.Select((c, k) => new Clip(pixels[(k * clipSize)..((k + 1) * clipSize)], frames, config.Height, config.Width, c)).ToList();
             string path = p.GetValue(output)!;
-            Gif.Write(path, pixels, frames, ckpt.Config.Height, ckpt.Config.Width, new GifWriteOptions { Upscale = 4 });
-            AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({frames} frames, {ckpt.Config.Height}x{ckpt.Config.Width}, shown x4)");
+            var options = new GifWriteOptions { Upscale = 4 };
+            if (clips.Count == 1)
+            {
+                Gif.Write(path, clips[0], options);
+                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({frames} frames, {config.Height}x{config.Width}, shown x4)");
+            }
+            else
+            {
+                Gif.WriteGrid(path, clips, perPrompt, options);
+                string strip = Path.ChangeExtension(path, null) + "-frames.png";
+                Filmstrip.Write(strip, clips, upscale: 4);
+                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({clips.Count} clips of {frames} frames, {config.Height}x{config.Width}, shown x4: a row per prompt), " +
+                    $"captions in [bold]{Markup.Escape(Path.ChangeExtension(path, ".txt"))}[/], frames in [bold]{Markup.Escape(strip)}[/]");
+            }
+
+            if (frames > 1)
+            {
+                // The motion metric of each clip whose prompt names a motion (docs/architecture.md).
+                for (int k = 0; k < clips.Count; k++)
+                {
+                    if (EmojiCaptions.TryParse(clips[k].Caption, out var label))
+                    {
+                        var score = MotionMetric.Score(clips[k], label.Motion);
+                        AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                            $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {label.Motion}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
+                    }
+                }
+            }
+
             return ExitCodes.Success;
         });
         return cmd;

@@ -334,6 +334,11 @@ public sealed class CliTests
         Assert.DoesNotContain("checkpoints are missing", r.Out + r.Err, StringComparison.Ordinal);
         Assert.Contains("samples: ", r.Out, StringComparison.Ordinal);
 
+        // sample without --checkpoint draws clips with the shipped text-to-video model.
+        var sample = Mobius("sample", "--prompt", "a red heart moving right", "--steps", "2", "--out", folder.File("clip.gif"));
+        Assert.True(sample.Code == 0, sample.Out + sample.Err);
+        Assert.Contains($"({ModelConfig.Get("tiny").Frames} frames, ", sample.Out, StringComparison.Ordinal);
+
         using var doc = JsonDocument.Parse(File.ReadAllText(folder.File("result.json")));
         var root = doc.RootElement;
         Assert.Equal("tiny", root.GetProperty("config").GetString());
@@ -637,6 +642,21 @@ public sealed class CliTests
         var s = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--out", gif);
         Assert.True(s.Code == 0, s.Out + s.Err);
         Assert.True(new FileInfo(gif).Length > 100);
+        Assert.Contains("\"a red heart moving left\": motion score", s.Out);
+
+        // Several prompts, several clips each: a grid (a row per prompt), its captions and its frames; each clip
+        // whose prompt names a motion is scored, the others are not.
+        string grid = folder.File("grid.gif");
+        var g = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--prompt", "a blue star", "--count", "2", "--steps", "2", "--out", grid);
+        Assert.True(g.Code == 0, g.Out + g.Err);
+        Assert.Equal(["0 0: a red heart moving left", "0 1: a red heart moving left", "1 0: a blue star", "1 1: a blue star"], File.ReadAllLines(folder.File("grid.txt")));
+        Assert.True(new FileInfo(folder.File("grid-frames.png")).Length > 100);
+        var micro = ModelConfig.Get("micro");
+        var size = SixLabors.ImageSharp.Image.Identify(grid);
+        Assert.Equal((2 * micro.Width * 4 + 3 * 2 * 4, 2 * micro.Height * 4 + 3 * 2 * 4), (size.Width, size.Height));   // 2 x 2 clips and three 2-pixel gaps a side, shown x4
+        Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(g.Out, "motion score").Count);
+        Assert.Contains("clip 2, \"a red heart moving left\": motion score", g.Out);
+        AssertCleanFailure(Mobius("sample", "--checkpoint", video, "--prompt", "a red heart", "--count", "0"), 2, "--count must be 1..64");
 
         // The serial text-to-video model fine-tunes in the parallel topology (the loop bridge is serial's model);
         // a ring bridge, with parameters serial lacks, is refused with one message and exit 3.
