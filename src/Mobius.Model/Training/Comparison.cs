@@ -290,6 +290,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("batch")]
     public int Batch { get; init; }
 
+    /// <summary>Batches accumulated into each step (1: none; see <see cref="TrainOptions.Accumulate"/>).</summary>
+    [JsonPropertyName("accumulate")]
+    public int Accumulate { get; init; } = 1;
+
     /// <summary>Min-SNR-gamma loss weighting of both runs (0: plain MSE; see <see cref="TrainOptions.MinSnrGamma"/>).</summary>
     [JsonPropertyName("min_snr_gamma")]
     public double MinSnrGamma { get; init; }
@@ -599,6 +603,7 @@ public static class Comparison
                 Seed = options.Seed,
                 LearningRate = options.Train.LearningRate,
                 Batch = trainers[0]!.BatchSize,
+                Accumulate = options.Train.Accumulate,
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,

@@ -39,6 +39,15 @@ public sealed record TrainOptions
     /// <summary>The clips per step these options give a model of <paramref name="config"/>: <see cref="Batch"/>, or the config's when that is 0.</summary>
     public int BatchFor(ModelConfig config) => Batch > 0 ? Batch : config.Batch;
 
+    /// <summary>
+    /// Gradient accumulation: a step runs forward and backward on this many batches of <see cref="Batch"/> clips one
+    /// after another, sums their gradients (each batch's mean loss weighted 1 / Accumulate) and takes one optimizer
+    /// step. The same update as one batch of Accumulate x Batch clips, at the activation memory of one batch of
+    /// Batch (1, the default: no accumulation). Step k's batches are those a run without accumulation would take at
+    /// steps (k - 1) x Accumulate + 1 to k x Accumulate. Not with <see cref="LoopCorrectionEvery"/>.
+    /// </summary>
+    public int Accumulate { get; init; } = 1;
+
     /// <summary>AdamW decoupled weight decay.</summary>
     public float WeightDecay { get; init; } = 0.01f;
 
@@ -124,7 +133,7 @@ public sealed record TrainOptions
     /// </summary>
     public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
-        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps));
+        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -161,6 +170,7 @@ public sealed record TrainOptions
             LoopScaleSamples = r.LoopScaleSamples ?? defaults.LoopScaleSamples,
             CheckFinite = r.CheckFinite ?? defaults.CheckFinite,
             CosineDecaySteps = r.CosineDecaySteps ?? defaults.CosineDecaySteps,
+            Accumulate = r.Accumulate ?? defaults.Accumulate,
         };
     }
 
@@ -181,7 +191,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("loop_correction_mode")] string? LoopCorrectionMode,
         [property: JsonPropertyName("loop_scale_samples")] int? LoopScaleSamples,
         [property: JsonPropertyName("check_finite")] bool? CheckFinite,
-        [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps);
+        [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps,
+        [property: JsonPropertyName("accumulate")] int? Accumulate);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -269,6 +280,16 @@ public sealed class Trainer : IDisposable
         if (options.Batch < 0)
         {
             throw new ArgumentOutOfRangeException(nameof(options), $"the batch must be at least 1 clip (0: the config's), got {options.Batch}.");
+        }
+
+        if (options.Accumulate < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"gradient accumulation needs at least 1 batch a step, got {options.Accumulate}.");
+        }
+
+        if (options.Accumulate > 1 && options.LoopCorrectionEvery > 0)
+        {
+            throw new ArgumentException("the loop correction's exact steps recompute one batch; they do not combine with gradient accumulation.", nameof(options));
         }
 
         if (stage == Stage.TextToVideo)
@@ -449,16 +470,17 @@ public sealed class Trainer : IDisposable
     public StepStats TrainStep()
     {
         int step = StepsDone + 1;
-        var batch = MakeBatch(_data, step, Options.Seed, Options.CaptionDropout, BatchSize);
+        int n = Options.Accumulate;
+        var batches = Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
         var backend = _model.Backend;
         backend.Synchronize();
         backend.Memory.ResetPeak();
         var clock = Stopwatch.StartNew();
         bool exactStep = LoopCorrected && (step - 1) % Options.LoopCorrectionEvery == 0;
-        var (loss, saved, byKind) = Backprop(batch);
+        var (loss, saved, byKind) = n == 1 ? Backprop(batches[0]) : Accumulated(batches);
         if (exactStep)
         {
-            ExactStepAndFoldBias(batch);
+            ExactStepAndFoldBias(batches[0]);
         }
         else if (LoopCorrected)
         {
@@ -497,6 +519,38 @@ public sealed class Trainer : IDisposable
                 backend.Scale(g, fit.Coefficient, g);
             }
         }
+    }
+
+    /// <summary>
+    /// Forward and backward of each batch in turn, their gradients summed in the parameters and scaled by
+    /// 1 / count: the gradient of the mean loss over all their clips (batches of one size). Returns the mean loss
+    /// and the most any one batch kept for backward.
+    /// </summary>
+    internal (float Loss, long Saved, Dictionary<string, long> ByKind) Accumulated(IReadOnlyList<Batch> batches)
+    {
+        double loss = 0;
+        long saved = -1;
+        Dictionary<string, long> byKind = [];
+        foreach (var batch in batches)
+        {
+            var (l, s, k) = Backprop(batch);
+            loss += l;
+            if (s > saved)
+            {
+                (saved, byKind) = (s, k);
+            }
+        }
+
+        float scale = 1f / batches.Count;
+        foreach (var (_, p) in _optimizer.Parameters)
+        {
+            if (p.Grad is { } g)
+            {
+                _model.Backend.Scale(g, scale, g);
+            }
+        }
+
+        return ((float)(loss / batches.Count), saved, byKind);
     }
 
     /// <summary>Forward and backward of one batch; the gradients land in the parameters.</summary>

@@ -795,6 +795,33 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Accumulate_takes_several_batches_a_step_and_a_resumed_run_keeps_it()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--accumulate", "2", "--out", t2i).Code);
+        Assert.Equal(2, Checkpoint.Load(t2i).TrainOptions!.Accumulate);
+        var t = Mobius("train", "--from", t2i, "--batch", "1", "--accumulate", "3", "--steps", "1", "--out", video);
+        Assert.True(t.Code == 0, t.Out + t.Err);
+        var resumed = Mobius("train", "--resume", video, "--steps", "1", "--out", video);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains("with the options of the run that wrote it", resumed.Out);
+        Assert.Equal((2, 3, 1), (Checkpoint.Load(video).Step, Checkpoint.Load(video).TrainOptions!.Accumulate, Checkpoint.Load(video).TrainOptions!.Batch));
+
+        var c = Mobius("compare", "--config", "micro", "--steps", "2", "--batch", "1", "--accumulate", "2", "--samples", "0", "--json", "--out", folder.File("cmp"));
+        Assert.True(c.Code == 0, c.Out + c.Err);
+        using (var doc = JsonDocument.Parse(c.Out))
+        {
+            Assert.Equal((1, 2), (doc.RootElement.GetProperty("batch").GetInt32(), doc.RootElement.GetProperty("accumulate").GetInt32()));
+        }
+
+        Assert.Contains("x 2 batches accumulated", File.ReadAllText(Path.Combine(folder.File("cmp"), "report.md")));
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--accumulate", "0", "--steps", "1", "--out", folder.File("x")), 2, "--accumulate must be at least 1");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--accumulate", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
+            "--accumulate does not combine with --loop-correction");
+    }
+
+    [Fact]
     public void A_seed_makes_a_run_repeatable_across_processes()
     {
         using var folder = new TempFolder();

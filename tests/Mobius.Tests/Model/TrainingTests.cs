@@ -50,6 +50,78 @@ public abstract class TrainingTests(BackendFixture fixture)
     }
 
     [Theory]
+    [InlineData(Topology.Serial)]
+    [InlineData(Topology.Parallel)]
+    public void Accumulating_two_batches_of_one_clip_gives_the_gradient_of_one_batch_of_both_at_half_the_activations(Topology topology)
+    {
+        int seed = Seeds.One;
+        using var t2i = TextToVideo.Create(B, Micro, Topology.Spatial, seed);
+        TextToVideo Model()
+        {
+            var m = TextToVideo.Create(B, Micro, topology, seed);
+            m.Unet.LoadStateDict(t2i.Unet.StateDict(), strict: false);
+            m.Text.LoadStateDict(t2i.Text.StateDict());
+
+            // Nonzero zero-initialised outputs, so that every temporal parameter gets a gradient.
+            var r = new Rng(seed);
+            foreach (var (name, p) in m.Unet.NamedParameters().Where(n => n.Name.Contains("proj_out") || n.Name.Contains("conv4")))
+            {
+                p.CopyFrom(r.Uniform(p.Numel, 0.05f));
+            }
+
+            return m;
+        }
+
+        using var wholeModel = Model();
+        using var partsModel = Model();
+        using var stepModel = Model();
+        var data = Clips(seed);
+        using var whole = new Trainer(wholeModel, data, Stage.TextToVideo, new TrainOptions { Seed = seed, Batch = 2 });
+        var accumulate = new TrainOptions { Seed = seed, Batch = 1, Accumulate = 2 };
+        using var parts = new Trainer(partsModel, data, Stage.TextToVideo, accumulate);
+        var first = parts.MakeBatch(data, 1, seed, accumulate.CaptionDropout, 1);
+        var second = parts.MakeBatch(data, 2, seed, accumulate.CaptionDropout, 1);
+        var both = new Trainer.Batch([.. first.NoisyLatents, .. second.NoisyLatents], [.. first.Noise, .. second.Noise],
+            [.. first.Timesteps, .. second.Timesteps], [.. first.Captions, .. second.Captions], first.Frames,
+            new Shape([first.Shape[0] + second.Shape[0], .. first.Shape.Skip(1)]));
+
+        var (wholeLoss, wholeSaved, _) = whole.Backprop(both);
+        var (partsLoss, partsSaved, _) = parts.Accumulated([first, second]);
+        Assert.Equal(wholeLoss, partsLoss, 1e-5 * Math.Abs(wholeLoss) + 1e-7);
+        int compared = 0;
+        foreach (var ((name, pw), (_, pp)) in whole.Optimizer.Parameters.Zip(parts.Optimizer.Parameters))
+        {
+            if (pw.Grad is null)
+            {
+                Assert.Null(pp.Grad);
+                continue;
+            }
+
+            var gw = pw.Grad.ToArray();
+            Assert.True(gw.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
+            Close.All(pp.Grad!.ToArray(), gw, 1e-4, 1e-7, $"{topology} {name} (seed {seed})");
+            compared++;
+        }
+
+        Assert.True(compared > 10, $"{compared} gradients compared");
+        Assert.True(partsSaved < 0.6 * wholeSaved, $"{topology}: one clip at a time kept {partsSaved} bytes, both at once {wholeSaved} (seed {seed})");
+
+        // TrainStep takes those batches (the first two a run without accumulation takes) and that gradient.
+        using var stepper = new Trainer(stepModel, data, Stage.TextToVideo, accumulate);
+        var stats = stepper.TrainStep();
+        Assert.Equal(partsLoss, stats.Loss);
+        parts.Optimizer.Lr = accumulate.LearningRateAt(1);
+        parts.Optimizer.Step(accumulate.MaxGradNorm);
+        foreach (var ((name, pp), (_, ps)) in parts.Optimizer.Parameters.Zip(stepper.Optimizer.Parameters))
+        {
+            Assert.True(pp.ToArray().AsSpan().SequenceEqual(ps.ToArray()), $"{name} after the accumulated step (seed {seed})");
+        }
+
+        Assert.Throws<ArgumentException>(() => new Trainer(stepModel, data, Stage.TextToVideo, accumulate with { LoopCorrectionEvery = 4 }));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Trainer(stepModel, data, Stage.TextToVideo, accumulate with { Accumulate = 0 }));
+    }
+
+    [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Min_snr_weighting_weights_each_item_by_its_timestep(int seed)
     {
