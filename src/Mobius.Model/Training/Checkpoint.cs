@@ -66,13 +66,38 @@ public sealed class Checkpoint
     /// </summary>
     public LoopCorrectionState? LoopCorrection { get; init; }
 
+    /// <summary>
+    /// The exponential moving average of the trainable weights by parameter name ("unet.…", "text.…"), when the run
+    /// kept one (<see cref="TrainOptions.EmaDecay"/>; tensors under "ema."); null otherwise. <see cref="WithEma"/>
+    /// gives the checkpoint with these in place of the trained weights.
+    /// </summary>
+    public IReadOnlyDictionary<string, float[]>? Ema { get; init; }
+
+    /// <summary>This checkpoint with its <see cref="Ema"/> weights in place of the trained ones (itself when it has none).</summary>
+    public Checkpoint WithEma()
+    {
+        if (Ema is not { Count: > 0 } ema)
+        {
+            return this;
+        }
+
+        Dictionary<string, float[]> Swap(IReadOnlyDictionary<string, float[]> weights, string prefix) =>
+            weights.ToDictionary(kv => kv.Key, kv => ema.TryGetValue(prefix + kv.Key, out var average) ? average : kv.Value);
+        return new Checkpoint
+        {
+            Config = Config, Topology = Topology, Step = Step, Seed = Seed, Vocabulary = Vocabulary, CodecScales = CodecScales, CodecShifts = CodecShifts,
+            Unet = Swap(Unet, "unet."), Text = Swap(Text, "text."), Optimizer = Optimizer, OptimizerSteps = OptimizerSteps, Extra = Extra,
+            TrainOptions = TrainOptions, LoopCorrection = LoopCorrection, Ema = Ema,
+        };
+    }
+
     private static readonly string[] Reserved =
         ["format", "config", "topology", "step", "seed", "vocabulary", "codec_scales", "codec_shifts", "optimizer_steps", "train_options", "loop_correction"];
 
     /// <summary>Writes the checkpoint; parameter shapes are taken from the modules.</summary>
     public static void Save(string path, ModelConfig config, Topology topology, int step, int seed, IReadOnlyList<string> vocabulary,
         IReadOnlyList<float> codecScales, IReadOnlyList<float> codecShifts, Module unet, Module text, Mobius.Engine.Optim.AdamW? optimizer, IReadOnlyDictionary<string, string>? extra = null,
-        TrainOptions? trainOptions = null, LoopCorrectionState? loopCorrection = null)
+        TrainOptions? trainOptions = null, LoopCorrectionState? loopCorrection = null, IReadOnlyDictionary<string, float[]>? ema = null)
     {
         if (extra?.Keys.FirstOrDefault(k => Reserved.Contains(k)) is { } clash)
         {
@@ -103,6 +128,14 @@ public sealed class Checkpoint
             foreach (var (name, values) in loopCorrection.Bias)
             {
                 tensors["loop_bias." + name] = new SafeTensors.Entry([values.Length], values);
+            }
+        }
+
+        if (ema is not null)
+        {
+            foreach (var (name, values) in ema)
+            {
+                tensors["ema." + name] = new SafeTensors.Entry([values.Length], values);
             }
         }
 
@@ -160,6 +193,7 @@ public sealed class Checkpoint
                 Extra = extra,
                 TrainOptions = meta.TryGetValue("train_options", out var options) ? TrainOptions.FromJson(options) : null,
                 LoopCorrection = meta.TryGetValue("loop_correction", out var loop) ? LoopCorrectionState.FromMetadata(loop, Section(tensors, "loop_bias.")) : null,
+                Ema = Section(tensors, "ema.") is { Count: > 0 } ema ? ema : null,
             };
         }
         catch (Exception e) when (e is JsonException or FormatException or ArgumentException or OverflowException)

@@ -294,6 +294,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("accumulate")]
     public int Accumulate { get; init; } = 1;
 
+    /// <summary>The decay of the weights' moving average both validated and sampled with (0: none; see <see cref="TrainOptions.EmaDecay"/>).</summary>
+    [JsonPropertyName("ema_decay")]
+    public double EmaDecay { get; init; }
+
     /// <summary>Min-SNR-gamma loss weighting of both runs (0: plain MSE; see <see cref="TrainOptions.MinSnrGamma"/>).</summary>
     [JsonPropertyName("min_snr_gamma")]
     public double MinSnrGamma { get; init; }
@@ -490,7 +494,11 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
-                initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                using (trainers[i]!.EmaWeights())
+                {
+                    initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                }
+
             }
 
             var curves = new List<ValidationPoint>[] { [new(0, initialValidation[0])], [new(0, initialValidation[1])] };
@@ -500,9 +508,11 @@ public static class Comparison
                 bestWeights[i] = options.KeepBest ? trainers[i]!.TrainableSnapshot() : null;
             }
 
-            // Validates topology i after `step` steps; keeps its weights when they are the best so far.
+            // Validates topology i after `step` steps (with its EMA weights, when it keeps an EMA); keeps those
+            // weights when they are the best so far.
             void Validate(int i, int step)
             {
+                using var ema = trainers[i]!.EmaWeights();
                 double loss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
                 if (options.KeepBest && loss < curves[i].Min(v => v.Loss))
                 {
@@ -551,8 +561,10 @@ public static class Comparison
 
                 var best = curves[i].MinBy(v => v.Loss)!;
                 var final = curves[i][^1];
-                if (options.KeepBest && best.Step != steps)
+                bool restored = options.KeepBest && best.Step != steps;
+                if (restored)
                 {
+                    // The best weights (the EMA's, with an EMA) go into the model: sampled as they are.
                     trainers[i]!.RestoreTrainable(bestWeights[i]!);
                     final = best;
                 }
@@ -564,7 +576,12 @@ public static class Comparison
                 {
                     int ti = i;
                     var bar = new InlineProgress<int>(d => progress?.Report(new CompareProgress("sample", topologies[ti], d, options.SampleSteps)));
-                    var pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar);
+                    float[] pixels;
+                    using (restored ? null : trainers[i]!.EmaWeights())
+                    {
+                        pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar);
+                    }
+
                     int clipSize = config.Frames * 3 * config.Height * config.Width;
                     for (int k = 0; k < prompts.Count; k++)
                     {
@@ -604,6 +621,7 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 Batch = trainers[0]!.BatchSize,
                 Accumulate = options.Train.Accumulate,
+                EmaDecay = Math.Round(options.Train.EmaDecay, 6),
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,

@@ -199,8 +199,8 @@ public sealed class TextToVideo : IDisposable
 
     /// <summary>Saves weights (and optimiser state) with their metadata, atomically.</summary>
     public void Save(string path, int step, int seed, Mobius.Engine.Optim.AdamW? optimizer = null, IReadOnlyDictionary<string, string>? extra = null,
-        TrainOptions? trainOptions = null, LoopCorrectionState? loopCorrection = null) =>
-        Checkpoint.Save(path, Config, Topology, step, seed, Tokenizer.Vocabulary, Codec.Scales, Codec.Shifts, Unet, Text, optimizer, extra, trainOptions, loopCorrection);
+        TrainOptions? trainOptions = null, LoopCorrectionState? loopCorrection = null, IReadOnlyDictionary<string, float[]>? ema = null) =>
+        Checkpoint.Save(path, Config, Topology, step, seed, Tokenizer.Vocabulary, Codec.Scales, Codec.Shifts, Unet, Text, optimizer, extra, trainOptions, loopCorrection, ema);
 
     /// <summary>Releases the weights.</summary>
     public void Dispose()

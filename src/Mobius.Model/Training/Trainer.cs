@@ -48,6 +48,15 @@ public sealed record TrainOptions
     /// </summary>
     public int Accumulate { get; init; } = 1;
 
+    /// <summary>
+    /// When positive, the trainer keeps an exponential moving average of the trainable weights, updated after every
+    /// optimizer step with decay min(EmaDecay, (1 + t) / (10 + t)) at step t (the usual warm-up, so early steps are
+    /// not averaged with the untrained start), on the device as optimizer state. <see cref="Trainer.EmaWeights"/>
+    /// puts it in place for validation and sampling; checkpoints keep it (tensors under "ema."), and
+    /// <c>mobius sample</c> draws with it. 0 (the default): off. Typical: 0.99 to 0.9999.
+    /// </summary>
+    public float EmaDecay { get; init; }
+
     /// <summary>AdamW decoupled weight decay.</summary>
     public float WeightDecay { get; init; } = 0.01f;
 
@@ -133,7 +142,7 @@ public sealed record TrainOptions
     /// </summary>
     public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
-        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate));
+        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -171,6 +180,7 @@ public sealed record TrainOptions
             CheckFinite = r.CheckFinite ?? defaults.CheckFinite,
             CosineDecaySteps = r.CosineDecaySteps ?? defaults.CosineDecaySteps,
             Accumulate = r.Accumulate ?? defaults.Accumulate,
+            EmaDecay = r.EmaDecay ?? defaults.EmaDecay,
         };
     }
 
@@ -192,7 +202,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("loop_scale_samples")] int? LoopScaleSamples,
         [property: JsonPropertyName("check_finite")] bool? CheckFinite,
         [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps,
-        [property: JsonPropertyName("accumulate")] int? Accumulate);
+        [property: JsonPropertyName("accumulate")] int? Accumulate,
+        [property: JsonPropertyName("ema_decay")] float? EmaDecay);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -250,6 +261,8 @@ public sealed class Trainer : IDisposable
     private readonly AdamW _optimizer;
     private readonly Dictionary<Parameter, Tensor> _loopBias = new();
     private readonly Dictionary<Parameter, LoopScale> _loopScale = new();
+    private readonly Dictionary<Parameter, Tensor> _ema = new();
+    private bool _emaInPlace;
     private int _loopBiasFolds;
 
     /// <summary><see cref="LoopCorrectionMode.Scale"/>'s running means for one parameter tensor.</summary>
@@ -287,6 +300,11 @@ public sealed class Trainer : IDisposable
             throw new ArgumentOutOfRangeException(nameof(options), $"gradient accumulation needs at least 1 batch a step, got {options.Accumulate}.");
         }
 
+        if (!(options.EmaDecay >= 0 && options.EmaDecay < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"the EMA decay must be in [0, 1) (0: off), got {options.EmaDecay}.");
+        }
+
         if (options.Accumulate > 1 && options.LoopCorrectionEvery > 0)
         {
             throw new ArgumentException("the loop correction's exact steps recompute one batch; they do not combine with gradient accumulation.", nameof(options));
@@ -320,6 +338,16 @@ public sealed class Trainer : IDisposable
         var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
             .Concat(model.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)));
         _optimizer = new AdamW(trainable, options.LearningRate, weightDecay: options.WeightDecay);
+        if (HasEma)
+        {
+            // The average starts at the weights training starts from (a resumed run's come from its checkpoint).
+            foreach (var (_, p) in _optimizer.Parameters)
+            {
+                var ema = Tensor.Empty(model.Backend, p.Shape, MemoryCategory.OptimizerState);
+                model.Backend.Scale(p, 1f, ema);
+                _ema[p] = ema;
+            }
+        }
     }
 
     /// <summary>The stage.</summary>
@@ -379,6 +407,22 @@ public sealed class Trainer : IDisposable
         var moments = checkpoint.Optimizer;
         _optimizer.LoadStateDict(moments, checkpoint.OptimizerSteps);
         StepsDone = checkpoint.Step;
+        if (HasEma && checkpoint.Ema is { } ema)
+        {
+            foreach (var (name, p) in _optimizer.Parameters)
+            {
+                if (ema.TryGetValue(name, out var values))
+                {
+                    if (values.Length != p.Numel)
+                    {
+                        throw new InvalidDataException($"the checkpoint's EMA of '{name}' has {values.Length} values; the parameter has {p.Numel}.");
+                    }
+
+                    _ema[p].CopyFrom(values);
+                }
+            }
+        }
+
         ClearLoopCorrection();
         if (checkpoint.LoopCorrection is not { } loop || !LoopCorrected || loop.Mode != Options.LoopCorrectionMode)
         {
@@ -412,7 +456,7 @@ public sealed class Trainer : IDisposable
     /// and serves as a starting point.
     /// </summary>
     public void Save(string path, IReadOnlyDictionary<string, string>? extra = null, bool weightsOnly = false) =>
-        _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra, Options, weightsOnly ? null : LoopCorrectionState());
+        _model.Save(path, StepsDone, Options.Seed, weightsOnly ? null : _optimizer, extra, Options, weightsOnly ? null : LoopCorrectionState(), EmaSnapshot());
 
     /// <summary>
     /// What the loop correction (<see cref="TrainOptions.LoopCorrectionEvery"/>) has measured so far, by parameter
@@ -469,6 +513,11 @@ public sealed class Trainer : IDisposable
     /// <summary>Runs one training step on the next batch.</summary>
     public StepStats TrainStep()
     {
+        if (_emaInPlace)
+        {
+            throw new InvalidOperationException("a training step with the EMA weights in place (inside EmaWeights()) would train the average.");
+        }
+
         int step = StepsDone + 1;
         int n = Options.Accumulate;
         var batches = Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
@@ -491,6 +540,7 @@ public sealed class Trainer : IDisposable
         float norm = _optimizer.Step(Options.MaxGradNorm);
         backend.Synchronize();
         double ms = clock.Elapsed.TotalMilliseconds;
+        UpdateEma(step);
         StepsDone = step;
         return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
     }
@@ -519,6 +569,82 @@ public sealed class Trainer : IDisposable
                 backend.Scale(g, fit.Coefficient, g);
             }
         }
+    }
+
+    /// <summary>The EMA decay of 1-based step <paramref name="step"/>: <see cref="TrainOptions.EmaDecay"/>, warmed up as (1 + t) / (10 + t).</summary>
+    public static float EmaDecayAt(float decay, int step) => Math.Min(decay, (1f + step) / (10f + step));
+
+    /// <summary>Whether this trainer keeps an EMA of its weights (<see cref="TrainOptions.EmaDecay"/>).</summary>
+    public bool HasEma => Options.EmaDecay > 0;
+
+    private void UpdateEma(int step)
+    {
+        if (!HasEma)
+        {
+            return;
+        }
+
+        float decay = EmaDecayAt(Options.EmaDecay, step);
+        foreach (var (p, ema) in _ema)
+        {
+            _model.Backend.Add(ema, p, ema, decay, 1f - decay);
+        }
+    }
+
+    /// <summary>
+    /// Puts the EMA weights (<see cref="TrainOptions.EmaDecay"/>) in the model until the returned scope is disposed,
+    /// which puts the trained weights back: validation and sampling with the average. Without an EMA, or before
+    /// the first step, the scope changes nothing. Training steps inside the scope are refused.
+    /// </summary>
+    public IDisposable EmaWeights()
+    {
+        if (!HasEma || _emaInPlace)
+        {
+            return new Restore(null);
+        }
+
+        SwapEma();
+        _emaInPlace = true;
+        return new Restore(() =>
+        {
+            SwapEma();
+            _emaInPlace = false;
+        });
+    }
+
+    private sealed class Restore(Action? restore) : IDisposable
+    {
+        private Action? _restore = restore;
+
+        public void Dispose()
+        {
+            _restore?.Invoke();
+            _restore = null;
+        }
+    }
+
+    private void SwapEma()
+    {
+        var backend = _model.Backend;
+        foreach (var (p, ema) in _ema)
+        {
+            using var held = Tensor.Empty(backend, p.Shape);
+            backend.Scale(p, 1f, held);
+            backend.Scale(ema, 1f, p);
+            backend.Scale(held, 1f, ema);
+        }
+    }
+
+    /// <summary>The EMA weights by parameter name (a host copy); null without an EMA.</summary>
+    public Dictionary<string, float[]>? EmaSnapshot()
+    {
+        if (!HasEma)
+        {
+            return null;
+        }
+
+        return _optimizer.Parameters.Where(np => _ema.ContainsKey(np.Parameter))
+            .ToDictionary(np => np.Name, np => (_emaInPlace ? np.Parameter : _ema[np.Parameter]).ToArray());
     }
 
     /// <summary>
@@ -777,6 +903,12 @@ public sealed class Trainer : IDisposable
     public void Dispose()
     {
         ClearLoopCorrection();
+        foreach (var t in _ema.Values)
+        {
+            t.Dispose();
+        }
+
+        _ema.Clear();
         _optimizer.Dispose();
     }
 

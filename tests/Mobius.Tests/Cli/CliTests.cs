@@ -795,7 +795,7 @@ public sealed class CliTests
     }
 
     [Fact]
-    public void Accumulate_takes_several_batches_a_step_and_a_resumed_run_keeps_it()
+    public void Accumulate_and_ema_train_compare_resume_and_sample_as_documented()
     {
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors");
@@ -817,6 +817,28 @@ public sealed class CliTests
 
         Assert.Contains("x 2 batches accumulated", File.ReadAllText(Path.Combine(folder.File("cmp"), "report.md")));
         AssertCleanFailure(Mobius("train", "--from", t2i, "--accumulate", "0", "--steps", "1", "--out", folder.File("x")), 2, "--accumulate must be at least 1");
+
+        // --ema: validated with the average, kept in the checkpoint, drawn with by sample unless --no-ema.
+        string averaged = folder.File("ema.safetensors");
+        var e = Mobius("train", "--from", t2i, "--steps", "2", "--ema", "0.9", "--validate-every", "1", "--out", averaged);
+        Assert.True(e.Code == 0, e.Out + e.Err);
+        Assert.Contains("(EMA weights)", e.Out);
+        Assert.NotNull(Checkpoint.Load(averaged).Ema);
+        var withEma = Mobius("sample", "--checkpoint", averaged, "--prompt", "a red heart moving left", "--steps", "2", "--out", folder.File("a.gif"));
+        Assert.True(withEma.Code == 0, withEma.Out + withEma.Err);
+        Assert.Contains("moving average", withEma.Out);
+        var without = Mobius("sample", "--checkpoint", averaged, "--prompt", "a red heart moving left", "--steps", "2", "--no-ema", "--out", folder.File("b.gif"));
+        Assert.True(without.Code == 0, without.Out + without.Err);
+        Assert.DoesNotContain("moving average", without.Out);
+        Assert.NotEqual(File.ReadAllBytes(folder.File("a.gif")), File.ReadAllBytes(folder.File("b.gif")));
+        var ce = Mobius("compare", "--config", "micro", "--steps", "1", "--ema", "0.99", "--samples", "0", "--json", "--out", folder.File("cmpe"));
+        Assert.True(ce.Code == 0, ce.Out + ce.Err);
+        using (var doc = JsonDocument.Parse(ce.Out))
+        {
+            Assert.Equal(0.99, doc.RootElement.GetProperty("ema_decay").GetDouble(), 1e-6);
+        }
+
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--ema", "1", "--steps", "1", "--out", folder.File("x")), 2, "--ema must be a decay in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--accumulate", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
             "--accumulate does not combine with --loop-correction");
     }

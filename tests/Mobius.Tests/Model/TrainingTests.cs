@@ -121,6 +121,77 @@ public abstract class TrainingTests(BackendFixture fixture)
         Assert.Throws<ArgumentOutOfRangeException>(() => new Trainer(stepModel, data, Stage.TextToVideo, accumulate with { Accumulate = 0 }));
     }
 
+    [Fact]
+    public void The_weights_moving_average_follows_its_definition_swaps_in_and_out_exactly_and_resumes_exactly()
+    {
+        Assert.SkipWhen(fixture.Simulated, "four training steps on the CUDA simulator take half a minute; the EMA is two elementwise ops every backend's tests cover");
+        int seed = Seeds.One;
+        using var dir = new TempFolder();
+        using var t2i = TextToVideo.Create(B, Micro, Topology.Spatial, seed);
+        TextToVideo Model()
+        {
+            var m = TextToVideo.Create(B, Micro, Topology.Parallel, seed);
+            m.Unet.LoadStateDict(t2i.Unet.StateDict(), strict: false);
+            m.Text.LoadStateDict(t2i.Text.StateDict());
+            return m;
+        }
+
+        const float decay = 0.95f;
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, EmaDecay = decay };
+        var data = Clips(seed);
+        using var model = Model();
+        using var trainer = new Trainer(model, data, Stage.TextToVideo, options);
+
+        // The reference on the host: ema_0 = w_0, ema_t = a_t ema_(t-1) + (1 - a_t) w_t, a_t = min(decay, (1 + t) / (10 + t)).
+        var ema = trainer.TrainableSnapshot();
+        Assert.Equal(ema.Keys, trainer.EmaSnapshot()!.Keys);
+        for (int t = 1; t <= 3; t++)
+        {
+            trainer.TrainStep();
+            float a = Trainer.EmaDecayAt(decay, t);
+            Assert.Equal(Math.Min(decay, (1f + t) / (10f + t)), a);
+            foreach (var (name, w) in trainer.TrainableSnapshot())
+            {
+                ema[name] = [.. ema[name].Zip(w, (e, x) => a * e + (1 - a) * x)];
+            }
+        }
+
+        var kept = trainer.EmaSnapshot()!;
+        var trained = trainer.TrainableSnapshot();
+        Assert.Contains(trained, kv => !kv.Value.AsSpan().SequenceEqual(kept[kv.Key]));   // the average is not the weights
+        foreach (var (name, expected) in ema)
+        {
+            Close.All(kept[name], expected, 1e-5, 1e-7, $"EMA of {name} after 3 steps (seed {seed})");
+        }
+
+        // In place for evaluation, then the trained weights back to the bit; no training step in between.
+        using (trainer.EmaWeights())
+        {
+            Assert.All(trainer.TrainableSnapshot(), kv => Assert.True(kv.Value.AsSpan().SequenceEqual(kept[kv.Key]), kv.Key));
+            Assert.Throws<InvalidOperationException>(() => trainer.TrainStep());
+        }
+
+        Assert.All(trainer.TrainableSnapshot(), kv => Assert.True(kv.Value.AsSpan().SequenceEqual(trained[kv.Key]), kv.Key));
+
+        // A checkpoint keeps it; WithEma puts it in place of the trained weights; a resumed run continues it exactly.
+        string path = dir.File("ema.safetensors");
+        trainer.Save(path);
+        var ckpt = Checkpoint.Load(path);
+        Assert.All(kept, kv => Assert.True(ckpt.Ema![kv.Key].AsSpan().SequenceEqual(kv.Value), kv.Key));
+        var averaged = ckpt.WithEma();
+        Assert.All(kept.Where(kv => kv.Key.StartsWith("unet.", StringComparison.Ordinal)),
+            kv => Assert.True(averaged.Unet[kv.Key["unet.".Length..]].AsSpan().SequenceEqual(kv.Value), kv.Key));
+        Assert.Equal(ckpt.Unet.Count, averaged.Unet.Count);
+        using var resumedModel = TextToVideo.Load(B, ckpt, Topology.Parallel, seed);
+        using var resumed = new Trainer(resumedModel, data, Stage.TextToVideo, ckpt.TrainOptions!);
+        resumed.Resume(ckpt);
+        trainer.TrainStep();
+        resumed.TrainStep();
+        var a4 = trainer.EmaSnapshot()!;
+        Assert.All(resumed.EmaSnapshot()!, kv => Assert.True(kv.Value.AsSpan().SequenceEqual(a4[kv.Key]), $"{kv.Key} after a resumed step (seed {seed})"));
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Trainer(resumedModel, data, Stage.TextToVideo, options with { EmaDecay = 1f }));
+    }
+
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Min_snr_weighting_weights_each_item_by_its_timestep(int seed)
