@@ -538,9 +538,9 @@ public sealed class Trainer : IDisposable
 
         _optimizer.Lr = Options.LearningRateAt(step);
         float norm = _optimizer.Step(Options.MaxGradNorm);
+        UpdateEma(step);
         backend.Synchronize();
         double ms = clock.Elapsed.TotalMilliseconds;
-        UpdateEma(step);
         StepsDone = step;
         return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
     }
