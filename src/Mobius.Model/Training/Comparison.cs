@@ -286,6 +286,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("learning_rate")]
     public double LearningRate { get; init; }
 
+    /// <summary>The step where the learning rate's cosine decay reaches a tenth (0: constant; see <see cref="TrainOptions.CosineDecaySteps"/>).</summary>
+    [JsonPropertyName("cosine_decay_steps")]
+    public int CosineDecaySteps { get; init; }
+
     /// <summary>Clips per training step (the same for both topologies; see <see cref="TrainOptions.Batch"/>).</summary>
     [JsonPropertyName("batch")]
     public int Batch { get; init; }
@@ -621,6 +625,7 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 Batch = trainers[0]!.BatchSize,
                 Accumulate = options.Train.Accumulate,
+                CosineDecaySteps = options.Train.CosineDecaySteps,
                 EmaDecay = Math.Round(options.Train.EmaDecay, 6),
                 MinSnrGamma = options.Train.MinSnrGamma,
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,

@@ -795,7 +795,7 @@ public sealed class CliTests
     }
 
     [Fact]
-    public void Accumulate_and_ema_train_compare_resume_and_sample_as_documented()
+    public void Accumulate_ema_and_cosine_train_compare_resume_and_sample_as_documented()
     {
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors");
@@ -831,12 +831,19 @@ public sealed class CliTests
         Assert.True(without.Code == 0, without.Out + without.Err);
         Assert.DoesNotContain("moving average", without.Out);
         Assert.NotEqual(File.ReadAllBytes(folder.File("a.gif")), File.ReadAllBytes(folder.File("b.gif")));
-        var ce = Mobius("compare", "--config", "micro", "--steps", "1", "--ema", "0.99", "--samples", "0", "--json", "--out", folder.File("cmpe"));
+        var ce = Mobius("compare", "--config", "micro", "--steps", "1", "--ema", "0.99", "--cosine-steps", "5", "--samples", "0", "--json", "--out", folder.File("cmpe"));
         Assert.True(ce.Code == 0, ce.Out + ce.Err);
         using (var doc = JsonDocument.Parse(ce.Out))
         {
             Assert.Equal(0.99, doc.RootElement.GetProperty("ema_decay").GetDouble(), 1e-6);
+            Assert.Equal(5, doc.RootElement.GetProperty("cosine_decay_steps").GetInt32());
         }
+
+        Assert.Contains("along a cosine to a tenth of it at step 5", File.ReadAllText(Path.Combine(folder.File("cmpe"), "report.md")));
+        var cosineRun = Mobius("train", "--from", t2i, "--steps", "1", "--cosine-steps", "10", "--out", folder.File("cos.safetensors"));
+        Assert.True(cosineRun.Code == 0, cosineRun.Out + cosineRun.Err);
+        Assert.Equal(10, Checkpoint.Load(folder.File("cos.safetensors")).TrainOptions!.CosineDecaySteps);
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--cosine-steps", "-1", "--steps", "1", "--out", folder.File("x")), 2, "--cosine-steps must be 0");
 
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--ema", "1", "--steps", "1", "--out", folder.File("x")), 2, "--ema must be a decay in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--accumulate", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
