@@ -86,7 +86,7 @@ public static class Commands
     private static readonly Option<int> CosineOption = new("--cosine-steps") { Description = "decay the learning rate along a cosine to a tenth at this step (0: constant)", DefaultValueFactory = _ => 0 };
     private static readonly Option<float> EmaOption = new("--ema")
     {
-        Description = "keep an exponential moving average of the trained weights with this decay (e.g. 0.999; 0: off), validate and sample with it, and save it in the checkpoint (sample uses it)",
+        Description = "keep an exponential moving average of the trained weights with this decay (e.g. 0.999; 0: off) and validate and sample with it; train and pretrain save it in their checkpoint, where sample draws with it",
         DefaultValueFactory = _ => 0f,
     };
     private static readonly Option<int> AccumulateOption = new("--accumulate")
