@@ -234,9 +234,17 @@ public static class Commands
 
     private static Command Info()
     {
-        var cmd = new Command("info", "Backends and devices found (and where native libraries were looked for), configs with parameter counts.");
-        cmd.SetAction(_ =>
+        var checkpoint = new Option<string?>("--checkpoint") { Description = "describe this checkpoint instead: its model, training, data and what it keeps" };
+        var cmd = new Command("info", "Backends and devices found (and where native libraries were looked for), configs with parameter counts, the checkpoints that ship; or one checkpoint (--checkpoint).")
+            { checkpoint };
+        cmd.SetAction(p =>
         {
+            if (p.GetValue(checkpoint) is { } path)
+            {
+                DescribeCheckpoint(path, Checkpoint.Load(path));
+                return ExitCodes.Success;
+            }
+
             using (var cpu = new CpuBackend())
             {
                 AnsiConsole.MarkupLine($"[bold]cpu[/]: {Markup.Escape(cpu.DeviceName)}");
@@ -253,9 +261,56 @@ public static class Commands
             }
 
             AnsiConsole.Write(table);
+            var shipped = new Table().Title("checkpoints that ship (mobius info --checkpoint FILE for one)").AddColumns("file", "model", "topology", "steps", "trained on");
+            foreach (string file in new[] { DefaultCheckpoint, DefaultVideoCheckpoint }.Where(File.Exists))
+            {
+                var ckpt = Checkpoint.Load(file);
+                shipped.AddRow(Markup.Escape(Path.GetFileName(file)), ckpt.Config.Name, ckpt.Topology == Topology.Spatial ? "text-to-image" : $"text-to-video, {ckpt.Topology.ToString().ToLowerInvariant()}",
+                    $"{ckpt.Step:N0}", Markup.Escape(TrainedOn(ckpt)));
+            }
+
+            if (shipped.Rows.Count > 0)
+            {
+                AnsiConsole.Write(shipped);
+            }
+
             return ExitCodes.Success;
         });
         return cmd;
+    }
+
+    /// <summary>The clips a checkpoint was trained on, as its metadata records them.</summary>
+    private static string TrainedOn(Checkpoint ckpt) =>
+        ckpt.Extra.GetValueOrDefault(DataKey) is { } folder ? $"the GIFs of {folder}"
+        : ckpt.Extra.GetValueOrDefault(MotionsKey) is { } motions ? $"generated clips: {motions}"
+        : "generated clips, every motion";
+
+    /// <summary>What <c>mobius info --checkpoint</c> prints.</summary>
+    private static void DescribeCheckpoint(string path, Checkpoint ckpt)
+    {
+        var c = ckpt.Config;
+        var table = new Table().Title(Markup.Escape(path)).AddColumns("", "").HideHeaders();
+        void Row(string key, string value) => table.AddRow(Markup.Escape(key), Markup.Escape(value));
+        Row("model", ckpt.Topology == Topology.Spatial ? $"text-to-image ({c.Name})" : $"text-to-video, {ckpt.Topology.ToString().ToLowerInvariant()} topology ({c.Name}{(ckpt.Topology == Topology.Parallel ? $", {c.Bridge} bridge" : "")})");
+        Row("clips", $"{c.Frames} frames of {c.Height}x{c.Width}, frame noise correlation {c.FrameNoiseCorrelation.ToString("0.##", CultureInfo.InvariantCulture)}");
+        Row("weights", $"{ckpt.Unet.Values.Sum(v => (long)v.Length) + ckpt.Text.Values.Sum(v => (long)v.Length):N0} parameters");
+        Row("steps", $"{ckpt.Step:N0} (seed {ckpt.Seed})");
+        Row("trained on", TrainedOn(ckpt));
+        Row("vocabulary", $"{ckpt.Vocabulary.Count - Tokenizer.Specials.Count} words");
+        if (ckpt.TrainOptions is { } o)
+        {
+            string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
+            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()})" : "")}"));
+        }
+
+        Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");
+        Row("moving average", ckpt.Ema is { } ema ? $"yes, decay {ckpt.TrainOptions?.EmaDecay.ToString("g4", CultureInfo.InvariantCulture) ?? "?"} ({ema.Count} tensors; sample draws with it)" : "no");
+        if (ckpt.Extra.GetValueOrDefault("command") is { } command)
+        {
+            Row("made by", command);
+        }
+
+        AnsiConsole.Write(table);
     }
 
     // ---- pretrain (stage 1) -----------------------------------------------------------------------

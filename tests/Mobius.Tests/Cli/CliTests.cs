@@ -52,6 +52,19 @@ public sealed class CliTests
         }
 
         Assert.Contains("cpu", r.Out);
+
+        // The checkpoints that ship, and one described in full from its metadata.
+        Assert.Contains("tiny-t2v.safetensors", r.Out);
+        Assert.Contains("text-to-video, serial", r.Out);
+        var one = Mobius("info", "--checkpoint", Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2v.safetensors"));
+        Assert.True(one.Code == 0, one.Out + one.Err);
+        foreach (var fact in new[] { "text-to-video, serial topology (tiny)", "8 frames of 32x32, frame noise correlation 0", "2,000 (seed 1)",
+                                     "generated clips: move-right", "batch 8 clips", "no: weights only", "mobius train --topology serial" })
+        {
+            Assert.Contains(fact, one.Out);
+        }
+
+        AssertCleanFailure(Mobius("info", "--checkpoint", "no-such.safetensors"), 3, "no-such.safetensors");
     }
 
     [Fact]
@@ -824,6 +837,9 @@ public sealed class CliTests
         Assert.True(e.Code == 0, e.Out + e.Err);
         Assert.Contains("(EMA weights)", e.Out);
         Assert.NotNull(Checkpoint.Load(averaged).Ema);
+        var described = Mobius("info", "--checkpoint", averaged);
+        Assert.Contains("yes, decay 0.9 (", described.Out);
+        Assert.Contains("yes: optimizer state after 2 steps", described.Out);
         var withEma = Mobius("sample", "--checkpoint", averaged, "--prompt", "a red heart moving left", "--steps", "2", "--out", folder.File("a.gif"));
         Assert.True(withEma.Code == 0, withEma.Out + withEma.Err);
         Assert.Contains("moving average", withEma.Out);
