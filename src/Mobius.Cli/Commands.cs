@@ -692,7 +692,7 @@ public static class Commands
     {
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -701,6 +701,7 @@ public static class Commands
             var options = new TrainOptions
             {
                 Batch = CheckBatch(p.GetValue(BatchOption)),
+                EmaDecay = CheckEma(p.GetValue(EmaOption)),
                 FrozenTemporal = ParseFreeze(p.GetValue(FreezeOption), config, bridge),
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),

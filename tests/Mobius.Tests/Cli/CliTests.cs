@@ -174,6 +174,22 @@ public sealed class CliTests
         Assert.Contains("batch 4", table.Out);
         Assert.Contains("memory at every recompute policy", table.Out);
 
+        // The weights' moving average is one more copy of the trainable weights, as optimizer state, in each topology.
+        var plain = Mobius("plan", "--config", "micro", "--json");
+        var averaged = Mobius("plan", "--config", "micro", "--ema", "0.999", "--json");
+        Assert.True(averaged.Code == 0, averaged.Out + averaged.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(averaged.Out))
+        {
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                long trainable = p0.RootElement.GetProperty(topology).GetProperty("trainable_params").GetInt64();
+                long before = p0.RootElement.GetProperty(topology).GetProperty("memory").GetProperty("optimizer_state").GetInt64();
+                long after = p1.RootElement.GetProperty(topology).GetProperty("memory").GetProperty("optimizer_state").GetInt64();
+                Assert.Equal(before + trainable * sizeof(float), after);
+            }
+        }
+
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--batch", "0"), 2, "--batch must be at least 1");
         AssertCleanFailure(Mobius("plan", "--config", "huge"), 2, "unknown config 'huge'");
     }
