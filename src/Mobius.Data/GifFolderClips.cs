@@ -106,7 +106,7 @@ public sealed class GifFolderClips : IClipSource
         }
         catch (DataFormatException e)
         {
-            throw new DataFormatException(path, $"{e.Problem} (listed on line {entry.Line} of {CaptionsFileName})", e);
+            throw new DataFormatException(path, $"{e.Problem.TrimEnd('.')} (listed on line {entry.Line} of {CaptionsFileName})", e);
         }
 
         long bytes = clip.Frames.LongLength * sizeof(float);
