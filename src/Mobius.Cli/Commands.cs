@@ -160,18 +160,22 @@ public static class Commands
     /// </summary>
     private static GifFolderClips? OpenData(string? folder, ModelConfig config, string? motions)
     {
+        RefuseMotionWithData(folder, motions);
+        return folder is null ? null : Comparison.OpenFolder(folder, config);
+    }
+
+    private static void RefuseMotionWithData(string? folder, string? motions)
+    {
         if (folder is not null && motions is not null)
         {
             throw new UsageException("--motion selects generated clips; with --data the folder's GIFs are used as they are.");
         }
-
-        return folder is null ? null : Comparison.OpenFolder(folder, config);
     }
 
     /// <summary>Before any training: the folder's captions against <paramref name="tokenizer"/>, then every GIF read once.</summary>
     private static void CheckData(GifFolderClips data, Tokenizer tokenizer)
     {
-        Comparison.CheckCaptions(data, tokenizer);
+        data.CheckCaptions(tokenizer);
         Ui.Counted($"reading the GIFs of {data.Folder}", data.Count, progress => data.Verify(progress), Cancellation);
     }
 
@@ -265,7 +269,7 @@ public static class Commands
             foreach (string file in new[] { DefaultCheckpoint, DefaultVideoCheckpoint }.Where(File.Exists))
             {
                 var ckpt = Checkpoint.Load(file);
-                shipped.AddRow(Markup.Escape(Path.GetFileName(file)), ckpt.Config.Name, ckpt.Topology == Topology.Spatial ? "text-to-image" : $"text-to-video, {ckpt.Topology.ToString().ToLowerInvariant()}",
+                shipped.AddRow(Markup.Escape(Path.GetFileName(file)), ckpt.Config.Name, ModelKind(ckpt),
                     $"{ckpt.Step:N0}", Markup.Escape(TrainedOn(ckpt)));
             }
 
@@ -279,6 +283,10 @@ public static class Commands
         return cmd;
     }
 
+    /// <summary>"text-to-image", or "text-to-video, serial" / "text-to-video, parallel".</summary>
+    private static string ModelKind(Checkpoint ckpt) =>
+        ckpt.Topology == Topology.Spatial ? "text-to-image" : $"text-to-video, {ckpt.Topology.ToString().ToLowerInvariant()}";
+
     /// <summary>The clips a checkpoint was trained on, as its metadata records them.</summary>
     private static string TrainedOn(Checkpoint ckpt) =>
         ckpt.Extra.GetValueOrDefault(DataKey) is { } folder ? $"the GIFs of {folder}"
@@ -291,7 +299,7 @@ public static class Commands
         var c = ckpt.Config;
         var table = new Table().Title(Markup.Escape(path)).AddColumns("", "").HideHeaders();
         void Row(string key, string value) => table.AddRow(Markup.Escape(key), Markup.Escape(value));
-        Row("model", ckpt.Topology == Topology.Spatial ? $"text-to-image ({c.Name})" : $"text-to-video, {ckpt.Topology.ToString().ToLowerInvariant()} topology ({c.Name}{(ckpt.Topology == Topology.Parallel ? $", {c.Bridge} bridge" : "")})");
+        Row("model", $"{ModelKind(ckpt)}{(ckpt.Topology == Topology.Spatial ? "" : " topology")} ({c.Name}{(ckpt.Topology == Topology.Parallel ? $", {c.Bridge} bridge" : "")})");
         Row("clips", $"{c.Frames} frames of {c.Height}x{c.Width}, frame noise correlation {c.FrameNoiseCorrelation.ToString("0.##", CultureInfo.InvariantCulture)}");
         Row("weights", $"{ckpt.Unet.Values.Sum(v => (long)v.Length) + ckpt.Text.Values.Sum(v => (long)v.Length):N0} parameters");
         Row("steps", $"{ckpt.Step:N0} (seed {ckpt.Seed})");
@@ -351,7 +359,8 @@ public static class Commands
 
             // A new model on a folder fits its latent codec to the folder's clips (the default is fitted to the emoji
             // clips' light backgrounds); the codec travels in the checkpoint to stage 2 and sampling.
-            var codec = ckpt is null && data is not null ? SpaceToDepthCodec.Fit(data.Subset(Split.Train)) : null;
+            var train = data?.Subset(Split.Train);
+            var codec = ckpt is null && train is not null ? SpaceToDepthCodec.Fit(train) : null;
             if (codec is not null)
             {
                 AnsiConsole.MarkupLine(Markup.Escape($"latent codec fitted to the folder: channel scales {string.Join(" ", codec.Scales.Distinct())}, shifts {string.Join(" ", codec.Shifts)}"));
@@ -371,7 +380,7 @@ public static class Commands
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
             recipe.Announce();
-            using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            using var trainer = new Trainer(model, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {
                 trainer.Resume(ckpt);
@@ -617,11 +626,11 @@ public static class Commands
                 // The motion metric of each clip whose prompt names a motion (docs/architecture.md).
                 for (int k = 0; k < clips.Count; k++)
                 {
-                    if (EmojiCaptions.TryParse(clips[k].Caption, out var label))
+                    if (MotionMetric.MotionOf(clips[k]) is { } motion)
                     {
-                        var score = MotionMetric.Score(clips[k], label.Motion);
+                        var score = MotionMetric.Score(clips[k], motion);
                         AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                            $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {label.Motion}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
+                            $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {motion}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
                     }
                 }
             }
@@ -774,11 +783,7 @@ public static class Commands
 
         // A text-to-video model is fine-tuned on the motions it was trained on, unless told otherwise; with no
         // rate given (the demo), at the fine-tuning rate, or the short run's from a text-to-image model.
-        if (data is not null && motion is not null)
-        {
-            throw new UsageException("--motion selects generated clips; with --data the folder's GIFs are used as they are.");
-        }
-
+        RefuseMotionWithData(data, motion);
         motion ??= data is null ? video?.Extra.GetValueOrDefault(MotionsKey) : null;
         float lr = learningRate ?? (video is not null ? FineTuneLearningRate : FromImageLearningRate);
 

@@ -121,6 +121,48 @@ public sealed class GifFolderClips : IClipSource
     }
 
     /// <summary>
+    /// Checks, before any training, that every caption encodes with <paramref name="tokenizer"/>: its words known
+    /// and not too many. Throws <see cref="DataFormatException"/> at the first line that does not, saying how many
+    /// more lines have the same problem and which words the model lacks.
+    /// </summary>
+    public void CheckCaptions(Tokenizer tokenizer)
+    {
+        ArgumentNullException.ThrowIfNull(tokenizer);
+        var unknownLines = new List<(GifEntry Entry, string[] Words)>();
+        var longLines = new List<(GifEntry Entry, int Words)>();
+        foreach (var entry in _entries)
+        {
+            string[] words = Tokenizer.SplitWords(entry.Caption);
+            string[] unknown = tokenizer.UnknownWords(words);
+            if (unknown.Length > 0)
+            {
+                unknownLines.Add((entry, unknown));
+            }
+            else if (words.Length > tokenizer.MaxWords)
+            {
+                longLines.Add((entry, words.Length));
+            }
+        }
+
+        if (unknownLines.Count > 0)
+        {
+            var (entry, words) = unknownLines[0];
+            var all = unknownLines.SelectMany(l => l.Words).Distinct().ToList();
+            string more = unknownLines.Count > 1 ? $"; {unknownLines.Count - 1} more line(s) too, {all.Count} unknown word(s) in all ({string.Join(", ", all.Take(12).Select(w => $"\"{w}\""))}{(all.Count > 12 ? ", ..." : "")})" : "";
+            throw new DataFormatException(CaptionsPath, entry.Line,
+                $"caption \"{entry.Caption}\" has words the model does not know: {string.Join(", ", words.Select(w => $"\"{w}\""))}{more}. " +
+                $"Its tokenizer knows {tokenizer.VocabularySize - Tokenizer.Specials.Count} words; a text-to-image model pretrained on the folder (mobius pretrain --data) knows its captions' words.");
+        }
+
+        if (longLines.Count > 0)
+        {
+            var (entry, count) = longLines[0];
+            throw new DataFormatException(CaptionsPath, entry.Line,
+                $"caption has {count} words; the model's text encoder takes at most {tokenizer.MaxWords}{(longLines.Count > 1 ? $" ({longLines.Count - 1} more line(s) too long)" : "")}.");
+        }
+    }
+
+    /// <summary>
     /// Reads every GIF once (on all cores; into the cache, as far as it reaches), so that a damaged one fails before
     /// training instead of at the step that first draws it. Throws <see cref="DataFormatException"/> for the first
     /// damaged GIF in file order, counting the others. <paramref name="progress"/> hears the number read so far,

@@ -39,13 +39,19 @@ public static class MotionMetric
     private static readonly double[] Cos = [.. Enumerable.Range(0, Angles).Select(k => Math.Cos(2 * Math.PI * k / Angles))];
     private static readonly double[] Sin = [.. Enumerable.Range(0, Angles).Select(k => Math.Sin(2 * Math.PI * k / Angles))];
 
+    /// <summary>The motion a clip shows: its label's, or else the one its caption names; null when neither names one.</summary>
+    public static Motion? MotionOf(Clip clip)
+    {
+        ArgumentNullException.ThrowIfNull(clip);
+        return clip.Label is { } label || EmojiCaptions.TryParse(clip.Caption, out label) ? label.Motion : null;
+    }
+
     /// <summary>Scores a clip against the motion of its label, or else the motion its caption names.</summary>
     public static MotionScore Score(Clip clip)
     {
-        ArgumentNullException.ThrowIfNull(clip);
-        if (clip.Label is { } label || EmojiCaptions.TryParse(clip.Caption, out label))
+        if (MotionOf(clip) is { } motion)
         {
-            return Score(clip, label.Motion);
+            return Score(clip, motion);
         }
 
         throw new ArgumentException($"Clip has no label and its caption \"{clip.Caption}\" names no emoji motion; pass the motion.", nameof(clip));

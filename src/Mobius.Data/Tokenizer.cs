@@ -137,6 +137,12 @@ public sealed class Tokenizer
         return [.. words];
     }
 
+    /// <summary>The words of <paramref name="text"/> the vocabulary lacks, each once, in order.</summary>
+    public string[] UnknownWords(string text) => UnknownWords(SplitWords(text));
+
+    /// <summary>The words of <paramref name="words"/> (as <see cref="SplitWords"/> gives them) the vocabulary lacks, each once, in order.</summary>
+    public string[] UnknownWords(string[] words) => [.. words.Where(w => !_ids.ContainsKey(w)).Distinct()];
+
     /// <summary>True when every word of <paramref name="text"/> is in the vocabulary.</summary>
     public bool Covers(string text) => SplitWords(text).All(_ids.ContainsKey);
 
@@ -152,7 +158,7 @@ public sealed class Tokenizer
         string[] words = SplitWords(text);
         if (strict)
         {
-            var unknown = words.Where(w => !_ids.ContainsKey(w)).Distinct().ToArray();
+            var unknown = UnknownWords(words);
             if (unknown.Length > 0)
             {
                 throw new UnknownWordsException(unknown);

@@ -59,7 +59,7 @@ public sealed record ComparisonOptions
     /// <summary>
     /// A folder of GIFs with a captions.jsonl (<see cref="GifFolderClips"/>) to train, validate and sample on
     /// instead of the generated emoji clips: every tenth GIF is held out (<see cref="GifFolderClips.IsHeldOut"/>).
-    /// Every caption must tokenize with the model's vocabulary. Null: the generated clips.
+    /// Every caption must tokenize with the model's vocabulary (<see cref="GifFolderClips.CheckCaptions"/>). Null: the generated clips.
     /// </summary>
     public string? DataFolder { get; init; }
 
@@ -455,7 +455,7 @@ public static class Comparison
         var folderValidation = folder?.Subset(Split.Validation);
         if (folder is not null)
         {
-            CheckCaptions(folder, checkpoint is null ? Tokenizer.ForEmoji(config.TokenLength) : Tokenizer.FromVocabulary(checkpoint.Vocabulary, config.TokenLength));
+            folder.CheckCaptions(checkpoint is null ? Tokenizer.ForEmoji(config.TokenLength) : Tokenizer.FromVocabulary(checkpoint.Vocabulary, config.TokenLength));
             progress?.Report(new CompareProgress("read", Topology.Serial, 0, folder.Count));
             folder.Verify();
             progress?.Report(new CompareProgress("read", Topology.Serial, folder.Count, folder.Count));
@@ -590,7 +590,7 @@ public static class Comparison
                     for (int k = 0; k < prompts.Count; k++)
                     {
                         // A caption that names no known motion (a folder's GIF) is sampled but not scored.
-                        scores.Add(MotionOf(prompts[k]) is { } motion
+                        scores.Add(MotionMetric.MotionOf(prompts[k]) is { } motion
                             ? MotionMetric.Score(pixels.AsSpan(k * clipSize, clipSize), config.Frames, config.Height, config.Width, motion)
                             : null);
                     }
@@ -698,54 +698,6 @@ public static class Comparison
     }
 
     /// <summary>
-    /// Checks, before any training, that every caption of <paramref name="folder"/> encodes with
-    /// <paramref name="tokenizer"/>: its words known and not too many. Throws <see cref="DataFormatException"/> at the
-    /// first line that does not, saying how many more lines have the same problem and which words the model lacks.
-    /// </summary>
-    public static void CheckCaptions(GifFolderClips folder, Tokenizer tokenizer)
-    {
-        ArgumentNullException.ThrowIfNull(folder);
-        ArgumentNullException.ThrowIfNull(tokenizer);
-        var known = tokenizer.Vocabulary.ToHashSet(StringComparer.Ordinal);
-        var unknownLines = new List<(GifEntry Entry, string[] Words)>();
-        var longLines = new List<(GifEntry Entry, int Words)>();
-        foreach (var entry in folder.Entries)
-        {
-            string[] words = Tokenizer.SplitWords(entry.Caption);
-            string[] unknown = [.. words.Where(w => !known.Contains(w)).Distinct()];
-            if (unknown.Length > 0)
-            {
-                unknownLines.Add((entry, unknown));
-            }
-            else if (words.Length > tokenizer.MaxWords)
-            {
-                longLines.Add((entry, words.Length));
-            }
-        }
-
-        if (unknownLines.Count > 0)
-        {
-            var (entry, words) = unknownLines[0];
-            var all = unknownLines.SelectMany(l => l.Words).Distinct().ToList();
-            string more = unknownLines.Count > 1 ? $"; {unknownLines.Count - 1} more line(s) too, {all.Count} unknown word(s) in all ({string.Join(", ", all.Take(12).Select(w => $"\"{w}\""))}{(all.Count > 12 ? ", ..." : "")})" : "";
-            throw new DataFormatException(folder.CaptionsPath, entry.Line,
-                $"caption \"{entry.Caption}\" has words the model does not know: {string.Join(", ", words.Select(w => $"\"{w}\""))}{more}. " +
-                $"Its tokenizer knows {tokenizer.VocabularySize - Tokenizer.Specials.Count} words; a text-to-image model pretrained on the folder (mobius pretrain --data) knows its captions' words.");
-        }
-
-        if (longLines.Count > 0)
-        {
-            var (entry, count) = longLines[0];
-            throw new DataFormatException(folder.CaptionsPath, entry.Line,
-                $"caption has {count} words; the model's text encoder takes at most {tokenizer.MaxWords}{(longLines.Count > 1 ? $" ({longLines.Count - 1} more line(s) too long)" : "")}.");
-        }
-    }
-
-    /// <summary>The motion a clip shows, from its label or else its caption; null when neither names one.</summary>
-    private static Motion? MotionOf(Clip clip) =>
-        clip.Label is { } label ? label.Motion : EmojiCaptions.TryParse(clip.Caption, out var parsed) ? parsed.Motion : null;
-
-    /// <summary>
     /// <paramref name="count"/> clips of the source, one per motion first; when there are fewer motions than
     /// that (a run on one motion), further clips of other (sprite, colour, motion) combinations. Clips without a
     /// label (a folder's GIFs) are picked by caption: first those whose caption names a motion (so they can be
@@ -766,7 +718,7 @@ public static class Comparison
                 }
             }
 
-            return [.. byCaption.OrderBy(c => MotionOf(c) is null).Take(count)];
+            return [.. byCaption.OrderBy(c => MotionMetric.MotionOf(c) is null).Take(count)];
         }
 
         var picked = new List<Clip>();

@@ -181,7 +181,7 @@ public sealed class ComparisonTests
         lines[2] = "{\"file\": \"clip-0003.gif\", \"caption\": \"a red dragon flying\"}";
         lines[6] = "{\"file\": \"clip-0007.gif\", \"caption\": \"a wyvern\"}";
         File.WriteAllLines(captions, lines);
-        var e = Assert.Throws<DataFormatException>(() => Comparison.CheckCaptions(Comparison.OpenFolder(folder, config), tokenizer));
+        var e = Assert.Throws<DataFormatException>(() => Comparison.OpenFolder(folder, config).CheckCaptions(tokenizer));
         Assert.Equal((captions, 3), (e.File, e.Line));
         Assert.Contains("\"dragon\", \"flying\"; 1 more line(s) too, 3 unknown word(s) in all (\"dragon\", \"flying\", \"wyvern\")", e.Message);
         var run = Assert.Throws<DataFormatException>(() => Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = folder }));
@@ -192,7 +192,7 @@ public sealed class ComparisonTests
         lines[2] = $"{{\"file\": \"clip-0003.gif\", \"caption\": \"{longCaption}\"}}";
         lines[6] = lines[5].Replace("clip-0006", "clip-0007");
         File.WriteAllLines(captions, lines);
-        e = Assert.Throws<DataFormatException>(() => Comparison.CheckCaptions(Comparison.OpenFolder(folder, config), tokenizer));
+        e = Assert.Throws<DataFormatException>(() => Comparison.OpenFolder(folder, config).CheckCaptions(tokenizer));
         Assert.Equal(3, e.Line);
         Assert.Contains($"caption has {tokenizer.MaxWords + 1} words; the model's text encoder takes at most {tokenizer.MaxWords}", e.Message);
     }
