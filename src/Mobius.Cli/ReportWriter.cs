@@ -177,6 +177,19 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| motion score of samples (0..1) | {Ui.Score(r.Serial.MotionScore)} | {Ui.Score(r.Parallel.MotionScore)} | | |");
         sb.AppendLine(ci, $"| movement matches caption | {Ui.Score(r.Serial.MotionMatch)} | {Ui.Score(r.Parallel.MotionMatch)} | | |");
         sb.AppendLine(ci, $"| frame-to-frame consistency | {Ui.Score(r.Serial.Consistency)} | {Ui.Score(r.Parallel.Consistency)} | | |").AppendLine();
+        var differences = Ui.DifferenceRows(r.Difference).ToList();
+        if (differences.Count > 0)
+        {
+            sb.AppendLine("Quality, parallel minus serial, paired: the validation loss clip by clip (both topologies see the same held-out clips, timesteps and noise), the motion scores prompt by prompt (the same prompts and starting noise); the interval is 95 % from Student's t over the pairs, and where it holds 0 this run cannot tell the topologies apart on that measure:").AppendLine();
+            sb.AppendLine("| measure | parallel - serial | 95 % interval | over | |").AppendLine("|---|---:|---:|---:|---|");
+            foreach (var row in differences)
+            {
+                sb.AppendLine($"| {string.Join(" | ", row)} |");
+            }
+
+            sb.AppendLine();
+        }
+
         if (r.ValidateEvery > 0)
         {
             sb.AppendLine($"Validation loss every {r.ValidateEvery} steps (the same {r.ValidationBatches} held-out batches for both){(r.KeepBest ? "; each topology was then put back to the weights of its lowest, and sampled with them" : "")}:").AppendLine();

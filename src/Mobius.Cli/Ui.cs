@@ -263,6 +263,19 @@ public static class Ui
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
         AnsiConsole.Write(t);
+        var rows = DifferenceRows(r.Difference).ToList();
+        if (rows.Count > 0)
+        {
+            var q = new Table().Title("[bold]quality, parallel - serial[/] (paired: same held-out clips, timesteps and noise; same prompts and starting noise)")
+                .AddColumns("measure", "difference", "95 % interval", "over", "");
+            foreach (var row in rows)
+            {
+                q.AddRow(row.Select(Markup.Escape).ToArray());
+            }
+
+            AnsiConsole.Write(q);
+        }
+
         if (r.Start is { Topology: not "spatial" })
         {
             AnsiConsole.MarkupLine($"both started from {Markup.Escape(ReportWriter.StartedFrom(r.Start))}");
@@ -332,6 +345,32 @@ public static class Ui
     /// Rows of the time-by-kind table (kind; serial forward, backward; parallel forward, backward, in ms), most
     /// expensive (serial, then parallel) first; a kind one topology lacks gets empty cells.
     /// </summary>
+    /// <summary>
+    /// The quality measures' paired differences as rows: measure, parallel minus serial, its 95 % interval, the
+    /// pairs, and what the interval says (lower validation loss and higher motion scores are better).
+    /// </summary>
+    internal static IEnumerable<string[]> DifferenceRows(QualityDifference d)
+    {
+        var ci = System.Globalization.CultureInfo.InvariantCulture;
+        foreach (var (name, diff, format, unit, lowerIsBetter) in new[]
+        {
+            ("validation loss", d.ValidationLoss, "+0.0000;-0.0000;0.0000", "held-out clips", true),
+            ("motion score", d.MotionScore, "+0.000;-0.000;0.000", "prompts", false),
+            ("movement matches caption", d.MotionMatch, "+0.000;-0.000;0.000", "prompts", false),
+            ("frame consistency", d.Consistency, "+0.000;-0.000;0.000", "prompts", false),
+        })
+        {
+            if (diff is null)
+            {
+                continue;
+            }
+
+            string verdict = diff.IncludesZero ? "not told apart"
+                : (diff.Mean < 0) == lowerIsBetter ? "parallel better" : "parallel worse";
+            yield return [name, diff.Mean.ToString(format, ci), $"{diff.Low.ToString(format, ci)} to {diff.High.ToString(format, ci)}", $"{diff.Pairs} {unit}", verdict];
+        }
+    }
+
     internal static IEnumerable<string[]> TimeRows(IReadOnlyDictionary<string, KindTime> serial, IReadOnlyDictionary<string, KindTime> parallel)
     {
         string Ms(IReadOnlyDictionary<string, KindTime> d, string kind, bool forward) =>

@@ -187,6 +187,21 @@ public sealed record TopologyResult
     [JsonPropertyName("sample_scores")]
     public required IReadOnlyList<double?> SampleScores { get; init; }
 
+    /// <summary>How well each sample's movement matches its caption, in prompt order (null: not scored).</summary>
+    [JsonPropertyName("sample_movement")]
+    public IReadOnlyList<double?> SampleMovement { get; init; } = [];
+
+    /// <summary>Each sample's frame-to-frame consistency, in prompt order (null: not scored).</summary>
+    [JsonPropertyName("sample_consistency")]
+    public IReadOnlyList<double?> SampleConsistency { get; init; } = [];
+
+    /// <summary>
+    /// The loss of every held-out clip in the validation <see cref="ValidationLoss"/> is the mean of, batch by
+    /// batch: the same clips, timesteps and noise in both topologies, so they pair up clip by clip.
+    /// </summary>
+    [JsonPropertyName("validation_clip_losses")]
+    public IReadOnlyList<double> ValidationClipLosses { get; init; } = [];
+
     /// <summary>
     /// The loop correction's fitted coefficients by parameter at the end of training (<see cref="LoopCorrectionMode.Scale"/>;
     /// null otherwise).
@@ -199,6 +214,28 @@ public sealed record TopologyResult
     [JsonPropertyName("time_by_kind")]
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyDictionary<string, KindTime>? TimeByKind { get; init; }
+}
+
+/// <summary>
+/// Parallel minus serial on each quality measure, paired: over the held-out clips for the validation loss, over
+/// the sampled prompts for the motion scores. Null where there were fewer than two pairs.
+/// </summary>
+/// <param name="ValidationLoss">The final validation loss (the kept weights' with early stopping), clip by clip.</param>
+/// <param name="MotionScore">The samples' motion scores, prompt by prompt.</param>
+/// <param name="MotionMatch">How well the samples' movement matches their captions.</param>
+/// <param name="Consistency">The samples' frame-to-frame consistency.</param>
+public sealed record QualityDifference(
+    [property: JsonPropertyName("validation_loss")] PairedDifference? ValidationLoss,
+    [property: JsonPropertyName("motion_score")] PairedDifference? MotionScore,
+    [property: JsonPropertyName("motion_match")] PairedDifference? MotionMatch,
+    [property: JsonPropertyName("consistency")] PairedDifference? Consistency)
+{
+    /// <summary>The differences of two topologies' results.</summary>
+    public static QualityDifference Of(TopologyResult serial, TopologyResult parallel) => new(
+        PairedDifference.Of(serial.ValidationClipLosses, parallel.ValidationClipLosses),
+        PairedDifference.Of(serial.SampleScores, parallel.SampleScores),
+        PairedDifference.Of(serial.SampleMovement, parallel.SampleMovement),
+        PairedDifference.Of(serial.SampleConsistency, parallel.SampleConsistency));
 }
 
 /// <summary>One validation during a comparison.</summary>
@@ -358,6 +395,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("ratio")]
     public required Ratio Ratio { get; init; }
 
+    /// <summary>Parallel minus serial on each quality measure, paired, with 95 % intervals.</summary>
+    [JsonPropertyName("difference")]
+    public required QualityDifference Difference { get; init; }
+
     /// <summary>
     /// Both topologies' memory at every recompute policy, planned on the meta backend with this run's config,
     /// batch, bridge and options (<see cref="MemoryPlan.OperatingPoints"/>): the run measures one policy, this
@@ -494,18 +535,24 @@ public static class Comparison
 
             // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
             var validation = folderValidation ?? Data(config, options.Seed, Split.Validation, options.Motions);
+            // Clip by clip, the latest validation's losses and the best's (the untrained model's to begin with).
             var initialValidation = new double[2];
+            var latestClips = new List<double>[2];
+            var bestClips = new List<double>[2];
             for (int i = 0; i < 2; i++)
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
+                latestClips[i] = [];
                 using (trainers[i]!.EmaWeights())
                 {
-                    initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
+                    initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed, latestClips[i]);
                 }
 
+                bestClips[i] = latestClips[i];
             }
 
             var curves = new List<ValidationPoint>[] { [new(0, initialValidation[0])], [new(0, initialValidation[1])] };
+
             var bestWeights = new Dictionary<string, float[]>?[2];
             for (int i = 0; i < 2; i++)
             {
@@ -517,10 +564,16 @@ public static class Comparison
             void Validate(int i, int step)
             {
                 using var ema = trainers[i]!.EmaWeights();
-                double loss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed);
-                if (options.KeepBest && loss < curves[i].Min(v => v.Loss))
+                var clips = new List<double>();
+                double loss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed, clips);
+                latestClips[i] = clips;
+                if (loss < curves[i].Min(v => v.Loss))
                 {
-                    bestWeights[i] = trainers[i]!.TrainableSnapshot();
+                    bestClips[i] = clips;
+                    if (options.KeepBest)
+                    {
+                        bestWeights[i] = trainers[i]!.TrainableSnapshot();
+                    }
                 }
 
                 curves[i].Add(new ValidationPoint(step, loss));
@@ -575,6 +628,7 @@ public static class Comparison
 
                 bestWeights[i] = null;
                 double validationLoss = final.Loss;
+                var validationClips = restored ? bestClips[i] : latestClips[i];
                 var scores = new List<MotionScore?>();
                 if (prompts.Count > 0)
                 {
@@ -600,6 +654,7 @@ public static class Comparison
 
                 results[i] = Summarise(stats[i], options, trainers[i]!.TrainableParameters, initialValidation[i], validationLoss, scores) with
                 {
+                    ValidationClipLosses = validationClips,
                     ValidationCurve = curves[i],
                     BestValidationStep = best.Step,
                     BestValidationLoss = best.Loss,
@@ -646,6 +701,7 @@ public static class Comparison
                     (double)results[1].PeakBytes / results[0].PeakBytes,
                     (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes,
                     results[1].StepMsMean / results[0].StepMsMean),
+                Difference = QualityDifference.Of(results[0], results[1]),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
                 OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed }),
             }, config);
@@ -768,6 +824,8 @@ public static class Comparison
             Losses = stats.Select(s => (double)s.Loss).ToList(),
             StepMs = stats.Select(s => s.Milliseconds).ToList(),
             SampleScores = sampled.Select(m => m?.Combined).ToList(),
+            SampleMovement = sampled.Select(m => m?.Motion).ToList(),
+            SampleConsistency = sampled.Select(m => m?.Consistency).ToList(),
         };
     }
 

@@ -827,9 +827,11 @@ public sealed class Trainer : IDisposable
     /// Mean loss over <paramref name="batches"/> fixed batches of <paramref name="data"/> (same clips,
     /// timesteps and noise for every model given the same seed), without recording anything. The batches are
     /// of the config's size whatever <see cref="TrainOptions.Batch"/> is, so runs with different batches
-    /// are validated on the same clips.
+    /// are validated on the same clips. <paramref name="perItem"/>, when given, receives the loss of every item
+    /// (a clip; in stage 1 an image) in order, batch by batch: two models evaluated with the same seed pair up
+    /// item by item (<see cref="PairedDifference"/>).
     /// </summary>
-    public float Evaluate(IClipSource data, int batches, int seed)
+    public float Evaluate(IClipSource data, int batches, int seed, IList<double>? perItem = null)
     {
         double total = 0;
         using var noGrad = Tape.NoGrad();
@@ -842,6 +844,16 @@ public sealed class Trainer : IDisposable
             using var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames);
             using var loss = Ops.MseLoss(eps, target);
             total += loss.Item();
+            if (perItem is not null)
+            {
+                for (int k = 0; k < batch.Captions.Length; k++)
+                {
+                    using var e = Ops.Narrow(eps, 0, k * batch.Frames, batch.Frames);
+                    using var t = Ops.Narrow(target, 0, k * batch.Frames, batch.Frames);
+                    using var l = Ops.MseLoss(e, t);
+                    perItem.Add(l.Item());
+                }
+            }
         }
 
         return (float)(total / batches);

@@ -456,9 +456,20 @@ public sealed class CliTests
             Assert.True(File.Exists(folder.File(file)), $"{file} not written");
         }
 
+        // The validation loss paired clip by clip over the 4 held-out batches of the config's batch (not --batch):
+        // its mean is the difference of the two losses; one sample gives no motion-score spread.
+        var difference = root.GetProperty("difference");
+        var vd = difference.GetProperty("validation_loss");
+        Assert.Equal(4 * ModelConfig.Get("micro").Batch, vd.GetProperty("pairs").GetInt32());
+        Assert.Equal(root.GetProperty("parallel").GetProperty("validation_loss").GetDouble() - root.GetProperty("serial").GetProperty("validation_loss").GetDouble(),
+            vd.GetProperty("mean").GetDouble(), 1e-6);
+        Assert.InRange(vd.GetProperty("mean").GetDouble(), vd.GetProperty("low").GetDouble(), vd.GetProperty("high").GetDouble());
+        Assert.Equal(JsonValueKind.Null, difference.GetProperty("motion_score").ValueKind);
+
         string report = File.ReadAllText(folder.File("report.md"));
         Assert.Contains("(serial-frames.png)", report, StringComparison.Ordinal);
         Assert.Contains("(parallel-frames.png)", report, StringComparison.Ordinal);
+        Assert.Contains("| validation loss | ", report[report.IndexOf("Quality, parallel minus serial", StringComparison.Ordinal)..], StringComparison.Ordinal);
     }
 
     [Fact]

@@ -124,6 +124,42 @@ public sealed class ComparisonTests
         Assert.Equal("frontier", phases[^1].Phase);
     }
 
+    [Fact]
+    public void The_quality_differences_pair_the_clips_and_prompts_of_the_reported_validation_and_samples()
+    {
+        // Early stopping at a rate that overshoots: the kept weights may be any validation's, and the
+        // clip-by-clip losses must be that validation's, whichever it is.
+        var options = Options(4, TestContext.Current.CancellationToken) with
+        {
+            KeepBest = true, ValidationBatches = 2, SamplePrompts = 3, SampleSteps = 2,
+            Train = new TrainOptions { LearningRate = 3e-2f },
+        };
+        var r = Comparison.Run(options);
+
+        int clips = 2 * ModelConfig.Get("micro").Batch;
+        foreach (var t in new[] { r.Serial, r.Parallel })
+        {
+            Assert.Equal(clips, t.ValidationClipLosses.Count);
+            Assert.Equal(t.ValidationLoss, t.ValidationClipLosses.Average(), 1e-6);  // equal clips: the batch mean is the mean of clips
+            Assert.Equal(3, t.SampleScores.Count);
+            Assert.Equal(3, t.SampleMovement.Count);
+            Assert.Equal(3, t.SampleConsistency.Count);
+        }
+
+        var v = Assert.IsType<PairedDifference>(r.Difference.ValidationLoss);
+        Assert.Equal(clips, v.Pairs);
+        Assert.Equal(r.Parallel.ValidationLoss - r.Serial.ValidationLoss, v.Mean, 1e-6);
+        Assert.InRange(v.Mean, v.Low, v.High);
+
+        var m = Assert.IsType<PairedDifference>(r.Difference.MotionScore);
+        Assert.Equal(3, m.Pairs);
+        Assert.Equal(r.Parallel.MotionScore!.Value - r.Serial.MotionScore!.Value, m.Mean, 1e-9);
+        Assert.Equal(r.Parallel.MotionMatch!.Value - r.Serial.MotionMatch!.Value, r.Difference.MotionMatch!.Mean, 1e-9);
+        Assert.Equal(r.Parallel.Consistency!.Value - r.Serial.Consistency!.Value, r.Difference.Consistency!.Mean, 1e-9);
+        Assert.Contains("\"difference\": {", r.ToJson());
+        Assert.Contains("\"validation_clip_losses\": [", r.ToJson());
+    }
+
     /// <summary>
     /// Writes <paramref name="count"/> generated micro clips as a GIF folder; the held-out ones (the 10th, 20th, ...)
     /// get captions that name no motion when <paramref name="motionlessHeldOut"/>.
