@@ -648,7 +648,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 100 };
         var output = new Option<string>("--out") { Description = "folder for report.md, result.json, plots and sample GIFs", DefaultValueFactory = _ => "mobius-compare" };
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
-        var samples = new Option<int>("--samples") { Description = "prompts sampled per topology for the motion score (0: none)", DefaultValueFactory = _ => 4 };
+        var samples = new Option<int>("--samples") { Description = "clips each topology samples for the GIFs and the motion score: held-out captions, each once, then again from fresh starting noise (0: none)", DefaultValueFactory = _ => 4 };
         var sampleSteps = new Option<int>("--sample-steps") { Description = "DDIM steps when sampling", DefaultValueFactory = _ => 25 };
         var lr = new Option<float>("--lr") { Description = "learning rate, the same for both topologies", DefaultValueFactory = _ => 1e-4f };
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
@@ -667,7 +667,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 360 };
         var lr = new Option<float?>("--lr") { Description = $"learning rate, the same for both topologies (default: {FineTuneLearningRate:g} fine-tuning a text-to-video model, {FromImageLearningRate:g} from a text-to-image one, high for a short run)" };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
-        var samples = new Option<int>("--samples") { Description = "clips each topology samples (held-out prompts) for the GIFs and the motion score", DefaultValueFactory = _ => 4 };
+        var samples = new Option<int>("--samples") { Description = "clips each topology samples for the GIFs and the motion score: held-out captions, each once, then again from fresh starting noise", DefaultValueFactory = _ => 4 };
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
@@ -840,9 +840,9 @@ public static class Commands
         else
         {
             Ui.PrintComparison(result);
-            if (ReportWriter.FewerSamples(result.Prompts.Count, samples) is { } fewer)
+            if (ReportWriter.RepeatedPrompts(result.Prompts) is { } repeated)
             {
-                AnsiConsole.MarkupLine($"[grey]{Markup.Escape(fewer)}[/]");
+                AnsiConsole.MarkupLine($"[grey]{Markup.Escape(repeated)}[/]");
             }
 
             AnsiConsole.MarkupLine($"report: [bold]{Markup.Escape(Path.Combine(outDir, "report.md"))}[/]");

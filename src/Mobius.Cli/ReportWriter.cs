@@ -262,7 +262,7 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
         sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split" +
-            (FewerSamples(r.Prompts.Count, o.SamplePrompts) is { } fewer ? $" ({fewer})." : ".")).AppendLine();
+            (RepeatedPrompts(r.Prompts) is { } repeated ? $" ({repeated})." : ".")).AppendLine();
         sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
         for (int k = 0; k < r.Prompts.Count; k++)
         {
@@ -294,9 +294,13 @@ public sealed class ReportWriter(string folder)
         _ => $"the text-to-video model {start.Checkpoint} ({start.Topology}, {start.Step} steps), fine-tuned in both topologies",
     };
 
-    /// <summary>Says why a comparison sampled fewer clips than asked for; null when it sampled them all.</summary>
-    internal static string? FewerSamples(int got, int asked) => got >= asked ? null :
-        $"{got} of the {asked} samples asked for: the validation split has no more distinct sprite, colour and motion captions for these motions";
+    /// <summary>Says how often the sampled captions repeat (fewer distinct ones than samples); null when each is sampled once.</summary>
+    internal static string? RepeatedPrompts(IReadOnlyList<string> prompts)
+    {
+        int distinct = prompts.Distinct(StringComparer.Ordinal).Count();
+        return distinct >= prompts.Count ? null :
+            $"the validation split has {distinct} distinct captions for these clips, so the {prompts.Count} samples take them again in turn, each from its own starting noise";
+    }
 
     /// <summary>
     /// Coefficients grouped by temporal layer, in the model's order: a parameter name up to its first part that

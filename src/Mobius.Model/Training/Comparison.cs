@@ -757,9 +757,23 @@ public static class Comparison
     /// <paramref name="count"/> clips of the source, one per motion first; when there are fewer motions than
     /// that (a run on one motion), further clips of other (sprite, colour, motion) combinations. Clips without a
     /// label (a folder's GIFs) are picked by caption: first those whose caption names a motion (so they can be
-    /// scored), then any other, each caption once.
+    /// scored), then any other, each caption once. When the distinct captions run out before
+    /// <paramref name="count"/>, they are taken again in the same order: each repeat is sampled from its own
+    /// starting noise, so it is another sample of that caption (and another pair for the paired differences).
     /// </summary>
     private static List<Clip> SamplePrompts(IClipSource source, int count)
+    {
+        var distinct = DistinctPrompts(source, count);
+        var prompts = new List<Clip>(distinct);
+        for (int k = 0; distinct.Count > 0 && prompts.Count < count; k++)
+        {
+            prompts.Add(distinct[k % distinct.Count]);
+        }
+
+        return prompts;
+    }
+
+    private static List<Clip> DistinctPrompts(IClipSource source, int count)
     {
         if (source.Count > 0 && source.Get(0).Label is null)
         {

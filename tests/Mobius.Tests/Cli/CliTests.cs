@@ -496,17 +496,22 @@ public sealed class CliTests
     }
 
     [Fact]
-    public void Compare_says_when_the_validation_split_has_fewer_captions_than_samples_asked_for()
+    public void Compare_takes_the_held_out_captions_again_when_asked_for_more_samples_than_there_are()
     {
         using var folder = new TempFolder();
-        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "60", "--sample-steps", "1", "--out", folder.Path, "--motion", "move-right");
+        var r = Mobius("compare", "--config", "micro", "--steps", "1", "--samples", "40", "--sample-steps", "1", "--out", folder.Path, "--motion", "move-right");
         Assert.True(r.Code == 0, r.Out + r.Err);
         using var doc = JsonDocument.Parse(File.ReadAllText(folder.File("result.json")));
-        int got = doc.RootElement.GetProperty("prompts").GetArrayLength();
-        Assert.InRange(got, 1, 59);
-        string message = $"{got} of the 60 samples asked for";
+        var prompts = doc.RootElement.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()!).ToList();
+        int distinct = prompts.Distinct().Count();
+        Assert.Equal(40, prompts.Count);
+        Assert.InRange(distinct, 2, 39);
+        Assert.All(Enumerable.Range(0, 40), k => Assert.Equal(prompts[k % distinct], prompts[k]));  // in turn, in the same order
+        Assert.Equal(40, doc.RootElement.GetProperty("serial").GetProperty("sample_scores").GetArrayLength());
+        Assert.Equal(40, doc.RootElement.GetProperty("difference").GetProperty("motion_match").GetProperty("pairs").GetInt32());
+        string message = $"has {distinct} distinct captions for these clips, so the 40 samples take them again in turn";
         Assert.Contains(message, File.ReadAllText(folder.File("report.md")), StringComparison.Ordinal);
-        Assert.Contains(message, r.Out, StringComparison.Ordinal);
+        Assert.Contains(message, Flat(r.Out), StringComparison.Ordinal);
     }
 
     [Fact]
@@ -817,7 +822,7 @@ public sealed class CliTests
             var root = doc.RootElement;
             Assert.Equal(data, root.GetProperty("data").GetProperty("folder").GetString());
             Assert.Equal((11, 1), (root.GetProperty("data").GetProperty("train_clips").GetInt32(), root.GetProperty("data").GetProperty("validation_clips").GetInt32()));
-            Assert.Equal(["the blue dragon flying"], root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()));
+            Assert.Equal(["the blue dragon flying", "the blue dragon flying"], root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()));  // the one held-out caption, twice
             Assert.Equal(JsonValueKind.Null, root.GetProperty("serial").GetProperty("motion_score").ValueKind);
         }
 

@@ -188,7 +188,7 @@ public sealed class ComparisonTests
 
         Assert.Equal(new DataFolderInfo(folder, 18, 2), r.Data);
         Assert.Null(r.Motions);
-        Assert.Equal(["a red heart", "the blue star"], r.Prompts);   // the held-out captions, each once
+        Assert.Equal(["a red heart", "the blue star", "a red heart", "the blue star"], r.Prompts);   // the held-out captions in turn
         Assert.Equal([r.Prompts, r.Prompts], sampled);
         Assert.Null(r.Serial.MotionScore);                          // sampled, but no caption names a motion to score against
         Assert.Null(r.Parallel.MotionScore);
@@ -198,8 +198,15 @@ public sealed class ComparisonTests
 
         // Captions that name a motion are sampled and scored.
         using var dir2 = new Mobius.Tests.Data.TempFolder();
-        var scored = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = GifFolder(dir2, 12, motionlessHeldOut: false), SamplePrompts = 4, SampleSteps = 2 });
-        Assert.Single(scored.Prompts);
+        float[]? pixels = null;
+        var scored = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = GifFolder(dir2, 12, motionlessHeldOut: false), SamplePrompts = 4, SampleSteps = 2 },
+            null, (_, _, _, p) => pixels = p);
+        Assert.Equal(4, scored.Prompts.Count);
+        Assert.Single(scored.Prompts.Distinct());                   // one held-out GIF, sampled 4 times from 4 starting noises
+        Assert.Equal(4, scored.Difference.MotionScore!.Pairs);
+        var micro = ModelConfig.Get("micro");
+        int clip = micro.Frames * 3 * micro.Height * micro.Width;
+        Assert.False(pixels.AsSpan(0, clip).SequenceEqual(pixels.AsSpan(clip, clip)), "a repeated caption must be sampled from other noise");
         Assert.NotNull(scored.Serial.MotionScore);
         Assert.Throws<ArgumentException>(() => Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { DataFolder = folder, Motions = [Motion.MoveLeft] }));
     }
