@@ -135,10 +135,11 @@ if want finetune && [ -n "${MOBIUS_GPU_FINETUNE_STEPS:-}" ] && [ $sim = 0 ]; the
   # The demo's experiment taken far: both topologies fine-tune models/tiny-t2v.safetensors on its motion and frame
   # noise. On the CPU the loop tracks serial for 1200 steps at 1e-4 and then drifts
   # (benchmarks/results/2026-11-27-fine-tune.md); with --loop-correction 16 --ema 0.999 it holds within 0.0003 of
-  # serial over 1500 (2026-11-27-loop-correction-16.md). MOBIUS_GPU_FINETUNE_ARGS adds options (--loop-correction K,
+  # serial over 1500 (2026-11-27-loop-correction-16.md), 78 % of its drop paired over 32 held-out clips (16 batches,
+  # as here: 2026-11-27-paired-quality.md). MOBIUS_GPU_FINETUNE_ARGS adds options (--loop-correction K,
   # --ema D, --keep-best, --lr R, --batch N, --accumulate N, --motion M).
   run 560 "$bin/mobius" compare --checkpoint "$bin/models/tiny-t2v.safetensors" --backend cuda --steps "$MOBIUS_GPU_FINETUNE_STEPS" \
-    --lr 1e-4 --samples 16 --seed 1 --validate-every 250 --json --out "$results/finetune-tiny" ${MOBIUS_GPU_FINETUNE_ARGS:-}
+    --lr 1e-4 --samples 16 --validation-batches 16 --seed 1 --validate-every 250 --json --out "$results/finetune-tiny" ${MOBIUS_GPU_FINETUNE_ARGS:-}
 fi
 
 if want profile; then
