@@ -259,6 +259,8 @@ public static class Ui
         t.AddRow(r.KeepBest ? "validation loss, kept weights (step)" : "validation loss",
             r.KeepBest ? $"{r.Serial.ValidationLoss:0.0000} ({r.Serial.WeightsStep})" : $"{r.Serial.ValidationLoss:0.0000}",
             r.KeepBest ? $"{r.Parallel.ValidationLoss:0.0000} ({r.Parallel.WeightsStep})" : $"{r.Parallel.ValidationLoss:0.0000}", "", "");
+        var ttl = TimeToLossCells(r);
+        t.AddRow(ttl[0], ttl[1], ttl[2], ttl[3], "");
         t.AddRow("motion score (samples)", Score(r.Serial.MotionScore), Score(r.Parallel.MotionScore), "", "");
         t.AddRow("  movement matches caption", Score(r.Serial.MotionMatch), Score(r.Parallel.MotionMatch), "", "");
         t.AddRow("  frame consistency", Score(r.Serial.Consistency), Score(r.Parallel.Consistency), "", "");
@@ -345,6 +347,25 @@ public static class Ui
     /// Rows of the time-by-kind table (kind; serial forward, backward; parallel forward, backward, in ms), most
     /// expensive (serial, then parallel) first; a kind one topology lacks gets empty cells.
     /// </summary>
+    /// <summary>
+    /// The row of training time to the parallel topology's final validation loss: label, serial, parallel, ratio.
+    /// Serial's step is the first validation at or below that loss, so its time is an upper bound.
+    /// </summary>
+    internal static string[] TimeToLossCells(ComparisonResult r)
+    {
+        var t = r.TimeToParallelLoss;
+        var ci = System.Globalization.CultureInfo.InvariantCulture;
+        string label = $"training time to parallel's validation loss ({t.Loss.ToString("0.0000", ci)})";
+        string parallel = $"{(t.ParallelMs / 1000).ToString("0.0", ci)} s ({t.ParallelStep} steps)";
+        if (t.SerialStep is not { } step)
+        {
+            string why = t.Loss < r.Parallel.InitialValidationLoss ? $"not reached in {r.Steps} steps" : "no lower than untrained";
+            return [label, why, parallel, ""];
+        }
+
+        return [label, $"{(t.SerialMs!.Value / 1000).ToString("0.0", ci)} s ({(r.ValidateEvery > 0 ? "by " : "")}step {step})", parallel, t.Ratio!.Value.ToString("0.00", ci)];
+    }
+
     /// <summary>
     /// The quality measures' paired differences as rows: measure, parallel minus serial, its 95 % interval, the
     /// pairs, and what the interval says (lower validation loss and higher motion scores are better).

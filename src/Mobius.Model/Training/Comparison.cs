@@ -238,6 +238,47 @@ public sealed record QualityDifference(
         PairedDifference.Of(serial.SampleConsistency, parallel.SampleConsistency));
 }
 
+/// <summary>
+/// Training time to the same validation loss: serial's steps and time until its validation loss first came down to
+/// the parallel topology's final one (read off serial's validations, so the step is that of the first validation at
+/// or below it: an upper bound, as fine as <see cref="ComparisonOptions.ValidateEvery"/>), against the parallel
+/// topology's steps and time for all its training. Where the parallel topology is ahead, or never beat the
+/// untrained model, there is no serial step and no ratio.
+/// </summary>
+/// <param name="Loss">The parallel topology's final validation loss (its kept weights', with early stopping).</param>
+/// <param name="ParallelStep">The steps the parallel topology trained to reach it.</param>
+/// <param name="ParallelMs">Their summed step times, milliseconds.</param>
+/// <param name="SerialStep">The first validation step at which serial's loss was at or below it (null: never, in this run).</param>
+/// <param name="SerialMs">Serial's summed step times to that step (null: never).</param>
+/// <param name="Ratio">ParallelMs / SerialMs: below 1, the parallel topology got there in less time (null: no serial step).</param>
+public sealed record TimeToLoss(
+    [property: JsonPropertyName("loss")] double Loss,
+    [property: JsonPropertyName("parallel_step")] int ParallelStep,
+    [property: JsonPropertyName("parallel_ms")] double ParallelMs,
+    [property: JsonPropertyName("serial_step")] int? SerialStep,
+    [property: JsonPropertyName("serial_ms")] double? SerialMs,
+    [property: JsonPropertyName("ratio")] double? Ratio)
+{
+    /// <summary>Reads it off two topologies' results.</summary>
+    public static TimeToLoss Of(TopologyResult serial, TopologyResult parallel)
+    {
+        ArgumentNullException.ThrowIfNull(serial);
+        ArgumentNullException.ThrowIfNull(parallel);
+        double loss = parallel.ValidationLoss;
+        int parallelStep = parallel.WeightsStep;
+        double parallelMs = parallel.StepMs.Take(parallelStep).Sum();
+        bool improved = loss < parallel.InitialValidationLoss;
+        var reached = improved ? serial.ValidationCurve.FirstOrDefault(v => v.Step > 0 && v.Loss <= loss) : null;
+        if (reached is null)
+        {
+            return new TimeToLoss(loss, parallelStep, parallelMs, null, null, null);
+        }
+
+        double serialMs = serial.StepMs.Take(reached.Step).Sum();
+        return new TimeToLoss(loss, parallelStep, parallelMs, reached.Step, serialMs, parallelMs / serialMs);
+    }
+}
+
 /// <summary>One validation during a comparison.</summary>
 /// <param name="Step">Steps trained before it (0: the untrained model).</param>
 /// <param name="Loss">The validation loss.</param>
@@ -398,6 +439,10 @@ public sealed record ComparisonResult
     /// <summary>Parallel minus serial on each quality measure, paired, with 95 % intervals.</summary>
     [JsonPropertyName("difference")]
     public required QualityDifference Difference { get; init; }
+
+    /// <summary>Serial's training time to the parallel topology's final validation loss, against the parallel topology's.</summary>
+    [JsonPropertyName("time_to_parallel_loss")]
+    public required TimeToLoss TimeToParallelLoss { get; init; }
 
     /// <summary>
     /// Both topologies' memory at every recompute policy, planned on the meta backend with this run's config,
@@ -702,6 +747,7 @@ public static class Comparison
                     (double)results[1].SavedActivationBytes / results[0].SavedActivationBytes,
                     results[1].StepMsMean / results[0].StepMsMean),
                 Difference = QualityDifference.Of(results[0], results[1]),
+                TimeToParallelLoss = TimeToLoss.Of(results[0], results[1]),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
                 OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed }),
             }, config);

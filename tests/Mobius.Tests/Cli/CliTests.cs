@@ -470,6 +470,8 @@ public sealed class CliTests
         Assert.Contains("(serial-frames.png)", report, StringComparison.Ordinal);
         Assert.Contains("(parallel-frames.png)", report, StringComparison.Ordinal);
         Assert.Contains("| validation loss | ", report[report.IndexOf("Quality, parallel minus serial", StringComparison.Ordinal)..], StringComparison.Ordinal);
+        Assert.Contains("| training time to parallel's validation loss (", report, StringComparison.Ordinal);
+        Assert.Equal(root.GetProperty("parallel").GetProperty("validation_loss").GetDouble(), root.GetProperty("time_to_parallel_loss").GetProperty("loss").GetDouble());
     }
 
     [Fact]

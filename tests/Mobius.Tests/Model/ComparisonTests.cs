@@ -157,6 +157,14 @@ public sealed class ComparisonTests
         Assert.Equal(r.Parallel.MotionMatch!.Value - r.Serial.MotionMatch!.Value, r.Difference.MotionMatch!.Mean, 1e-9);
         Assert.Equal(r.Parallel.Consistency!.Value - r.Serial.Consistency!.Value, r.Difference.Consistency!.Mean, 1e-9);
         Assert.Contains("\"difference\": {", r.ToJson());
+
+        // Training time to the parallel topology's final (here: kept) validation loss, off the same run's curves.
+        var ttl = r.TimeToParallelLoss;
+        Assert.Equal(r.Parallel.ValidationLoss, ttl.Loss);
+        Assert.Equal(r.Parallel.StepMs.Take(r.Parallel.WeightsStep).Sum(), ttl.ParallelMs, 1e-9);
+        var firstReached = r.Serial.ValidationCurve.FirstOrDefault(p => p.Step > 0 && p.Loss <= ttl.Loss);
+        Assert.Equal(ttl.Loss < r.Parallel.InitialValidationLoss ? firstReached?.Step : null, ttl.SerialStep);
+        Assert.Contains("\"time_to_parallel_loss\": {", r.ToJson());
         Assert.Contains("\"validation_clip_losses\": [", r.ToJson());
     }
 
