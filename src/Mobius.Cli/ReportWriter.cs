@@ -179,7 +179,7 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| movement matches caption | {Ui.Score(r.Serial.MotionMatch)} | {Ui.Score(r.Parallel.MotionMatch)} | | |");
         sb.AppendLine(ci, $"| frame-to-frame consistency | {Ui.Score(r.Serial.Consistency)} | {Ui.Score(r.Parallel.Consistency)} | | |").AppendLine();
         sb.AppendLine(r.TimeToParallelLoss.SerialStep is { } reached
-            ? $"Training time to the parallel topology's final validation loss: serial's time to the first of its validations at or below it (step {reached}{(r.ValidateEvery > 0 ? $"; validations every {r.ValidateEvery} steps, so an upper bound" : "")}) against the parallel topology's for its {r.TimeToParallelLoss.ParallelStep} steps; below 1, the parallel topology got there in less time.\n"
+            ? $"Training time to the parallel topology's final validation loss: serial's time to the first of its validations at or below it (step {reached}{(r.ValidateEvery > 0 ? $"; validations every {r.ValidateEvery} steps, so an upper bound, and the ratio a lower one" : "")}) against the parallel topology's for its {r.TimeToParallelLoss.ParallelStep} steps; below 1, the parallel topology got there in less time. Where the loss curves are flat, a small gap in loss is a large one in steps.\n"
             : "Training time to the parallel topology's final validation loss: serial did not come down to it at any validation of this run, or the parallel topology ended no lower than the untrained model.\n");
         var differences = Ui.DifferenceRows(r.Difference).ToList();
         if (differences.Count > 0)

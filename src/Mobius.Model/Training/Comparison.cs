@@ -241,7 +241,7 @@ public sealed record QualityDifference(
 /// <summary>
 /// Training time to the same validation loss: serial's steps and time until its validation loss first came down to
 /// the parallel topology's final one (read off serial's validations, so the step is that of the first validation at
-/// or below it: an upper bound, as fine as <see cref="ComparisonOptions.ValidateEvery"/>), against the parallel
+/// or below it: an upper bound, so the ratio is a lower one, as fine as <see cref="ComparisonOptions.ValidateEvery"/>), against the parallel
 /// topology's steps and time for all its training. Where the parallel topology is ahead, or never beat the
 /// untrained model, there is no serial step and no ratio.
 /// </summary>
