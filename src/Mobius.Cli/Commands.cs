@@ -67,6 +67,7 @@ public static class Commands
     private static readonly Option<int> ValidateEveryOption = new("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> LoopCorrectionOption = new("--loop-correction") { Description = "experimental: every K steps the loop bridge also takes serial's exact gradient and corrects the steps between by the running difference (0: off)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
+    private static readonly Option<int> LoopCorrectionWarmupOption = new("--loop-correction-warmup") { Description = "experimental, with --loop-correction: the first N steps are all exact (serial's gradient): the loss falls fastest there [default: 0]", DefaultValueFactory = _ => 0 };
     private static readonly Option<float> LoopCorrectionMomentumOption = new("--loop-correction-momentum") { Description = "experimental: weight of the old running difference when --loop-correction folds in a new one", DefaultValueFactory = _ => 0.9f };
     private static readonly Option<string> LoopCorrectionModeOption = new("--loop-correction-mode") { Description = "experimental, with --loop-correction: scale (scale the loop's gradient per tensor by its fitted coefficient on the exact one) or mean (subtract the running mean of loop minus exact; wants --loop-correction-momentum 0.99)", DefaultValueFactory = _ => "scale" };
     private static Option<int> FrontierOption(int fallback) => new("--frontier")
@@ -308,7 +309,7 @@ public static class Commands
         if (ckpt.TrainOptions is { } o)
         {
             string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
-            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()})" : "")}"));
+            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
         }
 
         Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");
@@ -416,7 +417,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -441,6 +442,7 @@ public static class Commands
             int loopCorrection = recipe.Pick(LoopCorrectionOption, o => o.LoopCorrectionEvery);
             float momentum = recipe.Pick(LoopCorrectionMomentumOption, o => o.LoopCorrectionMomentum);
             var correctionMode = ParseLoopCorrectionMode(loopCorrection, momentum, recipe.Pick(LoopCorrectionModeOption, o => o.LoopCorrectionMode.ToString().ToLowerInvariant()));
+            int correctionWarmup = CheckLoopCorrectionWarmup(recipe.Pick(LoopCorrectionWarmupOption, o => o.LoopCorrectionWarmup), loopCorrection);
             string? motions = recipe.Pick(MotionOption, _ => ckpt.Extra.GetValueOrDefault(MotionsKey));
             string? dataFolder = recipe.Pick(DataOption, _ => ckpt.Extra.GetValueOrDefault(DataKey));
             var data = OpenData(dataFolder, ckpt.Config, motions);
@@ -461,7 +463,7 @@ public static class Commands
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
-                LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode,
+                LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
             };
             var parsedMotions = ParseMotions(motions);
             recipe.Keep(SeedOption, options.Seed, "seed");
@@ -654,10 +656,10 @@ public static class Commands
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption)));
         return cmd;
     }
 
@@ -671,7 +673,7 @@ public static class Commands
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -690,7 +692,8 @@ public static class Commands
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
-                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption));
+                loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption),
+                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption));
         });
         return cmd;
     }
@@ -747,7 +750,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0)
     {
         if (frontier < 0)
         {
@@ -797,7 +800,8 @@ public static class Commands
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
             Train = new TrainOptions { Seed = seed, LearningRate = lr, Batch = CheckBatch(batch), Accumulate = CheckAccumulate(accumulate, loopCorrection), EmaDecay = CheckEma(ema), CosineDecaySteps = CheckCosine(cosine), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
-                RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode },
+                RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode,
+                LoopCorrectionWarmup = CheckLoopCorrectionWarmup(loopCorrectionWarmup, loopCorrection) },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
@@ -951,6 +955,14 @@ public static class Commands
             throw new UsageException($"cannot write the --log file {path}: {e.Message}");
         }
     }
+
+    /// <summary>The --loop-correction-warmup steps, checked: 0 or more, and only beside --loop-correction.</summary>
+    private static int CheckLoopCorrectionWarmup(int steps, int loopCorrection) => steps switch
+    {
+        < 0 => throw new UsageException($"--loop-correction-warmup must be 0 (none) or a number of steps, got {steps}."),
+        > 0 when loopCorrection == 0 => throw new UsageException("--loop-correction-warmup needs --loop-correction K: it adds exact steps to the correction's."),
+        _ => steps,
+    };
 
     /// <summary>The --loop-correction steps, checked.</summary>
     private static int CheckLoopCorrection(int steps) =>

@@ -400,6 +400,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("loop_correction_every")]
     public int LoopCorrectionEvery { get; init; }
 
+    /// <summary>The steps at the start that were all exact when <see cref="LoopCorrectionEvery"/> is on (see <see cref="TrainOptions.LoopCorrectionWarmup"/>).</summary>
+    [JsonPropertyName("loop_correction_warmup")]
+    public int LoopCorrectionWarmup { get; init; }
+
     /// <summary>The running difference's momentum when <see cref="LoopCorrectionEvery"/> is on.</summary>
     [JsonPropertyName("loop_correction_momentum")]
     public double LoopCorrectionMomentum { get; init; }
@@ -731,6 +735,7 @@ public static class Comparison
                 FrozenTemporal = options.Train.FrozenTemporal is { Count: > 0 } frozen ? frozen : null,
                 LoopCorrectionEvery = options.Train.LoopCorrectionEvery,
                 LoopCorrectionMomentum = options.Train.LoopCorrectionMomentum,
+                LoopCorrectionWarmup = options.Train.LoopCorrectionEvery > 0 ? options.Train.LoopCorrectionWarmup : 0,
                 LoopCorrectionMode = options.Train.LoopCorrectionMode.ToString().ToLowerInvariant(),
                 ValidateEvery = options.ValidateEvery,
                 ValidationBatches = options.ValidationBatches,

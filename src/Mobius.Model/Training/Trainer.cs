@@ -114,6 +114,13 @@ public sealed record TrainOptions
     /// </summary>
     public int LoopCorrectionEvery { get; init; }
 
+    /// <summary>
+    /// With <see cref="LoopCorrectionEvery"/>: the first this many steps are all exact (serial's gradient), where
+    /// the loss falls fastest and the loop's gradient departs from serial's most; the correction's steps follow.
+    /// 0: none beyond the first.
+    /// </summary>
+    public int LoopCorrectionWarmup { get; init; }
+
     /// <summary>Weight of the old mean when <see cref="LoopCorrectionEvery"/> folds in a new difference.</summary>
     public float LoopCorrectionMomentum { get; init; } = 0.9f;
 
@@ -142,7 +149,7 @@ public sealed record TrainOptions
     /// </summary>
     public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
-        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay));
+        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay, LoopCorrectionWarmup));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -181,6 +188,7 @@ public sealed record TrainOptions
             CosineDecaySteps = r.CosineDecaySteps ?? defaults.CosineDecaySteps,
             Accumulate = r.Accumulate ?? defaults.Accumulate,
             EmaDecay = r.EmaDecay ?? defaults.EmaDecay,
+            LoopCorrectionWarmup = r.LoopCorrectionWarmup ?? defaults.LoopCorrectionWarmup,
         };
     }
 
@@ -203,7 +211,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("check_finite")] bool? CheckFinite,
         [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps,
         [property: JsonPropertyName("accumulate")] int? Accumulate,
-        [property: JsonPropertyName("ema_decay")] float? EmaDecay);
+        [property: JsonPropertyName("ema_decay")] float? EmaDecay,
+        [property: JsonPropertyName("loop_correction_warmup")] int? LoopCorrectionWarmup);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -525,7 +534,7 @@ public sealed class Trainer : IDisposable
         backend.Synchronize();
         backend.Memory.ResetPeak();
         var clock = Stopwatch.StartNew();
-        bool exactStep = LoopCorrected && (step - 1) % Options.LoopCorrectionEvery == 0;
+        bool exactStep = LoopCorrected && (step <= Options.LoopCorrectionWarmup || (step - 1) % Options.LoopCorrectionEvery == 0);
         var (loss, saved, byKind) = n == 1 ? Backprop(batches[0]) : Accumulated(batches);
         if (exactStep)
         {

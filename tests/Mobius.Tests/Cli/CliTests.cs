@@ -337,13 +337,18 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--loop-correction", "2", "--loop-correction-mode", "median"), 2, "--loop-correction-mode must be mean or scale, got 'median'");
         AssertCleanFailure(Mobius("train", "--steps", "2", "--loop-correction", "2", "--loop-correction-momentum", "1", "--out", bestFolder.File("x.safetensors")), 2, "--loop-correction-momentum must be in [0, 1)");
 
-        // The scaled correction runs end to end and says so in the JSON.
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "2", "--loop-correction-warmup", "2"), 2, "--loop-correction-warmup needs --loop-correction K");
+        AssertCleanFailure(Mobius("train", "--steps", "2", "--loop-correction", "2", "--loop-correction-warmup", "-1", "--out", bestFolder.File("x.safetensors")), 2, "--loop-correction-warmup must be 0 (none)");
+
+        // The scaled correction runs end to end and says so in the JSON: exact steps 1 and 2 (the warm-up), then step 3 the loop's.
         var scaled = Mobius("compare", "--config", "micro", "--steps", "3", "--samples", "0", "--json", "--out", bestFolder.File("scaled"), "--seed", "4",
-            "--loop-correction", "2");  // scale is the default mode
+            "--loop-correction", "3", "--loop-correction-warmup", "2");  // scale is the default mode
         Assert.True(scaled.Code == 0, scaled.Out + scaled.Err);
         using var scaledDoc = JsonDocument.Parse(scaled.Out);
         Assert.Equal("scale", scaledDoc.RootElement.GetProperty("loop_correction_mode").GetString());
-        Assert.Equal(2, scaledDoc.RootElement.GetProperty("loop_correction_every").GetInt32());
+        Assert.Equal(3, scaledDoc.RootElement.GetProperty("loop_correction_every").GetInt32());
+        Assert.Equal(2, scaledDoc.RootElement.GetProperty("loop_correction_warmup").GetInt32());
+        Assert.Contains("(and at each of the first 2)", File.ReadAllText(Path.Combine(bestFolder.File("scaled"), "report.md")));
         var fitted = scaledDoc.RootElement.GetProperty("parallel").GetProperty("loop_coefficients").EnumerateObject().ToList();
         Assert.NotEmpty(fitted);
         Assert.All(fitted, c => Assert.True(c.Name.Contains(".temp_", StringComparison.Ordinal) && c.Value.GetDouble() is >= 0 and <= 1, $"{c.Name}: {c.Value}"));

@@ -653,6 +653,35 @@ public abstract class TrainingTests(BackendFixture fixture)
         Assert.Contains($"a Parallel checkpoint with the {bridge} bridge cannot be loaded as Serial", e.Message, StringComparison.Ordinal);
     }
 
+    [Fact]
+    public void The_loop_corrections_warmup_takes_serials_exact_steps_then_the_loops()
+    {
+        Assert.SkipWhen(fixture.Simulated, "minutes of training steps on the CUDA simulator; run on a real GPU by scripts/gpu-run.sh");
+        int seed = Seeds.One;
+        var data = Clips(seed);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, LoopCorrectionEvery = 100, LoopCorrectionWarmup = 3 };
+        Assert.Equal(3, TrainOptions.FromJson(options.ToJson()).LoopCorrectionWarmup);
+        (float[] Losses, Dictionary<string, float[]> Weights) Run(Topology topology, int steps)
+        {
+            using var model = TextToVideo.Create(B, Micro, topology, seed);
+            using var trainer = new Trainer(model, data, Stage.TextToVideo, topology == Topology.Serial ? new TrainOptions { Seed = seed, LearningRate = 1e-2f } : options);
+            var losses = Enumerable.Range(0, steps).Select(_ => trainer.TrainStep().Loss).ToArray();
+            return (losses, model.Unet.StateDict());
+        }
+
+        bool Same(Dictionary<string, float[]> a, Dictionary<string, float[]> b) => a.All(kv => kv.Value.AsSpan().SequenceEqual(b[kv.Key]));
+
+        // Steps 1 to 3 are serial's exact steps, bit for bit; step 4 is the loop's own (corrected) step.
+        var serial3 = Run(Topology.Serial, 3);
+        var warm3 = Run(Topology.Parallel, 3);
+        Assert.Equal(serial3.Losses, warm3.Losses);
+        Assert.True(Same(serial3.Weights, warm3.Weights), $"the warm-up steps are not serial's (seed {seed})");
+        var serial4 = Run(Topology.Serial, 4);
+        var warm4 = Run(Topology.Parallel, 4);
+        Assert.Equal(serial4.Losses, warm4.Losses);  // step 4's loss is taken before its update
+        Assert.False(Same(serial4.Weights, warm4.Weights), "step 4 after the warm-up took serial's step");
+    }
+
     [Theory]
     [InlineData(LoopCorrectionMode.Scale)]
     [InlineData(LoopCorrectionMode.Mean)]
