@@ -669,11 +669,12 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "training steps per topology", DefaultValueFactory = _ => 360 };
         var lr = new Option<float?>("--lr") { Description = $"learning rate, the same for both topologies (default: {FineTuneLearningRate:g} fine-tuning a text-to-video model, {FromImageLearningRate:g} from a text-to-image one, high for a short run)" };
         var validateEvery = new Option<int>("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 60 };
-        var samples = new Option<int>("--samples") { Description = "clips each topology samples for the GIFs and the motion score: held-out captions, each once, then again from fresh starting noise", DefaultValueFactory = _ => 4 };
+        var samples = new Option<int>("--samples") { Description = "clips each topology samples for the GIFs and the motion score: held-out captions, each once, then again from fresh starting noise", DefaultValueFactory = _ => 8 };
+        var validationBatches = new Option<int>("--validation-batches") { Description = "held-out batches in each validation loss (16 here: 32 clips, enough to tell the topologies' losses apart)", DefaultValueFactory = _ => 16 };
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -691,7 +692,7 @@ public static class Commands
                 samples: p.GetValue(samples), sampleSteps: 25, p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), 0,
                 freeze: p.GetValue(FreezeOption), recomputeSpatial: p.GetValue(RecomputeOption), recomputeTemporal: p.GetValue(RecomputeTemporalOption),
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
-                validationBatches: p.GetValue(ValidationBatchesOption), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
+                validationBatches: p.GetValue(validationBatches), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
                 loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption),
                 loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption));
         });

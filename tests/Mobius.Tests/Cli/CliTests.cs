@@ -385,6 +385,8 @@ public sealed class CliTests
         Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(4, root.GetProperty("seed").GetInt32());
+        Assert.Equal(16, root.GetProperty("validation_batches").GetInt32());  // the demo's: 32 held-out clips, paired
+        Assert.Equal(32, root.GetProperty("difference").GetProperty("validation_loss").GetProperty("pairs").GetInt32());
         Assert.Single(root.GetProperty("prompts").EnumerateArray());
         foreach (var topo in new[] { "serial", "parallel" })
         {
