@@ -584,24 +584,19 @@ public static class Comparison
 
             // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
             var validation = folderValidation ?? Data(config, options.Seed, Split.Validation, options.Motions);
-            // Clip by clip, the latest validation's losses and the best's (the untrained model's to begin with).
+            // Every validation's loss (the curve) and, in the same order, its losses clip by clip.
             var initialValidation = new double[2];
-            var latestClips = new List<double>[2];
-            var bestClips = new List<double>[2];
+            var clipCurves = new List<List<double>>[] { [[]], [[]] };
             for (int i = 0; i < 2; i++)
             {
                 progress?.Report(new CompareProgress("validate", topologies[i], 0, 1));
-                latestClips[i] = [];
                 using (trainers[i]!.EmaWeights())
                 {
-                    initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed, latestClips[i]);
+                    initialValidation[i] = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed, clipCurves[i][0]);
                 }
-
-                bestClips[i] = latestClips[i];
             }
 
             var curves = new List<ValidationPoint>[] { [new(0, initialValidation[0])], [new(0, initialValidation[1])] };
-
             var bestWeights = new Dictionary<string, float[]>?[2];
             for (int i = 0; i < 2; i++)
             {
@@ -615,17 +610,13 @@ public static class Comparison
                 using var ema = trainers[i]!.EmaWeights();
                 var clips = new List<double>();
                 double loss = trainers[i]!.Evaluate(validation, options.ValidationBatches, options.Seed, clips);
-                latestClips[i] = clips;
-                if (loss < curves[i].Min(v => v.Loss))
+                if (options.KeepBest && loss < curves[i].Min(v => v.Loss))
                 {
-                    bestClips[i] = clips;
-                    if (options.KeepBest)
-                    {
-                        bestWeights[i] = trainers[i]!.TrainableSnapshot();
-                    }
+                    bestWeights[i] = trainers[i]!.TrainableSnapshot();
                 }
 
                 curves[i].Add(new ValidationPoint(step, loss));
+                clipCurves[i].Add(clips);
                 progress?.Report(new CompareProgress("validated", topologies[i], step, options.Steps, (float)loss));
             }
 
@@ -677,7 +668,7 @@ public static class Comparison
 
                 bestWeights[i] = null;
                 double validationLoss = final.Loss;
-                var validationClips = restored ? bestClips[i] : latestClips[i];
+                var validationClips = clipCurves[i][curves[i].IndexOf(final)];
                 var scores = new List<MotionScore?>();
                 if (prompts.Count > 0)
                 {
