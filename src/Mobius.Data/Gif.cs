@@ -167,6 +167,53 @@ public static class Gif
         return Read(stream, path, frames, height, width, caption);
     }
 
+    /// <summary>
+    /// Whether a GIF's blocks (header, screen descriptor, colour tables, extensions and images with their
+    /// sub-blocks) run past the end of <paramref name="b"/> before the trailer. A byte that starts no block is
+    /// left to the decoder, which reports the file corrupt.
+    /// </summary>
+    internal static bool RunsPastEnd(ReadOnlySpan<byte> b)
+    {
+        const int screen = 13;  // "GIF89a", then width, height, flags, background, aspect
+        if (b.Length < screen)
+        {
+            return true;
+        }
+
+        static int ColourTable(byte flags) => (flags & 0x80) != 0 ? 3 << ((flags & 7) + 1) : 0;
+        long p = screen + ColourTable(b[10]);
+        while (p < b.Length)
+        {
+            switch (b[(int)p])
+            {
+                case 0x3B:
+                    return false;
+                case 0x21:  // extension: introducer, label, sub-blocks
+                    p += 2;
+                    break;
+                case 0x2C:  // image: descriptor (10 bytes with the separator), local colour table, LZW code size, sub-blocks
+                    if (p + 10 > b.Length)
+                    {
+                        return true;
+                    }
+
+                    p += 10 + ColourTable(b[(int)p + 9]) + 1;
+                    break;
+                default:
+                    return false;
+            }
+
+            while (p < b.Length && b[(int)p] != 0)
+            {
+                p += b[(int)p] + 1;
+            }
+
+            p++;  // the terminating empty sub-block
+        }
+
+        return true;
+    }
+
     /// <summary>Reads a GIF from a stream like <see cref="Read(string, int, int, int, string)"/>; <paramref name="name"/> names it in errors.</summary>
     public static Clip Read(Stream stream, string name, int frames, int height, int width, string caption = "")
     {
@@ -181,11 +228,11 @@ public static class Gif
         stream.CopyTo(buffer);
         byte[] bytes = buffer.ToArray();
 
-        // The decoder shows a cut-off GIF without complaint (missing frames, garbage rows); the trailer
-        // byte that ends every complete GIF tells.
-        if (bytes.AsSpan().StartsWith("GIF8"u8) && bytes[^1] != 0x3B)
+        // The decoder shows a cut-off GIF without complaint (missing frames, garbage rows); walking its blocks
+        // to the trailer tells, wherever the cut fell (a last byte of 0x3B alone could be data).
+        if (bytes.AsSpan().StartsWith("GIF8"u8) && RunsPastEnd(bytes))
         {
-            throw new DataFormatException(name, "truncated GIF: the file does not end with the GIF trailer byte (0x3B).");
+            throw new DataFormatException(name, "truncated GIF: its blocks run past the end of the file before the GIF trailer (0x3B).");
         }
 
         Image<Rgba32> image;

@@ -180,6 +180,14 @@ public sealed class GifTests
         Assert.Equal(truncated, e.File);
         Assert.Contains("truncated", e.Message);
 
+        // Cut anywhere, the file is refused as truncated: also where the last byte left happens to be 0x3B.
+        for (int cut = 1; cut < bytes.Length; cut++)
+        {
+            Assert.True(Gif.RunsPastEnd(bytes.AsSpan(0, cut)), $"cut at {cut} of {bytes.Length} bytes (last byte 0x{bytes[cut - 1]:X2}) passes as whole ({Seeds.One})");
+        }
+
+        Assert.False(Gif.RunsPastEnd(bytes));
+
         string noData = dir.File("nodata.gif");
         File.WriteAllBytes(noData, [.. bytes[..13], 0x3B]);
         e = Assert.Throws<DataFormatException>(() => Gif.Read(noData, 8, 32, 32));
