@@ -67,7 +67,7 @@ public static class Commands
     private static readonly Option<int> ValidateEveryOption = new("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> LoopCorrectionOption = new("--loop-correction") { Description = "experimental: every K steps the loop bridge also takes serial's exact gradient and corrects the steps between by the running difference (0: off)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
-    private static readonly Option<int> LoopCorrectionWarmupOption = new("--loop-correction-warmup") { Description = "experimental, with --loop-correction: the first N steps are all exact (serial's gradient): the loss falls fastest there [default: 0]", DefaultValueFactory = _ => 0 };
+    private static readonly Option<int> LoopCorrectionWarmupOption = new("--loop-correction-warmup") { Description = "experimental, with --loop-correction: the first N steps are all exact (serial's gradient): the loss falls fastest there", DefaultValueFactory = _ => 0 };
     private static readonly Option<float> LoopCorrectionMomentumOption = new("--loop-correction-momentum") { Description = "experimental: weight of the old running difference when --loop-correction folds in a new one", DefaultValueFactory = _ => 0.9f };
     private static readonly Option<string> LoopCorrectionModeOption = new("--loop-correction-mode") { Description = "experimental, with --loop-correction: scale (scale the loop's gradient per tensor by its fitted coefficient on the exact one) or mean (subtract the running mean of loop minus exact; wants --loop-correction-momentum 0.99)", DefaultValueFactory = _ => "scale" };
     private static Option<int> FrontierOption(int fallback) => new("--frontier")
@@ -80,7 +80,12 @@ public static class Commands
 
     private static readonly Option<float?> FrameNoiseOption = new("--frame-noise")
     {
-        Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default {ModelConfig.DefaultFrameNoiseCorrelation})",
+        Description = $"correlation of the diffusion noise across a clip's frames, in [0, 1) (default: a text-to-video checkpoint's own, which it must keep; {ModelConfig.DefaultFrameNoiseCorrelation} from a text-to-image one)",
+    };
+
+    private static readonly Option<float?> SampleFrameNoiseOption = new("--sample-frame-noise")
+    {
+        Description = $"correlation across a clip's frames of the noise sampling starts from, in [0, 1) (default: {TextToVideo.DefaultSampleFrameNoise}, or the model's frame noise where higher: even a model trained with independent frame noise draws steadier clips from correlated starting noise)",
     };
 
     private static readonly Option<int?> BatchOption = new("--batch") { Description = "clips per training step (default: the config's; tiny: 2)" };
@@ -566,9 +571,10 @@ public static class Commands
         var guidance = new Option<float>("--guidance") { Description = "classifier-free guidance scale", DefaultValueFactory = _ => 4f };
         var trained = new Option<bool>("--no-ema") { Description = "draw with the trained weights even when the checkpoint keeps their moving average (--ema)" };
         var cmd = new Command("sample", "Generate clips for prompts with DDIM and classifier-free guidance, written as an animated GIF (a grid for several), each scored for the motion its prompt names.")
-            { checkpoint, prompt, count, output, steps, guidance, trained, BackendOption, SeedOption, ThreadsOption };
+            { checkpoint, prompt, count, output, steps, guidance, SampleFrameNoiseOption, trained, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
+            float? startNoise = SampleFrameNoise(p);
             int ddim = p.GetValue(steps);
             if (ddim is < 1 or > 1000)
             {
@@ -601,7 +607,7 @@ public static class Commands
             AnsiConsole.Progress().Start(ctx =>
             {
                 var task = ctx.AddTask(captions.Count == 1 ? "sampling" : $"sampling {captions.Count} clips", maxValue: ddim);
-                pixels = model.Generate(captions, ddim, p.GetValue(guidance), p.GetValue(SeedOption), new InlineProgress<int>(d => task.Value = d));
+                pixels = model.Generate(captions, ddim, p.GetValue(guidance), p.GetValue(SeedOption), new InlineProgress<int>(d => task.Value = d), startNoise);
             });
             var config = ckpt.Config;
             int frames = ckpt.Topology == Topology.Spatial ? 1 : config.Frames;
@@ -625,15 +631,24 @@ public static class Commands
 
             if (frames > 1)
             {
-                // The motion metric of each clip whose prompt names a motion (docs/architecture.md).
+                // The motion metric of each clip whose prompt names a motion (docs/architecture.md), and their mean.
+                AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant($"starting noise correlated {model.SampleFrameNoise(startNoise):0.###} across each clip's frames")));
+                var scored = new List<MotionScore>();
                 for (int k = 0; k < clips.Count; k++)
                 {
                     if (MotionMetric.MotionOf(clips[k]) is { } motion)
                     {
                         var score = MotionMetric.Score(clips[k], motion);
+                        scored.Add(score);
                         AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
                             $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {motion}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
                     }
+                }
+
+                if (scored.Count > 1)
+                {
+                    AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                        $"mean of {scored.Count} clips: motion score {scored.Average(x => x.Combined):0.000} (movement {scored.Average(x => x.Motion):0.000}, frame consistency {scored.Average(x => x.Consistency):0.000})")));
                 }
             }
 
@@ -656,10 +671,10 @@ public static class Commands
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, SampleFrameNoiseOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption), SampleFrameNoise(p)));
         return cmd;
     }
 
@@ -674,7 +689,7 @@ public static class Commands
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier };
+            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, SampleFrameNoiseOption };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -694,7 +709,7 @@ public static class Commands
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(validationBatches), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
                 loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption),
-                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption));
+                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption), sampleFrameNoise: SampleFrameNoise(p));
         });
         return cmd;
     }
@@ -751,7 +766,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0, float? sampleFrameNoise = null)
     {
         if (frontier < 0)
         {
@@ -800,6 +815,7 @@ public static class Commands
             Seed = seed,
             SamplePrompts = samples,
             SampleSteps = sampleSteps,
+            SampleFrameNoise = sampleFrameNoise,
             Train = new TrainOptions { Seed = seed, LearningRate = lr, Batch = CheckBatch(batch), Accumulate = CheckAccumulate(accumulate, loopCorrection), EmaDecay = CheckEma(ema), CosineDecaySteps = CheckCosine(cosine), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
                 RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode,
                 LoopCorrectionWarmup = CheckLoopCorrectionWarmup(loopCorrectionWarmup, loopCorrection) },
@@ -1156,6 +1172,12 @@ public static class Commands
     {
         float? rho = p.GetValue(FrameNoiseOption);
         return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--frame-noise must be in [0, 1), got {rho}.");
+    }
+
+    private static float? SampleFrameNoise(ParseResult p)
+    {
+        float? rho = p.GetValue(SampleFrameNoiseOption);
+        return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--sample-frame-noise must be in [0, 1), got {rho}.");
     }
 
     private static string? ParseBridge(string? name) =>

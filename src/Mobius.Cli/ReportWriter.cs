@@ -265,7 +265,7 @@ public sealed class ReportWriter(string folder)
 
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
-        sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}; prompts from the validation split" +
+        sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}, starting noise correlated {r.SampleFrameNoise.ToString(ci)} across a clip's frames; prompts from the validation split" +
             (RepeatedPrompts(r.Prompts) is { } repeated ? $" ({repeated})." : ".")).AppendLine();
         sb.AppendLine("| prompt | serial | parallel |").AppendLine("|---|---|---|");
         for (int k = 0; k < r.Prompts.Count; k++)

@@ -53,6 +53,12 @@ public sealed record ComparisonOptions
     /// <summary>Classifier-free guidance scale.</summary>
     public float Guidance { get; init; } = 4f;
 
+    /// <summary>
+    /// Correlation across a clip's frames of the noise sampling starts from (null: <see cref="TextToVideo.SampleFrameNoise"/>'s
+    /// default, 0.9 or the training correlation where higher). The same for both topologies.
+    /// </summary>
+    public float? SampleFrameNoise { get; init; }
+
     /// <summary>Train, validate and sample on clips of these motions only (null: all of them). Generated clips only.</summary>
     public IReadOnlyList<Motion>? Motions { get; init; }
 
@@ -392,9 +398,13 @@ public sealed record ComparisonResult
     [JsonPropertyName("recompute_temporal")]
     public bool RecomputeTemporal { get; init; }
 
-    /// <summary>Correlation of the diffusion noise across a clip's frames, in training and sampling.</summary>
+    /// <summary>Correlation of the diffusion noise across a clip's frames in training.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
+
+    /// <summary>Correlation across a clip's frames of the noise the samples started from (see <see cref="TextToVideo.SampleFrameNoise"/>).</summary>
+    [JsonPropertyName("sample_frame_noise")]
+    public double SampleFrameNoise { get; init; }
 
     /// <summary>Steps between the loop bridge's exact, correcting steps (0: off; see <see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
     [JsonPropertyName("loop_correction_every")]
@@ -527,6 +537,11 @@ public static class Comparison
         if (options.ValidationBatches < 1)
         {
             throw new ArgumentOutOfRangeException(nameof(options), $"ValidationBatches must be at least 1, got {options.ValidationBatches}.");
+        }
+
+        if (options.SampleFrameNoise is { } sampleRho && !(sampleRho >= 0 && sampleRho < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"SampleFrameNoise must be in [0, 1), got {sampleRho}.");
         }
 
         if (options.KeepBest && options.ValidateEvery == 0)
@@ -677,7 +692,7 @@ public static class Comparison
                     float[] pixels;
                     using (restored ? null : trainers[i]!.EmaWeights())
                     {
-                        pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar);
+                        pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar, options.SampleFrameNoise);
                     }
 
                     int clipSize = config.Frames * 3 * config.Height * config.Width;
@@ -734,6 +749,7 @@ public static class Comparison
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
+                SampleFrameNoise = Math.Round(models[0]!.SampleFrameNoise(options.SampleFrameNoise), 4),
                 Start = checkpoint is null ? null : new StartPoint(Path.GetFileName(options.Checkpoint!), checkpoint.Topology.ToString().ToLowerInvariant(), checkpoint.Step),
                 Serial = results[0],
                 Parallel = results[1],

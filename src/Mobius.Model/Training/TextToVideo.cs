@@ -176,18 +176,44 @@ public sealed class TextToVideo : IDisposable
     }
 
     /// <summary>
-    /// Samples one clip per prompt with DDIM and classifier-free guidance; returns pixels
-    /// [prompts, F, 3, H, W] in [-1, 1] (clamped). Unknown words in a prompt raise <see cref="UnknownWordsException"/>.
+    /// Correlation across a clip's frames of the noise sampling starts from, unless asked otherwise: 0.9, or the
+    /// model's training correlation (<see cref="ModelConfig.FrameNoiseCorrelation"/>) where that is higher. Even a
+    /// model trained with independent frame noise draws steadier clips from correlated starting noise: at the
+    /// first DDIM step its prediction reads the layout (background, where a sprite is) off the noise, and
+    /// independent noise gives every frame its own (benchmarks/results/2026-11-27-sampling-noise.md).
     /// </summary>
-    public float[] Generate(IReadOnlyList<string> prompts, int steps = 25, float guidance = 4f, int seed = 0, IProgress<int>? progress = null)
+    public const float DefaultSampleFrameNoise = 0.9f;
+
+    /// <summary>
+    /// The starting-noise correlation <see cref="Generate"/> uses for <paramref name="requested"/> (null: the
+    /// larger of <see cref="DefaultSampleFrameNoise"/> and the training correlation); 0 for a text-to-image model.
+    /// </summary>
+    public float SampleFrameNoise(float? requested = null)
     {
+        if (requested is { } rho && !(rho >= 0 && rho < 1))
+        {
+            throw new ArgumentOutOfRangeException(nameof(requested), $"the sampling frame noise correlation must be in [0, 1), got {rho}.");
+        }
+
+        return Topology == Topology.Spatial ? 0f : requested ?? Math.Max(DefaultSampleFrameNoise, Config.FrameNoiseCorrelation);
+    }
+
+    /// <summary>
+    /// Samples one clip per prompt with DDIM and classifier-free guidance; returns pixels
+    /// [prompts, F, 3, H, W] in [-1, 1] (clamped). Each clip starts from noise whose frames are correlated
+    /// <paramref name="frameNoise"/> (<see cref="SampleFrameNoise"/>; null: the default). Unknown words in a
+    /// prompt raise <see cref="UnknownWordsException"/>.
+    /// </summary>
+    public float[] Generate(IReadOnlyList<string> prompts, int steps = 25, float guidance = 4f, int seed = 0, IProgress<int>? progress = null, float? frameNoise = null)
+    {
+        float correlation = SampleFrameNoise(frameNoise);
         int frames = Topology == Topology.Spatial ? 1 : Config.Frames;
         using var noGrad = Tape.NoGrad();
         using var cond = EncodeText(prompts, frames);
         using var uncond = EncodeText(Enumerable.Repeat("", prompts.Count).ToList(), frames);
         var shape = new Shape(prompts.Count * frames, Config.LatentChannels, Config.LatentHeight, Config.LatentWidth);
         var latents = new DdimSampler(Schedule).Sample(Backend, shape, DdimSampler.Guided(Unet, cond, uncond, frames, guidance), steps, seed, progress,
-            frames, Topology == Topology.Spatial ? 0f : Config.FrameNoiseCorrelation);
+            frames, correlation);
         var pixels = Codec.Decode(latents, prompts.Count * frames, Config.Height, Config.Width);
         for (int i = 0; i < pixels.Length; i++)
         {

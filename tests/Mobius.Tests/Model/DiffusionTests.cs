@@ -49,6 +49,37 @@ public abstract class DiffusionTests(BackendFixture fixture)
         // Dividing by sqrt(abar) ~ 0.04 at the first step amplifies fp32 rounding about 25 times.
         Close.All(got, x0, 2e-4, 1e-4, $"DDIM {steps} steps ({r})");
     }
+
+    [Theory]
+    [InlineData(0f)]
+    [InlineData(0.5f)]
+    [InlineData(0.9f)]
+    public void Clip_noise_is_unit_normal_per_frame_and_correlated_across_frames_as_asked(float rho)
+    {
+        // 64 clips of 4 frames of 512 values: each frame's values must have unit variance, and any two frames
+        // of a clip the asked correlation; pairs of frames of different clips none. The tolerances are about
+        // five standard errors of the estimates over 32,768 pairs.
+        int seed = Seeds.One + (int)(rho * 10);
+        const int clips = 64, frames = 4, size = 512;
+        var noise = NoiseSchedule.ClipNoise(new Random(seed), clips, frames, size, rho);
+        double sumSq = 0, within = 0, across = 0;
+        for (int c = 0; c < clips; c++)
+        {
+            for (int i = 0; i < size; i++)
+            {
+                double a = noise[(c * frames) * size + i], b = noise[(c * frames + frames - 1) * size + i];
+                double other = noise[(((c + 1) % clips) * frames + 1) * size + i];
+                sumSq += a * a;
+                within += a * b;
+                across += a * other;
+            }
+        }
+
+        int n = clips * size;
+        Assert.InRange(sumSq / n, 0.96, 1.04);
+        Assert.InRange(within / n, rho - 0.04, rho + 0.04);
+        Assert.InRange(across / n, -0.04, 0.04);
+    }
 }
 
 public sealed class CpuDiffusionTests(CpuFixture f) : DiffusionTests(f), IClassFixture<CpuFixture>;

@@ -862,6 +862,47 @@ public abstract class TrainingTests(BackendFixture fixture)
         Assert.Equal(a, b);
         Assert.Throws<UnknownWordsException>(() => m.Generate(["a purple zebra"], steps: 1));
     }
+
+    [Fact]
+    public void Sampling_starts_from_frame_correlated_noise_0_9_or_the_models_own_where_higher()
+    {
+        using (var independent = TextToVideo.Create(B, Micro with { FrameNoiseCorrelation = 0f }, Topology.Serial, Seeds.One))
+        using (var correlated = TextToVideo.Create(B, Micro with { FrameNoiseCorrelation = 0.95f }, Topology.Parallel, Seeds.One))
+        using (var still = TextToVideo.Create(B, Micro, Topology.Spatial, Seeds.One))
+        {
+            Assert.Equal(TextToVideo.DefaultSampleFrameNoise, independent.SampleFrameNoise());
+            Assert.Equal(0.95f, correlated.SampleFrameNoise());
+            Assert.Equal(0.3f, correlated.SampleFrameNoise(0.3f));
+            Assert.Equal(0f, still.SampleFrameNoise(0.5f));
+            Assert.Throws<ArgumentOutOfRangeException>(() => independent.SampleFrameNoise(1f));
+            Assert.Throws<ArgumentOutOfRangeException>(() => independent.Generate(["x"], steps: 1, frameNoise: -0.1f));
+        }
+
+        // Generate starts from that noise: at initialisation the temporal layers are the identity, so each frame
+        // is denoised on its own and frames that start alike end alike. Nearly shared starting noise (0.99)
+        // must give frames far closer to each other than independent noise does.
+        using var m = TextToVideo.Create(B, Micro with { FrameNoiseCorrelation = 0f }, Topology.Serial, Seeds.One);
+        var prompt = Clips(1).Get(0).Caption;
+        int frameSize = 3 * Micro.Height * Micro.Width;
+        double FrameSpread(float rho)
+        {
+            var pixels = m.Generate([prompt], steps: 2, seed: Seeds.One, frameNoise: rho);
+            double sum = 0;
+            for (int f = 1; f < Micro.Frames; f++)
+            {
+                for (int i = 0; i < frameSize; i++)
+                {
+                    sum += Math.Abs(pixels[f * frameSize + i] - pixels[(f - 1) * frameSize + i]);
+                }
+            }
+
+            return sum / ((Micro.Frames - 1) * frameSize);
+        }
+
+        double apart = FrameSpread(0f), alike = FrameSpread(0.99f);
+        Assert.True(apart > 0, "independent starting noise gave identical frames");
+        Assert.True(alike < 0.5 * apart, $"frames from noise correlated 0.99 differ by {alike:0.0000} on average, from independent noise by {apart:0.0000}");
+    }
 }
 
 public sealed class CpuTrainingTests(CpuFixture f) : TrainingTests(f), IClassFixture<CpuFixture>;
