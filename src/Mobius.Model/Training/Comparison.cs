@@ -406,6 +406,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("sample_frame_noise")]
     public double SampleFrameNoise { get; init; }
 
+    /// <summary>Classifier-free guidance scale of the samples (<see cref="ComparisonOptions.Guidance"/>).</summary>
+    [JsonPropertyName("guidance")]
+    public double Guidance { get; init; }
+
     /// <summary>Steps between the loop bridge's exact, correcting steps (0: off; see <see cref="TrainOptions.LoopCorrectionEvery"/>).</summary>
     [JsonPropertyName("loop_correction_every")]
     public int LoopCorrectionEvery { get; init; }
@@ -537,6 +541,11 @@ public static class Comparison
         if (options.ValidationBatches < 1)
         {
             throw new ArgumentOutOfRangeException(nameof(options), $"ValidationBatches must be at least 1, got {options.ValidationBatches}.");
+        }
+
+        if (!(options.Guidance >= 0 && float.IsFinite(options.Guidance)))
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"Guidance must be 0 or more, got {options.Guidance}.");
         }
 
         if (options.SampleFrameNoise is { } sampleRho && !(sampleRho >= 0 && sampleRho < 1))
@@ -750,6 +759,7 @@ public static class Comparison
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 SampleFrameNoise = Math.Round(models[0]!.SampleFrameNoise(options.SampleFrameNoise), 4),
+                Guidance = options.Guidance,
                 Start = checkpoint is null ? null : new StartPoint(Path.GetFileName(options.Checkpoint!), checkpoint.Topology.ToString().ToLowerInvariant(), checkpoint.Step),
                 Serial = results[0],
                 Parallel = results[1],

@@ -384,6 +384,7 @@ public sealed class CliTests
         Assert.Equal(["MoveRight"], root.GetProperty("motions").EnumerateArray().Select(m => m.GetString()));
         Assert.Equal(0, root.GetProperty("frame_noise_correlation").GetDouble());
         Assert.Equal(TextToVideo.DefaultSampleFrameNoise, root.GetProperty("sample_frame_noise").GetDouble(), 1e-6);
+        Assert.Equal(4, root.GetProperty("guidance").GetDouble());
         Assert.Equal(1e-4, root.GetProperty("learning_rate").GetDouble(), 1e-9);
         Assert.Equal(2, root.GetProperty("batch").GetInt32());
         Assert.Equal(4, root.GetProperty("seed").GetInt32());
@@ -488,7 +489,7 @@ public sealed class CliTests
     {
         using var folder = new TempFolder();
         var r = Mobius("compare", "--config", "micro", "--steps", "2", "--samples", "2", "--sample-steps", "2", "--json", "--out", folder.Path,
-            "--motion", "move-right", "--bridge", "additive", "--min-snr", "0", "--frame-noise", "0.3", "--sample-frame-noise", "0.5");
+            "--motion", "move-right", "--bridge", "additive", "--min-snr", "0", "--frame-noise", "0.3", "--sample-frame-noise", "0.5", "--guidance", "2.5");
         Assert.True(r.Code == 0, r.Out + r.Err);
         using var doc = JsonDocument.Parse(r.Out);
         var root = doc.RootElement;
@@ -497,6 +498,8 @@ public sealed class CliTests
         Assert.Equal(0, root.GetProperty("min_snr_gamma").GetDouble());
         Assert.Equal(0.3, root.GetProperty("frame_noise_correlation").GetDouble(), 1e-6);
         Assert.Equal(0.5, root.GetProperty("sample_frame_noise").GetDouble(), 1e-6);
+        Assert.Equal(2.5, root.GetProperty("guidance").GetDouble(), 1e-6);
+        Assert.Contains("guidance 2.5, seed 1, starting noise correlated 0.5 across a clip's frames", File.ReadAllText(Path.Combine(folder.Path, "report.md")), StringComparison.Ordinal);
         var prompts = root.GetProperty("prompts").EnumerateArray().Select(p => p.GetString()!).ToList();
         Assert.Equal(2, prompts.Count);
         Assert.Equal(2, prompts.Distinct().Count());
@@ -947,6 +950,8 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frame-noise", "1.5"), 2, "--frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--sample-frame-noise", "1"), 2, "--sample-frame-noise must be in [0, 1)");
         AssertCleanFailure(Mobius("sample", "--prompt", "a red heart", "--sample-frame-noise", "-0.5"), 2, "--sample-frame-noise must be in [0, 1)");
+        AssertCleanFailure(Mobius("demo", "--guidance", "-1", "--out", folder.Path), 2, "--guidance must be 0 or more");
+        AssertCleanFailure(Mobius("sample", "--prompt", "a red heart", "--guidance", "NaN"), 2, "--guidance must be 0 or more");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frontier", "-1"), 2, "--frontier must be 0 or more");
