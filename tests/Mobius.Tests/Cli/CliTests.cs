@@ -714,8 +714,9 @@ public sealed class CliTests
         var micro = ModelConfig.Get("micro");
         var size = SixLabors.ImageSharp.Image.Identify(grid);
         Assert.Equal((2 * micro.Width * 4 + 3 * 2 * 4, 2 * micro.Height * 4 + 3 * 2 * 4), (size.Width, size.Height));   // 2 x 2 clips and three 2-pixel gaps a side, shown x4
-        Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(g.Out, "motion score").Count);
+        Assert.Equal(2, System.Text.RegularExpressions.Regex.Matches(g.Out, "clip \\d+, .*: motion score").Count);
         Assert.Contains("clip 2, \"a red heart moving left\": motion score", g.Out);
+        Assert.Contains("mean of 2 clips: motion score", g.Out);
         AssertCleanFailure(Mobius("sample", "--checkpoint", video, "--prompt", "a red heart", "--count", "0"), 2, "--count must be 1..64");
 
         // The serial text-to-video model fine-tunes in the parallel topology (the loop bridge is serial's model);
