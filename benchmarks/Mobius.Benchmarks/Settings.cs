@@ -11,7 +11,7 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
-/// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4]`: what one stage-2 training setting
+/// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
@@ -23,19 +23,21 @@ namespace Mobius.Benchmarks;
 /// spatial layers of the resolution levels in the bit mask on the tape (a diagnostic, see
 /// <c>UNet3D.LoopExactLevels</c>). --bridge picks the parallel topology's bridge; --norms 1 prints the RMS of
 /// every trained tensor after training (how far the zero-initialised outputs moved); --guidance sets the
-/// samples' classifier-free guidance scale.
+/// samples' classifier-free guidance scale and --sample-frame-noise the correlation of their starting noise
+/// across frames (default: <see cref="TextToVideo.SampleFrameNoise"/>'s; runs before 2026-11-27 sampled at the
+/// training --frame-noise, which --sample-frame-noise R reproduces).
 /// </summary>
 public static class Settings
 {
     private static readonly int[] Timesteps = [20, 100, 250, 500, 750, 950];
 
     private const string Usage = "Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3] [--topology serial] [--bridge loop] " +
-        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4]";
+        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]";
 
     public static int Run(string[] args)
     {
         if (CommandArgs.Check(args, Usage, ["--checkpoint", "--motion", "--steps", "--lr", "--topology", "--bridge", "--frame-noise", "--min-snr", "--samples",
-            "--freeze", "--exact-levels", "--norms", "--guidance"]) is { } code)
+            "--freeze", "--exact-levels", "--norms", "--guidance", "--sample-frame-noise"]) is { } code)
         {
             return code;
         }
@@ -56,6 +58,7 @@ public static class Settings
         float lr = F("--lr", "1e-3"), rho = F("--frame-noise", ModelConfig.DefaultFrameNoiseCorrelation.ToString(CultureInfo.InvariantCulture));
         float gamma = F("--min-snr", TrainOptions.DefaultMinSnrGamma.ToString(CultureInfo.InvariantCulture));
         float guidance = F("--guidance", "4");
+        float? sampleNoise = args.Contains("--sample-frame-noise") ? F("--sample-frame-noise", "0") : null;
 
         using var backend = new CpuBackend();
         var checkpoint = Checkpoint.Load(path);
@@ -108,7 +111,7 @@ public static class Settings
         for (int start = 0; start < samples; start += 8)
         {
             var chunk = prompts.Skip(start).Take(8).ToList();
-            var pixels = model.Generate(chunk, 25, guidance, seed: 3 + start / 8);
+            var pixels = model.Generate(chunk, 25, guidance, seed: 3 + start / 8, frameNoise: sampleNoise);
             for (int p = 0; p < chunk.Count; p++)
             {
                 var clip = new Clip(pixels.AsSpan(p * per, per).ToArray(), config.Frames, config.Height, config.Width, chunk[p]);
