@@ -308,7 +308,8 @@ public static class Commands
         var table = new Table().Title(Markup.Escape(path)).AddColumns("", "").HideHeaders();
         void Row(string key, string value) => table.AddRow(Markup.Escape(key), Markup.Escape(value));
         Row("model", $"{ModelKind(ckpt)}{(ckpt.Topology == Topology.Spatial ? "" : " topology")} ({c.Name}{(ckpt.Topology == Topology.Parallel ? $", {c.Bridge} bridge" : "")})");
-        Row("clips", $"{c.Frames} frames of {c.Height}x{c.Width}, frame noise correlation {c.FrameNoiseCorrelation.ToString("0.##", CultureInfo.InvariantCulture)}");
+        Row("clips", $"{c.Frames} frames of {c.Height}x{c.Width}, frame noise correlation {c.FrameNoiseCorrelation.ToString("0.##", CultureInfo.InvariantCulture)}" +
+            (ckpt.Topology == Topology.Spatial ? "" : $" (sampled from starting noise correlated {TextToVideo.SampleFrameNoiseFor(ckpt.Topology, c).ToString("0.##", CultureInfo.InvariantCulture)} unless --sample-frame-noise)"));
         Row("weights", $"{ckpt.Unet.Values.Sum(v => (long)v.Length) + ckpt.Text.Values.Sum(v => (long)v.Length):N0} parameters");
         Row("steps", $"{ckpt.Step:N0} (seed {ckpt.Seed})");
         Row("trained on", TrainedOn(ckpt));

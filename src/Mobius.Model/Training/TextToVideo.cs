@@ -188,14 +188,18 @@ public sealed class TextToVideo : IDisposable
     /// The starting-noise correlation <see cref="Generate"/> uses for <paramref name="requested"/> (null: the
     /// larger of <see cref="DefaultSampleFrameNoise"/> and the training correlation); 0 for a text-to-image model.
     /// </summary>
-    public float SampleFrameNoise(float? requested = null)
+    public float SampleFrameNoise(float? requested = null) => SampleFrameNoiseFor(Topology, Config, requested);
+
+    /// <summary><see cref="SampleFrameNoise"/> for a model of <paramref name="topology"/> and <paramref name="config"/> (a checkpoint's, say).</summary>
+    public static float SampleFrameNoiseFor(Topology topology, ModelConfig config, float? requested = null)
     {
+        ArgumentNullException.ThrowIfNull(config);
         if (requested is { } rho && !(rho >= 0 && rho < 1))
         {
             throw new ArgumentOutOfRangeException(nameof(requested), $"the sampling frame noise correlation must be in [0, 1), got {rho}.");
         }
 
-        return Topology == Topology.Spatial ? 0f : requested ?? Math.Max(DefaultSampleFrameNoise, Config.FrameNoiseCorrelation);
+        return topology == Topology.Spatial ? 0f : requested ?? Math.Max(DefaultSampleFrameNoise, config.FrameNoiseCorrelation);
     }
 
     /// <summary>

@@ -58,7 +58,7 @@ public sealed class CliTests
         Assert.Contains("text-to-video, serial", r.Out);
         var one = Mobius("info", "--checkpoint", Path.Combine(AppContext.BaseDirectory, "models", "tiny-t2v.safetensors"));
         Assert.True(one.Code == 0, one.Out + one.Err);
-        foreach (var fact in new[] { "text-to-video, serial topology (tiny)", "8 frames of 32x32, frame noise correlation 0", "2,000 (seed 1)",
+        foreach (var fact in new[] { "text-to-video, serial topology (tiny)", "8 frames of 32x32, frame noise correlation 0 (sampled from starting noise correlated 0.9 unless --sample-frame-noise)", "2,000 (seed 1)",
                                      "generated clips: move-right", "batch 8 clips", "no: weights only", "mobius train --topology serial" })
         {
             Assert.Contains(fact, one.Out);
