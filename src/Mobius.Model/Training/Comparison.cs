@@ -548,10 +548,8 @@ public static class Comparison
             throw new ArgumentOutOfRangeException(nameof(options), $"Guidance must be 0 or more, got {options.Guidance}.");
         }
 
-        if (options.SampleFrameNoise is { } sampleRho && !(sampleRho >= 0 && sampleRho < 1))
-        {
-            throw new ArgumentOutOfRangeException(nameof(options), $"SampleFrameNoise must be in [0, 1), got {sampleRho}.");
-        }
+        // The samples' starting-noise correlation, checked here rather than after training (both topologies share the config).
+        float sampleFrameNoise = TextToVideo.SampleFrameNoiseFor(Topology.Serial, config, options.SampleFrameNoise);
 
         if (options.KeepBest && options.ValidateEvery == 0)
         {
@@ -758,7 +756,7 @@ public static class Comparison
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
-                SampleFrameNoise = Math.Round(models[0]!.SampleFrameNoise(options.SampleFrameNoise), 4),
+                SampleFrameNoise = Math.Round(sampleFrameNoise, 4),
                 Guidance = options.Guidance,
                 Start = checkpoint is null ? null : new StartPoint(Path.GetFileName(options.Checkpoint!), checkpoint.Topology.ToString().ToLowerInvariant(), checkpoint.Step),
                 Serial = results[0],
