@@ -313,7 +313,8 @@ public static class Commands
         Row("weights", $"{ckpt.Unet.Values.Sum(v => (long)v.Length) + ckpt.Text.Values.Sum(v => (long)v.Length):N0} parameters");
         Row("steps", $"{ckpt.Step:N0} (seed {ckpt.Seed})");
         Row("trained on", TrainedOn(ckpt));
-        Row("vocabulary", $"{ckpt.Vocabulary.Count - Tokenizer.Specials.Count} words");
+        var words = ckpt.Vocabulary.Skip(Tokenizer.Specials.Count).Order(StringComparer.Ordinal).ToList();
+        Row("vocabulary", $"{words.Count} words: {string.Join(", ", words)}");
         if (ckpt.TrainOptions is { } o)
         {
             string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
@@ -590,6 +591,19 @@ public static class Commands
                 throw new UsageException($"--count must be 1..64 clips per prompt, got {perPrompt}.");
             }
 
+            var texts = p.GetValue(prompt)!;
+            if (texts.FirstOrDefault(t => Tokenizer.SplitWords(t).Length == 0) is not null)
+            {
+                throw new UsageException("--prompt is empty; give a caption, e.g. \"a red heart moving left\" (--guidance 0 draws the model's unconditional clips).");
+            }
+
+            string path = p.GetValue(output)!;
+            if (!string.Equals(Path.GetExtension(path), ".gif", StringComparison.OrdinalIgnoreCase))
+            {
+                throw new UsageException($"--out {path}: samples are written as animated GIFs; give a file name ending in .gif.");
+            }
+
+            CheckWritable(path, "a GIF file name");
             string? given = p.GetValue(checkpoint);
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0);
             var ckpt = Checkpoint.Load(given ?? (File.Exists(DefaultVideoCheckpoint) ? DefaultVideoCheckpoint : DefaultCheckpoint));
@@ -599,7 +613,6 @@ public static class Commands
                 AnsiConsole.MarkupLine(Markup.Escape($"with the weights' moving average the checkpoint keeps (EMA decay {ckpt.TrainOptions?.EmaDecay.ToString(CultureInfo.InvariantCulture) ?? "?"}; --no-ema: the trained weights)"));
             }
             using var model = TextToVideo.Load(backend, ckpt, ckpt.Topology, p.GetValue(SeedOption));
-            var texts = p.GetValue(prompt)!;
             foreach (string text in texts)
             {
                 model.Tokenizer.Encode(text, strict: true);
@@ -616,7 +629,6 @@ public static class Commands
             int frames = ckpt.Topology == Topology.Spatial ? 1 : config.Frames;
             int clipSize = frames * 3 * config.Height * config.Width;
             var clips = captions.Select((c, k) => new Clip(pixels[(k * clipSize)..((k + 1) * clipSize)], frames, config.Height, config.Width, c)).ToList();
-            string path = p.GetValue(output)!;
             var options = new GifWriteOptions { Upscale = 4 };
             if (clips.Count == 1)
             {
@@ -644,7 +656,7 @@ public static class Commands
                         var score = MotionMetric.Score(clips[k], motion);
                         scored.Add(score);
                         AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                            $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {motion}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
+                            $"{(clips.Count > 1 ? $"clip {k + 1}, " : "")}\"{clips[k].Caption}\": motion score {score.Combined:0.000} (movement matches {Kebab(motion)}: {score.Motion:0.000}, frame consistency {score.Consistency:0.000})")));
                     }
                 }
 
@@ -937,17 +949,18 @@ public static class Commands
     }
 
     /// <summary>
-    /// Checks before any training that a checkpoint can be written at <paramref name="path"/> (its folder created if
-    /// need be, a probe file written and removed there), so that a bad --out fails at once instead of after the run.
+    /// Checks before any training or sampling that a file (a checkpoint unless <paramref name="what"/> says otherwise) can be
+    /// written at <paramref name="path"/> (its folder created if need be, a probe file written and removed there), so that
+    /// a bad --out fails at once instead of after the run.
     /// </summary>
-    private static string CheckWritable(string path)
+    private static string CheckWritable(string path, string what = "a checkpoint file name")
     {
         try
         {
             string full = Path.GetFullPath(path);
             if (Directory.Exists(full))
             {
-                throw new UsageException($"--out {path} is a folder; give a checkpoint file name.");
+                throw new UsageException($"--out {path} is a folder; give {what}.");
             }
 
             string dir = Path.GetDirectoryName(full)!;

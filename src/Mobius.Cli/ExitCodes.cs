@@ -35,7 +35,7 @@ public static class ExitCodes
     {
         UsageException u => (Usage, u.Message),
         OperationCanceledException => (Cancelled, "cancelled."),
-        UnknownWordsException w => (UnknownWords, w.Message),
+        UnknownWordsException w => (UnknownWords, w.Message + KnownWords(w.KnownWords)),
         OutOfDeviceMemoryException m => (OutOfMemory, m.Message + " Try a smaller --config or batch, or a device with more memory."),
         DllNotFoundException d => (BackendUnavailable, d.Message),
         BackendUnavailableException b => (BackendUnavailable, b.Message),
@@ -45,6 +45,14 @@ public static class ExitCodes
         DataFormatException d => (BadInput, d.Message),
         NonFiniteException n => (Failure, n.Message + " Lower the learning rate or check the data."),
         _ => (Failure, $"{e.GetType().Name}: {e.Message}"),
+    };
+
+    /// <summary>The words a prompt may use, listed when there are few enough to read (the emoji model has 42).</summary>
+    internal static string KnownWords(IReadOnlyList<string> known) => known.Count switch
+    {
+        0 => "",
+        <= 80 => $" The model knows {known.Count} words: {string.Join(", ", known.Order(StringComparer.Ordinal))}.",
+        _ => $" The model knows {known.Count} words; mobius info --checkpoint FILE lists them.",
     };
 }
 

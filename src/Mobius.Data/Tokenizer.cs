@@ -143,6 +143,75 @@ public sealed class Tokenizer
     /// <summary>The words of <paramref name="words"/> (as <see cref="SplitWords"/> gives them) the vocabulary lacks, each once, in order.</summary>
     public string[] UnknownWords(string[] words) => [.. words.Where(w => !_ids.ContainsKey(w)).Distinct()];
 
+    /// <summary>The vocabulary without the special tokens, in id order.</summary>
+    public IReadOnlyList<string> KnownWords => Array.AsReadOnly(_words[Specials.Count..]);
+
+    /// <summary>
+    /// Up to <paramref name="max"/> known words close to <paramref name="word"/> (lower-case, as <see cref="SplitWords"/>
+    /// gives it), closest first: those within a small edit distance (one edit per three letters, at least one), and
+    /// those sharing a stem of at least three letters that leaves at most three letters of the shorter word over
+    /// ("moves": "moving"). None for punctuation, nor when nothing is close.
+    /// </summary>
+    public IReadOnlyList<string> Suggest(string word, int max = 3)
+    {
+        ArgumentNullException.ThrowIfNull(word);
+        ArgumentOutOfRangeException.ThrowIfLessThan(max, 1);
+        if (word.Length == 0 || !char.IsLetterOrDigit(word[0]))
+        {
+            return [];
+        }
+
+        var close = new List<(string Word, int Distance, int Stem)>();
+        foreach (string known in KnownWords)
+        {
+            if (known == word || !char.IsLetterOrDigit(known[0]))
+            {
+                continue;
+            }
+
+            int distance = EditDistance(word, known);
+            int stem = 0;
+            while (stem < Math.Min(word.Length, known.Length) && word[stem] == known[stem])
+            {
+                stem++;
+            }
+
+            bool near = distance <= Math.Max(1, word.Length / 3);
+            bool sameStem = stem >= 3 && Math.Min(word.Length, known.Length) - stem <= 3;
+            if (near || sameStem)
+            {
+                close.Add((known, distance, stem));
+            }
+        }
+
+        return [.. close.OrderBy(c => c.Distance).ThenByDescending(c => c.Stem).ThenBy(c => c.Word, StringComparer.Ordinal).Take(max).Select(c => c.Word)];
+    }
+
+    /// <summary>Levenshtein distance (insertions, deletions and substitutions each count one).</summary>
+    internal static int EditDistance(string a, string b)
+    {
+        var previous = new int[b.Length + 1];
+        var current = new int[b.Length + 1];
+        for (int j = 0; j <= b.Length; j++)
+        {
+            previous[j] = j;
+        }
+
+        for (int i = 1; i <= a.Length; i++)
+        {
+            current[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int substitute = previous[j - 1] + (a[i - 1] == b[j - 1] ? 0 : 1);
+                current[j] = Math.Min(substitute, Math.Min(previous[j], current[j - 1]) + 1);
+            }
+
+            (previous, current) = (current, previous);
+        }
+
+        return previous[b.Length];
+    }
+
     /// <summary>True when every word of <paramref name="text"/> is in the vocabulary.</summary>
     public bool Covers(string text) => SplitWords(text).All(_ids.ContainsKey);
 
@@ -161,7 +230,7 @@ public sealed class Tokenizer
             var unknown = UnknownWords(words);
             if (unknown.Length > 0)
             {
-                throw new UnknownWordsException(unknown);
+                throw new UnknownWordsException(unknown, [.. unknown.Select(w => Suggest(w))], KnownWords);
             }
 
             if (words.Length > MaxWords)
@@ -208,10 +277,57 @@ public sealed class Tokenizer
     }
 }
 
-/// <summary>A text has words the tokenizer's vocabulary does not hold.</summary>
-public sealed class UnknownWordsException(IReadOnlyList<string> words)
-    : ArgumentException($"Text has unknown words: {string.Join(", ", words)}.")
+/// <summary>
+/// A text has words the tokenizer's vocabulary does not hold. The message names each, with the known words
+/// closest to it ("did you mean ...") and, for punctuation, that it can be left out.
+/// </summary>
+public sealed class UnknownWordsException : ArgumentException
 {
+    /// <summary>An exception for <paramref name="words"/>; <paramref name="suggestions"/> (one list per word) and the
+    /// tokenizer's <paramref name="knownWords"/> are optional.</summary>
+    public UnknownWordsException(IReadOnlyList<string> words, IReadOnlyList<IReadOnlyList<string>>? suggestions = null, IReadOnlyList<string>? knownWords = null)
+        : base(Describe(words, suggestions))
+    {
+        if (suggestions is not null && suggestions.Count != words.Count)
+        {
+            throw new ArgumentException($"{suggestions.Count} suggestion lists for {words.Count} unknown words.", nameof(suggestions));
+        }
+
+        Words = words;
+        Suggestions = suggestions ?? [.. words.Select(_ => (IReadOnlyList<string>)[])];
+        KnownWords = knownWords ?? [];
+    }
+
     /// <summary>The unknown words, each once, in the order they first appear.</summary>
-    public IReadOnlyList<string> Words { get; } = words;
+    public IReadOnlyList<string> Words { get; }
+
+    /// <summary>For each of <see cref="Words"/>, the known words closest to it (possibly none), closest first.</summary>
+    public IReadOnlyList<IReadOnlyList<string>> Suggestions { get; }
+
+    /// <summary>The vocabulary the text was checked against, special tokens left out (empty when not given).</summary>
+    public IReadOnlyList<string> KnownWords { get; }
+
+    private static string Describe(IReadOnlyList<string> words, IReadOnlyList<IReadOnlyList<string>>? suggestions)
+    {
+        ArgumentNullException.ThrowIfNull(words);
+        var parts = new List<string>();
+        for (int i = 0; i < words.Count; i++)
+        {
+            string w = words[i];
+            if (w.Length > 0 && !char.IsLetterOrDigit(w[0]))
+            {
+                parts.Add($"\"{w}\" (punctuation the vocabulary lacks: leave it out)");
+            }
+            else if (suggestions is not null && i < suggestions.Count && suggestions[i].Count > 0)
+            {
+                parts.Add($"{w} (did you mean {string.Join(" or ", suggestions[i].Select(s => $"\"{s}\""))}?)");
+            }
+            else
+            {
+                parts.Add(w);
+            }
+        }
+
+        return $"Text has unknown words: {string.Join(", ", parts)}.";
+    }
 }

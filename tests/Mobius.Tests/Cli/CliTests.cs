@@ -33,12 +33,14 @@ public sealed class CliTests
     /// <summary>Whitespace runs as one space: a message wrapped to the console's width reads as one line.</summary>
     private static string Flat(string text) => System.Text.RegularExpressions.Regex.Replace(text, @"\s+", " ");
 
-    private static void AssertCleanFailure((int Code, string Out, string Err) r, int code, string mention)
+    /// <summary>Asserts the exit code, the message and no stack trace; returns the output, its line wrapping undone.</summary>
+    private static string AssertCleanFailure((int Code, string Out, string Err) r, int code, string mention)
     {
         Assert.True(r.Code == code, $"exit {r.Code}, expected {code}:\n{r.Out}\n{r.Err}");
         string all = r.Out + r.Err;
         Assert.Contains(Flat(mention), Flat(all));
         Assert.DoesNotContain("   at ", all);
+        return Flat(all);
     }
 
     [Fact]
@@ -967,6 +969,12 @@ public sealed class CliTests
         string t2i = folder.File("t2i.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
         AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a purple zebra dancing"), 4, "zebra");
+        var misspelt = AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a purpel hart moves left."), 4,
+            "purpel (did you mean \"purple\"?), hart (did you mean \"heart\"?), moves (did you mean \"moving\"?), \".\" (punctuation");
+        Assert.Contains(Flat("The model knows 42 words: a, an, background, ball,"), misspelt);
+        AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", " "), 2, "--prompt is empty");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a red heart", "--out", folder.File("clip.png")), 2, "ending in .gif");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a red heart", "--out", folder.Path), 2, "ending in .gif");
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("v"), "--memory-limit-mb", "1"), 5, "out of memory");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--backend", "cuda"), 6, "cuda");
         AssertCleanFailure(Mobius("train", "--topology", "parallel", "--resume", t2i, "--steps", "1", "--out", folder.File("v")), 2, "start stage 2 from it with --from");

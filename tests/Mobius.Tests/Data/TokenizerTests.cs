@@ -42,6 +42,73 @@ public sealed class TokenizerTests
     }
 
     [Fact]
+    public void Unknown_words_come_with_the_closest_known_words()
+    {
+        var tok = Tokenizer.ForEmoji();
+        Assert.Equal("heart", tok.Suggest("hart")[0]);    // one deletion
+        Assert.Equal("purple", tok.Suggest("purpel")[0]); // two substitutions
+        Assert.Contains("moving", tok.Suggest("moves"));   // same stem
+        Assert.Contains("spinning", tok.Suggest("spins"));
+        Assert.Equal(["smaller"], tok.Suggest("smallest"));
+        Assert.Empty(tok.Suggest("zebra"));
+        Assert.Empty(tok.Suggest("."));
+        Assert.DoesNotContain("heart", tok.Suggest("heart"));
+        Assert.All(tok.KnownWords, w => Assert.True(tok.Suggest(w, max: 40).Count <= 40));
+
+        var e = Assert.Throws<UnknownWordsException>(() => tok.Encode("a purpel zebra moves left."));
+        Assert.Equal(["purpel", "zebra", "moves", "."], e.Words);
+        Assert.Equal(e.Words.Count, e.Suggestions.Count);
+        Assert.Equal("purple", e.Suggestions[0][0]);
+        Assert.Empty(e.Suggestions[1]);
+        Assert.Equal(tok.Vocabulary.Skip(Tokenizer.Specials.Count), e.KnownWords);
+        Assert.Contains("purpel (did you mean \"purple\"", e.Message);
+        Assert.Contains("zebra, moves (did you mean", e.Message);
+        Assert.Contains("\".\" (punctuation the vocabulary lacks: leave it out)", e.Message);
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Edit_distance_matches_a_plain_recursion(int seed)
+    {
+        Assert.Equal(3, Tokenizer.EditDistance("kitten", "sitting"));
+        Assert.Equal(0, Tokenizer.EditDistance("", ""));
+        Assert.Equal(4, Tokenizer.EditDistance("", "abcd"));
+        var rng = new Random(seed);
+        string Word() => new([.. Enumerable.Range(0, rng.Next(0, 7)).Select(_ => (char)('a' + rng.Next(3)))]);
+
+        // The definition itself, memoised: the last letters matched or substituted, or one of them dropped.
+        static int Reference(string a, string b)
+        {
+            var memo = new Dictionary<(int, int), int>();
+            int D(int i, int j)
+            {
+                if (i == 0 || j == 0)
+                {
+                    return i + j;
+                }
+
+                if (memo.TryGetValue((i, j), out int d))
+                {
+                    return d;
+                }
+
+                d = Math.Min(D(i - 1, j - 1) + (a[i - 1] == b[j - 1] ? 0 : 1), Math.Min(D(i - 1, j), D(i, j - 1)) + 1);
+                memo[(i, j)] = d;
+                return d;
+            }
+
+            return D(a.Length, b.Length);
+        }
+
+        for (int k = 0; k < 300; k++)
+        {
+            string a = Word(), b = Word();
+            Assert.True(Reference(a, b) == Tokenizer.EditDistance(a, b), $"seed {seed}: \"{a}\" to \"{b}\"");
+            Assert.Equal(Tokenizer.EditDistance(a, b), Tokenizer.EditDistance(b, a));
+        }
+    }
+
+    [Fact]
     public void Lenient_mode_maps_unknown_words_to_unk_and_cuts_long_text()
     {
         var tok = Tokenizer.FromCaptions(["a red heart"], maxLength: 5);
