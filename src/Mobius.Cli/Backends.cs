@@ -9,12 +9,25 @@ namespace Mobius.Cli;
 public static class Backends
 {
     /// <summary>"cpu" or "cuda"; a cuda backend that cannot start raises <see cref="BackendUnavailableException"/>.</summary>
-    public static IBackend Create(string name, int threads, long memoryLimitMb) => name.ToLowerInvariant() switch
+    public static IBackend Create(string name, int threads, long memoryLimitMb)
     {
-        "cpu" => new CpuBackend(threads, memoryLimitMb * 1048576),
-        "cuda" => CreateCuda(),
-        _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
-    };
+        if (threads < 0)
+        {
+            throw new UsageException($"--threads must be 0 (all cores) or more, got {threads}.");
+        }
+
+        if (memoryLimitMb < 0)
+        {
+            throw new UsageException($"--memory-limit-mb must be 0 (no limit) or more, got {memoryLimitMb}.");
+        }
+
+        return name.ToLowerInvariant() switch
+        {
+            "cpu" => new CpuBackend(threads, memoryLimitMb * 1048576),
+            "cuda" => CreateCuda(),
+            _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
+        };
+    }
 
     /// <summary>The devices the driver sees, and where the libraries came from; or why there are none.</summary>
     public static string DescribeCuda()

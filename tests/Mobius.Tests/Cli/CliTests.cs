@@ -958,6 +958,8 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--motion", "move-sideways"), 2, "unknown motion 'move-sideways'");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--profile", "-1"), 2, "--profile must be 0 or more");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--frontier", "-1"), 2, "--frontier must be 0 or more");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--threads", "-2"), 2, "--threads must be 0 (all cores) or more");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--memory-limit-mb", "-1"), 2, "--memory-limit-mb must be 0 (no limit) or more");
         AssertCleanFailure(Mobius("train", "--topology", "serial", "--batch", "0", "--out", folder.File("x")), 2, "--batch must be at least 1 clip");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--freeze", "down.9."), 2, "--freeze: 'down.9.' names no temporal layer");
         AssertCleanFailure(Mobius("sample", "--checkpoint", folder.File("nope.safetensors"), "--prompt", "a red heart"), 3, "nope.safetensors");
