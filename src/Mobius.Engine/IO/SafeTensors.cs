@@ -92,7 +92,10 @@ public static class SafeTensors
         }
     }
 
-    /// <summary>Reads every tensor and the metadata; throws <see cref="InvalidDataException"/> naming the file for anything malformed.</summary>
+    /// <summary>
+    /// Reads every tensor and the metadata; throws <see cref="InvalidDataException"/> naming the file for anything malformed.
+    /// F16, BF16 and F64 tensors (as PyTorch exports half-precision weights) are read as fp32.
+    /// </summary>
     public static (Dictionary<string, Entry> Tensors, Dictionary<string, string> Metadata) Read(string path)
     {
         if (!File.Exists(path))
@@ -145,29 +148,30 @@ public static class SafeTensors
             {
                 var o = node!.AsObject();
                 string dtype = o["dtype"]!.GetValue<string>();
-                if (dtype != "F32")
+                int size = dtype switch
                 {
-                    throw Corrupt(path, $"'{name}' has dtype {dtype}; only F32 is supported");
-                }
+                    "F32" => 4,
+                    "F16" or "BF16" => 2,
+                    "F64" => 8,
+                    _ => throw Corrupt(path, $"'{name}' has dtype {dtype}; only floating-point tensors (F32, F16, BF16, F64) can be read"),
+                };
 
                 int[] shape = o["shape"]!.AsArray().Select(d => d!.GetValue<int>()).ToArray();
                 var offs = o["data_offsets"]!.AsArray();
                 long begin = offs[0]!.GetValue<long>(), end = offs[1]!.GetValue<long>();
                 long count = shape.Aggregate(1L, (a, d) => a * d);
-                if (begin < 0 || end > dataLen || end - begin != count * 4)
+                if (count < 0 || begin < 0 || end > dataLen || end - begin != count * size)
                 {
-                    throw Corrupt(path, $"'{name}' data [{begin}, {end}) does not match shape [{string.Join(", ", shape)}] within {dataLen} data bytes");
+                    throw Corrupt(path, $"'{name}' data [{begin}, {end}) does not match {dtype} shape [{string.Join(", ", shape)}] within {dataLen} data bytes");
                 }
 
-                var data = new float[count];
-                fs.Position = dataStart + begin;
-                fs.ReadExactly(MemoryMarshal.AsBytes(data.AsSpan()));
                 if (!BitConverter.IsLittleEndian)
                 {
                     throw new PlatformNotSupportedException("safetensors: big-endian hosts are not supported.");
                 }
 
-                tensors[name] = new Entry(shape, data);
+                fs.Position = dataStart + begin;
+                tensors[name] = new Entry(shape, ReadAsFloats(fs, dtype, count));
             }
             catch (Exception e) when (e is NullReferenceException or InvalidOperationException or FormatException or EndOfStreamException)
             {
@@ -176,6 +180,48 @@ public static class SafeTensors
         }
 
         return (tensors, metadata);
+    }
+
+    /// <summary>
+    /// <paramref name="count"/> values of <paramref name="dtype"/> from the stream, as fp32: F16 and BF16 widen exactly,
+    /// F64 rounds to nearest.
+    /// </summary>
+    private static float[] ReadAsFloats(Stream s, string dtype, long count)
+    {
+        var data = new float[count];
+        switch (dtype)
+        {
+            case "F32":
+                s.ReadExactly(MemoryMarshal.AsBytes(data.AsSpan()));
+                break;
+            case "F16" or "BF16":
+            {
+                var bits = new ushort[count];
+                s.ReadExactly(MemoryMarshal.AsBytes(bits.AsSpan()));
+                for (long i = 0; i < count; i++)
+                {
+                    data[i] = dtype == "F16"
+                        ? (float)BitConverter.UInt16BitsToHalf(bits[i])
+                        : BitConverter.Int32BitsToSingle(bits[i] << 16);
+                }
+
+                break;
+            }
+
+            default:
+            {
+                var wide = new double[count];
+                s.ReadExactly(MemoryMarshal.AsBytes(wide.AsSpan()));
+                for (long i = 0; i < count; i++)
+                {
+                    data[i] = (float)wide[i];
+                }
+
+                break;
+            }
+        }
+
+        return data;
     }
 
     private static void WriteFloats(Stream s, float[] data)
