@@ -734,13 +734,15 @@ public static class Commands
     private static Command Plan()
     {
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
+        var frames = new Option<int?>("--frames") { Description = "frames per clip (default: the config's; ms256: 16), at most 32" };
+        var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, frames, size, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
             string? bridge = ParseBridge(p.GetValue(BridgeOption));
-            config = config with { Bridge = bridge ?? ModelConfig.DefaultBridge };
+            config = Reshape(config with { Bridge = bridge ?? ModelConfig.DefaultBridge }, p.GetValue(frames), p.GetValue(size));
             var options = new TrainOptions
             {
                 Batch = CheckBatch(p.GetValue(BatchOption)),
@@ -760,7 +762,7 @@ public static class Commands
             }
 
             var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
-            var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
+            var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, {config.Frames} frames of {config.Height}x{config.Width}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
                 (recompute.Length > 0 ? $", recomputing {recompute} layers" : ""));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
@@ -777,6 +779,38 @@ public static class Commands
             return ExitCodes.Success;
         });
         return cmd;
+    }
+
+    /// <summary><paramref name="config"/> with <c>--frames</c> and <c>--size</c> (HxW, or N for N x N) when given, checked as a whole.</summary>
+    private static ModelConfig Reshape(ModelConfig config, int? frames, string? size)
+    {
+        if (frames is { } f)
+        {
+            config = config with { Frames = f };
+        }
+
+        if (size is not null)
+        {
+            string[] parts = size.Split('x', 'X');
+            if (parts.Length is not (1 or 2) || !parts.All(x => int.TryParse(x, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0))
+            {
+                throw new UsageException($"--size must be HxW or one number of pixels, e.g. 64x96 or 128, got '{size}'.");
+            }
+
+            int h = int.Parse(parts[0], CultureInfo.InvariantCulture);
+            config = config with { Height = h, Width = parts.Length == 2 ? int.Parse(parts[1], CultureInfo.InvariantCulture) : h };
+        }
+
+        try
+        {
+            config.Validate();
+        }
+        catch (ArgumentException e)
+        {
+            throw new UsageException($"--frames/--size: {e.Message}");
+        }
+
+        return config;
     }
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,

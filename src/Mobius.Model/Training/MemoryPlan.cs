@@ -49,7 +49,12 @@ public static class MemoryPlan
         }
 
         return new MemoryPlanResult(config.Name, options.BatchFor(config), config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
-            (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes);
+            (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes)
+        {
+            Frames = config.Frames,
+            Height = config.Height,
+            Width = config.Width,
+        };
     }
 
     /// <summary>The recompute policies <see cref="OperatingPoints"/> plans, from the fastest to the leanest.</summary>
@@ -123,6 +128,18 @@ public sealed record MemoryPlanResult(
     [property: JsonPropertyName("peak_ratio")] double PeakRatio,
     [property: JsonPropertyName("saved_ratio")] double SavedRatio)
 {
+    /// <summary>Frames per clip of the planned config.</summary>
+    [JsonPropertyName("frames")]
+    public int Frames { get; init; }
+
+    /// <summary>Clip height in pixels of the planned config.</summary>
+    [JsonPropertyName("height")]
+    public int Height { get; init; }
+
+    /// <summary>Clip width in pixels of the planned config.</summary>
+    [JsonPropertyName("width")]
+    public int Width { get; init; }
+
     /// <summary>Both topologies at every recompute policy (<see cref="MemoryPlan.OperatingPoints"/>), when the caller planned them too; else null.</summary>
     [JsonPropertyName("operating_points")]
     public IReadOnlyList<OperatingPoint>? OperatingPoints { get; init; }

@@ -192,6 +192,29 @@ public sealed class CliTests
             }
         }
 
+        // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
+        var longer = Mobius("plan", "--config", "micro", "--frames", "8", "--json");
+        var wider = Mobius("plan", "--config", "micro", "--size", "16x32", "--json");
+        Assert.True(longer.Code == 0 && wider.Code == 0, longer.Err + wider.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var pf = JsonDocument.Parse(longer.Out))
+        using (var pw = JsonDocument.Parse(wider.Out))
+        {
+            Assert.Equal((4, 16, 16), (p0.RootElement.GetProperty("frames").GetInt32(), p0.RootElement.GetProperty("height").GetInt32(), p0.RootElement.GetProperty("width").GetInt32()));
+            Assert.Equal((8, 16, 16), (pf.RootElement.GetProperty("frames").GetInt32(), pf.RootElement.GetProperty("height").GetInt32(), pf.RootElement.GetProperty("width").GetInt32()));
+            Assert.Equal((4, 16, 32), (pw.RootElement.GetProperty("frames").GetInt32(), pw.RootElement.GetProperty("height").GetInt32(), pw.RootElement.GetProperty("width").GetInt32()));
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                double saved = p0.RootElement.GetProperty(topology).GetProperty("saved_activation_bytes").GetInt64();
+                Assert.InRange(pf.RootElement.GetProperty(topology).GetProperty("saved_activation_bytes").GetInt64() / saved, 1.9, 2.1);
+                Assert.InRange(pw.RootElement.GetProperty(topology).GetProperty("saved_activation_bytes").GetInt64() / saved, 1.9, 2.1);
+            }
+        }
+
+        Assert.Contains("8 frames of 16x16", Flat(Mobius("plan", "--config", "micro", "--frames", "8").Out));
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frames", "33"), 2, "frames must be 1..32");
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "18"), 2, "height and width must be multiples of 4");
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "16x"), 2, "--size must be HxW or one number");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--batch", "0"), 2, "--batch must be at least 1");
         AssertCleanFailure(Mobius("plan", "--config", "huge"), 2, "unknown config 'huge'");
     }
