@@ -633,14 +633,14 @@ public static class Commands
             if (clips.Count == 1)
             {
                 Gif.Write(path, clips[0], options);
-                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({frames} frames, {config.Height}x{config.Width}, shown x4)");
+                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({(frames == 1 ? "a still image" : $"{frames} frames")}, {config.Height}x{config.Width}, shown x4)");
             }
             else
             {
                 Gif.WriteGrid(path, clips, perPrompt, options);
                 string strip = Path.ChangeExtension(path, null) + "-frames.png";
                 Filmstrip.Write(strip, clips, upscale: 4);
-                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({clips.Count} clips of {frames} frames, {config.Height}x{config.Width}, shown x4: a row per prompt), " +
+                AnsiConsole.MarkupLine($"wrote [bold]{Markup.Escape(path)}[/] ({clips.Count} {(frames == 1 ? "still images" : $"clips of {frames} frames")}, {config.Height}x{config.Width}, shown x4: a row per prompt), " +
                     $"captions in [bold]{Markup.Escape(Path.ChangeExtension(path, ".txt"))}[/], frames in [bold]{Markup.Escape(strip)}[/]");
             }
 
