@@ -18,7 +18,7 @@ public static class ExitCodes
     /// <summary>A missing or damaged input: checkpoint, GIF, captions file (a caption with words the model does not know included).</summary>
     public const int BadInput = 3;
 
-    /// <summary>A prompt has words the model's tokenizer does not know.</summary>
+    /// <summary>A prompt has words the model's tokenizer does not know, or more words than it takes.</summary>
     public const int UnknownWords = 4;
 
     /// <summary>The run does not fit in the backend's memory.</summary>
@@ -36,6 +36,7 @@ public static class ExitCodes
         UsageException u => (Usage, u.Message),
         OperationCanceledException => (Cancelled, "cancelled."),
         UnknownWordsException w => (UnknownWords, w.Message + KnownWords(w.KnownWords)),
+        TextTooLongException t => (UnknownWords, t.Message),
         OutOfDeviceMemoryException m => (OutOfMemory, m.Message + " Try a smaller --config or batch, or a device with more memory."),
         DllNotFoundException d => (BackendUnavailable, d.Message),
         BackendUnavailableException b => (BackendUnavailable, b.Message),

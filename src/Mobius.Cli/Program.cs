@@ -4,7 +4,7 @@ using Mobius.Cli;
 using Spectre.Console;
 
 // The mobius command. Exit codes (see ExitCodes): 0 success, 1 unexpected failure, 2 bad arguments,
-// 3 a missing or damaged input file, 4 unknown words in a prompt, 5 out of memory, 6 backend not
+// 3 a missing or damaged input file, 4 unknown words in a prompt (or too many), 5 out of memory, 6 backend not
 // available, 130 cancelled (Ctrl-C or SIGTERM).
 // Redirected output (logs, CI) gets wide tables instead of wrapping at 80 columns.
 if (Console.IsOutputRedirected)

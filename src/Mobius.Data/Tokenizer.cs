@@ -219,7 +219,7 @@ public sealed class Tokenizer
     /// The ids of <paramref name="text"/>: <c>&lt;bos&gt;</c>, one id per word, <c>&lt;eos&gt;</c>, then
     /// <c>&lt;pad&gt;</c> up to <see cref="MaxLength"/>. Strict (the default): unknown words throw
     /// <see cref="UnknownWordsException"/> naming them all, and a text longer than <see cref="MaxWords"/>
-    /// throws <see cref="ArgumentException"/>. Lenient: unknown words become <c>&lt;unk&gt;</c> and
+    /// throws <see cref="TextTooLongException"/>. Lenient: unknown words become <c>&lt;unk&gt;</c> and
     /// the text is cut after <see cref="MaxWords"/> words.
     /// </summary>
     public int[] Encode(string text, bool strict = true)
@@ -235,7 +235,7 @@ public sealed class Tokenizer
 
             if (words.Length > MaxWords)
             {
-                throw new ArgumentException($"Text has {words.Length} words; at most {MaxWords} fit (max length {MaxLength} with <bos> and <eos>).", nameof(text));
+                throw new TextTooLongException(words.Length, MaxWords, MaxLength);
             }
         }
 
@@ -330,4 +330,15 @@ public sealed class UnknownWordsException : ArgumentException
 
         return $"Text has unknown words: {string.Join(", ", parts)}.";
     }
+}
+
+/// <summary>A text has more words than the tokenizer's encodings hold.</summary>
+public sealed class TextTooLongException(int words, int maxWords, int maxLength)
+    : ArgumentException($"Text has {words} words; the model's text encoder takes at most {maxWords} ({maxLength} tokens with <bos> and <eos>).")
+{
+    /// <summary>Words in the text.</summary>
+    public int Words { get; } = words;
+
+    /// <summary>The most words an encoding holds.</summary>
+    public int MaxWords { get; } = maxWords;
 }

@@ -998,6 +998,7 @@ public sealed class CliTests
             "purpel (did you mean \"purple\"?), hart (did you mean \"heart\"?), moves (did you mean \"moving\"?), \".\" (punctuation");
         Assert.Contains(Flat("The model knows 42 words: a, an, background, ball,"), misspelt);
         AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", " "), 2, "--prompt is empty");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", string.Join(' ', Enumerable.Repeat("a red heart", 10))), 4, "Text has 30 words; the model's text encoder takes at most");
         AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a red heart", "--out", folder.File("clip.png")), 2, "ending in .gif");
         AssertCleanFailure(Mobius("sample", "--checkpoint", t2i, "--prompt", "a red heart", "--out", folder.Path), 2, "ending in .gif");
         AssertCleanFailure(Mobius("train", "--from", t2i, "--steps", "1", "--out", folder.File("v"), "--memory-limit-mb", "1"), 5, "out of memory");

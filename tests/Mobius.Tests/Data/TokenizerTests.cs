@@ -116,7 +116,10 @@ public sealed class TokenizerTests
         int[] cut = tok.Encode("a red heart heart heart", strict: false);
         Assert.Equal("a red heart", tok.Decode(cut));
         Assert.Equal(Tokenizer.EosId, cut[^1]);
-        Assert.Throws<ArgumentException>(() => tok.Encode("a red heart heart"));
+        var e = Assert.Throws<TextTooLongException>(() => tok.Encode("a red heart heart"));
+        Assert.Equal((4, 3), (e.Words, e.MaxWords));
+        Assert.Contains("Text has 4 words; the model's text encoder takes at most 3", e.Message);
+        Assert.Equal(tok.Encode("a red heart", strict: false), tok.Encode("a red heart")); // exactly MaxWords still fits
     }
 
     [Fact]
