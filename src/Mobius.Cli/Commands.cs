@@ -736,8 +736,9 @@ public static class Commands
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var frames = new Option<int?>("--frames") { Description = "frames per clip (default: the config's; ms256: 16), at most 32" };
         var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
+        var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, frames, size, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -753,11 +754,24 @@ public static class Commands
                 LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
                 LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), momentum: null, p.GetValue(LoopCorrectionModeOption)!),
             };
+            long budgetMib = p.GetValue(budget);
+            if (budgetMib < 0)
+            {
+                throw new UsageException($"--budget-mib must be 0 (no search) or more, got {budgetMib}.");
+            }
+
             var plan = MemoryPlan.Plan(config, options);
             var points = MemoryPlan.OperatingPoints(config, options);
+            LargestBatchPlan? largest = null;
+            if (budgetMib > 0)
+            {
+                var (serialBatch, parallelBatch) = MemoryPlan.LargestBatch(config, options, budgetMib * 1048576);
+                largest = new LargestBatchPlan(budgetMib * 1048576, serialBatch, parallelBatch);
+            }
+
             if (p.GetValue(json))
             {
-                Console.WriteLine((plan with { OperatingPoints = points }).ToJson());
+                Console.WriteLine((plan with { OperatingPoints = points, LargestBatch = largest }).ToJson());
                 return ExitCodes.Success;
             }
 
@@ -775,6 +789,14 @@ public static class Commands
             t.AddRow("trainable parameters", plan.Serial.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), plan.Parallel.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), "");
             AnsiConsole.Write(t);
             Ui.PrintOperatingPoints(points, MemoryPlan.PolicyName(options.RecomputeSpatial, options.RecomputeTemporal), "the one above");
+            if (largest is { } l)
+            {
+                string Clips(int n) => n switch { 0 => "not one clip", 1 => "1 clip", _ => $"{n} clips" };
+                AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                    $"largest batch within {budgetMib} MiB{(recompute.Length > 0 ? $", recomputing {recompute} layers" : "")}: serial {Clips(l.Serial)}, parallel {Clips(l.Parallel)}") +
+                    (l.Serial > 0 ? FormattableString.Invariant($" ({(double)l.Parallel / l.Serial:0.##} times serial's)") : "")));
+            }
+
             AnsiConsole.MarkupLine("[grey]the engine's own tensors only: a GPU adds its libraries' workspace, the allocator's cache and the CUDA context[/]");
             return ExitCodes.Success;
         });

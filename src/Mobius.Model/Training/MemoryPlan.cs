@@ -25,29 +25,8 @@ public static class MemoryPlan
     {
         ArgumentOutOfRangeException.ThrowIfLessThan(stepCount, 1);
 
-        // With the loop correction the first step is exact before the optimizer holds any state; the step that
-        // peaks is a later exact one, with Adam's moments (and the mean mode's buffer) allocated.
-        if (options.LoopCorrectionEvery > 0)
-        {
-            stepCount = Math.Max(stepCount, options.LoopCorrectionEvery + 1);
-        }
-
-        var plans = new List<TopologyPlan>();
-        foreach (var topology in new[] { Topology.Serial, Topology.Parallel })
-        {
-            using var meta = new MetaBackend(dryRun: true);
-            using var model = TextToVideo.Create(meta, config, topology, options.Seed);
-            using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options with { CheckFinite = false });
-            var steps = Enumerable.Range(0, stepCount).Select(_ => trainer.TrainStep()).ToList();
-            var largest = steps.MaxBy(s => s.Memory.PeakBytes)!; // as a comparison reports it
-            plans.Add(new TopologyPlan(
-                largest.Memory.PeakBytes,
-                steps.Max(s => s.SavedActivationBytes),
-                trainer.TrainableParameters,
-                largest.Memory.AtPeak.ToDictionary(kv => Comparison.ToSnake(kv.Key.ToString()), kv => kv.Value),
-                largest.SavedByKind));
-        }
-
+        stepCount = StepCount(options, stepCount);
+        var plans = new[] { Topology.Serial, Topology.Parallel }.Select(t => PlanTopology(config, options, t, stepCount)).ToList();
         return new MemoryPlanResult(config.Name, options.BatchFor(config), config.Bridge, options.RecomputeSpatial, options.RecomputeTemporal, plans[0], plans[1],
             (double)plans[1].PeakBytes / plans[0].PeakBytes, (double)plans[1].SavedActivationBytes / plans[0].SavedActivationBytes)
         {
@@ -55,6 +34,75 @@ public static class MemoryPlan
             Height = config.Height,
             Width = config.Width,
         };
+    }
+
+    /// <summary>
+    /// At least <paramref name="stepCount"/> steps; with the loop correction at least K + 1: its first step is exact
+    /// before the optimizer holds any state, and the step that peaks is a later exact one, with Adam's moments (and
+    /// the mean mode's buffer) allocated.
+    /// </summary>
+    private static int StepCount(TrainOptions options, int stepCount) =>
+        options.LoopCorrectionEvery > 0 ? Math.Max(stepCount, options.LoopCorrectionEvery + 1) : stepCount;
+
+    private static TopologyPlan PlanTopology(ModelConfig config, TrainOptions options, Topology topology, int stepCount)
+    {
+        using var meta = new MetaBackend(dryRun: true);
+        using var model = TextToVideo.Create(meta, config, topology, options.Seed);
+        using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options with { CheckFinite = false });
+        var steps = Enumerable.Range(0, stepCount).Select(_ => trainer.TrainStep()).ToList();
+        var largest = steps.MaxBy(s => s.Memory.PeakBytes)!; // as a comparison reports it
+        return new TopologyPlan(
+            largest.Memory.PeakBytes,
+            steps.Max(s => s.SavedActivationBytes),
+            trainer.TrainableParameters,
+            largest.Memory.AtPeak.ToDictionary(kv => Comparison.ToSnake(kv.Key.ToString()), kv => kv.Value),
+            largest.SavedByKind);
+    }
+
+    /// <summary>
+    /// The largest batch (clips a step) whose planned peak (<see cref="Plan"/>, the other settings as in
+    /// <paramref name="options"/>) stays within <paramref name="budgetBytes"/>, for each topology, up to
+    /// <paramref name="maxBatch"/>; 0 where even one clip does not fit. The peak grows with the batch, so the
+    /// search doubles the batch until it no longer fits, then halves the gap: about 2 log2(batch) plans per topology.
+    /// </summary>
+    public static (int Serial, int Parallel) LargestBatch(ModelConfig config, TrainOptions options, long budgetBytes, int maxBatch = 4096)
+    {
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(budgetBytes);
+        ArgumentOutOfRangeException.ThrowIfNegativeOrZero(maxBatch);
+        int stepCount = StepCount(options, 2);
+        int Largest(Topology topology)
+        {
+            bool Fits(int batch) => PlanTopology(config, options with { Batch = batch }, topology, stepCount).PeakBytes <= budgetBytes;
+            if (!Fits(1))
+            {
+                return 0;
+            }
+
+            int good = 1, bad = 2;
+            while (bad <= maxBatch && Fits(bad))
+            {
+                good = bad;
+                bad *= 2;
+            }
+
+            bad = Math.Min(bad, maxBatch + 1);
+            while (bad - good > 1)
+            {
+                int mid = good + ((bad - good) / 2);
+                if (Fits(mid))
+                {
+                    good = mid;
+                }
+                else
+                {
+                    bad = mid;
+                }
+            }
+
+            return good;
+        }
+
+        return (Largest(Topology.Serial), Largest(Topology.Parallel));
     }
 
     /// <summary>The recompute policies <see cref="OperatingPoints"/> plans, from the fastest to the leanest.</summary>
@@ -140,6 +188,10 @@ public sealed record MemoryPlanResult(
     [JsonPropertyName("width")]
     public int Width { get; init; }
 
+    /// <summary>Each topology's largest batch within a memory budget (<see cref="MemoryPlan.LargestBatch"/>), when the caller searched for it; else null.</summary>
+    [JsonPropertyName("largest_batch")]
+    public LargestBatchPlan? LargestBatch { get; init; }
+
     /// <summary>Both topologies at every recompute policy (<see cref="MemoryPlan.OperatingPoints"/>), when the caller planned them too; else null.</summary>
     [JsonPropertyName("operating_points")]
     public IReadOnlyList<OperatingPoint>? OperatingPoints { get; init; }
@@ -147,6 +199,15 @@ public sealed record MemoryPlanResult(
     /// <summary>Indented JSON.</summary>
     public string ToJson() => JsonSerializer.Serialize(this, new JsonSerializerOptions { WriteIndented = true });
 }
+
+/// <summary>The largest batch of each topology whose planned peak fits a budget (0: not even one clip).</summary>
+/// <param name="BudgetBytes">The budget.</param>
+/// <param name="Serial">The serial topology's largest batch.</param>
+/// <param name="Parallel">The parallel topology's largest batch.</param>
+public sealed record LargestBatchPlan(
+    [property: JsonPropertyName("budget_bytes")] long BudgetBytes,
+    [property: JsonPropertyName("serial")] int Serial,
+    [property: JsonPropertyName("parallel")] int Parallel);
 
 /// <summary>Planned memory of one topology at one recompute policy.</summary>
 /// <param name="PeakBytes">Peak bytes of the largest step.</param>

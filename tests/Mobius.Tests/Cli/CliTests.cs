@@ -212,6 +212,25 @@ public sealed class CliTests
         }
 
         Assert.Contains("8 frames of 16x16", Flat(Mobius("plan", "--config", "micro", "--frames", "8").Out));
+
+        // The largest batch within a budget: the serial peak at the config's batch of 2 holds at least 2 serial clips.
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        {
+            long serialPeak = p0.RootElement.GetProperty("serial").GetProperty("peak_bytes").GetInt64();
+            long mib = (serialPeak + 1048575) / 1048576;
+            var fit = Mobius("plan", "--config", "micro", "--budget-mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--json");
+            Assert.True(fit.Code == 0, fit.Out + fit.Err);
+            using var pf = JsonDocument.Parse(fit.Out);
+            var largest = pf.RootElement.GetProperty("largest_batch");
+            Assert.Equal(mib * 1048576, largest.GetProperty("budget_bytes").GetInt64());
+            Assert.True(largest.GetProperty("serial").GetInt32() >= 2);
+            Assert.True(largest.GetProperty("parallel").GetInt32() > largest.GetProperty("serial").GetInt32());
+            Assert.Equal(JsonValueKind.Null, p0.RootElement.GetProperty("largest_batch").ValueKind);
+            Assert.Matches(@"largest batch within \d+ MiB: serial \d+ clips, parallel \d+ clips \([\d.]+ times serial's\)",
+                Flat(Mobius("plan", "--config", "micro", "--budget-mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture)).Out));
+        }
+
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--budget-mib", "-1"), 2, "--budget-mib must be 0 (no search) or more");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--frames", "33"), 2, "frames must be 1..32");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "18"), 2, "height and width must be multiples of 4");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "16x"), 2, "--size must be HxW or one number");

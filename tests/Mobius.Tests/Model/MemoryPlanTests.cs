@@ -40,6 +40,35 @@ public sealed class MemoryPlanTests
         Assert.InRange(plan.PeakRatio, 0.01, 0.999);
     }
 
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void The_largest_batch_is_the_last_one_a_scan_of_every_batch_finds_within_the_budget(int seed)
+    {
+        var config = ModelConfig.Get("micro");
+        var rng = new Random(seed);
+        var options = new TrainOptions { Seed = 5, LearningRate = 1e-3f, RecomputeTemporal = rng.Next(2) == 1 };
+
+        // Every batch from 1 to 10, planned one by one: the peaks grow with the batch.
+        var peaks = Enumerable.Range(1, 10).Select(b => MemoryPlan.Plan(config, options with { Batch = b })).ToList();
+        Assert.All(peaks.Zip(peaks.Skip(1)), pair =>
+        {
+            Assert.True(pair.Second.Serial.PeakBytes > pair.First.Serial.PeakBytes);
+            Assert.True(pair.Second.Parallel.PeakBytes > pair.First.Parallel.PeakBytes);
+        });
+
+        // A budget somewhere between serial's batch-1 and batch-10 peaks, not on a plan's peak.
+        long budget = peaks[0].Serial.PeakBytes + (long)(rng.NextDouble() * (peaks[9].Serial.PeakBytes - peaks[0].Serial.PeakBytes));
+        int Scan(Func<MemoryPlanResult, long> peak) => peaks.Count(p => peak(p) <= budget);
+        var (serial, parallel) = MemoryPlan.LargestBatch(config, options, budget, maxBatch: 10);
+        Assert.Equal(Scan(p => p.Serial.PeakBytes), serial);
+        Assert.Equal(Scan(p => p.Parallel.PeakBytes), parallel);
+        Assert.InRange(serial, 1, 10);
+        Assert.True(parallel >= serial, $"seed {seed}: the parallel topology fits no fewer clips ({parallel} against {serial})");
+
+        Assert.Equal((0, 0), MemoryPlan.LargestBatch(config, options, peaks[0].Parallel.PeakBytes - 1));
+        Assert.Equal((10, 10), MemoryPlan.LargestBatch(config, options, peaks[9].Serial.PeakBytes, maxBatch: 10));
+    }
+
     [Fact]
     public void The_operating_points_are_the_plans_of_every_recompute_policy()
     {
