@@ -148,7 +148,8 @@ public sealed class Tokenizer
 
     /// <summary>
     /// Up to <paramref name="max"/> known words close to <paramref name="word"/> (lower-case, as <see cref="SplitWords"/>
-    /// gives it), closest first: those within a small edit distance (one edit per three letters, at least one), and
+    /// gives it), closest first: those within a small edit distance (one edit per three letters, at least one, but not
+    /// every letter of the word), and
     /// those sharing a stem of at least three letters that leaves at most three letters of the shorter word over
     /// ("moves": "moving"). None for punctuation, nor when nothing is close.
     /// </summary>
@@ -176,7 +177,7 @@ public sealed class Tokenizer
                 stem++;
             }
 
-            bool near = distance <= Math.Max(1, word.Length / 3);
+            bool near = distance <= Math.Max(1, word.Length / 3) && distance < word.Length; // one letter is no evidence
             bool sameStem = stem >= 3 && Math.Min(word.Length, known.Length) - stem <= 3;
             if (near || sameStem)
             {

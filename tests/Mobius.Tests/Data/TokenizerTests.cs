@@ -51,6 +51,8 @@ public sealed class TokenizerTests
         Assert.Contains("spinning", tok.Suggest("spins"));
         Assert.Equal(["smaller"], tok.Suggest("smallest"));
         Assert.Empty(tok.Suggest("zebra"));
+        Assert.Empty(tok.Suggest("x"));                  // not "a": one letter changed is the whole word
+        Assert.Equal(["on"], tok.Suggest("om"));
         Assert.Empty(tok.Suggest("."));
         Assert.DoesNotContain("heart", tok.Suggest("heart"));
         Assert.All(tok.KnownWords, w => Assert.True(tok.Suggest(w, max: 40).Count <= 40));
