@@ -15,7 +15,7 @@
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# recompute motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -40,7 +40,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute budget motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -114,6 +114,24 @@ step "both topologies at every recompute policy (mobius compare --frontier)"
 # turns, with exact memory, and pairs each topology at its own best (fastest, leanest).
 c=ms256; steps=6; frontier=6; [ $sim = 1 ] && { c=tiny; steps=2; frontier=1; }
 run 240 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frontier $frontier --json --out "$results/compare-$c-frontier"
+fi
+
+if want budget && [ $sim = 0 ]; then
+  step "largest batch within the card (ms256): planned, then two training steps of each topology at it"
+  # plan --budget-mib finds each topology's largest batch whose planned peak (the engine's tensors) fits; 6000 MiB
+  # of the card are left for the CUDA context, cuBLAS/cuDNN and the allocator's cache. Each topology then trains
+  # two steps at its own batch: both must fit, and train prints the measured peak beside the planned one.
+  total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
+  room=$(( ${total:-0} - 6000 ))
+  run 120 "$bin/mobius" plan --config ms256 --budget-mib "$room"
+  batches=$(timeout 120 "$bin/mobius" plan --config ms256 --budget-mib "$room" --json |
+    $py -c "import json, sys; b = json.load(sys.stdin)['largest_batch']; print(b['serial'], b['parallel'])")
+  set -- $batches
+  if [ "${1:-0}" -gt 0 ] && run 240 "$bin/mobius" pretrain --config ms256 --steps 1 --backend cuda --weights-only --out "$results/ms256-t2i.safetensors"; then
+    run 240 "$bin/mobius" train --topology serial --from "$results/ms256-t2i.safetensors" --batch "$1" --steps 2 --backend cuda --weights-only --out "$results/ms256-serial.safetensors"
+    run 240 "$bin/mobius" train --topology parallel --from "$results/ms256-t2i.safetensors" --batch "$2" --steps 2 --backend cuda --weights-only --out "$results/ms256-parallel.safetensors"
+    rm -f "$results"/ms256-*.safetensors
+  fi
 fi
 
 if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then

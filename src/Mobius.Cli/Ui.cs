@@ -29,9 +29,12 @@ public static class Ui
         int lastStep = trainer.StepsDone + steps;
         int lastSaved = trainer.StepsDone;
         string lastValidation = "";
+        long peak = 0, saved = 0;
         try
         {
             Steps();
+            AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                $"memory: {peak / 1048576.0:0.0} MiB at the peak of a step, {saved / 1048576.0:0.0} MiB of activations kept for backward (the largest of the {steps} steps)")));
         }
         catch (Exception e) when ((e is OperationCanceledException or NonFiniteException) && trainer.StepsDone > lastSaved)
         {
@@ -82,6 +85,8 @@ public static class Ui
         {
             cancel.ThrowIfCancellationRequested();
             var s = trainer.TrainStep();
+            peak = Math.Max(peak, s.Memory.PeakBytes);
+            saved = Math.Max(saved, s.SavedActivationBytes);
             report(s);
             if (saveEvery > 0 && s.Step % saveEvery == 0)
             {

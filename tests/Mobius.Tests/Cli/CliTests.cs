@@ -739,7 +739,17 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors"), gif = folder.File("clip.gif");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "2", "--out", t2i).Code);
-        Assert.Equal(0, Mobius("train", "--topology", "serial", "--from", t2i, "--steps", "2", "--out", video).Code);
+        var trained = Mobius("train", "--topology", "serial", "--from", t2i, "--steps", "2", "--out", video);
+        Assert.True(trained.Code == 0, trained.Out + trained.Err);
+
+        // train names the memory of its steps: what plan gives for the same config and batch, as the CPU measured it.
+        using (var plan = JsonDocument.Parse(Mobius("plan", "--config", "micro", "--json").Out))
+        {
+            var serialPlan = plan.RootElement.GetProperty("serial");
+            string MiB(string key) => (serialPlan.GetProperty(key).GetInt64() / 1048576.0).ToString("0.0", System.Globalization.CultureInfo.InvariantCulture);
+            Assert.Contains($"memory: {MiB("peak_bytes")} MiB at the peak of a step, {MiB("saved_activation_bytes")} MiB of activations kept for backward (the largest of the 2 steps)", Flat(trained.Out));
+        }
+
         var resumed = Mobius("train", "--topology", "serial", "--resume", video, "--steps", "1", "--out", video);
         Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
         Assert.Contains("after step 3", resumed.Out);
