@@ -734,7 +734,7 @@ public static class Commands
     private static Command Plan()
     {
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
-        var frames = new Option<int?>("--frames") { Description = "frames per clip (default: the config's; ms256: 16), at most 32" };
+        var frames = new Option<int?>("--frames") { Description = "frames per clip, 2..32 (default: the config's; ms256: 16)" };
         var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
         var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
@@ -808,6 +808,11 @@ public static class Commands
     {
         if (frames is { } f)
         {
+            if (f is < 2 or > 32)
+            {
+                throw new UsageException($"--frames must be 2..32 (two frames at least to move between; the temporal attention kernel takes 32), got {f}.");
+            }
+
             config = config with { Frames = f };
         }
 

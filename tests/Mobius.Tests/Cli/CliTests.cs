@@ -231,7 +231,8 @@ public sealed class CliTests
         }
 
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--budget-mib", "-1"), 2, "--budget-mib must be 0 (no search) or more");
-        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frames", "33"), 2, "frames must be 1..32");
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frames", "33"), 2, "--frames must be 2..32");
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frames", "1"), 2, "--frames must be 2..32");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "18"), 2, "height and width must be multiples of 4");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--size", "16x"), 2, "--size must be HxW or one number");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--batch", "0"), 2, "--batch must be at least 1");
