@@ -123,9 +123,9 @@ if want budget && [ $sim = 0 ]; then
   # two steps at its own batch: both must fit, and train prints the measured peak beside the planned one.
   total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
   room=$(( ${total:-0} - 6000 ))
-  run 120 "$bin/mobius" plan --config ms256 --budget-mib "$room"
-  batches=$(timeout 120 "$bin/mobius" plan --config ms256 --budget-mib "$room" --json |
-    $py -c "import json, sys; b = json.load(sys.stdin)['largest_batch']; print(b['serial'], b['parallel'])")
+  timeout 120 "$bin/mobius" plan --config ms256 --budget-mib "$room" --json > "$results/plan-ms256-budget.json"
+  batches=$($py -c "import json, sys; b = json.load(open(sys.argv[1]))['largest_batch']; print(b['serial'], b['parallel'])" "$results/plan-ms256-budget.json")
+  echo "planned within $room MiB (plan-ms256-budget.json): largest batch serial ${batches% *}, parallel ${batches#* }" >> "$md"
   set -- $batches
   if [ "${1:-0}" -gt 0 ] && run 240 "$bin/mobius" pretrain --config ms256 --steps 1 --backend cuda --weights-only --out "$results/ms256-t2i.safetensors"; then
     run 240 "$bin/mobius" train --topology serial --from "$results/ms256-t2i.safetensors" --batch "$1" --steps 2 --backend cuda --weights-only --out "$results/ms256-serial.safetensors"

@@ -818,14 +818,13 @@ public static class Commands
 
         if (size is not null)
         {
-            string[] parts = size.Split('x', 'X');
-            if (parts.Length is not (1 or 2) || !parts.All(x => int.TryParse(x, NumberStyles.None, CultureInfo.InvariantCulture, out int v) && v > 0))
+            int[] sides = [.. size.Split('x', 'X').Select(x => int.TryParse(x, NumberStyles.None, CultureInfo.InvariantCulture, out int v) ? v : 0)];
+            if (sides.Length is not (1 or 2) || sides.Any(v => v <= 0))
             {
                 throw new UsageException($"--size must be HxW or one number of pixels, e.g. 64x96 or 128, got '{size}'.");
             }
 
-            int h = int.Parse(parts[0], CultureInfo.InvariantCulture);
-            config = config with { Height = h, Width = parts.Length == 2 ? int.Parse(parts[1], CultureInfo.InvariantCulture) : h };
+            config = config with { Height = sides[0], Width = sides[^1] };
         }
 
         try

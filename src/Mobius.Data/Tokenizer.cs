@@ -27,6 +27,7 @@ public sealed class Tokenizer
     public static readonly IReadOnlyList<string> Specials = ["<pad>", "<bos>", "<eos>", "<unk>"];
 
     private readonly string[] _words;
+    private readonly IReadOnlyList<string> _knownWords;
     private readonly Dictionary<string, int> _ids;
 
     private Tokenizer(string[] words, int maxLength)
@@ -37,6 +38,7 @@ public sealed class Tokenizer
         }
 
         _words = words;
+        _knownWords = Array.AsReadOnly(words[Specials.Count..]);
         _ids = new Dictionary<string, int>(StringComparer.Ordinal);
         for (int i = 0; i < words.Length; i++)
         {
@@ -144,7 +146,7 @@ public sealed class Tokenizer
     public string[] UnknownWords(string[] words) => [.. words.Where(w => !_ids.ContainsKey(w)).Distinct()];
 
     /// <summary>The vocabulary without the special tokens, in id order.</summary>
-    public IReadOnlyList<string> KnownWords => Array.AsReadOnly(_words[Specials.Count..]);
+    public IReadOnlyList<string> KnownWords => _knownWords;
 
     /// <summary>
     /// Up to <paramref name="max"/> known words close to <paramref name="word"/> (lower-case, as <see cref="SplitWords"/>

@@ -699,7 +699,7 @@ public static class Comparison
                     float[] pixels;
                     using (restored ? null : trainers[i]!.EmaWeights())
                     {
-                        pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar, options.SampleFrameNoise);
+                        pixels = models[i]!.Generate(prompts.Select(p => p.Caption).ToList(), options.SampleSteps, options.Guidance, options.Seed, bar, sampleFrameNoise);
                     }
 
                     int clipSize = config.Frames * 3 * config.Height * config.Width;
