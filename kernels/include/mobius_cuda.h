@@ -120,10 +120,32 @@ MOBIUS_DEVICE unsigned dynamic_smem_size() {
 
 MOBIUS_DEVICE float sigmoid(float x) { return 1.0f / (1.0f + exp(-x)); }
 
-// Element storage type <-> fp32 compute type. fp32 is the only storage type today; a bf16 overload pair is
-// all a bf16 instantiation of the templated kernels needs.
+// Bit casts between fp32 and its 32-bit pattern, the same in all three builds.
+#if defined(__NVCC__)
+MOBIUS_DEVICE unsigned float_bits(float v) { return __float_as_uint(v); }
+MOBIUS_DEVICE float bits_float(unsigned u) { return __uint_as_float(u); }
+#else
+MOBIUS_DEVICE unsigned float_bits(float v) { return __builtin_bit_cast(unsigned, v); }
+MOBIUS_DEVICE float bits_float(unsigned u) { return __builtin_bit_cast(float, u); }
+#endif
+
+// bfloat16 storage: the top 16 bits of an fp32. Widening is exact; narrowing rounds to nearest, ties to
+// even, and keeps NaN a (quiet) NaN. Done in integer arithmetic, so every build rounds alike, bit for bit.
+struct bf16 {
+    unsigned short bits;
+};
+MOBIUS_DEVICE float bf16_to_float(bf16 h) { return bits_float(static_cast<unsigned>(h.bits) << 16); }
+MOBIUS_DEVICE bf16 float_to_bf16(float v) {
+    const unsigned u = float_bits(v);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return bf16{static_cast<unsigned short>((u >> 16) | 0x0040u)};
+    return bf16{static_cast<unsigned short>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16)};
+}
+
+// Element storage type <-> fp32 compute type: the overload pairs a templated kernel is instantiated over.
 MOBIUS_DEVICE float load(const float* p) { return *p; }
 MOBIUS_DEVICE void store(float* p, float v) { *p = v; }
+MOBIUS_DEVICE float load(const bf16* p) { return bf16_to_float(*p); }
+MOBIUS_DEVICE void store(bf16* p, float v) { *p = float_to_bf16(v); }
 
 // Grid-stride iteration with 64-bit indices: correct for any grid, and for tensors past 2^31 elements.
 MOBIUS_DEVICE long long global_thread() { return static_cast<long long>(blockIdx.x) * blockDim.x + threadIdx.x; }

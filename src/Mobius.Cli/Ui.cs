@@ -238,7 +238,7 @@ public static class Ui
     /// <summary>The side-by-side table.</summary>
     public static void PrintComparison(ComparisonResult r)
     {
-        var t = new Table().Title($"[bold]serial vs parallel[/] ({Markup.Escape(r.Bridge)} bridge{(r.Motions is null ? "" : ", " + Markup.Escape(string.Join(", ", r.Motions)))}{(r.RecomputeSpatial ? ", serial recomputing spatial layers" : "")}{(r.RecomputeTemporal ? ", both recomputing temporal layers" : "")}): {Markup.Escape(r.Config)}, {r.Steps} steps of {r.Batch} clips{(r.Accumulate > 1 ? $" x {r.Accumulate} accumulated" : "")}{(r.EmaDecay > 0 ? $", EMA {r.EmaDecay:g4}" : "")}{(r.Steps < r.StepsRequested ? $" (stopped early, of {r.StepsRequested})" : "")}, seed {r.Seed}, {Markup.Escape(r.Backend)}")
+        var t = new Table().Title($"[bold]serial vs parallel[/] ({Markup.Escape(r.Bridge)} bridge{(r.Motions is null ? "" : ", " + Markup.Escape(string.Join(", ", r.Motions)))}{(r.RecomputeSpatial ? ", serial recomputing spatial layers" : "")}{(r.RecomputeTemporal ? ", both recomputing temporal layers" : "")}{(r.FrozenWeights == "bfloat16" ? ", bf16 frozen weights" : "")}): {Markup.Escape(r.Config)}, {r.Steps} steps of {r.Batch} clips{(r.Accumulate > 1 ? $" x {r.Accumulate} accumulated" : "")}{(r.EmaDecay > 0 ? $", EMA {r.EmaDecay:g4}" : "")}{(r.Steps < r.StepsRequested ? $" (stopped early, of {r.StepsRequested})" : "")}, seed {r.Seed}, {Markup.Escape(r.Backend)}")
             .AddColumns("", "serial", "parallel", "parallel / serial", "paper");
         t.AddRow("median step time", $"{r.Serial.StepMsMedian:0} ms", $"{r.Parallel.StepMsMedian:0} ms", $"{r.Ratio.StepMs:0.00}", "0.88");
         if (r.LoopCorrectionEvery > 0)

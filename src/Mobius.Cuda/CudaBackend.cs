@@ -153,6 +153,24 @@ public sealed unsafe partial class CudaBackend : IBackend
     }
 
     /// <inheritdoc />
+    public void Cast(Tensor x, Tensor y)
+    {
+        switch (x.DType, y.DType)
+        {
+            case (DType.Float32, DType.BFloat16):
+                Launch1D("cast_f32_bf16", x.Numel, [Ptr(x), Ptr(y), x.Numel]);
+                break;
+            case (DType.BFloat16, DType.Float32):
+                Launch1D("cast_bf16_f32", x.Numel, [Ptr(x), Ptr(y), x.Numel]);
+                break;
+            default:
+                MakeCurrent();
+                Driver.Check(Driver.cuMemcpyDtoDAsync(Ptr(y), Ptr(x), (nuint)x.Bytes, _stream), "cuMemcpyDtoDAsync");
+                break;
+        }
+    }
+
+    /// <inheritdoc />
     public void Fill(Tensor dst, float value)
     {
         MakeCurrent();

@@ -43,6 +43,12 @@ public interface IBackend : IDisposable
     void Fill(Tensor dst, float value);
 
     /// <summary>
+    /// y = x in y's element type (same element count): fp32 to bf16 rounds to nearest, ties to even, and keeps NaN a
+    /// NaN; bf16 to fp32 is exact; the same type copies. The only op that reads or writes bf16 storage.
+    /// </summary>
+    void Cast(Tensor x, Tensor y);
+
+    /// <summary>
     /// Copies <paramref name="rows"/> runs of <paramref name="cols"/> contiguous elements:
     /// dst[dstOffset + r*dstRowStride + c] = src[srcOffset + r*srcRowStride + c]. Offsets are in elements,
     /// relative to each tensor's own start. Used for concat, split and slicing along a middle dimension.

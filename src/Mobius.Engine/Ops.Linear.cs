@@ -5,11 +5,15 @@ namespace Mobius.Engine;
 /// <summary>Linear layers, matrix products and convolutions.</summary>
 public static partial class Ops
 {
-    /// <summary>y = x w^T + b for x [..., I], w [O, I], b [O] (optional); y is [..., O].</summary>
+    /// <summary>
+    /// y = x w^T + b for x [..., I], w [O, I], b [O] (optional); y is [..., O]. A frozen w may be stored in bf16:
+    /// it is widened to fp32 while the op runs (and again in backward), never kept wide.
+    /// </summary>
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null)
     {
         const string op = "linear";
-        var backend = Check.Same(op, x, w, b);
+        using var wide = Widen(op, w);
+        var backend = Check.Same(op, x, wide, b);
         Check.Rank(op, w, 2, "weight");
         int inF = w.Dim(1), outF = w.Dim(0);
         Check.That(op, x.Dim(-1) == inF, $"input {x.Shape} has {x.Dim(-1)} features, weight {w.Shape} expects {inF}.");
@@ -22,7 +26,7 @@ public static partial class Ops
         var dims = x.Shape.ToArray();
         dims[^1] = outF;
         var y = Tensor.Empty(backend, new Shape(dims));
-        backend.Gemm(new GemmShape(rows, outF, inF, TransB: true), 1f, x, w, 0f, y);
+        backend.Gemm(new GemmShape(rows, outF, inF, TransB: true), 1f, x, wide, 0f, y);
         if (b is not null)
         {
             backend.AddChannelBias(rows, outF, 1, y, b, y);
@@ -39,8 +43,9 @@ public static partial class Ops
                 Tensor? dx = null, dw = null, db = null;
                 if (sw is not null)
                 {
+                    using var wv = Widen(op, sw);
                     dx = Tensor.Empty(g.Backend, x.Shape);
-                    g.Backend.Gemm(new GemmShape(rows, inF, outF), 1f, g, sw, 0f, dx);
+                    g.Backend.Gemm(new GemmShape(rows, inF, outF), 1f, g, wv, 0f, dx);
                 }
 
                 if (sx is not null)
@@ -138,11 +143,15 @@ public static partial class Ops
         return y;
     }
 
-    /// <summary>2-D convolution of x [N, Cin, H, W] with w [Cout, Cin, K, K] (K = 1 or 3) and optional bias [Cout].</summary>
+    /// <summary>
+    /// 2-D convolution of x [N, Cin, H, W] with w [Cout, Cin, K, K] (K = 1 or 3) and optional bias [Cout]. A frozen w
+    /// may be stored in bf16, widened to fp32 while the op runs, as in <see cref="Linear"/>.
+    /// </summary>
     public static Tensor Conv2d(Tensor x, Tensor w, Tensor? b = null, int stride = 1, int padding = 0)
     {
         const string op = "conv2d";
-        var backend = Check.Same(op, x, w, b);
+        using var wide = Widen(op, w);
+        var backend = Check.Same(op, x, wide, b);
         Check.Rank(op, x, 4, "input");
         Check.Rank(op, w, 4, "weight");
         Check.That(op, w.Dim(2) == w.Dim(3), $"weight {w.Shape} is not square.");
@@ -156,7 +165,7 @@ public static partial class Ops
         var s = new Conv2dShape(x.Dim(0), x.Dim(1), x.Dim(2), x.Dim(3), w.Dim(0), w.Dim(2), stride, padding);
         Check.That(op, s.OutH > 0 && s.OutW > 0, $"input {x.Shape} is smaller than kernel {w.Shape}.");
         var y = Tensor.Empty(backend, new Shape(s.N, s.Cout, s.OutH, s.OutW));
-        backend.Conv2dForward(s, x, w, b, y);
+        backend.Conv2dForward(s, x, wide, b, y);
         RecordWeighted(op, x, w, b, y,
             (g, wv, dx) => g.Backend.Conv2dBackwardData(s, g, wv, dx),
             (xv, g, dw, db) => g.Backend.Conv2dBackwardFilter(s, xv, g, dw, db),
@@ -215,8 +224,9 @@ public static partial class Ops
             Tensor? dx = null, dw = null;
             if (sw is not null)
             {
+                using var wv = Widen(op, sw);
                 dx = Tensor.Empty(g.Backend, x.Shape);
-                backwardData(g, sw, dx);
+                backwardData(g, wv, dx);
             }
 
             var db = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, b!.Shape) : null;
@@ -234,4 +244,29 @@ public static partial class Ops
             return [dx, dw, db];
         });
     }
+
+    /// <summary>
+    /// <paramref name="w"/> as fp32 for an op to read: a view of it when it is fp32, else a workspace copy widened
+    /// from its bf16 storage. Dispose it when the op is done.
+    /// </summary>
+    internal static Tensor Widen(string op, Tensor w)
+    {
+        ArgumentNullException.ThrowIfNull(w);
+        if (w.IsDisposed)
+        {
+            throw new TensorDisposedException(op, w.Describe());
+        }
+
+        if (w.DType == DType.Float32)
+        {
+            return w.View(0, w.Shape);
+        }
+
+        var wide = Tensor.Empty(w.Backend, w.Shape, MemoryCategory.Workspace);
+        w.Backend.Cast(w, wide);
+        return wide;
+    }
+
+    /// <summary><see cref="Widen(string, Tensor)"/> for host reads.</summary>
+    internal static Tensor Widen(Tensor w) => Widen("widen", w);
 }

@@ -49,11 +49,15 @@ public static partial class Ops
         return y;
     }
 
-    /// <summary>Rows of <paramref name="table"/> [V, D] picked by <paramref name="ids"/>; returns [ids.Length, D].</summary>
+    /// <summary>
+    /// Rows of <paramref name="table"/> [V, D] picked by <paramref name="ids"/>; returns [ids.Length, D]. A frozen table may be
+    /// stored in bf16 (widened while the op runs).
+    /// </summary>
     public static Tensor Embedding(ReadOnlySpan<int> ids, Tensor table)
     {
         const string op = "embedding";
-        Check.Live(op, table);
+        using var wide = Widen(op, table);
+        Check.Live(op, wide);
         Check.Rank(op, table, 2, "table");
         Check.That(op, ids.Length > 0, "no ids.");
         foreach (int id in ids)
@@ -62,7 +66,7 @@ public static partial class Ops
         }
 
         var y = Tensor.Empty(table.Backend, new Shape(ids.Length, table.Dim(1)));
-        table.Backend.EmbeddingForward(ids, table, y);
+        table.Backend.EmbeddingForward(ids, wide, y);
         var node = Tape.Record(op, table);
         if (node is not null)
         {

@@ -23,10 +23,10 @@ public class Tensor : IDisposable
     public Shape Shape { get; }
 
     /// <summary>The element type.</summary>
-    public DType DType { get; }
+    public DType DType { get; private set; }
 
     /// <summary>Element offset of this tensor's first element in its storage.</summary>
-    public long Offset { get; }
+    public long Offset { get; private set; }
 
     /// <summary>Number of elements.</summary>
     public long Numel => Shape.Numel;
@@ -92,11 +92,20 @@ public class Tensor : IDisposable
         Grad = null;
     }
 
-    /// <summary>Copies the elements to a new host array (synchronises a device backend).</summary>
+    /// <summary>Copies the elements to a new host array (synchronises a device backend); bf16 elements are widened.</summary>
     public float[] ToArray()
     {
         var result = new float[Numel];
-        Backend.CopyToHost(this, result);
+        if (DType == DType.Float32)
+        {
+            Backend.CopyToHost(this, result);
+        }
+        else
+        {
+            using var wide = Ops.Widen(this);
+            Backend.CopyToHost(wide, result);
+        }
+
         return result;
     }
 
@@ -106,6 +115,11 @@ public class Tensor : IDisposable
         if (Numel != 1)
         {
             throw new ShapeMismatchException("Item", $"expected one element, got {Shape}.");
+        }
+
+        if (DType != DType.Float32)
+        {
+            return ToArray()[0];
         }
 
         Span<float> v = stackalloc float[1];
@@ -121,7 +135,37 @@ public class Tensor : IDisposable
             throw new ShapeMismatchException("CopyFrom", $"{data.Length} host values for a tensor of shape {Shape}.");
         }
 
-        Backend.CopyFromHost(data, this);
+        if (DType == DType.Float32)
+        {
+            Backend.CopyFromHost(data, this);
+            return;
+        }
+
+        using var wide = Empty(Backend, Shape);
+        Backend.CopyFromHost(data, wide);
+        Backend.Cast(wide, this);
+    }
+
+    /// <summary>
+    /// Moves this tensor onto new storage of <paramref name="dtype"/> (the values converted, the old storage
+    /// released): the object, its name and its gradient routing stay. Only for tensors that own their storage.
+    /// </summary>
+    private protected void Recast(DType dtype, MemoryCategory category)
+    {
+        if (dtype == DType)
+        {
+            return;
+        }
+
+        var old = Storage;
+        var storage = Backend.Allocate(Numel * dtype.Size(), category);
+        var target = new Tensor(storage, 0, Shape, dtype);
+        Backend.Cast(this, target);
+        _storage = storage;
+        target._storage = null;
+        DType = dtype;
+        Offset = 0;
+        old.Release();
     }
 
     /// <summary>"tensor 'name' [2, 3] float32 on cpu".</summary>
@@ -216,7 +260,8 @@ public sealed class Parameter : Tensor
 
     /// <summary>
     /// A frozen parameter takes part in forward and passes input-gradients, but never receives a gradient
-    /// and costs no weight-gradient work.
+    /// and costs no weight-gradient work. Unfreezing a parameter stored in bf16 moves it back to fp32 (with
+    /// the values bf16 held), since gradients and the optimizer work in fp32.
     /// </summary>
     public bool Frozen
     {
@@ -227,8 +272,27 @@ public sealed class Parameter : Tensor
             {
                 ClearGrad();
             }
+            else
+            {
+                Recast(DType.Float32, MemoryCategory.Weights);
+            }
 
             SetRequiresGrad(!value);
         }
+    }
+
+    /// <summary>
+    /// Keeps this parameter's values in <paramref name="dtype"/> from now on: bf16 halves its bytes (values
+    /// rounded to nearest even), fp32 widens it back. Only a frozen parameter can be stored in bf16: ops widen
+    /// it to fp32 where they read it, and it never has a gradient. Views taken earlier keep the old values.
+    /// </summary>
+    public void StoreAs(DType dtype)
+    {
+        if (dtype != DType.Float32 && !Frozen)
+        {
+            throw new InvalidOperationException($"{Describe()} is trainable; only a frozen parameter can be stored as {dtype.Name()} (gradients and the optimizer work in float32).");
+        }
+
+        Recast(dtype, MemoryCategory.Weights);
     }
 }

@@ -114,6 +114,38 @@ public sealed unsafe partial class CpuBackend : IBackend
     public void Fill(Tensor dst, float value) => Span(dst).Fill(value);
 
     /// <inheritdoc />
+    public void Cast(Tensor x, Tensor y)
+    {
+        long n = x.Numel;
+        byte* px = (byte*)x.Storage.Handle + x.Offset * x.DType.Size();
+        byte* py = (byte*)y.Storage.Handle + y.Offset * y.DType.Size();
+        switch (x.DType, y.DType)
+        {
+            case (DType.Float32, DType.BFloat16):
+                ForRanges(n, 1, (_, a, b) =>
+                {
+                    for (long i = a; i < b; i++)
+                    {
+                        ((ushort*)py)[i] = BFloat16Bits.FromFloat(((float*)px)[i]);
+                    }
+                });
+                break;
+            case (DType.BFloat16, DType.Float32):
+                ForRanges(n, 1, (_, a, b) =>
+                {
+                    for (long i = a; i < b; i++)
+                    {
+                        ((float*)py)[i] = BFloat16Bits.ToFloat(((ushort*)px)[i]);
+                    }
+                });
+                break;
+            default:
+                Buffer.MemoryCopy(px, py, y.Bytes, x.Bytes);
+                break;
+        }
+    }
+
+    /// <inheritdoc />
     public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols)
     {
         float* s = Ptr(src) + srcOffset;

@@ -60,6 +60,9 @@ public sealed class MetaBackend : IBackend
     public void Fill(Tensor dst, float value) => Skip();
 
     /// <inheritdoc />
+    public void Cast(Tensor x, Tensor y) => Skip();
+
+    /// <inheritdoc />
     public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols) => Skip();
 
     /// <inheritdoc />

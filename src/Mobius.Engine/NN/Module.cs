@@ -51,6 +51,51 @@ public abstract class Module : IDisposable
     /// <summary>Makes every parameter trainable again.</summary>
     public void Unfreeze() => SetFrozen(false);
 
+    /// <summary>This module and every module under it, depth first in registration order.</summary>
+    public IEnumerable<Module> Modules()
+    {
+        yield return this;
+        foreach (var (_, child) in _children)
+        {
+            foreach (var m in child.Modules())
+            {
+                yield return m;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Stores the weights of every frozen <see cref="Linear"/>, <see cref="Conv2d"/> and <see cref="Embedding"/> under
+    /// this module in <paramref name="dtype"/>: <see cref="DType.BFloat16"/> halves their bytes (each value rounded to
+    /// the nearest bf16; ops widen a layer's weight to fp32 only while they read it), <see cref="DType.Float32"/>
+    /// moves every such weight back. Norms and biases stay fp32. Call it after freezing; unfreezing a parameter
+    /// moves it back to fp32.
+    /// </summary>
+    /// <returns>The number of weights now stored in <paramref name="dtype"/> that were not before.</returns>
+    public int StoreFrozenWeights(DType dtype)
+    {
+        int changed = 0;
+        foreach (var m in Modules())
+        {
+            var w = m switch
+            {
+                Linear l => l.Weight,
+                Conv2d c => c.Weight,
+                Embedding e => e.Weight,
+                _ => null,
+            };
+            if (w is null || w.DType == dtype || (dtype != DType.Float32 && !w.Frozen))
+            {
+                continue;
+            }
+
+            w.StoreAs(dtype);
+            changed++;
+        }
+
+        return changed;
+    }
+
     /// <summary>A host copy of every parameter by name.</summary>
     public Dictionary<string, float[]> StateDict() => NamedParameters().ToDictionary(np => np.Name, np => np.Parameter.ToArray());
 

@@ -398,6 +398,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("recompute_temporal")]
     public bool RecomputeTemporal { get; init; }
 
+    /// <summary>The element type both topologies kept their frozen weights in, "float32" or "bfloat16" (see <see cref="TrainOptions.FrozenWeights"/>).</summary>
+    [JsonPropertyName("frozen_weights")]
+    public string FrozenWeights { get; init; } = "float32";
+
     /// <summary>Correlation of the diffusion noise across a clip's frames in training.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
@@ -755,6 +759,7 @@ public static class Comparison
                 KeepBest = options.KeepBest,
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
+                FrozenWeights = options.Train.FrozenWeights.Name(),
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 SampleFrameNoise = Math.Round(sampleFrameNoise, 4),
                 Guidance = options.Guidance,

@@ -33,6 +33,7 @@ public static class MemoryPlan
             Frames = config.Frames,
             Height = config.Height,
             Width = config.Width,
+            FrozenWeights = options.FrozenWeights.Name(),
         };
     }
 
@@ -176,6 +177,10 @@ public sealed record MemoryPlanResult(
     [property: JsonPropertyName("peak_ratio")] double PeakRatio,
     [property: JsonPropertyName("saved_ratio")] double SavedRatio)
 {
+    /// <summary>The element type of the frozen weights planned, "float32" or "bfloat16" (<see cref="TrainOptions.FrozenWeights"/>).</summary>
+    [JsonPropertyName("frozen_weights")]
+    public string FrozenWeights { get; init; } = "float32";
+
     /// <summary>Frames per clip of the planned config.</summary>
     [JsonPropertyName("frames")]
     public int Frames { get; init; }

@@ -101,6 +101,15 @@ public sealed record TrainOptions
     public bool RecomputeTemporal { get; init; }
 
     /// <summary>
+    /// Stage 2: the element type the frozen weights of linear, convolution and embedding layers are kept in (the
+    /// text-to-image UNet's, the text encoder's, and those of temporal layers kept frozen). <see cref="DType.BFloat16"/>
+    /// halves their bytes, each rounded to the nearest bf16 when training starts, and every op still computes in
+    /// fp32, widening one layer's weight while it runs (<see cref="Engine.NN.Module.StoreFrozenWeights"/>). It applies
+    /// to both topologies alike; norms, biases and everything trained stay fp32. Default fp32.
+    /// </summary>
+    public DType FrozenWeights { get; init; } = DType.Float32;
+
+    /// <summary>
     /// Experimental, stage 2, parallel topology with the loop bridge only: every this many steps (0: never)
     /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
     /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
@@ -149,7 +158,8 @@ public sealed record TrainOptions
     /// </summary>
     public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
-        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay, LoopCorrectionWarmup));
+        LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay, LoopCorrectionWarmup,
+        FrozenWeights == DType.Float32 ? null : FrozenWeights.Name()));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -189,6 +199,12 @@ public sealed record TrainOptions
             Accumulate = r.Accumulate ?? defaults.Accumulate,
             EmaDecay = r.EmaDecay ?? defaults.EmaDecay,
             LoopCorrectionWarmup = r.LoopCorrectionWarmup ?? defaults.LoopCorrectionWarmup,
+            FrozenWeights = r.FrozenWeights switch
+            {
+                null or "float32" => DType.Float32,
+                "bfloat16" => DType.BFloat16,
+                _ => throw new FormatException($"unknown frozen-weight type '{r.FrozenWeights}'."),
+            },
         };
     }
 
@@ -212,7 +228,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("cosine_decay_steps")] int? CosineDecaySteps,
         [property: JsonPropertyName("accumulate")] int? Accumulate,
         [property: JsonPropertyName("ema_decay")] float? EmaDecay,
-        [property: JsonPropertyName("loop_correction_warmup")] int? LoopCorrectionWarmup);
+        [property: JsonPropertyName("loop_correction_warmup")] int? LoopCorrectionWarmup,
+        [property: JsonPropertyName("frozen_weights")] string? FrozenWeights);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -331,6 +348,16 @@ public sealed class Trainer : IDisposable
             {
                 model.Unet.FreezeTemporal(frozen);
             }
+
+            if (options.FrozenWeights != DType.Float32)
+            {
+                model.Unet.StoreFrozenWeights(options.FrozenWeights);
+                model.Text.StoreFrozenWeights(options.FrozenWeights);
+            }
+        }
+        else if (options.FrozenWeights != DType.Float32)
+        {
+            throw new ArgumentException($"{options.FrozenWeights.Name()} frozen weights are a stage-2 setting; stage 1 trains every weight.");
         }
         else if (options.FrozenTemporal is { Count: > 0 })
         {

@@ -192,6 +192,26 @@ public sealed class CliTests
             }
         }
 
+        // bf16 frozen weights: the same bytes less in both topologies (the same frozen model), nothing else changes.
+        var narrow = Mobius("plan", "--config", "micro", "--frozen-weights", "bf16", "--json");
+        Assert.True(narrow.Code == 0, narrow.Out + narrow.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(narrow.Out))
+        {
+            Assert.Equal("float32", p0.RootElement.GetProperty("frozen_weights").GetString());
+            Assert.Equal("bfloat16", p1.RootElement.GetProperty("frozen_weights").GetString());
+            long Weights(JsonDocument d, string t) => d.RootElement.GetProperty(t).GetProperty("memory").GetProperty("weights").GetInt64();
+            long Saved(JsonDocument d, string t) => d.RootElement.GetProperty(t).GetProperty("saved_activation_bytes").GetInt64();
+            long less = Weights(p0, "serial") - Weights(p1, "serial");
+            Assert.InRange(less, 1, Weights(p0, "serial") / 2);
+            Assert.Equal(less, Weights(p0, "parallel") - Weights(p1, "parallel"));
+            Assert.Equal(Saved(p0, "serial"), Saved(p1, "serial"));
+            Assert.Equal(Saved(p0, "parallel"), Saved(p1, "parallel"));
+        }
+
+        Assert.Contains("bf16 frozen weights", Flat(Mobius("plan", "--config", "micro", "--frozen-weights", "bf16").Out));
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32 or bf16");
+
         // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
         var longer = Mobius("plan", "--config", "micro", "--frames", "8", "--json");
         var wider = Mobius("plan", "--config", "micro", "--size", "16x32", "--json");
