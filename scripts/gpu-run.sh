@@ -15,7 +15,7 @@
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# bf16 recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -40,7 +40,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare recompute budget motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 recompute budget motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -107,6 +107,15 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
 fi
+if want bf16; then
+step "serial vs parallel with bf16 frozen weights (mobius compare --frozen-weights bf16)"
+# Both keep the frozen linear, conv and embedding weights in bf16 and widen one layer's weight at a time
+# (the cast.cu kernels): the peak should fall by the planned 1.7 GiB in each topology at ms256, against the
+# compare part's fp32 run, at the cost of the casts (docs/architecture.md, Tensors and memory).
+c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
+run 150 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --json --out "$results/compare-$c-bf16"
+fi
+
 if want recompute; then
 step "both topologies at every recompute policy (mobius compare --frontier)"
 # Recomputation (benchmarks/results/2026-11-26-recompute.md) trades time for memory: the frontier times serial and

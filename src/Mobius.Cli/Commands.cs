@@ -324,7 +324,7 @@ public static class Commands
         if (ckpt.TrainOptions is { } o)
         {
             string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
-            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
+            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
         }
 
         Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");

@@ -259,10 +259,13 @@ public static partial class Ops
 
         if (w.DType == DType.Float32)
         {
-            return w.View(0, w.Shape);
+            var view = w.View(0, w.Shape);
+            view.Name = w.Name;
+            return view;
         }
 
         var wide = Tensor.Empty(w.Backend, w.Shape, MemoryCategory.Workspace);
+        wide.Name = w.Name;
         w.Backend.Cast(w, wide);
         return wide;
     }

@@ -600,7 +600,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
-        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4"];
+        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16"];
         var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
         Assert.True(a.Code == 0, a.Out + a.Err);
         var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
@@ -616,6 +616,7 @@ public sealed class CliTests
         Assert.Equal(expected.TrainOptions!.ToJson(), got.TrainOptions!.ToJson());
         Assert.Equal("move-right", got.Extra["motions"]);
         Assert.Equal(3, got.TrainOptions!.Batch);
+        Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.FrozenWeights);
         Assert.Equal(4, got.Seed);
         Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
         foreach (var (name, values) in expected.Unet)
