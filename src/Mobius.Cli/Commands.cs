@@ -66,7 +66,7 @@ public static class Commands
 
     private static readonly Option<string> FrozenWeightsOption = new("--frozen-weights")
     {
-        Description = "element type of the frozen weights of linear, convolution and embedding layers, in both topologies: fp32, or bf16 (half their memory, each rounded to the nearest bf16; every op still computes in fp32)",
+        Description = "element type of the frozen weights of linear, convolution and embedding layers (both topologies alike; in sample, all of them): fp32, or bf16 (half their memory, each rounded to the nearest bf16; every op still computes in fp32)",
         DefaultValueFactory = _ => "fp32",
     };
 
@@ -581,11 +581,12 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "DDIM steps", DefaultValueFactory = _ => 25 };
         var trained = new Option<bool>("--no-ema") { Description = "draw with the trained weights even when the checkpoint keeps their moving average (--ema)" };
         var cmd = new Command("sample", "Generate clips for prompts with DDIM and classifier-free guidance, written as an animated GIF (a grid for several), each scored for the motion its prompt names.")
-            { checkpoint, prompt, count, output, steps, GuidanceOption, SampleFrameNoiseOption, trained, BackendOption, SeedOption, ThreadsOption };
+            { checkpoint, prompt, count, output, steps, GuidanceOption, SampleFrameNoiseOption, trained, FrozenWeightsOption, BackendOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             float? startNoise = SampleFrameNoise(p);
             float guidance = Guidance(p);
+            var storage = FrozenWeights(p);
             int ddim = p.GetValue(steps);
             if (ddim is < 1 or > 1000)
             {
@@ -620,6 +621,15 @@ public static class Commands
                 AnsiConsole.MarkupLine(Markup.Escape($"with the weights' moving average the checkpoint keeps (EMA decay {ckpt.TrainOptions?.EmaDecay.ToString(CultureInfo.InvariantCulture) ?? "?"}; --no-ema: the trained weights)"));
             }
             using var model = TextToVideo.Load(backend, ckpt, ckpt.Topology, p.GetValue(SeedOption));
+            if (storage != DType.Float32)
+            {
+                // Sampling trains nothing: every weight is frozen, and the linear, convolution and embedding ones can be bf16.
+                model.Unet.Freeze();
+                model.Text.Freeze();
+                model.Unet.StoreFrozenWeights(storage);
+                model.Text.StoreFrozenWeights(storage);
+            }
+
             foreach (string text in texts)
             {
                 model.Tokenizer.Encode(text, strict: true);

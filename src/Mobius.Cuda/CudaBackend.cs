@@ -52,7 +52,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <inheritdoc />
     public MemoryTracker Memory { get; } = new();
 
-    /// <summary>Fill new blocks with NaN bits (on in the tests).</summary>
+    /// <summary>Fill new blocks with NaN bits, fp32 and bf16 alike (0x7FC07FC0; on in the tests).</summary>
     public bool PoisonAllocations
     {
         get => _allocator.PoisonAllocations;
@@ -217,7 +217,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         public void Free(nint handle, long bytes) => Driver.Check(Driver.cuMemFree((ulong)handle), "cuMemFree_v2");
 
         public void Poison(nint handle, long bytes) =>
-            Driver.Check(Driver.cuMemsetD32Async((ulong)handle, 0x7FC00000u, (nuint)(bytes / 4), owner._stream), "cuMemsetD32Async");
+            Driver.Check(Driver.cuMemsetD32Async((ulong)handle, 0x7FC07FC0u, (nuint)(bytes / 4), owner._stream), "cuMemsetD32Async");
     }
 }
 

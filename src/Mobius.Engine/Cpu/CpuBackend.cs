@@ -34,7 +34,7 @@ public sealed unsafe partial class CpuBackend : IBackend
     /// <inheritdoc />
     public MemoryTracker Memory { get; } = new();
 
-    /// <summary>Fill new blocks with NaN so reads of never-written memory show up (on in the tests).</summary>
+    /// <summary>Fill new blocks with NaN (0x7FC07FC0: a NaN as fp32 and as each bf16 half) so reads of never-written memory show up (on in the tests).</summary>
     public bool PoisonAllocations
     {
         get => _allocator.PoisonAllocations;
@@ -460,6 +460,6 @@ public sealed unsafe partial class CpuBackend : IBackend
             }
         }
 
-        public void Poison(nint handle, long bytes) => new Span<uint>((void*)handle, checked((int)(bytes / 4))).Fill(0x7FC00000u);
+        public void Poison(nint handle, long bytes) => new Span<uint>((void*)handle, checked((int)(bytes / 4))).Fill(0x7FC07FC0u);
     }
 }

@@ -779,6 +779,10 @@ public sealed class CliTests
         Assert.True(s.Code == 0, s.Out + s.Err);
         Assert.True(new FileInfo(gif).Length > 100);
         Assert.Contains("\"a red heart moving left\": motion score", s.Out);
+        var narrow = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--frozen-weights", "bf16", "--out", folder.File("bf16.gif"));
+        Assert.True(narrow.Code == 0, narrow.Out + narrow.Err);
+        Assert.True(new FileInfo(folder.File("bf16.gif")).Length > 100);
+        AssertCleanFailure(Mobius("sample", "--checkpoint", video, "--prompt", "a red heart", "--frozen-weights", "half"), 2, "--frozen-weights must be fp32 or bf16");
 
         // Several prompts, several clips each: a grid (a row per prompt), its captions and its frames; each clip
         // whose prompt names a motion is scored, the others are not.
