@@ -70,6 +70,12 @@ public static class Commands
         DefaultValueFactory = _ => "fp32",
     };
 
+    private static readonly Option<string> SavedActivationsOption = new("--saved-activations")
+    {
+        Description = "element type of the activations a step keeps for backward, in both topologies: fp32, or bf16 (about half the bytes; forward and the loss unchanged, gradients computed from the kept activations rounded to bf16)",
+        DefaultValueFactory = _ => "fp32",
+    };
+
     private static readonly Option<int> ValidateEveryOption = new("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> LoopCorrectionOption = new("--loop-correction") { Description = "experimental: every K steps the loop bridge also takes serial's exact gradient and corrects the steps between by the running difference (0: off)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
@@ -324,7 +330,7 @@ public static class Commands
         if (ckpt.TrainOptions is { } o)
         {
             string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
-            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
+            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "")}{(o.SavedActivations == DType.BFloat16 ? ", bf16 saved activations" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
         }
 
         Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");
@@ -432,7 +438,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -479,6 +485,7 @@ public static class Commands
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
                 FrozenWeights = ParseFrozenWeights(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32")),
+                SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => o.SavedActivations == DType.BFloat16 ? "bf16" : "fp32"), SavedActivationsOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
             };
             var parsedMotions = ParseMotions(motions);
@@ -703,10 +710,10 @@ public static class Commands
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption), SampleFrameNoise(p), Guidance(p), FrozenWeights(p)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption), SampleFrameNoise(p), Guidance(p), FrozenWeights(p), SavedActivations(p)));
         return cmd;
     }
 
@@ -721,7 +728,7 @@ public static class Commands
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
+            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -741,7 +748,7 @@ public static class Commands
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(validationBatches), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
                 loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption),
-                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption), sampleFrameNoise: SampleFrameNoise(p), guidance: Guidance(p), frozenWeights: FrozenWeights(p));
+                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption), sampleFrameNoise: SampleFrameNoise(p), guidance: Guidance(p), frozenWeights: FrozenWeights(p), savedActivations: SavedActivations(p));
         });
         return cmd;
     }
@@ -755,7 +762,7 @@ public static class Commands
         var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
         var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -769,6 +776,7 @@ public static class Commands
                 RecomputeSpatial = p.GetValue(RecomputeOption),
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
                 FrozenWeights = FrozenWeights(p),
+                SavedActivations = SavedActivations(p),
                 LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
                 LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), momentum: null, p.GetValue(LoopCorrectionModeOption)!),
             };
@@ -795,7 +803,7 @@ public static class Commands
 
             var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
             var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, {config.Frames} frames of {config.Height}x{config.Width}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
-                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + (options.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : ""));
+                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + (options.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "") + (options.SavedActivations == DType.BFloat16 ? ", bf16 saved activations" : ""));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
             t.AddRow("saved for backward", Mb(plan.Serial.SavedActivationBytes), Mb(plan.Parallel.SavedActivationBytes), plan.SavedRatio.ToString("0.00", CultureInfo.InvariantCulture));
@@ -859,7 +867,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0, float? sampleFrameNoise = null, float guidance = 4f, DType frozenWeights = DType.Float32)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0, float? sampleFrameNoise = null, float guidance = 4f, DType frozenWeights = DType.Float32, DType savedActivations = DType.Float32)
     {
         if (frontier < 0)
         {
@@ -912,7 +920,7 @@ public static class Commands
             Guidance = guidance,
             Train = new TrainOptions { Seed = seed, LearningRate = lr, Batch = CheckBatch(batch), Accumulate = CheckAccumulate(accumulate, loopCorrection), EmaDecay = CheckEma(ema), CosineDecaySteps = CheckCosine(cosine), MinSnrGamma = minSnrGamma, FrozenTemporal = ParseFreeze(freeze, config, bridge),
                 RecomputeSpatial = recomputeSpatial, RecomputeTemporal = recomputeTemporal, LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = loopCorrectionMomentum, LoopCorrectionMode = correctionMode,
-                LoopCorrectionWarmup = CheckLoopCorrectionWarmup(loopCorrectionWarmup, loopCorrection), FrozenWeights = frozenWeights },
+                LoopCorrectionWarmup = CheckLoopCorrectionWarmup(loopCorrectionWarmup, loopCorrection), FrozenWeights = frozenWeights, SavedActivations = savedActivations },
             Bridge = ParseBridge(bridge) ?? ModelConfig.DefaultBridge,
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
@@ -1271,11 +1279,15 @@ public static class Commands
 
     private static DType FrozenWeights(ParseResult p) => ParseFrozenWeights(p.GetValue(FrozenWeightsOption)!);
 
-    private static DType ParseFrozenWeights(string value) => value switch
+    private static DType ParseFrozenWeights(string value) => ParseStorage(value, FrozenWeightsOption.Name);
+
+    private static DType SavedActivations(ParseResult p) => ParseStorage(p.GetValue(SavedActivationsOption)!, SavedActivationsOption.Name);
+
+    private static DType ParseStorage(string value, string option) => value switch
     {
         "fp32" => DType.Float32,
         "bf16" => DType.BFloat16,
-        _ => throw new UsageException($"--frozen-weights must be fp32 or bf16, got '{value}'."),
+        _ => throw new UsageException($"{option} must be fp32 or bf16, got '{value}'."),
     };
 
     private static float Guidance(ParseResult p)

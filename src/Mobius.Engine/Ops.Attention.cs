@@ -47,10 +47,11 @@ public static partial class Ops
         var node = Tape.Record(op, q, k, v);
         if (node is not null)
         {
+            // q and k stay exact: backward recomputes the probabilities from them and the log-sum-exp, which must agree.
             var sq = node.Save(q);
             var sk = node.Save(k);
-            var sv = node.Save(v);
-            var so = node.Save(o);
+            var sv = node.SaveActivation(v);
+            var so = node.SaveActivation(o);
             var sl = node.Save(lse);
             node.Finish(o, g =>
             {

@@ -28,7 +28,7 @@ public static partial class Ops
         var node = Tape.Record(op, x, gamma, beta);
         if (node is not null)
         {
-            var sx = node.Save(x);
+            var sx = node.SaveActivation(x);
             var sm = node.Save(mean);
             var sr = node.Save(rstd);
             var sg = node.Save(gamma);
@@ -65,7 +65,7 @@ public static partial class Ops
         var node = Tape.Record(op, x, gamma, beta);
         if (node is not null)
         {
-            var sx = node.Save(x);
+            var sx = node.SaveActivation(x);
             var sm = node.Save(mean);
             var sr = node.Save(rstd);
             var sg = node.Save(gamma);

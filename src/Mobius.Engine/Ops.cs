@@ -377,7 +377,7 @@ public static partial class Ops
         var node = Tape.Record(op, x);
         if (node is not null)
         {
-            var sx = node.Save(x);
+            var sx = node.SaveActivation(x);
             node.Finish(y, g =>
             {
                 var dx = Tensor.Empty(g.Backend, sx.Shape);
@@ -410,7 +410,7 @@ public static partial class Ops
         var node = Tape.Record(op, x);
         if (node is not null)
         {
-            var sx = node.Save(x);
+            var sx = node.SaveActivation(x);
             node.Finish(y, g =>
             {
                 var dx = Tensor.Empty(g.Backend, sx.Shape);

@@ -150,7 +150,7 @@ public class Tensor : IDisposable
     /// Moves this tensor onto new storage of <paramref name="dtype"/> (the values converted, the old storage
     /// released): the object, its name and its gradient routing stay. Only for tensors that own their storage.
     /// </summary>
-    private protected void Recast(DType dtype, MemoryCategory category)
+    internal void Recast(DType dtype, MemoryCategory category)
     {
         if (dtype == DType)
         {

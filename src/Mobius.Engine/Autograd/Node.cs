@@ -12,6 +12,8 @@ internal delegate Tensor?[] BackwardFn(Tensor gradOutput);
 internal sealed class Node
 {
     private readonly List<Tensor> _saved = new();
+    private readonly HashSet<Tensor> _narrowed = new(ReferenceEqualityComparer.Instance);
+    private readonly HashSet<Tensor> _widened = new(ReferenceEqualityComparer.Instance);
     private readonly Tape _tape;
     private BackwardFn? _backward;
 
@@ -73,12 +75,56 @@ internal sealed class Node
             return new SavedInput(recipe, recipe.Sources.Select(SaveSource).ToArray());
         }
 
-        return new SavedInput(Save(t));
+        return new SavedInput(SaveActivation(t));
     }
 
-    private SavedInput SaveSource(Recipe.Source s) =>
-        s.Held ? new SavedInput(Keep(Tensor.Retained(s.Storage, s.Offset, s.Shape, s.DType)))
-               : new SavedInput(s.Recipe!, s.Recipe!.Sources.Select(SaveSource).ToArray());
+    /// <summary>
+    /// Keeps an activation for backward as <see cref="Save"/> does, or, when the tape keeps activations in bf16
+    /// (<see cref="Tape.SavedActivations"/>), a bf16 copy of it, shared with every other node that keeps the same
+    /// tensor and widened back to fp32 while this node runs backward. Weights, and tensors another node keeps
+    /// exactly anyway, are kept as they are.
+    /// </summary>
+    public Tensor SaveActivation(Tensor t)
+    {
+        var storage = t.Storage;
+        if (_tape.SavedActivations != DType.BFloat16 || t.DType != DType.Float32 || storage.Category == MemoryCategory.Weights || storage.IsSaved)
+        {
+            return Save(t);
+        }
+
+        if (storage.NarrowedCopy(t.Offset, t.Numel) is { } copy)
+        {
+            return KeepNarrowed(Tensor.Retained(copy, 0, t.Shape, DType.BFloat16), t.Name);
+        }
+
+        var narrow = Tensor.Empty(t.Backend, t.Shape, MemoryCategory.Temporaries, DType.BFloat16);
+        t.Backend.Cast(t, narrow);
+        storage.SetNarrowedCopy(t.Offset, t.Numel, narrow.Storage);
+        return KeepNarrowed(narrow, t.Name);
+    }
+
+    private SavedInput SaveSource(Recipe.Source s)
+    {
+        if (!s.Held)
+        {
+            return new SavedInput(s.Recipe!, s.Recipe!.Sources.Select(SaveSource).ToArray());
+        }
+
+        if (s.HeldExactly)
+        {
+            return new SavedInput(Keep(Tensor.Retained(s.Storage, s.Offset, s.Shape, s.DType)));
+        }
+
+        var copy = s.Storage.NarrowedCopy(s.Offset, s.Shape.Numel)!;
+        return new SavedInput(KeepNarrowed(Tensor.Retained(copy, 0, s.Shape, DType.BFloat16), null));
+    }
+
+    private Tensor KeepNarrowed(Tensor handle, string? name)
+    {
+        handle.Name = name;
+        _narrowed.Add(handle);
+        return Keep(handle);
+    }
 
     private Tensor Keep(Tensor handle)
     {
@@ -109,6 +155,21 @@ internal sealed class Node
             throw new AutogradException($"{Op}: node was recorded without a backward function.");
         }
 
+        // Activations kept in bf16 are read in fp32: each handle moves onto a widened copy for as long as this
+        // node lives (its bf16 block stays with the other nodes that keep it, and goes when the last one lets go).
+        foreach (var handle in _narrowed)
+        {
+            var narrow = handle.Storage;
+            if (narrow.UnmarkSaved())
+            {
+                _tape.OnUnsaved(narrow.SavedKind ?? Kind, narrow.Bytes);
+                narrow.SavedKind = null;
+            }
+
+            handle.Recast(DType.Float32, MemoryCategory.Temporaries);
+            _widened.Add(handle);
+        }
+
         return _backward(gradOutput);
     }
 
@@ -118,7 +179,7 @@ internal sealed class Node
         foreach (var t in _saved)
         {
             var storage = t.Storage;
-            if (storage.UnmarkSaved())
+            if (!_widened.Contains(t) && storage.UnmarkSaved())
             {
                 _tape.OnUnsaved(storage.SavedKind ?? Kind, storage.Bytes);
                 storage.SavedKind = null;
@@ -128,6 +189,8 @@ internal sealed class Node
         }
 
         _saved.Clear();
+        _narrowed.Clear();
+        _widened.Clear();
         _backward = null;
         Output.Discard();
         Consumed = true;

@@ -19,7 +19,10 @@ internal sealed class Recipe(Func<Tensor[], Tensor> compute, params Tensor[] inp
         public static Source Of(Tensor t) => new(t.Storage, t.Offset, t.Shape, t.DType, t.Recipe);
 
         /// <summary>Its memory is kept anyway: saved by a node, or a weight.</summary>
-        public bool Held => !Storage.IsReleased && (Storage.IsSaved || Storage.Category == MemoryCategory.Weights);
+        public bool HeldExactly => !Storage.IsReleased && (Storage.IsSaved || Storage.Category == MemoryCategory.Weights);
+
+        /// <summary>Its memory is kept anyway, as it is (<see cref="HeldExactly"/>) or as a node's bf16 copy.</summary>
+        public bool Held => HeldExactly || Storage.NarrowedCopy(Offset, Shape.Numel) is not null;
 
         /// <summary>It can be had in backward without saving anything new.</summary>
         public bool Recomputable => Held || (Recipe is not null && Recipe.Sources.All(s => s.Recomputable));

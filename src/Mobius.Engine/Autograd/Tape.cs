@@ -34,6 +34,15 @@ public sealed class Tape : IDisposable
     /// <summary>The layer kind new nodes are attributed to.</summary>
     public static string CurrentKind => _kinds is { Count: > 0 } k ? k.Peek() : "Other";
 
+    /// <summary>
+    /// The element type of the activations this tape keeps for backward where an op allows it (inputs kept for weight
+    /// gradients, norm and GEGLU inputs, attention values and outputs). <see cref="DType.BFloat16"/> keeps a bf16 copy
+    /// (half the bytes) instead of the fp32 tensor, and widens it back while the node runs backward: forward is
+    /// unchanged, and backward reads each such activation rounded to bf16. Statistics (norm means and scales, attention
+    /// log-sum-exps), attention queries and keys, losses and checkpointed regions' inputs stay exact. Default fp32.
+    /// </summary>
+    public DType SavedActivations { get; set; } = DType.Float32;
+
     /// <summary>Opens a new tape that becomes current until disposed (then the previous one is current again).</summary>
     public static Tape Begin()
     {

@@ -402,6 +402,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("frozen_weights")]
     public string FrozenWeights { get; init; } = "float32";
 
+    /// <summary>The element type both topologies kept their activations for backward in, "float32" or "bfloat16" (see <see cref="TrainOptions.SavedActivations"/>).</summary>
+    [JsonPropertyName("saved_activations")]
+    public string SavedActivations { get; init; } = "float32";
+
     /// <summary>Correlation of the diffusion noise across a clip's frames in training.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
@@ -760,6 +764,7 @@ public static class Comparison
                 RecomputeSpatial = options.Train.RecomputeSpatial,
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrozenWeights = options.Train.FrozenWeights.Name(),
+                SavedActivations = options.Train.SavedActivations.Name(),
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 SampleFrameNoise = Math.Round(sampleFrameNoise, 4),
                 Guidance = options.Guidance,

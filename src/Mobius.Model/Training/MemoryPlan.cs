@@ -34,6 +34,7 @@ public static class MemoryPlan
             Height = config.Height,
             Width = config.Width,
             FrozenWeights = options.FrozenWeights.Name(),
+            SavedActivations = options.SavedActivations.Name(),
         };
     }
 
@@ -180,6 +181,10 @@ public sealed record MemoryPlanResult(
     /// <summary>The element type of the frozen weights planned, "float32" or "bfloat16" (<see cref="TrainOptions.FrozenWeights"/>).</summary>
     [JsonPropertyName("frozen_weights")]
     public string FrozenWeights { get; init; } = "float32";
+
+    /// <summary>The element type of the activations kept for backward, "float32" or "bfloat16" (<see cref="TrainOptions.SavedActivations"/>).</summary>
+    [JsonPropertyName("saved_activations")]
+    public string SavedActivations { get; init; } = "float32";
 
     /// <summary>Frames per clip of the planned config.</summary>
     [JsonPropertyName("frames")]

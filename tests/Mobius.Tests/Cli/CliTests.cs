@@ -210,6 +210,24 @@ public sealed class CliTests
         }
 
         Assert.Contains("bf16 frozen weights", Flat(Mobius("plan", "--config", "micro", "--frozen-weights", "bf16").Out));
+
+        // bf16 saved activations: about half the bytes kept for backward, in both topologies, the weights unchanged.
+        var kept = Mobius("plan", "--config", "micro", "--saved-activations", "bf16", "--json");
+        Assert.True(kept.Code == 0, kept.Out + kept.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(kept.Out))
+        {
+            Assert.Equal("bfloat16", p1.RootElement.GetProperty("saved_activations").GetString());
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                var t0 = p0.RootElement.GetProperty(topology);
+                var t1 = p1.RootElement.GetProperty(topology);
+                Assert.InRange(t1.GetProperty("saved_activation_bytes").GetInt64() / (double)t0.GetProperty("saved_activation_bytes").GetInt64(), 0.45, 0.7);
+                Assert.Equal(t0.GetProperty("memory").GetProperty("weights").GetInt64(), t1.GetProperty("memory").GetProperty("weights").GetInt64());
+            }
+        }
+
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--saved-activations", "int8"), 2, "--saved-activations must be fp32 or bf16");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32 or bf16");
 
         // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
@@ -600,7 +618,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
-        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16"];
+        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16", "--saved-activations", "bf16"];
         var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
         Assert.True(a.Code == 0, a.Out + a.Err);
         var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
@@ -617,6 +635,7 @@ public sealed class CliTests
         Assert.Equal("move-right", got.Extra["motions"]);
         Assert.Equal(3, got.TrainOptions!.Batch);
         Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.FrozenWeights);
+        Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.SavedActivations);
         Assert.Equal(4, got.Seed);
         Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
         foreach (var (name, values) in expected.Unet)

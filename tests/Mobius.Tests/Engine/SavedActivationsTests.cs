@@ -1,0 +1,207 @@
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Autograd;
+using Mobius.Model;
+using Mobius.Model.Training;
+using Xunit;
+
+namespace Mobius.Tests.Engine;
+
+/// <summary>
+/// Activations kept for backward in bf16 (<see cref="Tape.SavedActivations"/>): forward is untouched, a kept input is
+/// exactly its bf16 rounding in backward (weight gradients equal an fp32 tape's on the rounded input, bit for bit),
+/// one copy serves every node that keeps the same tensor, the gradients of a whole block stay within bf16's precision
+/// of fp32's, and every byte comes back after backward or when the tape is cleared.
+/// </summary>
+public abstract class SavedActivationsTests(BackendFixture fixture)
+{
+    private IBackend B => fixture.Backend;
+
+    private static double RelativeError(float[] got, float[] want)
+    {
+        double num = 0, den = 0;
+        for (int i = 0; i < want.Length; i++)
+        {
+            num += ((double)got[i] - want[i]) * ((double)got[i] - want[i]);
+            den += (double)want[i] * want[i];
+        }
+
+        return Math.Sqrt(num / Math.Max(den, 1e-30));
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void A_kept_input_is_its_bf16_rounding_and_one_copy_serves_every_node(int seed)
+    {
+        var r = new Rng(seed);
+        int rows = r.Int(2, 9), inF = r.Int(2, 17), outF = r.Int(1, 9);
+        var xs = r.Uniform((long)rows * inF, 3f);
+        var w1s = r.Uniform((long)outF * inF);
+        var w2s = r.Uniform((long)outF * inF);
+        var up = r.Uniform((long)rows * outF);
+
+        // The product with the upstream values keeps them too (to differentiate by the sum), in bf16 as well.
+        (float[] G1, float[] G2, long Saved) Run(DType kept, float[] input, float[] upstream)
+        {
+            using var x = Tensor.FromArray(B, input, new Shape(rows, inF));
+            using var w1 = Tensor.FromArray(B, w1s, new Shape(outF, inF));
+            using var w2 = Tensor.FromArray(B, w2s, new Shape(outF, inF));
+            w1.SetRequiresGrad();
+            w2.SetRequiresGrad();
+            using var g = Tensor.FromArray(B, upstream, new Shape(rows, outF));
+            long saved;
+            using (var tape = Tape.Begin())
+            {
+                tape.SavedActivations = kept;
+                using var y1 = Ops.Linear(x, w1);
+                using var y2 = Ops.Linear(x, w2); // keeps the same x: no second copy
+                using var sum = Ops.Add(y1, y2);
+                using var weighted = Ops.Mul(sum, g);
+                using var loss = Ops.Sum(weighted);
+                saved = tape.SavedBytes;
+                loss.Backward();
+            }
+
+            return (w1.Grad!.ToArray(), w2.Grad!.ToArray(), saved);
+        }
+
+        var narrow = Run(DType.BFloat16, xs, up);
+        var exact = Run(DType.Float32, xs.Select(BFloat16Bits.Round).ToArray(), up.Select(BFloat16Bits.Round).ToArray());
+        Assert.Equal(exact.G1, narrow.G1);
+        Assert.Equal(exact.G2, narrow.G2);
+        // x once for both layers, and the upstream values: half of fp32's bytes.
+        Assert.Equal(((long)rows * inF + (long)rows * outF) * 2, narrow.Saved);
+        Assert.Equal(2 * narrow.Saved, exact.Saved);
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void A_transformer_block_keeps_about_half_and_its_gradients_stay_within_bf16_precision(int seed)
+    {
+        var r = new Rng(seed);
+        int n = r.Int(1, 2), len = 2 * r.Int(2, 5), heads = r.Pick(1, 2), d = r.Pick(4, 8), width = heads * d, groups = r.Pick(1, 2);
+        var inputs = r.Uniform((long)n * len * width, 2f);
+        var names = new[] { "gamma", "beta", "wq", "wk", "wv", "wo", "ln_g", "ln_b", "w1", "w2" };
+        var shapes = new[]
+        {
+            new Shape(len), new Shape(len), new Shape(width, width), new Shape(width, width), new Shape(width, width), new Shape(width, width),
+            new Shape(width), new Shape(width), new Shape(4 * width, width), new Shape(width, 2 * width),
+        };
+        var values = shapes.Select((s, i) => i is 0 or 6 ? r.Uniform(s.Numel, 0.3f).Select(v => 1 + v).ToArray() : r.Uniform(s.Numel, 0.5f)).ToArray();
+        var up = r.Uniform((long)n * len * width);
+        long temporariesBefore = B.Memory.Current(MemoryCategory.Temporaries);
+        long savedBefore = B.Memory.Current(MemoryCategory.SavedActivations);
+
+        (float Loss, float[][] Grads, long Saved) Run(DType kept)
+        {
+            var ps = shapes.Select((s, i) => Tensor.FromArray(B, values[i], s).SetRequiresGrad()).ToArray();
+            try
+            {
+                using var x = Tensor.FromArray(B, inputs, new Shape(n, len, width));
+                using var g = Tensor.FromArray(B, up, x.Shape);
+                float loss;
+                long saved;
+                using (var tape = Tape.Begin())
+                {
+                    tape.SavedActivations = kept;
+                    // Group norm over the sequence positions as channels, SiLU, self-attention, a residual, a layer
+                    // norm and a GEGLU feed-forward: every kind of kept activation the model has.
+                    using var gn = Ops.GroupNorm(x, ps[0], ps[1], groups, silu: true);
+                    using var q = Ops.Linear(gn, ps[2]);
+                    using var k = Ops.Linear(gn, ps[3]);
+                    using var v = Ops.Linear(gn, ps[4]);
+                    using var a = Ops.Attention(q, k, v, heads);
+                    using var o = Ops.Linear(a, ps[5]);
+                    using var h = Ops.Add(x, o);
+                    using var ln = Ops.LayerNorm(h, ps[6], ps[7]);
+                    using var f1 = Ops.Linear(ln, ps[8]);
+                    using var gg = Ops.Geglu(f1);
+                    using var f2 = Ops.Linear(gg, ps[9]);
+                    using var y = Ops.Add(h, f2);
+                    using var weighted = Ops.Mul(y, g);
+                    using var lossT = Ops.Sum(weighted);
+                    loss = lossT.Item();
+                    saved = tape.SavedBytes;
+                    lossT.Backward();
+                    Assert.Equal(0, tape.SavedBytes);
+                }
+
+                return (loss, ps.Select(p => p.Grad!.ToArray()).ToArray(), saved);
+            }
+            finally
+            {
+                foreach (var p in ps)
+                {
+                    p.ClearGrad();
+                    p.Dispose();
+                }
+            }
+        }
+
+        var exact = Run(DType.Float32);
+        var narrow = Run(DType.BFloat16);
+        Assert.Equal(exact.Loss, narrow.Loss); // forward is untouched
+        // Queries, keys, norm statistics and log-sum-exps stay exact: at these small widths they are a large share.
+        Assert.InRange(narrow.Saved / (double)exact.Saved, 0.5, 0.9);
+        double worst = 0;
+        for (int i = 0; i < names.Length; i++)
+        {
+            double e = RelativeError(narrow.Grads[i], exact.Grads[i]);
+            worst = Math.Max(worst, e);
+            Assert.True(e < 3e-2, $"{names[i]}: gradient relative error {e:g3} against fp32's (seed {seed})");
+        }
+
+        Assert.True(worst > 0, $"no gradient changed: nothing was kept in bf16 (seed {seed})");
+        Assert.Equal(temporariesBefore, B.Memory.Current(MemoryCategory.Temporaries));
+        Assert.Equal(savedBefore, B.Memory.Current(MemoryCategory.SavedActivations));
+    }
+
+    [Fact]
+    public void Clearing_a_tape_without_backward_gives_every_byte_back()
+    {
+        var r = new Rng(Seeds.One);
+        long temporariesBefore = B.Memory.Current(MemoryCategory.Temporaries);
+        long savedBefore = B.Memory.Current(MemoryCategory.SavedActivations);
+        using (var w = Tensor.FromArray(B, r.Uniform(12), new Shape(3, 4)).SetRequiresGrad())
+        using (var x = Tensor.FromArray(B, r.Uniform(20), new Shape(5, 4)))
+        using (var tape = Tape.Begin())
+        {
+            tape.SavedActivations = DType.BFloat16;
+            using var y = Ops.Linear(x, w);
+            using var z = Ops.Gelu(y);
+            Assert.True(tape.SavedBytes > 0);
+            Assert.True(B.Memory.Current(MemoryCategory.SavedActivations) > savedBefore);
+        }
+
+        Assert.Equal(temporariesBefore, B.Memory.Current(MemoryCategory.Temporaries));
+        Assert.Equal(savedBefore, B.Memory.Current(MemoryCategory.SavedActivations));
+    }
+
+    [Theory]
+    [InlineData(Topology.Serial)]
+    [InlineData(Topology.Parallel)]
+    public void A_training_step_keeps_about_half_with_the_same_loss_and_nearly_the_same_gradient(Topology topology)
+    {
+        int seed = Seeds.One;
+        var micro = ModelConfig.Get("micro");
+        var data = Comparison.Data(micro, seed, Split.Train);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-3f };
+        StepStats Step(DType kept)
+        {
+            using var model = TextToVideo.Create(B, micro, topology, seed);
+            using var trainer = new Trainer(model, data, Stage.TextToVideo, options with { SavedActivations = kept });
+            return trainer.TrainStep();
+        }
+
+        var exact = Step(DType.Float32);
+        var narrow = Step(DType.BFloat16);
+        Assert.Equal(exact.Loss, narrow.Loss);
+        Assert.InRange(narrow.SavedActivationBytes / (double)exact.SavedActivationBytes, 0.45, 0.7);
+        Assert.True(narrow.Memory.PeakBytes < exact.Memory.PeakBytes);
+        Assert.InRange(narrow.GradNorm / exact.GradNorm, 0.97, 1.03);
+        Assert.Equal(DType.BFloat16, TrainOptions.FromJson((options with { SavedActivations = DType.BFloat16 }).ToJson()).SavedActivations);
+    }
+}
+
+public sealed class CpuSavedActivationsTests(CpuFixture f) : SavedActivationsTests(f), IClassFixture<CpuFixture>;
+public sealed class CudaSavedActivationsTests(CudaFixture f) : SavedActivationsTests(f), IClassFixture<CudaFixture>;
