@@ -47,11 +47,13 @@ public static partial class Ops
         var node = Tape.Record(op, q, k, v);
         if (node is not null)
         {
-            // q and k stay exact: backward recomputes the probabilities from them and the log-sum-exp, which must agree.
+            // All exact, even with bf16 saved activations: backward recomputes the probabilities from q, k and the
+            // log-sum-exp, which must agree, and takes D = rowsum(dO o) for the sum over keys of P (dO v); rounding o
+            // or v breaks that identity by 2^-9 |dO| |v|, which swamps dS where the values are alike.
             var sq = node.Save(q);
             var sk = node.Save(k);
-            var sv = node.SaveActivation(v);
-            var so = node.SaveActivation(o);
+            var sv = node.Save(v);
+            var so = node.Save(o);
             var sl = node.Save(lse);
             node.Finish(o, g =>
             {

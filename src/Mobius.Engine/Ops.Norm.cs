@@ -26,10 +26,16 @@ public static partial class Ops
         var rstd = Tensor.Empty(backend, new Shape(s.N, groups));
         backend.GroupNormForward(s, x, gamma, beta, y, mean, rstd, silu);
         var node = Tape.Record(op, x, gamma, beta);
+        Tensor? centred = null, zero = null;
         if (node is not null)
         {
-            var sx = node.SaveActivation(x);
-            var sm = node.Save(mean);
+            if (node.NarrowsActivations)
+            {
+                (centred, zero) = CentreGroups(x, mean, s);
+            }
+
+            var sx = node.SaveActivation(centred ?? x);
+            var sm = node.Save(zero ?? mean);
             var sr = node.Save(rstd);
             var sg = node.Save(gamma);
             var sb = node.Save(beta);
@@ -45,8 +51,41 @@ public static partial class Ops
 
         mean.Dispose();
         rstd.Dispose();
-        y.Recipe = new Recipe(a => GroupNorm(a[0], a[1], a[2], groups, frames, silu, eps), x, gamma, beta);
+        y.Recipe = new Recipe(a => GroupNorm(a[0], a[1], a[2], groups, frames, silu, eps), centred ?? x, gamma, beta);
+        centred?.Dispose();
+        zero?.Dispose();
         return y;
+    }
+
+    /// <summary>
+    /// x less its group means, and zeros in the means' shape. With bf16 saved activations a norm keeps its input
+    /// centred: bf16 rounds the centred values relative to the spread, where x's own rounding is relative to
+    /// |x| and would swamp a group whose mean is large beside its spread. Backward reads the centred input with a
+    /// zero mean (the same normalised values), and the output's recipe normalises it again (the same output).
+    /// </summary>
+    private static (Tensor Centred, Tensor Zero) CentreGroups(Tensor x, Tensor mean, GroupNormShape s)
+    {
+        var backend = x.Backend;
+        int rows = s.N * s.T;
+        using var negated = Tensor.Empty(backend, new Shape(rows, s.Groups));
+        if (s.T == 1)
+        {
+            backend.Scale(mean, -1f, negated);
+        }
+        else
+        {
+            // The clip's means, once per frame: each row of the means copied T times (a source stride of 0).
+            using var perClip = Tensor.Empty(backend, mean.Shape);
+            backend.Scale(mean, -1f, perClip);
+            for (int n = 0; n < s.N; n++)
+            {
+                backend.CopyRows(perClip, (long)n * s.Groups, 0, negated, (long)n * s.T * s.Groups, s.Groups, s.T, s.Groups);
+            }
+        }
+
+        var centred = Tensor.Empty(backend, x.Shape);
+        backend.AddChannelBias(rows, s.Groups, (int)(x.Numel / rows / s.Groups), x, negated, centred, perOuter: true);
+        return (centred, Tensor.Zeros(backend, mean.Shape));
     }
 
     /// <summary>Layer norm over the last dimension of x, with gamma and beta of that length.</summary>
@@ -63,10 +102,21 @@ public static partial class Ops
         var rstd = Tensor.Empty(backend, new Shape(rows));
         backend.LayerNormForward(rows, cols, eps, x, gamma, beta, y, mean, rstd);
         var node = Tape.Record(op, x, gamma, beta);
+        Tensor? centred = null, zero = null;
         if (node is not null)
         {
-            var sx = node.SaveActivation(x);
-            var sm = node.Save(mean);
+            if (node.NarrowsActivations)
+            {
+                // Kept centred, as the group norm's input is (CentreGroups).
+                using var negated = Tensor.Empty(backend, mean.Shape);
+                backend.Scale(mean, -1f, negated);
+                centred = Tensor.Empty(backend, x.Shape);
+                backend.AddChannelBias(1, rows, cols, x, negated, centred);
+                zero = Tensor.Zeros(backend, mean.Shape);
+            }
+
+            var sx = node.SaveActivation(centred ?? x);
+            var sm = node.Save(zero ?? mean);
             var sr = node.Save(rstd);
             var sg = node.Save(gamma);
             node.Finish(y, g =>
@@ -81,7 +131,9 @@ public static partial class Ops
 
         mean.Dispose();
         rstd.Dispose();
-        y.Recipe = new Recipe(a => LayerNorm(a[0], a[1], a[2], eps), x, gamma, beta);
+        y.Recipe = new Recipe(a => LayerNorm(a[0], a[1], a[2], eps), centred ?? x, gamma, beta);
+        centred?.Dispose();
+        zero?.Dispose();
         return y;
     }
 }

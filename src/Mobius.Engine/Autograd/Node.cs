@@ -78,6 +78,9 @@ internal sealed class Node
         return new SavedInput(SaveActivation(t));
     }
 
+    /// <summary>True when <see cref="SaveActivation"/> keeps bf16 copies (<see cref="Tape.SavedActivations"/>).</summary>
+    public bool NarrowsActivations => _tape.SavedActivations == DType.BFloat16;
+
     /// <summary>
     /// Keeps an activation for backward as <see cref="Save"/> does, or, when the tape keeps activations in bf16
     /// (<see cref="Tape.SavedActivations"/>), a bf16 copy of it, shared with every other node that keeps the same

@@ -79,7 +79,7 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
     public void A_transformer_block_keeps_about_half_and_its_gradients_stay_within_bf16_precision(int seed)
     {
         var r = new Rng(seed);
-        int n = r.Int(1, 2), len = 2 * r.Int(2, 5), heads = r.Pick(1, 2), d = r.Pick(4, 8), width = heads * d, groups = r.Pick(1, 2);
+        int n = r.Int(1, 2), len = 2 * r.Int(2, 5), heads = r.Pick(1, 2), d = r.Pick(8, 16), width = heads * d, groups = r.Pick(1, 2);
         var inputs = r.Uniform((long)n * len * width, 2f);
         var names = new[] { "gamma", "beta", "wq", "wk", "wv", "wo", "ln_g", "ln_b", "w1", "w2" };
         var shapes = new[]
@@ -94,7 +94,8 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
 
         (float Loss, float[][] Grads, long Saved) Run(DType kept)
         {
-            var ps = shapes.Select((s, i) => Tensor.FromArray(B, values[i], s).SetRequiresGrad()).ToArray();
+            // Parameters, as in a model: weights are not activations, and a norm's beta is held without being saved.
+            var ps = shapes.Select((s, i) => (Tensor)Parameter.Create(B, names[i], s, values[i])).ToArray();
             try
             {
                 using var x = Tensor.FromArray(B, inputs, new Shape(n, len, width));
@@ -141,19 +142,103 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
         var exact = Run(DType.Float32);
         var narrow = Run(DType.BFloat16);
         Assert.Equal(exact.Loss, narrow.Loss); // forward is untouched
-        // Queries, keys, norm statistics and log-sum-exps stay exact: at these small widths they are a large share.
-        Assert.InRange(narrow.Saved / (double)exact.Saved, 0.5, 0.9);
+        // Attention's q, k, v, o, norm statistics and log-sum-exps stay exact.
+        Assert.InRange(narrow.Saved / (double)exact.Saved, 0.55, 0.85);
         double worst = 0;
         for (int i = 0; i < names.Length; i++)
         {
             double e = RelativeError(narrow.Grads[i], exact.Grads[i]);
             worst = Math.Max(worst, e);
-            Assert.True(e < 3e-2, $"{names[i]}: gradient relative error {e:g3} against fp32's (seed {seed})");
+            Assert.True(e < 2e-2, $"{names[i]}: gradient relative error {e:g3} against fp32's (seed {seed})");
         }
 
         Assert.True(worst > 0, $"no gradient changed: nothing was kept in bf16 (seed {seed})");
         Assert.Equal(temporariesBefore, B.Memory.Current(MemoryCategory.Temporaries));
         Assert.Equal(savedBefore, B.Memory.Current(MemoryCategory.SavedActivations));
+    }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void Norms_keep_their_input_centred_so_a_large_mean_costs_no_precision(int seed)
+    {
+        // Groups and rows whose mean is tens of times their spread: bf16 rounds 50 to a multiple of 0.25, so a norm
+        // that kept x itself would read its normalised values off by a large fraction in backward.
+        var r = new Rng(seed);
+        int frames = r.Pick(1, 2), clips = r.Int(1, 2), c = 4, sPix = r.Int(3, 7), groups = 2, rows = r.Int(3, 7), cols = r.Int(6, 12);
+        float Offset() => r.Pick(-1f, 1f) * r.Int(20, 100);
+        var gx = new float[clips * frames * c * sPix];
+        for (int i = 0; i < gx.Length; i++)
+        {
+            gx[i] = r.Uniform(1)[0];
+        }
+
+        for (int b = 0; b < clips; b++)
+        {
+            for (int g = 0; g < groups; g++)
+            {
+                float o = Offset();
+                for (int f = 0; f < frames; f++)
+                {
+                    for (int k = 0; k < c / groups * sPix; k++)
+                    {
+                        gx[((b * frames + f) * c * sPix) + (g * c / groups * sPix) + k] += o;
+                    }
+                }
+            }
+        }
+
+        var lx = r.Uniform((long)rows * cols);
+        for (int i = 0; i < rows; i++)
+        {
+            float o = Offset();
+            for (int j = 0; j < cols; j++)
+            {
+                lx[(i * cols) + j] += o;
+            }
+        }
+
+        var gGamma = r.Uniform(c, 0.3f).Select(v => 1 + v).ToArray();
+        var gBeta = r.Uniform(c, 0.3f);
+        var lGamma = r.Uniform(cols, 0.3f).Select(v => 1 + v).ToArray();
+        var lBeta = r.Uniform(cols, 0.3f);
+        var gUp = r.Uniform(gx.Length);
+        var lUp = r.Uniform(lx.Length);
+        bool silu = r.Pick(false, true);
+
+        float[][] Grads(DType kept)
+        {
+            using var x1 = Tensor.FromArray(B, gx, new Shape(clips * frames, c, sPix)).SetRequiresGrad();
+            using var g1 = Tensor.FromArray(B, gGamma, new Shape(c)).SetRequiresGrad();
+            using var b1 = Tensor.FromArray(B, gBeta, new Shape(c)).SetRequiresGrad();
+            using var x2 = Tensor.FromArray(B, lx, new Shape(rows, cols)).SetRequiresGrad();
+            using var g2 = Tensor.FromArray(B, lGamma, new Shape(cols)).SetRequiresGrad();
+            using var b2 = Tensor.FromArray(B, lBeta, new Shape(cols)).SetRequiresGrad();
+            using var u1 = Tensor.FromArray(B, gUp, x1.Shape);
+            using var u2 = Tensor.FromArray(B, lUp, x2.Shape);
+            using (var tape = Tape.Begin())
+            {
+                tape.SavedActivations = kept;
+                using var y1 = Ops.GroupNorm(x1, g1, b1, groups, frames, silu);
+                using var y2 = Ops.LayerNorm(x2, g2, b2);
+                using var w1 = Ops.Mul(y1, u1);
+                using var w2 = Ops.Mul(y2, u2);
+                using var s1 = Ops.Sum(w1);
+                using var s2 = Ops.Sum(w2);
+                using var loss = Ops.Add(s1, s2);
+                loss.Backward();
+            }
+
+            return new[] { x1, g1, b1, x2, g2, b2 }.Select(t => t.Grad!.ToArray()).ToArray();
+        }
+
+        var exact = Grads(DType.Float32);
+        var narrow = Grads(DType.BFloat16);
+        string[] names = ["group norm dx", "dgamma", "dbeta", "layer norm dx", "dgamma", "dbeta"];
+        for (int i = 0; i < names.Length; i++)
+        {
+            double e = RelativeError(narrow[i], exact[i]);
+            Assert.True(e < 2e-2, $"{names[i]} (frames {frames}, silu {silu}): relative error {e:g3} against fp32's (seed {seed})");
+        }
     }
 
     [Fact]
