@@ -36,10 +36,10 @@ public sealed class Tape : IDisposable
 
     /// <summary>
     /// The element type of the activations this tape keeps for backward where an op allows it (inputs kept for weight
-    /// gradients, norm and GEGLU inputs, attention values and outputs). <see cref="DType.BFloat16"/> keeps a bf16 copy
-    /// (half the bytes) instead of the fp32 tensor, and widens it back while the node runs backward: forward is
-    /// unchanged, and backward reads each such activation rounded to bf16. Statistics (norm means and scales, attention
-    /// log-sum-exps), attention queries and keys, losses and checkpointed regions' inputs stay exact. Default fp32.
+    /// gradients, activation and GEGLU inputs, norm inputs, kept centred). <see cref="DType.BFloat16"/> keeps a bf16
+    /// copy (half the bytes) instead of the fp32 tensor, and widens it back while the node runs backward: forward is
+    /// unchanged, and backward reads each such activation rounded to bf16. Norm statistics, attention's tensors,
+    /// losses and checkpointed regions' inputs stay exact. Default fp32.
     /// </summary>
     public DType SavedActivations { get; set; } = DType.Float32;
 
