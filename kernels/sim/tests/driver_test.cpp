@@ -10,7 +10,7 @@ namespace {
 
 using mt::Dim;
 
-const char* kModules[] = {"adamw", "attention", "bias", "elementwise", "embedding", "layout", "norm", "reduce", "resample", "softmax", "temporal_conv"};
+const char* kModules[] = {"adamw", "attention", "bias", "cast", "elementwise", "embedding", "layout", "norm", "reduce", "resample", "softmax", "temporal_conv"};
 
 // A hand-written PTX stub naming a test-only kernel: the simulator reads directives, not instructions.
 std::string stub_ptx(const std::string& entry, const std::string& params, const std::string& target = "sm_90") {

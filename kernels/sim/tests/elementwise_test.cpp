@@ -1,5 +1,8 @@
 // Elementwise kernels against double-precision references written from docs/ops.md.
 #include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
 
 #include "harness.h"
 
@@ -119,3 +122,57 @@ TEST(Elementwise, GegluForwardAndBackwardGiveBothHalves) {
 }
 
 }  // namespace
+
+namespace {
+
+// The bf16 a double reference picks: the nearer of the two bf16 values around x (x's top half, and the next one
+// away from zero, 2^128 past the largest finite), the even one on a tie.
+std::uint16_t reference_bf16(float x) {
+    std::uint32_t u;
+    std::memcpy(&u, &x, 4);
+    const std::uint32_t sign = u & 0x80000000u, mag = u & 0x7fffffffu, low = mag & 0xffff0000u;
+    if (mag >= 0x7f800000u || low == mag) return static_cast<std::uint16_t>(u >> 16);  // inf, or exact
+    const std::uint32_t high = low + 0x10000u;
+    float flow;
+    std::memcpy(&flow, &low, 4);
+    double dlow = flow, dhigh;
+    if (high == 0x7f800000u) {
+        dhigh = std::ldexp(1.0, 128);
+    } else {
+        float fhigh;
+        std::memcpy(&fhigh, &high, 4);
+        dhigh = fhigh;
+    }
+    const double ax = std::fabs(static_cast<double>(x));
+    const bool up = dhigh - ax < ax - dlow || (dhigh - ax == ax - dlow && ((low >> 16) & 1u));
+    return static_cast<std::uint16_t>((sign | (up ? high : low)) >> 16);
+}
+
+}  // namespace
+
+TEST(Cast, Fp32ToBf16RoundsToNearestEvenAndWideningIsExact) {
+    mt::Gpu gpu;
+    auto x = mt::random_vector(4099, 77, -300.0f, 300.0f);
+    const std::uint32_t specials[] = {0x3f808000u, 0x3f818000u, 0xbf808000u, 0x7f800000u, 0x80000000u, 0x00000001u,
+                                      0x7f7f8000u, 0x7f7fffffu, 0x00ff8000u, 0x7fc00000u};
+    for (std::size_t i = 0; i < std::size(specials); ++i) std::memcpy(&x[i * 37], &specials[i], 4);
+    const long long n = static_cast<long long>(x.size());
+    mt::DeviceArray<float> dx(x), wide(x.size());
+    mt::DeviceArray<std::uint16_t> narrow(x.size());
+    for (Dim grid : grids_for(n)) {
+        gpu.run("cast", "cast_f32_bf16", grid, {256}, 0, dx.get(), narrow.get(), n);
+        gpu.run("cast", "cast_bf16_f32", grid, {256}, 0, narrow.get(), wide.get(), n);
+        const auto got = narrow.read();
+        const auto back = wide.read();
+        for (long long i = 0; i < n; ++i) {
+            std::uint32_t wb;
+            std::memcpy(&wb, &back[i], 4);
+            if (std::isnan(x[i])) {
+                EXPECT_TRUE(std::isnan(back[i])) << "NaN at " << i;
+                continue;
+            }
+            ASSERT_EQ(got[i], reference_bf16(x[i])) << "x = " << x[i] << " at " << i;
+            ASSERT_EQ(wb, static_cast<std::uint32_t>(got[i]) << 16) << "widening at " << i;
+        }
+    }
+}
