@@ -24,6 +24,12 @@ if (args.Length > 0 && args[0] == "frontier")
     return FrontierCommand.Run(args[1..]);
 }
 
+// `storage` times both topologies with fp32 and bf16 frozen weights and saved activations, taking turns (see StorageCommand).
+if (args.Length > 0 && args[0] == "storage")
+{
+    return StorageCommand.Run(args[1..]);
+}
+
 // `settings` measures what one stage-2 training setting does to loss and samples (see Settings).
 if (args.Length > 0 && args[0] == "settings")
 {

@@ -18,7 +18,8 @@ namespace Mobius.Benchmarks;
 /// the bytes the tape saved for backward, in extra columns, with the parallel/serial ratios at the same
 /// recompute policy. Every case runs at each policy of <see cref="MemoryPlan.Policies"/> (none, temporal,
 /// spatial, spatial+temporal): recomputing trades time for memory, and both topologies' trades are measured.
-/// At the first policy (none) each case also runs with bf16 frozen weights (<see cref="TrainOptions.FrozenWeights"/>).
+/// At the first policy (none) each case also runs with bf16 frozen weights (<see cref="TrainOptions.FrozenWeights"/>),
+/// bf16 saved activations (<see cref="TrainOptions.SavedActivations"/>) and both.
 /// Configs: tiny on the CPU; small and ms256 on a GPU (MOBIUS_BENCH_CUDA=1).
 /// </summary>
 [Config(typeof(TrainStepConfig))]
@@ -36,9 +37,9 @@ public class TrainStepBenchmarks
         from backend in Backends.Names
         from config in backend == "cpu" ? new[] { "tiny" } : ["tiny", "small", "ms256"]
         from policy in MemoryPlan.Policies
-        from weights in policy == MemoryPlan.Policies[0] ? new[] { "fp32", "bf16" } : ["fp32"]
+        from storage in policy == MemoryPlan.Policies[0] ? new[] { ("fp32", "fp32"), ("bf16", "fp32"), ("fp32", "bf16"), ("bf16", "bf16") } : [("fp32", "fp32")]
         from topology in new[] { Topology.Serial, Topology.Parallel }
-        select new TrainCase(config, topology, backend, MemoryPlan.PolicyName(policy.Spatial, policy.Temporal), weights);
+        select new TrainCase(config, topology, backend, MemoryPlan.PolicyName(policy.Spatial, policy.Temporal), storage.Item1, storage.Item2);
 
     [ParamsSource(nameof(Cases))]
     public TrainCase Case { get; set; } = null!;
@@ -51,7 +52,12 @@ public class TrainStepBenchmarks
         _model = TextToVideo.Create(_backend, config, Case.Topology, seed: 1);
         var (spatial, temporal) = MemoryPlan.Policies.Single(p => MemoryPlan.PolicyName(p.Spatial, p.Temporal) == Case.Recompute);
         _trainer = new Trainer(_model, Comparison.Data(config, 1, Split.Train), Stage.TextToVideo,
-            new TrainOptions { Seed = 1, RecomputeSpatial = spatial, RecomputeTemporal = temporal, FrozenWeights = Case.Weights == "bf16" ? DType.BFloat16 : DType.Float32 });
+            new TrainOptions
+            {
+                Seed = 1, RecomputeSpatial = spatial, RecomputeTemporal = temporal,
+                FrozenWeights = Case.Weights == "bf16" ? DType.BFloat16 : DType.Float32,
+                SavedActivations = Case.Activations == "bf16" ? DType.BFloat16 : DType.Float32,
+            });
         for (int i = 0; i < 2; i++)
         {
             _trainer.TrainStep();
@@ -77,14 +83,14 @@ public class TrainStepBenchmarks
 
 /// <summary>
 /// A training-step case: config, topology, backend, recompute policy (<see cref="MemoryPlan.PolicyName"/>) and the
-/// element type of the frozen weights ("fp32" or "bf16").
+/// element types of the frozen weights and of the saved activations ("fp32" or "bf16").
 /// </summary>
-public sealed record TrainCase(string Config, Topology Topology, string Backend, string Recompute = "none", string Weights = "fp32")
+public sealed record TrainCase(string Config, Topology Topology, string Backend, string Recompute = "none", string Weights = "fp32", string Activations = "fp32")
 {
     /// <summary>The other topology at the same config, backend and policy.</summary>
     public TrainCase Partner => this with { Topology = Topology == Topology.Serial ? Topology.Parallel : Topology.Serial };
 
-    public override string ToString() => $"{Config} {Topology.ToString().ToLowerInvariant()} {Backend} recompute {Recompute}{(Weights == "fp32" ? "" : $" {Weights} weights")}";
+    public override string ToString() => $"{Config} {Topology.ToString().ToLowerInvariant()} {Backend} recompute {Recompute}{(Weights == "fp32" ? "" : $" {Weights} weights")}{(Activations == "fp32" ? "" : $" {Activations} activations")}";
 }
 
 /// <summary>
@@ -98,7 +104,7 @@ public sealed class TrainStepConfig : BenchmarkDotNet.Configs.ManualConfig
         AddJob(Job.Default
             .WithToolchain(BenchmarkDotNet.Toolchains.InProcess.Emit.InProcessEmitToolchain.Instance)
             .WithWarmupCount(3).WithIterationCount(15).WithInvocationCount(1).WithUnrollFactor(1).AsDefault());
-        WithSummaryStyle(BenchmarkDotNet.Reports.SummaryStyle.Default.WithMaxParameterColumnWidth(64)); // the whole case name
+        WithSummaryStyle(BenchmarkDotNet.Reports.SummaryStyle.Default.WithMaxParameterColumnWidth(80)); // the whole case name
         AddColumn(StatisticColumn.Median,
             new MemoryColumn("Peak MiB", s => s.Memory.PeakBytes),
             new MemoryColumn("Saved MiB", s => s.SavedActivationBytes),

@@ -38,14 +38,30 @@ public static class Frontier
     public static IReadOnlyList<FrontierPoint> Measure(ModelConfig config, Func<IBackend> backendFactory, TrainOptions options, int steps, int warmup = 3,
         bool together = true, IProgress<(int Done, int Total)>? progress = null)
     {
-        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
-        ArgumentOutOfRangeException.ThrowIfNegative(warmup);
         var cases = (from policy in MemoryPlan.Policies
                      from topology in new[] { Topology.Serial, Topology.Parallel }
                      select (policy.Spatial, policy.Temporal, Topology: topology)).ToList();
-        var groups = together ? [cases] : cases.Chunk(2).Select(c => c.ToList()).ToList();
+        var timed = MeasureCases(config, backendFactory,
+            cases.Select(c => (c.Topology, options with { RecomputeSpatial = c.Spatial, RecomputeTemporal = c.Temporal })).ToList(),
+            steps, warmup, together ? cases.Count : 2, progress);
+        return cases.Select((c, i) => new FrontierPoint(MemoryPlan.PolicyName(c.Spatial, c.Temporal), c.Topology, timed[i].StepMsMedian, timed[i].PeakBytes, timed[i].SavedActivationBytes)).ToList();
+    }
+
+    /// <summary>
+    /// Times training steps of any <paramref name="cases"/> (a topology and the options to train it with), in groups of
+    /// <paramref name="groupSize"/> consecutive cases whose steps take turns (a group's models are live at once):
+    /// <paramref name="warmup"/> untimed steps, then the median of <paramref name="steps"/> timed ones, with the memory
+    /// of the last. The results follow the order of <paramref name="cases"/>.
+    /// </summary>
+    public static IReadOnlyList<(double StepMsMedian, long PeakBytes, long SavedActivationBytes)> MeasureCases(ModelConfig config, Func<IBackend> backendFactory,
+        IReadOnlyList<(Topology Topology, TrainOptions Options)> cases, int steps, int warmup, int groupSize, IProgress<(int Done, int Total)>? progress = null)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(steps, 1);
+        ArgumentOutOfRangeException.ThrowIfNegative(warmup);
+        ArgumentOutOfRangeException.ThrowIfLessThan(groupSize, 1);
+        var groups = cases.Chunk(groupSize).Select(c => c.ToList()).ToList();
         int rounds = groups.Count * (warmup + steps), done = 0;
-        var points = new List<FrontierPoint>();
+        var results = new List<(double, long, long)>();
         foreach (var group in groups)
         {
             var live = new List<(IBackend Backend, TextToVideo Model, Trainer Trainer)>();
@@ -57,9 +73,8 @@ public static class Frontier
                     TextToVideo? model = null;
                     try
                     {
-                        model = TextToVideo.Create(backend, config, c.Topology, options.Seed);
-                        var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo,
-                            options with { RecomputeSpatial = c.Spatial, RecomputeTemporal = c.Temporal });
+                        model = TextToVideo.Create(backend, config, c.Topology, c.Options.Seed);
+                        var trainer = new Trainer(model, Comparison.Data(config, c.Options.Seed, Split.Train), Stage.TextToVideo, c.Options);
                         live.Add((backend, model, trainer));
                     }
                     catch
@@ -91,8 +106,7 @@ public static class Frontier
 
                 for (int i = 0; i < live.Count; i++)
                 {
-                    var c = group[i];
-                    points.Add(new FrontierPoint(MemoryPlan.PolicyName(c.Spatial, c.Temporal), c.Topology, Median(times[i]), last[i]!.Memory.PeakBytes, last[i]!.SavedActivationBytes));
+                    results.Add((Median(times[i]), last[i]!.Memory.PeakBytes, last[i]!.SavedActivationBytes));
                 }
             }
             finally
@@ -106,7 +120,7 @@ public static class Frontier
             }
         }
 
-        return points;
+        return results;
     }
 
     /// <summary>

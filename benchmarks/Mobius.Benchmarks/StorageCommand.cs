@@ -1,0 +1,72 @@
+using System.Globalization;
+using System.Text;
+using Mobius.Engine;
+using Mobius.Model;
+using Mobius.Model.Training;
+
+namespace Mobius.Benchmarks;
+
+/// <summary>
+/// `Mobius.Benchmarks storage [--config tiny] [--backend cpu] [--steps 30]`: both topologies with fp32, bf16 frozen
+/// weights, bf16 saved activations and both, all eight cases' steps taking turns (<see cref="Frontier.MeasureCases"/>),
+/// so a machine whose speed drifts moves them alike: what each bf16 option costs in time and saves in memory.
+/// </summary>
+public static class StorageCommand
+{
+    private const string Usage = "Mobius.Benchmarks storage [--config tiny] [--backend cpu|cuda] [--steps 30] [--warmup 3]";
+
+    private static readonly (string Name, DType Weights, DType Activations)[] Storages =
+    [
+        ("fp32", DType.Float32, DType.Float32),
+        ("bf16 frozen weights", DType.BFloat16, DType.Float32),
+        ("bf16 saved activations", DType.Float32, DType.BFloat16),
+        ("both", DType.BFloat16, DType.BFloat16),
+    ];
+
+    public static int Run(string[] args)
+    {
+        if (CommandArgs.Check(args, Usage, ["--config", "--backend", "--steps", "--warmup"]) is { } code)
+        {
+            return code;
+        }
+
+        string config = CommandArgs.Get(args, "--config", "tiny");
+        string backend = CommandArgs.Get(args, "--backend", "cpu");
+        if (!int.TryParse(CommandArgs.Get(args, "--steps", "30"), CultureInfo.InvariantCulture, out int steps) || steps < 1
+            || !int.TryParse(CommandArgs.Get(args, "--warmup", "3"), CultureInfo.InvariantCulture, out int warmup) || warmup < 0)
+        {
+            Console.Error.WriteLine($"--steps must be a whole number of at least 1 and --warmup at least 0\nusage: {Usage}");
+            return 2;
+        }
+
+        if (!ModelConfig.Presets.Any(p => p.Name == config) || backend is not ("cpu" or "cuda"))
+        {
+            Console.Error.WriteLine($"unknown config '{config}' or backend '{backend}' (configs: {string.Join(", ", ModelConfig.Presets.Select(p => p.Name))}; backends: cpu, cuda)\nusage: {Usage}");
+            return 2;
+        }
+
+        var cases = (from s in Storages
+                     from topology in new[] { Topology.Serial, Topology.Parallel }
+                     select (topology, new TrainOptions { Seed = 1, FrozenWeights = s.Weights, SavedActivations = s.Activations })).ToList();
+        // On a GPU eight large models may not fit at once: the two topologies of a storage take turns there.
+        var timed = Frontier.MeasureCases(ModelConfig.Get(config), () => Backends.Create(backend), cases, steps, warmup, backend == "cpu" ? cases.Count : 2,
+            new Progress<(int Done, int Total)>(p => Console.Error.Write($"\rstorage {config} on {backend}: round {p.Done}/{p.Total}   ")));
+        Console.Error.WriteLine();
+
+        var ci = CultureInfo.InvariantCulture;
+        string Mb(long b) => (b / 1048576.0).ToString("0.0", ci);
+        var sb = new StringBuilder();
+        sb.AppendLine("| storage | serial ms | parallel ms | serial / fp32's | parallel / fp32's | serial peak MiB | parallel peak MiB | serial saved MiB | parallel saved MiB |");
+        sb.AppendLine("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for (int k = 0; k < Storages.Length; k++)
+        {
+            var s = timed[2 * k];
+            var p = timed[(2 * k) + 1];
+            sb.AppendLine(ci, $"| {Storages[k].Name} | {s.StepMsMedian:0.0} | {p.StepMsMedian:0.0} | {s.StepMsMedian / timed[0].StepMsMedian:0.000} | {p.StepMsMedian / timed[1].StepMsMedian:0.000} | {Mb(s.PeakBytes)} | {Mb(p.PeakBytes)} | {Mb(s.SavedActivationBytes)} | {Mb(p.SavedActivationBytes)} |");
+        }
+
+        Console.WriteLine(sb.ToString());
+        Console.WriteLine(string.Create(ci, $"{config} on {backend}: median of {steps} steps per case after {warmup} warm-up steps, the cases taking turns."));
+        return 0;
+    }
+}
