@@ -25,24 +25,9 @@ public static class StorageCommand
 
     public static int Run(string[] args)
     {
-        if (CommandArgs.Check(args, Usage, ["--config", "--backend", "--steps", "--warmup"]) is { } code)
+        if (CommandArgs.Timing(args, Usage, 30, out int code) is not var (config, backend, steps, warmup))
         {
             return code;
-        }
-
-        string config = CommandArgs.Get(args, "--config", "tiny");
-        string backend = CommandArgs.Get(args, "--backend", "cpu");
-        if (!int.TryParse(CommandArgs.Get(args, "--steps", "30"), CultureInfo.InvariantCulture, out int steps) || steps < 1
-            || !int.TryParse(CommandArgs.Get(args, "--warmup", "3"), CultureInfo.InvariantCulture, out int warmup) || warmup < 0)
-        {
-            Console.Error.WriteLine($"--steps must be a whole number of at least 1 and --warmup at least 0\nusage: {Usage}");
-            return 2;
-        }
-
-        if (!ModelConfig.Presets.Any(p => p.Name == config) || backend is not ("cpu" or "cuda"))
-        {
-            Console.Error.WriteLine($"unknown config '{config}' or backend '{backend}' (configs: {string.Join(", ", ModelConfig.Presets.Select(p => p.Name))}; backends: cpu, cuda)\nusage: {Usage}");
-            return 2;
         }
 
         var cases = (from s in Storages
