@@ -484,7 +484,7 @@ public static class Commands
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
-                FrozenWeights = ParseFrozenWeights(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32")),
+                FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
                 SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => o.SavedActivations == DType.BFloat16 ? "bf16" : "fp32"), SavedActivationsOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
             };
@@ -1277,9 +1277,7 @@ public static class Commands
         return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--frame-noise must be in [0, 1), got {rho}.");
     }
 
-    private static DType FrozenWeights(ParseResult p) => ParseFrozenWeights(p.GetValue(FrozenWeightsOption)!);
-
-    private static DType ParseFrozenWeights(string value) => ParseStorage(value, FrozenWeightsOption.Name);
+    private static DType FrozenWeights(ParseResult p) => ParseStorage(p.GetValue(FrozenWeightsOption)!, FrozenWeightsOption.Name);
 
     private static DType SavedActivations(ParseResult p) => ParseStorage(p.GetValue(SavedActivationsOption)!, SavedActivationsOption.Name);
 

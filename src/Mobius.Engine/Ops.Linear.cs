@@ -12,7 +12,8 @@ public static partial class Ops
     public static Tensor Linear(Tensor x, Tensor w, Tensor? b = null)
     {
         const string op = "linear";
-        using var wide = Widen(op, w);
+        using var widened = WidenedCopy(op, w);
+        var wide = widened ?? w;
         var backend = Check.Same(op, x, wide, b);
         Check.Rank(op, w, 2, "weight");
         int inF = w.Dim(1), outF = w.Dim(0);
@@ -43,9 +44,9 @@ public static partial class Ops
                 Tensor? dx = null, dw = null, db = null;
                 if (sw is not null)
                 {
-                    using var wv = Widen(op, sw);
+                    using var widenedW = WidenedCopy(op, sw);
                     dx = Tensor.Empty(g.Backend, x.Shape);
-                    g.Backend.Gemm(new GemmShape(rows, inF, outF), 1f, g, wv, 0f, dx);
+                    g.Backend.Gemm(new GemmShape(rows, inF, outF), 1f, g, widenedW ?? sw, 0f, dx);
                 }
 
                 if (sx is not null)
@@ -150,7 +151,8 @@ public static partial class Ops
     public static Tensor Conv2d(Tensor x, Tensor w, Tensor? b = null, int stride = 1, int padding = 0)
     {
         const string op = "conv2d";
-        using var wide = Widen(op, w);
+        using var widened = WidenedCopy(op, w);
+        var wide = widened ?? w;
         var backend = Check.Same(op, x, wide, b);
         Check.Rank(op, x, 4, "input");
         Check.Rank(op, w, 4, "weight");
@@ -224,9 +226,9 @@ public static partial class Ops
             Tensor? dx = null, dw = null;
             if (sw is not null)
             {
-                using var wv = Widen(op, sw);
+                using var widenedW = WidenedCopy(op, sw);
                 dx = Tensor.Empty(g.Backend, x.Shape);
-                backwardData(g, wv, dx);
+                backwardData(g, widenedW ?? sw, dx);
             }
 
             var db = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, b!.Shape) : null;
@@ -246,10 +248,10 @@ public static partial class Ops
     }
 
     /// <summary>
-    /// <paramref name="w"/> as fp32 for an op to read: a view of it when it is fp32, else a workspace copy widened
-    /// from its bf16 storage. Dispose it when the op is done.
+    /// A workspace copy of <paramref name="w"/> widened to fp32 from its bf16 storage, for an op to read and then
+    /// dispose; null when <paramref name="w"/> is fp32 already (read it as it is: no copy, no handle).
     /// </summary>
-    internal static Tensor Widen(string op, Tensor w)
+    internal static Tensor? WidenedCopy(string op, Tensor w)
     {
         ArgumentNullException.ThrowIfNull(w);
         if (w.IsDisposed)
@@ -259,9 +261,7 @@ public static partial class Ops
 
         if (w.DType == DType.Float32)
         {
-            var view = w.View(0, w.Shape);
-            view.Name = w.Name;
-            return view;
+            return null;
         }
 
         var wide = Tensor.Empty(w.Backend, w.Shape, MemoryCategory.Workspace);
@@ -269,7 +269,4 @@ public static partial class Ops
         w.Backend.Cast(w, wide);
         return wide;
     }
-
-    /// <summary><see cref="Widen(string, Tensor)"/> for host reads.</summary>
-    internal static Tensor Widen(Tensor w) => Widen("widen", w);
 }

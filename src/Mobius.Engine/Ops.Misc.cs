@@ -56,7 +56,8 @@ public static partial class Ops
     public static Tensor Embedding(ReadOnlySpan<int> ids, Tensor table)
     {
         const string op = "embedding";
-        using var wide = Widen(op, table);
+        using var widened = WidenedCopy(op, table);
+        var wide = widened ?? table;
         Check.Live(op, wide);
         Check.Rank(op, table, 2, "table");
         Check.That(op, ids.Length > 0, "no ids.");

@@ -102,7 +102,7 @@ public class Tensor : IDisposable
         }
         else
         {
-            using var wide = Ops.Widen(this);
+            using var wide = Ops.WidenedCopy("to_array", this)!;
             Backend.CopyToHost(wide, result);
         }
 

@@ -202,7 +202,7 @@ public static class SafeTensors
                 {
                     data[i] = dtype == "F16"
                         ? (float)BitConverter.UInt16BitsToHalf(bits[i])
-                        : BitConverter.Int32BitsToSingle(bits[i] << 16);
+                        : BFloat16Bits.ToFloat(bits[i]);
                 }
 
                 break;
