@@ -60,7 +60,7 @@ public sealed unsafe partial class CudaBackend
     }
 
     private Tensor? Workspace(long bytes) =>
-        bytes <= 0 ? null : Tensor.Empty(this, new Shape(checked((int)((bytes + 3) / 4))), MemoryCategory.Workspace);
+        bytes <= 0 ? null : Tensor.Empty(this, WorkspaceShape((bytes + 3) / 4), MemoryCategory.Workspace);
 
     private static ulong WsPtr(Tensor? ws) => ws is null ? 0 : Ptr(ws);
 
@@ -87,17 +87,17 @@ public sealed unsafe partial class CudaBackend
 
         var perf = new Cudnn.AlgoPerf[8];
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");
-        plan.FwdAlgo = Best(perf, n, "forward");
+        plan.FwdAlgo = Best(perf, n, "forward", ConvWorkspaceLimitBytes);
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardWorkspaceSize(_dnn, plan.X, plan.W, plan.Conv, plan.Y, plan.FwdAlgo, out nuint fws), "cudnnGetConvolutionForwardWorkspaceSize");
         plan.FwdWorkspace = (long)fws;
 
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-        plan.DataAlgo = Best(perf, n, "backward data");
+        plan.DataAlgo = Best(perf, n, "backward data", ConvWorkspaceLimitBytes);
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataWorkspaceSize(_dnn, plan.W, plan.Y, plan.Conv, plan.X, plan.DataAlgo, out nuint dws), "cudnnGetConvolutionBackwardDataWorkspaceSize");
         plan.DataWorkspace = (long)dws;
 
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-        plan.FilterAlgo = Best(perf, n, "backward filter");
+        plan.FilterAlgo = Best(perf, n, "backward filter", ConvWorkspaceLimitBytes);
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterWorkspaceSize(_dnn, plan.X, plan.Y, plan.Conv, plan.W, plan.FilterAlgo, out nuint wws), "cudnnGetConvolutionBackwardFilterWorkspaceSize");
         plan.FilterWorkspace = (long)wws;
 
@@ -106,29 +106,50 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <summary>
-    /// The heuristics' first deterministic algorithm that reported success, else their first that did: some
-    /// backward algorithms add with atomics, whose order changes from run to run, and a run that resumes
-    /// from a checkpoint must repeat the uninterrupted one bit for bit.
+    /// Most workspace bytes a convolution algorithm may ask for. cuDNN's heuristics rank by speed alone, and
+    /// at large batches some of their first choices want gigabytes of workspace that no memory plan counts;
+    /// within this bound, the planner's reserve for the libraries covers it.
     /// </summary>
-    private static int Best(Cudnn.AlgoPerf[] perf, int count, string what)
+    internal long ConvWorkspaceLimitBytes { get; set; } = 1L << 30;
+
+    /// <summary>
+    /// The heuristics' first deterministic algorithm that reported success within the workspace limit, else
+    /// their first that did within it, else the successful one wanting the least workspace: some backward
+    /// algorithms add with atomics, whose order changes from run to run, and a run that resumes from a
+    /// checkpoint must repeat the uninterrupted one bit for bit.
+    /// </summary>
+    internal static int Best(Cudnn.AlgoPerf[] perf, int count, string what, long limit)
     {
         for (int i = 0; i < count; i++)
         {
-            if (perf[i].Status == 0 && perf[i].Determinism == Cudnn.Deterministic)
+            if (perf[i].Status == 0 && perf[i].Determinism == Cudnn.Deterministic && (long)perf[i].Memory <= limit)
             {
                 return perf[i].Algo;
             }
         }
 
+        int best = -1;
         for (int i = 0; i < count; i++)
         {
-            if (perf[i].Status == 0)
+            if (perf[i].Status != 0)
+            {
+                continue;
+            }
+
+            if ((long)perf[i].Memory <= limit)
             {
                 return perf[i].Algo;
             }
+
+            if (best < 0 || perf[i].Memory < perf[best].Memory)
+            {
+                best = i;
+            }
         }
 
-        throw new CudaException($"cudnnGetConvolution*Algorithm_v7 ({what})", -1, "CUDNN_STATUS_NOT_SUPPORTED", "no convolution algorithm is supported for this shape");
+        return best >= 0
+            ? perf[best].Algo
+            : throw new CudaException($"cudnnGetConvolution*Algorithm_v7 ({what})", -1, "CUDNN_STATUS_NOT_SUPPORTED", "no convolution algorithm is supported for this shape");
     }
 
     private void FreeConvDescriptors()

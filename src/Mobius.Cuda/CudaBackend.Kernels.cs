@@ -60,7 +60,14 @@ public sealed unsafe partial class CudaBackend
     /// <summary>Blocks for a grid-stride loop over <paramref name="work"/> items.</summary>
     private uint GridFor(long work, uint block) => (uint)Math.Clamp((work + block - 1) / block, 1, 16L * Device.Multiprocessors);
 
-    private Tensor Scratch(long floats) => Tensor.Empty(this, new Shape(checked((int)Math.Max(1, floats))), MemoryCategory.Workspace);
+    private Tensor Scratch(long floats) => Tensor.Empty(this, WorkspaceShape(Math.Max(1, floats)), MemoryCategory.Workspace);
+
+    /// <summary>
+    /// A shape of at least <paramref name="floats"/> elements for a workspace buffer: one dimension while that
+    /// fits an int, else rows of 2^20 (rounded up; a shape's dimensions are ints, its element count is not).
+    /// </summary>
+    internal static Shape WorkspaceShape(long floats) =>
+        floats <= int.MaxValue ? new Shape((int)floats) : new Shape(checked((int)((floats + (1 << 20) - 1) >> 20)), 1 << 20);
 
     // ---- data movement and elementwise -----------------------------------------------------------
 
@@ -317,26 +324,44 @@ public sealed unsafe partial class CudaBackend
         return (fp, 32 / fp, s.HeadDim | 1);
     }
 
+    /// <summary>
+    /// Most bytes one attention score buffer [n, H, Lq, Lk] may take: the batch is cut into chunks of whole
+    /// items that fit, so the workspace stays bounded however large the batch (forward keeps one such buffer,
+    /// backward two). At ms256's first level a clip of 16 frames needs 335 MB, one chunk; at batch 16 it would
+    /// need 5.4 GB a buffer. Tests lower it to reach the chunked path on small shapes.
+    /// </summary>
+    internal long AttentionScoresBudgetBytes { get; set; } = 512L << 20;
+
+    /// <summary>Items per chunk: as many as keep one score buffer within the budget, at least one.</summary>
+    internal int AttentionChunk(in AttentionShape s) =>
+        (int)Math.Clamp(AttentionScoresBudgetBytes / (4L * s.Heads * s.Lq * s.Lk), 1, s.N);
+
     /// <inheritdoc />
     public void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse)
     {
-        // Scores for all (n, h) at once, [N*H, Lq, Lk], in workspace; only lse outlives the op.
-        int w = s.Width;
+        // Scores for all (n, h) of a chunk at once, [n, H, Lq, Lk], in workspace; only lse outlives the op.
+        int w = s.Width, chunk = AttentionChunk(s);
         long plane = (long)s.Lq * s.Lk;
-        using var p = Scratch((long)s.N * s.Heads * plane);
-        for (int h = 0; h < s.Heads; h++)
+        using var p = Scratch((long)chunk * s.Heads * plane);
+        for (int n0 = 0; n0 < s.N; n0 += chunk)
         {
-            ulong off = (ulong)(h * s.HeadDim * 4);
-            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, Ptr(q) + off, w, (long)s.Lq * w, Ptr(k) + off, w, (long)s.Lk * w,
-                0f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane, s.N);
-        }
+            int n = Math.Min(chunk, s.N - n0);
+            ulong qn = Ptr(q) + (ulong)n0 * (ulong)s.Lq * (ulong)w * 4, on = Ptr(o) + (ulong)n0 * (ulong)s.Lq * (ulong)w * 4;
+            ulong kn = Ptr(k) + (ulong)n0 * (ulong)s.Lk * (ulong)w * 4, vn = Ptr(v) + (ulong)n0 * (ulong)s.Lk * (ulong)w * 4;
+            for (int h = 0; h < s.Heads; h++)
+            {
+                ulong off = (ulong)(h * s.HeadDim * 4);
+                GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, qn + off, w, (long)s.Lq * w, kn + off, w, (long)s.Lk * w,
+                    0f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane, n);
+            }
 
-        Softmax(Ptr(p), Ptr(p), Ptr(lse), (long)s.N * s.Heads * s.Lq, s.Lk);
-        for (int h = 0; h < s.Heads; h++)
-        {
-            ulong off = (ulong)(h * s.HeadDim * 4);
-            GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, 1f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane,
-                Ptr(v) + off, w, (long)s.Lk * w, 0f, Ptr(o) + off, w, (long)s.Lq * w, s.N);
+            Softmax(Ptr(p), Ptr(p), Ptr(lse) + (ulong)n0 * (ulong)s.Heads * (ulong)s.Lq * 4, (long)n * s.Heads * s.Lq, s.Lk);
+            for (int h = 0; h < s.Heads; h++)
+            {
+                ulong off = (ulong)(h * s.HeadDim * 4);
+                GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, 1f, Ptr(p) + (ulong)(h * plane * 4), s.Lk, s.Heads * plane,
+                    vn + off, w, (long)s.Lk * w, 0f, on + off, w, (long)s.Lq * w, n);
+            }
         }
     }
 
@@ -344,39 +369,47 @@ public sealed unsafe partial class CudaBackend
     public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
     {
-        int w = s.Width;
+        int w = s.Width, chunk = AttentionChunk(s);
         long plane = (long)s.Lq * s.Lk;
-        long rows = (long)s.N * s.Heads * s.Lq;
-        using var p = Scratch(rows * s.Lk);
-        using var dp = Scratch(rows * s.Lk);
-        using var drow = Scratch(rows);
+        long chunkRows = (long)chunk * s.Heads * s.Lq;
+        using var p = Scratch(chunkRows * s.Lk);
+        using var dp = Scratch(chunkRows * s.Lk);
+        using var drow = Scratch(chunkRows);
         ulong P(int h) => Ptr(p) + (ulong)(h * plane * 4);
         ulong DP(int h) => Ptr(dp) + (ulong)(h * plane * 4);
-        for (int h = 0; h < s.Heads; h++)
+        for (int n0 = 0; n0 < s.N; n0 += chunk)
         {
-            ulong off = (ulong)(h * s.HeadDim * 4);
-            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, Ptr(q) + off, w, (long)s.Lq * w, Ptr(k) + off, w, (long)s.Lk * w, 0f, P(h), s.Lk, s.Heads * plane, s.N);
-        }
+            int n = Math.Min(chunk, s.N - n0);
+            long rows = (long)n * s.Heads * s.Lq;
+            ulong qOffset = (ulong)n0 * (ulong)s.Lq * (ulong)w * 4, kOffset = (ulong)n0 * (ulong)s.Lk * (ulong)w * 4;
+            ulong qn = Ptr(q) + qOffset, on = Ptr(o) + qOffset, dOn = Ptr(dO) + qOffset, dqn = Ptr(dq) + qOffset;
+            ulong kn = Ptr(k) + kOffset, vn = Ptr(v) + kOffset, dkn = Ptr(dk) + kOffset, dvn = Ptr(dv) + kOffset;
+            for (int h = 0; h < s.Heads; h++)
+            {
+                ulong off = (ulong)(h * s.HeadDim * 4);
+                GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, s.Scale, qn + off, w, (long)s.Lq * w, kn + off, w, (long)s.Lk * w, 0f, P(h), s.Lk, s.Heads * plane, n);
+            }
 
-        Softmax(Ptr(p), Ptr(p), 0, rows, s.Lk);
-        for (int h = 0; h < s.Heads; h++)
-        {
-            ulong off = (ulong)(h * s.HeadDim * 4);
+            Softmax(Ptr(p), Ptr(p), 0, rows, s.Lk);
+            for (int h = 0; h < s.Heads; h++)
+            {
+                ulong off = (ulong)(h * s.HeadDim * 4);
 
-            // dv = P^T dO ; dP = dO v^T
-            GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, 1f, P(h), s.Lk, s.Heads * plane, Ptr(dO) + off, w, (long)s.Lq * w, 0f, Ptr(dv) + off, w, (long)s.Lk * w, s.N);
-            GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, 1f, Ptr(dO) + off, w, (long)s.Lq * w, Ptr(v) + off, w, (long)s.Lk * w, 0f, DP(h), s.Lk, s.Heads * plane, s.N);
-        }
+                // dv = P^T dO ; dP = dO v^T
+                GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, 1f, P(h), s.Lk, s.Heads * plane, dOn + off, w, (long)s.Lq * w, 0f, dvn + off, w, (long)s.Lk * w, n);
+                GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, 1f, dOn + off, w, (long)s.Lq * w, vn + off, w, (long)s.Lk * w, 0f, DP(h), s.Lk, s.Heads * plane, n);
+            }
 
-        Launch1D("attention_row_dot_f32", rows * 32, [Ptr(dO), Ptr(o), Ptr(drow), s.N, s.Lq, s.Heads, s.HeadDim]);
-        Launch1D("attention_dsoftmax_f32", rows * s.Lk, [Ptr(p), Ptr(dp), Ptr(drow), Ptr(dp), rows, s.Lk]);
-        for (int h = 0; h < s.Heads; h++)
-        {
-            ulong off = (ulong)(h * s.HeadDim * 4);
+            Launch1D("attention_row_dot_f32", rows * 32, [dOn, on, Ptr(drow), n, s.Lq, s.Heads, s.HeadDim]);
+            Launch1D("attention_dsoftmax_f32", rows * s.Lk, [Ptr(p), Ptr(dp), Ptr(drow), Ptr(dp), rows, s.Lk]);
+            for (int h = 0; h < s.Heads; h++)
+            {
+                ulong off = (ulong)(h * s.HeadDim * 4);
 
-            // dq = scale dS k ; dk = scale dS^T q
-            GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, s.Scale, DP(h), s.Lk, s.Heads * plane, Ptr(k) + off, w, (long)s.Lk * w, 0f, Ptr(dq) + off, w, (long)s.Lq * w, s.N);
-            GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, s.Scale, DP(h), s.Lk, s.Heads * plane, Ptr(q) + off, w, (long)s.Lq * w, 0f, Ptr(dk) + off, w, (long)s.Lk * w, s.N);
+                // dq = scale dS k ; dk = scale dS^T q
+                GemmRowMajor(false, false, s.Lq, s.HeadDim, s.Lk, s.Scale, DP(h), s.Lk, s.Heads * plane, kn + off, w, (long)s.Lk * w, 0f, dqn + off, w, (long)s.Lq * w, n);
+                GemmRowMajor(true, false, s.Lk, s.HeadDim, s.Lq, s.Scale, DP(h), s.Lk, s.Heads * plane, qn + off, w, (long)s.Lq * w, 0f, dkn + off, w, (long)s.Lk * w, n);
+            }
         }
     }
 

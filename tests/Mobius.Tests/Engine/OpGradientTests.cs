@@ -183,15 +183,20 @@ public abstract class OpGradientTests(BackendFixture fixture)
         var r = new Rng(Seeds.One + (cross ? 1 : 0));
         int n = r.Int(1, 2), heads = r.Int(1, 3), d = r.Pick(1, 3, 4), lq = r.Int(1, 7);
         int lk = cross ? r.Int(1, 5) : lq;
+        OpCheck.Run(B, r, AttentionCase($"attention cross={cross} H={heads} D={d}", n, heads, d, lq, lk));
+    }
+
+    internal static OpCase AttentionCase(string name, int n, int heads, int d, int lq, int lk)
+    {
         int w = heads * d;
-        OpCheck.Run(B, r, new OpCase
+        return new OpCase
         {
-            Name = $"attention cross={cross} H={heads} D={d}",
+            Name = name,
             Inputs = [new Shape(n, lq, w), new Shape(n, lk, w), new Shape(n, lk, w)],
             Op = t => Ops.Attention(t[0], t[1], t[2], heads),
             Reference = dd => Reference.Attention(dd[0], dd[1], dd[2], n, lq, lk, heads, d).O,
             Init = (rr, _, s) => rr.Uniform(s.Numel, 2f),
-        });
+        };
     }
 
     [Theory]
