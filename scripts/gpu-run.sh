@@ -62,6 +62,8 @@ run() {
   return $rc
 }
 
+# An unexpected failure prints its stack trace into the report (the CLI prints only the message without this).
+export MOBIUS_DEBUG=${MOBIUS_DEBUG:-1}
 if [ $sim = 1 ]; then
   export MOBIUS_CUDA=sim MOBIUS_SIM_LIBRARY="$bin/libmobius_simcuda.so"
   card="simulated (rehearsal, no GPU)"
