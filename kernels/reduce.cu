@@ -56,6 +56,25 @@ extern "C" __global__ void __launch_bounds__(256) sumsq_partial_f32(const float*
 }
 MOBIUS_REGISTER_KERNEL(sumsq_partial_f32);
 
+// The sum of squares of many tensors in one launch (the global gradient norm over every trainable tensor):
+// partial[chunk] = sum of x^2 over one chunk of chunk_size elements of one tensor of the table (see
+// adamw_multi_f32 in adamw.cu for the layout), for every chunk; reduce_finish_f32 then sums the chunks' partials.
+// blockDim.x a multiple of 32, <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    sumsq_multi_partial_f32(const gpu::SumSlot* __restrict__ slots, int count, long long chunks, long long chunk_size, float* __restrict__ partial) {
+    __shared__ float scratch[32];
+    for (long long chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+        const gpu::SumSlot& s = slots[gpu::slot_of(slots, count, chunk)];
+        const long long begin = (chunk - s.first_chunk) * chunk_size;
+        const long long end = begin + chunk_size < s.n ? begin + chunk_size : s.n;
+        float acc = 0.0f;
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) acc += s.x[i] * s.x[i];
+        acc = gpu::block_sum(acc, scratch);
+        if (threadIdx.x == 0) partial[chunk] = acc;  // block_sum syncs before it reuses scratch
+    }
+}
+MOBIUS_REGISTER_KERNEL(sumsq_multi_partial_f32);
+
 // partial[blockIdx.x] = sum of (a - b)^2 over this block's slice.
 extern "C" __global__ void __launch_bounds__(256)
     sqdiff_partial_f32(const float* __restrict__ a, const float* __restrict__ b, long long n, float* __restrict__ partial) {

@@ -180,6 +180,37 @@ MOBIUS_DEVICE float block_sum(float v, float* scratch) {
     v = lane < warps ? scratch[lane] : 0.0f;
     return warp_sum(v);
 }
+
+// Tables of tensors for the multi-tensor kernels (adamw_multi_f32, sumsq_multi_partial_f32), one row per
+// tensor, rows in order of first_chunk: a tensor of n elements is cut into ceil(n / chunk_size) chunks, the
+// first numbered first_chunk. The host (CudaBackend.MultiTensor) writes the same layout: 8-byte fields only.
+struct AdamWSlot {
+    float* p;
+    const float* grad;
+    float* m;
+    float* v;
+    long long n;
+    long long first_chunk;
+};
+struct SumSlot {
+    const float* x;
+    long long n;
+    long long first_chunk;
+};
+
+// The row holding chunk: the last row whose first_chunk <= chunk (binary search; count >= 1).
+template <class Slot>
+MOBIUS_DEVICE int slot_of(const Slot* slots, int count, long long chunk) {
+    int lo = 0, hi = count - 1;
+    while (lo < hi) {
+        const int mid = (lo + hi + 1) >> 1;
+        if (slots[mid].first_chunk <= chunk)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
 }  // namespace gpu
 
 // Asks the device compilers to unroll the next loop (a constant trip count); the simulator ignores it.

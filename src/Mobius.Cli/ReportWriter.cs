@@ -263,6 +263,11 @@ public sealed class ReportWriter(string folder)
             }
         }
 
+        if (r.Serial.CallsPerStep is { } sc && r.Parallel.CallsPerStep is { } pc)
+        {
+            sb.AppendLine().AppendLine($"Kernel launches and library calls per profiled step (result.json's calls_per_step has them by name): serial {Ui.CallSummary(sc)}; parallel {Ui.CallSummary(pc)}.");
+        }
+
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
         sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}, starting noise correlated {r.SampleFrameNoise.ToString(ci)} across a clip's frames; prompts from the validation split" +

@@ -313,6 +313,21 @@ public static class Ui
 
             AnsiConsole.Write(k);
         }
+
+        if (r.Serial.CallsPerStep is { } sc && r.Parallel.CallsPerStep is { } pc)
+        {
+            AnsiConsole.MarkupLine(Markup.Escape($"calls per step: serial {CallSummary(sc)}; parallel {CallSummary(pc)}"));
+        }
+    }
+
+    /// <summary>"1,915 (1,265 kernel launches, 650 cuBLAS, 47 cuDNN)": a step's calls by library.</summary>
+    public static string CallSummary(IReadOnlyDictionary<string, double> calls)
+    {
+        double Of(Func<string, bool> which) => calls.Where(kv => which(kv.Key)).Sum(kv => kv.Value);
+        static bool Blas(string n) => n.StartsWith("cublas", StringComparison.Ordinal);
+        static bool Dnn(string n) => n.StartsWith("cudnn", StringComparison.Ordinal);
+        var ci = CultureInfo.InvariantCulture;
+        return string.Create(ci, $"{Of(_ => true):N0} ({Of(n => !Blas(n) && !Dnn(n)):N0} kernel launches, {Of(Blas):N0} cuBLAS, {Of(Dnn):N0} cuDNN)");
     }
 
     /// <summary>Both topologies at every recompute policy, measured with their steps taking turns; <paramref name="marked"/> (the run's policy) starred.</summary>

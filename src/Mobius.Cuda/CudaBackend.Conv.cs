@@ -20,12 +20,14 @@ public sealed unsafe partial class CudaBackend
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FwdWorkspace))
         {
+            Count("cudnnConvolutionForward");
             Cudnn.Check(Cudnn.cudnnConvolutionForward(_dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
                 WsPtr(ws), (nuint)plan.FwdWorkspace, &zero, plan.Y, Ptr(y)), "cudnnConvolutionForward");
         }
 
         if (bias is not null)
         {
+            Count("cudnnAddTensor");
             Cudnn.Check(Cudnn.cudnnAddTensor(_dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
         }
     }
@@ -37,6 +39,7 @@ public sealed unsafe partial class CudaBackend
         var plan = Plan(s);
         float one = 1f, zero = 0f;
         using var ws = Workspace(plan.DataWorkspace);
+        Count("cudnnConvolutionBackwardData");
         Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
             WsPtr(ws), (nuint)plan.DataWorkspace, &zero, plan.X, Ptr(dx)), "cudnnConvolutionBackwardData");
     }
@@ -49,12 +52,14 @@ public sealed unsafe partial class CudaBackend
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FilterWorkspace))
         {
+            Count("cudnnConvolutionBackwardFilter");
             Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
                 WsPtr(ws), (nuint)plan.FilterWorkspace, &zero, plan.W, Ptr(dw)), "cudnnConvolutionBackwardFilter");
         }
 
         if (dbias is not null)
         {
+            Count("cudnnConvolutionBackwardBias");
             Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
         }
     }

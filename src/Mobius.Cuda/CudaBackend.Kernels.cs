@@ -52,7 +52,22 @@ public sealed unsafe partial class CudaBackend
         }
 
         module.Launch(entry, grid, block, sharedBytes, _stream, args);
+        Count(entry);
     }
+
+    private readonly Dictionary<string, long> _calls = new();
+
+    /// <summary>
+    /// Kernel launches (by entry) and cuBLAS and cuDNN calls (by function) since the backend opened or
+    /// <see cref="ResetCallCounts"/>: what a step issues. Where a step is launch-bound (a small model), the
+    /// host's cost per call, not the arithmetic, sets its time.
+    /// </summary>
+    public IReadOnlyDictionary<string, long> CallCounts => _calls;
+
+    /// <summary>Starts <see cref="CallCounts"/> again from zero.</summary>
+    public void ResetCallCounts() => _calls.Clear();
+
+    private void Count(string name) => _calls[name] = _calls.GetValueOrDefault(name) + 1;
 
     private void Launch1D(string entry, long work, ReadOnlySpan<KernelArg> args, uint block = Block) =>
         Launch(entry, (GridFor(work, block), 1, 1), (block, 1, 1), 0, args);
@@ -418,6 +433,7 @@ public sealed unsafe partial class CudaBackend
         ulong b, int ldb, long strideB, float beta, ulong c, int ldc, long strideC, int batch)
     {
         MakeCurrent();
+        Count("cublasSgemmStridedBatched");
         Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, transB ? Cublas.OpT : Cublas.OpN, transA ? Cublas.OpT : Cublas.OpN, n, m, k, &alpha,
             b, ldb, strideB, a, lda, strideA, &beta, c, ldc, strideC, batch), "cublasSgemmStridedBatched");
     }
@@ -499,4 +515,83 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs a) =>
         Launch1D("adamw_f32", param.Numel, [Ptr(param), Ptr(grad), Ptr(m), Ptr(v), param.Numel, a.Lr, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, a.Step, a.GradScale]);
+
+    // ---- multi-tensor kernels: one launch over a table of tensors -----------------------------------
+
+    /// <summary>
+    /// Elements per chunk of the multi-tensor kernels, one block's share of a tensor (a tensor smaller than this
+    /// is one chunk). Tests lower it to cut small tensors into several chunks.
+    /// </summary>
+    internal long MultiTensorChunk { get; set; } = 1L << 16;
+
+    /// <summary>
+    /// Uploads a table with one row per item (gpu::AdamWSlot, gpu::SumSlot in mobius_cuda.h): <paramref name="addresses"/>
+    /// device addresses (<paramref name="address"/>(item, column)), then n and first_chunk, 8 bytes each; returns the
+    /// table and the chunks in all.
+    /// </summary>
+    private (Tensor Table, long Chunks) MultiTensorTable<T>(IReadOnlyList<T> items, int addresses, Func<T, int, ulong> address, Func<T, long> numel)
+    {
+        int columns = addresses + 2;
+        var table = new ulong[columns * items.Count];
+        long chunks = 0, chunk = MultiTensorChunk;
+        for (int i = 0; i < items.Count; i++)
+        {
+            var t = items[i];
+            long n = numel(t);
+            for (int c = 0; c < addresses; c++)
+            {
+                table[i * columns + c] = address(t, c);
+            }
+
+            table[i * columns + columns - 2] = (ulong)n;
+            table[i * columns + columns - 1] = (ulong)chunks;
+            chunks += (n + chunk - 1) / chunk;
+        }
+
+        var floats = MemoryMarshal.Cast<ulong, float>(table.AsSpan());
+        var device = Scratch(floats.Length);
+        CopyFromHost(floats, device);
+        return (device, chunks);
+    }
+
+    private static uint ChunkGrid(long chunks) => (uint)Math.Min(chunks, 1L << 30);
+
+    /// <inheritdoc />
+    public void SumSquaresAccumulate(IReadOnlyList<Tensor> xs, Tensor output)
+    {
+        if (xs.Count == 0)
+        {
+            return;
+        }
+
+        var (table, chunks) = MultiTensorTable(xs, 1, static (x, _) => Ptr(x), static x => x.Numel);
+        using (table)
+        using (var partial = Scratch(chunks))
+        {
+            Launch("sumsq_multi_partial_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0, [Ptr(table), xs.Count, chunks, MultiTensorChunk, Ptr(partial)]);
+            Launch("reduce_finish_f32", (1, 1, 1), (1024, 1, 1), 0, [Ptr(partial), checked((int)chunks), Ptr(output), 1f, 1]);
+        }
+    }
+
+    /// <inheritdoc />
+    public void AdamWStep(IReadOnlyList<AdamWTensors> tensors, in AdamWStepArgs a)
+    {
+        if (tensors.Count == 0)
+        {
+            return;
+        }
+
+        var (table, chunks) = MultiTensorTable(tensors, 4, static (t, c) => c switch
+        {
+            0 => Ptr(t.Param),
+            1 => Ptr(t.Grad),
+            2 => Ptr(t.M),
+            _ => Ptr(t.V),
+        }, static t => t.Param.Numel);
+        using (table)
+        {
+            Launch("adamw_multi_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0,
+                [Ptr(table), tensors.Count, chunks, MultiTensorChunk, a.Lr, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, a.Step, a.GradScale]);
+        }
+    }
 }

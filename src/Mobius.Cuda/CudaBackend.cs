@@ -191,10 +191,12 @@ public sealed unsafe partial class CudaBackend : IBackend
         int opA = s.TransA ? Cublas.OpT : Cublas.OpN;
         if (s.Batch == 1)
         {
+            Count("cublasSgemm");
             Cublas.Check(Cublas.cublasSgemm(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, Ptr(a), lda, &beta, Ptr(c), s.N), "cublasSgemm_v2");
         }
         else
         {
+            Count("cublasSgemmStridedBatched");
             Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, s.StrideB, Ptr(a), lda, s.StrideA,
                 &beta, Ptr(c), s.N, s.StrideC, s.Batch), "cublasSgemmStridedBatched");
         }

@@ -210,7 +210,47 @@ public interface IBackend : IDisposable
 
     /// <summary>One fused AdamW step on a parameter, its gradient and its two moment buffers.</summary>
     void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs args);
+
+    /// <summary>
+    /// Kernel launches and library calls by name since the backend opened or <see cref="ResetCallCounts"/>, on a
+    /// backend that counts them (the CUDA backend); null on one that does not (the host backends issue none).
+    /// </summary>
+    IReadOnlyDictionary<string, long>? CallCounts => null;
+
+    /// <summary>Starts <see cref="CallCounts"/> again from zero.</summary>
+    void ResetCallCounts()
+    {
+    }
+
+    /// <summary>
+    /// output[0] += sum of x^2 over every tensor of <paramref name="xs"/>: the global gradient norm. A device
+    /// backend does it in one launch rather than one per tensor (the summation order may then differ from
+    /// calling <see cref="SumSquaresAccumulate(Tensor, Tensor)"/> on each); this default does exactly that.
+    /// </summary>
+    void SumSquaresAccumulate(IReadOnlyList<Tensor> xs, Tensor output)
+    {
+        foreach (var x in xs)
+        {
+            SumSquaresAccumulate(x, output);
+        }
+    }
+
+    /// <summary>
+    /// One AdamW step on every parameter of <paramref name="tensors"/>, element by element the same arithmetic as
+    /// <see cref="AdamWStep(Tensor, Tensor, Tensor, Tensor, in AdamWStepArgs)"/> (so the same bits). A device
+    /// backend does it in one launch; this default steps them one by one.
+    /// </summary>
+    void AdamWStep(IReadOnlyList<AdamWTensors> tensors, in AdamWStepArgs args)
+    {
+        foreach (var t in tensors)
+        {
+            AdamWStep(t.Param, t.Grad, t.M, t.V, args);
+        }
+    }
 }
+
+/// <summary>A parameter, its gradient and its two AdamW moment buffers (same shape, fp32, one backend).</summary>
+public readonly record struct AdamWTensors(Tensor Param, Tensor Grad, Tensor M, Tensor V);
 
 /// <summary>Pointwise activation functions.</summary>
 public enum Activation

@@ -57,12 +57,14 @@ public sealed class AdamW : IDisposable
     {
         var backend = _params[0].Parameter.Backend;
         using var acc = Tensor.Zeros(backend, new Shape(1));
-        foreach (var (_, p) in _params)
+        var grads = _params.Select(p => p.Parameter.Grad).OfType<Tensor>().ToList();
+        if (grads.TrueForAll(g => g.Backend == backend))
         {
-            if (p.Grad is { } g)
-            {
-                backend.SumSquaresAccumulate(g, acc);
-            }
+            backend.SumSquaresAccumulate(grads, acc);
+        }
+        else
+        {
+            grads.ForEach(g => g.Backend.SumSquaresAccumulate(g, acc));
         }
 
         return MathF.Sqrt(acc.Item());
@@ -90,6 +92,10 @@ public sealed class AdamW : IDisposable
 
         StepCount++;
         var args = new AdamWStepArgs(Lr, Beta1, Beta2, Eps, WeightDecay, StepCount, scale);
+
+        // One call for all parameters, so a device backend can step them in one launch.
+        var stepped = new List<Parameter>(_params.Count);
+        var byBackend = new Dictionary<IBackend, List<AdamWTensors>>();
         foreach (var (_, p) in _params)
         {
             if (p.Grad is not { } g)
@@ -98,10 +104,21 @@ public sealed class AdamW : IDisposable
             }
 
             var (m, v) = State(p);
-            p.Backend.AdamWStep(p, g, m, v, args);
-            p.ClearGrad();
+            if (!byBackend.TryGetValue(p.Backend, out var list))
+            {
+                byBackend[p.Backend] = list = [];
+            }
+
+            list.Add(new AdamWTensors(p, g, m, v));
+            stepped.Add(p);
         }
 
+        foreach (var (backend, list) in byBackend)
+        {
+            backend.AdamWStep(list, args);
+        }
+
+        stepped.ForEach(p => p.ClearGrad());
         return norm;
     }
 

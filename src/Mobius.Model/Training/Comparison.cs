@@ -220,6 +220,15 @@ public sealed record TopologyResult
     [JsonPropertyName("time_by_kind")]
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyDictionary<string, KindTime>? TimeByKind { get; init; }
+
+    /// <summary>
+    /// Kernel launches and library calls per profiled step, by name (null without
+    /// <see cref="ComparisonOptions.ProfileSteps"/> or on a backend that does not count them,
+    /// <see cref="IBackend.CallCounts"/>): where a step is launch-bound, their number sets its time.
+    /// </summary>
+    [JsonPropertyName("calls_per_step")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyDictionary<string, double>? CallsPerStep { get; init; }
 }
 
 /// <summary>
@@ -733,7 +742,8 @@ public static class Comparison
                 };
                 if (options.ProfileSteps > 0)
                 {
-                    results[i] = results[i] with { TimeByKind = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress) };
+                    var (byKind, calls) = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress);
+                    results[i] = results[i] with { TimeByKind = byKind, CallsPerStep = calls };
                 }
             }
 
@@ -793,7 +803,8 @@ public static class Comparison
         }
     }
 
-    private static Dictionary<string, KindTime> Profile(Trainer trainer, IBackend backend, int steps, Topology topology, IProgress<CompareProgress>? progress)
+    private static (Dictionary<string, KindTime> ByKind, Dictionary<string, double>? Calls) Profile(Trainer trainer, IBackend backend, int steps, Topology topology,
+        IProgress<CompareProgress>? progress)
     {
         var profiler = new KindProfiler(backend.Synchronize);
         var before = Tape.Profiler;
@@ -801,6 +812,7 @@ public static class Comparison
         try
         {
             profiler.Reset();
+            backend.ResetCallCounts();
             progress?.Report(new CompareProgress("profile", topology, 0, steps));
             for (int k = 0; k < steps; k++)
             {
@@ -815,7 +827,9 @@ public static class Comparison
             Tape.Profiler = before;
         }
 
-        return profiler.Milliseconds.ToDictionary(kv => kv.Key, kv => new KindTime(kv.Value.Forward / steps, kv.Value.Backward / steps));
+        var calls = backend.CallCounts?.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal)
+            .ToDictionary(kv => kv.Key, kv => (double)kv.Value / steps);
+        return (profiler.Milliseconds.ToDictionary(kv => kv.Key, kv => new KindTime(kv.Value.Forward / steps, kv.Value.Backward / steps)), calls);
     }
 
     /// <summary>The emoji clips of a split, sized for <paramref name="config"/>.</summary>

@@ -247,4 +247,33 @@ public sealed class ComparisonTests
         Assert.Equal(3, e.Line);
         Assert.Contains($"caption has {tokenizer.MaxWords + 1} words; the model's text encoder takes at most {tokenizer.MaxWords}", e.Message);
     }
+    [Fact]
+    public void Profiling_on_the_cuda_backend_counts_each_topologys_calls_per_step()
+    {
+        if (!string.Equals(Environment.GetEnvironmentVariable("MOBIUS_CUDA"), "real", StringComparison.OrdinalIgnoreCase))
+        {
+            Environment.SetEnvironmentVariable("MOBIUS_CUDA", "sim");
+        }
+
+        var r = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with
+        {
+            ValidateEvery = 0,
+            ProfileSteps = 1,
+            BackendFactory = () => new Mobius.Cuda.CudaBackend(),
+        });
+        var serial = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Serial.CallsPerStep);
+        var parallel = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Parallel.CallsPerStep);
+        double Blas(IReadOnlyDictionary<string, double> c) => c.Where(kv => kv.Key.StartsWith("cublas", StringComparison.Ordinal)).Sum(kv => kv.Value);
+
+        // Serial's backward runs the frozen spatial layers' GEMMs too; the parallel topology's never does.
+        Assert.True(Blas(serial) > Blas(parallel) * 1.2, $"cuBLAS calls per step: serial {Blas(serial)}, parallel {Blas(parallel)}");
+        Assert.True(serial.Values.Sum() > parallel.Values.Sum());
+        foreach (var calls in new[] { serial, parallel })
+        {
+            Assert.Equal(1, calls.GetValueOrDefault("adamw_multi_f32"));     // every trainable tensor in one launch
+            Assert.False(calls.ContainsKey("adamw_f32"));
+        }
+
+        Assert.Null(Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { ProfileSteps = 1 }).Serial.CallsPerStep);  // the CPU counts none
+    }
 }
