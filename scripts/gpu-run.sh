@@ -202,7 +202,7 @@ if command -v nvcc >/dev/null && [ $sim = 0 ] && [ -d "$repo/benchmarks/workbenc
   wbdir=$(mktemp -d)
   for spec in "temporal_conv 1 16 320 320 1024" "group_norm 1 16 320 1024 32" "temporal_attention 1024 5 16 64"; do
     set -- $spec; b=$1; shift
-    run 90 sh -c "nvcc -O3 -std=c++17 -arch=sm_90 -I'$repo/kernels/include' -o '$wbdir/$b' '$repo/benchmarks/workbench/$b.cu' && '$wbdir/$b' $*"
+    run 90 sh -c "nvcc -O3 -std=c++17 -arch=sm_90 -I'$repo/kernels/include' -o '$wbdir/$b' '$repo/benchmarks/workbench/$b.cu' -lcublas && '$wbdir/$b' $*"
   done
 else
   echo "nvcc not found, rehearsal, or no workbench next to this script: skipped" >> "$md"

@@ -13,6 +13,7 @@
 #if defined(__NVCC__)
 #include <cuda_runtime.h>
 #else
+#include "mobius_sim/cuda_api.h"
 #include "mobius_sim/runtime.h"
 #endif
 
@@ -117,6 +118,23 @@ float time_ms(F, int = 0) {
     return NAN;  // no GPU: the workbench only validates
 }
 #endif
+
+// Before a bench's first library call (cuBLAS): the simulated cuBLAS wants the driver's primary context
+// current; the CUDA runtime makes its own.
+inline void library_context() {
+#if !defined(__NVCC__)
+    static const bool ready = [] {
+        CUdevice device = 0;
+        CUcontext context = nullptr;
+        return cuInit(0) == CUDA_SUCCESS && cuDeviceGet(&device, 0) == CUDA_SUCCESS && cuDevicePrimaryCtxRetain(&context, device) == CUDA_SUCCESS &&
+               cuCtxSetCurrent(context) == CUDA_SUCCESS;
+    }();
+    if (!ready) {
+        std::fprintf(stderr, "the simulated driver's context could not be made current\n");
+        std::exit(1);
+    }
+#endif
+}
 
 // WB_LAUNCH(kernel, grid, block, shared_bytes, args...)
 #define WB_LAUNCH(kernel, ...) ::wb::launch<&kernel>(#kernel, __VA_ARGS__)

@@ -10,6 +10,12 @@
 //       outputs, so each k step reads A and B with four 16-byte shared loads instead of sixteen 4-byte ones
 //       (v3 measured 8-11 % over v2 on an H200 where ~1.7x was predicted: the shared-memory pipe is the lead),
 //       and two shared buffers, one barrier per k step.
+//   v5  reference point (not ours): the convolution as cuBLAS SGEMMs over three-frame windows. In [B, F, C, S]
+//       the frames f-1, f, f+1 are one contiguous [3C, S] matrix, so y_f = W' x_{f-1..f+1} with W' [Cout, 3 Cin]
+//       (w's taps laid out tap-major by a small kernel): one strided-batched GEMM over every frame with a whole
+//       window (it also writes the frames at clip edges, wrongly), then one per edge (first frames: taps 1, 2;
+//       last frames: taps 0, 1) over the clips, and the bias. Backward data is the same with W'' [Cin, 3 Cout]
+//       (taps reversed). Strict fp32 (cuBLAS's default math): how far the engine kernels are from cuBLAS's.
 //   backward-data and backward-weight (split-K, splits reduced by column_sum_f32): the engine kernels at both
 //       tile widths.
 //
@@ -18,6 +24,10 @@
 #include "../../kernels/sim/tests/reference.h"
 #include "../../kernels/temporal_conv.cu"
 #include "common.h"
+
+#if defined(__NVCC__)
+#include <cublas_v2.h>  // link with -lcublas
+#endif
 
 extern "C" __global__ void __launch_bounds__(256)
     temporal_conv_fwd_v1(const float* x, const float* w, const float* bias, float* y, int B, int F, int Cin, int Cout, int S) {
@@ -106,6 +116,42 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 
+// v5's weight layouts: taps[o, t * C + i] = w[o, i, t] (forward: rows Cout, C = Cin) or, with reverse,
+// taps[i, t * C + o] = w[o, i, 2 - t] (backward data: rows Cin, C = Cout).
+extern "C" __global__ void __launch_bounds__(256) temporal_conv_taps_v5(const float* w, float* taps, int Cin, int Cout, int reverse) {
+    const long long n = 3LL * Cin * Cout;
+    for (long long idx = gpu::global_thread(); idx < n; idx += gpu::global_threads()) {
+        const int t = static_cast<int>(idx % 3), i = static_cast<int>(idx / 3 % Cin), o = static_cast<int>(idx / (3LL * Cin));
+        if (reverse)
+            taps[(static_cast<long long>(i) * 3 + (2 - t)) * Cout + o] = w[idx];
+        else
+            taps[(static_cast<long long>(o) * 3 + t) * Cin + i] = w[idx];
+    }
+}
+
+// out_f [M, S] = taps [M, 3 K] in_{f-1..f+1} [3 K, S] for every frame of B clips of F frames, zero past the clip's
+// ends; row-major operands to column-major cuBLAS as out^T = in^T taps^T.
+void window_gemms(cublasHandle_t h, const float* in, const float* taps, float* out, int B, int F, int K, int M, int S) {
+    const float one = 1.0f, zero = 0.0f;
+    const long long in_frame = 1LL * K * S, out_frame = 1LL * M * S;
+    auto gemm = [&](const float* a, const float* b, int k, float* c, long long stride_a, long long stride_c, int count) {
+        if (count <= 0) return;
+        const cublasStatus_t st = cublasSgemmStridedBatched(h, CUBLAS_OP_N, CUBLAS_OP_N, S, M, k, &one, a, S, stride_a, b, 3 * K, 0, &zero, c, S,
+                                                            stride_c, count);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            std::fprintf(stderr, "cublasSgemmStridedBatched failed: %d\n", static_cast<int>(st));
+            std::exit(1);
+        }
+    };
+    const int frames = B * F;
+    // Every frame with a whole window in the flattened [B F] order (clip edges written wrongly, then rewritten).
+    gemm(in, taps, 3 * K, out + out_frame, in_frame, out_frame, frames - 2);
+    // First frames of each clip: taps 1 and 2 over frames f, f+1 (just tap 1 when F = 1).
+    gemm(in, taps + K, F > 1 ? 2 * K : K, out, F * in_frame, F * out_frame, B);
+    // Last frames: taps 0 and 1 over frames f-1, f.
+    if (F > 1) gemm(in + (F - 2) * in_frame, taps, 2 * K, out + (F - 1) * out_frame, F * in_frame, F * out_frame, B);
+}
+
 int main(int argc, char** argv) {
     // GPU default: a 320-channel temporal layer over 2 clips of 16 frames at 32x32 latent pixels.
     int B = 2, F = wb::kOnGpu ? 16 : 5, Cin = wb::kOnGpu ? 320 : 17, Cout = wb::kOnGpu ? 320 : 70, S = wb::kOnGpu ? 1024 : 33;
@@ -161,6 +207,33 @@ int main(int argc, char** argv) {
     v4();
     ok &= wb::validate("v4 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
     wb::report_time("v4 forward (16-byte fragments)", wb::time_ms(v4), bytes, flops);
+
+    wb::library_context();
+    cublasHandle_t blas = nullptr;
+    if (cublasCreate_v2(&blas) != CUBLAS_STATUS_SUCCESS) {
+        std::fprintf(stderr, "cublasCreate failed\n");
+        return 1;
+    }
+    float* taps = wb::alloc<float>(nw);
+    auto v5 = [&] {
+        WB_LAUNCH(temporal_conv_taps_v5, {unsigned((nw + 255) / 256)}, {256}, 0, dw_in, taps, Cin, Cout, 0);
+        window_gemms(blas, dx_in, taps, y, B, F, Cin, Cout, S);
+        WB_LAUNCH(add_channel_bias_f32, {unsigned(std::min<long long>((ny + 255) / 256, 1 << 16))}, {256}, 0, y, db_in, y, 1LL * B * F, Cout, 1LL * S, 0);
+    };
+    wb::poison(y, ny);
+    v5();
+    ok &= wb::validate("v5 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
+    wb::report_time("v5 forward (cuBLAS windows, reference point)", wb::time_ms(v5), bytes, flops);
+    auto v5_data = [&] {
+        WB_LAUNCH(temporal_conv_taps_v5, {unsigned((nw + 255) / 256)}, {256}, 0, dw_in, taps, Cin, Cout, 1);
+        window_gemms(blas, ddy, taps, dx, B, F, Cout, Cin, S);
+    };
+    wb::poison(dx, nx);
+    v5_data();
+    ok &= wb::validate("v5 backward data", wb::download(dx, nx), ref.dx, tol_bwd, 1e-5);
+    wb::report_time("v5 backward data (cuBLAS windows, reference point)", wb::time_ms(v5_data), bytes, flops);
+    wb::release(taps);
+    cublasDestroy_v2(blas);
 
     float* partial = nullptr;
     for (int W : {64, 128}) {
