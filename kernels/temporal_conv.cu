@@ -257,3 +257,23 @@ extern "C" __global__ void __launch_bounds__(kThreads)
     weight_grad<float, 128>(x, dy, dw_partial, B, F, Cin, Cout, S, columns_per_split);
 }
 MOBIUS_REGISTER_KERNEL(temporal_conv_bwd_weight_128_f32);
+
+// The weight as the cuBLAS path's GEMM operand (CudaBackend.TemporalConvOnCublas): in [B, F, C, S] the frames
+// f-1, f, f+1 are one contiguous [3C, S] matrix, so a frame's output is one GEMM with the taps laid out tap-major.
+//   reverse == 0 (forward):       taps[o, t * Cin + i]  = w[o, i, t]       ([Cout, 3 Cin])
+//   reverse != 0 (backward data): taps[i, t * Cout + o] = w[o, i, 2 - t]   ([Cin, 3 Cout]: dy's window f-1..f+1
+//                                 meets taps 2, 1, 0)
+// blockDim.x <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    temporal_conv_taps_f32(const float* __restrict__ w, float* __restrict__ taps, int Cin, int Cout, int reverse) {
+    const long long n = 3LL * Cin * Cout;
+    gpu::grid_stride(n, [&](long long idx) {
+        const int t = static_cast<int>(idx % 3), i = static_cast<int>(idx / 3 % Cin);
+        const long long o = idx / (3LL * Cin);
+        if (reverse != 0)
+            taps[(static_cast<long long>(i) * 3 + (2 - t)) * Cout + o] = w[idx];
+        else
+            taps[(o * 3 + t) * Cin + i] = w[idx];
+    });
+}
+MOBIUS_REGISTER_KERNEL(temporal_conv_taps_f32);

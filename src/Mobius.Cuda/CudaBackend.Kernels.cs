@@ -168,9 +168,68 @@ public sealed unsafe partial class CudaBackend
 
     private static string ConvEntry(string name, int tile) => tile == 128 ? $"temporal_conv_{name}_128_f32" : $"temporal_conv_{name}_f32";
 
+    /// <summary>
+    /// Runs the temporal convolution's forward and backward-data passes as cuBLAS SGEMMs over three-frame windows
+    /// instead of our kernels (the weight gradient stays on our split-K kernel). Experimental, off by default:
+    /// the workbench's v5 and a `compare` with MOBIUS_TEMPORAL_CONV=gemm (read when the backend opens) measure it
+    /// against our kernels on a GPU. Same results within fp32 rounding (another summation order).
+    /// </summary>
+    public bool TemporalConvOnCublas { get; set; } = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
+
+    internal static bool TemporalConvSetting(string? value) => value switch
+    {
+        null or "" or "kernel" => false,
+        "gemm" => true,
+        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels, the default) or gemm (cuBLAS over frame windows)."),
+    };
+
+    /// <summary>
+    /// output_f [M, S] = taps [M, 3 K] input_{f-1..f+1} [3 K, S] for every frame of B clips of F frames, zero past a
+    /// clip's ends: one strided-batched GEMM over every frame of the flattened B*F with a whole window (which also
+    /// writes the frames at clip edges, wrongly), then one over the clips for their first frames (taps 1, 2) and
+    /// one for their last (taps 0, 1), which rewrite them.
+    /// </summary>
+    private void FrameWindowGemms(ulong input, ulong taps, ulong output, int b, int f, int k, int m, int s)
+    {
+        ulong inFrame = (ulong)k * (ulong)s * 4, outFrame = (ulong)m * (ulong)s * 4;
+        void Gemm(ulong a, int depth, ulong window, ulong c, long frameStride, int count)
+        {
+            if (count > 0)
+            {
+                GemmRowMajor(false, false, m, s, depth, 1f, a, 3 * k, 0, window, s, frameStride * k * s, 0f, c, s, frameStride * m * s, count);
+            }
+        }
+
+        Gemm(taps, 3 * k, input, output + outFrame, 1, b * f - 2);
+        Gemm(taps + (ulong)k * 4, f > 1 ? 2 * k : k, input, output, f, b);
+        if (f > 1)
+        {
+            Gemm(taps, 2 * k, input + (ulong)(f - 2) * inFrame, output + (ulong)(f - 1) * outFrame, f, b);
+        }
+    }
+
+    private Tensor Taps(Tensor w, in TemporalConvShape s, bool reverse)
+    {
+        var taps = Scratch(3L * s.Cin * s.Cout);
+        Launch1D("temporal_conv_taps_f32", 3L * s.Cin * s.Cout, [Ptr(w), Ptr(taps), s.Cin, s.Cout, reverse ? 1 : 0]);
+        return taps;
+    }
+
     /// <inheritdoc />
     public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
+        if (TemporalConvOnCublas)
+        {
+            using var taps = Taps(w, s, reverse: false);
+            FrameWindowGemms(Ptr(x), Ptr(taps), Ptr(y), s.B, s.F, s.Cin, s.Cout, s.S);
+            if (bias is not null)
+            {
+                AddChannelBias(s.B * s.F, s.Cout, s.S, y, bias, y);
+            }
+
+            return;
+        }
+
         long columns = (long)s.B * s.F * s.S;
         int tile = TemporalConvTile(columns, s.Cout);
         Launch(ConvEntry("fwd", tile), (TilesOf(columns, tile), TilesOf(s.Cout, tile), 1), (256, 1, 1), 0,
@@ -180,6 +239,13 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx)
     {
+        if (TemporalConvOnCublas)
+        {
+            using var taps = Taps(w, s, reverse: true);
+            FrameWindowGemms(Ptr(dy), Ptr(taps), Ptr(dx), s.B, s.F, s.Cout, s.Cin, s.S);
+            return;
+        }
+
         long columns = (long)s.B * s.F * s.S;
         int tile = TemporalConvTile(columns, s.Cin);
         Launch(ConvEntry("bwd_data", tile), (TilesOf(columns, tile), TilesOf(s.Cin, tile), 1), (256, 1, 1), 0,

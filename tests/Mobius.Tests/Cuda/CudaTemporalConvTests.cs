@@ -5,9 +5,10 @@ using Xunit;
 namespace Mobius.Tests.Cuda;
 
 /// <summary>
-/// The CUDA temporal convolution has two tile widths, 64 and 128, chosen by shape; the shared op tests use
-/// shapes that always get 64. These force each width and check the op against the fp64 reference and finite
-/// differences. The class has its own backend instance, so the setting reaches no other test.
+/// The CUDA temporal convolution has two tile widths, 64 and 128, chosen by shape, and an experimental path on
+/// cuBLAS (TemporalConvOnCublas); the shared op tests use shapes that always get 64-wide tiles. These force each
+/// and check the op against the fp64 reference and finite differences. The class has its own backend instance,
+/// so the settings reach no other test.
 /// </summary>
 public sealed class CudaTemporalConvTests(CudaFixture fixture) : IClassFixture<CudaFixture>
 {
@@ -31,6 +32,38 @@ public sealed class CudaTemporalConvTests(CudaFixture fixture) : IClassFixture<C
         {
             B.TemporalConvTileOverride = null;
         }
+    }
+
+    [Theory]
+    [InlineData(1, 1, 1)]
+    [InlineData(1, 2, 2)]
+    [InlineData(2, 2, 3)]
+    [InlineData(2, 3, 4)]
+    [InlineData(3, 5, 5)]
+    public void Temporal_conv_on_cublas_frame_windows_matches_the_reference(int b, int f, int seed)
+    {
+        // Clips of one and two frames have no frame with a whole window; with several clips the first GEMM also
+        // writes every clip's edge frames, which the edge GEMMs must rewrite.
+        var r = new Rng(Seeds.One * 13 + seed);
+        int cin = r.Int(2, 6), cout = r.Int(2, 7), h = r.Int(1, 3), w = r.Int(2, 4);
+        B.TemporalConvOnCublas = true;
+        try
+        {
+            OpCheck.Run(B, r, Mobius.Tests.Engine.OpGradientTests.TemporalConvCase($"temporal_conv on cuBLAS B={b} F={f}", b, f, cin, cout, h, w));
+        }
+        finally
+        {
+            B.TemporalConvOnCublas = false;
+        }
+    }
+
+    [Fact]
+    public void The_cublas_path_is_chosen_by_MOBIUS_TEMPORAL_CONV_and_a_wrong_value_is_refused()
+    {
+        Assert.False(CudaBackend.TemporalConvSetting(null));
+        Assert.False(CudaBackend.TemporalConvSetting("kernel"));
+        Assert.True(CudaBackend.TemporalConvSetting("gemm"));
+        Assert.Contains("expected kernel", Assert.Throws<ArgumentException>(() => CudaBackend.TemporalConvSetting("cublas")).Message);
     }
 
     [Fact]
