@@ -12,6 +12,9 @@
 // of the channel's T*S elements; group_norm_bwd_dx_f32 adds those chunk sums up in a fixed order into the
 // per-(n, c) partials of dbeta and dgamma (reduced over n by column_sum_f32) and, gamma-weighted, into the two
 // group means dx needs, then writes dx for its own chunk. No atomics: results do not depend on the schedule.
+// Where a group (forward) or every channel and group (backward) is one chunk, as in small models, one launch
+// does both passes (group_norm_one_pass_f32, group_norm_bwd_one_pass_f32) with the same arithmetic, so the
+// same bits: a small model's step is launch-bound.
 //
 // Layer norm design: rows are a few hundred to a few thousand floats, so one warp per row (rows grid-strided
 // over all warps) with lane-strided coalesced reads and shuffle reductions, no shared memory. The parameter
@@ -144,6 +147,42 @@ MOBIUS_DEVICE void group_norm_apply(const T* x, const T* gamma, const T* beta, T
     }
 }
 
+// Statistics and normalisation of whole groups in one launch, where a group is one chunk (splits == 1): the
+// same passes and reductions as group_norm_stats with one chunk, then group_norm_apply's merge of that one chunk
+// (mean mu, rstd rsqrt(m2 / count + eps)) and normalisation, so the same bits in half the launches.
+template <class T>
+MOBIUS_DEVICE void group_norm_one_pass(const T* x, const T* gamma, const T* beta, T* y, float* mean, float* rstd, const GroupShape& sh,
+                                       float eps, bool silu) {
+    __shared__ float scratch[32];
+    const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
+    const int cg = sh.cg();
+    const float inv = 1.0f / static_cast<float>(count);
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+        const long long n = ng / sh.G;
+        const int g = static_cast<int>(ng % sh.G);
+        float acc = 0.0f;
+        for_group_chunk(sh, n, g, 0, count, [&](long long i, int) { acc += gpu::load(x + i); });
+        const float mu = gpu::block_sum(acc, scratch) * inv;
+        acc = 0.0f;
+        for_group_chunk(sh, n, g, 0, count, [&](long long i, int) {
+            const float d = gpu::load(x + i) - mu;
+            acc += d * d;
+        });
+        const float m2 = gpu::block_sum(acc, scratch);
+        const float rs = gpu::rsqrt(m2 / static_cast<float>(count) + eps);
+        if (threadIdx.x == 0) {
+            mean[ng] = mu;
+            rstd[ng] = rs;
+        }
+        for_group_chunk(sh, n, g, 0, count, [&](long long i, int e) {
+            const int c = g * cg + e / sh.S;
+            float v = (gpu::load(x + i) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
+            if (silu) v *= gpu::sigmoid(v);
+            gpu::store(y + i, v);
+        });
+    }
+}
+
 // The gradient reaching the affine output at element i of channel c, and xhat there.
 template <class T>
 MOBIUS_DEVICE float group_norm_grad_at(const T* x, const T* gamma, const T* beta, const T* dy, long long i, int c, float mu, float rs,
@@ -183,14 +222,14 @@ MOBIUS_DEVICE void group_norm_bwd_reduce(const T* x, const T* gamma, const T* be
 }
 
 template <class T>
-MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
-                                     const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
-                                     int reduce_splits, int splits, bool silu) {
+MOBIUS_DEVICE void group_norm_bwd_dx_group(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
+                                           const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
+                                           int reduce_splits, int splits, bool silu, long long ng, int k) {
     __shared__ float scratch[32];
-    const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
-    const int k = static_cast<int>(blockIdx.x), cg = sh.cg();
+    const long long count = sh.count();
+    const int cg = sh.cg();
     const float inv_count = 1.0f / static_cast<float>(count);
-    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+    {
         const long long n = ng / sh.G;
         const int g = static_cast<int>(ng % sh.G);
         // Channel sums in chunk order (thread j owns channels j, j + blockDim.x, ...), then gamma-weighted
@@ -214,7 +253,7 @@ MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, 
         }
         sg = gpu::block_sum(sg, scratch);
         sgx = gpu::block_sum(sgx, scratch);
-        if (dx == nullptr) continue;
+        if (dx == nullptr) return;
         const float k1 = sg * inv_count, k2 = sgx * inv_count, mu = mean[ng], rs = rstd[ng];
         long long begin, end;
         chunk(count, splits, k, &begin, &end);
@@ -224,6 +263,50 @@ MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, 
             const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
             gpu::store(dx + i, rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2));
         });
+    }
+}
+
+template <class T>
+MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
+                                     const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
+                                     int reduce_splits, int splits, bool silu) {
+    const long long groups = static_cast<long long>(sh.N) * sh.G;
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y)
+        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, sh, reduce_splits, splits, silu, ng,
+                                static_cast<int>(blockIdx.x));
+}
+
+// Both backward passes in one launch where each channel and each group is one chunk: for each group, its
+// channels' sums exactly as group_norm_bwd_reduce computes them with one chunk (written to sums), then
+// group_norm_bwd_dx's work for the group, reading them back. The same bits in half the launches.
+template <class T>
+MOBIUS_DEVICE void group_norm_bwd_one_pass(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy, float* sums,
+                                           T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh, bool silu) {
+    __shared__ float scratch[32];
+    const long long groups = static_cast<long long>(sh.N) * sh.G, count = static_cast<long long>(sh.T) * sh.S;
+    const int cg = sh.cg();
+    for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
+        const long long n = ng / sh.G;
+        const int g = static_cast<int>(ng % sh.G);
+        const float mu = mean[ng], rs = rstd[ng];
+        for (int cl = 0; cl < cg; ++cl) {
+            const int c = g * cg + cl;
+            float a = 0.0f, b = 0.0f;
+            for_channel_chunk(sh, n, c, 0, count, [&](long long i) {
+                float xhat;
+                const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
+                a += gr;
+                b += gr * xhat;
+            });
+            a = gpu::block_sum(a, scratch);
+            b = gpu::block_sum(b, scratch);
+            if (threadIdx.x == 0) {
+                sums[(n * sh.C + c) * 2] = a;
+                sums[(n * sh.C + c) * 2 + 1] = b;
+            }
+        }
+        __syncthreads();  // the group's channel sums, written by thread 0, are read by every thread below
+        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, sh, 1, 1, silu, ng, 0);
     }
 }
 
@@ -318,6 +401,15 @@ extern "C" __global__ void __launch_bounds__(1024)
 }
 MOBIUS_REGISTER_KERNEL(group_norm_apply_f32);
 
+// The same in one launch where each group is one chunk: grid (1, min(N*G, 65535)), blockDim.x a multiple of 32.
+extern "C" __global__ void __launch_bounds__(1024)
+    group_norm_one_pass_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta, float* __restrict__ y,
+                            float* __restrict__ mean, float* __restrict__ rstd, int N, int T, int C, int S, int G, float eps, int silu) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && gridDim.x == 1 && blockDim.x % 32 == 0);
+    group_norm_one_pass(x, gamma, beta, y, mean, rstd, GroupShape{N, T, C, S, G}, eps, silu != 0);
+}
+MOBIUS_REGISTER_KERNEL(group_norm_one_pass_f32);
+
 // Backward of the group norm (same silu flag, mean and rstd from the forward), in two launches.
 // group_norm_bwd_reduce_f32, grid (reduce_splits, min(N*C, 65535)): sums [N*C, reduce_splits, 2] of g and g*xhat
 // over chunks of each channel's T*S elements, where g = dy, times silu' when fused.
@@ -342,6 +434,18 @@ extern "C" __global__ void __launch_bounds__(1024)
                       reduce_splits, splits, silu != 0);
 }
 MOBIUS_REGISTER_KERNEL(group_norm_bwd_dx_f32);
+
+// Both backward launches in one where every channel and every group is one chunk (reduce_splits == splits == 1):
+// grid (1, min(N*G, 65535)); sums [N*C, 1, 2] is still written (scratch), the other arguments as above.
+extern "C" __global__ void __launch_bounds__(1024)
+    group_norm_bwd_one_pass_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
+                                const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy, float* sums,
+                                float* __restrict__ dx, float* __restrict__ dgamma_partial, float* __restrict__ dbeta_partial, int N, int T, int C,
+                                int S, int G, int silu) {
+    MOBIUS_REQUIRE(G > 0 && C % G == 0 && gridDim.x == 1 && blockDim.x % 32 == 0);
+    group_norm_bwd_one_pass(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G}, silu != 0);
+}
+MOBIUS_REGISTER_KERNEL(group_norm_bwd_one_pass_f32);
 
 // Layer norm of x [rows, cols] over cols; mean and rstd [rows]. One warp per row: blockDim.x a multiple of 32
 // (<= 256; 256 = 8 rows per block), any grid (ceil(rows/8) or a cap).

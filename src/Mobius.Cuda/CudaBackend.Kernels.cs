@@ -291,6 +291,13 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     internal int GroupNormTargetBlocks => 4 * Device.Multiprocessors;
 
+    /// <summary>
+    /// Where each group is one chunk, the forward runs statistics and normalisation in one launch
+    /// (group_norm_one_pass_f32), and where each channel is one chunk too, the backward its two passes
+    /// (group_norm_bwd_one_pass_f32): the same bits as two launches. Tests turn it off to compare.
+    /// </summary>
+    internal bool GroupNormOnePass { get; set; } = true;
+
     /// <summary>Fewest elements a group-norm chunk takes (below that a block has too little to do).</summary>
     internal int GroupNormMinChunk { get; set; } = 4096;
 
@@ -309,6 +316,13 @@ public sealed unsafe partial class CudaBackend
     {
         long groups = (long)s.N * s.Groups;
         int splits = GroupNormSplits(groups, (long)s.T * (s.C / s.Groups) * s.S);
+        if (splits == 1 && GroupNormOnePass)
+        {
+            Launch("group_norm_one_pass_f32", (1, GridY(groups), 1), (256, 1, 1), 0,
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(y), Ptr(mean), Ptr(rstd), s.N, s.T, s.C, s.S, s.Groups, s.Eps, silu ? 1 : 0]);
+            return;
+        }
+
         using var stats = Scratch(groups * splits * 2);
         Launch("group_norm_stats_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
             [Ptr(x), Ptr(stats), s.N, s.T, s.C, s.S, s.Groups, splits]);
@@ -326,11 +340,20 @@ public sealed unsafe partial class CudaBackend
         using var sums = Scratch(channels * reduceSplits * 2);
         using var pg = dgamma is null ? null : Scratch(channels);
         using var pb = dbeta is null ? null : Scratch(channels);
-        Launch("group_norm_bwd_reduce_f32", ((uint)reduceSplits, GridY(channels), 1), (256, 1, 1), 0,
-            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, silu ? 1 : 0]);
-        Launch("group_norm_bwd_dx_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
-            [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
-             pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, splits, silu ? 1 : 0]);
+        if (reduceSplits == 1 && splits == 1 && GroupNormOnePass)
+        {
+            Launch("group_norm_bwd_one_pass_f32", (1, GridY(groups), 1), (256, 1, 1), 0,
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
+                 pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, silu ? 1 : 0]);
+        }
+        else
+        {
+            Launch("group_norm_bwd_reduce_f32", ((uint)reduceSplits, GridY(channels), 1), (256, 1, 1), 0,
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, silu ? 1 : 0]);
+            Launch("group_norm_bwd_dx_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
+                 pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, splits, silu ? 1 : 0]);
+        }
         if (pg is not null)
         {
             ColumnSum(Ptr(pg), Ptr(dgamma!), s.N, s.C, s.N);
