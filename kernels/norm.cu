@@ -73,6 +73,37 @@ MOBIUS_DEVICE void for_channel_chunk(const GroupShape& sh, long long n, int c, l
     }
 }
 
+// The mean of elements [begin, end) of group g of sample n and the sum of their squared deviations about it
+// (two passes, the second from cache), block-reduced: every thread gets them.
+template <class T>
+MOBIUS_DEVICE void chunk_stats(const T* x, const GroupShape& sh, long long n, int g, long long begin, long long end, float* scratch, float* mu_out,
+                               float* m2_out) {
+    const float inv = end > begin ? 1.0f / static_cast<float>(end - begin) : 0.0f;
+    float acc = 0.0f;
+    for_group_chunk(sh, n, g, begin, end, [&](long long i, int) { acc += gpu::load(x + i); });
+    const float mu = gpu::block_sum(acc, scratch) * inv;
+    acc = 0.0f;
+    for_group_chunk(sh, n, g, begin, end, [&](long long i, int) {
+        const float d = gpu::load(x + i) - mu;
+        acc += d * d;
+    });
+    *mu_out = mu;
+    *m2_out = gpu::block_sum(acc, scratch);
+}
+
+// y = (x - mu) rs gamma[c] + beta[c], then SiLU when silu, over elements [begin, end) of group g of sample n.
+template <class T>
+MOBIUS_DEVICE void normalise_chunk(const T* x, const T* gamma, const T* beta, T* y, const GroupShape& sh, long long n, int g, long long begin,
+                                   long long end, float mu, float rs, bool silu) {
+    const int cg = sh.cg();
+    for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
+        const int c = g * cg + e / sh.S;
+        float v = (gpu::load(x + i) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
+        if (silu) v *= gpu::sigmoid(v);
+        gpu::store(y + i, v);
+    });
+}
+
 template <class T>
 MOBIUS_DEVICE void group_norm_stats(const T* x, float* stats, const GroupShape& sh, int splits) {
     __shared__ float scratch[32];
@@ -83,16 +114,8 @@ MOBIUS_DEVICE void group_norm_stats(const T* x, float* stats, const GroupShape& 
         const int g = static_cast<int>(ng % sh.G);
         long long begin, end;
         chunk(count, splits, k, &begin, &end);
-        const float inv = end > begin ? 1.0f / static_cast<float>(end - begin) : 0.0f;
-        float acc = 0.0f;
-        for_group_chunk(sh, n, g, begin, end, [&](long long i, int) { acc += gpu::load(x + i); });
-        const float mu = gpu::block_sum(acc, scratch) * inv;
-        acc = 0.0f;
-        for_group_chunk(sh, n, g, begin, end, [&](long long i, int) {
-            const float d = gpu::load(x + i) - mu;
-            acc += d * d;
-        });
-        const float m2 = gpu::block_sum(acc, scratch);
+        float mu, m2;
+        chunk_stats(x, sh, n, g, begin, end, scratch, &mu, &m2);
         if (threadIdx.x == 0) {
             stats[(ng * splits + k) * 2] = mu;
             stats[(ng * splits + k) * 2 + 1] = m2;
@@ -122,7 +145,7 @@ MOBIUS_DEVICE void group_norm_apply(const T* x, const T* gamma, const T* beta, T
                                     const GroupShape& sh, int splits, float eps, bool silu) {
     __shared__ float stat[2];
     const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
-    const int k = static_cast<int>(blockIdx.x), cg = sh.cg();
+    const int k = static_cast<int>(blockIdx.x);
     for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
         __syncthreads();  // stat of the previous group is no longer read
         if (threadIdx.x == 0) {
@@ -138,12 +161,7 @@ MOBIUS_DEVICE void group_norm_apply(const T* x, const T* gamma, const T* beta, T
         const int g = static_cast<int>(ng % sh.G);
         long long begin, end;
         chunk(count, splits, k, &begin, &end);
-        for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
-            const int c = g * cg + e / sh.S;
-            float v = (gpu::load(x + i) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
-            if (silu) v *= gpu::sigmoid(v);
-            gpu::store(y + i, v);
-        });
+        normalise_chunk(x, gamma, beta, y, sh, n, g, begin, end, mu, rs, silu);
     }
 }
 
@@ -155,31 +173,17 @@ MOBIUS_DEVICE void group_norm_one_pass(const T* x, const T* gamma, const T* beta
                                        float eps, bool silu) {
     __shared__ float scratch[32];
     const long long groups = static_cast<long long>(sh.N) * sh.G, count = sh.count();
-    const int cg = sh.cg();
-    const float inv = 1.0f / static_cast<float>(count);
     for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y) {
         const long long n = ng / sh.G;
         const int g = static_cast<int>(ng % sh.G);
-        float acc = 0.0f;
-        for_group_chunk(sh, n, g, 0, count, [&](long long i, int) { acc += gpu::load(x + i); });
-        const float mu = gpu::block_sum(acc, scratch) * inv;
-        acc = 0.0f;
-        for_group_chunk(sh, n, g, 0, count, [&](long long i, int) {
-            const float d = gpu::load(x + i) - mu;
-            acc += d * d;
-        });
-        const float m2 = gpu::block_sum(acc, scratch);
-        const float rs = gpu::rsqrt(m2 / static_cast<float>(count) + eps);
+        float mu, m2;
+        chunk_stats(x, sh, n, g, 0, count, scratch, &mu, &m2);
+        const float rs = gpu::rsqrt(m2 / static_cast<float>(count) + eps);  // merge_stats of one chunk
         if (threadIdx.x == 0) {
             mean[ng] = mu;
             rstd[ng] = rs;
         }
-        for_group_chunk(sh, n, g, 0, count, [&](long long i, int e) {
-            const int c = g * cg + e / sh.S;
-            float v = (gpu::load(x + i) - mu) * rs * gpu::load(gamma + c) + gpu::load(beta + c);
-            if (silu) v *= gpu::sigmoid(v);
-            gpu::store(y + i, v);
-        });
+        normalise_chunk(x, gamma, beta, y, sh, n, g, 0, count, mu, rs, silu);
     }
 }
 
@@ -190,6 +194,22 @@ MOBIUS_DEVICE float group_norm_grad_at(const T* x, const T* gamma, const T* beta
     *xhat = (gpu::load(x + i) - mu) * rs;
     const float g = gpu::load(dy + i);
     return silu ? through_silu(g, *xhat * gpu::load(gamma + c) + gpu::load(beta + c)) : g;
+}
+
+// The sums of g and g*xhat over elements [begin, end) of channel c of sample n, block-reduced (every thread
+// gets them): group_norm_bwd_reduce's chunk and group_norm_bwd_one_pass's whole channel alike.
+template <class T>
+MOBIUS_DEVICE void channel_sums(const T* x, const T* gamma, const T* beta, const T* dy, const GroupShape& sh, long long n, int c, float mu, float rs,
+                                long long begin, long long end, bool silu, float* scratch, float* a_out, float* b_out) {
+    float a = 0.0f, b = 0.0f;
+    for_channel_chunk(sh, n, c, begin, end, [&](long long i) {
+        float xhat;
+        const float g = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
+        a += g;
+        b += g * xhat;
+    });
+    *a_out = gpu::block_sum(a, scratch);
+    *b_out = gpu::block_sum(b, scratch);
 }
 
 template <class T>
@@ -205,15 +225,8 @@ MOBIUS_DEVICE void group_norm_bwd_reduce(const T* x, const T* gamma, const T* be
         const float mu = mean[ng], rs = rstd[ng];
         long long begin, end;
         chunk(count, splits, k, &begin, &end);
-        float a = 0.0f, b = 0.0f;
-        for_channel_chunk(sh, n, c, begin, end, [&](long long i) {
-            float xhat;
-            const float g = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
-            a += g;
-            b += g * xhat;
-        });
-        a = gpu::block_sum(a, scratch);
-        b = gpu::block_sum(b, scratch);
+        float a, b;
+        channel_sums(x, gamma, beta, dy, sh, n, c, mu, rs, begin, end, silu, scratch, &a, &b);
         if (threadIdx.x == 0) {
             sums[(nc * splits + k) * 2] = a;
             sums[(nc * splits + k) * 2 + 1] = b;
@@ -291,15 +304,8 @@ MOBIUS_DEVICE void group_norm_bwd_one_pass(const T* x, const T* gamma, const T* 
         const float mu = mean[ng], rs = rstd[ng];
         for (int cl = 0; cl < cg; ++cl) {
             const int c = g * cg + cl;
-            float a = 0.0f, b = 0.0f;
-            for_channel_chunk(sh, n, c, 0, count, [&](long long i) {
-                float xhat;
-                const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
-                a += gr;
-                b += gr * xhat;
-            });
-            a = gpu::block_sum(a, scratch);
-            b = gpu::block_sum(b, scratch);
+            float a, b;
+            channel_sums(x, gamma, beta, dy, sh, n, c, mu, rs, 0, count, silu, scratch, &a, &b);
             if (threadIdx.x == 0) {
                 sums[(n * sh.C + c) * 2] = a;
                 sums[(n * sh.C + c) * 2 + 1] = b;

@@ -144,12 +144,19 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
         Assert.Equal(exact.Loss, narrow.Loss); // forward is untouched
         // Attention's q, k, v, o, norm statistics and log-sum-exps stay exact.
         Assert.InRange(narrow.Saved / (double)exact.Saved, 0.55, 0.85);
+        // Tolerances, norm-wise against fp32's gradient. bf16 keeps 8 bits (relative rounding 2^-9), so each product
+        // in a gradient's sum errs by about 0.2 %; a matrix gradient sums many such terms (seen at most 0.0094 over
+        // 183 seeds). The group norm's gamma and beta gradients have one entry per channel (4 to 10 here), each a sum
+        // whose terms largely cancel, so the same per-term error is a larger part of the result: seen up to 0.02
+        // (at most 0.017 over the 183 seeds, p95 0.0064), hence 5e-2. The norm inputs kept raw rather than centred
+        // erred 13 % here, so the bound still tells.
         double worst = 0;
         for (int i = 0; i < names.Length; i++)
         {
             double e = RelativeError(narrow.Grads[i], exact.Grads[i]);
             worst = Math.Max(worst, e);
-            Assert.True(e < 2e-2, $"{names[i]}: gradient relative error {e:g3} against fp32's (seed {seed})");
+            double tolerance = names[i] is "gamma" or "beta" ? 5e-2 : 2e-2;
+            Assert.True(e < tolerance, $"{names[i]}: gradient relative error {e:g3} against fp32's, tolerance {tolerance} (seed {seed})");
         }
 
         Assert.True(worst > 0, $"no gradient changed: nothing was kept in bf16 (seed {seed})");
