@@ -97,3 +97,15 @@ extern "C" __global__ void __launch_bounds__(256)
     column_sum(src, dst, rows, cols, rows_per_split);
 }
 MOBIUS_REGISTER_KERNEL(column_sum_f32);
+
+// Two column sums of the same shape in one launch, blockIdx.z choosing the pair (grid z = 2): a norm's gamma
+// and beta gradients from their partials. Otherwise as column_sum_f32.
+extern "C" __global__ void __launch_bounds__(256)
+    column_sum_pair_f32(const float* __restrict__ src0, float* __restrict__ dst0, const float* __restrict__ src1, float* __restrict__ dst1,
+                        long long rows, int cols, long long rows_per_split) {
+    if (blockIdx.z == 0)
+        column_sum(src0, dst0, rows, cols, rows_per_split);
+    else
+        column_sum(src1, dst1, rows, cols, rows_per_split);
+}
+MOBIUS_REGISTER_KERNEL(column_sum_pair_f32);

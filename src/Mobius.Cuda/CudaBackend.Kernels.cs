@@ -282,6 +282,27 @@ public sealed unsafe partial class CudaBackend
         Launch("column_sum_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)((rows + rowsPerSplit - 1) / rowsPerSplit), 1), (Block, 1, 1), 0,
             [src, dst, rows, cols, rowsPerSplit]);
 
+    /// <summary>
+    /// A norm's gamma and beta gradients from their per-row partials [rows, cols] (rows summed whole): one launch
+    /// for both where both are wanted, else one for the one that is.
+    /// </summary>
+    private void ParameterSums(Tensor? gammaPartial, Tensor? gamma, Tensor? betaPartial, Tensor? beta, long rows, int cols)
+    {
+        if (gammaPartial is not null && betaPartial is not null)
+        {
+            Launch("column_sum_pair_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), 1, 2), (Block, 1, 1), 0,
+                [Ptr(gammaPartial), Ptr(gamma!), Ptr(betaPartial), Ptr(beta!), rows, cols, rows]);
+        }
+        else if (gammaPartial is not null)
+        {
+            ColumnSum(Ptr(gammaPartial), Ptr(gamma!), rows, cols, rows);
+        }
+        else if (betaPartial is not null)
+        {
+            ColumnSum(Ptr(betaPartial), Ptr(beta!), rows, cols, rows);
+        }
+    }
+
     // ---- norms ---------------------------------------------------------------------------------------
 
     /// <summary>
@@ -354,15 +375,7 @@ public sealed unsafe partial class CudaBackend
                 [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
                  pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, splits, silu ? 1 : 0]);
         }
-        if (pg is not null)
-        {
-            ColumnSum(Ptr(pg), Ptr(dgamma!), s.N, s.C, s.N);
-        }
-
-        if (pb is not null)
-        {
-            ColumnSum(Ptr(pb), Ptr(dbeta!), s.N, s.C, s.N);
-        }
+        ParameterSums(pg, dgamma, pb, dbeta, s.N, s.C);
     }
 
     /// <inheritdoc />
@@ -389,15 +402,7 @@ public sealed unsafe partial class CudaBackend
         using var pb = dbeta is null ? null : Scratch(splits * cols);
         Launch("layer_norm_param_grad_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)splits, 1), (Block, 1, 1), 0,
             [Ptr(x), Ptr(mean), Ptr(rstd), Ptr(dy), pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), (long)rows, cols, perSplit]);
-        if (pg is not null)
-        {
-            ColumnSum(Ptr(pg), Ptr(dgamma!), splits, cols, splits);
-        }
-
-        if (pb is not null)
-        {
-            ColumnSum(Ptr(pb), Ptr(dbeta!), splits, cols, splits);
-        }
+        ParameterSums(pg, dgamma, pb, dbeta, splits, cols);
     }
 
     // ---- attention ---------------------------------------------------------------------------------
