@@ -234,6 +234,8 @@ MOBIUS_DEVICE void group_norm_bwd_reduce(const T* x, const T* gamma, const T* be
     }
 }
 
+// Group ng's part of group_norm_bwd_dx: its channels' sums from the reduce partials, the parameter-gradient
+// partials (chunk 0 writes them), and dx over chunk k of the group.
 template <class T>
 MOBIUS_DEVICE void group_norm_bwd_dx_group(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
                                            const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
@@ -242,41 +244,39 @@ MOBIUS_DEVICE void group_norm_bwd_dx_group(const T* x, const T* gamma, const T* 
     const long long count = sh.count();
     const int cg = sh.cg();
     const float inv_count = 1.0f / static_cast<float>(count);
-    {
-        const long long n = ng / sh.G;
-        const int g = static_cast<int>(ng % sh.G);
-        // Channel sums in chunk order (thread j owns channels j, j + blockDim.x, ...), then gamma-weighted
-        // group sums over a fixed thread layout: the same bits in every block of the group.
-        float sg = 0.0f, sgx = 0.0f;
-        for (int cl = static_cast<int>(threadIdx.x); cl < cg; cl += static_cast<int>(blockDim.x)) {
-            const int c = g * cg + cl;
-            const long long nc = n * sh.C + c;
-            float a = 0.0f, b = 0.0f;
-            for (int r = 0; r < reduce_splits; ++r) {
-                a += sums[(nc * reduce_splits + r) * 2];
-                b += sums[(nc * reduce_splits + r) * 2 + 1];
-            }
-            if (k == 0) {
-                if (dbeta_partial != nullptr) dbeta_partial[nc] = a;
-                if (dgamma_partial != nullptr) dgamma_partial[nc] = b;
-            }
-            const float gm = gpu::load(gamma + c);
-            sg += gm * a;
-            sgx += gm * b;
+    const long long n = ng / sh.G;
+    const int g = static_cast<int>(ng % sh.G);
+    // Channel sums in chunk order (thread j owns channels j, j + blockDim.x, ...), then gamma-weighted
+    // group sums over a fixed thread layout: the same bits in every block of the group.
+    float sg = 0.0f, sgx = 0.0f;
+    for (int cl = static_cast<int>(threadIdx.x); cl < cg; cl += static_cast<int>(blockDim.x)) {
+        const int c = g * cg + cl;
+        const long long nc = n * sh.C + c;
+        float a = 0.0f, b = 0.0f;
+        for (int r = 0; r < reduce_splits; ++r) {
+            a += sums[(nc * reduce_splits + r) * 2];
+            b += sums[(nc * reduce_splits + r) * 2 + 1];
         }
-        sg = gpu::block_sum(sg, scratch);
-        sgx = gpu::block_sum(sgx, scratch);
-        if (dx == nullptr) return;
-        const float k1 = sg * inv_count, k2 = sgx * inv_count, mu = mean[ng], rs = rstd[ng];
-        long long begin, end;
-        chunk(count, splits, k, &begin, &end);
-        for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
-            const int c = g * cg + e / sh.S;
-            float xhat;
-            const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
-            gpu::store(dx + i, rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2));
-        });
+        if (k == 0) {
+            if (dbeta_partial != nullptr) dbeta_partial[nc] = a;
+            if (dgamma_partial != nullptr) dgamma_partial[nc] = b;
+        }
+        const float gm = gpu::load(gamma + c);
+        sg += gm * a;
+        sgx += gm * b;
     }
+    sg = gpu::block_sum(sg, scratch);
+    sgx = gpu::block_sum(sgx, scratch);
+    if (dx == nullptr) return;
+    const float k1 = sg * inv_count, k2 = sgx * inv_count, mu = mean[ng], rs = rstd[ng];
+    long long begin, end;
+    chunk(count, splits, k, &begin, &end);
+    for_group_chunk(sh, n, g, begin, end, [&](long long i, int e) {
+        const int c = g * cg + e / sh.S;
+        float xhat;
+        const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
+        gpu::store(dx + i, rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2));
+    });
 }
 
 template <class T>

@@ -67,7 +67,7 @@ public sealed unsafe partial class CudaBackend
     /// <summary>Starts <see cref="CallCounts"/> again from zero.</summary>
     public void ResetCallCounts() => _calls.Clear();
 
-    private void Count(string name) => _calls[name] = _calls.GetValueOrDefault(name) + 1;
+    private void Count(string name) => CollectionsMarshal.GetValueRefOrAddDefault(_calls, name, out _)++;
 
     private void Launch1D(string entry, long work, ReadOnlySpan<KernelArg> args, uint block = Block) =>
         Launch(entry, (GridFor(work, block), 1, 1), (block, 1, 1), 0, args);
@@ -88,7 +88,7 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc />
     public void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols) =>
-        Launch("copy_rows_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)Math.Min(rows, 65535), 1), (Block, 1, 1), 0,
+        Launch("copy_rows_f32", (ColumnBlocks(cols), (uint)Math.Min(rows, 65535), 1), (Block, 1, 1), 0,
             [Ptr(src), srcOffset, srcRowStride, Ptr(dst), dstOffset, dstRowStride, rows, cols]);
 
     /// <inheritdoc />
@@ -279,8 +279,11 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>dst[s, j] = sum of src[r, j] over each split of <paramref name="rowsPerSplit"/> rows.</summary>
     private void ColumnSum(ulong src, ulong dst, long rows, int cols, long rowsPerSplit) =>
-        Launch("column_sum_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)((rows + rowsPerSplit - 1) / rowsPerSplit), 1), (Block, 1, 1), 0,
+        Launch("column_sum_f32", (ColumnBlocks(cols), (uint)((rows + rowsPerSplit - 1) / rowsPerSplit), 1), (Block, 1, 1), 0,
             [src, dst, rows, cols, rowsPerSplit]);
+
+    /// <summary>Blocks of <see cref="Block"/> threads over <paramref name="cols"/> columns, at most 65,535 (the column kernels stride).</summary>
+    private static uint ColumnBlocks(int cols) => (uint)Math.Min((cols + Block - 1) / Block, 65535);
 
     /// <summary>
     /// A norm's gamma and beta gradients from their per-row partials [rows, cols] (rows summed whole): one launch
@@ -290,7 +293,7 @@ public sealed unsafe partial class CudaBackend
     {
         if (gammaPartial is not null && betaPartial is not null)
         {
-            Launch("column_sum_pair_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), 1, 2), (Block, 1, 1), 0,
+            Launch("column_sum_pair_f32", (ColumnBlocks(cols), 1, 2), (Block, 1, 1), 0,
                 [Ptr(gammaPartial), Ptr(gamma!), Ptr(betaPartial), Ptr(beta!), rows, cols, rows]);
         }
         else if (gammaPartial is not null)
@@ -400,7 +403,7 @@ public sealed unsafe partial class CudaBackend
         long perSplit = (rows + splits - 1) / splits;
         using var pg = dgamma is null ? null : Scratch(splits * cols);
         using var pb = dbeta is null ? null : Scratch(splits * cols);
-        Launch("layer_norm_param_grad_f32", ((uint)Math.Min((cols + Block - 1) / Block, 65535), (uint)splits, 1), (Block, 1, 1), 0,
+        Launch("layer_norm_param_grad_f32", (ColumnBlocks(cols), (uint)splits, 1), (Block, 1, 1), 0,
             [Ptr(x), Ptr(mean), Ptr(rstd), Ptr(dy), pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), (long)rows, cols, perSplit]);
         ParameterSums(pg, dgamma, pb, dbeta, splits, cols);
     }
@@ -455,8 +458,8 @@ public sealed unsafe partial class CudaBackend
         for (int n0 = 0; n0 < s.N; n0 += chunk)
         {
             int n = Math.Min(chunk, s.N - n0);
-            ulong qn = Ptr(q) + (ulong)n0 * (ulong)s.Lq * (ulong)w * 4, on = Ptr(o) + (ulong)n0 * (ulong)s.Lq * (ulong)w * 4;
-            ulong kn = Ptr(k) + (ulong)n0 * (ulong)s.Lk * (ulong)w * 4, vn = Ptr(v) + (ulong)n0 * (ulong)s.Lk * (ulong)w * 4;
+            ulong qOffset = (ulong)n0 * (ulong)s.Lq * (ulong)w * 4, kOffset = (ulong)n0 * (ulong)s.Lk * (ulong)w * 4;
+            ulong qn = Ptr(q) + qOffset, on = Ptr(o) + qOffset, kn = Ptr(k) + kOffset, vn = Ptr(v) + kOffset;
             for (int h = 0; h < s.Heads; h++)
             {
                 ulong off = (ulong)(h * s.HeadDim * 4);

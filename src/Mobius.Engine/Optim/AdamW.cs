@@ -57,16 +57,7 @@ public sealed class AdamW : IDisposable
     {
         var backend = _params[0].Parameter.Backend;
         using var acc = Tensor.Zeros(backend, new Shape(1));
-        var grads = _params.Select(p => p.Parameter.Grad).OfType<Tensor>().ToList();
-        if (grads.TrueForAll(g => g.Backend == backend))
-        {
-            backend.SumSquaresAccumulate(grads, acc);
-        }
-        else
-        {
-            grads.ForEach(g => g.Backend.SumSquaresAccumulate(g, acc));
-        }
-
+        backend.SumSquaresAccumulate(_params.Select(p => p.Parameter.Grad).OfType<Tensor>().ToList(), acc);
         return MathF.Sqrt(acc.Item());
     }
 
@@ -93,8 +84,7 @@ public sealed class AdamW : IDisposable
         StepCount++;
         var args = new AdamWStepArgs(Lr, Beta1, Beta2, Eps, WeightDecay, StepCount, scale);
 
-        // One call for all parameters, so a device backend can step them in one launch.
-        var stepped = new List<Parameter>(_params.Count);
+        // One call for all parameters (of a backend), so a device backend can step them in one launch.
         var byBackend = new Dictionary<IBackend, List<AdamWTensors>>();
         foreach (var (_, p) in _params)
         {
@@ -110,15 +100,14 @@ public sealed class AdamW : IDisposable
             }
 
             list.Add(new AdamWTensors(p, g, m, v));
-            stepped.Add(p);
         }
 
         foreach (var (backend, list) in byBackend)
         {
             backend.AdamWStep(list, args);
+            list.ForEach(t => t.Param.ClearGrad());
         }
 
-        stepped.ForEach(p => p.ClearGrad());
         return norm;
     }
 
