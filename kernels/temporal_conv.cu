@@ -277,3 +277,36 @@ extern "C" __global__ void __launch_bounds__(256)
     });
 }
 MOBIUS_REGISTER_KERNEL(temporal_conv_taps_f32);
+
+// The cuBLAS weight gradient's result back in the weight's layout: w[o, i, t] = taps[o, t * Cin + i] (the inverse
+// of temporal_conv_taps_f32's forward layout). blockDim.x <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    temporal_conv_taps_to_weight_f32(const float* __restrict__ taps, float* __restrict__ w, int Cin, int Cout) {
+    const long long n = 3LL * Cin * Cout;
+    gpu::grid_stride(n, [&](long long idx) {
+        const int t = static_cast<int>(idx % 3), i = static_cast<int>(idx / 3 % Cin);
+        const long long o = idx / (3LL * Cin);
+        w[idx] = taps[(o * 3 + t) * Cin + i];
+    });
+}
+MOBIUS_REGISTER_KERNEL(temporal_conv_taps_to_weight_f32);
+
+// dst[c, f, b, s] = src[b, f, c, s]: B clips of F frames [C, S] to channel-major with the clips inside each frame.
+// In that layout every channel is one row of F*B*S columns in which frame f+1 starts B*S columns after frame f of
+// the same clip, and no clip's frame follows another clip's: the weight gradient's tap t is then one GEMM over
+// columns shifted by (t-1)*B*S, with no clip edge to mend (CudaBackend.TemporalConvBackwardWeight on cuBLAS).
+// blockDim.x <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    temporal_conv_channel_major_f32(const float* __restrict__ src, float* __restrict__ dst, int B, int F, int C, int S) {
+    const long long n = static_cast<long long>(B) * F * C * S;
+    gpu::grid_stride(n, [&](long long idx) {
+        const int s = static_cast<int>(idx % S);
+        long long r = idx / S;
+        const int b = static_cast<int>(r % B);
+        r /= B;
+        const int f = static_cast<int>(r % F);
+        const long long c = r / F;
+        dst[idx] = src[((static_cast<long long>(b) * F + f) * C + c) * S + s];
+    });
+}
+MOBIUS_REGISTER_KERNEL(temporal_conv_channel_major_f32);

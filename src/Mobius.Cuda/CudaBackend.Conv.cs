@@ -5,7 +5,8 @@ namespace Mobius.Cuda;
 
 /// <summary>
 /// Spatial convolutions on cuDNN's legacy API: descriptors and algorithm choices cached per shape,
-/// FMA math (strict fp32, no TF32, so results match the CPU backend), workspace from our allocator.
+/// FMA math (strict fp32, so results match the CPU backend) unless <see cref="Tf32"/> allows TF32 tensor cores,
+/// workspace from our allocator.
 /// The parallel topology's spatial chain calls only <see cref="Conv2dForward"/>: inference-only.
 /// </summary>
 public sealed unsafe partial class CudaBackend
@@ -88,7 +89,7 @@ public sealed unsafe partial class CudaBackend
         Cudnn.Check(Cudnn.cudnnCreateConvolutionDescriptor(out plan.Conv), "cudnnCreateConvolutionDescriptor");
         Cudnn.Check(Cudnn.cudnnSetConvolution2dDescriptor(plan.Conv, s.Pad, s.Pad, s.Stride, s.Stride, 1, 1, Cudnn.CrossCorrelation, Cudnn.DataFloat),
             "cudnnSetConvolution2dDescriptor");
-        Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(plan.Conv, Cudnn.FmaMath), "cudnnSetConvolutionMathType");
+        Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(plan.Conv, _tf32 ? Cudnn.DefaultMath : Cudnn.FmaMath), "cudnnSetConvolutionMathType");
 
         var perf = new Cudnn.AlgoPerf[8];
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");

@@ -169,19 +169,33 @@ public sealed unsafe partial class CudaBackend
     private static string ConvEntry(string name, int tile) => tile == 128 ? $"temporal_conv_{name}_128_f32" : $"temporal_conv_{name}_f32";
 
     /// <summary>
-    /// Runs the temporal convolution's forward and backward-data passes as cuBLAS SGEMMs over three-frame windows
-    /// instead of our kernels (the weight gradient stays on our split-K kernel). Experimental, off by default:
-    /// the workbench's v5 and a `compare` with MOBIUS_TEMPORAL_CONV=gemm (read when the backend opens) measure it
-    /// against our kernels on a GPU. Same results within fp32 rounding (another summation order).
+    /// Runs the temporal convolution on cuBLAS instead of our kernels: forward and backward data as GEMMs over
+    /// three-frame windows, the weight gradient as three GEMMs over channel-major copies of the input and the output
+    /// gradient. Same results within fp32 rounding (another summation order); with <see cref="Tf32"/> these GEMMs
+    /// run on tensor cores. Unset, it follows <see cref="Tf32"/>; MOBIUS_TEMPORAL_CONV=kernel or gemm (read when the
+    /// backend opens) or this setter fixes it.
     /// </summary>
-    public bool TemporalConvOnCublas { get; set; } = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
-
-    internal static bool TemporalConvSetting(string? value) => value switch
+    public bool TemporalConvOnCublas
     {
-        null or "" or "kernel" => false,
+        get => _temporalConvOnCublas ?? _tf32;
+        set => _temporalConvOnCublas = value;
+    }
+
+    private bool? _temporalConvOnCublas = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
+
+    internal static bool? TemporalConvSetting(string? value) => value switch
+    {
+        null or "" => null,
+        "kernel" => false,
         "gemm" => true,
-        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels, the default) or gemm (cuBLAS over frame windows)."),
+        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels; the default in fp32) or gemm (cuBLAS; the default with TF32)."),
     };
+
+    /// <summary>
+    /// Scratch the cuBLAS weight gradient of the temporal convolution may hold for its channel-major copies of x and
+    /// dy; larger batches run in chunks of clips that fit (at least one clip each).
+    /// </summary>
+    internal long TemporalConvScratchBytes { get; set; } = 256L << 20;
 
     /// <summary>
     /// output_f [M, S] = taps [M, 3 K] input_{f-1..f+1} [3 K, S] for every frame of B clips of F frames, zero past a
@@ -255,6 +269,17 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias)
     {
+        if (TemporalConvOnCublas)
+        {
+            WeightGradientGemms(s, x, dy, dw);
+            if (dbias is not null)
+            {
+                ChannelBiasGrad(s.B * s.F, s.Cout, s.S, dy, dbias);
+            }
+
+            return;
+        }
+
         // Split the B*F*S reduction so that the weight tiles fill the device; partials summed after.
         long columns = (long)s.B * s.F * s.S;
         int tile = TemporalConvWeightTile(s.Cin, s.Cout);
@@ -276,6 +301,46 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
+
+    /// <summary>
+    /// dw [Cout, Cin, 3] on cuBLAS. In the channel-major layout [C, F, B, S] (temporal_conv_channel_major_f32) every
+    /// channel is one row whose frame f+1 lies B*S columns after frame f of the same clip, so tap t (output frame f
+    /// against input frame f+t-1) is one GEMM over the columns where both exist: taps[o, t Cin + i] = sum over those
+    /// columns of dy'[o, n] x'[i, n + (t-1) B S]. Chunks of clips accumulate (beta 1 after the first).
+    /// </summary>
+    private void WeightGradientGemms(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw)
+    {
+        long clipFloats = (long)s.F * s.S * (s.Cin + s.Cout);
+        int chunk = (int)Math.Clamp(TemporalConvScratchBytes / 4 / clipFloats, 1, s.B);
+        using var taps = Scratch(3L * s.Cin * s.Cout);
+        using var xt = Scratch((long)chunk * s.F * s.Cin * s.S);
+        using var dyt = Scratch((long)chunk * s.F * s.Cout * s.S);
+        if (s.F == 1)
+        {
+            Fill(taps, 0f); // a clip of one frame has no neighbours: taps 0 and 2 stay zero
+        }
+
+        ulong tap = (ulong)s.Cin * 4;
+        for (int b0 = 0; b0 < s.B; b0 += chunk)
+        {
+            int n = Math.Min(chunk, s.B - b0);
+            Launch1D("temporal_conv_channel_major_f32", (long)n * s.F * s.Cin * s.S,
+                [Ptr(x) + (ulong)b0 * (ulong)s.F * (ulong)s.Cin * (ulong)s.S * 4, Ptr(xt), n, s.F, s.Cin, s.S]);
+            Launch1D("temporal_conv_channel_major_f32", (long)n * s.F * s.Cout * s.S,
+                [Ptr(dy) + (ulong)b0 * (ulong)s.F * (ulong)s.Cout * (ulong)s.S * 4, Ptr(dyt), n, s.F, s.Cout, s.S]);
+            int columns = checked(n * s.F * s.S), shift = n * s.S;
+            float beta = b0 == 0 ? 0f : 1f;
+            GemmRowMajor(false, true, s.Cout, s.Cin, columns, 1f, Ptr(dyt), columns, 0, Ptr(xt), columns, 0, beta, Ptr(taps) + tap, 3 * s.Cin, 0, 1);
+            if (s.F > 1)
+            {
+                ulong shifted = (ulong)shift * 4;
+                GemmRowMajor(false, true, s.Cout, s.Cin, columns - shift, 1f, Ptr(dyt) + shifted, columns, 0, Ptr(xt), columns, 0, beta, Ptr(taps), 3 * s.Cin, 0, 1);
+                GemmRowMajor(false, true, s.Cout, s.Cin, columns - shift, 1f, Ptr(dyt), columns, 0, Ptr(xt) + shifted, columns, 0, beta, Ptr(taps) + 2 * tap, 3 * s.Cin, 0, 1);
+            }
+        }
+
+        Launch1D("temporal_conv_taps_to_weight_f32", 3L * s.Cin * s.Cout, [Ptr(taps), Ptr(dw), s.Cin, s.Cout]);
+    }
 
     /// <summary>dst[s, j] = sum of src[r, j] over each split of <paramref name="rowsPerSplit"/> rows.</summary>
     private void ColumnSum(ulong src, ulong dst, long rows, int cols, long rowsPerSplit) =>

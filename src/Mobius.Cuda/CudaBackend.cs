@@ -34,11 +34,13 @@ public sealed unsafe partial class CudaBackend : IBackend
         Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
         Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
         Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
+        Tf32 = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH"));
         LoadKernels();
         _allocator = new CachingAllocator(new DeviceMemory(this), this);
     }
 
     private readonly int _deviceHandle;
+    private bool _tf32;
 
     /// <summary>The device.</summary>
     public CudaDeviceInfo Device { get; }
@@ -51,6 +53,42 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     /// <inheritdoc />
     public MemoryTracker Memory { get; } = new();
+
+    /// <summary>
+    /// TF32 tensor-core math for every fp32 GEMM on cuBLAS (CUBLAS_TF32_TENSOR_OP_MATH) and convolution on cuDNN
+    /// (CUDNN_DEFAULT_MATH): the products read their inputs with 10 mantissa bits instead of 23 and accumulate in
+    /// fp32, as PyTorch's allow_tf32 does, on sm_80 and later (older devices compute in fp32 either way). The
+    /// temporal convolution then runs on cuBLAS too (<see cref="TemporalConvOnCublas"/>) unless
+    /// MOBIUS_TEMPORAL_CONV=kernel. Our own kernels (attention over frames, norms, elementwise ops, the optimiser)
+    /// compute in fp32 either way. Off by default: strict fp32 matches the CPU backend; MOBIUS_MATH=tf32 turns it
+    /// on when the backend opens, `--math tf32` on the command line.
+    /// </summary>
+    public bool Tf32
+    {
+        get => _tf32;
+        set
+        {
+            MakeCurrent();
+            Cublas.Check(Cublas.cublasSetMathMode(_blas, value ? Cublas.Tf32TensorOpMath : Cublas.DefaultMath), "cublasSetMathMode");
+            if (value != _tf32)
+            {
+                FreeConvDescriptors(); // planned again with the other math type
+            }
+
+            _tf32 = value;
+        }
+    }
+
+    /// <inheritdoc />
+    public string MathMode => _tf32 ? "tf32" : "fp32";
+
+    /// <summary>MOBIUS_MATH: unset, empty or fp32 (strict fp32, the default), or tf32.</summary>
+    internal static bool MathSetting(string? value) => value switch
+    {
+        null or "" or "fp32" => false,
+        "tf32" => true,
+        var other => throw new ArgumentException($"MOBIUS_MATH={other}: expected fp32 (the default) or tf32 (TF32 tensor cores in cuBLAS and cuDNN)."),
+    };
 
     /// <summary>Fill new blocks with NaN bits, fp32 and bf16 alike (0x7FC07FC0; on in the tests).</summary>
     public bool PoisonAllocations

@@ -19,6 +19,12 @@ public interface IBackend : IDisposable
     /// <summary>Human-readable description of the device this backend runs on.</summary>
     string DeviceName { get; }
 
+    /// <summary>
+    /// How the backend's fp32 matrix products and convolutions multiply: "fp32" (strict, the default), or "tf32"
+    /// (tensor cores reading 10 mantissa bits, fp32 accumulation: the CUDA backend's <c>Tf32</c>).
+    /// </summary>
+    string MathMode => "fp32";
+
     /// <summary>Allocation statistics of this backend (current and peak bytes by category).</summary>
     MemoryTracker Memory { get; }
 

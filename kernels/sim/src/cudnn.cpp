@@ -1,6 +1,8 @@
 // The simulated cuDNN subset: the legacy convolution API over fp32 tensors with arbitrary 4-D strides,
 // CROSS_CORRELATION and CONVOLUTION (flipped kernel) modes, padding, stride and dilation, with cuDNN's
 // blending out = alpha * result + beta * out (beta == 0 never reads out). No workspace is needed.
+// A descriptor in any math type but CUDNN_FMA_MATH lets fp32 convolutions read their inputs as TF32, as cuDNN
+// does on sm_80 and later: the simulator rounds them so (FMA math is exact fp32).
 #include <cstring>
 #include <set>
 #include <string>
@@ -104,6 +106,8 @@ struct Conv {
     }
     int in_h(int p, int r) const { return p * conv->stride[0] - conv->pad[0] + r * conv->dilation[0]; }
     int in_w(int q, int s) const { return q * conv->stride[1] - conv->pad[1] + s * conv->dilation[1]; }
+    // An input element as the multiplier reads it.
+    float in(float v) const { return conv->math == CUDNN_FMA_MATH ? v : mobius_sim::detail::tf32_round(v); }
 };
 
 cudnnStatus_t check_conv(cudnnHandle_t handle, const cudnnTensorStruct* x, const cudnnFilterStruct* w,
@@ -321,13 +325,13 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
             for (int ci = 0; ci < c.C; ++ci)
                 for (int r = 0; r < c.R; ++r)
                     for (int s = 0; s < c.S; ++s) {
-                        const float wv = ws[c.w_index(k, ci, r, s)];
+                        const float wv = c.in(ws[c.w_index(k, ci, r, s)]);
                         for (int p = 0; p < c.P; ++p) {
                             const int h = c.in_h(p, r);
                             if (h < 0 || h >= c.H) continue;
                             for (int q = 0; q < c.Q; ++q) {
                                 const int wi = c.in_w(q, s);
-                                if (wi >= 0 && wi < c.W) acc[(std::size_t)p * c.Q + q] += wv * xs[at(*xDesc, n, ci, h, wi)];
+                                if (wi >= 0 && wi < c.W) acc[(std::size_t)p * c.Q + q] += wv * c.in(xs[at(*xDesc, n, ci, h, wi)]);
                             }
                         }
                     }
@@ -359,13 +363,13 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
             for (int k = 0; k < c.K; ++k)
                 for (int r = 0; r < c.R; ++r)
                     for (int s = 0; s < c.S; ++s) {
-                        const float wv = ws[c.w_index(k, ci, r, s)];
+                        const float wv = c.in(ws[c.w_index(k, ci, r, s)]);
                         for (int p = 0; p < c.P; ++p) {
                             const int h = c.in_h(p, r);
                             if (h < 0 || h >= c.H) continue;
                             for (int q = 0; q < c.Q; ++q) {
                                 const int wi = c.in_w(q, s);
-                                if (wi >= 0 && wi < c.W) acc[(std::size_t)h * c.W + wi] += wv * dys[at(*dyDesc, n, k, p, q)];
+                                if (wi >= 0 && wi < c.W) acc[(std::size_t)h * c.W + wi] += wv * c.in(dys[at(*dyDesc, n, k, p, q)]);
                             }
                         }
                     }
@@ -401,7 +405,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* a
                             if (h < 0 || h >= c.H) continue;
                             for (int q = 0; q < c.Q; ++q) {
                                 const int wi = c.in_w(q, s);
-                                if (wi >= 0 && wi < c.W) acc += dys[at(*dyDesc, n, k, p, q)] * xs[at(*xDesc, n, ci, h, wi)];
+                                if (wi >= 0 && wi < c.W) acc += c.in(dys[at(*dyDesc, n, k, p, q)]) * c.in(xs[at(*xDesc, n, ci, h, wi)]);
                             }
                         }
                     blend(dws, c.w_index(k, ci, r, s), a, acc, b);

@@ -41,6 +41,10 @@ std::string compare_memory(const MemorySnapshot& expected,
 
 std::size_t parse_size(const char* text, std::size_t fallback);
 
+// `v` as a TF32 tensor core reads it: the 10 leading mantissa bits, rounded to nearest even (Inf and NaN kept).
+// cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH and cuDNN in CUDNN_DEFAULT_MATH round fp32 inputs so on sm_80 and later.
+float tf32_round(float v);
+
 }  // namespace mobius_sim::detail
 
 // ---- driver state shared with the cuBLAS and cuDNN layers ----------------------------------------------

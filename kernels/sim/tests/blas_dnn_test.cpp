@@ -141,6 +141,73 @@ TEST(Cublas, GemmStridedBatchedExInFp32AndBf16) {
     }
 }
 
+// TF32 as a tensor core reads an fp32 value, computed another way than the simulator does: 11 significant bits,
+// rounded to nearest even (nearbyint in the default rounding mode).
+float tf32_reference(float v) {
+    int e = 0;
+    const double m = std::frexp(double(v), &e);  // v = m 2^e, 0.5 <= |m| < 1
+    return float(std::ldexp(std::nearbyint(std::ldexp(m, 11)), e - 11));
+}
+
+double max_difference(const std::vector<float>& a, const std::vector<double>& b) {
+    double d = 0.0;
+    for (std::size_t i = 0; i < a.size(); ++i) d = std::max(d, std::abs(double(a[i]) - b[i]));
+    return d;
+}
+
+TEST(Cublas, Tf32MathModeReadsFp32InputsAsTf32) {
+    mt::Gpu gpu;
+    Blas blas;
+    const int m = 17, n = 11, k = 64;
+    const auto A = mt::random_vector(m * k, 21), B = mt::random_vector(k * n, 22);
+    std::vector<float> At(A.size()), Bt(B.size());
+    for (std::size_t i = 0; i < A.size(); ++i) At[i] = tf32_reference(A[i]);
+    for (std::size_t i = 0; i < B.size(); ++i) Bt[i] = tf32_reference(B[i]);
+    const auto exact = gemm_reference(false, false, m, n, k, 1.0, A, m, B, k, 0.0, std::vector<float>(m * n), m);
+    const auto rounded = gemm_reference(false, false, m, n, k, 1.0, At, m, Bt, k, 0.0, std::vector<float>(m * n), m);
+    const float one = 1.0f, zero = 0.0f;
+    mt::DeviceArray<float> dA(A), dB(B), dC(m * n);
+    auto sgemm = [&] {
+        EXPECT_EQ(cublasSgemm_v2(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.get(), m, dB.get(), k, &zero, dC.get(), m), CUBLAS_STATUS_SUCCESS);
+        return dC.read();
+    };
+    auto ex = [&](cublasComputeType_t compute) {
+        EXPECT_EQ(cublasGemmStridedBatchedEx(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.get(), CUDA_R_32F, m, 0, dB.get(), CUDA_R_32F, k, 0,
+                                             &zero, dC.get(), CUDA_R_32F, m, 0, 1, compute, CUBLAS_GEMM_DEFAULT),
+                  CUBLAS_STATUS_SUCCESS);
+        return dC.read();
+    };
+
+    cublasMath_t mode = CUBLAS_TF32_TENSOR_OP_MATH;
+    ASSERT_EQ(cublasGetMathMode(blas.h, &mode), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(mode, CUBLAS_DEFAULT_MATH);
+    mt::expect_close(sgemm(), exact, 1e-5, 1e-5, "default math is exact fp32");
+    mt::expect_close(ex(CUBLAS_COMPUTE_32F_FAST_TF32), rounded, 1e-5, 1e-5, "FAST_TF32 compute rounds in default math");
+
+    ASSERT_EQ(cublasSetMathMode(blas.h, CUBLAS_TF32_TENSOR_OP_MATH), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasGetMathMode(blas.h, &mode), CUBLAS_STATUS_SUCCESS);
+    EXPECT_EQ(mode, CUBLAS_TF32_TENSOR_OP_MATH);
+    const auto tf32 = sgemm();
+    mt::expect_close(tf32, rounded, 1e-5, 1e-5, "TF32 math reads rounded inputs");
+    // 64 products of inputs each off by up to 2^-11 relative: the rounding shows well above fp32's error
+    EXPECT_GT(max_difference(tf32, exact), 1e-4);
+    mt::expect_close(ex(CUBLAS_COMPUTE_32F), rounded, 1e-5, 1e-5, "GemmEx COMPUTE_32F follows the math mode");
+    mt::expect_close(ex(CUBLAS_COMPUTE_32F_PEDANTIC), exact, 1e-5, 1e-5, "PEDANTIC compute ignores it");
+
+    EXPECT_EQ(cublasSetMathMode(blas.h, static_cast<cublasMath_t>(9)), CUBLAS_STATUS_INVALID_VALUE);
+    ASSERT_EQ(cublasSetMathMode(blas.h, CUBLAS_DEFAULT_MATH), CUBLAS_STATUS_SUCCESS);
+    mt::expect_close(sgemm(), exact, 1e-5, 1e-5, "back to default math");
+    EXPECT_EQ(cublasSetMathMode(nullptr, CUBLAS_DEFAULT_MATH), CUBLAS_STATUS_NOT_INITIALIZED);
+
+    // One product at a time: ties to even, a rounding that carries into the exponent, infinities
+    ASSERT_EQ(cublasSetMathMode(blas.h, CUBLAS_TF32_TENSOR_OP_MATH), CUBLAS_STATUS_SUCCESS);
+    for (float v : {1.0f + 0x1p-11f, 1.0f + 0x3p-11f, 0x1.FFFFFEp0f, -0x1.7FF001p-3f, INFINITY, -INFINITY}) {
+        mt::DeviceArray<float> x(std::vector<float>{v}), y(std::vector<float>{1.0f}), z(1);
+        ASSERT_EQ(cublasSgemm_v2(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, x.get(), 1, y.get(), 1, &zero, z.get(), 1), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(z.read()[0], tf32_reference(v)) << v;
+    }
+}
+
 TEST(Cublas, ArgumentErrorsAndStatusStrings) {
     mt::Gpu gpu;
     Blas blas;
@@ -187,11 +254,11 @@ struct Dnn {
         filters.push_back(f);
         return f;
     }
-    cudnnConvolutionDescriptor_t conv(int pad, int stride, int dilation, cudnnConvolutionMode_t mode) {
+    cudnnConvolutionDescriptor_t conv(int pad, int stride, int dilation, cudnnConvolutionMode_t mode, cudnnMathType_t math = CUDNN_FMA_MATH) {
         cudnnConvolutionDescriptor_t c;
         EXPECT_EQ(cudnnCreateConvolutionDescriptor(&c), CUDNN_STATUS_SUCCESS);
         EXPECT_EQ(cudnnSetConvolution2dDescriptor(c, pad, pad, stride, stride, dilation, dilation, mode, CUDNN_DATA_FLOAT), CUDNN_STATUS_SUCCESS);
-        EXPECT_EQ(cudnnSetConvolutionMathType(c, CUDNN_DEFAULT_MATH), CUDNN_STATUS_SUCCESS);
+        EXPECT_EQ(cudnnSetConvolutionMathType(c, math), CUDNN_STATUS_SUCCESS);
         convs.push_back(c);
         return c;
     }
@@ -206,6 +273,8 @@ TEST(Cudnn, ConvolutionForwardBackwardDataFilterAndBias) {
     mt::Gpu gpu;
     const ConvCase cases[] = {{2, 3, 8, 8, 4, 3, 1, 1, 1, CUDNN_CROSS_CORRELATION}, {1, 5, 9, 7, 2, 3, 1, 2, 1, CUDNN_CROSS_CORRELATION},
                               {1, 2, 6, 6, 3, 1, 0, 1, 1, CUDNN_CROSS_CORRELATION}, {2, 2, 7, 9, 3, 3, 2, 1, 2, CUDNN_CONVOLUTION}};
+    // FMA math is exact fp32; default math lets fp32 convolutions read their inputs as TF32 (sm_80 and later)
+    for (cudnnMathType_t math : {CUDNN_FMA_MATH, CUDNN_DEFAULT_MATH})
     for (const ConvCase& cc : cases) {
         Dnn dnn;
         const int P = (cc.H + 2 * cc.pad - ((cc.R - 1) * cc.dilation + 1)) / cc.stride + 1;
@@ -214,7 +283,7 @@ TEST(Cudnn, ConvolutionForwardBackwardDataFilterAndBias) {
         auto yd = dnn.tensor(cc.N, cc.K, P, Q);
         auto bd = dnn.tensor(1, cc.K, 1, 1);
         auto wd = dnn.filter(cc.K, cc.C, cc.R, cc.R);
-        auto cd = dnn.conv(cc.pad, cc.stride, cc.dilation, cc.mode);
+        auto cd = dnn.conv(cc.pad, cc.stride, cc.dilation, cc.mode, math);
         int n = 0, c = 0, h = 0, w = 0;
         ASSERT_EQ(cudnnGetConvolution2dForwardOutputDim(cd, xd, wd, &n, &c, &h, &w), CUDNN_STATUS_SUCCESS);
         EXPECT_EQ((std::array{n, c, h, w}), (std::array{cc.N, cc.K, P, Q}));
@@ -233,10 +302,17 @@ TEST(Cudnn, ConvolutionForwardBackwardDataFilterAndBias) {
 
         const int nx = cc.N * cc.C * cc.H * cc.W, ny = cc.N * cc.K * P * Q, nw = cc.K * cc.C * cc.R * cc.R;
         const auto x = mt::random_vector(nx, nx), wt = mt::random_vector(nw, nw), dy = mt::random_vector(ny, ny), y0 = mt::random_vector(ny, 3);
-        auto X = [&](int i, int ch, int hh, int ww) { return double(x[((i * cc.C + ch) * cc.H + hh) * cc.W + ww]); };
+        const bool tf32 = math != CUDNN_FMA_MATH;
+        auto as_read = [&](std::vector<float> v) {
+            if (tf32)
+                for (float& e : v) e = tf32_reference(e);
+            return v;
+        };
+        const auto xr = as_read(x), wr = as_read(wt), dyr = as_read(dy);
+        auto X = [&](int i, int ch, int hh, int ww) { return double(xr[((i * cc.C + ch) * cc.H + hh) * cc.W + ww]); };
         auto Wt = [&](int k, int ch, int r, int s) {
             if (cc.mode == CUDNN_CONVOLUTION) r = cc.R - 1 - r, s = cc.R - 1 - s;
-            return double(wt[((k * cc.C + ch) * cc.R + r) * cc.R + s]);
+            return double(wr[((k * cc.C + ch) * cc.R + r) * cc.R + s]);
         };
         std::vector<double> ry(ny), rdx(nx, 0.0), rdw(nw, 0.0), rdb(cc.K, 0.0);
         const float alpha = 2.0f, beta = 0.5f;
@@ -252,10 +328,10 @@ TEST(Cudnn, ConvolutionForwardBackwardDataFilterAndBias) {
                                     const int hh = p * cc.stride - cc.pad + r * cc.dilation, ww = q * cc.stride - cc.pad + s * cc.dilation;
                                     if (hh < 0 || hh >= cc.H || ww < 0 || ww >= cc.W) continue;
                                     acc += Wt(k, ch, r, s) * X(i, ch, hh, ww);
-                                    rdx[((i * cc.C + ch) * cc.H + hh) * cc.W + ww] += Wt(k, ch, r, s) * dy[yi];
+                                    rdx[((i * cc.C + ch) * cc.H + hh) * cc.W + ww] += Wt(k, ch, r, s) * dyr[yi];
                                     int rr = r, ss = s;
                                     if (cc.mode == CUDNN_CONVOLUTION) rr = cc.R - 1 - r, ss = cc.R - 1 - s;
-                                    rdw[((k * cc.C + ch) * cc.R + rr) * cc.R + ss] += dy[yi] * X(i, ch, hh, ww);
+                                    rdw[((k * cc.C + ch) * cc.R + rr) * cc.R + ss] += dyr[yi] * X(i, ch, hh, ww);
                                 }
                         ry[yi] = alpha * acc + beta * y0[yi];
                         rdb[k] += dy[yi];
@@ -270,7 +346,7 @@ TEST(Cudnn, ConvolutionForwardBackwardDataFilterAndBias) {
         ASSERT_EQ(cudnnConvolutionBackwardFilter(dnn.h, &one, xd, dx_.get(), yd, ddy.get(), cd, fperf[0].algo, nullptr, 0, &zero, wd, dw.get()),
                   CUDNN_STATUS_SUCCESS);
         ASSERT_EQ(cudnnConvolutionBackwardBias(dnn.h, &one, yd, ddy.get(), &zero, bd, db.get()), CUDNN_STATUS_SUCCESS);
-        const std::string what = "conv C" + std::to_string(cc.C) + " R" + std::to_string(cc.R) + " stride " + std::to_string(cc.stride);
+        const std::string what = std::string(tf32 ? "TF32 " : "") + "conv C" + std::to_string(cc.C) + " R" + std::to_string(cc.R) + " stride " + std::to_string(cc.stride);
         // sums of up to C*R*R = 45 products (forward), N*P*Q = 128 (filter): fp32 accumulation
         mt::expect_close(y.read(), ry, 2e-5, 1e-5, what + " forward");
         mt::expect_close(dx.read(), rdx, 2e-5, 1e-5, what + " backward data");

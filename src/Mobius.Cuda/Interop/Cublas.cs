@@ -13,6 +13,8 @@ internal static partial class Cublas
     public const int R16BF = 14;
     public const int Compute32F = 68;
     public const int GemmDefault = -1;
+    public const int DefaultMath = 0;        // cublasMath_t CUBLAS_DEFAULT_MATH: strict fp32 for Sgemm
+    public const int Tf32TensorOpMath = 3;   // CUBLAS_TF32_TENSOR_OP_MATH: fp32 GEMMs on TF32 tensor cores
 
     [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasCreate_v2")]
     public static partial int cublasCreate(out nint handle);
@@ -22,6 +24,9 @@ internal static partial class Cublas
 
     [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasSetStream_v2")]
     public static partial int cublasSetStream(nint handle, nint stream);
+
+    [LibraryImport(NativeLibraries.Blas)]
+    public static partial int cublasSetMathMode(nint handle, int mode);
 
     [LibraryImport(NativeLibraries.Blas, EntryPoint = "cublasSgemm_v2")]
     public static unsafe partial int cublasSgemm(nint handle, int transA, int transB, int m, int n, int k, float* alpha,
