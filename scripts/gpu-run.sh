@@ -15,7 +15,7 @@
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# bf16 cublas-conv recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# bf16 cublas-conv tf32 recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -40,7 +40,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 cublas-conv recompute budget motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 cublas-conv tf32 recompute budget motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -122,16 +122,39 @@ fi
 
 if want cublas-conv; then
 step "the temporal convolution on cuBLAS frame windows (MOBIUS_TEMPORAL_CONV=gemm) against our kernels"
-# Experimental (CudaBackend.TemporalConvOnCublas): forward and backward data as SGEMMs over three-frame windows,
-# the weight gradient still on our split-K kernel. The compare part's ms256 run is the baseline (same lease);
-# the kernel workloads repeat the profile part's ms256 temporal_conv shapes on this path.
+# CudaBackend.TemporalConvOnCublas in strict fp32: forward and backward data as SGEMMs over three-frame windows,
+# the weight gradient as one SGEMM per tap over channel-major copies. The compare part's ms256 run is the baseline
+# (same lease); the kernel workloads repeat the profile part's ms256 temporal_conv shapes on this path.
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
 run 150 env MOBIUS_TEMPORAL_CONV=gemm "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-cublas-conv"
 if [ $sim = 0 ]; then
-  for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "fwd b=1,f=16,c=1280,s=64"; do
+  for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024" "fwd b=1,f=16,c=1280,s=64"; do
     set -- $spec
     run 20 env MOBIUS_TEMPORAL_CONV=gemm "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
   done
+fi
+fi
+
+if want tf32; then
+step "TF32 tensor cores on both engines (mobius compare --math tf32, the peer with --tf32)"
+# cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH, cuDNN in default math, the temporal convolution on cuBLAS (CudaBackend.Tf32);
+# the peer with allow_tf32 on both libraries. The compare and peer parts' strict fp32 runs are the baselines.
+for spec in "tiny 60 60" "ms256 6 150"; do
+  set -- $spec; c=$1; steps=$2
+  [ $sim = 1 ] && [ "$c" != tiny ] && continue
+  [[ "$configs" == *" $c "* ]] || continue
+  [ $sim = 1 ] && steps=2
+  run "$3" "$bin/mobius" compare --config $c --backend cuda --math tf32 --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-tf32"
+done
+if [ $sim = 0 ]; then
+  for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024"; do
+    set -- $spec
+    run 20 env MOBIUS_MATH=tf32 "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+  done
+  if $py -c "import torch" 2>/dev/null && [[ "$configs" == *" ms256 "* ]]; then
+    run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --tf32 > '$results/peer-ms256-tf32.json'"
+    cat "$results/peer-ms256-tf32.json" >> "$md"
+  fi
 fi
 fi
 

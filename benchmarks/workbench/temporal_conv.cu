@@ -15,7 +15,9 @@
 //       (w's taps laid out tap-major by a small kernel): one strided-batched GEMM over every frame with a whole
 //       window (it also writes the frames at clip edges, wrongly), then one per edge (first frames: taps 1, 2;
 //       last frames: taps 0, 1) over the clips, and the bias. Backward data is the same with W'' [Cin, 3 Cout]
-//       (taps reversed). Strict fp32 (cuBLAS's default math): how far the engine kernels are from cuBLAS's.
+//       (taps reversed). The weight gradient as the engine runs it on cuBLAS: x and dy copied channel-major,
+//       [C, F, B, S], where tap t is one GEMM over columns shifted by (t-1) B S. Each in strict fp32 (cuBLAS's
+//       default math: how far the engine kernels are from cuBLAS's) and in TF32 (the engine's --math tf32).
 //   backward-data and backward-weight (split-K, splits reduced by column_sum_f32): the engine kernels at both
 //       tile widths.
 //
@@ -152,6 +154,33 @@ void window_gemms(cublasHandle_t h, const float* in, const float* taps, float* o
     if (F > 1) gemm(in + (F - 2) * in_frame, taps, 2 * K, out + (F - 1) * out_frame, F * in_frame, F * out_frame, B);
 }
 
+// taps[o, t * Cin + i] = sum over the columns where frame f + t - 1 exists of dy'[o, n] x'[i, n + (t-1) B S], with x'
+// [Cin, F B S] and dy' [Cout, F B S] channel-major; row-major to column-major cuBLAS as taps^T = x' dy'^T per tap.
+void weight_gemms(cublasHandle_t h, const float* xt, const float* dyt, float* taps, int B, int F, int Cin, int Cout, int S) {
+    const float one = 1.0f, zero = 0.0f;
+    const int columns = B * F * S, shift = B * S;
+    auto gemm = [&](int t, const float* x, const float* d, int k) {
+        const cublasStatus_t st = cublasSgemm_v2(h, CUBLAS_OP_T, CUBLAS_OP_N, Cin, Cout, k, &one, x, columns, d, columns, &zero, taps + t * Cin, 3 * Cin);
+        if (st != CUBLAS_STATUS_SUCCESS) {
+            std::fprintf(stderr, "cublasSgemm failed: %d\n", static_cast<int>(st));
+            std::exit(1);
+        }
+    };
+    gemm(1, xt, dyt, columns);
+    if (F > 1) {  // (with one frame per clip, taps 0 and 2 stay zero: zero_side_taps_v5)
+        gemm(0, xt, dyt + shift, columns - shift);
+        gemm(2, xt + shift, dyt, columns - shift);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) zero_side_taps_v5(float* taps, int Cin, int Cout) {
+    for (long long idx = gpu::global_thread(); idx < 2LL * Cin * Cout; idx += gpu::global_threads()) {
+        const long long o = idx / (2 * Cin);
+        const int r = static_cast<int>(idx % (2 * Cin));
+        taps[(o * 3 + (r < Cin ? 0 : 2)) * Cin + r % Cin] = 0.0f;
+    }
+}
+
 int main(int argc, char** argv) {
     // GPU default: a 320-channel temporal layer over 2 clips of 16 frames at 32x32 latent pixels.
     int B = 2, F = wb::kOnGpu ? 16 : 5, Cin = wb::kOnGpu ? 320 : 17, Cout = wb::kOnGpu ? 320 : 70, S = wb::kOnGpu ? 1024 : 33;
@@ -214,25 +243,51 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "cublasCreate failed\n");
         return 1;
     }
-    float* taps = wb::alloc<float>(nw);
-    auto v5 = [&] {
-        WB_LAUNCH(temporal_conv_taps_v5, {unsigned((nw + 255) / 256)}, {256}, 0, dw_in, taps, Cin, Cout, 0);
-        window_gemms(blas, dx_in, taps, y, B, F, Cin, Cout, S);
-        WB_LAUNCH(add_channel_bias_f32, {unsigned(std::min<long long>((ny + 255) / 256, 1 << 16))}, {256}, 0, y, db_in, y, 1LL * B * F, Cout, 1LL * S, 0);
-    };
-    wb::poison(y, ny);
-    v5();
-    ok &= wb::validate("v5 forward", wb::download(y, ny), ref.y, tol_fwd, 1e-5);
-    wb::report_time("v5 forward (cuBLAS windows, reference point)", wb::time_ms(v5), bytes, flops);
-    auto v5_data = [&] {
-        WB_LAUNCH(temporal_conv_taps_v5, {unsigned((nw + 255) / 256)}, {256}, 0, dw_in, taps, Cin, Cout, 1);
-        window_gemms(blas, ddy, taps, dx, B, F, Cout, Cin, S);
-    };
-    wb::poison(dx, nx);
-    v5_data();
-    ok &= wb::validate("v5 backward data", wb::download(dx, nx), ref.dx, tol_bwd, 1e-5);
-    wb::report_time("v5 backward data (cuBLAS windows, reference point)", wb::time_ms(v5_data), bytes, flops);
-    wb::release(taps);
+    float *taps = wb::alloc<float>(nw), *xt = wb::alloc<float>(nx), *dyt = wb::alloc<float>(ny);
+    const unsigned gx = unsigned(std::min<long long>((nx + 255) / 256, 1 << 16)), gy = unsigned(std::min<long long>((ny + 255) / 256, 1 << 16));
+    const unsigned gw = unsigned((nw + 255) / 256);
+    // Strict fp32 (cuBLAS's default math, the engine's default), then TF32 tensor cores (--math tf32): inputs read
+    // with 11 significant bits, so each product errs by up to 2^-10 of itself and a sum of n terms of random sign
+    // by about sqrt(n) 2^-10 of a typical one; the bound allows four times that.
+    for (bool tf32 : {false, true}) {
+        if (cublasSetMathMode(blas, tf32 ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+            std::fprintf(stderr, "cublasSetMathMode failed\n");
+            return 1;
+        }
+        auto tol = [&](double strict, long long terms) { return tf32 ? 4e-3 * std::sqrt(double(terms)) + 1e-3 : strict; };
+        const std::string mode = tf32 ? ", TF32)" : ")";
+        auto v5 = [&] {
+            WB_LAUNCH(temporal_conv_taps_v5, {gw}, {256}, 0, dw_in, taps, Cin, Cout, 0);
+            window_gemms(blas, dx_in, taps, y, B, F, Cin, Cout, S);
+            WB_LAUNCH(add_channel_bias_f32, {gy}, {256}, 0, y, db_in, y, 1LL * B * F, Cout, 1LL * S, 0);
+        };
+        wb::poison(y, ny);
+        v5();
+        ok &= wb::validate("v5 forward", wb::download(y, ny), ref.y, tol(tol_fwd, 3LL * Cin), 1e-5);
+        wb::report_time(("v5 forward (cuBLAS windows" + mode).c_str(), wb::time_ms(v5), bytes, flops);
+        auto v5_data = [&] {
+            WB_LAUNCH(temporal_conv_taps_v5, {gw}, {256}, 0, dw_in, taps, Cin, Cout, 1);
+            window_gemms(blas, ddy, taps, dx, B, F, Cout, Cin, S);
+        };
+        wb::poison(dx, nx);
+        v5_data();
+        ok &= wb::validate("v5 backward data", wb::download(dx, nx), ref.dx, tol(tol_bwd, 3LL * Cout), 1e-5);
+        wb::report_time(("v5 backward data (cuBLAS windows" + mode).c_str(), wb::time_ms(v5_data), bytes, flops);
+        // The engine's cuBLAS weight gradient: channel-major copies [C, F, B, S] in which tap t is one GEMM over
+        // columns shifted by (t-1) B S (CudaBackend.TemporalConvBackwardWeight with TemporalConvOnCublas).
+        auto v5_weight = [&] {
+            WB_LAUNCH(temporal_conv_channel_major_f32, {gx}, {256}, 0, dx_in, xt, B, F, Cin, S);
+            WB_LAUNCH(temporal_conv_channel_major_f32, {gy}, {256}, 0, ddy, dyt, B, F, Cout, S);
+            if (F == 1) WB_LAUNCH(zero_side_taps_v5, {gw}, {256}, 0, taps, Cin, Cout);
+            weight_gemms(blas, xt, dyt, taps, B, F, Cin, Cout, S);
+            WB_LAUNCH(temporal_conv_taps_to_weight_f32, {gw}, {256}, 0, taps, dw, Cin, Cout);
+        };
+        wb::poison(dw, nw);
+        v5_weight();
+        ok &= wb::validate("v5 backward weight", wb::download(dw, nw), ref.dw, tol(tol_w, columns), 1e-5);
+        wb::report_time(("v5 backward weight (channel-major GEMMs" + mode).c_str(), wb::time_ms(v5_weight), bytes, flops);
+    }
+    for (float* p : {taps, xt, dyt}) wb::release(p);
     cublasDestroy_v2(blas);
 
     float* partial = nullptr;

@@ -8,9 +8,19 @@ namespace Mobius.Cli;
 /// <summary>Creates the backend named on the command line.</summary>
 public static class Backends
 {
-    /// <summary>"cpu" or "cuda"; a cuda backend that cannot start raises <see cref="BackendUnavailableException"/>.</summary>
-    public static IBackend Create(string name, int threads, long memoryLimitMb)
+    /// <summary>
+    /// "cpu" or "cuda"; a cuda backend that cannot start raises <see cref="BackendUnavailableException"/>.
+    /// <paramref name="math"/> (--math): null keeps the backend's own (fp32, or MOBIUS_MATH on cuda), else fp32 or tf32.
+    /// </summary>
+    public static IBackend Create(string name, int threads, long memoryLimitMb, string? math = null)
     {
+        bool? tf32 = math?.ToLowerInvariant() switch
+        {
+            null => null,
+            "fp32" => false,
+            "tf32" => true,
+            _ => throw new UsageException($"--math must be fp32 or tf32, got '{math}'."),
+        };
         if (threads < 0)
         {
             throw new UsageException($"--threads must be 0 (all cores) or more, got {threads}.");
@@ -21,10 +31,16 @@ public static class Backends
             throw new UsageException($"--memory-limit-mb must be 0 (no limit) or more, got {memoryLimitMb}.");
         }
 
-        return name.ToLowerInvariant() switch
+        string kind = name.ToLowerInvariant();
+        if (kind == "cpu" && tf32 == true)
+        {
+            throw new UsageException("--math tf32 needs --backend cuda: TF32 is a tensor-core mode of cuBLAS and cuDNN; the cpu backend computes in fp32.");
+        }
+
+        return kind switch
         {
             "cpu" => new CpuBackend(threads, memoryLimitMb * 1048576),
-            "cuda" => CreateCuda(),
+            "cuda" => CreateCuda(tf32),
             _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
         };
     }
@@ -46,15 +62,27 @@ public static class Backends
         }
     }
 
-    private static IBackend CreateCuda()
+    private static IBackend CreateCuda(bool? tf32)
     {
+        CudaBackend backend;
         try
         {
-            return new CudaBackend();
+            backend = new CudaBackend();
         }
         catch (Exception e) when (e is DllNotFoundException or CudaException)
         {
             throw new BackendUnavailableException("cuda backend not available: " + e.Message, e);
         }
+        catch (ArgumentException e)
+        {
+            throw new UsageException(e.Message); // MOBIUS_MATH or MOBIUS_TEMPORAL_CONV with a value it does not know
+        }
+
+        if (tf32 is { } on)
+        {
+            backend.Tf32 = on;
+        }
+
+        return backend;
     }
 }

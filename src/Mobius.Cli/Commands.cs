@@ -38,6 +38,11 @@ public static class Commands
 
     private static readonly Option<string> ConfigOption = new("--config") { Description = "model config: micro, tiny, small, ms256", DefaultValueFactory = _ => "tiny" };
     private static readonly Option<string> BackendOption = new("--backend") { Description = "cpu or cuda (MOBIUS_CUDA=sim: the simulated driver)", DefaultValueFactory = _ => "cpu" };
+    private static readonly Option<string?> MathOption = new("--math")
+    {
+        Description = "how the cuda backend multiplies fp32 matrices and convolutions: fp32 (strict, the default; MOBIUS_MATH sets another), or tf32 (tensor cores reading 10 mantissa bits, fp32 accumulation; the temporal convolution moves to cuBLAS)",
+    };
+
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
     private static readonly Option<int> ThreadsOption = new("--threads") { Description = "CPU threads (0: all cores)", DefaultValueFactory = _ => 0 };
     private static readonly Option<bool> WeightsOnlyOption = new("--weights-only") { Description = "leave the optimiser state out of the final checkpoint (smaller; it cannot be resumed)" };
@@ -217,7 +222,7 @@ public static class Commands
         var direction = new Option<string>("--direction") { Description = "fwd or bwd (convolutions: bwd_data, bwd_filter)", DefaultValueFactory = _ => "fwd" };
         var iterations = new Option<int>("--iterations") { Description = "timed runs", DefaultValueFactory = _ => 100 };
         var cmd = new Command("profile", "Run one kernel workload repeatedly (for an ncu or nsys session, e.g. ncu --kernel-name temporal_attention_fwd_f32 mobius profile --kernel temporal_attention --backend cuda) and print its time.")
-            { kernel, shape, direction, iterations, BackendOption, ThreadsOption };
+            { kernel, shape, direction, iterations, BackendOption, MathOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             Mobius.Engine.Profiling.OpWorkload w;
@@ -244,7 +249,7 @@ public static class Commands
                 throw new UsageException($"--iterations must be at least 1, got {n}.");
             }
 
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0);
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0, p.GetValue(MathOption));
             using var run = w.Create(backend, dims, dir);
             var t = Mobius.Engine.Profiling.OpWorkload.Time(backend, run, n);
             AnsiConsole.MarkupLine($"{w.Name} {dir} [[{string.Join(", ", dims.Select(kv => $"{kv.Key}={kv.Value}"))}]] on {Markup.Escape(backend.DeviceName)}");
@@ -353,11 +358,11 @@ public static class Commands
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips (or of a --data folder's GIFs, its captions' words added to the vocabulary).")
-            { ConfigOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
+            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
-            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
+            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), p.GetValue(MathOption));
             using var _ = backend;
             var resumeFrom = p.GetValue(resume);
             var ckpt = resumeFrom is null ? null : Checkpoint.Load(resumeFrom);
@@ -438,7 +443,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -491,7 +496,7 @@ public static class Commands
             var parsedMotions = ParseMotions(motions);
             recipe.Keep(SeedOption, options.Seed, "seed");
 
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption));
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), p.GetValue(MathOption));
             int seed = options.Seed;
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
             using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
@@ -588,7 +593,7 @@ public static class Commands
         var steps = new Option<int>("--steps") { Description = "DDIM steps", DefaultValueFactory = _ => 25 };
         var trained = new Option<bool>("--no-ema") { Description = "draw with the trained weights even when the checkpoint keeps their moving average (--ema)" };
         var cmd = new Command("sample", "Generate clips for prompts with DDIM and classifier-free guidance, written as an animated GIF (a grid for several), each scored for the motion its prompt names.")
-            { checkpoint, prompt, count, output, steps, GuidanceOption, SampleFrameNoiseOption, trained, FrozenWeightsOption, BackendOption, SeedOption, ThreadsOption };
+            { checkpoint, prompt, count, output, steps, GuidanceOption, SampleFrameNoiseOption, trained, FrozenWeightsOption, BackendOption, MathOption, SeedOption, ThreadsOption };
         cmd.SetAction(p =>
         {
             float? startNoise = SampleFrameNoise(p);
@@ -620,7 +625,7 @@ public static class Commands
 
             CheckWritable(path, "a GIF file name");
             string? given = p.GetValue(checkpoint);
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0);
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0, p.GetValue(MathOption));
             var ckpt = Checkpoint.Load(given ?? (File.Exists(DefaultVideoCheckpoint) ? DefaultVideoCheckpoint : DefaultCheckpoint));
             if (ckpt.Ema is not null && !p.GetValue(trained))
             {
@@ -710,10 +715,10 @@ public static class Commands
         var profile = new Option<int>("--profile") { Description = "after everything else, N more steps per topology timed by layer kind (device-synchronised; not in the step times)", DefaultValueFactory = _ => 0 };
         var frontier = FrontierOption(0);
         var cmd = new Command("compare", "Serial against parallel: same seed, data and config, in one run; a table (or --json), report.md, plots and GIFs.")
-            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
+            { ConfigOption, checkpoint, steps, SeedOption, BackendOption, MathOption, output, json, samples, sampleSteps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, ThreadsOption, MemoryLimitOption, profile, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
         cmd.SetAction(p => RunCompare(p.GetValue(ConfigOption)!, p.GetValue(checkpoint), p.GetValue(steps), p.GetValue(SeedOption), p.GetValue(BackendOption)!,
             p.GetValue(output)!, p.GetValue(json), p.GetValue(samples), p.GetValue(sampleSteps), p.GetValue(lr), MinSnr(p), FrameNoise(p), p.GetValue(BridgeOption), p.GetValue(MotionOption), p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption),
-            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption), SampleFrameNoise(p), Guidance(p), FrozenWeights(p), SavedActivations(p)));
+            p.GetValue(profile), p.GetValue(FreezeOption), p.GetValue(RecomputeOption), p.GetValue(RecomputeTemporalOption), p.GetValue(ValidateEveryOption), p.GetValue(KeepBestOption), p.GetValue(LoopCorrectionOption), p.GetValue(ValidationBatchesOption), p.GetValue(LoopCorrectionMomentumOption), p.GetValue(LoopCorrectionModeOption)!, p.GetValue(BatchOption), p.GetValue(frontier), p.GetValue(DataOption), p.GetValue(AccumulateOption), p.GetValue(EmaOption), p.GetValue(CosineOption), p.GetValue(LoopCorrectionWarmupOption), SampleFrameNoise(p), Guidance(p), FrozenWeights(p), SavedActivations(p), p.GetValue(MathOption)));
         return cmd;
     }
 
@@ -728,7 +733,7 @@ public static class Commands
         var frontier = FrontierOption(20);
         var checkpoint = new Option<string?>("--checkpoint") { Description = "checkpoint both start from (default: the text-to-video model that ships, models/tiny-t2v.safetensors, fine-tuned on its motion and frame noise; models/tiny-t2i.safetensors: the temporal layers trained from the identity)" };
         var cmd = new Command("demo", "The main job: serial vs parallel fine-tuning of the tiny text-to-video model that ships, on the CPU (or a GPU with --backend cuda).")
-            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
+            { checkpoint, output, steps, lr, CosineOption, samples, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, validateEvery, validationBatches, KeepBestOption, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, frontier, GuidanceOption, SampleFrameNoiseOption };
         cmd.SetAction(p =>
         {
             string? ckpt = p.GetValue(checkpoint)
@@ -748,7 +753,7 @@ public static class Commands
                 validateEvery: p.GetValue(validateEvery), keepBest: p.GetValue(KeepBestOption), loopCorrection: p.GetValue(LoopCorrectionOption),
                 validationBatches: p.GetValue(validationBatches), loopCorrectionMomentum: p.GetValue(LoopCorrectionMomentumOption),
                 loopCorrectionMode: p.GetValue(LoopCorrectionModeOption)!, batch: p.GetValue(BatchOption), frontier: p.GetValue(frontier), data: p.GetValue(DataOption), accumulate: p.GetValue(AccumulateOption), ema: p.GetValue(EmaOption), cosine: p.GetValue(CosineOption),
-                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption), sampleFrameNoise: SampleFrameNoise(p), guidance: Guidance(p), frozenWeights: FrozenWeights(p), savedActivations: SavedActivations(p));
+                loopCorrectionWarmup: p.GetValue(LoopCorrectionWarmupOption), sampleFrameNoise: SampleFrameNoise(p), guidance: Guidance(p), frozenWeights: FrozenWeights(p), savedActivations: SavedActivations(p), math: p.GetValue(MathOption));
         });
         return cmd;
     }
@@ -867,7 +872,7 @@ public static class Commands
 
     private static int RunCompare(string configName, string? checkpoint, int steps, int seed, string backend, string outDir, bool json, int samples, int sampleSteps,
         float? learningRate, float minSnrGamma, float? frameNoise, string? bridge, string? motion, int threads, long memoryLimitMb, int profileSteps = 0,
-        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0, float? sampleFrameNoise = null, float guidance = 4f, DType frozenWeights = DType.Float32, DType savedActivations = DType.Float32)
+        string? freeze = null, bool recomputeSpatial = false, bool recomputeTemporal = false, int validateEvery = 0, bool keepBest = false, int loopCorrection = 0, int validationBatches = 4, float loopCorrectionMomentum = 0.9f, string loopCorrectionMode = "scale", int? batch = null, int frontier = 0, string? data = null, int accumulate = 1, float ema = 0f, int cosine = 0, int loopCorrectionWarmup = 0, float? sampleFrameNoise = null, float guidance = 4f, DType frozenWeights = DType.Float32, DType savedActivations = DType.Float32, string? math = null)
     {
         if (frontier < 0)
         {
@@ -907,7 +912,7 @@ public static class Commands
         motion ??= data is null ? video?.Extra.GetValueOrDefault(MotionsKey) : null;
         float lr = learningRate ?? (video is not null ? FineTuneLearningRate : FromImageLearningRate);
 
-        Backends.Create(backend, threads, memoryLimitMb).Dispose(); // fail early and clearly
+        Backends.Create(backend, threads, memoryLimitMb, math).Dispose(); // fail early and clearly
         var options = new ComparisonOptions
         {
             Config = config,
@@ -925,7 +930,7 @@ public static class Commands
             FrameNoiseCorrelation = frameNoise,
             Motions = ParseMotions(motion),
             DataFolder = data,
-            BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb),
+            BackendFactory = () => Backends.Create(backend, threads, memoryLimitMb, math),
             ProfileSteps = profileSteps,
             FrontierSteps = frontier,
             FrontierTogether = backend == "cpu",

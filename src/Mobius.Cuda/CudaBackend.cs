@@ -24,6 +24,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <summary>Opens device <paramref name="ordinal"/> (primary context), its stream, cuBLAS, cuDNN and our kernels.</summary>
     public CudaBackend(int ordinal = 0)
     {
+        bool tf32 = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH")); // refused before anything is opened
         Device = CudaDevice.Query(ordinal);
         Driver.Check(Driver.cuDeviceGet(out int dev, ordinal), "cuDeviceGet");
         Driver.Check(Driver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
@@ -34,7 +35,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
         Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
         Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
-        Tf32 = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH"));
+        Tf32 = tf32;
         LoadKernels();
         _allocator = new CachingAllocator(new DeviceMemory(this), this);
     }

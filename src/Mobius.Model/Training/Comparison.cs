@@ -359,6 +359,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("backend")]
     public required string Backend { get; init; }
 
+    /// <summary>How the backend multiplied: "fp32" (strict) or "tf32" (<see cref="IBackend.MathMode"/>).</summary>
+    [JsonPropertyName("math")]
+    public string MathMode { get; init; } = "fp32";
+
     /// <summary>What both topologies started from (null: a random text-to-image model).</summary>
     [JsonPropertyName("start")]
     public StartPoint? Start { get; init; }
@@ -754,6 +758,7 @@ public static class Comparison
                 Motions = options.Motions?.Select(m => m.ToString()).ToList(),
                 Data = folder is null ? null : new DataFolderInfo(options.DataFolder!, folderTrain!.Count, folderValidation!.Count),
                 Backend = backends[0].DeviceName,
+                MathMode = backends[0].MathMode,
                 Steps = steps,
                 StepsRequested = options.Steps,
                 Seed = options.Seed,

@@ -76,24 +76,39 @@ public sealed class CliTests
         string[] common = ["compare", "--config", "micro", "--steps", "1", "--samples", "0", "--json", "--seed", "5"];
         var cpu = Run("", [.. common, "--backend", "cpu", "--out", folder.File("cpu")]);
         var cuda = Run("sim", [.. common, "--backend", "cuda", "--out", folder.File("cuda")]);
+        var tf32 = Run("sim", [.. common, "--backend", "cuda", "--math", "tf32", "--out", folder.File("tf32")]);
         Assert.True(cpu.Code == 0, cpu.Out + cpu.Err);
         Assert.True(cuda.Code == 0, cuda.Out + cuda.Err);
+        Assert.True(tf32.Code == 0, tf32.Out + tf32.Err);
         using var a = JsonDocument.Parse(cpu.Out);
         using var b = JsonDocument.Parse(cuda.Out);
+        using var c = JsonDocument.Parse(tf32.Out);
         Assert.Contains("simulat", b.RootElement.GetProperty("backend").GetString(), StringComparison.OrdinalIgnoreCase);
+        Assert.Equal("fp32", a.RootElement.GetProperty("math").GetString());
+        Assert.Equal("fp32", b.RootElement.GetProperty("math").GetString());
+        Assert.Equal("tf32", c.RootElement.GetProperty("math").GetString());
+        Assert.Contains("TF32 tensor cores for cuBLAS and cuDNN (--math tf32)", Flat(File.ReadAllText(Path.Combine(folder.File("tf32"), "report.md"))));
         foreach (var topo in new[] { "serial", "parallel" })
         {
-            // Same seed, data and weights: the losses agree to float32 reduction-order differences (relative 1e-3).
+            // Same seed, data and weights: the losses agree to float32 reduction-order differences (relative 1e-3),
+            // and in TF32 (inputs of every GEMM and convolution rounded to 11 significant bits) to 1e-2.
             foreach (var key in new[] { "final_loss", "validation_loss", "initial_validation_loss" })
             {
                 double x = a.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
                 double y = b.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
+                double z = c.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
                 Assert.True(Math.Abs(x - y) <= 1e-3 * Math.Abs(x), $"{topo}.{key}: cpu {x}, cuda {y}");
+                Assert.True(Math.Abs(x - z) <= 1e-2 * Math.Abs(x), $"{topo}.{key}: cpu {x}, cuda in TF32 {z}");
             }
 
             Assert.Equal(a.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64(),
                 b.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64());
+            Assert.Equal(a.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64(),
+                c.RootElement.GetProperty(topo).GetProperty("saved_activation_bytes").GetInt64());
         }
+
+        AssertCleanFailure(Run("sim", [.. common, "--backend", "cpu", "--math", "tf32"]), 2, "--math tf32 needs --backend cuda");
+        AssertCleanFailure(Run("sim", [.. common, "--backend", "cuda", "--math", "fp16"]), 2, "--math must be fp32 or tf32, got 'fp16'");
     }
 
     [Fact]
