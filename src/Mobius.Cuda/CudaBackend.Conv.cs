@@ -18,6 +18,7 @@ public sealed unsafe partial class CudaBackend
     {
         MakeCurrent();
         var plan = Plan(s);
+        UseMath(plan, plan.FwdMath);
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FwdWorkspace))
         {
@@ -38,6 +39,7 @@ public sealed unsafe partial class CudaBackend
     {
         MakeCurrent();
         var plan = Plan(s);
+        UseMath(plan, plan.DataMath);
         float one = 1f, zero = 0f;
         using var ws = Workspace(plan.DataWorkspace);
         Count("cudnnConvolutionBackwardData");
@@ -50,6 +52,7 @@ public sealed unsafe partial class CudaBackend
     {
         MakeCurrent();
         var plan = Plan(s);
+        UseMath(plan, plan.FilterMath);
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FilterWorkspace))
         {
@@ -89,21 +92,25 @@ public sealed unsafe partial class CudaBackend
         Cudnn.Check(Cudnn.cudnnCreateConvolutionDescriptor(out plan.Conv), "cudnnCreateConvolutionDescriptor");
         Cudnn.Check(Cudnn.cudnnSetConvolution2dDescriptor(plan.Conv, s.Pad, s.Pad, s.Stride, s.Stride, 1, 1, Cudnn.CrossCorrelation, Cudnn.DataFloat),
             "cudnnSetConvolution2dDescriptor");
-        Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(plan.Conv, _tf32 ? Cudnn.DefaultMath : Cudnn.FmaMath), "cudnnSetConvolutionMathType");
-
+        // The heuristics rank under the mode's math type: FMA only, or TF32 allowed (default math).
+        int allowed = _tf32 ? Cudnn.DefaultMath : Cudnn.FmaMath;
+        UseMath(plan, allowed);
         var perf = new Cudnn.AlgoPerf[8];
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");
-        plan.FwdAlgo = Best(perf, n, "forward", ConvWorkspaceLimitBytes);
+        (plan.FwdAlgo, plan.FwdMath) = Choice(BestEntry(perf, n, "forward", ConvWorkspaceLimitBytes));
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+        (plan.DataAlgo, plan.DataMath) = Choice(BestEntry(perf, n, "backward data", ConvWorkspaceLimitBytes));
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+        (plan.FilterAlgo, plan.FilterMath) = Choice(BestEntry(perf, n, "backward filter", ConvWorkspaceLimitBytes));
+
+        // Each workspace as its algorithm will run: under the math type it was ranked under.
+        UseMath(plan, plan.FwdMath);
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardWorkspaceSize(_dnn, plan.X, plan.W, plan.Conv, plan.Y, plan.FwdAlgo, out nuint fws), "cudnnGetConvolutionForwardWorkspaceSize");
         plan.FwdWorkspace = (long)fws;
-
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
-        plan.DataAlgo = Best(perf, n, "backward data", ConvWorkspaceLimitBytes);
+        UseMath(plan, plan.DataMath);
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataWorkspaceSize(_dnn, plan.W, plan.Y, plan.Conv, plan.X, plan.DataAlgo, out nuint dws), "cudnnGetConvolutionBackwardDataWorkspaceSize");
         plan.DataWorkspace = (long)dws;
-
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
-        plan.FilterAlgo = Best(perf, n, "backward filter", ConvWorkspaceLimitBytes);
+        UseMath(plan, plan.FilterMath);
         Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterWorkspaceSize(_dnn, plan.X, plan.Y, plan.Conv, plan.W, plan.FilterAlgo, out nuint wws), "cudnnGetConvolutionBackwardFilterWorkspaceSize");
         plan.FilterWorkspace = (long)wws;
 
@@ -124,13 +131,16 @@ public sealed unsafe partial class CudaBackend
     /// algorithms add with atomics, whose order changes from run to run, and a run that resumes from a
     /// checkpoint must repeat the uninterrupted one bit for bit.
     /// </summary>
-    internal static int Best(Cudnn.AlgoPerf[] perf, int count, string what, long limit)
+    internal static int Best(Cudnn.AlgoPerf[] perf, int count, string what, long limit) => BestEntry(perf, count, what, limit).Algo;
+
+    /// <summary>The entry <see cref="Best"/> picks, with the math type cuDNN ranked the algorithm under.</summary>
+    internal static Cudnn.AlgoPerf BestEntry(Cudnn.AlgoPerf[] perf, int count, string what, long limit)
     {
         for (int i = 0; i < count; i++)
         {
             if (perf[i].Status == 0 && perf[i].Determinism == Cudnn.Deterministic && (long)perf[i].Memory <= limit)
             {
-                return perf[i].Algo;
+                return perf[i];
             }
         }
 
@@ -144,7 +154,7 @@ public sealed unsafe partial class CudaBackend
 
             if ((long)perf[i].Memory <= limit)
             {
-                return perf[i].Algo;
+                return perf[i];
             }
 
             if (best < 0 || perf[i].Memory < perf[best].Memory)
@@ -154,8 +164,25 @@ public sealed unsafe partial class CudaBackend
         }
 
         return best >= 0
-            ? perf[best].Algo
+            ? perf[best]
             : throw new CudaException($"cudnnGetConvolution*Algorithm_v7 ({what})", -1, "CUDNN_STATUS_NOT_SUPPORTED", "no convolution algorithm is supported for this shape");
+    }
+
+    /// <summary>
+    /// An algorithm and the math type cuDNN ranked it under: with TF32 allowed the heuristics list tensor-core
+    /// algorithms under CUDNN_TENSOR_OP_MATH and others under CUDNN_DEFAULT_MATH, and each runs with the
+    /// descriptor set to its own (as PyTorch does); in strict fp32 every entry is FMA math.
+    /// </summary>
+    private static (int Algo, int Math) Choice(Cudnn.AlgoPerf p) => (p.Algo, p.MathType);
+
+    /// <summary>Sets the shared descriptor's math type to the one the next call's algorithm was chosen under.</summary>
+    private static void UseMath(ConvPlan plan, int math)
+    {
+        if (plan.Math != math)
+        {
+            Cudnn.Check(Cudnn.cudnnSetConvolutionMathType(plan.Conv, math), "cudnnSetConvolutionMathType");
+            plan.Math = math;
+        }
     }
 
     private void FreeConvDescriptors()
@@ -179,7 +206,11 @@ public sealed unsafe partial class CudaBackend
         public nint Bias;
         public nint W;
         public nint Conv;
+        public int Math = -1; // the math type the descriptor holds now
         public int FwdAlgo;
+        public int FwdMath;
+        public int DataMath;
+        public int FilterMath;
         public int DataAlgo;
         public int FilterAlgo;
         public long FwdWorkspace;
