@@ -52,9 +52,11 @@ public static class Backends
         {
             var devices = CudaDevice.List();
             string where = string.Join("; ", NativeLibraries.Report);
+            string math = Environment.GetEnvironmentVariable("MOBIUS_MATH") is { Length: > 0 } m ? $"MOBIUS_MATH={m}" : "fp32";
+            string tf32 = devices.Any(d => d.Major >= 8) ? "--math tf32 for TF32 tensor cores" : "no TF32 below sm_80";
             return devices.Count == 0
                 ? $"the driver reports no device ({where})"
-                : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $" ({where})";
+                : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $"; math {math} ({tf32}) ({where})";
         }
         catch (Exception e) when (e is DllNotFoundException or CudaException)
         {
