@@ -255,7 +255,7 @@ public sealed class ReportWriter(string folder)
 
         if (r.Serial.TimeByKind is { } st && r.Parallel.TimeByKind is { } pt)
         {
-            sb.AppendLine().AppendLine($"Time by layer kind over {o.ProfileSteps} extra steps per topology after everything above (ms per step; the device synchronised at every kind boundary, so these steps are slower than the step times above; \"Other\" also holds the loss and the optimizer step):").AppendLine();
+            sb.AppendLine().AppendLine($"Time by layer kind over {o.ProfileSteps} extra steps per topology after everything above (ms per step; the device synchronised at every kind boundary, so these steps are slower than the step times above; \"Data\" is the host making the batch, outside the step times; \"Optimizer\" the gradient norm, AdamW and any EMA; \"Other\" the loss, the uploads and the gaps between kinds):").AppendLine();
             sb.AppendLine("| kind | serial forward | serial backward | parallel forward | parallel backward |").AppendLine("|---|---:|---:|---:|---:|");
             foreach (var row in Ui.TimeRows(st, pt))
             {

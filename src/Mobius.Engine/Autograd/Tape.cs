@@ -336,7 +336,7 @@ public sealed record TapeKindStats(int Nodes, long SavedBytes, long PeakSavedByt
 
 /// <summary>
 /// Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>). Time outside any kind
-/// scope (the loss, the optimizer step, uploads) counts as the forward time of "Other".
+/// scope (the loss, uploads) counts as the forward time of "Other"; the trainer names its batch making "Data" and its optimizer step "Optimizer".
 /// </summary>
 /// <param name="synchronize">Waits for queued device work before each reading (a device backend's
 /// Synchronize); null on the CPU.</param>

@@ -302,7 +302,7 @@ public sealed record ValidationPoint(
     [property: JsonPropertyName("loss")] double Loss);
 
 /// <summary>Time of one layer kind in one step, milliseconds.</summary>
-/// <param name="ForwardMs">Forward (for "Other": also the loss, the optimizer step and the gaps between backward nodes).</param>
+/// <param name="ForwardMs">Forward (for "Other": also the loss, the uploads and the gaps between backward nodes; "Data" and "Optimizer" are all forward).</param>
 /// <param name="BackwardMs">Backward.</param>
 public sealed record KindTime(
     [property: JsonPropertyName("forward_ms")] double ForwardMs,

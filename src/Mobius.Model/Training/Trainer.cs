@@ -568,7 +568,12 @@ public sealed class Trainer : IDisposable
 
         int step = StepsDone + 1;
         int n = Options.Accumulate;
-        var batches = Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
+        List<Batch> batches;
+        using (Tape.Kind("Data"))
+        {
+            batches = Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
+        }
+
         var backend = _model.Backend;
         backend.Synchronize();
         backend.Memory.ResetPeak();
@@ -579,14 +584,20 @@ public sealed class Trainer : IDisposable
         {
             ExactStepAndFoldBias(batches[0]);
         }
-        else if (LoopCorrected)
+
+        float norm;
+        using (Tape.Kind("Optimizer"))
         {
-            CorrectLoopGradients();
+            if (!exactStep && LoopCorrected)
+            {
+                CorrectLoopGradients();
+            }
+
+            _optimizer.Lr = Options.LearningRateAt(step);
+            norm = _optimizer.Step(Options.MaxGradNorm);
+            UpdateEma(step);
         }
 
-        _optimizer.Lr = Options.LearningRateAt(step);
-        float norm = _optimizer.Step(Options.MaxGradNorm);
-        UpdateEma(step);
         backend.Synchronize();
         double ms = clock.Elapsed.TotalMilliseconds;
         StepsDone = step;

@@ -359,6 +359,11 @@ public sealed class CliTests
             }
 
             Assert.True(Ms(kinds, "TemporalTransformer", "backward_ms") > 0, "the temporal layers train in both topologies");
+            foreach (var own in new[] { "Data", "Optimizer" })
+            {
+                Assert.True(Ms(kinds, own, "forward_ms") > 0, $"{own} is timed on its own");
+                Assert.Equal(0, Ms(kinds, own, "backward_ms"));
+            }
         }
 
         // Serial passes gradients back through the frozen spatial layers; parallel runs them forward only.
