@@ -82,6 +82,10 @@ public interface IClipSource
     /// <summary>Frame width in pixels.</summary>
     int Width { get; }
 
-    /// <summary>Clip <paramref name="index"/> (0 &lt;= index &lt; <see cref="Count"/>); the same index always gives the same clip.</summary>
+    /// <summary>
+    /// Clip <paramref name="index"/> (0 &lt;= index &lt; <see cref="Count"/>); the same index always gives the same clip.
+    /// May be called from several threads at once: a trainer on a device backend makes its next batch on a worker
+    /// thread while validation reads clips on the caller's.
+    /// </summary>
     Clip Get(int index);
 }

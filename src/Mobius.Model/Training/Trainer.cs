@@ -302,6 +302,8 @@ public sealed class Trainer : IDisposable
     private readonly Dictionary<Parameter, Tensor> _ema = new();
     private bool _emaInPlace;
     private int _loopBiasFolds;
+    private Task<List<Batch>>? _prefetch;
+    private int _prefetchStep;
 
     /// <summary><see cref="LoopCorrectionMode.Scale"/>'s running means for one parameter tensor.</summary>
     internal sealed class LoopScale
@@ -323,6 +325,7 @@ public sealed class Trainer : IDisposable
         _data = data;
         Stage = stage;
         Options = options;
+        PrefetchBatches = model.Backend.Name == "cuda";
         if (data.Count == 0)
         {
             throw new ArgumentException("the training data has no clips.");
@@ -406,6 +409,15 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Steps completed.</summary>
     public int StepsDone { get; private set; }
+
+    /// <summary>
+    /// Whether each training step starts making the next step's batches on a worker thread (host work: clips,
+    /// latents, noise) while the device computes, so that the next step finds them ready. A batch depends only on
+    /// the step, the seed and the data, so training is the same to the bit either way. Default: on where a device
+    /// computes (the CUDA backend), off on the CPU backend, whose threads are busy with the step itself. The data
+    /// source's <see cref="IClipSource.Get"/> and the codec's Encode then run on that thread too.
+    /// </summary>
+    public bool PrefetchBatches { get; set; }
 
     /// <summary>Clips per training step: <see cref="TrainOptions.Batch"/>, or the model config's when that is 0.</summary>
     public int BatchSize => Options.BatchFor(_model.Config);
@@ -571,7 +583,7 @@ public sealed class Trainer : IDisposable
         List<Batch> batches;
         using (Tape.Kind("Data"))
         {
-            batches = Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
+            batches = BatchesOf(step);
         }
 
         var backend = _model.Backend;
@@ -602,6 +614,63 @@ public sealed class Trainer : IDisposable
         double ms = clock.Elapsed.TotalMilliseconds;
         StepsDone = step;
         return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
+    }
+
+    /// <summary>The batches of training step <paramref name="step"/> (one, or one per accumulated micro-batch).</summary>
+    private List<Batch> MakeBatches(int step)
+    {
+        int n = Options.Accumulate;
+        return Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
+    }
+
+    /// <summary>
+    /// Step <paramref name="step"/>'s batches: the prefetched ones when they are this step's (a failure to make them
+    /// is thrown here, as if made now), else made now; then, with <see cref="PrefetchBatches"/>, starts making the
+    /// next step's on a worker thread.
+    /// </summary>
+    private List<Batch> BatchesOf(int step)
+    {
+        List<Batch>? batches = null;
+        if (TakePrefetch() is { } pending)
+        {
+            if (_prefetchStep == step)
+            {
+                batches = pending.GetAwaiter().GetResult();
+            }
+            else
+            {
+                Settle(pending); // another step's (the trainer resumed elsewhere): dropped
+            }
+        }
+
+        batches ??= MakeBatches(step);
+        if (PrefetchBatches)
+        {
+            int next = step + 1;
+            _prefetchStep = next;
+            _prefetch = Task.Run(() => MakeBatches(next));
+        }
+
+        return batches;
+    }
+
+    private Task<List<Batch>>? TakePrefetch()
+    {
+        var pending = _prefetch;
+        _prefetch = null;
+        return pending;
+    }
+
+    /// <summary>Waits for a prefetch nobody will use, its failure included (it belongs to no step that runs).</summary>
+    private static void Settle(Task pending)
+    {
+        try
+        {
+            pending.Wait();
+        }
+        catch (AggregateException)
+        {
+        }
     }
 
     /// <summary>
@@ -971,9 +1040,14 @@ public sealed class Trainer : IDisposable
         }
     }
 
-    /// <summary>Releases the optimiser state.</summary>
+    /// <summary>Releases the optimiser state (after any batch still being made for a next step).</summary>
     public void Dispose()
     {
+        if (TakePrefetch() is { } pending)
+        {
+            Settle(pending);
+        }
+
         ClearLoopCorrection();
         foreach (var t in _ema.Values)
         {
