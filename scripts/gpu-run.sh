@@ -136,26 +136,30 @@ fi
 fi
 
 if want tf32; then
-step "TF32 tensor cores on both engines (mobius compare --math tf32, the peer with --tf32)"
-# cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH, cuDNN in default math, the temporal convolution on cuBLAS (CudaBackend.Tf32);
-# the peer with allow_tf32 on both libraries. The compare and peer parts' strict fp32 runs are the baselines.
-for spec in "tiny 60 60" "ms256 6 150"; do
-  set -- $spec; c=$1; steps=$2
-  [ $sim = 1 ] && [ "$c" != tiny ] && continue
-  [[ "$configs" == *" $c "* ]] || continue
-  [ $sim = 1 ] && steps=2
-  run "$3" "$bin/mobius" compare --config $c --backend cuda --math tf32 --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-tf32"
-done
-if [ $sim = 0 ]; then
-  for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024"; do
-    set -- $spec
-    run 20 env MOBIUS_MATH=tf32 "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+step "tensor cores on both engines: TF32, then bf16 GEMMs (mobius compare --math, the peer with --math)"
+# CudaBackend.TensorCores: tf32 puts cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH and cuDNN in default math; bf16 runs every
+# GEMM as GemmEx with CUBLAS_COMPUTE_32F_FAST_16BF and the convolutions in TF32; both move the temporal convolution
+# onto cuBLAS. The peer: allow_tf32, or set_float32_matmul_precision("medium"). The compare and peer parts' strict
+# runs are the baselines.
+for math in tf32 bf16; do
+  for spec in "tiny 60 60" "ms256 6 150"; do
+    set -- $spec; c=$1; steps=$2
+    [ $sim = 1 ] && [ "$c" != tiny ] && continue
+    [[ "$configs" == *" $c "* ]] || continue
+    [ $sim = 1 ] && steps=2
+    run "$3" "$bin/mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-$math"
   done
-  if $py -c "import torch" 2>/dev/null && [[ "$configs" == *" ms256 "* ]]; then
-    run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --tf32 > '$results/peer-ms256-tf32.json'"
-    cat "$results/peer-ms256-tf32.json" >> "$md"
+  if [ $sim = 0 ]; then
+    for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024"; do
+      set -- $spec
+      run 20 env MOBIUS_MATH=$math "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+    done
+    if $py -c "import torch" 2>/dev/null && [[ "$configs" == *" ms256 "* ]]; then
+      run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --math $math > '$results/peer-ms256-$math.json'"
+      cat "$results/peer-ms256-$math.json" >> "$md"
+    fi
   fi
-fi
+done
 fi
 
 if want recompute; then

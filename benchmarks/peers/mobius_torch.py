@@ -509,20 +509,22 @@ def resident_bytes(params, opt):
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def bench(device, config, steps, warmup, seed=1, bridge="loop", recompute_spatial=False, tf32=False):
+def bench(device, config, steps, warmup, seed=1, bridge="loop", recompute_spatial=False, math="fp32"):
     """Serial and parallel training steps of the same model on random data, alternating, as Mobius
     measures them: median step time, peak memory (CUDA: max_memory_allocated) and the bytes autograd
     saves for backward (unique storages seen by saved_tensors_hooks). With recompute_spatial the serial
-    topology checkpoints each frozen spatial layer (torch.utils.checkpoint). With tf32 cuBLAS and cuDNN may use
-    TF32 tensor cores (allow_tf32), as the engine's --math tf32. Prints one JSON object."""
+    topology checkpoints each frozen spatial layer (torch.utils.checkpoint). math is the engine's --math: fp32
+    (strict), tf32 (allow_tf32 in cuBLAS and cuDNN) or bf16 (fp32 matmuls on bf16 tensor cores,
+    set_float32_matmul_precision("medium"), convolutions in TF32). Prints one JSON object."""
     import statistics
     import time
 
     cfg = CONFIGS[config]
     dev = torch.device(device)
-    # Strict fp32 like the engine (cuBLAS default math, cuDNN FMA math), or TF32 on both sides (--math tf32).
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
+    # Strict fp32 like the engine (cuBLAS default math, cuDNN FMA math), or its tensor-core modes (--math).
+    torch.set_float32_matmul_precision({"fp32": "highest", "tf32": "high", "bf16": "medium"}[math])
+    torch.backends.cuda.matmul.allow_tf32 = math == "tf32"
+    torch.backends.cudnn.allow_tf32 = math != "fp32"
     gen = torch.Generator().manual_seed(seed)
     b, f, h, w = cfg["batch"], cfg["frames"], cfg["height"] // 2, cfg["width"] // 2
     runs = {}
@@ -583,7 +585,7 @@ def bench(device, config, steps, warmup, seed=1, bridge="loop", recompute_spatia
                 peak[topology] = torch.cuda.max_memory_allocated() - resident_bytes(other_p, other_opt)
 
     out = {"peer": f"pytorch {torch.__version__}", "device": device, "config": config, "bridge": bridge, "steps": steps,
-           "recompute_spatial": recompute_spatial, "math": "tf32" if tf32 else "fp32",
+           "recompute_spatial": recompute_spatial, "math": math,
            "threads": torch.get_num_threads()}
     for topology in runs:
         out[topology] = {"step_ms_median": statistics.median(times[topology]), "saved_activation_bytes": saved[topology],
@@ -609,11 +611,11 @@ if __name__ == "__main__":
         a.add_argument("--threads", type=int, default=0)
         a.add_argument("--bridge", default="loop", choices=["loop", "additive", "skip", "delta"])
         a.add_argument("--recompute-spatial", action="store_true")
-        a.add_argument("--tf32", action="store_true", help="let cuBLAS and cuDNN use TF32 tensor cores (the engine's --math tf32)")
+        a.add_argument("--math", default="fp32", choices=["fp32", "tf32", "bf16"], help="the engine's --math: strict fp32, TF32, or bf16 matmuls")
         args = a.parse_args(sys.argv[2:])
         if args.threads:
             torch.set_num_threads(args.threads)
-        bench(args.device, args.config, args.steps, args.warmup, bridge=args.bridge, recompute_spatial=args.recompute_spatial, tf32=args.tf32)
+        bench(args.device, args.config, args.steps, args.warmup, bridge=args.bridge, recompute_spatial=args.recompute_spatial, math=args.math)
     else:
         print(__doc__)
         sys.exit(2)

@@ -10,17 +10,11 @@ public static class Backends
 {
     /// <summary>
     /// "cpu" or "cuda"; a cuda backend that cannot start raises <see cref="BackendUnavailableException"/>.
-    /// <paramref name="math"/> (--math): null keeps the backend's own (fp32, or MOBIUS_MATH on cuda), else fp32 or tf32.
+    /// <paramref name="math"/> (--math): null keeps the backend's own (fp32, or MOBIUS_MATH on cuda), else fp32, tf32 or bf16.
     /// </summary>
     public static IBackend Create(string name, int threads, long memoryLimitMb, string? math = null)
     {
-        bool? tf32 = math?.ToLowerInvariant() switch
-        {
-            null => null,
-            "fp32" => false,
-            "tf32" => true,
-            _ => throw new UsageException($"--math must be fp32 or tf32, got '{math}'."),
-        };
+        TensorCoreMath? cores = math is null ? null : ParseMath(math);
         if (threads < 0)
         {
             throw new UsageException($"--threads must be 0 (all cores) or more, got {threads}.");
@@ -32,17 +26,29 @@ public static class Backends
         }
 
         string kind = name.ToLowerInvariant();
-        if (kind == "cpu" && tf32 == true)
+        if (kind == "cpu" && cores is { } c && c != TensorCoreMath.None)
         {
-            throw new UsageException("--math tf32 needs --backend cuda: TF32 is a tensor-core mode of cuBLAS and cuDNN; the cpu backend computes in fp32.");
+            throw new UsageException($"--math {CudaBackend.MathName(c)} needs --backend cuda: it is a tensor-core mode of cuBLAS and cuDNN; the cpu backend computes in fp32.");
         }
 
         return kind switch
         {
             "cpu" => new CpuBackend(threads, memoryLimitMb * 1048576),
-            "cuda" => CreateCuda(tf32),
+            "cuda" => CreateCuda(cores),
             _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
         };
+    }
+
+    private static TensorCoreMath ParseMath(string math)
+    {
+        try
+        {
+            return CudaBackend.MathSetting(math.ToLowerInvariant()); // the names MOBIUS_MATH takes
+        }
+        catch (ArgumentException)
+        {
+            throw new UsageException($"--math must be fp32, tf32 or bf16, got '{math}'.");
+        }
     }
 
     /// <summary>The devices the driver sees, and where the libraries came from; or why there are none.</summary>
@@ -53,7 +59,7 @@ public static class Backends
             var devices = CudaDevice.List();
             string where = string.Join("; ", NativeLibraries.Report);
             string math = Environment.GetEnvironmentVariable("MOBIUS_MATH") is { Length: > 0 } m ? $"MOBIUS_MATH={m}" : "fp32";
-            string tf32 = devices.Any(d => d.Major >= 8) ? "--math tf32 for TF32 tensor cores" : "no TF32 below sm_80";
+            string tf32 = devices.Any(d => d.Major >= 8) ? "--math tf32 or bf16 for tensor cores" : "no tensor-core math below sm_80";
             return devices.Count == 0
                 ? $"the driver reports no device ({where})"
                 : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $"; math {math} ({tf32}) ({where})";
@@ -64,7 +70,7 @@ public static class Backends
         }
     }
 
-    private static IBackend CreateCuda(bool? tf32)
+    private static IBackend CreateCuda(TensorCoreMath? cores)
     {
         CudaBackend backend;
         try
@@ -80,9 +86,9 @@ public static class Backends
             throw new UsageException(e.Message); // MOBIUS_MATH or MOBIUS_TEMPORAL_CONV with a value it does not know
         }
 
-        if (tf32 is { } on)
+        if (cores is { } mode)
         {
-            backend.Tf32 = on;
+            backend.TensorCores = mode;
         }
 
         return backend;

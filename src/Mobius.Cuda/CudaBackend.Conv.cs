@@ -5,7 +5,7 @@ namespace Mobius.Cuda;
 
 /// <summary>
 /// Spatial convolutions on cuDNN's legacy API: descriptors and algorithm choices cached per shape,
-/// FMA math (strict fp32, so results match the CPU backend) unless <see cref="Tf32"/> allows TF32 tensor cores,
+/// FMA math (strict fp32, so results match the CPU backend) unless <see cref="TensorCores"/> allows TF32 tensor cores,
 /// workspace from our allocator.
 /// The parallel topology's spatial chain calls only <see cref="Conv2dForward"/>: inference-only.
 /// </summary>
@@ -93,7 +93,7 @@ public sealed unsafe partial class CudaBackend
         Cudnn.Check(Cudnn.cudnnSetConvolution2dDescriptor(plan.Conv, s.Pad, s.Pad, s.Stride, s.Stride, 1, 1, Cudnn.CrossCorrelation, Cudnn.DataFloat),
             "cudnnSetConvolution2dDescriptor");
         // The heuristics rank under the mode's math type: FMA only, or TF32 allowed (default math).
-        int allowed = _tf32 ? Cudnn.DefaultMath : Cudnn.FmaMath;
+        int allowed = _tensorCores == TensorCoreMath.None ? Cudnn.FmaMath : Cudnn.DefaultMath;
         UseMath(plan, allowed);
         var perf = new Cudnn.AlgoPerf[8];
         Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");

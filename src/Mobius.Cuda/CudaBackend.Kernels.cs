@@ -171,13 +171,13 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// Runs the temporal convolution on cuBLAS instead of our kernels: forward and backward data as GEMMs over
     /// three-frame windows, the weight gradient as three GEMMs over channel-major copies of the input and the output
-    /// gradient. Same results within fp32 rounding (another summation order); with <see cref="Tf32"/> these GEMMs
-    /// run on tensor cores. Unset, it follows <see cref="Tf32"/>; MOBIUS_TEMPORAL_CONV=kernel or gemm (read when the
-    /// backend opens) or this setter fixes it.
+    /// gradient. Same results within fp32 rounding (another summation order); with <see cref="TensorCores"/> these
+    /// GEMMs run on tensor cores. Unset, it is on wherever tensor cores are; MOBIUS_TEMPORAL_CONV=kernel or gemm (read
+    /// when the backend opens) or this setter fixes it.
     /// </summary>
     public bool TemporalConvOnCublas
     {
-        get => _temporalConvOnCublas ?? _tf32;
+        get => _temporalConvOnCublas ?? _tensorCores != TensorCoreMath.None;
         set => _temporalConvOnCublas = value;
     }
 
@@ -188,7 +188,7 @@ public sealed unsafe partial class CudaBackend
         null or "" => null,
         "kernel" => false,
         "gemm" => true,
-        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels; the default in fp32) or gemm (cuBLAS; the default with TF32)."),
+        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels; the default in fp32) or gemm (cuBLAS; the default with tensor cores)."),
     };
 
     /// <summary>
@@ -594,10 +594,7 @@ public sealed unsafe partial class CudaBackend
     private void GemmRowMajor(bool transA, bool transB, int m, int n, int k, float alpha, ulong a, int lda, long strideA,
         ulong b, int ldb, long strideB, float beta, ulong c, int ldc, long strideC, int batch)
     {
-        MakeCurrent();
-        Count("cublasSgemmStridedBatched");
-        Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, transB ? Cublas.OpT : Cublas.OpN, transA ? Cublas.OpT : Cublas.OpN, n, m, k, &alpha,
-            b, ldb, strideB, a, lda, strideA, &beta, c, ldc, strideC, batch), "cublasSgemmStridedBatched");
+        Products(transB ? Cublas.OpT : Cublas.OpN, transA ? Cublas.OpT : Cublas.OpN, n, m, k, alpha, b, ldb, strideB, a, lda, strideA, beta, c, ldc, strideC, batch);
     }
 
     // ---- resampling, embedding -----------------------------------------------------------------------

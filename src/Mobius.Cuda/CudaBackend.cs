@@ -24,7 +24,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <summary>Opens device <paramref name="ordinal"/> (primary context), its stream, cuBLAS, cuDNN and our kernels.</summary>
     public CudaBackend(int ordinal = 0)
     {
-        bool tf32 = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH")); // refused before anything is opened
+        var math = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH")); // refused before anything is opened
         Device = CudaDevice.Query(ordinal);
         Driver.Check(Driver.cuDeviceGet(out int dev, ordinal), "cuDeviceGet");
         Driver.Check(Driver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
@@ -35,13 +35,13 @@ public sealed unsafe partial class CudaBackend : IBackend
         Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
         Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
         Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
-        Tf32 = tf32;
+        TensorCores = math;
         LoadKernels();
         _allocator = new CachingAllocator(new DeviceMemory(this), this);
     }
 
     private readonly int _deviceHandle;
-    private bool _tf32;
+    private TensorCoreMath _tensorCores;
 
     /// <summary>The device.</summary>
     public CudaDeviceInfo Device { get; }
@@ -56,39 +56,56 @@ public sealed unsafe partial class CudaBackend : IBackend
     public MemoryTracker Memory { get; } = new();
 
     /// <summary>
-    /// TF32 tensor-core math for every fp32 GEMM on cuBLAS (CUBLAS_TF32_TENSOR_OP_MATH) and convolution on cuDNN
-    /// (CUDNN_DEFAULT_MATH): the products read their inputs with 10 mantissa bits instead of 23 and accumulate in
-    /// fp32, as PyTorch's allow_tf32 does, on sm_80 and later (older devices compute in fp32 either way). The
-    /// temporal convolution then runs on cuBLAS too (<see cref="TemporalConvOnCublas"/>) unless
-    /// MOBIUS_TEMPORAL_CONV=kernel. Our own kernels (attention over frames, norms, elementwise ops, the optimiser)
-    /// compute in fp32 either way. Off by default: strict fp32 matches the CPU backend; MOBIUS_MATH=tf32 turns it
-    /// on when the backend opens, `--math tf32` on the command line.
+    /// What tensor cores may do with the fp32 products of cuBLAS and cuDNN (MOBIUS_MATH when the backend opens,
+    /// `--math` on the command line). <see cref="TensorCoreMath.None"/> (the default): strict fp32, as the CPU
+    /// backend. <see cref="TensorCoreMath.Tf32"/>: every GEMM in CUBLAS_TF32_TENSOR_OP_MATH and every convolution in
+    /// CUDNN_DEFAULT_MATH, reading the inputs with 11 significant bits and accumulating in fp32, as PyTorch's
+    /// allow_tf32. <see cref="TensorCoreMath.Bf16"/>: every GEMM rounds its fp32 inputs to bf16 (8 significant bits)
+    /// and accumulates in fp32 (CUBLAS_COMPUTE_32F_FAST_16BF), twice TF32's tensor-core rate; convolutions as in TF32
+    /// (cuDNN's legacy API does not round fp32 to bf16). Either way the temporal convolution runs on cuBLAS
+    /// (<see cref="TemporalConvOnCublas"/>) unless MOBIUS_TEMPORAL_CONV=kernel, and tensors stay fp32 in memory; our
+    /// own kernels (attention over frames, norms, elementwise ops, the optimiser) compute in fp32. sm_80 and later;
+    /// older devices compute in fp32 whatever this says.
     /// </summary>
-    public bool Tf32
+    public TensorCoreMath TensorCores
     {
-        get => _tf32;
+        get => _tensorCores;
         set
         {
+            if (!Enum.IsDefined(value))
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, "not a TensorCoreMath.");
+            }
+
             MakeCurrent();
-            Cublas.Check(Cublas.cublasSetMathMode(_blas, value ? Cublas.Tf32TensorOpMath : Cublas.DefaultMath), "cublasSetMathMode");
-            if (value != _tf32)
+            Cublas.Check(Cublas.cublasSetMathMode(_blas, value == TensorCoreMath.None ? Cublas.DefaultMath : Cublas.Tf32TensorOpMath), "cublasSetMathMode");
+            if ((value == TensorCoreMath.None) != (_tensorCores == TensorCoreMath.None))
             {
                 FreeConvDescriptors(); // planned again with the other math type
             }
 
-            _tf32 = value;
+            _tensorCores = value;
         }
     }
 
     /// <inheritdoc />
-    public string MathMode => _tf32 ? "tf32" : "fp32";
+    public string MathMode => MathName(_tensorCores);
 
-    /// <summary>MOBIUS_MATH: unset, empty or fp32 (strict fp32, the default), or tf32.</summary>
-    internal static bool MathSetting(string? value) => value switch
+    /// <summary>The name of a mode, as MOBIUS_MATH and `--math` spell it.</summary>
+    public static string MathName(TensorCoreMath mode) => mode switch
     {
-        null or "" or "fp32" => false,
-        "tf32" => true,
-        var other => throw new ArgumentException($"MOBIUS_MATH={other}: expected fp32 (the default) or tf32 (TF32 tensor cores in cuBLAS and cuDNN)."),
+        TensorCoreMath.Tf32 => "tf32",
+        TensorCoreMath.Bf16 => "bf16",
+        _ => "fp32",
+    };
+
+    /// <summary>MOBIUS_MATH (and `--math`): unset, empty or fp32 (strict fp32, the default), tf32 or bf16.</summary>
+    public static TensorCoreMath MathSetting(string? value) => value switch
+    {
+        null or "" or "fp32" => TensorCoreMath.None,
+        "tf32" => TensorCoreMath.Tf32,
+        "bf16" => TensorCoreMath.Bf16,
+        var other => throw new ArgumentException($"MOBIUS_MATH={other}: expected fp32 (the default), tf32 (TF32 tensor cores in cuBLAS and cuDNN) or bf16 (bf16 tensor cores in cuBLAS, TF32 in cuDNN)."),
     };
 
     /// <summary>Fill new blocks with NaN bits, fp32 and bf16 alike (0x7FC07FC0; on in the tests).</summary>
@@ -228,16 +245,35 @@ public sealed unsafe partial class CudaBackend : IBackend
         int ldb = s.TransB ? s.K : s.N;
         int opB = s.TransB ? Cublas.OpT : Cublas.OpN;
         int opA = s.TransA ? Cublas.OpT : Cublas.OpN;
-        if (s.Batch == 1)
+        Products(opB, opA, s.N, s.M, s.K, alpha, Ptr(b), ldb, s.Batch == 1 ? 0 : s.StrideB, Ptr(a), lda, s.Batch == 1 ? 0 : s.StrideA, beta, Ptr(c), s.N,
+            s.Batch == 1 ? 0 : s.StrideC, s.Batch);
+    }
+
+    /// <summary>
+    /// The column-major product C = alpha op(A) op(B) + beta C of <paramref name="batch"/> strided matrices on cuBLAS:
+    /// Sgemm for one, SgemmStridedBatched for several (both in the handle's math mode: strict fp32 or TF32), or in
+    /// <see cref="TensorCoreMath.Bf16"/> GemmStridedBatchedEx over the same fp32 matrices with bf16 compute.
+    /// </summary>
+    private void Products(int opA, int opB, int m, int n, int k, float alpha, ulong a, int lda, long strideA, ulong b, int ldb, long strideB,
+        float beta, ulong c, int ldc, long strideC, int batch)
+    {
+        MakeCurrent();
+        if (_tensorCores == TensorCoreMath.Bf16)
+        {
+            Count("cublasGemmStridedBatchedEx");
+            Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_blas, opA, opB, m, n, k, &alpha, a, Cublas.R32F, lda, strideA, b, Cublas.R32F, ldb, strideB,
+                &beta, c, Cublas.R32F, ldc, strideC, batch, Cublas.Compute32FFast16BF, Cublas.GemmDefault), "cublasGemmStridedBatchedEx");
+        }
+        else if (batch == 1)
         {
             Count("cublasSgemm");
-            Cublas.Check(Cublas.cublasSgemm(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, Ptr(a), lda, &beta, Ptr(c), s.N), "cublasSgemm_v2");
+            Cublas.Check(Cublas.cublasSgemm(_blas, opA, opB, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasSgemm_v2");
         }
         else
         {
             Count("cublasSgemmStridedBatched");
-            Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opB, opA, s.N, s.M, s.K, &alpha, Ptr(b), ldb, s.StrideB, Ptr(a), lda, s.StrideA,
-                &beta, Ptr(c), s.N, s.StrideC, s.Batch), "cublasSgemmStridedBatched");
+            Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opA, opB, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc, strideC, batch),
+                "cublasSgemmStridedBatched");
         }
     }
 

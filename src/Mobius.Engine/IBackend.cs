@@ -20,8 +20,9 @@ public interface IBackend : IDisposable
     string DeviceName { get; }
 
     /// <summary>
-    /// How the backend's fp32 matrix products and convolutions multiply: "fp32" (strict, the default), or "tf32"
-    /// (tensor cores reading 10 mantissa bits, fp32 accumulation: the CUDA backend's <c>Tf32</c>).
+    /// How the backend's fp32 matrix products and convolutions multiply: "fp32" (strict, the default), "tf32" (tensor
+    /// cores reading 11 significant bits, fp32 accumulation) or "bf16" (GEMMs on bf16 tensor cores, convolutions in
+    /// TF32): the CUDA backend's <c>TensorCores</c>.
     /// </summary>
     string MathMode => "fp32";
 

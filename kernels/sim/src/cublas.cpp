@@ -1,6 +1,7 @@
 // The simulated cuBLAS subset: column-major GEMM with cuBLAS's argument checks and alpha/beta semantics
 // (beta == 0 never reads C, alpha == 0 never reads A and B), fp32 accumulation like CUBLAS_COMPUTE_32F, bf16 storage through GemmEx.
-// In CUBLAS_TF32_TENSOR_OP_MATH (or with CUBLAS_COMPUTE_32F_FAST_TF32) fp32 inputs are read rounded to TF32, as tensor cores read them.
+// In CUBLAS_TF32_TENSOR_OP_MATH (or with CUBLAS_COMPUTE_32F_FAST_TF32) fp32 inputs are read rounded to TF32, and with
+// CUBLAS_COMPUTE_32F_FAST_16BF rounded to bf16, as tensor cores read them.
 // Scalars are host pointers (CUBLAS_POINTER_MODE_HOST, the default mode).
 #include <cmath>
 #include <cstring>
@@ -60,8 +61,9 @@ float load(const void* base, long long index, cudaDataType t) {
 }
 
 // An input element as the GEMM's multiplier reads it.
-float read(const void* base, long long index, cudaDataType t, bool tf32) {
+float read(const void* base, long long index, cudaDataType t, bool tf32, bool bf16) {
     const float v = load(base, index, t);
+    if (bf16) return bf16_to_float(float_to_bf16(v));
     return tf32 ? mobius_sim::detail::tf32_round(v) : v;
 }
 
@@ -96,6 +98,7 @@ struct Gemm {
     long long sc;
     int batch;
     bool tf32 = false;  // set by run() from the handle's math mode, or by a FAST_TF32 compute type
+    bool bf16 = false;  // fp32 inputs read as bf16 (a FAST_16BF compute type)
 };
 
 cublasStatus_t fail(cublasStatus_t s, const std::string& message) {
@@ -107,7 +110,8 @@ cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
     std::lock_guard lock(api_mutex());
     if (handles().count(handle) == 0) return fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublas: invalid handle");
     const bool fp32_inputs = g.at == CUDA_R_32F && g.bt == CUDA_R_32F;
-    g.tf32 = fp32_inputs && (g.tf32 || (!pedantic && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH));
+    g.bf16 = fp32_inputs && g.bf16;
+    g.tf32 = fp32_inputs && !g.bf16 && (g.tf32 || (!pedantic && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH));
     auto valid_op = [](cublasOperation_t o) { return o == CUBLAS_OP_N || o == CUBLAS_OP_T || o == CUBLAS_OP_C; };
     const bool ta = g.ta != CUBLAS_OP_N, tb = g.tb != CUBLAS_OP_N;  // real data: conjugate transpose == transpose
     const int a_rows = ta ? g.k : g.m, a_cols = ta ? g.m : g.k;
@@ -142,13 +146,13 @@ cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
         void* c = static_cast<unsigned char*>(g.c) + p * g.sc * (long long)cb;
         for (int kk = 0; kk < g.k; ++kk)
             for (int i = 0; i < g.m; ++i)
-                ap[(std::size_t)kk * g.m + i] = read(a, ta ? (long long)i * g.lda + kk : (long long)kk * g.lda + i, g.at, g.tf32);
+                ap[(std::size_t)kk * g.m + i] = read(a, ta ? (long long)i * g.lda + kk : (long long)kk * g.lda + i, g.at, g.tf32, g.bf16);
         for (int i0 = 0; i0 < g.m; i0 += kRowChunk) {
             const int rows = std::min(kRowChunk, g.m - i0);
             for (int j = 0; j < g.n; ++j) {
                 std::fill(acc.begin(), acc.end(), 0.0f);
                 for (int kk = 0; kk < g.k; ++kk) {
-                    const float bv = read(b, tb ? (long long)kk * g.ldb + j : (long long)j * g.ldb + kk, g.bt, g.tf32);
+                    const float bv = read(b, tb ? (long long)kk * g.ldb + j : (long long)j * g.ldb + kk, g.bt, g.tf32, g.bf16);
                     const float* col = &ap[(std::size_t)kk * g.m + i0];
                     for (int i = 0; i < rows; ++i) acc[i] += col[i] * bv;
                 }
@@ -254,7 +258,8 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     if (!compute32 || !(fp32 || bf16))
         return fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasGemmStridedBatchedEx: only fp32 compute over fp32 or bf16 data is simulated");
     return run(handle, {transa, transb, m, n, k, *static_cast<const float*>(alpha), *static_cast<const float*>(beta), A, Atype,
-                        lda, strideA, B, Btype, ldb, strideB, C, Ctype, ldc, strideC, batchCount, computeType == CUBLAS_COMPUTE_32F_FAST_TF32},
+                        lda, strideA, B, Btype, ldb, strideB, C, Ctype, ldc, strideC, batchCount, computeType == CUBLAS_COMPUTE_32F_FAST_TF32,
+                        computeType == CUBLAS_COMPUTE_32F_FAST_16BF},
                computeType == CUBLAS_COMPUTE_32F_PEDANTIC);
 }
 

@@ -183,6 +183,13 @@ TEST(Cublas, Tf32MathModeReadsFp32InputsAsTf32) {
     EXPECT_EQ(mode, CUBLAS_DEFAULT_MATH);
     mt::expect_close(sgemm(), exact, 1e-5, 1e-5, "default math is exact fp32");
     mt::expect_close(ex(CUBLAS_COMPUTE_32F_FAST_TF32), rounded, 1e-5, 1e-5, "FAST_TF32 compute rounds in default math");
+    std::vector<float> Ab(A.size()), Bb(B.size());
+    for (std::size_t i = 0; i < A.size(); ++i) Ab[i] = from_bf16(to_bf16(A[i]));
+    for (std::size_t i = 0; i < B.size(); ++i) Bb[i] = from_bf16(to_bf16(B[i]));
+    const auto as_bf16 = gemm_reference(false, false, m, n, k, 1.0, Ab, m, Bb, k, 0.0, std::vector<float>(m * n), m);
+    const auto fast16 = ex(CUBLAS_COMPUTE_32F_FAST_16BF);
+    mt::expect_close(fast16, as_bf16, 1e-5, 1e-5, "FAST_16BF compute reads fp32 inputs as bf16");
+    EXPECT_GT(max_difference(fast16, rounded), 1e-3);  // 8 significant bits, not TF32's 11
 
     ASSERT_EQ(cublasSetMathMode(blas.h, CUBLAS_TF32_TENSOR_OP_MATH), CUBLAS_STATUS_SUCCESS);
     ASSERT_EQ(cublasGetMathMode(blas.h, &mode), CUBLAS_STATUS_SUCCESS);

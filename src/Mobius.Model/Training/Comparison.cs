@@ -359,7 +359,7 @@ public sealed record ComparisonResult
     [JsonPropertyName("backend")]
     public required string Backend { get; init; }
 
-    /// <summary>How the backend multiplied: "fp32" (strict) or "tf32" (<see cref="IBackend.MathMode"/>).</summary>
+    /// <summary>How the backend multiplied: "fp32" (strict), "tf32" or "bf16" (<see cref="IBackend.MathMode"/>).</summary>
     [JsonPropertyName("math")]
     public string MathMode { get; init; } = "fp32";
 

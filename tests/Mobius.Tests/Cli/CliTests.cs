@@ -108,7 +108,8 @@ public sealed class CliTests
         }
 
         AssertCleanFailure(Run("sim", [.. common, "--backend", "cpu", "--math", "tf32"]), 2, "--math tf32 needs --backend cuda");
-        AssertCleanFailure(Run("sim", [.. common, "--backend", "cuda", "--math", "fp16"]), 2, "--math must be fp32 or tf32, got 'fp16'");
+        AssertCleanFailure(Run("sim", [.. common, "--backend", "cpu", "--math", "bf16"]), 2, "--math bf16 needs --backend cuda");
+        AssertCleanFailure(Run("sim", [.. common, "--backend", "cuda", "--math", "fp16"]), 2, "--math must be fp32, tf32 or bf16, got 'fp16'");
     }
 
     [Fact]

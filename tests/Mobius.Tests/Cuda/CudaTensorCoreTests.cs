@@ -6,56 +6,69 @@ using Xunit;
 namespace Mobius.Tests.Cuda;
 
 /// <summary>
-/// TF32 math (<see cref="CudaBackend.Tf32"/>): every op that multiplies on cuBLAS or cuDNN, checked against the fp64
-/// reference and finite differences at TF32's tolerances. The simulator reads fp32 inputs rounded to TF32 wherever
-/// cuBLAS's math mode or cuDNN's math type lets a GPU do so, so there the results also differ from strict fp32 by
-/// far more than fp32's rounding: the setting is shown to reach both libraries. The class has its own backend
-/// instance, so the setting reaches no other test.
+/// Tensor-core math (<see cref="CudaBackend.TensorCores"/>, TF32 and bf16): every op that multiplies on cuBLAS or
+/// cuDNN, checked against the fp64 reference and finite differences at the mode's tolerances. The simulator reads
+/// fp32 inputs rounded as a GPU's tensor cores would (TF32 where cuBLAS's math mode or cuDNN's math type allows it,
+/// bf16 for CUBLAS_COMPUTE_32F_FAST_16BF), so there the results also differ from strict fp32 by far more than
+/// fp32's rounding: each setting is shown to reach the libraries. The class has its own backend instance, so the
+/// setting reaches no other test.
 /// </summary>
-public sealed class CudaTf32Tests(CudaFixture fixture) : IClassFixture<CudaFixture>
+public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<CudaFixture>
 {
     private CudaBackend B => (CudaBackend)fixture.Backend;
 
     /// <summary>
-    /// TF32 keeps 10 of fp32's 23 mantissa bits: every input is off by up to 2^-11 of itself, every product by
-    /// 2^-10, and a sum of K products of random sign by about sqrt(K) 2^-10 times a typical product. The shapes here
-    /// keep K under 150 (errors near 1e-2 at most); a wrong layout or a lost term errs by the values themselves.
+    /// TF32 keeps 10 of fp32's 23 mantissa bits, bf16 7: every input is off by up to 2^-11 (2^-8) of itself, every
+    /// product by 2^-10 (2^-7), and a sum of K products of random sign by about sqrt(K) times that of a typical
+    /// product. The shapes here keep K under 150; a wrong layout or a lost term errs by the values themselves.
     /// </summary>
-    private static OpCase AtTf32(OpCase c) => new()
+    private static OpCase At(TensorCoreMath mode, OpCase c) => new()
     {
-        Name = c.Name + " in TF32",
+        Name = $"{c.Name} in {CudaBackend.MathName(mode)}",
         Inputs = c.Inputs,
         RequiresGrad = c.RequiresGrad,
         Op = c.Op,
         Reference = c.Reference,
         Init = c.Init,
-        ForwardAtol = 2e-2,
-        ForwardRtol = 1e-2,
-        GradAtol = 3e-2,
-        GradRtol = 2e-2,
+        ForwardAtol = mode == TensorCoreMath.Bf16 ? 1e-1 : 2e-2,
+        ForwardRtol = mode == TensorCoreMath.Bf16 ? 5e-2 : 1e-2,
+        GradAtol = mode == TensorCoreMath.Bf16 ? 1.5e-1 : 3e-2,
+        GradRtol = mode == TensorCoreMath.Bf16 ? 8e-2 : 2e-2,
     };
 
-    private T WithTf32<T>(Func<T> run)
+    private T With<T>(TensorCoreMath mode, Func<T> run)
     {
-        B.Tf32 = true;
+        B.TensorCores = mode;
         try
         {
             return run();
         }
         finally
         {
-            B.Tf32 = false;
+            B.TensorCores = TensorCoreMath.None;
         }
     }
 
-    public static TheoryData<string, int> Cases => new()
+    public static TheoryData<string, int, TensorCoreMath> Cases
     {
-        { "linear", 1 }, { "linear", 2 }, { "conv2d", 1 }, { "conv2d", 2 }, { "temporal_conv", 1 }, { "temporal_conv", 2 }, { "attention", 1 },
-    };
+        get
+        {
+            var data = new TheoryData<string, int, TensorCoreMath>();
+            foreach (var mode in new[] { TensorCoreMath.Tf32, TensorCoreMath.Bf16 })
+            {
+                foreach (var (op, seed) in new[] { ("linear", 1), ("linear", 2), ("conv2d", 1), ("conv2d", 2), ("temporal_conv", 1), ("temporal_conv", 2), ("attention", 1) })
+                {
+                    data.Add(op, seed, mode);
+                }
+            }
+
+            return data;
+        }
+    }
 
     [Theory]
     [MemberData(nameof(Cases))]
-    public void Ops_on_cublas_and_cudnn_match_the_reference_at_tf32_tolerances(string op, int seed)
+    public void Ops_on_cublas_and_cudnn_match_the_reference_at_the_modes_tolerances(string op, int seed, TensorCoreMath mode)
     {
         var r = new Rng(Seeds.One * 19 + seed);
         OpCase c = op switch
@@ -65,15 +78,15 @@ public sealed class CudaTf32Tests(CudaFixture fixture) : IClassFixture<CudaFixtu
             "temporal_conv" => Mobius.Tests.Engine.OpGradientTests.TemporalConvCase("temporal_conv", r.Int(1, 3), r.Pick(1, 2, 4), r.Int(8, 30), r.Int(2, 9), r.Int(1, 3), r.Int(2, 4)),
             _ => Mobius.Tests.Engine.OpGradientTests.AttentionCase("attention", r.Int(1, 2), r.Int(1, 2), r.Pick(8, 16), r.Int(3, 9), r.Int(3, 9)),
         };
-        WithTf32(() =>
+        With(mode, () =>
         {
-            OpCheck.Run(B, r, AtTf32(c));
+            OpCheck.Run(B, r, At(mode, c));
             return 0;
         });
     }
 
     [Fact]
-    public void Tf32_reaches_cublas_and_cudnn_and_stays_within_its_rounding()
+    public void Each_mode_reaches_cublas_and_cudnn_and_stays_within_its_rounding()
     {
         var r = new Rng(Seeds.One * 19 + 7);
         int rows = 24, inF = 128, outF = 16, n = 1, cin = 12, cout = 6, h = 6, w = 6;
@@ -97,17 +110,21 @@ public sealed class CudaTf32Tests(CudaFixture fixture) : IClassFixture<CudaFixtu
         }
 
         var strict = Run();
-        var tf32 = WithTf32(Run);
+        var tf32 = With(TensorCoreMath.Tf32, Run);
+        var bf16 = With(TensorCoreMath.Bf16, Run);
         Assert.Equal("fp32", B.MathMode);
         Close.All(strict.Linear, wantLinear, 1e-5, 1e-4, "linear in fp32");
         Close.All(strict.Conv, wantConv, 1e-5, 1e-4, "conv2d in fp32");
         Close.All(tf32.Linear, wantLinear, 2e-2, 1e-2, "linear in TF32");
         Close.All(tf32.Conv, wantConv, 2e-2, 1e-2, "conv2d in TF32");
+        Close.All(bf16.Linear, wantLinear, 1e-1, 5e-2, "linear in bf16");
+        Assert.Equal(tf32.Conv, bf16.Conv); // cuDNN takes TF32 in both
         if (fixture.Simulated)
         {
-            // 128 and 108 products per output, each input rounded to 11 significant bits
+            // 128 and 108 products per output, each input rounded to 11 (TF32) or 8 (bf16) significant bits
             Assert.True(MaxDifference(tf32.Linear, strict.Linear) > 1e-4, "cuBLAS did not compute in TF32");
             Assert.True(MaxDifference(tf32.Conv, strict.Conv) > 1e-4, "cuDNN did not compute in TF32");
+            Assert.True(MaxDifference(bf16.Linear, tf32.Linear) > 1e-3, "cuBLAS did not compute in bf16");
         }
 
         // Back in fp32 the plans and the math mode are strict again, to the bit
@@ -116,18 +133,20 @@ public sealed class CudaTf32Tests(CudaFixture fixture) : IClassFixture<CudaFixtu
         Assert.Equal(strict.Conv, again.Conv);
     }
 
-    [Fact]
-    public void The_temporal_convolution_follows_tf32_onto_cublas_unless_told_otherwise()
+    [Theory]
+    [InlineData(TensorCoreMath.Tf32)]
+    [InlineData(TensorCoreMath.Bf16)]
+    public void The_temporal_convolution_follows_tensor_cores_onto_cublas_unless_told_otherwise(TensorCoreMath mode)
     {
-        Assert.False(B.Tf32);
+        Assert.Equal(TensorCoreMath.None, B.TensorCores);
         Assert.False(B.TemporalConvOnCublas);
         var r = new Rng(Seeds.One * 19 + 11);
         int b = 2, f = 3, c = 5, s = 4;
         var x = r.Uniform(b * f * c * s);
         var wt = r.Uniform(c * c * 3);
-        var calls = WithTf32(() =>
+        var calls = With(mode, () =>
         {
-            Assert.Equal("tf32", B.MathMode);
+            Assert.Equal(CudaBackend.MathName(mode), B.MathMode);
             Assert.True(B.TemporalConvOnCublas);
             B.ResetCallCounts();
             using var tape = Tape.Begin();
@@ -151,17 +170,25 @@ public sealed class CudaTf32Tests(CudaFixture fixture) : IClassFixture<CudaFixtu
         Assert.Equal(2, calls.GetValueOrDefault("temporal_conv_channel_major_f32"));
         Assert.Equal(1, calls.GetValueOrDefault("temporal_conv_taps_to_weight_f32"));
         Assert.DoesNotContain(calls.Keys, k => k.StartsWith("temporal_conv_fwd", StringComparison.Ordinal) || k.StartsWith("temporal_conv_bwd", StringComparison.Ordinal));
+
+        // TF32 is the handle's math mode over Sgemm; bf16 a compute type of GemmEx, which every GEMM then calls
+        bool ex = calls.ContainsKey("cublasGemmStridedBatchedEx"), sgemm = calls.Keys.Any(k => k.StartsWith("cublasSgemm", StringComparison.Ordinal));
+        Assert.Equal(mode == TensorCoreMath.Bf16, ex);
+        Assert.Equal(mode == TensorCoreMath.Tf32, sgemm);
         Assert.False(B.TemporalConvOnCublas);
     }
 
     [Fact]
-    public void MOBIUS_MATH_takes_fp32_or_tf32_and_refuses_anything_else()
+    public void MOBIUS_MATH_takes_fp32_tf32_or_bf16_and_refuses_anything_else()
     {
-        Assert.False(CudaBackend.MathSetting(null));
-        Assert.False(CudaBackend.MathSetting(""));
-        Assert.False(CudaBackend.MathSetting("fp32"));
-        Assert.True(CudaBackend.MathSetting("tf32"));
-        Assert.Contains("expected fp32", Assert.Throws<ArgumentException>(() => CudaBackend.MathSetting("bf16")).Message);
+        Assert.Equal(TensorCoreMath.None, CudaBackend.MathSetting(null));
+        Assert.Equal(TensorCoreMath.None, CudaBackend.MathSetting(""));
+        Assert.Equal(TensorCoreMath.None, CudaBackend.MathSetting("fp32"));
+        Assert.Equal(TensorCoreMath.Tf32, CudaBackend.MathSetting("tf32"));
+        Assert.Equal(TensorCoreMath.Bf16, CudaBackend.MathSetting("bf16"));
+        Assert.Contains("expected fp32", Assert.Throws<ArgumentException>(() => CudaBackend.MathSetting("fp16")).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => B.TensorCores = (TensorCoreMath)7);
+        Assert.Equal(TensorCoreMath.None, B.TensorCores);
     }
 
     private static double MaxDifference(float[] a, float[] b) => a.Zip(b, (p, q) => Math.Abs((double)p - q)).Max();
