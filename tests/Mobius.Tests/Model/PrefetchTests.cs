@@ -83,47 +83,31 @@ public sealed class PrefetchTests
     }
 
     /// <summary>Counts the clips asked for.</summary>
-    private sealed class Counted(IClipSource inner) : IClipSource
+    private sealed class Counted(IClipSource inner) : Wrapper(inner)
     {
         private int _served;
 
         public int Served => Volatile.Read(ref _served);
 
-        public int Count => inner.Count;
-
-        public int FrameCount => inner.FrameCount;
-
-        public int Height => inner.Height;
-
-        public int Width => inner.Width;
-
-        public Clip Get(int index)
+        public override Clip Get(int index)
         {
             Interlocked.Increment(ref _served);
-            return inner.Get(index);
+            return Inner.Get(index);
         }
     }
 
     /// <summary>Gives the first <c>good</c> clips asked for, then fails.</summary>
-    private sealed class BreaksAfter(IClipSource inner, int good) : IClipSource
+    private sealed class BreaksAfter(IClipSource inner, int good) : Wrapper(inner)
     {
         public const string Message = "clip 17 of the folder is damaged";
         private int _served;
 
-        public int Count => inner.Count;
-
-        public int FrameCount => inner.FrameCount;
-
-        public int Height => inner.Height;
-
-        public int Width => inner.Width;
-
-        public Clip Get(int index) =>
-            Interlocked.Increment(ref _served) <= good ? inner.Get(index) : throw new InvalidDataException(Message);
+        public override Clip Get(int index) =>
+            Interlocked.Increment(ref _served) <= good ? Inner.Get(index) : throw new InvalidDataException(Message);
     }
 
     /// <summary>Gives the first <c>free</c> clips at once; later calls wait until <see cref="Open"/>.</summary>
-    private sealed class Gated(IClipSource inner, int free) : IClipSource
+    private sealed class Gated(IClipSource inner, int free) : Wrapper(inner)
     {
         private readonly ManualResetEventSlim _gate = new(false);
         private int _served;
@@ -131,17 +115,9 @@ public sealed class PrefetchTests
 
         public int Waiting => Volatile.Read(ref _waiting);
 
-        public int Count => inner.Count;
-
-        public int FrameCount => inner.FrameCount;
-
-        public int Height => inner.Height;
-
-        public int Width => inner.Width;
-
         public void Open() => _gate.Set();
 
-        public Clip Get(int index)
+        public override Clip Get(int index)
         {
             if (Interlocked.Increment(ref _served) > free)
             {
@@ -156,7 +132,23 @@ public sealed class PrefetchTests
                 }
             }
 
-            return inner.Get(index);
+            return Inner.Get(index);
         }
+    }
+
+    /// <summary>Another source's clips, with <see cref="Get"/> to override.</summary>
+    private abstract class Wrapper(IClipSource inner) : IClipSource
+    {
+        protected IClipSource Inner => inner;
+
+        public int Count => inner.Count;
+
+        public int FrameCount => inner.FrameCount;
+
+        public int Height => inner.Height;
+
+        public int Width => inner.Width;
+
+        public abstract Clip Get(int index);
     }
 }
