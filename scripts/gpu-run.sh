@@ -288,7 +288,7 @@ if want sanitizer; then
 step "kernel tests under compute-sanitizer"
 if command -v compute-sanitizer >/dev/null && [ $sim = 0 ]; then
   for tool in memcheck racecheck; do
-    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests" -class "Mobius.Tests.Cuda.CudaGroupNormTests" -class "Mobius.Tests.Cuda.CudaTemporalConvTests" -class "Mobius.Tests.Engine.CudaBFloat16Tests" -class "Mobius.Tests.Cuda.CudaMultiTensorTests" -class "Mobius.Tests.Cuda.CudaWorkspaceTests"
+    run 150 compute-sanitizer --tool $tool --error-exitcode 1 "$bin/Mobius.Tests" -class "Mobius.Tests.Engine.CudaOpGradientTests" -class "Mobius.Tests.Cuda.CudaGroupNormTests" -class "Mobius.Tests.Cuda.CudaTemporalConvTests" -class "Mobius.Tests.Engine.CudaBFloat16Tests" -class "Mobius.Tests.Cuda.CudaMultiTensorTests" -class "Mobius.Tests.Cuda.CudaWorkspaceTests" -class "Mobius.Tests.Cuda.CudaTensorCoreTests"
   done
 else
   echo "compute-sanitizer not found or rehearsal: skipped" >> "$md"
