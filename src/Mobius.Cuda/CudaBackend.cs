@@ -164,6 +164,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         Driver.cuStreamSynchronize(_stream);
         _allocator.Dispose();
         FreeConvDescriptors();
+        FreeLt();
         UnloadKernels();
         Cudnn.cudnnDestroy(_dnn);
         Cublas.cublasDestroy(_blas);

@@ -112,6 +112,36 @@ public interface IBackend : IDisposable
     /// </summary>
     void Gemm(in GemmShape s, float alpha, Tensor a, Tensor b, float beta, Tensor c);
 
+    /// <summary>
+    /// One row-major product with a bias (a linear layer's forward): C = alpha * op(A) op(B) + bias, the bias [N] added
+    /// to every row of C [M, N]. <paramref name="s"/>.Batch must be 1. The default is <see cref="Gemm"/> then
+    /// <see cref="AddChannelBias"/>; the CUDA backend can fuse both into one cuBLASLt call.
+    /// </summary>
+    void GemmBias(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor bias, Tensor c)
+    {
+        Gemm(s, alpha, a, b, 0f, c);
+        AddChannelBias(s.M, s.N, 1, c, bias, c);
+    }
+
+    /// <summary>
+    /// One row-major product C = alpha * op(A) op(B) and the sums of op(A)'s rows, sums[i] = sum over k of op(A)[i, k],
+    /// unscaled (a linear layer's weight gradient beside its bias gradient: op(A) = dy^T). <paramref name="s"/>.Batch
+    /// must be 1. The default is <see cref="Gemm"/> then <see cref="ChannelBiasGrad"/>; the CUDA backend can fuse both
+    /// into one cuBLASLt call.
+    /// </summary>
+    void GemmRowSums(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor c, Tensor sums)
+    {
+        Gemm(s, alpha, a, b, 0f, c);
+        if (s.TransA)
+        {
+            ChannelBiasGrad(s.K, s.M, 1, a, sums); // a is [K, M]: column sums
+        }
+        else
+        {
+            ChannelBiasGrad(1, s.M, s.K, a, sums); // a is [M, K]: row sums
+        }
+    }
+
     // ---- convolution ---------------------------------------------------------------------------
 
     /// <summary>NCHW 2-D convolution, weights [Cout, Cin, K, K], optional bias [Cout].</summary>

@@ -27,10 +27,13 @@ public static partial class Ops
         var dims = x.Shape.ToArray();
         dims[^1] = outF;
         var y = Tensor.Empty(backend, new Shape(dims));
-        backend.Gemm(new GemmShape(rows, outF, inF, TransB: true), 1f, x, wide, 0f, y);
         if (b is not null)
         {
-            backend.AddChannelBias(rows, outF, 1, y, b, y);
+            backend.GemmBias(new GemmShape(rows, outF, inF, TransB: true), 1f, x, wide, b, y);
+        }
+        else
+        {
+            backend.Gemm(new GemmShape(rows, outF, inF, TransB: true), 1f, x, wide, 0f, y);
         }
 
         var node = Tape.Record(op, x, w, b);
@@ -49,16 +52,27 @@ public static partial class Ops
                     g.Backend.Gemm(new GemmShape(rows, inF, outF), 1f, g, widenedW ?? sw, 0f, dx);
                 }
 
+                if (node.NeedsGrad(2))
+                {
+                    db = Tensor.Empty(g.Backend, b!.Shape);
+                }
+
                 if (sx is not null)
                 {
                     using var xv = sx.Get();
                     dw = Tensor.Empty(g.Backend, w.Shape);
-                    g.Backend.Gemm(new GemmShape(outF, inF, rows, TransA: true), 1f, g, xv, 0f, dw);
+                    var shape = new GemmShape(outF, inF, rows, TransA: true);
+                    if (db is not null)
+                    {
+                        g.Backend.GemmRowSums(shape, 1f, g, xv, dw, db); // db: the column sums of g [rows, outF]
+                    }
+                    else
+                    {
+                        g.Backend.Gemm(shape, 1f, g, xv, 0f, dw);
+                    }
                 }
-
-                if (node.NeedsGrad(2))
+                else if (db is not null)
                 {
-                    db = Tensor.Empty(g.Backend, b!.Shape);
                     g.Backend.ChannelBiasGrad(rows, outF, 1, g, db);
                 }
 

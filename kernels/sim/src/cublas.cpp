@@ -106,12 +106,19 @@ cublasStatus_t fail(cublasStatus_t s, const std::string& message) {
     return s;
 }
 
+cublasStatus_t run_on(cudaStream_t stream, const Gemm& g);
+
 cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
     std::lock_guard lock(api_mutex());
     if (handles().count(handle) == 0) return fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublas: invalid handle");
     const bool fp32_inputs = g.at == CUDA_R_32F && g.bt == CUDA_R_32F;
     g.bf16 = fp32_inputs && g.bf16;
     g.tf32 = fp32_inputs && !g.bf16 && (g.tf32 || (!pedantic && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH));
+    return run_on(handle->stream, g);
+}
+
+// The product itself, its arguments checked as cuBLAS checks them; the caller holds the API lock.
+cublasStatus_t run_on(cudaStream_t stream, const Gemm& g) {
     auto valid_op = [](cublasOperation_t o) { return o == CUBLAS_OP_N || o == CUBLAS_OP_T || o == CUBLAS_OP_C; };
     const bool ta = g.ta != CUBLAS_OP_N, tb = g.tb != CUBLAS_OP_N;  // real data: conjugate transpose == transpose
     const int a_rows = ta ? g.k : g.m, a_cols = ta ? g.m : g.k;
@@ -121,7 +128,7 @@ cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
         return fail(CUBLAS_STATUS_INVALID_VALUE, "cublas gemm: invalid operation, size or leading dimension");
     if (!mobius_sim::detail::context_ready())
         return fail(CUBLAS_STATUS_EXECUTION_FAILED, "cublas gemm: no usable CUDA context");
-    if (!mobius_sim::detail::valid_stream(handle->stream)) return fail(CUBLAS_STATUS_EXECUTION_FAILED, "cublas gemm: stream destroyed");
+    if (!mobius_sim::detail::valid_stream(stream)) return fail(CUBLAS_STATUS_EXECUTION_FAILED, "cublas gemm: stream destroyed");
     if (g.m == 0 || g.n == 0 || g.batch == 0) return CUBLAS_STATUS_SUCCESS;
 
     const std::size_t ab = element_bytes(g.at), bb = element_bytes(g.bt), cb = element_bytes(g.ct);
@@ -168,6 +175,13 @@ cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
 }
 
 }  // namespace
+
+int mobius_sim::detail::fp32_gemm(void* stream, int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b,
+                                  int ldb, float beta, float* c, int ldc, bool tf32, bool bf16) {
+    Gemm g{static_cast<cublasOperation_t>(ta), static_cast<cublasOperation_t>(tb), m, n, k, alpha, beta, a, CUDA_R_32F, lda, 0, b, CUDA_R_32F, ldb, 0,
+           c, CUDA_R_32F, ldc, 0, 1, tf32 && !bf16, bf16};
+    return run_on(static_cast<cudaStream_t>(stream), g);
+}
 
 extern "C" {
 

@@ -41,6 +41,12 @@ std::string compare_memory(const MemorySnapshot& expected,
 
 std::size_t parse_size(const char* text, std::size_t fallback);
 
+// Column-major C = alpha op(A) op(B) + beta C over fp32 matrices (ta, tb: cublasOperation_t), inputs read as TF32 or bf16
+// where asked, with cuBLAS's argument and memory checks: the simulated cuBLAS's product, for cuBLASLt. Returns a
+// cublasStatus_t; the caller holds api_mutex().
+int fp32_gemm(void* stream, int ta, int tb, int m, int n, int k, float alpha, const float* a, int lda, const float* b, int ldb,
+              float beta, float* c, int ldc, bool tf32, bool bf16);
+
 // `v` as a TF32 tensor core reads it: the 10 leading mantissa bits, rounded to nearest even (Inf and NaN kept).
 // cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH and cuDNN in CUDNN_DEFAULT_MATH round fp32 inputs so on sm_80 and later.
 float tf32_round(float v);

@@ -2,6 +2,7 @@
 // cuDNN's NCHW convolution with padding, stride, dilation and both modes, and alpha/beta blending.
 #include <cmath>
 #include <cstring>
+#include <tuple>
 
 #include "harness.h"
 
@@ -213,6 +214,116 @@ TEST(Cublas, Tf32MathModeReadsFp32InputsAsTf32) {
         ASSERT_EQ(cublasSgemm_v2(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, 1, 1, 1, &one, x.get(), 1, y.get(), 1, &zero, z.get(), 1), CUBLAS_STATUS_SUCCESS);
         EXPECT_EQ(z.read()[0], tf32_reference(v)) << v;
     }
+}
+
+// ---- cuBLASLt ------------------------------------------------------------------------------------------------------
+
+struct Lt {
+    cublasLtHandle_t h = nullptr;
+    cublasLtMatmulDesc_t desc = nullptr;
+    cublasLtMatmulPreference_t pref = nullptr;
+    std::vector<cublasLtMatrixLayout_t> layouts;
+    Lt(cublasComputeType_t compute, int ta, int tb, std::uint32_t epilogue) {
+        EXPECT_EQ(cublasLtCreate(&h), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(cublasLtMatmulDescCreate(&desc, compute, CUDA_R_32F), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSA, &ta, sizeof ta), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_TRANSB, &tb, sizeof tb), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_EPILOGUE, &epilogue, sizeof epilogue), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(cublasLtMatmulPreferenceCreate(&pref), CUBLAS_STATUS_SUCCESS);
+    }
+    ~Lt() {
+        for (auto l : layouts) cublasLtMatrixLayoutDestroy(l);
+        cublasLtMatmulPreferenceDestroy(pref);
+        cublasLtMatmulDescDestroy(desc);
+        cublasLtDestroy(h);
+    }
+    cublasLtMatrixLayout_t layout(int rows, int cols, int ld) {
+        cublasLtMatrixLayout_t l = nullptr;
+        EXPECT_EQ(cublasLtMatrixLayoutCreate(&l, CUDA_R_32F, rows, cols, ld), CUBLAS_STATUS_SUCCESS);
+        layouts.push_back(l);
+        return l;
+    }
+    void align(std::uint32_t bytes) {
+        for (int a = CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES; a <= CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES; ++a)
+            EXPECT_EQ(cublasLtMatmulPreferenceSetAttribute(pref, static_cast<cublasLtMatmulPreferenceAttributes_t>(a), &bytes, sizeof bytes),
+                      CUBLAS_STATUS_SUCCESS);
+    }
+    // D = op(A) op(B) (+ epilogue) with A, B, D given as device arrays and layouts; returns the status of the matmul.
+    cublasStatus_t run(const float* a, cublasLtMatrixLayout_t al, const float* b, cublasLtMatrixLayout_t bl, float* d, cublasLtMatrixLayout_t dl,
+                       float* bias) {
+        EXPECT_EQ(cublasLtMatmulDescSetAttribute(desc, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias, sizeof bias), CUBLAS_STATUS_SUCCESS);
+        cublasLtMatmulHeuristicResult_t r{};
+        int returned = 0;
+        EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(h, desc, al, bl, dl, dl, pref, 1, &r, &returned), CUBLAS_STATUS_SUCCESS);
+        EXPECT_EQ(returned, 1);
+        const float one = 1.0f, zero = 0.0f;
+        return cublasLtMatmul(h, desc, &one, a, al, b, bl, &zero, d, dl, d, dl, &r.algo, nullptr, 0, nullptr);
+    }
+};
+
+TEST(CublasLt, BiasAndBiasGradientEpiloguesWithTransposesAndTensorCoreRounding) {
+    mt::Gpu gpu;
+    const int m = 13, n = 9, k = 21;
+    for (int ta : {0, 1})
+        for (int tb : {0, 1}) {
+            const int lda = ta ? k : m, ldb = tb ? n : k, ldd = m;
+            const auto A = mt::random_vector(m * k, 31 + ta), B = mt::random_vector(k * n, 33 + tb), bias = mt::random_vector(m, 35);
+            const auto ref = gemm_reference(ta, tb, m, n, k, 1.0, A, lda, B, ldb, 0.0, std::vector<float>(m * n), ldd);
+            mt::DeviceArray<float> dA(A), dB(B), dD(std::vector<float>(m * n, NAN)), dBias(bias), dGrad(std::vector<float>(std::max(m, n), NAN));
+            const std::string what = " ta=" + std::to_string(ta) + " tb=" + std::to_string(tb);
+            {
+                Lt lt(CUBLAS_COMPUTE_32F, ta, tb, CUBLASLT_EPILOGUE_BIAS);
+                ASSERT_EQ(lt.run(dA.get(), lt.layout(ta ? k : m, ta ? m : k, lda), dB.get(), lt.layout(tb ? n : k, tb ? k : n, ldb), dD.get(),
+                                 lt.layout(m, n, ldd), dBias.get()),
+                          CUBLAS_STATUS_SUCCESS);
+                auto want = ref;
+                for (int j = 0; j < n; ++j)
+                    for (int i = 0; i < m; ++i) want[i + j * ldd] += bias[i];
+                mt::expect_close(dD.read(), want, 1e-5, 1e-5, "BIAS" + what);
+            }
+            for (std::uint32_t e : {(std::uint32_t)CUBLASLT_EPILOGUE_BGRADA, (std::uint32_t)CUBLASLT_EPILOGUE_BGRADB}) {
+                Lt lt(CUBLAS_COMPUTE_32F, ta, tb, e);
+                ASSERT_EQ(lt.run(dA.get(), lt.layout(ta ? k : m, ta ? m : k, lda), dB.get(), lt.layout(tb ? n : k, tb ? k : n, ldb), dD.get(),
+                                 lt.layout(m, n, ldd), dGrad.get()),
+                          CUBLAS_STATUS_SUCCESS);
+                mt::expect_close(dD.read(), ref, 1e-5, 1e-5, "product beside the bias gradient" + what);
+                const bool a_side = e == CUBLASLT_EPILOGUE_BGRADA;
+                std::vector<double> sums(a_side ? m : n, 0.0);
+                for (int x = 0; x < (a_side ? m : n); ++x)
+                    for (int kk = 0; kk < k; ++kk)
+                        sums[x] += a_side ? (ta ? A[kk + x * lda] : A[x + kk * lda]) : (tb ? B[x + kk * ldb] : B[kk + x * ldb]);
+                auto grad = dGrad.read();
+                grad.resize(sums.size());
+                mt::expect_close(grad, sums, 1e-5, 1e-5, (a_side ? "BGRADA" : "BGRADB") + what);
+            }
+        }
+
+    // Tensor-core compute types read the inputs rounded; a buffer less aligned than the preference allows is refused
+    const auto A = mt::random_vector(8 * 64, 41), B = mt::random_vector(64 * 8, 42);
+    std::vector<float> At(A.size()), Bt(B.size()), Ab(A.size()), Bb(B.size());
+    for (std::size_t i = 0; i < A.size(); ++i) At[i] = tf32_reference(A[i]), Ab[i] = from_bf16(to_bf16(A[i]));
+    for (std::size_t i = 0; i < B.size(); ++i) Bt[i] = tf32_reference(B[i]), Bb[i] = from_bf16(to_bf16(B[i]));
+    mt::DeviceArray<float> dA(A), dB(B), dD(64 + 1), dBias(std::vector<float>(8, 0.0f));
+    for (auto [compute, a, b, name] : {std::tuple{CUBLAS_COMPUTE_32F_FAST_TF32, &At, &Bt, "FAST_TF32"}, std::tuple{CUBLAS_COMPUTE_32F_FAST_16BF, &Ab, &Bb, "FAST_16BF"}}) {
+        Lt lt(compute, 0, 0, CUBLASLT_EPILOGUE_DEFAULT);
+        ASSERT_EQ(lt.run(dA.get(), lt.layout(8, 64, 8), dB.get(), lt.layout(64, 8, 64), dD.get(), lt.layout(8, 8, 8), nullptr), CUBLAS_STATUS_SUCCESS);
+        auto got = dD.read();
+        got.resize(64);
+        mt::expect_close(got, gemm_reference(false, false, 8, 8, 64, 1.0, *a, 8, *b, 64, 0.0, std::vector<float>(64), 8), 1e-5, 1e-5, name);
+    }
+    Lt lt(CUBLAS_COMPUTE_32F, 0, 0, CUBLASLT_EPILOGUE_DEFAULT);
+    const auto al = lt.layout(8, 64, 8), bl = lt.layout(64, 8, 64), dl = lt.layout(8, 8, 8);
+    EXPECT_EQ(lt.run(dA.get(), al, dB.get(), bl, dD.get() + 1, dl, nullptr), CUBLAS_STATUS_INVALID_VALUE);  // 4 bytes off 256
+    lt.align(4);
+    EXPECT_EQ(lt.run(dA.get(), al, dB.get(), bl, dD.get() + 1, dl, nullptr), CUBLAS_STATUS_SUCCESS);
+    Lt wrong(CUBLAS_COMPUTE_32F, 0, 0, CUBLASLT_EPILOGUE_DEFAULT);
+    cublasLtMatmulHeuristicResult_t r{};
+    int returned = 0;
+    EXPECT_EQ(cublasLtMatmulAlgoGetHeuristic(wrong.h, wrong.desc, wrong.layout(8, 63, 8), wrong.layout(64, 8, 64), wrong.layout(8, 8, 8),
+                                             wrong.layout(8, 8, 8), wrong.pref, 1, &r, &returned),
+              CUBLAS_STATUS_INVALID_VALUE);  // op(A) is 8 x 63, op(B) 64 x 8
+    cublasLtMatmulDesc_t fp16 = nullptr;
+    EXPECT_EQ(cublasLtMatmulDescCreate(&fp16, CUBLAS_COMPUTE_32F_FAST_16F, CUDA_R_32F), CUBLAS_STATUS_NOT_SUPPORTED);
 }
 
 TEST(Cublas, ArgumentErrorsAndStatusStrings) {

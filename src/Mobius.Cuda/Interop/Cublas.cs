@@ -12,7 +12,8 @@ internal static partial class Cublas
     public const int R32F = 0;
     public const int R16BF = 14;
     public const int Compute32F = 68;
-    public const int Compute32FFast16BF = 75; // cublasComputeType_t CUBLAS_COMPUTE_32F_FAST_16BF: fp32 data, bf16 tensor-core products
+    public const int Compute32FFast16BF = 75;
+    public const int Compute32FFastTf32 = 77; // CUBLAS_COMPUTE_32F_FAST_TF32: fp32 data, TF32 tensor-core products // cublasComputeType_t CUBLAS_COMPUTE_32F_FAST_16BF: fp32 data, bf16 tensor-core products
     public const int GemmDefault = -1;
     public const int DefaultMath = 0;        // cublasMath_t CUBLAS_DEFAULT_MATH: strict fp32 for Sgemm
     public const int Tf32TensorOpMath = 3;   // CUBLAS_TF32_TENSOR_OP_MATH: fp32 GEMMs on TF32 tensor cores
