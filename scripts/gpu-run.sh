@@ -15,7 +15,7 @@
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# bf16 cublas-conv tf32 recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# bf16 cublas-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -40,7 +40,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 cublas-conv tf32 recompute budget motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 cublas-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -159,6 +159,19 @@ for math in tf32 bf16; do
       cat "$results/peer-ms256-$math.json" >> "$md"
     fi
   fi
+done
+fi
+
+if want epilogue; then
+step "linear layers' biases as cuBLASLt epilogues (MOBIUS_GEMM_EPILOGUES=on)"
+# CudaBackend.GemmEpilogues: the forward with CUBLASLT_EPILOGUE_BIAS, the weight gradient with BGRADB, where the default
+# takes a GEMM and a kernel each. The compare part's runs are the baselines (calls_per_step shows the kernels gone).
+for spec in "tiny 60 60" "ms256 6 150"; do
+  set -- $spec; c=$1; steps=$2
+  [ $sim = 1 ] && [ "$c" != tiny ] && continue
+  [[ "$configs" == *" $c "* ]] || continue
+  [ $sim = 1 ] && steps=2
+  run "$3" env MOBIUS_GEMM_EPILOGUES=on "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-epilogue"
 done
 fi
 
