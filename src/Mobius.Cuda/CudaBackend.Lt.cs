@@ -73,11 +73,11 @@ public sealed unsafe partial class CudaBackend
             CheckLt(CublasLt.cublasLtCreate(out _lt), "cublasLtCreate");
         }
 
-        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c);
-        var key = new LtKey(s.M, s.N, s.K, s.TransA, s.TransB, epilogue, _tensorCores, Alignment(pb), Alignment(pa), Alignment(pc));
+        ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), v = Ptr(vector);
+        var key = new LtKey(s.M, s.N, s.K, s.TransA, s.TransB, epilogue, _tensorCores, Alignment(pb), Alignment(pa), Alignment(pc), Alignment(v));
         if (!_ltPlans.TryGetValue(key, out var plan))
         {
-            plan = NewLtPlan(key);
+            plan = NewLtPlan(key, v);
             _ltPlans[key] = plan;
         }
 
@@ -86,7 +86,6 @@ public sealed unsafe partial class CudaBackend
             return false;
         }
 
-        ulong v = Ptr(vector);
         CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &v, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
         float beta = 0f;
         using var ws = Workspace(plan.Workspace);
@@ -100,7 +99,7 @@ public sealed unsafe partial class CudaBackend
     /// <summary>The largest power of two up to 256 that divides a device address (what cuBLASLt may assume of it).</summary>
     private static int Alignment(ulong address) => address == 0 ? 256 : (int)Math.Min(256UL, 1UL << BitOperations.TrailingZeroCount(address));
 
-    private LtPlan? NewLtPlan(in LtKey k)
+    private LtPlan? NewLtPlan(in LtKey k, ulong vector)
     {
         int compute = k.Math switch
         {
@@ -115,6 +114,8 @@ public sealed unsafe partial class CudaBackend
         CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransA, &opA, sizeof(int)), "cublasLtMatmulDescSetAttribute");
         CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransB, &opB, sizeof(int)), "cublasLtMatmulDescSetAttribute");
         CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescEpilogue, &epilogue, sizeof(uint)), "cublasLtMatmulDescSetAttribute");
+        // The heuristic reads the vector's alignment from its pointer: one as aligned as this call's (the key has it).
+        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &vector, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
 
         // cuBLASLt's A is our B: [N, K] column-major (ld N), or stored [K, N] (ld K) and transposed; its B is our A.
         CheckLt(CublasLt.cublasLtMatrixLayoutCreate(out plan.A, Cublas.R32F, (ulong)(k.TransB ? k.K : k.N), (ulong)(k.TransB ? k.N : k.K), k.TransB ? k.K : k.N),
@@ -170,8 +171,9 @@ public sealed unsafe partial class CudaBackend
         }
     }
 
-    /// <summary>A cached cuBLASLt product: our row-major shape, operations, epilogue, mode and the buffers' alignments.</summary>
-    private readonly record struct LtKey(int M, int N, int K, bool TransA, bool TransB, uint Epilogue, TensorCoreMath Math, int AlignA, int AlignB, int AlignD);
+    /// <summary>A cached cuBLASLt product: our row-major shape, operations, epilogue, mode and the buffers' and vector's alignments.</summary>
+    private readonly record struct LtKey(int M, int N, int K, bool TransA, bool TransB, uint Epilogue, TensorCoreMath Math, int AlignA, int AlignB, int AlignD,
+        int AlignVector);
 
     private sealed class LtPlan : IDisposable
     {
