@@ -169,19 +169,25 @@ public sealed unsafe partial class CudaBackend
     private static string ConvEntry(string name, int tile) => tile == 128 ? $"temporal_conv_{name}_128_f32" : $"temporal_conv_{name}_f32";
 
     /// <summary>
-    /// Runs the temporal convolution on cuBLAS instead of our kernels: forward and backward data as GEMMs over
-    /// three-frame windows, the weight gradient as three GEMMs over channel-major copies of the input and the output
-    /// gradient. Same results within fp32 rounding (another summation order); with <see cref="TensorCores"/> these
-    /// GEMMs run on tensor cores. Unset, it is on wherever tensor cores are; MOBIUS_TEMPORAL_CONV=kernel or gemm (read
-    /// when the backend opens) or this setter fixes it.
+    /// Where the temporal convolution runs: on cuBLAS (true) or our kernels (false), or (null, the default) on cuBLAS
+    /// where tensor cores are on (<see cref="TensorCores"/>) and a pass has at least
+    /// <see cref="TemporalConvCublasMinFlops"/>, on our kernels otherwise. On cuBLAS, forward and backward data are
+    /// GEMMs over three-frame windows and the weight gradient three GEMMs over channel-major copies of the input and
+    /// the output gradient: about ten calls where our kernels take one or two, which a small convolution, bound by
+    /// its launches, does not repay. Same results within fp32 rounding (another summation order). MOBIUS_TEMPORAL_CONV
+    /// =kernel or gemm (read when the backend opens) or this setter fixes it.
     /// </summary>
-    public bool TemporalConvOnCublas
-    {
-        get => _temporalConvOnCublas ?? _tensorCores != TensorCoreMath.None;
-        set => _temporalConvOnCublas = value;
-    }
+    public bool? TemporalConvOnCublas { get; set; } = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
 
-    private bool? _temporalConvOnCublas = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
+    /// <summary>
+    /// Smallest pass (forward FLOPs, 2 B F S Cout Cin 3) that the default takes to cuBLAS under tensor cores: about
+    /// where our kernel's time at the FMA units' rate equals cuBLAS's on tensor cores plus the path's extra launches.
+    /// </summary>
+    internal double TemporalConvCublasMinFlops { get; set; } = 1e9;
+
+    /// <summary>Whether this shape's temporal convolution runs on cuBLAS (<see cref="TemporalConvOnCublas"/>).</summary>
+    internal bool CublasTemporalConv(in TemporalConvShape s) =>
+        TemporalConvOnCublas ?? (_tensorCores != TensorCoreMath.None && s.Flops >= TemporalConvCublasMinFlops);
 
     internal static bool? TemporalConvSetting(string? value) => value switch
     {
@@ -232,7 +238,7 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void TemporalConvForward(in TemporalConvShape s, Tensor x, Tensor w, Tensor? bias, Tensor y)
     {
-        if (TemporalConvOnCublas)
+        if (CublasTemporalConv(s))
         {
             using var taps = Taps(w, s, reverse: false);
             FrameWindowGemms(Ptr(x), Ptr(taps), Ptr(y), s.B, s.F, s.Cin, s.Cout, s.S);
@@ -253,7 +259,7 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void TemporalConvBackwardData(in TemporalConvShape s, Tensor dy, Tensor w, Tensor dx)
     {
-        if (TemporalConvOnCublas)
+        if (CublasTemporalConv(s))
         {
             using var taps = Taps(w, s, reverse: true);
             FrameWindowGemms(Ptr(dy), Ptr(taps), Ptr(dx), s.B, s.F, s.Cout, s.Cin, s.S);
@@ -269,7 +275,7 @@ public sealed unsafe partial class CudaBackend
     /// <inheritdoc />
     public void TemporalConvBackwardWeight(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw, Tensor? dbias)
     {
-        if (TemporalConvOnCublas)
+        if (CublasTemporalConv(s))
         {
             WeightGradientGemms(s, x, dy, dw);
             if (dbias is not null)

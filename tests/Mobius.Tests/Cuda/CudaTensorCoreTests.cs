@@ -36,9 +36,11 @@ public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<Cud
         GradRtol = mode == TensorCoreMath.Bf16 ? 8e-2 : 2e-2,
     };
 
-    private T With<T>(TensorCoreMath mode, Func<T> run)
+    /// <summary>Runs in a mode, every temporal convolution taken to cuBLAS (the tests' shapes are below the size rule's).</summary>
+    private T With<T>(TensorCoreMath mode, Func<T> run, double cublasMinFlops = 0)
     {
         B.TensorCores = mode;
+        B.TemporalConvCublasMinFlops = cublasMinFlops;
         try
         {
             return run();
@@ -46,6 +48,7 @@ public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<Cud
         finally
         {
             B.TensorCores = TensorCoreMath.None;
+            B.TemporalConvCublasMinFlops = 1e9;
         }
     }
 
@@ -136,18 +139,16 @@ public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<Cud
     [Theory]
     [InlineData(TensorCoreMath.Tf32)]
     [InlineData(TensorCoreMath.Bf16)]
-    public void The_temporal_convolution_follows_tensor_cores_onto_cublas_unless_told_otherwise(TensorCoreMath mode)
+    public void The_temporal_convolution_follows_tensor_cores_onto_cublas_where_it_is_large_enough(TensorCoreMath mode)
     {
         Assert.Equal(TensorCoreMath.None, B.TensorCores);
-        Assert.False(B.TemporalConvOnCublas);
+        Assert.Null(B.TemporalConvOnCublas);
         var r = new Rng(Seeds.One * 19 + 11);
         int b = 2, f = 3, c = 5, s = 4;
         var x = r.Uniform(b * f * c * s);
         var wt = r.Uniform(c * c * 3);
-        var calls = With(mode, () =>
+        Dictionary<string, long> Calls()
         {
-            Assert.Equal(CudaBackend.MathName(mode), B.MathMode);
-            Assert.True(B.TemporalConvOnCublas);
             B.ResetCallCounts();
             using var tape = Tape.Begin();
             using var xt = Tensor.FromArray(B, x, new Shape(b * f, c, 2, 2));
@@ -163,19 +164,35 @@ public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<Cud
             w.ClearGrad();
             xt.ClearGrad();
             return B.CallCounts!.ToDictionary(kv => kv.Key, kv => kv.Value);
-        });
+        }
 
-        // forward and backward data as frame-window GEMMs, the weight gradient as channel-major copies and GEMMs
+        static bool OurKernels(Dictionary<string, long> calls) =>
+            calls.Keys.Any(k => k.StartsWith("temporal_conv_fwd", StringComparison.Ordinal) || k.StartsWith("temporal_conv_bwd", StringComparison.Ordinal));
+
+        // Strict fp32, and a convolution this small (360 forward FLOPs) under tensor cores: our kernels
+        Assert.True(OurKernels(Calls()));
+        Assert.True(OurKernels(With(mode, Calls, cublasMinFlops: 1e9)));
+        Assert.True(new TemporalConvShape(1, 16, 320, 320, 1024).Flops >= 1e9, "ms256's first level is over the rule's size");
+
+        // At or above the size: forward and backward data as frame-window GEMMs, the weight gradient as channel-major
+        // copies and GEMMs
+        var calls = With(mode, Calls, cublasMinFlops: 360);
         Assert.Equal(2, calls.GetValueOrDefault("temporal_conv_taps_f32"));
         Assert.Equal(2, calls.GetValueOrDefault("temporal_conv_channel_major_f32"));
         Assert.Equal(1, calls.GetValueOrDefault("temporal_conv_taps_to_weight_f32"));
-        Assert.DoesNotContain(calls.Keys, k => k.StartsWith("temporal_conv_fwd", StringComparison.Ordinal) || k.StartsWith("temporal_conv_bwd", StringComparison.Ordinal));
+        Assert.False(OurKernels(calls));
 
         // TF32 is the handle's math mode over Sgemm; bf16 a compute type of GemmEx, which every GEMM then calls
         bool ex = calls.ContainsKey("cublasGemmStridedBatchedEx"), sgemm = calls.Keys.Any(k => k.StartsWith("cublasSgemm", StringComparison.Ordinal));
         Assert.Equal(mode == TensorCoreMath.Bf16, ex);
         Assert.Equal(mode == TensorCoreMath.Tf32, sgemm);
-        Assert.False(B.TemporalConvOnCublas);
+
+        // A setting wins over the rule, either way
+        B.TemporalConvOnCublas = false;
+        Assert.True(OurKernels(With(mode, Calls)));
+        B.TemporalConvOnCublas = true;
+        Assert.False(OurKernels(Calls()));
+        B.TemporalConvOnCublas = null;
     }
 
     [Fact]
