@@ -340,6 +340,11 @@ public static class Commands
 
         Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");
         Row("moving average", ckpt.Ema is { } ema ? $"yes, decay {ckpt.TrainOptions?.EmaDecay.ToString("g4", CultureInfo.InvariantCulture) ?? "?"} ({ema.Count} tensors; sample draws with it)" : "no");
+        if (ckpt.Extra.GetValueOrDefault(MathKey) is { } math)
+        {
+            Row("math", math == "fp32" ? "fp32 (strict)" : $"{math} tensor cores (train --resume on the cuda backend keeps it)");
+        }
+
         if (ckpt.Extra.GetValueOrDefault("command") is { } command)
         {
             Row("made by", command);
@@ -362,14 +367,15 @@ public static class Commands
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
-            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), p.GetValue(MathOption));
-            using var _ = backend;
             var resumeFrom = p.GetValue(resume);
             var ckpt = resumeFrom is null ? null : Checkpoint.Load(resumeFrom);
             if (ckpt is not null && ckpt.Topology != Topology.Spatial)
             {
                 throw new UsageException($"{resumeFrom} is a {ckpt.Topology} checkpoint; pretrain resumes text-to-image checkpoints.");
             }
+
+            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), RunMath(p, ckpt));
+            using var _ = backend;
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             var recipe = new Recipe(p, resumeFrom, ckpt);
@@ -414,7 +420,7 @@ public static class Commands
             }
 
             string path = CheckWritable(p.GetValue(output)!);
-            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)), [MathKey] = backend.MathMode };
             if (data is not null)
             {
                 AnnounceData(data, validates: false);
@@ -496,7 +502,7 @@ public static class Commands
             var parsedMotions = ParseMotions(motions);
             recipe.Keep(SeedOption, options.Seed, "seed");
 
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), p.GetValue(MathOption));
+            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), RunMath(p, resumeFrom is null ? null : ckpt));
             int seed = options.Seed;
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
             using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
@@ -507,7 +513,7 @@ public static class Commands
 
             recipe.Announce();
             string path = CheckWritable(p.GetValue(output)!);
-            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)) };
+            var extra = new Dictionary<string, string> { ["command"] = "mobius " + string.Join(' ', Environment.GetCommandLineArgs().Skip(1)), [MathKey] = backend.MathMode };
             if (motions is not null)
             {
                 extra[MotionsKey] = motions;
@@ -1195,6 +1201,17 @@ public static class Commands
 
     /// <summary>The checkpoint metadata entry where <c>train</c> and <c>pretrain</c> record their <c>--data</c> folder.</summary>
     private const string DataKey = "data";
+
+    /// <summary>Checkpoint metadata: how the backend that trained it multiplied (fp32, tf32 or bf16).</summary>
+    private const string MathKey = "math";
+
+    /// <summary>
+    /// The math of a training run: --math when given; else, resuming on the cuda backend, the resumed run's (so that
+    /// it continues exactly as it would have); else the backend's own. A resumed tensor-core run on the cpu backend
+    /// computes in fp32.
+    /// </summary>
+    private static string? RunMath(ParseResult p, Checkpoint? resumed) =>
+        p.GetValue(MathOption) ?? (resumed is not null && p.GetValue(BackendOption) is "cuda" ? resumed.Extra.GetValueOrDefault(MathKey) : null);
 
     /// <summary>
     /// The options of a run that may resume a checkpoint: a fresh run reads the command line; a resumed one takes

@@ -634,6 +634,27 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void A_checkpoint_records_its_math_and_a_resume_on_the_cuda_backend_keeps_it()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), video = folder.File("video.safetensors"), onCpu = folder.File("cpu.safetensors");
+        Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
+        Assert.Equal("fp32", Checkpoint.Load(t2i).Extra["math"]);
+        var a = Run("sim", "train", "--topology", "parallel", "--from", t2i, "--steps", "1", "--backend", "cuda", "--math", "tf32", "--out", video);
+        Assert.True(a.Code == 0, a.Out + a.Err);
+        Assert.Equal("tf32", Checkpoint.Load(video).Extra["math"]);
+        Assert.Contains("tf32 tensor cores", Flat(Mobius("info", "--checkpoint", video).Out));
+
+        // Resumed on the cuda backend without --math: the run's TF32; on the cpu backend: fp32, not a refusal
+        var b = Run("sim", "train", "--topology", "parallel", "--resume", video, "--steps", "1", "--backend", "cuda", "--out", video);
+        Assert.True(b.Code == 0, b.Out + b.Err);
+        Assert.Equal(("tf32", 2), (Checkpoint.Load(video).Extra["math"], Checkpoint.Load(video).Step));
+        var c = Mobius("train", "--topology", "parallel", "--resume", video, "--steps", "1", "--out", onCpu);
+        Assert.True(c.Code == 0, c.Out + c.Err);
+        Assert.Equal("fp32", Checkpoint.Load(onCpu).Extra["math"]);
+    }
+
+    [Fact]
     public void A_resumed_train_run_takes_the_options_its_checkpoint_records_and_names_those_changed()
     {
         using var folder = new TempFolder();
