@@ -104,6 +104,15 @@ bool in_memory(const void* p, const cublasLtMatrixLayoutSim* l) {
     return mobius_sim::find_allocation(reinterpret_cast<std::uint64_t>(p), elements * 4, nullptr);
 }
 
+// out[i] = sum over kk < k of x[i * index_stride + kk * k_stride], in order of kk, in fp32.
+void sums_over_k(const float* x, long long index_stride, long long k_stride, int count, std::uint64_t k, float* out) {
+    for (int i = 0; i < count; ++i) {
+        float s = 0.0f;
+        for (std::uint64_t kk = 0; kk < k; ++kk) s += x[i * index_stride + static_cast<long long>(kk) * k_stride];
+        out[i] = s;
+    }
+}
+
 }  // namespace
 
 extern "C" {
@@ -241,19 +250,11 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
             for (int j = 0; j < n; ++j)
                 for (int i = 0; i < m; ++i) d[j * ldd + i] += v[i];
             break;
-        case CUBLASLT_EPILOGUE_BGRADA:  // sums of op(A) over k: one per row of D
-            for (int i = 0; i < m; ++i) {
-                float s = 0.0f;
-                for (std::uint64_t kk = 0; kk < k; ++kk) s += desc->ta == CUBLAS_OP_N ? a[kk * lda + i] : a[i * lda + kk];
-                v[i] = s;
-            }
+        case CUBLASLT_EPILOGUE_BGRADA:  // sums of op(A) [m, k] over k: one per row of D
+            sums_over_k(a, desc->ta == CUBLAS_OP_N ? 1 : lda, desc->ta == CUBLAS_OP_N ? lda : 1, m, k, v);
             break;
-        case CUBLASLT_EPILOGUE_BGRADB:  // sums of op(B) over k: one per column of D
-            for (int j = 0; j < n; ++j) {
-                float s = 0.0f;
-                for (std::uint64_t kk = 0; kk < k; ++kk) s += desc->tb == CUBLAS_OP_N ? b[j * ldb + kk] : b[kk * ldb + j];
-                v[j] = s;
-            }
+        case CUBLASLT_EPILOGUE_BGRADB:  // sums of op(B) [k, n] over k: one per column of D
+            sums_over_k(b, desc->tb == CUBLAS_OP_N ? ldb : 1, desc->tb == CUBLAS_OP_N ? 1 : ldb, n, k, v);
             break;
         default:
             break;
