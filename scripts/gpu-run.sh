@@ -48,7 +48,7 @@ run() {
   local cap=$1; shift
   local left=$(( budget - ($(date +%s) - start) - 5 ))
   [ $cap -gt $left ] && cap=$left
-  local name="${*:1:6}"; name=${name#"$bin/"}; name=${name#"$root/"}
+  local name="${*:1:6}"; name=${name#"$bin/"}; name=${name#"$root/"}; name=${name/#"$mobius"/mobius}
   if [ $cap -lt 5 ]; then echo "skipped (time budget spent): $*" >> "$md"; summary+=("skipped  $name"); return 1; fi
   echo "\$ $*" >> "$md"; echo '```' >> "$md"
   local t0=$(date +%s)
@@ -64,9 +64,14 @@ run() {
 
 # An unexpected failure prints its stack trace into the report (the CLI prints only the message without this).
 export MOBIUS_DEBUG=${MOBIUS_DEBUG:-1}
+mobius="$mobius"
 if [ $sim = 1 ]; then
   export MOBIUS_CUDA=sim MOBIUS_SIM_LIBRARY="$bin/libmobius_simcuda.so"
-  card="simulated (rehearsal, no GPU)"
+  card="simulated (rehearsal, no GPU; tiny's parts run on micro)"
+  # The simulator takes minutes over a tiny step and the caps are a GPU's: a rehearsal runs tiny's parts on micro.
+  mobius="$(mktemp -d)/mobius"
+  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = tiny ] && a=micro; args+=("$a"); done\nexec "%s" "${args[@]}"\n' "$mobius" > "$mobius"
+  chmod +x "$mobius"
 else
   export MOBIUS_CUDA=real
   if [ -z "${MOBIUS_CUDA_PATH:-}" ]; then
@@ -89,7 +94,7 @@ echo "- parts: $parts (configs:$configs)" >> "$md"
 
 if want info; then
 step "mobius info"
-run 60 "$bin/mobius" info
+run 60 "$mobius" info
 [ $sim = 0 ] && nvidia-smi >> "$md" 2>&1
 fi
 
@@ -106,7 +111,7 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   [ $sim = 1 ] && [ "$1" != tiny ] && continue
   [[ "$configs" == *" $1 "* ]] || continue
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
-  run "$4" "$bin/mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
+  run "$4" "$mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
 done
 fi
 if want bf16; then
@@ -116,8 +121,8 @@ step "serial vs parallel with bf16 frozen weights, then bf16 saved activations t
 # compare part's fp32 run, at the cost of the casts (docs/architecture.md, Tensors and memory). Then the
 # activations kept for backward in bf16 as well: planned 0.63 and 0.60 of the fp32 bytes.
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
-run 150 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --json --out "$results/compare-$c-bf16"
-run 150 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations bf16 --json --out "$results/compare-$c-bf16-activations"
+run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --json --out "$results/compare-$c-bf16"
+run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations bf16 --json --out "$results/compare-$c-bf16-activations"
 fi
 
 if want cublas-conv; then
@@ -126,11 +131,11 @@ step "the temporal convolution on cuBLAS frame windows (MOBIUS_TEMPORAL_CONV=gem
 # the weight gradient as one SGEMM per tap over channel-major copies. The compare part's ms256 run is the baseline
 # (same lease); the kernel workloads repeat the profile part's ms256 temporal_conv shapes on this path.
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
-run 150 env MOBIUS_TEMPORAL_CONV=gemm "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-cublas-conv"
+run 150 env MOBIUS_TEMPORAL_CONV=gemm "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-cublas-conv"
 if [ $sim = 0 ]; then
   for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024" "fwd b=1,f=16,c=1280,s=64"; do
     set -- $spec
-    run 20 env MOBIUS_TEMPORAL_CONV=gemm "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+    run 20 env MOBIUS_TEMPORAL_CONV=gemm "$mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
   done
 fi
 fi
@@ -147,12 +152,12 @@ for math in tf32 bf16; do
     [ $sim = 1 ] && [ "$c" != tiny ] && continue
     [[ "$configs" == *" $c "* ]] || continue
     [ $sim = 1 ] && steps=2
-    run "$3" "$bin/mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-$math"
+    run "$3" "$mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-$math"
   done
   if [ $sim = 0 ]; then
     for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024"; do
       set -- $spec
-      run 20 env MOBIUS_MATH=$math "$bin/mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+      run 20 env MOBIUS_MATH=$math "$mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
     done
     if $py -c "import torch" 2>/dev/null && [[ "$configs" == *" ms256 "* ]]; then
       run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --math $math > '$results/peer-ms256-$math.json'"
@@ -171,7 +176,7 @@ for spec in "tiny 60 60" "ms256 6 150"; do
   [ $sim = 1 ] && [ "$c" != tiny ] && continue
   [[ "$configs" == *" $c "* ]] || continue
   [ $sim = 1 ] && steps=2
-  run "$3" env MOBIUS_GEMM_EPILOGUES=on "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-epilogue"
+  run "$3" env MOBIUS_GEMM_EPILOGUES=on "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-epilogue"
 done
 fi
 
@@ -181,7 +186,7 @@ step "both topologies at every recompute policy (mobius compare --frontier)"
 # parallel at each policy (none, temporal, spatial, spatial+temporal), the two topologies of a policy taking
 # turns, with exact memory, and pairs each topology at its own best (fastest, leanest).
 c=ms256; steps=6; frontier=6; [ $sim = 1 ] && { c=tiny; steps=2; frontier=1; }
-run 240 "$bin/mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frontier $frontier --json --out "$results/compare-$c-frontier"
+run 240 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frontier $frontier --json --out "$results/compare-$c-frontier"
 fi
 
 if want budget && [ $sim = 0 ]; then
@@ -191,13 +196,13 @@ if want budget && [ $sim = 0 ]; then
   # two steps at its own batch: both must fit, and train prints the measured peak beside the planned one.
   total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits | head -n 1)
   room=$(( ${total:-0} - 6000 ))
-  timeout 120 "$bin/mobius" plan --config ms256 --budget-mib "$room" --json > "$results/plan-ms256-budget.json"
+  timeout 120 "$mobius" plan --config ms256 --budget-mib "$room" --json > "$results/plan-ms256-budget.json"
   batches=$($py -c "import json, sys; b = json.load(open(sys.argv[1]))['largest_batch']; print(b['serial'], b['parallel'])" "$results/plan-ms256-budget.json")
   echo "planned within $room MiB (plan-ms256-budget.json): largest batch serial ${batches% *}, parallel ${batches#* }" >> "$md"
   set -- $batches
-  if [ "${1:-0}" -gt 0 ] && run 240 "$bin/mobius" pretrain --config ms256 --steps 1 --backend cuda --weights-only --out "$results/ms256-t2i.safetensors"; then
-    run 240 "$bin/mobius" train --topology serial --from "$results/ms256-t2i.safetensors" --batch "$1" --steps 2 --backend cuda --weights-only --out "$results/ms256-serial.safetensors"
-    run 240 "$bin/mobius" train --topology parallel --from "$results/ms256-t2i.safetensors" --batch "$2" --steps 2 --backend cuda --weights-only --out "$results/ms256-parallel.safetensors"
+  if [ "${1:-0}" -gt 0 ] && run 240 "$mobius" pretrain --config ms256 --steps 1 --backend cuda --weights-only --out "$results/ms256-t2i.safetensors"; then
+    run 240 "$mobius" train --topology serial --from "$results/ms256-t2i.safetensors" --batch "$1" --steps 2 --backend cuda --weights-only --out "$results/ms256-serial.safetensors"
+    run 240 "$mobius" train --topology parallel --from "$results/ms256-t2i.safetensors" --batch "$2" --steps 2 --backend cuda --weights-only --out "$results/ms256-parallel.safetensors"
     rm -f "$results"/ms256-*.safetensors
   fi
 fi
@@ -212,7 +217,7 @@ if want motion && [ -n "${MOBIUS_GPU_MOTION_STEPS:-}" ] && [ $sim = 0 ]; then
   # Adding "--bridge skip" to it asks whether the ring (with the UNet's skip connections, the best ring on the CPU:
   # benchmarks/results/2026-11-27-ring-skips.md) learns serial's motion given many more clips: on the CPU its noise
   # error passes serial's and its movement term rises slowly, 0.18 after 16,000 clips and 0.60 after 48,000.
-  run 560 "$bin/mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
+  run 560 "$mobius" compare --config tiny --backend cuda --motion move-right --steps "$MOBIUS_GPU_MOTION_STEPS" --lr 1e-3 \
     --samples 16 --seed 1 --validate-every 250 --json --out "$results/motion-tiny" ${MOBIUS_GPU_MOTION_ARGS:-}
 fi
 
@@ -224,7 +229,7 @@ if want finetune && [ -n "${MOBIUS_GPU_FINETUNE_STEPS:-}" ] && [ $sim = 0 ]; the
   # serial over 1500 (2026-11-27-loop-correction-16.md), 78 % of its drop paired over 32 held-out clips (16 batches,
   # as here: 2026-11-27-paired-quality.md). MOBIUS_GPU_FINETUNE_ARGS adds options (--loop-correction K,
   # --ema D, --keep-best, --lr R, --batch N, --accumulate N, --motion M).
-  run 560 "$bin/mobius" compare --checkpoint "$bin/models/tiny-t2v.safetensors" --backend cuda --steps "$MOBIUS_GPU_FINETUNE_STEPS" \
+  run 560 "$mobius" compare --checkpoint "$bin/models/tiny-t2v.safetensors" --backend cuda --steps "$MOBIUS_GPU_FINETUNE_STEPS" \
     --lr 1e-4 --samples 16 --validation-batches 16 --seed 1 --validate-every 250 --json --out "$results/finetune-tiny" ${MOBIUS_GPU_FINETUNE_ARGS:-}
 fi
 
@@ -234,7 +239,7 @@ for k in temporal_attention temporal_conv group_norm attention conv2d gemm; do
   for d in fwd bwd; do
     dir=$d; case $k in temporal_conv|conv2d) [ $d = bwd ] && dir=bwd_data;; gemm) [ $d = bwd ] && continue;; esac
     iters=100; [ $sim = 1 ] && iters=1
-    run 20 "$bin/mobius" profile --kernel $k --direction $dir --backend cuda --iterations $iters
+    run 20 "$mobius" profile --kernel $k --direction $dir --backend cuda --iterations $iters
   done
 done
 # The temporal kernels at the ms256 model's first level (32x32 latent, 320 channels, 16 frames, batch 1), and
@@ -245,7 +250,7 @@ if [ $sim = 0 ]; then
               "temporal_conv bwd_filter b=1,f=16,c=320,s=1024" "temporal_conv fwd b=1,f=16,c=1280,s=64" \
               "group_norm fwd n=1,t=16,c=320,s=1024,g=32" "group_norm bwd n=1,t=16,c=320,s=1024,g=32"; do
     set -- $spec
-    run 20 "$bin/mobius" profile --kernel $1 --direction $2 --shape $3 --backend cuda --iterations 100
+    run 20 "$mobius" profile --kernel $1 --direction $2 --shape $3 --backend cuda --iterations 100
   done
 fi
 
