@@ -13,7 +13,8 @@
 # committed PTX, runs the test suite on the GPU (the kernel tests also under compute-sanitizer memcheck
 # and racecheck), the serial vs parallel comparison, the kernel workloads and the PyTorch peer, and
 # writes RESULTS_DIR/gpu-run.md (with date, card and commit) plus the JSON of each measurement.
-# --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped).
+# --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped; tiny's parts
+# run on micro).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
 # bf16 cublas-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
