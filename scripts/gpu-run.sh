@@ -47,6 +47,7 @@ want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
 run() {
   local cap=$1; shift
+  [ $sim = 1 ] && cap=$((cap * 3))  # the caps are a GPU's; the simulator is slower even on micro
   local left=$(( budget - ($(date +%s) - start) - 5 ))
   [ $cap -gt $left ] && cap=$left
   local name="${*:1:6}"; name=${name#"$bin/"}; name=${name#"$root/"}; name=${name/#"$mobius"/mobius}
@@ -65,13 +66,13 @@ run() {
 
 # An unexpected failure prints its stack trace into the report (the CLI prints only the message without this).
 export MOBIUS_DEBUG=${MOBIUS_DEBUG:-1}
-mobius="$mobius"
+mobius="$bin/mobius"
 if [ $sim = 1 ]; then
   export MOBIUS_CUDA=sim MOBIUS_SIM_LIBRARY="$bin/libmobius_simcuda.so"
   card="simulated (rehearsal, no GPU; tiny's parts run on micro)"
   # The simulator takes minutes over a tiny step and the caps are a GPU's: a rehearsal runs tiny's parts on micro.
   mobius="$(mktemp -d)/mobius"
-  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = tiny ] && a=micro; args+=("$a"); done\nexec "%s" "${args[@]}"\n' "$mobius" > "$mobius"
+  printf '#!/usr/bin/env bash\nargs=()\nfor a in "$@"; do [ "$a" = tiny ] && a=micro; args+=("$a"); done\nexec "%s" "${args[@]}"\n' "$bin/mobius" > "$mobius"
   chmod +x "$mobius"
 else
   export MOBIUS_CUDA=real
