@@ -154,7 +154,7 @@ for math in tf32 bf16; do
     [ $sim = 1 ] && [ "$c" != tiny ] && continue
     [[ "$configs" == *" $c "* ]] || continue
     [ $sim = 1 ] && steps=2
-    run "$3" "$mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-$math"
+    run "$3" "$mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-math-$math"
   done
   if [ $sim = 0 ]; then
     for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024"; do
@@ -162,8 +162,8 @@ for math in tf32 bf16; do
       run 20 env MOBIUS_MATH=$math "$mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
     done
     if $py -c "import torch" 2>/dev/null && [[ "$configs" == *" ms256 "* ]]; then
-      run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --math $math > '$results/peer-ms256-$math.json'"
-      cat "$results/peer-ms256-$math.json" >> "$md"
+      run 180 sh -c "$py '$root/peers/mobius_torch.py' bench --device cuda --config ms256 --steps 6 --math $math > '$results/peer-ms256-math-$math.json'"
+      cat "$results/peer-ms256-math-$math.json" >> "$md"
     fi
   fi
 done
