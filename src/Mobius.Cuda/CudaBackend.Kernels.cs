@@ -278,15 +278,21 @@ public sealed unsafe partial class CudaBackend
         if (CublasTemporalConv(s))
         {
             WeightGradientGemms(s, x, dy, dw);
-            if (dbias is not null)
-            {
-                ChannelBiasGrad(s.B * s.F, s.Cout, s.S, dy, dbias);
-            }
-
-            return;
+        }
+        else
+        {
+            WeightGradientKernel(s, x, dy, dw);
         }
 
-        // Split the B*F*S reduction so that the weight tiles fill the device; partials summed after.
+        if (dbias is not null)
+        {
+            ChannelBiasGrad(s.B * s.F, s.Cout, s.S, dy, dbias);
+        }
+    }
+
+    /// <summary>dw on our split-K kernel: the B*F*S reduction split so that the weight tiles fill the device, partials summed after.</summary>
+    private void WeightGradientKernel(in TemporalConvShape s, Tensor x, Tensor dy, Tensor dw)
+    {
         long columns = (long)s.B * s.F * s.S;
         int tile = TemporalConvWeightTile(s.Cin, s.Cout);
         uint tiles = TilesOf(3L * s.Cin, tile) * TilesOf(s.Cout, tile);
@@ -300,13 +306,7 @@ public sealed unsafe partial class CudaBackend
         {
             ColumnSum(Ptr(partial), Ptr(dw), splits, (int)weights, splits);
         }
-
-        if (dbias is not null)
-        {
-            ChannelBiasGrad(s.B * s.F, s.Cout, s.S, dy, dbias);
-        }
     }
-
 
     /// <summary>
     /// dw [Cout, Cin, 3] on cuBLAS. In the channel-major layout [C, F, B, S] (temporal_conv_channel_major_f32) every

@@ -38,8 +38,7 @@ public sealed unsafe partial class CudaBackend
     {
         if (!GemmEpilogues || s.Batch != 1 || !LtProduct(s, alpha, a, b, c, bias, CublasLt.EpilogueBias))
         {
-            Gemm(s, alpha, a, b, 0f, c);
-            AddChannelBias(s.M, s.N, 1, c, bias, c);
+            IBackend.SeparateGemmBias(this, s, alpha, a, b, bias, c);
         }
     }
 
@@ -48,15 +47,7 @@ public sealed unsafe partial class CudaBackend
     {
         if (!GemmEpilogues || s.Batch != 1 || !LtProduct(s, alpha, a, b, c, sums, CublasLt.EpilogueBgradB))
         {
-            Gemm(s, alpha, a, b, 0f, c);
-            if (s.TransA)
-            {
-                ChannelBiasGrad(s.K, s.M, 1, a, sums);
-            }
-            else
-            {
-                ChannelBiasGrad(1, s.M, s.K, a, sums);
-            }
+            IBackend.SeparateGemmRowSums(this, s, alpha, a, b, c, sums);
         }
     }
 
@@ -70,7 +61,7 @@ public sealed unsafe partial class CudaBackend
         MakeCurrent();
         if (_lt == 0)
         {
-            CheckLt(CublasLt.cublasLtCreate(out _lt), "cublasLtCreate");
+            Cublas.Check(CublasLt.cublasLtCreate(out _lt), "cublasLtCreate");
         }
 
         ulong pa = Ptr(a), pb = Ptr(b), pc = Ptr(c), v = Ptr(vector);
@@ -86,12 +77,12 @@ public sealed unsafe partial class CudaBackend
             return false;
         }
 
-        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &v, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
+        Cublas.Check(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &v, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
         float beta = 0f;
         using var ws = Workspace(plan.Workspace);
         var algo = plan.Algo;
         Count("cublasLtMatmul");
-        CheckLt(CublasLt.cublasLtMatmul(_lt, plan.Desc, &alpha, pb, plan.A, pa, plan.B, &beta, pc, plan.D, pc, plan.D, &algo, WsPtr(ws),
+        Cublas.Check(CublasLt.cublasLtMatmul(_lt, plan.Desc, &alpha, pb, plan.A, pa, plan.B, &beta, pc, plan.D, pc, plan.D, &algo, WsPtr(ws),
             (nuint)plan.Workspace, _stream), "cublasLtMatmul");
         return true;
     }
@@ -108,32 +99,32 @@ public sealed unsafe partial class CudaBackend
             _ => Cublas.Compute32F,
         };
         var plan = new LtPlan();
-        CheckLt(CublasLt.cublasLtMatmulDescCreate(out plan.Desc, compute, Cublas.R32F), "cublasLtMatmulDescCreate");
+        Cublas.Check(CublasLt.cublasLtMatmulDescCreate(out plan.Desc, compute, Cublas.R32F), "cublasLtMatmulDescCreate");
         int opA = k.TransB ? Cublas.OpT : Cublas.OpN, opB = k.TransA ? Cublas.OpT : Cublas.OpN;
         uint epilogue = k.Epilogue;
-        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransA, &opA, sizeof(int)), "cublasLtMatmulDescSetAttribute");
-        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransB, &opB, sizeof(int)), "cublasLtMatmulDescSetAttribute");
-        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescEpilogue, &epilogue, sizeof(uint)), "cublasLtMatmulDescSetAttribute");
+        Cublas.Check(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransA, &opA, sizeof(int)), "cublasLtMatmulDescSetAttribute");
+        Cublas.Check(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescTransB, &opB, sizeof(int)), "cublasLtMatmulDescSetAttribute");
+        Cublas.Check(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescEpilogue, &epilogue, sizeof(uint)), "cublasLtMatmulDescSetAttribute");
         // The heuristic reads the vector's alignment from its pointer: one as aligned as this call's (the key has it).
-        CheckLt(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &vector, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
+        Cublas.Check(CublasLt.cublasLtMatmulDescSetAttribute(plan.Desc, CublasLt.DescBiasPointer, &vector, (nuint)sizeof(ulong)), "cublasLtMatmulDescSetAttribute");
 
         // cuBLASLt's A is our B: [N, K] column-major (ld N), or stored [K, N] (ld K) and transposed; its B is our A.
-        CheckLt(CublasLt.cublasLtMatrixLayoutCreate(out plan.A, Cublas.R32F, (ulong)(k.TransB ? k.K : k.N), (ulong)(k.TransB ? k.N : k.K), k.TransB ? k.K : k.N),
+        Cublas.Check(CublasLt.cublasLtMatrixLayoutCreate(out plan.A, Cublas.R32F, (ulong)(k.TransB ? k.K : k.N), (ulong)(k.TransB ? k.N : k.K), k.TransB ? k.K : k.N),
             "cublasLtMatrixLayoutCreate");
-        CheckLt(CublasLt.cublasLtMatrixLayoutCreate(out plan.B, Cublas.R32F, (ulong)(k.TransA ? k.M : k.K), (ulong)(k.TransA ? k.K : k.M), k.TransA ? k.M : k.K),
+        Cublas.Check(CublasLt.cublasLtMatrixLayoutCreate(out plan.B, Cublas.R32F, (ulong)(k.TransA ? k.M : k.K), (ulong)(k.TransA ? k.K : k.M), k.TransA ? k.M : k.K),
             "cublasLtMatrixLayoutCreate");
-        CheckLt(CublasLt.cublasLtMatrixLayoutCreate(out plan.D, Cublas.R32F, (ulong)k.N, (ulong)k.M, k.N), "cublasLtMatrixLayoutCreate");
+        Cublas.Check(CublasLt.cublasLtMatrixLayoutCreate(out plan.D, Cublas.R32F, (ulong)k.N, (ulong)k.M, k.N), "cublasLtMatrixLayoutCreate");
 
-        CheckLt(CublasLt.cublasLtMatmulPreferenceCreate(out nint pref), "cublasLtMatmulPreferenceCreate");
+        Cublas.Check(CublasLt.cublasLtMatmulPreferenceCreate(out nint pref), "cublasLtMatmulPreferenceCreate");
         try
         {
             ulong workspace = LtWorkspaceBytes;
-            CheckLt(CublasLt.cublasLtMatmulPreferenceSetAttribute(pref, CublasLt.PrefMaxWorkspaceBytes, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
+            Cublas.Check(CublasLt.cublasLtMatmulPreferenceSetAttribute(pref, CublasLt.PrefMaxWorkspaceBytes, &workspace, sizeof(ulong)), "cublasLtMatmulPreferenceSetAttribute");
             Span<uint> align = [(uint)k.AlignA, (uint)k.AlignB, (uint)k.AlignD, (uint)k.AlignD];
             for (int i = 0; i < 4; i++)
             {
                 uint bytes = align[i];
-                CheckLt(CublasLt.cublasLtMatmulPreferenceSetAttribute(pref, CublasLt.PrefMinAlignmentA + i, &bytes, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
+                Cublas.Check(CublasLt.cublasLtMatmulPreferenceSetAttribute(pref, CublasLt.PrefMinAlignmentA + i, &bytes, sizeof(uint)), "cublasLtMatmulPreferenceSetAttribute");
             }
 
             CublasLt.HeuristicResult result;
@@ -153,8 +144,6 @@ public sealed unsafe partial class CudaBackend
             CublasLt.cublasLtMatmulPreferenceDestroy(pref);
         }
     }
-
-    private static void CheckLt(int status, string call) => Cublas.Check(status, call);
 
     private void FreeLt()
     {

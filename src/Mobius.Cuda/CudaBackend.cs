@@ -246,8 +246,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         int ldb = s.TransB ? s.K : s.N;
         int opB = s.TransB ? Cublas.OpT : Cublas.OpN;
         int opA = s.TransA ? Cublas.OpT : Cublas.OpN;
-        Products(opB, opA, s.N, s.M, s.K, alpha, Ptr(b), ldb, s.Batch == 1 ? 0 : s.StrideB, Ptr(a), lda, s.Batch == 1 ? 0 : s.StrideA, beta, Ptr(c), s.N,
-            s.Batch == 1 ? 0 : s.StrideC, s.Batch);
+        Products(opB, opA, s.N, s.M, s.K, alpha, Ptr(b), ldb, s.StrideB, Ptr(a), lda, s.StrideA, beta, Ptr(c), s.N, s.StrideC, s.Batch);
     }
 
     /// <summary>

@@ -117,11 +117,7 @@ public interface IBackend : IDisposable
     /// to every row of C [M, N]. <paramref name="s"/>.Batch must be 1. The default is <see cref="Gemm"/> then
     /// <see cref="AddChannelBias"/>; the CUDA backend can fuse both into one cuBLASLt call.
     /// </summary>
-    void GemmBias(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor bias, Tensor c)
-    {
-        Gemm(s, alpha, a, b, 0f, c);
-        AddChannelBias(s.M, s.N, 1, c, bias, c);
-    }
+    void GemmBias(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor bias, Tensor c) => SeparateGemmBias(this, s, alpha, a, b, bias, c);
 
     /// <summary>
     /// One row-major product C = alpha * op(A) op(B) and the sums of op(A)'s rows, sums[i] = sum over k of op(A)[i, k],
@@ -129,16 +125,26 @@ public interface IBackend : IDisposable
     /// must be 1. The default is <see cref="Gemm"/> then <see cref="ChannelBiasGrad"/>; the CUDA backend can fuse both
     /// into one cuBLASLt call.
     /// </summary>
-    void GemmRowSums(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor c, Tensor sums)
+    void GemmRowSums(in GemmShape s, float alpha, Tensor a, Tensor b, Tensor c, Tensor sums) => SeparateGemmRowSums(this, s, alpha, a, b, c, sums);
+
+    /// <summary><see cref="GemmBias"/> as two calls on <paramref name="backend"/>: the default, and a fusing backend's fallback.</summary>
+    static void SeparateGemmBias(IBackend backend, in GemmShape s, float alpha, Tensor a, Tensor b, Tensor bias, Tensor c)
     {
-        Gemm(s, alpha, a, b, 0f, c);
+        backend.Gemm(s, alpha, a, b, 0f, c);
+        backend.AddChannelBias(s.M, s.N, 1, c, bias, c);
+    }
+
+    /// <summary><see cref="GemmRowSums"/> as two calls on <paramref name="backend"/>: the default, and a fusing backend's fallback.</summary>
+    static void SeparateGemmRowSums(IBackend backend, in GemmShape s, float alpha, Tensor a, Tensor b, Tensor c, Tensor sums)
+    {
+        backend.Gemm(s, alpha, a, b, 0f, c);
         if (s.TransA)
         {
-            ChannelBiasGrad(s.K, s.M, 1, a, sums); // a is [K, M]: column sums
+            backend.ChannelBiasGrad(s.K, s.M, 1, a, sums); // a is [K, M]: column sums
         }
         else
         {
-            ChannelBiasGrad(1, s.M, s.K, a, sums); // a is [M, K]: row sums
+            backend.ChannelBiasGrad(1, s.M, s.K, a, sums); // a is [M, K]: row sums
         }
     }
 

@@ -302,8 +302,7 @@ public sealed class Trainer : IDisposable
     private readonly Dictionary<Parameter, Tensor> _ema = new();
     private bool _emaInPlace;
     private int _loopBiasFolds;
-    private Task<List<Batch>>? _prefetch;
-    private int _prefetchStep;
+    private (int Step, Task<List<Batch>> Batches)? _prefetch;
 
     /// <summary><see cref="LoopCorrectionMode.Scale"/>'s running means for one parameter tensor.</summary>
     internal sealed class LoopScale
@@ -633,13 +632,13 @@ public sealed class Trainer : IDisposable
         List<Batch>? batches = null;
         if (TakePrefetch() is { } pending)
         {
-            if (_prefetchStep == step)
+            if (pending.Step == step)
             {
-                batches = pending.GetAwaiter().GetResult();
+                batches = pending.Batches.GetAwaiter().GetResult();
             }
             else
             {
-                Settle(pending); // another step's (the trainer resumed elsewhere): dropped
+                Settle(pending.Batches); // another step's (the trainer resumed elsewhere): dropped
             }
         }
 
@@ -647,14 +646,13 @@ public sealed class Trainer : IDisposable
         if (PrefetchBatches)
         {
             int next = step + 1;
-            _prefetchStep = next;
-            _prefetch = Task.Run(() => MakeBatches(next));
+            _prefetch = (next, Task.Run(() => MakeBatches(next)));
         }
 
         return batches;
     }
 
-    private Task<List<Batch>>? TakePrefetch()
+    private (int Step, Task<List<Batch>> Batches)? TakePrefetch()
     {
         var pending = _prefetch;
         _prefetch = null;
@@ -1045,7 +1043,7 @@ public sealed class Trainer : IDisposable
     {
         if (TakePrefetch() is { } pending)
         {
-            Settle(pending);
+            Settle(pending.Batches);
         }
 
         ClearLoopCorrection();
