@@ -771,7 +771,7 @@ public static class Commands
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var frames = new Option<int?>("--frames") { Description = "frames per clip, 2..32 (default: the config's; ms256: 16)" };
         var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
-        var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
+        var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak, in allocator blocks, fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
             { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
         cmd.SetAction(p =>
@@ -817,6 +817,7 @@ public static class Commands
                 (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + (options.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "") + (options.SavedActivations == DType.BFloat16 ? ", bf16 saved activations" : ""));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
+            t.AddRow("peak in allocator blocks", Mb(plan.Serial.PeakBlockBytes), Mb(plan.Parallel.PeakBlockBytes), "");
             t.AddRow("saved for backward", Mb(plan.Serial.SavedActivationBytes), Mb(plan.Parallel.SavedActivationBytes), plan.SavedRatio.ToString("0.00", CultureInfo.InvariantCulture));
             foreach (var category in plan.Serial.AtPeak.Keys.Union(plan.Parallel.AtPeak.Keys))
             {

@@ -17,9 +17,12 @@ internal interface IRawMemory
 /// A caching allocator: freed blocks stay cached by size class and are handed out again, so a training
 /// step that allocates the same shapes every time touches the system allocator only in its first step
 /// (fresh memory costs page faults on the host and cuMemAlloc's synchronisation on a GPU).
-/// Size classes are multiples of 512 bytes up to 1 MiB, then eight steps per power of two, so a
-/// block wastes at most 12.5% of its size. Statistics count requested bytes; the reserved figure
-/// counts whole blocks, cached ones included.
+/// Size classes are multiples of 512 bytes up to 1 MiB, then eight steps per power of two up to 16 MiB
+/// (a block wastes at most 12.5% of its size), then multiples of 2 MiB, the CUDA driver's own granularity
+/// for large allocations: a large block wastes under 2 MiB. Eight classes per octave all the way up wasted
+/// about 6% of a large batch's memory (8.3 GiB at an ms256 batch of 33 on an H200: the run stopped out of
+/// memory at a batch its plan fitted). Statistics count requested bytes; the reserved figure counts whole
+/// blocks, cached ones included.
 /// </summary>
 internal sealed class CachingAllocator : IDisposable
 {
@@ -50,6 +53,9 @@ internal sealed class CachingAllocator : IDisposable
         }
     }
 
+    /// <summary>The size classes' step from 16 MiB up: 2 MiB.</summary>
+    public const long LargeStep = 2L << 20;
+
     public static long SizeClass(long bytes)
     {
         if (bytes <= 0)
@@ -62,9 +68,9 @@ internal sealed class CachingAllocator : IDisposable
             return (bytes + 511) & ~511L;
         }
 
-        // Eight classes per power of two: round up to a multiple of 2^(floor(log2)-3).
+        // Eight classes per power of two (round up to a multiple of 2^(floor(log2)-3)), the step capped at 2 MiB.
         int log = 63 - (int)long.LeadingZeroCount(bytes - 1);
-        long step = 1L << (log - 3);
+        long step = Math.Min(1L << (log - 3), LargeStep);
         return (bytes + step - 1) & ~(step - 1);
     }
 
@@ -105,13 +111,13 @@ internal sealed class CachingAllocator : IDisposable
             _raw.Poison(handle, block);
         }
 
-        _backend.Memory.OnAllocate(bytes, category);
+        _backend.Memory.OnAllocate(bytes, block, category);
         return new Storage(this, _backend, handle, bytes, block, category);
     }
 
     public void Free(Storage storage)
     {
-        _backend.Memory.OnRelease(storage.Bytes, storage.Category);
+        _backend.Memory.OnRelease(storage.Bytes, storage.BlockBytes, storage.Category);
         lock (_lock)
         {
             if (!_cache.TryGetValue(storage.BlockBytes, out var stack))

@@ -15,6 +15,8 @@ public sealed class MemoryTracker
     private readonly long[] _atPeak = new long[CategoryCount];
     private long _total;
     private long _totalPeak;
+    private long _blocks;
+    private long _blocksPeak;
     private long _reserved;
     private long _reservedPeak;
     private long _allocations;
@@ -58,6 +60,7 @@ public sealed class MemoryTracker
         lock (_lock)
         {
             _totalPeak = _total;
+            _blocksPeak = _blocks;
             _reservedPeak = _reserved;
             Array.Copy(_current, _peak, CategoryCount);
             Array.Copy(_current, _atPeak, CategoryCount);
@@ -73,6 +76,7 @@ public sealed class MemoryTracker
             return new MemorySnapshot(
                 CurrentBytes: _total,
                 PeakBytes: _totalPeak,
+                PeakBlockBytes: _blocksPeak,
                 ReservedBytes: _reserved,
                 PeakReservedBytes: _reservedPeak,
                 Allocations: _allocations,
@@ -82,19 +86,23 @@ public sealed class MemoryTracker
         }
     }
 
-    internal void OnAllocate(long bytes, MemoryCategory category)
+    /// <summary>An allocation of <paramref name="bytes"/>, served by a block of <paramref name="blockBytes"/> (its size class).</summary>
+    internal void OnAllocate(long bytes, long blockBytes, MemoryCategory category)
     {
         lock (_lock)
         {
             _allocations++;
+            _blocks += blockBytes;
+            _blocksPeak = Math.Max(_blocksPeak, _blocks);
             Add(category, bytes);
         }
     }
 
-    internal void OnRelease(long bytes, MemoryCategory category)
+    internal void OnRelease(long bytes, long blockBytes, MemoryCategory category)
     {
         lock (_lock)
         {
+            _blocks -= blockBytes;
             Add(category, -bytes);
         }
     }
@@ -149,6 +157,8 @@ public sealed class MemoryTracker
 /// <summary>Memory statistics at one moment; every report in Mobius is made from these.</summary>
 /// <param name="CurrentBytes">Bytes in use.</param>
 /// <param name="PeakBytes">Highest bytes in use since the peak was reset.</param>
+/// <param name="PeakBlockBytes">Highest bytes of the blocks in use since the peak was reset: each allocation rounded up to
+/// the caching allocator's size class, what a device must hold for those tensors (cached blocks aside).</param>
 /// <param name="ReservedBytes">Bytes held from the system, including the allocator's cache.</param>
 /// <param name="PeakReservedBytes">Highest reserved bytes since the peak was reset.</param>
 /// <param name="Allocations">Allocation requests served so far.</param>
@@ -158,6 +168,7 @@ public sealed class MemoryTracker
 public sealed record MemorySnapshot(
     long CurrentBytes,
     long PeakBytes,
+    long PeakBlockBytes,
     long ReservedBytes,
     long PeakReservedBytes,
     long Allocations,

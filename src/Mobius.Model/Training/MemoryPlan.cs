@@ -58,12 +58,16 @@ public static class MemoryPlan
             steps.Max(s => s.SavedActivationBytes),
             trainer.TrainableParameters,
             largest.Memory.AtPeak.ToDictionary(kv => Comparison.ToSnake(kv.Key.ToString()), kv => kv.Value),
-            largest.SavedByKind);
+            largest.SavedByKind)
+        {
+            PeakBlockBytes = steps.Max(s => s.Memory.PeakBlockBytes),
+        };
     }
 
     /// <summary>
     /// The largest batch (clips a step) whose planned peak (<see cref="Plan"/>, the other settings as in
-    /// <paramref name="options"/>) stays within <paramref name="budgetBytes"/>, for each topology, up to
+    /// <paramref name="options"/>), counted in the caching allocator's blocks (<see cref="TopologyPlan.PeakBlockBytes"/>:
+    /// what the device must hold), stays within <paramref name="budgetBytes"/>, for each topology, up to
     /// <paramref name="maxBatch"/>; 0 where even one clip does not fit. The peak grows with the batch, so the
     /// search doubles the batch until it no longer fits, then halves the gap: about 2 log2(batch) plans per topology.
     /// </summary>
@@ -74,7 +78,7 @@ public static class MemoryPlan
         int stepCount = StepCount(options, 2);
         int Largest(Topology topology)
         {
-            bool Fits(int batch) => PlanTopology(config, options with { Batch = batch }, topology, stepCount).PeakBytes <= budgetBytes;
+            bool Fits(int batch) => PlanTopology(config, options with { Batch = batch }, topology, stepCount).PeakBlockBytes <= budgetBytes;
             if (!Fits(1))
             {
                 return 0;
@@ -164,7 +168,15 @@ public sealed record TopologyPlan(
     [property: JsonPropertyName("saved_activation_bytes")] long SavedActivationBytes,
     [property: JsonPropertyName("trainable_params")] long TrainableParams,
     [property: JsonPropertyName("memory")] IReadOnlyDictionary<string, long> AtPeak,
-    [property: JsonPropertyName("saved_by_kind")] IReadOnlyDictionary<string, long> SavedByKind);
+    [property: JsonPropertyName("saved_by_kind")] IReadOnlyDictionary<string, long> SavedByKind)
+{
+    /// <summary>
+    /// The peak counted in the caching allocator's blocks: each tensor rounded up to its size class (under 2 MiB more
+    /// for a large one, at most an eighth for a small one). What the device must hold for the engine's tensors.
+    /// </summary>
+    [JsonPropertyName("peak_block_bytes")]
+    public long PeakBlockBytes { get; init; }
+}
 
 /// <summary>The plan of both topologies and their ratios (parallel / serial).</summary>
 public sealed record MemoryPlanResult(

@@ -270,7 +270,8 @@ public sealed class CliTests
         // The largest batch within a budget: the serial peak at the config's batch of 2 holds at least 2 serial clips.
         using (var p0 = JsonDocument.Parse(plain.Out))
         {
-            long serialPeak = p0.RootElement.GetProperty("serial").GetProperty("peak_bytes").GetInt64();
+            long serialPeak = p0.RootElement.GetProperty("serial").GetProperty("peak_block_bytes").GetInt64();
+            Assert.True(serialPeak > p0.RootElement.GetProperty("serial").GetProperty("peak_bytes").GetInt64());
             long mib = (serialPeak + 1048575) / 1048576;
             var fit = Mobius("plan", "--config", "micro", "--budget-mib", mib.ToString(System.Globalization.CultureInfo.InvariantCulture), "--json");
             Assert.True(fit.Code == 0, fit.Out + fit.Err);

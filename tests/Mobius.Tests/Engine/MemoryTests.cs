@@ -122,6 +122,68 @@ public sealed class MemoryTests
             long block = CachingAllocator.SizeClass(bytes);
             Assert.True(block >= bytes, $"{bytes} -> {block}");
             Assert.True(block <= Math.Max(512, bytes * 1.125 + 512), $"{bytes} -> {block}");
+            Assert.True(block - bytes < CachingAllocator.LargeStep, $"{bytes} -> {block}");
+        }
+    }
+
+    [Fact]
+    public void The_tracker_counts_the_blocks_in_use_at_their_peak()
+    {
+        // Tensors of random sizes, some past 16 MiB, some released on the way: the block peak is the highest sum of the
+        // live tensors' size classes, as a replay of the same sequence computes it; the requested peak is its own.
+        var r = new Rng(Seeds.One);
+        using var cpu = new CpuBackend(threads: 1);
+        cpu.Memory.ResetPeak();
+        var live = new List<Tensor>();
+        long blocks = 0, blocksPeak = 0, bytes = 0, bytesPeak = 0;
+        for (int i = 0; i < 40; i++)
+        {
+            if (live.Count > 0 && r.Int(0, 2) == 0)
+            {
+                var t = live[r.Int(0, live.Count - 1)];
+                live.Remove(t);
+                blocks -= CachingAllocator.SizeClass(t.Shape.Numel * 4);
+                bytes -= t.Shape.Numel * 4;
+                t.Dispose();
+                continue;
+            }
+
+            int n = r.Int(0, 3) == 0 ? r.Int(4 << 20, 6 << 20) : r.Int(1, 300_000);
+            live.Add(Tensor.Empty(cpu, new Shape(n)));
+            blocks += CachingAllocator.SizeClass(n * 4L);
+            bytes += n * 4L;
+            blocksPeak = Math.Max(blocksPeak, blocks);
+            bytesPeak = Math.Max(bytesPeak, bytes);
+        }
+
+        var s = cpu.Memory.Snapshot();
+        Assert.Equal(bytesPeak, s.PeakBytes);
+        Assert.Equal(blocksPeak, s.PeakBlockBytes);
+        Assert.True(s.PeakBlockBytes > s.PeakBytes, $"{r}");
+        live.ForEach(t => t.Dispose());
+    }
+
+    [Fact]
+    public void Large_blocks_round_to_two_mebibytes()
+    {
+        // Above 16 MiB a block is the request rounded up to 2 MiB, whatever its size: a few GiB waste no more than a few MiB.
+        var r = new Rng(Seeds.One);
+        for (int i = 0; i < 1000; i++)
+        {
+            long bytes = (16L << 20) + ((long)r.Int(0, 1 << 30) * 64) + r.Int(0, 63);
+            long block = CachingAllocator.SizeClass(bytes);
+            Assert.True(block % CachingAllocator.LargeStep == 0 && block >= bytes && block - bytes < CachingAllocator.LargeStep, $"{r}: {bytes} -> {block}");
+        }
+
+        // The classes stay monotone and eight to the octave below, so small blocks keep being shared.
+        Assert.Equal(9L << 20, CachingAllocator.SizeClass((8L << 20) + 1));
+        Assert.Equal(18L << 20, CachingAllocator.SizeClass((16L << 20) + 1));
+        long previous = 0;
+        for (long bytes = 1; bytes < (1L << 36); bytes = (bytes * 9 / 8) + 1)
+        {
+            long block = CachingAllocator.SizeClass(bytes);
+            Assert.True(block >= previous, $"{bytes} -> {block} after {previous}");
+            previous = block;
         }
     }
 }
