@@ -16,7 +16,7 @@
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped; tiny's parts
 # run on micro).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# bf16 cublas-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -41,7 +41,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 cublas-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -127,17 +127,18 @@ run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 
 run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations bf16 --json --out "$results/compare-$c-bf16-activations"
 fi
 
-if want cublas-conv; then
-step "the temporal convolution on cuBLAS frame windows (MOBIUS_TEMPORAL_CONV=gemm) against our kernels"
-# CudaBackend.TemporalConvOnCublas in strict fp32: forward and backward data as SGEMMs over three-frame windows,
-# the weight gradient as one SGEMM per tap over channel-major copies. The compare part's ms256 run is the baseline
-# (same lease); the kernel workloads repeat the profile part's ms256 temporal_conv shapes on this path.
+if want kernel-conv; then
+step "the temporal convolution on our kernels (MOBIUS_TEMPORAL_CONV=kernel) against the default cuBLAS frame windows"
+# At ms256 the default (CudaBackend.TemporalConvOnCublas's size rule) runs every temporal convolution on cuBLAS:
+# forward and backward data as GEMMs over three-frame windows, the weight gradient as one GEMM per tap over
+# channel-major copies. This part runs our kernels instead; the compare part's ms256 run is the baseline (same
+# lease); the kernel workloads repeat the profile part's ms256 temporal_conv shapes on our kernels.
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
-run 150 env MOBIUS_TEMPORAL_CONV=gemm "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-cublas-conv"
+run 150 env MOBIUS_TEMPORAL_CONV=kernel "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-kernel-conv"
 if [ $sim = 0 ]; then
   for spec in "fwd b=1,f=16,c=320,s=1024" "bwd_data b=1,f=16,c=320,s=1024" "bwd_filter b=1,f=16,c=320,s=1024" "fwd b=1,f=16,c=1280,s=64"; do
     set -- $spec
-    run 20 env MOBIUS_TEMPORAL_CONV=gemm "$mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
+    run 20 env MOBIUS_TEMPORAL_CONV=kernel "$mobius" profile --kernel temporal_conv --direction $1 --shape $2 --backend cuda --iterations 100
   done
 fi
 fi

@@ -170,31 +170,33 @@ public sealed unsafe partial class CudaBackend
 
     /// <summary>
     /// Where the temporal convolution runs: on cuBLAS (true) or our kernels (false), or (null, the default) on cuBLAS
-    /// where tensor cores are on (<see cref="TensorCores"/>) and a pass has at least
-    /// <see cref="TemporalConvCublasMinFlops"/>, on our kernels otherwise. On cuBLAS, forward and backward data are
-    /// GEMMs over three-frame windows and the weight gradient three GEMMs over channel-major copies of the input and
-    /// the output gradient: about ten calls where our kernels take one or two, which a small convolution, bound by
-    /// its launches, does not repay. Same results within fp32 rounding (another summation order). MOBIUS_TEMPORAL_CONV
-    /// =kernel or gemm (read when the backend opens) or this setter fixes it.
+    /// where a pass has at least <see cref="TemporalConvCublasMinFlops"/>, in every math mode (<see cref="TensorCores"/>),
+    /// and on our kernels otherwise. On cuBLAS, forward and backward data are GEMMs over three-frame windows and the
+    /// weight gradient three GEMMs over channel-major copies of the input and the output gradient: about ten calls where
+    /// our kernels take one or two, which a small convolution, bound by its launches, does not repay. Same results
+    /// within fp32 rounding (another summation order). MOBIUS_TEMPORAL_CONV=kernel or gemm (read when the backend opens)
+    /// or this setter fixes it. Measured on an H200 (benchmarks/results/2026-11-28-h200.md): at ms256 in strict fp32,
+    /// cuBLAS's SGEMMs take a step from 479 to 435 ms (serial) and 361 to 316 ms (parallel); our kernels reach 21
+    /// TFLOP/s at the first level, the SGEMMs 25 to 37.
     /// </summary>
     public bool? TemporalConvOnCublas { get; set; } = TemporalConvSetting(Environment.GetEnvironmentVariable("MOBIUS_TEMPORAL_CONV"));
 
     /// <summary>
-    /// Smallest pass (forward FLOPs, 2 B F S Cout Cin 3) that the default takes to cuBLAS under tensor cores: about
-    /// where our kernel's time at the FMA units' rate equals cuBLAS's on tensor cores plus the path's extra launches.
+    /// Smallest pass (forward FLOPs, 2 B F S Cout Cin 3) that the default takes to cuBLAS: every ms256 level (2.5 to 10
+    /// GFLOP) and none of tiny's, whose convolutions are bound by their launches.
     /// </summary>
     internal double TemporalConvCublasMinFlops { get; set; } = 1e9;
 
     /// <summary>Whether this shape's temporal convolution runs on cuBLAS (<see cref="TemporalConvOnCublas"/>).</summary>
     internal bool CublasTemporalConv(in TemporalConvShape s) =>
-        TemporalConvOnCublas ?? (_tensorCores != TensorCoreMath.None && s.Flops >= TemporalConvCublasMinFlops);
+        TemporalConvOnCublas ?? s.Flops >= TemporalConvCublasMinFlops;
 
     internal static bool? TemporalConvSetting(string? value) => value switch
     {
         null or "" => null,
         "kernel" => false,
         "gemm" => true,
-        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels; the default in fp32) or gemm (cuBLAS; the default with tensor cores)."),
+        var other => throw new ArgumentException($"MOBIUS_TEMPORAL_CONV={other}: expected kernel (our kernels; the default below 1 GFLOP a pass) or gemm (cuBLAS; the default from 1 GFLOP)."),
     };
 
     /// <summary>

@@ -62,8 +62,8 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// CUDNN_DEFAULT_MATH, reading the inputs with 11 significant bits and accumulating in fp32, as PyTorch's
     /// allow_tf32. <see cref="TensorCoreMath.Bf16"/>: every GEMM rounds its fp32 inputs to bf16 (8 significant bits)
     /// and accumulates in fp32 (CUBLAS_COMPUTE_32F_FAST_16BF), twice TF32's tensor-core rate; convolutions as in TF32
-    /// (cuDNN's legacy API does not round fp32 to bf16). Either way a large temporal convolution runs on cuBLAS
-    /// (<see cref="TemporalConvOnCublas"/>) unless MOBIUS_TEMPORAL_CONV=kernel, and tensors stay fp32 in memory; our
+    /// (cuDNN's legacy API does not round fp32 to bf16). In every mode a large temporal convolution runs on cuBLAS
+    /// (<see cref="TemporalConvOnCublas"/>), in that mode, unless MOBIUS_TEMPORAL_CONV=kernel; tensors stay fp32 in memory; our
     /// own kernels (attention over frames, norms, elementwise ops, the optimiser) compute in fp32. sm_80 and later;
     /// older devices compute in fp32 whatever this says.
     /// </summary>

@@ -6,7 +6,7 @@ namespace Mobius.Tests.Cuda;
 
 /// <summary>
 /// The CUDA temporal convolution has two tile widths, 64 and 128, chosen by shape, and a path on cuBLAS
-/// (TemporalConvOnCublas, taken by large convolutions under tensor cores); the shared op tests use shapes that always get 64-wide tiles. These force each
+/// (TemporalConvOnCublas, taken by large convolutions); the shared op tests use shapes that always get 64-wide tiles. These force each
 /// and check the op against the fp64 reference and finite differences. The class has its own backend instance,
 /// so the settings reach no other test.
 /// </summary>
