@@ -173,13 +173,15 @@ fi
 if want epilogue; then
 step "linear layers' biases as cuBLASLt epilogues (MOBIUS_GEMM_EPILOGUES=on)"
 # CudaBackend.GemmEpilogues: the forward with CUBLASLT_EPILOGUE_BIAS, the weight gradient with BGRADB, where the default
-# takes a GEMM and a kernel each. The compare part's runs are the baselines (calls_per_step shows the kernels gone).
-for spec in "tiny 60 60" "ms256 6 150"; do
-  set -- $spec; c=$1; steps=$2
+# takes a GEMM and a kernel each. The compare part's runs are the baselines (calls_per_step shows the kernels gone);
+# then ms256 in TF32, against the tf32 part's run: an epilogue runs on cuBLASLt's choice of algorithm, not cuBLAS's.
+for spec in "tiny 60 60 fp32" "ms256 6 150 fp32" "ms256 6 150 tf32"; do
+  set -- $spec; c=$1; steps=$2; math=$4
   [ $sim = 1 ] && [ "$c" != tiny ] && continue
   [[ "$configs" == *" $c "* ]] || continue
   [ $sim = 1 ] && steps=2
-  run "$3" env MOBIUS_GEMM_EPILOGUES=on "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-epilogue"
+  out="$results/compare-$c-epilogue"; [ $math = fp32 ] || out="$out-math-$math"
+  run "$3" env MOBIUS_GEMM_EPILOGUES=on "$mobius" compare --config $c --backend cuda --math $math --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$out"
 done
 fi
 
