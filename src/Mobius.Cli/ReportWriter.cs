@@ -268,6 +268,16 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine().AppendLine($"Kernel launches and library calls per profiled step (result.json's calls_per_step has them by name): serial {Ui.CallSummary(sc)}; parallel {Ui.CallSummary(pc)}.");
         }
 
+        if (r.Serial.CallMsPerStep is { } sm && r.Parallel.CallMsPerStep is { } pm)
+        {
+            sb.AppendLine().AppendLine($"Device time by call over {o.ProfileSteps} more steps per topology, each launch and library call between a pair of CUDA events (ms per step; the {Ui.TopCalls} largest, result.json's call_ms_per_step has every one):").AppendLine();
+            sb.AppendLine("| call | serial ms | serial calls | parallel ms | parallel calls |").AppendLine("|---|---:|---:|---:|---:|");
+            foreach (var row in Ui.CallTimeRows(sm, r.Serial.CallsPerStep, pm, r.Parallel.CallsPerStep))
+            {
+                sb.AppendLine($"| {string.Join(" | ", row)} |");
+            }
+        }
+
         sb.AppendLine().AppendLine("![memory](memory.png) ![time](time.png) ![loss](loss.png)").AppendLine();
         sb.AppendLine("## Samples").AppendLine();
         sb.AppendLine($"DDIM {o.SampleSteps} steps, guidance {o.Guidance.ToString(ci)}, seed {r.Seed}, starting noise correlated {r.SampleFrameNoise.ToString(ci)} across a clip's frames; prompts from the validation split" +

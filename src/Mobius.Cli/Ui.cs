@@ -318,6 +318,46 @@ public static class Ui
         {
             AnsiConsole.MarkupLine(Markup.Escape($"calls per step: serial {CallSummary(sc)}; parallel {CallSummary(pc)}"));
         }
+
+        if (r.Serial.CallMsPerStep is { } sm && r.Parallel.CallMsPerStep is { } pm)
+        {
+            var c = new Table().Title($"[bold]device time by call[/] (ms per step, each call between CUDA events; the {TopCalls} largest)")
+                .AddColumns("call", "serial ms", "serial calls", "parallel ms", "parallel calls");
+            foreach (var row in CallTimeRows(sm, r.Serial.CallsPerStep, pm, r.Parallel.CallsPerStep))
+            {
+                c.AddRow(row.Select(Markup.Escape).ToArray());
+            }
+
+            AnsiConsole.Write(c);
+        }
+    }
+
+    /// <summary>How many calls the device-time tables show: the largest by both topologies' time together.</summary>
+    public const int TopCalls = 15;
+
+    /// <summary>
+    /// Rows of the device-time-by-call table: the <see cref="TopCalls"/> calls with the most time in both topologies
+    /// together, then one row for the rest and one for the total.
+    /// </summary>
+    public static List<string[]> CallTimeRows(IReadOnlyDictionary<string, double> serialMs, IReadOnlyDictionary<string, double>? serialCalls,
+        IReadOnlyDictionary<string, double> parallelMs, IReadOnlyDictionary<string, double>? parallelCalls)
+    {
+        var ci = CultureInfo.InvariantCulture;
+        var names = serialMs.Keys.Union(parallelMs.Keys)
+            .OrderByDescending(n => serialMs.GetValueOrDefault(n) + parallelMs.GetValueOrDefault(n)).ThenBy(n => n, StringComparer.Ordinal).ToList();
+        string Ms(double v) => v.ToString("0.000", ci);
+        string Calls(IReadOnlyDictionary<string, double>? calls, string n) => calls is null ? "" : calls.GetValueOrDefault(n).ToString("0.#", ci);
+        var rows = names.Take(TopCalls)
+            .Select(n => new[] { n, Ms(serialMs.GetValueOrDefault(n)), Calls(serialCalls, n), Ms(parallelMs.GetValueOrDefault(n)), Calls(parallelCalls, n) })
+            .ToList();
+        if (names.Count > TopCalls)
+        {
+            var rest = names.Skip(TopCalls).ToList();
+            rows.Add([$"{rest.Count} others", Ms(rest.Sum(n => serialMs.GetValueOrDefault(n))), "", Ms(rest.Sum(n => parallelMs.GetValueOrDefault(n))), ""]);
+        }
+
+        rows.Add(["total", Ms(serialMs.Values.Sum()), "", Ms(parallelMs.Values.Sum()), ""]);
+        return rows;
     }
 
     /// <summary>"1,915 (1,265 kernel launches, 650 cuBLAS, 47 cuDNN)": a step's calls by library.</summary>

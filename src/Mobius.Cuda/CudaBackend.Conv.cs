@@ -22,15 +22,19 @@ public sealed unsafe partial class CudaBackend
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FwdWorkspace))
         {
-            Count("cudnnConvolutionForward");
-            Cudnn.Check(Cudnn.cudnnConvolutionForward(_dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
-                WsPtr(ws), (nuint)plan.FwdWorkspace, &zero, plan.Y, Ptr(y)), "cudnnConvolutionForward");
+            using (Call("cudnnConvolutionForward"))
+            {
+                Cudnn.Check(Cudnn.cudnnConvolutionForward(_dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
+                    WsPtr(ws), (nuint)plan.FwdWorkspace, &zero, plan.Y, Ptr(y)), "cudnnConvolutionForward");
+            }
         }
 
         if (bias is not null)
         {
-            Count("cudnnAddTensor");
-            Cudnn.Check(Cudnn.cudnnAddTensor(_dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
+            using (Call("cudnnAddTensor"))
+            {
+                Cudnn.Check(Cudnn.cudnnAddTensor(_dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
+            }
         }
     }
 
@@ -42,9 +46,11 @@ public sealed unsafe partial class CudaBackend
         UseMath(plan, plan.DataMath);
         float one = 1f, zero = 0f;
         using var ws = Workspace(plan.DataWorkspace);
-        Count("cudnnConvolutionBackwardData");
-        Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
-            WsPtr(ws), (nuint)plan.DataWorkspace, &zero, plan.X, Ptr(dx)), "cudnnConvolutionBackwardData");
+        using (Call("cudnnConvolutionBackwardData"))
+        {
+            Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
+                WsPtr(ws), (nuint)plan.DataWorkspace, &zero, plan.X, Ptr(dx)), "cudnnConvolutionBackwardData");
+        }
     }
 
     /// <inheritdoc />
@@ -56,15 +62,19 @@ public sealed unsafe partial class CudaBackend
         float one = 1f, zero = 0f;
         using (var ws = Workspace(plan.FilterWorkspace))
         {
-            Count("cudnnConvolutionBackwardFilter");
-            Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
-                WsPtr(ws), (nuint)plan.FilterWorkspace, &zero, plan.W, Ptr(dw)), "cudnnConvolutionBackwardFilter");
+            using (Call("cudnnConvolutionBackwardFilter"))
+            {
+                Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
+                    WsPtr(ws), (nuint)plan.FilterWorkspace, &zero, plan.W, Ptr(dw)), "cudnnConvolutionBackwardFilter");
+            }
         }
 
         if (dbias is not null)
         {
-            Count("cudnnConvolutionBackwardBias");
-            Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
+            using (Call("cudnnConvolutionBackwardBias"))
+            {
+                Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
+            }
         }
     }
 

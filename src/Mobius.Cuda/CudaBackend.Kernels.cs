@@ -51,8 +51,10 @@ public sealed unsafe partial class CudaBackend
             throw new InvalidOperationException($"no kernel named {entry} in the loaded PTX.");
         }
 
-        module.Launch(entry, grid, block, sharedBytes, _stream, args);
-        Count(entry);
+        using (Call(entry))
+        {
+            module.Launch(entry, grid, block, sharedBytes, _stream, args);
+        }
     }
 
     private readonly Dictionary<string, long> _calls = new();
@@ -64,8 +66,14 @@ public sealed unsafe partial class CudaBackend
     /// </summary>
     public IReadOnlyDictionary<string, long> CallCounts => _calls;
 
-    /// <summary>Starts <see cref="CallCounts"/> again from zero.</summary>
-    public void ResetCallCounts() => _calls.Clear();
+    /// <summary>Starts <see cref="CallCounts"/> and <see cref="CallMilliseconds"/> again from zero.</summary>
+    public void ResetCallCounts()
+    {
+        _calls.Clear();
+        _callTimer?.Collect();
+        _callMs.Clear();
+        _callsTimed.Clear();
+    }
 
     private void Count(string name) => CollectionsMarshal.GetValueRefOrAddDefault(_calls, name, out _)++;
 

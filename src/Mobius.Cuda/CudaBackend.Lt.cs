@@ -81,9 +81,11 @@ public sealed unsafe partial class CudaBackend
         float beta = 0f;
         using var ws = Workspace(plan.Workspace);
         var algo = plan.Algo;
-        Count("cublasLtMatmul");
-        Cublas.Check(CublasLt.cublasLtMatmul(_lt, plan.Desc, &alpha, pb, plan.A, pa, plan.B, &beta, pc, plan.D, pc, plan.D, &algo, WsPtr(ws),
-            (nuint)plan.Workspace, _stream), "cublasLtMatmul");
+        using (Call("cublasLtMatmul"))
+        {
+            Cublas.Check(CublasLt.cublasLtMatmul(_lt, plan.Desc, &alpha, pb, plan.A, pa, plan.B, &beta, pc, plan.D, pc, plan.D, &algo, WsPtr(ws),
+                (nuint)plan.Workspace, _stream), "cublasLtMatmul");
+        }
         return true;
     }
 

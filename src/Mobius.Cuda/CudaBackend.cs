@@ -159,6 +159,8 @@ public sealed unsafe partial class CudaBackend : IBackend
             return;
         }
 
+        _callTimer?.Dispose(); // its events, before the context goes
+        _callTimer = null;
         _disposed = true;
         MakeCurrent();
         Driver.cuStreamSynchronize(_stream);
@@ -260,20 +262,26 @@ public sealed unsafe partial class CudaBackend : IBackend
         MakeCurrent();
         if (_tensorCores == TensorCoreMath.Bf16)
         {
-            Count("cublasGemmStridedBatchedEx");
-            Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_blas, opA, opB, m, n, k, &alpha, a, Cublas.R32F, lda, strideA, b, Cublas.R32F, ldb, strideB,
-                &beta, c, Cublas.R32F, ldc, strideC, batch, Cublas.Compute32FFast16BF, Cublas.GemmDefault), "cublasGemmStridedBatchedEx");
+            using (Call("cublasGemmStridedBatchedEx"))
+            {
+                Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_blas, opA, opB, m, n, k, &alpha, a, Cublas.R32F, lda, strideA, b, Cublas.R32F, ldb, strideB,
+                    &beta, c, Cublas.R32F, ldc, strideC, batch, Cublas.Compute32FFast16BF, Cublas.GemmDefault), "cublasGemmStridedBatchedEx");
+            }
         }
         else if (batch == 1)
         {
-            Count("cublasSgemm");
-            Cublas.Check(Cublas.cublasSgemm(_blas, opA, opB, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasSgemm_v2");
+            using (Call("cublasSgemm"))
+            {
+                Cublas.Check(Cublas.cublasSgemm(_blas, opA, opB, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasSgemm_v2");
+            }
         }
         else
         {
-            Count("cublasSgemmStridedBatched");
-            Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opA, opB, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc, strideC, batch),
-                "cublasSgemmStridedBatched");
+            using (Call("cublasSgemmStridedBatched"))
+            {
+                Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opA, opB, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc, strideC, batch),
+                    "cublasSgemmStridedBatched");
+            }
         }
     }
 

@@ -260,10 +260,23 @@ public interface IBackend : IDisposable
     /// </summary>
     IReadOnlyDictionary<string, long>? CallCounts => null;
 
-    /// <summary>Starts <see cref="CallCounts"/> again from zero.</summary>
+    /// <summary>Starts <see cref="CallCounts"/> (and <see cref="CallMilliseconds"/>) again from zero.</summary>
     void ResetCallCounts()
     {
     }
+
+    /// <summary>
+    /// Times every kernel launch and library call on the device, by name, until the returned scope is disposed: a pair of
+    /// device events around each call (a few microseconds of host time per call, so time such steps apart from others).
+    /// Null on a backend that issues no calls to time (the host backends).
+    /// </summary>
+    IDisposable? TimeCalls() => null;
+
+    /// <summary>
+    /// Device milliseconds by call name, summed over the calls timed (<see cref="TimeCalls"/>) since the backend opened or
+    /// <see cref="ResetCallCounts"/>; null on a backend that does not time calls. Reading it waits for the calls timed so far.
+    /// </summary>
+    IReadOnlyDictionary<string, double>? CallMilliseconds => null;
 
     /// <summary>
     /// output[0] += sum of x^2 over every tensor of <paramref name="xs"/>: the global gradient norm. A device

@@ -80,7 +80,8 @@ public sealed record ComparisonOptions
 
     /// <summary>
     /// Extra steps per topology, after everything else is measured, with the time split by layer kind (the
-    /// device synchronised at every kind boundary, so these steps run slower and are not in the step times).
+    /// device synchronised at every kind boundary, so these steps run slower and are not in the step times); on a
+    /// backend that times its calls (<see cref="IBackend.TimeCalls"/>) as many again with every call timed on the device.
     /// 0: none.
     /// </summary>
     public int ProfileSteps { get; init; }
@@ -229,6 +230,15 @@ public sealed record TopologyResult
     [JsonPropertyName("calls_per_step")]
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyDictionary<string, double>? CallsPerStep { get; init; }
+
+    /// <summary>
+    /// Device milliseconds per profiled step by call name, from as many steps again as <see cref="ComparisonOptions.ProfileSteps"/>
+    /// with every call timed (<see cref="IBackend.TimeCalls"/>), largest first; null without profile steps or on a backend
+    /// that does not time calls. Where the device is busy throughout (a large model), they add up to nearly the step time.
+    /// </summary>
+    [JsonPropertyName("call_ms_per_step")]
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public IReadOnlyDictionary<string, double>? CallMsPerStep { get; init; }
 }
 
 /// <summary>
@@ -746,8 +756,8 @@ public static class Comparison
                 };
                 if (options.ProfileSteps > 0)
                 {
-                    var (byKind, calls) = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress);
-                    results[i] = results[i] with { TimeByKind = byKind, CallsPerStep = calls };
+                    var (byKind, calls, callMs) = Profile(trainers[i]!, backends[i], options.ProfileSteps, topologies[i], progress);
+                    results[i] = results[i] with { TimeByKind = byKind, CallsPerStep = calls, CallMsPerStep = callMs };
                 }
             }
 
@@ -808,9 +818,10 @@ public static class Comparison
         }
     }
 
-    private static (Dictionary<string, KindTime> ByKind, Dictionary<string, double>? Calls) Profile(Trainer trainer, IBackend backend, int steps, Topology topology,
+    private static (Dictionary<string, KindTime> ByKind, Dictionary<string, double>? Calls, Dictionary<string, double>? CallMs) Profile(Trainer trainer, IBackend backend, int steps, Topology topology,
         IProgress<CompareProgress>? progress)
     {
+        int total = backend.CallMilliseconds is null ? steps : 2 * steps; // a backend that times calls takes steps again for that
         var profiler = new KindProfiler(backend.Synchronize);
         var before = Tape.Profiler;
         Tape.Profiler = profiler;
@@ -818,11 +829,11 @@ public static class Comparison
         {
             profiler.Reset();
             backend.ResetCallCounts();
-            progress?.Report(new CompareProgress("profile", topology, 0, steps));
+            progress?.Report(new CompareProgress("profile", topology, 0, total));
             for (int k = 0; k < steps; k++)
             {
                 trainer.TrainStep();
-                progress?.Report(new CompareProgress("profile", topology, k + 1, steps));
+                progress?.Report(new CompareProgress("profile", topology, k + 1, total));
             }
 
             profiler.Flush();  // the last optimizer step
@@ -834,7 +845,27 @@ public static class Comparison
 
         var calls = backend.CallCounts?.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal)
             .ToDictionary(kv => kv.Key, kv => (double)kv.Value / steps);
-        return (profiler.Milliseconds.ToDictionary(kv => kv.Key, kv => new KindTime(kv.Value.Forward / steps, kv.Value.Backward / steps)), calls);
+        var byKind = profiler.Milliseconds.ToDictionary(kv => kv.Key, kv => new KindTime(kv.Value.Forward / steps, kv.Value.Backward / steps));
+
+        // Then as many steps again with each call timed on the device (apart: the events cost host time per call).
+        Dictionary<string, double>? callMs = null;
+        backend.ResetCallCounts();
+        using (var timing = backend.TimeCalls())
+        {
+            if (timing is not null)
+            {
+                for (int k = 0; k < steps; k++)
+                {
+                    trainer.TrainStep();
+                    progress?.Report(new CompareProgress("profile", topology, steps + k + 1, total));
+                }
+
+                callMs = backend.CallMilliseconds?.OrderByDescending(kv => kv.Value).ThenBy(kv => kv.Key, StringComparer.Ordinal)
+                    .ToDictionary(kv => kv.Key, kv => kv.Value / steps);
+            }
+        }
+
+        return (byKind, calls, callMs);
     }
 
     /// <summary>The emoji clips of a split, sized for <paramref name="config"/>.</summary>

@@ -274,6 +274,19 @@ public sealed class ComparisonTests
             Assert.False(calls.ContainsKey("adamw_f32"));
         }
 
-        Assert.Null(Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { ProfileSteps = 1 }).Serial.CallsPerStep);  // the CPU counts none
+        // The steps timed call by call issue the same calls as the steps counted, each with a time of its own.
+        foreach (var (calls, ms) in new[] { (serial, r.Serial.CallMsPerStep), (parallel, r.Parallel.CallMsPerStep) })
+        {
+            Assert.NotNull(ms);
+            Assert.Equal(calls.Keys.Order(StringComparer.Ordinal), ms.Keys.Order(StringComparer.Ordinal));
+            Assert.All(ms.Values, v => Assert.True(v >= 0));
+            Assert.True(ms.Values.Sum() > 0);
+        }
+
+        // the CPU counts and times none
+        var cpu = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { ProfileSteps = 1 });
+        Assert.Null(cpu.Serial.CallsPerStep);
+        Assert.Null(cpu.Serial.CallMsPerStep);
+        Assert.NotNull(cpu.Serial.TimeByKind);
     }
 }
