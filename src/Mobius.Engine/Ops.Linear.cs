@@ -168,6 +168,34 @@ public static partial class Ops
         using var widened = WidenedCopy(op, w);
         var wide = widened ?? w;
         var backend = Check.Same(op, x, wide, b);
+        var s = Conv2dShapeOf(op, x, w, b, stride, padding);
+        var y = Tensor.Empty(backend, new Shape(s.N, s.Cout, s.OutH, s.OutW));
+        backend.Conv2dForward(s, x, wide, b, y);
+        RecordConv2d(op, s, x, w, b, y);
+        return y;
+    }
+
+    /// <summary>
+    /// <paramref name="value"/> (computed without a gradient) carrying the gradient of <see cref="Conv2d"/>(x, w, b):
+    /// forward a view of <paramref name="value"/>, backward the incoming gradient goes through the convolution's
+    /// input, weight and bias gradients as Conv2d's would. It is <see cref="StraightThrough"/>(value, Conv2d(x, w, b))
+    /// to the bit, without the convolution's forward, whose value that op throws away: the straight-through path of a
+    /// frozen residual block whose skip connection is a 1x1 convolution.
+    /// </summary>
+    public static Tensor StraightThroughConv2d(Tensor value, Tensor x, Tensor w, Tensor? b = null, int stride = 1, int padding = 0)
+    {
+        const string op = "straight_through_conv2d";
+        Check.Same(op, value, x, w, b);
+        var s = Conv2dShapeOf(op, x, w, b, stride, padding);
+        Check.Shape(op, value, new Shape(s.N, s.Cout, s.OutH, s.OutW), "value");
+        Check.That(op, !value.RequiresGrad, $"the value {value.Shape} must be computed without a gradient (under Tape.NoGrad()).");
+        var y = value.View(0, value.Shape);
+        RecordConv2d(op, s, x, w, b, y);
+        return y;
+    }
+
+    private static Conv2dShape Conv2dShapeOf(string op, Tensor x, Tensor w, Tensor? b, int stride, int padding)
+    {
         Check.Rank(op, x, 4, "input");
         Check.Rank(op, w, 4, "weight");
         Check.That(op, w.Dim(2) == w.Dim(3), $"weight {w.Shape} is not square.");
@@ -180,14 +208,14 @@ public static partial class Ops
 
         var s = new Conv2dShape(x.Dim(0), x.Dim(1), x.Dim(2), x.Dim(3), w.Dim(0), w.Dim(2), stride, padding);
         Check.That(op, s.OutH > 0 && s.OutW > 0, $"input {x.Shape} is smaller than kernel {w.Shape}.");
-        var y = Tensor.Empty(backend, new Shape(s.N, s.Cout, s.OutH, s.OutW));
-        backend.Conv2dForward(s, x, wide, b, y);
+        return s;
+    }
+
+    private static void RecordConv2d(string op, Conv2dShape s, Tensor x, Tensor w, Tensor? b, Tensor y) =>
         RecordWeighted(op, x, w, b, y,
             (g, wv, dx) => g.Backend.Conv2dBackwardData(s, g, wv, dx),
             (xv, g, dw, db) => g.Backend.Conv2dBackwardFilter(s, xv, g, dw, db),
             (g, db) => g.Backend.ChannelBiasGrad(s.N, s.Cout, s.OutH * s.OutW, g, db));
-        return y;
-    }
 
     /// <summary>
     /// Temporal convolution (kernel 3 along frames, zero padding) of x [B*F, Cin, H, W], frames

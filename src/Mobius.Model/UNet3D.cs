@@ -165,8 +165,8 @@ public sealed class UNetBlock : Module
                 return Ops.StraightThrough(value, h);
             }
 
-            using var path = shortcut.Forward(h);
-            return Ops.StraightThrough(value, path);
+            // The shortcut's gradient without its forward, whose value StraightThrough would throw away.
+            return Ops.StraightThroughConv2d(value, h, shortcut.Weight, shortcut.Bias, shortcut.Stride, shortcut.Padding);
         }
     }
 }

@@ -442,6 +442,83 @@ public abstract class AutogradTests(BackendFixture fixture)
         Assert.Equal("mse_loss", e.Op);
         Assert.Contains("[3]", e.Message);
     }
+
+    [Theory]
+    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
+    public void A_straight_through_convolution_is_straight_through_of_the_convolution_to_the_bit(int seed)
+    {
+        // StraightThroughConv2d(value, x, w, b) against StraightThrough(value, Conv2d(x, w, b)): the same value, the
+        // same gradients for x (and for w and b where they train), bit for bit, without the convolution's forward.
+        var r = new Rng(seed);
+        int n = r.Int(1, 3), cin = r.Int(1, 5), cout = r.Int(1, 5), h = r.Int(3, 6), w = r.Int(3, 6), k = r.Pick(1, 3), stride = r.Pick(1, 2);
+        int pad = k / 2, oh = ((h + (2 * pad) - k) / stride) + 1, ow = ((w + (2 * pad) - k) / stride) + 1;
+        var xs = r.Uniform(n * cin * h * w);
+        var ws = r.Uniform(cout * cin * k * k);
+        var bs = r.Uniform(cout);
+        var vs = r.Uniform(n * cout * oh * ow);
+        var gs = r.Uniform(n * cout * oh * ow);
+
+        (float[] Y, float[] Dx, float[]? Dw, float[]? Db, long Forwards, long Saved) Run(bool straight, bool trainWeights)
+        {
+            using var tape = Tape.Begin();
+            using var x = Tensor.FromArray(B, xs, new Shape(n, cin, h, w)).SetRequiresGrad();
+            using var wt = Tensor.FromArray(B, ws, new Shape(cout, cin, k, k));
+            using var bt = Tensor.FromArray(B, bs, new Shape(cout));
+            if (trainWeights)
+            {
+                wt.SetRequiresGrad();
+                bt.SetRequiresGrad();
+            }
+
+            using var value = Tensor.FromArray(B, vs, new Shape(n, cout, oh, ow));
+            using var g = Tensor.FromArray(B, gs, new Shape(n, cout, oh, ow));
+            B.ResetCallCounts();
+            Tensor y;
+            if (straight)
+            {
+                y = Ops.StraightThroughConv2d(value, x, wt, bt, stride, pad);
+            }
+            else
+            {
+                using var path = Ops.Conv2d(x, wt, bt, stride, pad);
+                y = Ops.StraightThrough(value, path);
+            }
+
+            long forwards = B.CallCounts?.GetValueOrDefault("cudnnConvolutionForward") ?? -1;
+            long saved = tape.SavedBytes;
+            using (y)
+            {
+                y.Backward(g);
+                return (y.ToArray(), x.Grad!.ToArray(), wt.Grad?.ToArray(), bt.Grad?.ToArray(), forwards, saved);
+            }
+        }
+
+        foreach (bool train in new[] { false, true })
+        {
+            var straight = Run(true, train);
+            var reference = Run(false, train);
+            Assert.Equal(vs, straight.Y);
+            Assert.Equal(reference.Y, straight.Y);
+            Assert.Equal(reference.Dx, straight.Dx);
+            Assert.Equal(reference.Dw, straight.Dw);
+            Assert.Equal(reference.Db, straight.Db);
+            Assert.Equal(train, straight.Dw is not null);
+            Assert.Equal(reference.Saved, straight.Saved); // frozen: nothing kept; trained: x, as the convolution keeps it
+            if (straight.Forwards >= 0)
+            {
+                Assert.Equal(0, straight.Forwards);
+                Assert.Equal(1, reference.Forwards);
+            }
+        }
+
+        using var v = Tensor.FromArray(B, vs, new Shape(n, cout, oh, ow));
+        using var xx = Tensor.FromArray(B, xs, new Shape(n, cin, h, w));
+        using var ww = Tensor.FromArray(B, ws, new Shape(cout, cin, k, k));
+        using var wrong = Tensor.FromArray(B, r.Uniform(n * cout * oh * (ow + 1)), new Shape(n, cout, oh, ow + 1));
+        Assert.Throws<ShapeMismatchException>(() => Ops.StraightThroughConv2d(wrong, xx, ww, null, stride, pad));
+        using var tracked = Tensor.FromArray(B, vs, new Shape(n, cout, oh, ow)).SetRequiresGrad();
+        Assert.ThrowsAny<ArgumentException>(() => Ops.StraightThroughConv2d(tracked, xx, ww, null, stride, pad));
+    }
 }
 
 public sealed class CpuAutogradTests(CpuFixture f) : AutogradTests(f), IClassFixture<CpuFixture>;
