@@ -40,7 +40,7 @@ public static class Commands
     private static readonly Option<string> BackendOption = new("--backend") { Description = "cpu or cuda (MOBIUS_CUDA=sim: the simulated driver)", DefaultValueFactory = _ => "cpu" };
     private static readonly Option<string?> MathOption = new("--math")
     {
-        Description = "how the cuda backend multiplies fp32 matrices and convolutions: fp32 (strict, the default; MOBIUS_MATH sets another), tf32 (tensor cores reading 11 significant bits, fp32 accumulation), or bf16 (GEMMs on bf16 tensor cores, 8 significant bits, fp32 accumulation; convolutions in tf32); either moves large temporal convolutions to cuBLAS",
+        Description = "how the cuda backend multiplies fp32 matrices and convolutions: fp32 (strict, the default; MOBIUS_MATH sets another), tf32 (tensor cores reading 11 significant bits, fp32 accumulation), or bf16 (GEMMs on bf16 tensor cores, 8 significant bits, fp32 accumulation; convolutions in tf32)",
     };
 
     private static readonly Option<int> SeedOption = new("--seed") { Description = "seed of initialisation, data order, noise and sampling", DefaultValueFactory = _ => 1 };
