@@ -185,7 +185,18 @@ public static partial class Ops
     public static Tensor StraightThroughConv2d(Tensor value, Tensor x, Tensor w, Tensor? b = null, int stride = 1, int padding = 0)
     {
         const string op = "straight_through_conv2d";
-        Check.Same(op, value, x, w, b);
+        var backend = Check.Same(op, value, x, b);
+        if (w.IsDisposed)
+        {
+            throw new TensorDisposedException(op, w.Describe());
+        }
+
+        // A frozen weight may be stored in bf16: only the backward reads it, widened there (RecordWeighted).
+        if (!ReferenceEquals(w.Backend, backend))
+        {
+            throw new BackendMismatchException(op, $"{x.Describe()} and {w.Describe()} live on different backends ({backend.Name} and {w.Backend.Name}); copy one across first.");
+        }
+
         var s = Conv2dShapeOf(op, x, w, b, stride, padding);
         Check.Shape(op, value, new Shape(s.N, s.Cout, s.OutH, s.OutW), "value");
         Check.That(op, !value.RequiresGrad, $"the value {value.Shape} must be computed without a gradient (under Tape.NoGrad()).");

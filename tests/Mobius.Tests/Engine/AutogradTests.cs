@@ -458,11 +458,18 @@ public abstract class AutogradTests(BackendFixture fixture)
         var vs = r.Uniform(n * cout * oh * ow);
         var gs = r.Uniform(n * cout * oh * ow);
 
-        (float[] Y, float[] Dx, float[]? Dw, float[]? Db, long Forwards, long Saved) Run(bool straight, bool trainWeights)
+        (float[] Y, float[] Dx, float[]? Dw, float[]? Db, long Forwards, long Saved) Run(bool straight, bool trainWeights, bool bf16 = false)
         {
             using var tape = Tape.Begin();
             using var x = Tensor.FromArray(B, xs, new Shape(n, cin, h, w)).SetRequiresGrad();
-            using var wt = Tensor.FromArray(B, ws, new Shape(cout, cin, k, k));
+            using var wide = Tensor.FromArray(B, ws, new Shape(cout, cin, k, k));
+            using var narrow = bf16 ? Tensor.Empty(B, wide.Shape, dtype: DType.BFloat16) : null;
+            if (narrow is not null)
+            {
+                B.Cast(wide, narrow); // a frozen weight stored in bf16, as --frozen-weights bf16 keeps it
+            }
+
+            var wt = narrow ?? wide;
             using var bt = Tensor.FromArray(B, bs, new Shape(cout));
             if (trainWeights)
             {
@@ -510,6 +517,12 @@ public abstract class AutogradTests(BackendFixture fixture)
                 Assert.Equal(1, reference.Forwards);
             }
         }
+
+        // A frozen weight stored in bf16: the same, widened in the backward only.
+        var narrowStraight = Run(true, false, bf16: true);
+        var narrowReference = Run(false, false, bf16: true);
+        Assert.Equal(narrowReference.Dx, narrowStraight.Dx);
+        Assert.NotEqual(Run(true, false).Dx, narrowStraight.Dx); // the rounded weight is what passed the gradient
 
         using var v = Tensor.FromArray(B, vs, new Shape(n, cout, oh, ow));
         using var xx = Tensor.FromArray(B, xs, new Shape(n, cin, h, w));
