@@ -27,6 +27,7 @@ public sealed class MemoryPlanTests
             using var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options);
             var steps = new[] { trainer.TrainStep(), trainer.TrainStep() };
             Assert.Equal(steps.Max(s => s.Memory.PeakBytes), planned.PeakBytes);
+            Assert.Equal(steps.Max(s => s.Memory.PeakBlockBytes), planned.PeakBlockBytes); // the same allocator, the same blocks
             Assert.Equal(steps.Max(s => s.SavedActivationBytes), planned.SavedActivationBytes);
             Assert.Equal(trainer.TrainableParameters, planned.TrainableParams);
             var atPeak = steps.MaxBy(s => s.Memory.PeakBytes)!.Memory.AtPeak;
