@@ -36,13 +36,28 @@ public static class Ui
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
                 $"memory: {peak / 1048576.0:0.0} MiB at the peak of a step, {saved / 1048576.0:0.0} MiB of activations kept for backward (the largest of the {steps} steps)")));
         }
-        catch (Exception e) when ((e is OperationCanceledException or NonFiniteException) && trainer.StepsDone > lastSaved)
+        catch (Exception e) when ((e is OperationCanceledException or NonFiniteException or OutOfDeviceMemoryException) && trainer.StepsDone > lastSaved)
         {
-            // Both stop between steps (a non-finite loss raises before the optimizer steps): the weights and the
-            // optimizer are those after the last whole step, so keep them rather than lose the run.
-            trainer.Save(path, extra);
-            string why = e is OperationCanceledException ? "cancelled" : $"the loss of step {trainer.StepsDone + 1} is not finite";
-            AnsiConsole.MarkupLine(Markup.Escape($"{why}: saved {path} after step {trainer.StepsDone}; continue with --resume {path}"));
+            // Each stops a step before its optimizer update (a non-finite loss raises before the optimizer steps; the
+            // memory a step needs is taken in its forward and backward passes, and the update allocates nothing once
+            // the moments exist, after step 1): the weights and the optimizer are those after the last whole step, so
+            // keep them rather than lose the run.
+            string why = e switch
+            {
+                OperationCanceledException => "cancelled",
+                NonFiniteException => $"the loss of step {trainer.StepsDone + 1} is not finite",
+                _ => $"out of memory in step {trainer.StepsDone + 1}",
+            };
+            try
+            {
+                trainer.Save(path, extra);
+                AnsiConsole.MarkupLine(Markup.Escape($"{why}: saved {path} after step {trainer.StepsDone}; continue with --resume {path}"));
+            }
+            catch (Exception saveError) when (e is OutOfDeviceMemoryException)
+            {
+                AnsiConsole.MarkupLine(Markup.Escape($"{why}; saving the last whole step failed too ({saveError.Message})"));
+            }
+
             throw;
         }
 

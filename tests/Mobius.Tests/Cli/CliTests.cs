@@ -780,6 +780,44 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void A_run_out_of_memory_after_its_first_step_keeps_its_last_whole_step()
+    {
+        // Step 1 allocates AdamW's moments after its backward, so step 2 peaks higher: under a memory limit between
+        // the two peaks (in allocator blocks, what the limit counts) step 2 runs out of memory, as the parallel
+        // topology's planned ms256 batch did on an H200. The run keeps step 1's weights and optimizer, resumable.
+        using var folder = new TempFolder();
+        var config = ModelConfig.Get("micro");
+        var options = new TrainOptions { Seed = Seeds.One, LearningRate = 1e-3f };
+        long first, second;
+        Dictionary<string, float[]> afterFirst;
+        using (var cpu = new global::Mobius.Engine.Cpu.CpuBackend(1))
+        using (var model = TextToVideo.Create(cpu, config, Topology.Parallel, options.Seed))
+        using (var twin = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options))
+        {
+            first = twin.TrainStep().Memory.PeakBlockBytes;
+            afterFirst = model.Unet.StateDict();
+            second = twin.TrainStep().Memory.PeakBlockBytes;
+        }
+
+        Assert.True(second > first + 4096, $"step 2 peaks at {second} bytes in blocks, step 1 at {first}");
+        string path = folder.File("oom.safetensors");
+        using (var cpu = new global::Mobius.Engine.Cpu.CpuBackend(1, memoryLimitBytes: (first + second) / 2))
+        using (var model = TextToVideo.Create(cpu, config, Topology.Parallel, options.Seed))
+        using (var trainer = new Trainer(model, Comparison.Data(config, options.Seed, Split.Train), Stage.TextToVideo, options))
+        {
+            Assert.Throws<global::Mobius.Engine.OutOfDeviceMemoryException>(() =>
+                global::Mobius.Cli.Ui.Train("oom", trainer, 3, 0, path, new Dictionary<string, string>(), TestContext.Current.CancellationToken));
+            Assert.Equal(1, trainer.StepsDone);
+        }
+
+        var saved = Checkpoint.Load(path);
+        Assert.Equal(1, saved.Step);
+        Assert.Equal(1, saved.OptimizerSteps);
+        Assert.Equal(afterFirst.Keys.Order(StringComparer.Ordinal), saved.Unet.Keys.Order(StringComparer.Ordinal));
+        Assert.All(afterFirst, kv => Assert.Equal(kv.Value, saved.Unet[kv.Key]));
+    }
+
+    [Fact]
     public void A_resumed_keep_best_run_replaces_the_best_weights_only_with_better_ones()
     {
         using var folder = new TempFolder();
