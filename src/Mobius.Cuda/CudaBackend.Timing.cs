@@ -35,7 +35,7 @@ public sealed unsafe partial class CudaBackend
         }
 
         _callTimer = new CallTimer(this);
-        return new CallTiming(this);
+        return _callTimer;
     }
 
     /// <inheritdoc />
@@ -62,23 +62,6 @@ public sealed unsafe partial class CudaBackend
     private readonly ref struct CallScope(CallTimer? timer)
     {
         public void Dispose() => timer?.End();
-    }
-
-    private sealed class CallTiming(CudaBackend backend) : IDisposable
-    {
-        private bool _done;
-
-        public void Dispose()
-        {
-            if (_done)
-            {
-                return;
-            }
-
-            _done = true;
-            backend._callTimer?.Dispose();
-            backend._callTimer = null;
-        }
     }
 
     private sealed class CallTimer(CudaBackend backend) : IDisposable
@@ -137,8 +120,15 @@ public sealed unsafe partial class CudaBackend
             _pending.Clear();
         }
 
+        /// <summary>Ends the timing (the scope <see cref="TimeCalls"/> returned): reads what is pending, frees the events.</summary>
         public void Dispose()
         {
+            if (!ReferenceEquals(backend._callTimer, this))
+            {
+                return; // ended already
+            }
+
+            backend._callTimer = null;
             if (backend._disposed)
             {
                 return; // the context and its events are gone with the backend

@@ -160,7 +160,6 @@ public sealed unsafe partial class CudaBackend : IBackend
         }
 
         _callTimer?.Dispose(); // its events, before the context goes
-        _callTimer = null;
         _disposed = true;
         MakeCurrent();
         Driver.cuStreamSynchronize(_stream);

@@ -39,26 +39,17 @@ public sealed class CudaGemmEpilogueTests(CudaFixture fixture) : IClassFixture<C
     {
         var r = new Rng(Seeds.One * 29 + seed + 10 * (int)mode);
         int rows = r.Int(3, 11), inF = r.Int(5, 40), outF = r.Int(2, 13);
-        // Strict fp32 to fp32's bounds; the tensor-core modes to CudaTensorCoreTests' (K under 50 here)
-        (double fa, double fr, double ga, double gr) = mode switch
+        // Strict fp32 to fp32's bounds (OpCase's defaults); the tensor-core modes to CudaTensorCoreTests' (K under 50 here)
+        var c = new OpCase
         {
-            TensorCoreMath.None => (1e-5, 1e-4, 1e-4, 1e-3),
-            TensorCoreMath.Tf32 => (2e-2, 1e-2, 3e-2, 2e-2),
-            _ => (1e-1, 5e-2, 1.5e-1, 8e-2),
+            Name = $"linear with fused bias {rows}x{inF}->{outF}",
+            Inputs = [new Shape(rows, inF), new Shape(outF, inF), new Shape(outF)],
+            Op = t => Ops.Linear(t[0], t[1], t[2]),
+            Reference = d => Reference.Linear(d[0], d[1], d[2], rows, inF, outF),
         };
         With(mode, () =>
         {
-            OpCheck.Run(B, r, new OpCase
-            {
-                Name = $"linear with fused bias {rows}x{inF}->{outF} in {CudaBackend.MathName(mode)}",
-                Inputs = [new Shape(rows, inF), new Shape(outF, inF), new Shape(outF)],
-                Op = t => Ops.Linear(t[0], t[1], t[2]),
-                Reference = d => Reference.Linear(d[0], d[1], d[2], rows, inF, outF),
-                ForwardAtol = fa,
-                ForwardRtol = fr,
-                GradAtol = ga,
-                GradRtol = gr,
-            });
+            OpCheck.Run(B, r, mode == TensorCoreMath.None ? c : CudaTensorCoreTests.At(mode, c));
             return 0;
         });
     }

@@ -22,7 +22,7 @@ public sealed class CudaTensorCoreTests(CudaFixture fixture) : IClassFixture<Cud
     /// product by 2^-10 (2^-7), and a sum of K products of random sign by about sqrt(K) times that of a typical
     /// product. The shapes here keep K under 150; a wrong layout or a lost term errs by the values themselves.
     /// </summary>
-    private static OpCase At(TensorCoreMath mode, OpCase c) => new()
+    internal static OpCase At(TensorCoreMath mode, OpCase c) => new()
     {
         Name = $"{c.Name} in {CudaBackend.MathName(mode)}",
         Inputs = c.Inputs,
