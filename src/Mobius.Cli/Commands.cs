@@ -771,9 +771,10 @@ public static class Commands
         var json = new Option<bool>("--json") { Description = "print one JSON object instead of the table" };
         var frames = new Option<int?>("--frames") { Description = "frames per clip, 2..32 (default: the config's; ms256: 16)" };
         var size = new Option<string?>("--size") { Description = "clip size in pixels, HxW or one number for a square, e.g. 128 (default: the config's; ms256: 64, a 32x32 latent)" };
+        var byOp = new Option<bool>("--by-op") { Description = "also print what each op keeps for backward, by layer kind, in both topologies (in --json always: saved_by_op)" };
         var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak, in allocator blocks, fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, LoopCorrectionOption, LoopCorrectionModeOption, json };
+            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, LoopCorrectionOption, LoopCorrectionModeOption, byOp, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -826,6 +827,11 @@ public static class Commands
 
             t.AddRow("trainable parameters", plan.Serial.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), plan.Parallel.TrainableParams.ToString("N0", CultureInfo.InvariantCulture), "");
             AnsiConsole.Write(t);
+            if (p.GetValue(byOp))
+            {
+                Ui.PrintSavedByOp(plan.Serial.SavedByOp, plan.Parallel.SavedByOp);
+            }
+
             Ui.PrintOperatingPoints(points, MemoryPlan.PolicyName(options.RecomputeSpatial, options.RecomputeTemporal), "the one above");
             if (largest is { } l)
             {

@@ -253,6 +253,16 @@ public sealed class ReportWriter(string folder)
             sb.AppendLine($"| {kind} | {Mb(r.Serial.SavedByKind.GetValueOrDefault(kind))} | {Mb(r.Parallel.SavedByKind.GetValueOrDefault(kind))} |");
         }
 
+        if (r.Serial.SavedByOp.Count > 0 || r.Parallel.SavedByOp.Count > 0)
+        {
+            sb.AppendLine().AppendLine("The same by layer kind and op, serial's largest first (MiB; empty where a topology keeps nothing for it):").AppendLine();
+            sb.AppendLine("| kind | op | serial | parallel |").AppendLine("|---|---|---:|---:|");
+            foreach (var (kind, op, serial, parallel) in Ui.SavedByOpRows(r.Serial.SavedByOp, r.Parallel.SavedByOp))
+            {
+                sb.AppendLine($"| {kind} | {op} | {(serial > 0 ? Mb(serial) : "")} | {(parallel > 0 ? Mb(parallel) : "")} |");
+            }
+        }
+
         if (r.Serial.TimeByKind is { } st && r.Parallel.TimeByKind is { } pt)
         {
             sb.AppendLine().AppendLine($"Time by layer kind over {o.ProfileSteps} extra steps per topology after everything above (ms per step; the device synchronised at every kind boundary, so these steps are slower than the step times above; \"Data\" is the host making the batch, outside the step times; \"Optimizer\" the gradient norm, AdamW and any EMA; \"Other\" the loss, the uploads and the gaps between kinds):").AppendLine();

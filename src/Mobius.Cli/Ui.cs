@@ -419,9 +419,32 @@ public static class Ui
     }
 
     /// <summary>
-    /// Rows of the time-by-kind table (kind; serial forward, backward; parallel forward, backward, in ms), most
-    /// expensive (serial, then parallel) first; a kind one topology lacks gets empty cells.
+    /// Rows of the saved-by-op table: layer kind, op, serial's bytes, parallel's bytes (0 where a topology keeps
+    /// nothing for that op), serial's largest first.
     /// </summary>
+    internal static IEnumerable<(string Kind, string Op, long Serial, long Parallel)> SavedByOpRows(IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> serial, IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> parallel)
+    {
+        var s = serial.ToDictionary(o => (o.Kind, o.Op), o => o.SavedBytes);
+        var p = parallel.ToDictionary(o => (o.Kind, o.Op), o => o.SavedBytes);
+        return s.Keys.Union(p.Keys)
+            .Select(k => (k.Kind, k.Op, s.GetValueOrDefault(k), p.GetValueOrDefault(k)))
+            .OrderByDescending(r => r.Item3).ThenByDescending(r => r.Item4).ThenBy(r => r.Kind, StringComparer.Ordinal).ThenBy(r => r.Op, StringComparer.Ordinal);
+    }
+
+    /// <summary>Prints what each op keeps for backward, by layer kind, in both topologies (`plan --by-op`).</summary>
+    public static void PrintSavedByOp(IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> serial, IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> parallel)
+    {
+        var t = new Table().Title("[bold]saved for backward by layer kind and op[/] (at the start of backward)")
+            .AddColumn("layer kind").AddColumn("op").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned());
+        foreach (var (kind, op, s, p) in SavedByOpRows(serial, parallel))
+        {
+            t.AddRow(Markup.Escape(kind), Markup.Escape(op), s > 0 ? Commands.Mb(s) : "", p > 0 ? Commands.Mb(p) : "");
+        }
+
+        t.AddRow("[bold]all[/]", "", Commands.Mb(serial.Sum(o => o.SavedBytes)), Commands.Mb(parallel.Sum(o => o.SavedBytes)));
+        AnsiConsole.Write(t);
+    }
+
     /// <summary>
     /// The row of training time to the parallel topology's final validation loss: label, serial, parallel, ratio.
     /// Serial's step is the first validation at or below that loss, so its time is an upper bound.

@@ -111,6 +111,18 @@ public sealed class Tape : IDisposable
         _stats.Where(kv => kv.Value.Nodes > 0 || kv.Value.SavedBytes > 0)
               .ToDictionary(kv => kv.Key, kv => new TapeKindStats(kv.Value.Nodes, kv.Value.SavedBytes, kv.Value.PeakSavedBytes));
 
+    /// <summary>
+    /// The bytes kept for backward now by layer kind and op ("TemporalTransformer", "geglu"), largest first: what
+    /// <see cref="SavedBytes"/> is made of, each block counted once, by the node that kept it first. `mobius plan
+    /// --by-op` prints it for both topologies.
+    /// </summary>
+    public IReadOnlyList<TapeOpStats> StatsByOp =>
+        _nodes.Where(n => !n.Consumed && n.SavedBytes > 0)
+              .GroupBy(n => (n.Kind, n.Op))
+              .Select(g => new TapeOpStats(g.Key.Kind, g.Key.Op, g.Count(), g.Sum(n => n.SavedBytes)))
+              .OrderByDescending(s => s.SavedBytes).ThenBy(s => s.Kind, StringComparer.Ordinal).ThenBy(s => s.Op, StringComparer.Ordinal)
+              .ToList();
+
     /// <summary>Restarts the peak-saved-bytes window.</summary>
     public void ResetPeak()
     {
@@ -333,6 +345,17 @@ public sealed class Tape : IDisposable
 /// <param name="SavedBytes">Bytes of activations held now.</param>
 /// <param name="PeakSavedBytes">Highest saved bytes since the last peak reset.</param>
 public sealed record TapeKindStats(int Nodes, long SavedBytes, long PeakSavedBytes);
+
+/// <summary>Bytes one op keeps for backward within one layer kind (<see cref="Tape.StatsByOp"/>).</summary>
+/// <param name="Kind">Layer kind the nodes were recorded under ("TemporalTransformer").</param>
+/// <param name="Op">Op name ("geglu").</param>
+/// <param name="Nodes">Nodes of this op and kind that keep anything.</param>
+/// <param name="SavedBytes">Bytes they keep, each block counted once.</param>
+public sealed record TapeOpStats(
+    [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind,
+    [property: System.Text.Json.Serialization.JsonPropertyName("op")] string Op,
+    [property: System.Text.Json.Serialization.JsonPropertyName("nodes")] int Nodes,
+    [property: System.Text.Json.Serialization.JsonPropertyName("bytes")] long SavedBytes);
 
 /// <summary>
 /// Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>). Time outside any kind

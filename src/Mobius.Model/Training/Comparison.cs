@@ -182,6 +182,10 @@ public sealed record TopologyResult
     [JsonPropertyName("saved_by_kind")]
     public required IReadOnlyDictionary<string, long> SavedByKind { get; init; }
 
+    /// <summary>The same bytes by layer kind and op, largest first (<see cref="Engine.Autograd.Tape.StatsByOp"/>).</summary>
+    [JsonPropertyName("saved_by_op")]
+    public IReadOnlyList<Engine.Autograd.TapeOpStats> SavedByOp { get; init; } = [];
+
     /// <summary>Loss of every step.</summary>
     [JsonPropertyName("losses")]
     public required IReadOnlyList<double> Losses { get; init; }
@@ -961,6 +965,7 @@ public static class Comparison
             Consistency = scores.Count > 0 ? scores.Average(m => m.Consistency) : null,
             Memory = peak.Memory.AtPeak.ToDictionary(kv => ToSnake(kv.Key.ToString()), kv => kv.Value),
             SavedByKind = stats[^1].SavedByKind,
+            SavedByOp = stats[^1].SavedByOp,
             Losses = stats.Select(s => (double)s.Loss).ToList(),
             StepMs = stats.Select(s => s.Milliseconds).ToList(),
             SampleScores = sampled.Select(m => m?.Combined).ToList(),

@@ -2,6 +2,7 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using Mobius.Data;
 using Mobius.Engine;
+using Mobius.Engine.Autograd;
 
 namespace Mobius.Model.Training;
 
@@ -61,6 +62,7 @@ public static class MemoryPlan
             largest.SavedByKind)
         {
             PeakBlockBytes = steps.Max(s => s.Memory.PeakBlockBytes),
+            SavedByOp = largest.SavedByOp,
         };
     }
 
@@ -176,6 +178,13 @@ public sealed record TopologyPlan(
     /// </summary>
     [JsonPropertyName("peak_block_bytes")]
     public long PeakBlockBytes { get; init; }
+
+    /// <summary>
+    /// The saved bytes by layer kind and op at the start of the largest step's backward, largest first
+    /// (<see cref="Tape.StatsByOp"/>): which ops keep what.
+    /// </summary>
+    [JsonPropertyName("saved_by_op")]
+    public IReadOnlyList<TapeOpStats> SavedByOp { get; init; } = [];
 }
 
 /// <summary>The plan of both topologies and their ratios (parallel / serial).</summary>

@@ -285,7 +285,14 @@ public enum LoopCorrectionMode
 /// <param name="SavedByKind">Those bytes by layer kind, at the start of backward.</param>
 /// <param name="GradNorm">Global gradient norm before clipping (NaN when clipping is off).</param>
 public sealed record StepStats(int Step, float Loss, double Milliseconds, MemorySnapshot Memory, long SavedActivationBytes,
-    IReadOnlyDictionary<string, long> SavedByKind, float GradNorm);
+    IReadOnlyDictionary<string, long> SavedByKind, float GradNorm)
+{
+    /// <summary>
+    /// The same bytes by layer kind and op, largest first (<see cref="Tape.StatsByOp"/>); with gradient accumulation,
+    /// those of the micro-batch that kept the most.
+    /// </summary>
+    public IReadOnlyList<TapeOpStats> SavedByOp { get; init; } = [];
+}
 
 /// <summary>
 /// Trains a <see cref="TextToVideo"/> model: DDPM epsilon prediction with MSE, AdamW on trainable
@@ -590,7 +597,7 @@ public sealed class Trainer : IDisposable
         backend.Memory.ResetPeak();
         var clock = Stopwatch.StartNew();
         bool exactStep = LoopCorrected && (step <= Options.LoopCorrectionWarmup || (step - 1) % Options.LoopCorrectionEvery == 0);
-        var (loss, saved, byKind) = n == 1 ? Backprop(batches[0]) : Accumulated(batches);
+        var (loss, saved, (byKind, byOp)) = n == 1 ? Backprop(batches[0]) : Accumulated(batches);
         if (exactStep)
         {
             ExactStepAndFoldBias(batches[0]);
@@ -612,7 +619,7 @@ public sealed class Trainer : IDisposable
         backend.Synchronize();
         double ms = clock.Elapsed.TotalMilliseconds;
         StepsDone = step;
-        return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm);
+        return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm) { SavedByOp = byOp };
     }
 
     /// <summary>The batches of training step <paramref name="step"/> (one, or one per accumulated micro-batch).</summary>
@@ -778,11 +785,11 @@ public sealed class Trainer : IDisposable
     /// 1 / count: the gradient of the mean loss over all their clips (batches of one size). Returns the mean loss
     /// and the most any one batch kept for backward.
     /// </summary>
-    internal (float Loss, long Saved, Dictionary<string, long> ByKind) Accumulated(IReadOnlyList<Batch> batches)
+    internal (float Loss, long Saved, SavedBreakdown Breakdown) Accumulated(IReadOnlyList<Batch> batches)
     {
         double loss = 0;
         long saved = -1;
-        Dictionary<string, long> byKind = [];
+        SavedBreakdown byKind = new([], []);
         foreach (var batch in batches)
         {
             var (l, s, k) = Backprop(batch);
@@ -805,15 +812,18 @@ public sealed class Trainer : IDisposable
         return ((float)(loss / batches.Count), saved, byKind);
     }
 
+    /// <summary>The bytes a batch kept for backward at its start, by layer kind and by layer kind and op.</summary>
+    internal readonly record struct SavedBreakdown(Dictionary<string, long> ByKind, IReadOnlyList<TapeOpStats> ByOp);
+
     /// <summary>Forward and backward of one batch; the gradients land in the parameters.</summary>
-    internal (float Loss, long Saved, Dictionary<string, long> ByKind) Backprop(Batch batch)
+    internal (float Loss, long Saved, SavedBreakdown Breakdown) Backprop(Batch batch)
     {
         var backend = _model.Backend;
         using var tape = Tape.Begin();
         tape.SavedActivations = Options.SavedActivations;
         float loss;
         long saved;
-        Dictionary<string, long> byKind;
+        SavedBreakdown byKind;
         using (var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape))
         using (var target = Tensor.FromArray(backend, batch.Noise, batch.Shape))
         using (var context = EncodeContext(batch.Captions, batch.Frames))
@@ -822,7 +832,7 @@ public sealed class Trainer : IDisposable
         using (plain)
         {
             saved = tape.SavedBytes;
-            byKind = tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes);
+            byKind = new(tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes), tape.StatsByOp);
             lossT.Backward(checkFinite: Options.CheckFinite);
             loss = plain.Item();
         }

@@ -191,6 +191,17 @@ public sealed class CliTests
         Assert.Contains("planned memory of a training step", table.Out);
         Assert.Contains("batch 4", table.Out);
         Assert.Contains("memory at every recompute policy", table.Out);
+        Assert.DoesNotContain("by layer kind and op", table.Out);
+
+        // What each op keeps: in the JSON always, in the table with --by-op; the rows add up to the saved bytes.
+        var ops = root.GetProperty("parallel").GetProperty("saved_by_op").EnumerateArray().ToList();
+        Assert.NotEmpty(ops);
+        Assert.All(ops, o => Assert.DoesNotContain(o.GetProperty("kind").GetString(), new[] { "ResBlock2D", "SpatialTransformer" }));
+        Assert.Equal(root.GetProperty("parallel").GetProperty("saved_by_kind").EnumerateObject().Sum(k => k.Value.GetInt64()), ops.Sum(o => o.GetProperty("bytes").GetInt64()));
+        var byOp = Mobius("plan", "--config", "micro", "--by-op");
+        Assert.True(byOp.Code == 0, byOp.Out + byOp.Err);
+        Assert.Contains("saved for backward by layer kind and op", byOp.Out);
+        Assert.Contains("SpatialTransformer", byOp.Out);
 
         // The weights' moving average is one more copy of the trainable weights, as optimizer state, in each topology.
         var plain = Mobius("plan", "--config", "micro", "--json");

@@ -34,11 +34,48 @@ public sealed class MemoryPlanTests
             Assert.Equal(atPeak.Values.Sum(), planned.AtPeak.Values.Sum());
             Assert.Equal(atPeak[MemoryCategory.SavedActivations], planned.AtPeak["saved_activations"]);
             Assert.Equal(atPeak[MemoryCategory.OptimizerState], planned.AtPeak["optimizer_state"]);
+            Assert.Equal(steps.MaxBy(s => s.Memory.PeakBytes)!.SavedByOp, planned.SavedByOp); // op for op
             Assert.True(Math.Abs(steps[^1].Loss) > 0, "the cpu run computed something");
         }
 
         Assert.True(plan.Parallel.PeakBytes < plan.Serial.PeakBytes);
         Assert.InRange(plan.PeakRatio, 0.01, 0.999);
+    }
+
+    /// <summary>
+    /// What the saved-bytes ratio is made of: the parallel topology keeps, op for op and byte for byte, what serial
+    /// keeps for its temporal layers (and the loss and out head both have), and serial keeps on top only what its
+    /// frozen spatial layers need to pass input gradients. At every recompute policy; the by-op rows add up to the
+    /// by-kind ones.
+    /// </summary>
+    [Theory]
+    [MemberData(nameof(Recompute))]
+    public void The_parallel_topology_keeps_op_for_op_what_serial_keeps_outside_its_spatial_layers(bool spatial, bool temporal)
+    {
+        var config = ModelConfig.Get("micro");
+        var plan = MemoryPlan.Plan(config, new TrainOptions { Seed = 5, LearningRate = 1e-3f, RecomputeSpatial = spatial, RecomputeTemporal = temporal });
+        string[] spatialKinds = ["ResBlock2D", "SpatialTransformer"];
+
+        foreach (var p in new[] { plan.Serial, plan.Parallel })
+        {
+            Assert.NotEmpty(p.SavedByOp);
+            Assert.All(p.SavedByOp, o => Assert.True(o.SavedBytes > 0 && o.Nodes > 0, $"{o.Kind}/{o.Op}"));
+            Assert.Equal(p.SavedByOp.OrderByDescending(o => o.SavedBytes), p.SavedByOp, ReferenceEqualityComparer.Instance!); // largest first
+            var byKind = p.SavedByOp.GroupBy(o => o.Kind).ToDictionary(g => g.Key, g => g.Sum(o => o.SavedBytes));
+            Assert.Equal(p.SavedByKind.Where(kv => kv.Value != 0).OrderBy(kv => kv.Key), byKind.OrderBy(kv => kv.Key));
+        }
+
+        var serial = plan.Serial.SavedByOp.ToDictionary(o => (o.Kind, o.Op));
+        foreach (var o in plan.Parallel.SavedByOp)
+        {
+            Assert.DoesNotContain(o.Kind, spatialKinds);
+            Assert.True(serial.Remove((o.Kind, o.Op), out var same), $"serial keeps nothing for {o.Kind}/{o.Op}");
+            Assert.Equal(o, same);
+        }
+
+        Assert.NotEmpty(serial);
+        Assert.All(serial.Keys, k => Assert.Contains(k.Kind, spatialKinds));
+        Assert.Equal(plan.Serial.SavedByOp.Sum(o => o.SavedBytes) - plan.Parallel.SavedByOp.Sum(o => o.SavedBytes), serial.Values.Sum(o => o.SavedBytes));
     }
 
     [Theory]
