@@ -6,7 +6,8 @@ namespace Mobius.Engine.Cpu;
 
 /// <summary>
 /// The managed reference backend: native host memory through a caching allocator, SIMD loops
-/// (System.Numerics.Tensors and AVX2/FMA), both cores through <see cref="Parallel"/>. It is the oracle
+/// (System.Numerics.Tensors; the GEMM's micro-kernel in AVX-512, AVX2/FMA or portable vectors, whichever is the
+/// widest the machine runs), both cores through <see cref="Parallel"/>. It is the oracle
 /// every other backend is tested against, and fast enough to train the tiny model on two cores.
 /// </summary>
 public sealed unsafe partial class CpuBackend : IBackend
@@ -42,7 +43,12 @@ public sealed unsafe partial class CpuBackend : IBackend
         set => _allocator.PoisonAllocations = value;
     }
 
-    private static string SimdDescription => System.Runtime.Intrinsics.X86.Fma.IsSupported ? "AVX2+FMA" : $"Vector<float> x{System.Numerics.Vector<float>.Count}";
+    private static string SimdDescription => Sgemm.BestIsa switch
+    {
+        SgemmIsa.Avx512 => "AVX-512",
+        SgemmIsa.Avx2 => "AVX2+FMA",
+        _ => $"Vector<float> x{System.Numerics.Vector<float>.Count}",
+    };
 
     /// <inheritdoc />
     public Storage Allocate(long bytes, MemoryCategory category) => _allocator.Allocate(bytes, category);

@@ -6,6 +6,9 @@ namespace Mobius.Engine.Cpu;
 /// <summary>The instruction sets the GEMM kernel is compiled for.</summary>
 internal enum SgemmIsa
 {
+    /// <summary>512-bit AVX-512F: a 6 x 32 micro-tile.</summary>
+    Avx512,
+
     /// <summary>256-bit AVX2 with FMA: a 6 x 16 micro-tile.</summary>
     Avx2,
 
@@ -41,8 +44,17 @@ internal static unsafe partial class Sgemm
     /// </summary>
     internal const long SmallMaxVolume = 1L << 21;
 
-    /// <summary>The widest instruction set this machine runs.</summary>
-    internal static SgemmIsa BestIsa => Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SgemmIsa.Portable;
+    /// <summary>
+    /// The widest instruction set this machine runs, read once; <c>MOBIUS_CPU_GEMM=avx2</c> in the environment keeps
+    /// an AVX-512 machine on the AVX2 kernel (to compare the two, or on a core where AVX-512 lowers the clock).
+    /// </summary>
+    internal static SgemmIsa BestIsa { get; } =
+        Avx512Ops.IsSupported && Environment.GetEnvironmentVariable("MOBIUS_CPU_GEMM") != "avx2" ? SgemmIsa.Avx512
+        : Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SgemmIsa.Portable;
+
+    /// <summary>The instruction sets this machine runs, widest first (the tests check every one).</summary>
+    internal static IReadOnlyList<SgemmIsa> SupportedIsas { get; } =
+        [.. new[] { Avx512Ops.IsSupported ? SgemmIsa.Avx512 : (SgemmIsa?)null, Avx2Ops.IsSupported ? SgemmIsa.Avx2 : null, SgemmIsa.Portable }.OfType<SgemmIsa>()];
 
     /// <summary>Runs the product; <paramref name="parallel"/> allows using every thread of <paramref name="cpu"/>.</summary>
     public static void Run(CpuBackend cpu, bool transA, bool transB, int m, int n, int k, float alpha,
@@ -70,7 +82,17 @@ internal static unsafe partial class Sgemm
     private static void Dispatch(CpuBackend cpu, in ASource a, in GemmOperand b, int m, int n, int k, float alpha, float beta,
         float* c, int ldc, bool parallel, SgemmIsa isa)
     {
-        if (isa == SgemmIsa.Avx2)
+        // A product at most 16 columns wide would leave half of every 32-wide AVX-512 tile empty: the AVX2 tile fits it.
+        if (isa == SgemmIsa.Avx512 && n <= 16 && Avx2Ops.IsSupported)
+        {
+            isa = SgemmIsa.Avx2;
+        }
+
+        if (isa == SgemmIsa.Avx512)
+        {
+            Product<Avx512Ops, Vector512<float>>(cpu, a, b, m, n, k, alpha, beta, c, ldc, parallel);
+        }
+        else if (isa == SgemmIsa.Avx2)
         {
             Product<Avx2Ops, Vector256<float>>(cpu, a, b, m, n, k, alpha, beta, c, ldc, parallel);
         }

@@ -137,8 +137,8 @@ internal static unsafe partial class Sgemm
     }
 }
 
-/// <summary>Room for one spilled micro-tile of the widest kernel (MR rows of two 256-bit vectors).</summary>
-[InlineArray(Sgemm.MR * 16)]
+/// <summary>Room for one spilled micro-tile of the widest kernel (MR rows of two 512-bit vectors).</summary>
+[InlineArray(Sgemm.MR * 32)]
 internal struct EdgeTile
 {
     private float _element;

@@ -67,6 +67,44 @@ internal readonly unsafe struct Avx2Ops : ISimdOps<Vector256<float>>
 }
 
 /// <summary>
+/// 512-bit AVX-512F: the same 6-row micro-tile two zmm vectors wide (6 x 32). On cores with full-width 512-bit
+/// FMA units (Zen 5, Intel server cores) each instruction does twice the work of the AVX2 one.
+/// </summary>
+internal readonly unsafe struct Avx512Ops : ISimdOps<Vector512<float>>
+{
+    /// <summary>
+    /// AVX-512F is there and the runtime accelerates 512-bit vectors (it does not on cores where they throttle the
+    /// clock, where the AVX2 kernel is the faster one).
+    /// </summary>
+    public static bool IsSupported => Avx512F.IsSupported && Vector512.IsHardwareAccelerated;
+
+    public static int Count => Vector512<float>.Count;
+
+    public static Vector512<float> Zero => Vector512<float>.Zero;
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Load(float* p) => Avx512F.LoadVector512(p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Store(float* p, Vector512<float> v) => Avx512F.Store(p, v);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Broadcast(float* p) => Vector512.Create(*p);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Splat(float x) => Vector512.Create(x);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> MulAdd(Vector512<float> a, Vector512<float> b, Vector512<float> c) => Avx512F.FusedMultiplyAdd(a, b, c);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static Vector512<float> Mul(Vector512<float> a, Vector512<float> b) => Avx512F.Multiply(a, b);
+
+    [MethodImpl(MethodImplOptions.AggressiveInlining)]
+    public static void Prefetch(float* p) => Sse.Prefetch0(p);
+}
+
+/// <summary>
 /// 128-bit vectors through the portable API: SSE on older x64, NEON on Arm64, and a scalar software
 /// fallback on anything else, so the same kernel runs everywhere.
 /// </summary>

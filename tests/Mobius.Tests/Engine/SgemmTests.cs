@@ -6,7 +6,8 @@ namespace Mobius.Tests.Engine;
 /// <summary>
 /// The CPU SGEMM against a plain fp64 loop: every transposition, leading dimensions wider than the rows,
 /// alpha and beta, shapes on both sides of every block boundary of the implementation (micro-tile,
-/// cache blocks, the light-path limits), serial and threaded, on the AVX2 and the portable kernel; and
+/// cache blocks, the light-path limits), serial and threaded, on every kernel this machine runs (AVX-512, AVX2,
+/// portable); and
 /// the two extensions the convolutions use, k-segmented operands and op(A) packed beforehand.
 /// Tolerance of every check: atol = gamma * max_ij (|alpha| sum_p |a_ip b_pj| + |beta c_ij|), rtol = 0,
 /// with gamma = (k + 3) * 2^-24: the worst-case error of fp32 summation of k products in any order, fused
@@ -27,15 +28,29 @@ public sealed unsafe class SgemmTests : IDisposable
     private static readonly int[] EdgeSizes =
     [
         1, 2, 5, Sgemm.MR - 1, Sgemm.MR, Sgemm.MR + 1, 7, 8, 9, 13, 15, 16, 17, 31, 33, 65,
-        Sgemm.MC - 1, Sgemm.MC, Sgemm.MC + 1, 129, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, 2 * Sgemm.KC + 1,
+        32, 63, 64, Sgemm.MC - 1, Sgemm.MC, Sgemm.MC + 1, 129, Sgemm.KC - 1, Sgemm.KC, Sgemm.KC + 1, 2 * Sgemm.KC + 1,
     ];
+
+    /// <summary>Every kernel this machine runs, by name.</summary>
+    public static TheoryData<string> Isas => new(Sgemm.SupportedIsas.Select(i => i.ToString()));
+
+    [Fact]
+    public void The_widest_kernel_this_machine_runs_is_the_one_used()
+    {
+        Assert.Contains(Sgemm.BestIsa, Sgemm.SupportedIsas);
+        Assert.Equal(SgemmIsa.Portable, Sgemm.SupportedIsas[^1]);
+        if (Environment.GetEnvironmentVariable("MOBIUS_CPU_GEMM") is null)
+        {
+            Assert.Equal(Sgemm.SupportedIsas[0], Sgemm.BestIsa);
+        }
+    }
 
     [Theory]
     [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
     public void Random_shapes_match_the_reference(int seed)
     {
         var r = new Rng(seed);
-        foreach (var isa in new[] { Sgemm.BestIsa, SgemmIsa.Portable })
+        foreach (var isa in Sgemm.SupportedIsas)
         {
             for (int t = 0; t < 16; t++)
             {
@@ -54,7 +69,9 @@ public sealed unsafe class SgemmTests : IDisposable
 
     [Theory]
     [InlineData(Sgemm.MR, 16, 1)]
+    [InlineData(Sgemm.MR, 32, 1)]
     [InlineData(Sgemm.MR * 3 + 1, 16 * 3 + 1, Sgemm.KC + 1)]
+    [InlineData(Sgemm.MR * 2 - 1, 32 * 2 + 1, Sgemm.KC - 1)]
     [InlineData(Sgemm.MC + 1, 17, Sgemm.KC * 2 + 3)]
     [InlineData(Sgemm.MC * 2 + 5, 40, 30)]
     [InlineData(13, Sgemm.NC + 19, 70)]
@@ -75,7 +92,10 @@ public sealed unsafe class SgemmTests : IDisposable
             {
                 foreach (bool parallel in new[] { false, true })
                 {
-                    Check(new Case(m, n, k, ta, tb, 0, 0, 0, r.Pick(1f, -0.75f), r.Pick(0f, 1f, 0.5f), parallel), r, Sgemm.BestIsa);
+                    foreach (var isa in Sgemm.SupportedIsas)
+                    {
+                        Check(new Case(m, n, k, ta, tb, 0, 0, 0, r.Pick(1f, -0.75f), r.Pick(0f, 1f, 0.5f), parallel), r, isa);
+                    }
                 }
             }
         }
@@ -90,7 +110,10 @@ public sealed unsafe class SgemmTests : IDisposable
         foreach (var (m, n, k) in new[] { (7, 9, 5), (Sgemm.MC + 7, 100, Sgemm.KC + 9), (37, 45, 300) })
         {
             // C holds NaN when beta = 0, and its padding columns a sentinel that must survive.
-            Check(new Case(m, n, k, r.Pick(false, true), r.Pick(false, true), 3, 5, 11, 1.5f, 0f, parallel), r, Sgemm.BestIsa);
+            foreach (var isa in Sgemm.SupportedIsas)
+            {
+                Check(new Case(m, n, k, r.Pick(false, true), r.Pick(false, true), 3, 5, 11, 1.5f, 0f, parallel), r, isa);
+            }
         }
     }
 
@@ -98,9 +121,12 @@ public sealed unsafe class SgemmTests : IDisposable
     public void Empty_depth_or_zero_alpha_only_scales_c()
     {
         var r = new Rng(Seeds.One);
-        Check(new Case(5, 9, 0, false, false, 0, 0, 2, 1f, 0.5f, false), r, Sgemm.BestIsa);
-        Check(new Case(5, 9, 0, false, false, 0, 0, 2, 1f, 0f, false), r, Sgemm.BestIsa);
-        Check(new Case(70, 90, 80, true, false, 0, 0, 2, 0f, 2f, true), r, Sgemm.BestIsa);
+        foreach (var isa in Sgemm.SupportedIsas)
+        {
+            Check(new Case(5, 9, 0, false, false, 0, 0, 2, 1f, 0.5f, false), r, isa);
+            Check(new Case(5, 9, 0, false, false, 0, 0, 2, 1f, 0f, false), r, isa);
+            Check(new Case(70, 90, 80, true, false, 0, 0, 2, 0f, 2f, true), r, isa);
+        }
     }
 
     [Fact]
@@ -121,11 +147,10 @@ public sealed unsafe class SgemmTests : IDisposable
     /// them), segment depths around the block edges, both operands segmented or only one.
     /// </summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Segmented_depth_is_a_sum_of_products(bool portable)
+    [MemberData(nameof(Isas))]
+    public void Segmented_depth_is_a_sum_of_products(string isaName)
     {
-        var isa = portable ? SgemmIsa.Portable : Sgemm.BestIsa;
+        var isa = Enum.Parse<SgemmIsa>(isaName);
         var r = new Rng(Seeds.One);
         for (int t = 0; t < 12; t++)
         {
@@ -163,11 +188,10 @@ public sealed unsafe class SgemmTests : IDisposable
 
     /// <summary>op(A) packed once (from a plain or a segmented operand), then used whole or by a depth slice.</summary>
     [Theory]
-    [InlineData(false)]
-    [InlineData(true)]
-    public void Prepacked_a_and_its_depth_slices_match_the_reference(bool portable)
+    [MemberData(nameof(Isas))]
+    public void Prepacked_a_and_its_depth_slices_match_the_reference(string isaName)
     {
-        var isa = portable ? SgemmIsa.Portable : Sgemm.BestIsa;
+        var isa = Enum.Parse<SgemmIsa>(isaName);
         var r = new Rng(Seeds.One + 1);
         for (int t = 0; t < 12; t++)
         {
