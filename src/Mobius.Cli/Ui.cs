@@ -490,6 +490,10 @@ public static class Ui
         }
     }
 
+    /// <summary>
+    /// Rows of the time-by-kind table (kind; serial forward, backward; parallel forward, backward, in ms), most
+    /// expensive (serial, then parallel) first; a kind one topology lacks gets empty cells.
+    /// </summary>
     internal static IEnumerable<string[]> TimeRows(IReadOnlyDictionary<string, KindTime> serial, IReadOnlyDictionary<string, KindTime> parallel)
     {
         string Ms(IReadOnlyDictionary<string, KindTime> d, string kind, bool forward) =>
