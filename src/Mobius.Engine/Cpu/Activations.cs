@@ -64,25 +64,47 @@ internal static class Activations
     }
 
     /// <summary>dx = dy * (0.5 (1 + t) + 0.5 x (1 - t^2) c (1 + 3 a x^2)), t = tanh(c (x + a x^3)).</summary>
-    public static void GeluBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx)
+    public static void GeluBackward(ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx) => GeluGrad(x, dy, dx, default, default, withGelu: false);
+
+    /// <summary>
+    /// dx = dy * gelu'(x) as <see cref="GeluBackward"/>; with <paramref name="withGelu"/> also gelu(x) * scale into
+    /// <paramref name="gelu"/>, from the same tanh (GEGLU's backward needs both). dx may alias dy.
+    /// </summary>
+    public static void GeluGrad(ReadOnlySpan<float> x, ReadOnlySpan<float> dy, Span<float> dx, Span<float> gelu, ReadOnlySpan<float> scale, bool withGelu)
     {
         Span<float> t = stackalloc float[Block];
         Span<float> d = stackalloc float[Block];
+        Span<float> w = stackalloc float[Block];
         for (int i = 0; i < x.Length; i += Block)
         {
             int n = Math.Min(Block, x.Length - i);
             var xs = x.Slice(i, n);
             var ts = t[..n];
             var ds = d[..n];
+            var ws = w[..n];
             Inner(xs, ts);
             TensorPrimitives.Tanh(ts, ts);
-            for (int j = 0; j < n; j++)
+            if (withGelu)
             {
-                float xv = xs[j];
-                float tv = ts[j];
-                ds[j] = 0.5f * (1f + tv) + 0.5f * xv * (1f - tv * tv) * GeluC * (1f + 3f * GeluA * xv * xv);
+                // gelu = 0.5 x (1 + t), times the scale
+                var gs = gelu.Slice(i, n);
+                TensorPrimitives.Add(ts, 1f, gs);
+                TensorPrimitives.Multiply(gs, xs, gs);
+                TensorPrimitives.Multiply(gs, 0.5f, gs);
+                TensorPrimitives.Multiply(gs, scale.Slice(i, n), gs);
             }
 
+            // gelu'(x) = 0.5 (1 + t + x (1 - t^2) (c + 3 a c x^2))
+            TensorPrimitives.Multiply(xs, xs, ds);
+            TensorPrimitives.Multiply(ds, 3f * GeluA * GeluC, ds);
+            TensorPrimitives.Add(ds, GeluC, ds);
+            TensorPrimitives.Multiply(ds, xs, ds);
+            TensorPrimitives.Multiply(ts, ts, ws);
+            TensorPrimitives.Subtract(1f, ws, ws);
+            TensorPrimitives.Multiply(ds, ws, ds);
+            TensorPrimitives.Add(ds, ts, ds);
+            TensorPrimitives.Add(ds, 1f, ds);
+            TensorPrimitives.Multiply(ds, 0.5f, ds);
             TensorPrimitives.Multiply(ds, dy.Slice(i, n), dx.Slice(i, n));
         }
     }

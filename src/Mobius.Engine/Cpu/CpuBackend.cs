@@ -446,11 +446,9 @@ public sealed unsafe partial class CpuBackend : IBackend
             var da = Span(dxr, hidden);
             var dg = Span(dxr + hidden, hidden);
 
-            // d(a) = dy * gelu(g); d(g) = dy * a * gelu'(g).
-            Activations.Gelu(Span(xr + hidden, hidden), da);
-            TensorPrimitives.Multiply(da, dyr, da);
+            // d(a) = dy * gelu(g); d(g) = dy * a * gelu'(g): both from one tanh of g.
             TensorPrimitives.Multiply(dyr, Span(xr, hidden), dg);
-            Activations.GeluBackward(Span(xr + hidden, hidden), dg, dg);
+            Activations.GeluGrad(Span(xr + hidden, hidden), dg, dg, da, dyr, withGelu: true);
         });
     }
 
