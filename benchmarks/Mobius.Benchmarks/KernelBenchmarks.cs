@@ -31,6 +31,7 @@ public class KernelBenchmarks
                 yield return new KernelCase("temporal_attention", dir, backend, null);
                 yield return new KernelCase("attention", dir, backend, "n=512,h=2,l=8,lk=8,d=32");
                 yield return new KernelCase("group_norm", dir, backend, null);
+                yield return new KernelCase("geglu", dir, backend, null);
             }
 
             foreach (var dir in new[] { "fwd", "bwd_data", "bwd_filter" })

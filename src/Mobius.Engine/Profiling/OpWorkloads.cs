@@ -188,6 +188,21 @@ public static class OpWorkloads
             var dw = R(b, t, shape.Cout, shape.Cin, 3, 3);
             return new OpRun(() => b.Conv2dBackwardFilter(shape, x, y, dw, bias), shape.Flops, io, t);
         }),
+        new("geglu", "GEGLU of the feed-forward: x [rows, 2 hidden] to y [rows, hidden]", Dims(("rows", 4096), ("hidden", 128)), (b, s, dir) =>
+        {
+            int rows = s["rows"], hidden = s["hidden"];
+            var t = new List<Tensor>();
+            var x = R(b, t, rows, 2 * hidden);
+            var y = R(b, t, rows, hidden);
+            if (dir == "fwd")
+            {
+                // About 15 flops an output for the tanh-form gelu and the product; reads x, writes y.
+                return new OpRun(() => b.GegluForward(rows, hidden, x, y), 15.0 * y.Numel, 4.0 * (x.Numel + y.Numel), t);
+            }
+
+            var dx = R(b, t, rows, 2 * hidden);
+            return new OpRun(() => b.GegluBackward(rows, hidden, x, y, dx), 30.0 * y.Numel, 4.0 * (2 * x.Numel + y.Numel), t);
+        }),
         new("copy", "y = 1 * x over n floats: the device's streaming bandwidth", Dims(("n", 1 << 24)), (b, s, dir) =>
         {
             var t = new List<Tensor>();
