@@ -251,7 +251,9 @@ public static class Commands
 
             using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), 0, p.GetValue(MathOption));
             using var run = w.Create(backend, dims, dir);
-            var t = Mobius.Engine.Profiling.OpWorkload.Time(backend, run, n);
+            // On the host the warm-up goes on until the JIT has settled the op's code; a device run warms up 3 launches
+            // (an ncu session profiles every launch).
+            var t = Mobius.Engine.Profiling.OpWorkload.Time(backend, run, n, settleSeconds: backend is Mobius.Engine.Cpu.CpuBackend ? 5 : 0);
             AnsiConsole.MarkupLine($"{w.Name} {dir} [[{string.Join(", ", dims.Select(kv => $"{kv.Key}={kv.Value}"))}]] on {Markup.Escape(backend.DeviceName)}");
             AnsiConsole.MarkupLine($"  {t.Milliseconds:0.000} ms per run over {n} runs, {t.GFlops:0.0} GFLOP/s, {t.GBytes:0.0} GB/s of compulsory traffic");
             return ExitCodes.Success;

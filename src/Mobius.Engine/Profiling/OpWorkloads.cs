@@ -51,12 +51,42 @@ public sealed record OpTiming(double Milliseconds, double GFlops, double GBytes)
 public sealed record OpWorkload(string Name, string Description, IReadOnlyDictionary<string, int> Defaults,
     Func<IBackend, IReadOnlyDictionary<string, int>, string, OpRun> Create)
 {
-    /// <summary>Runs <paramref name="run"/> <paramref name="iterations"/> times after <paramref name="warmup"/> runs.</summary>
-    public static OpTiming Time(IBackend backend, OpRun run, int iterations, int warmup = 3)
+    /// <summary>
+    /// Runs <paramref name="run"/> <paramref name="iterations"/> times after <paramref name="warmup"/> runs. With
+    /// <paramref name="settleSeconds"/> &gt; 0 the warm-up then goes on in rounds of at least 50 ms until two rounds
+    /// in a row agree on the time per run to 5 %, after two seconds at least (rounds of the first code agree too) and
+    /// for at most settleSeconds: on the CPU backend the JIT recompiles an op's loops in the background, which on a
+    /// busy two-core machine took one to two seconds, and until then the op runs at a fraction of its speed.
+    /// </summary>
+    public static OpTiming Time(IBackend backend, OpRun run, int iterations, int warmup = 3, double settleSeconds = 0)
     {
         for (int i = 0; i < warmup; i++)
         {
             run.Run();
+        }
+
+        var warming = Stopwatch.StartNew();
+        double previous = double.NaN;
+        while (warming.Elapsed.TotalSeconds < settleSeconds)
+        {
+            backend.Synchronize();
+            var round = Stopwatch.StartNew();
+            int runs = 0;
+            do
+            {
+                run.Run();
+                runs++;
+                backend.Synchronize();
+            }
+            while (round.Elapsed.TotalMilliseconds < 50);
+
+            double perRun = round.Elapsed.TotalMilliseconds / runs;
+            if (warming.Elapsed.TotalSeconds >= Math.Min(2.0, settleSeconds) && Math.Abs(perRun - previous) <= 0.05 * previous)
+            {
+                break;
+            }
+
+            previous = perRun;
         }
 
         backend.Synchronize();

@@ -36,6 +36,29 @@ public sealed class OpWorkloadsTests
     }
 
     [Fact]
+    public void Warm_up_runs_its_count_then_settles_within_its_time()
+    {
+        using var cpu = new CpuBackend(threads: 1);
+        int runs = 0;
+        using var run = new OpRun(() => runs++, 1, 1, []);
+        OpWorkload.Time(cpu, run, iterations: 2, warmup: 1);
+        Assert.Equal(3, runs);
+
+        // A steady op settles after two seconds (two agreeing rounds); the time limit caps a run that never does.
+        runs = 0;
+        var clock = System.Diagnostics.Stopwatch.StartNew();
+        OpWorkload.Time(cpu, run, iterations: 2, warmup: 1, settleSeconds: 5);
+        Assert.InRange(clock.Elapsed.TotalSeconds, 2.0, 4.9);
+        Assert.True(runs > 3, $"{runs} runs: no settling rounds ran");
+
+        var slower = 0;
+        using var drifting = new OpRun(() => Thread.Sleep(++slower), 1, 1, []); // each run 1 ms longer than the last
+        clock.Restart();
+        OpWorkload.Time(cpu, drifting, iterations: 1, warmup: 0, settleSeconds: 0.3);
+        Assert.InRange(clock.Elapsed.TotalSeconds, 0.3, 2.0);
+    }
+
+    [Fact]
     public void An_unknown_workload_names_the_known_ones()
     {
         var e = Assert.Throws<ArgumentException>(() => OpWorkloads.Get("softmax2"));
