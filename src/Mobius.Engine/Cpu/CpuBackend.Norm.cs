@@ -62,17 +62,19 @@ public sealed unsafe partial class CpuBackend
                 {
                     int c = g * cpg + cc;
                     long off = (((long)n * sh.T + t) * sh.C + c) * sh.S;
-                    var xs = new ReadOnlySpan<float>(px + off, sh.S);
                     var ys = new Span<float>(py + off, sh.S);
 
                     // y = x * (r*gamma) + (beta - m*r*gamma)
                     float a = r * pg[c];
-                    TensorPrimitives.Multiply(xs, a, ys);
+                    TensorPrimitives.Multiply(new ReadOnlySpan<float>(px + off, sh.S), a, ys);
                     TensorPrimitives.Add(ys, pb[c] - m * a, ys);
-                    if (silu)
-                    {
-                        Activations.Silu(ys, ys);
-                    }
+                }
+
+                if (silu)
+                {
+                    // The group's channels of one frame lie side by side: one SiLU over all of them.
+                    var ys = new Span<float>(py + (((long)n * sh.T + t) * sh.C + g * cpg) * sh.S, run);
+                    Activations.Silu(ys, ys);
                 }
             }
         });
