@@ -2,6 +2,7 @@ using System.Globalization;
 using Mobius.Model;
 using Mobius.Model.Training;
 using Mobius.Engine;
+using Mobius.Engine.Autograd;
 using Spectre.Console;
 
 namespace Mobius.Cli;
@@ -422,7 +423,7 @@ public static class Ui
     /// Rows of the saved-by-op table: layer kind, op, serial's bytes, parallel's bytes (0 where a topology keeps
     /// nothing for that op), serial's largest first.
     /// </summary>
-    internal static IEnumerable<(string Kind, string Op, long Serial, long Parallel)> SavedByOpRows(IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> serial, IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> parallel)
+    internal static IEnumerable<(string Kind, string Op, long Serial, long Parallel)> SavedByOpRows(IReadOnlyList<TapeOpStats> serial, IReadOnlyList<TapeOpStats> parallel)
     {
         var s = serial.ToDictionary(o => (o.Kind, o.Op), o => o.SavedBytes);
         var p = parallel.ToDictionary(o => (o.Kind, o.Op), o => o.SavedBytes);
@@ -432,7 +433,7 @@ public static class Ui
     }
 
     /// <summary>Prints what each op keeps for backward, by layer kind, in both topologies (`plan --by-op`).</summary>
-    public static void PrintSavedByOp(IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> serial, IReadOnlyList<Mobius.Engine.Autograd.TapeOpStats> parallel)
+    public static void PrintSavedByOp(IReadOnlyList<TapeOpStats> serial, IReadOnlyList<TapeOpStats> parallel)
     {
         var t = new Table().Title("[bold]saved for backward by layer kind and op[/] (at the start of backward)")
             .AddColumn("layer kind").AddColumn("op").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned());

@@ -1,3 +1,5 @@
+using System.Text.Json.Serialization;
+
 namespace Mobius.Engine.Autograd;
 
 /// <summary>
@@ -352,10 +354,10 @@ public sealed record TapeKindStats(int Nodes, long SavedBytes, long PeakSavedByt
 /// <param name="Nodes">Nodes of this op and kind that keep anything.</param>
 /// <param name="SavedBytes">Bytes they keep, each block counted once.</param>
 public sealed record TapeOpStats(
-    [property: System.Text.Json.Serialization.JsonPropertyName("kind")] string Kind,
-    [property: System.Text.Json.Serialization.JsonPropertyName("op")] string Op,
-    [property: System.Text.Json.Serialization.JsonPropertyName("nodes")] int Nodes,
-    [property: System.Text.Json.Serialization.JsonPropertyName("bytes")] long SavedBytes);
+    [property: JsonPropertyName("kind")] string Kind,
+    [property: JsonPropertyName("op")] string Op,
+    [property: JsonPropertyName("nodes")] int Nodes,
+    [property: JsonPropertyName("bytes")] long SavedBytes);
 
 /// <summary>
 /// Forward and backward wall time by layer kind (see <see cref="Tape.Profiler"/>). Time outside any kind

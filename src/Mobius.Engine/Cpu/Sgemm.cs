@@ -44,17 +44,32 @@ internal static unsafe partial class Sgemm
     /// </summary>
     internal const long SmallMaxVolume = 1L << 21;
 
+    /// <summary>The instruction sets this machine runs, widest first (the tests check every one).</summary>
+    internal static IReadOnlyList<SgemmIsa> SupportedIsas { get; } = Supported();
+
     /// <summary>
     /// The widest instruction set this machine runs, read once; <c>MOBIUS_CPU_GEMM=avx2</c> in the environment keeps
     /// an AVX-512 machine on the AVX2 kernel (to compare the two, or on a core where AVX-512 lowers the clock).
     /// </summary>
     internal static SgemmIsa BestIsa { get; } =
-        Avx512Ops.IsSupported && Environment.GetEnvironmentVariable("MOBIUS_CPU_GEMM") != "avx2" ? SgemmIsa.Avx512
-        : Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SgemmIsa.Portable;
+        Environment.GetEnvironmentVariable("MOBIUS_CPU_GEMM") == "avx2" && Avx2Ops.IsSupported ? SgemmIsa.Avx2 : SupportedIsas[0];
 
-    /// <summary>The instruction sets this machine runs, widest first (the tests check every one).</summary>
-    internal static IReadOnlyList<SgemmIsa> SupportedIsas { get; } =
-        [.. new[] { Avx512Ops.IsSupported ? SgemmIsa.Avx512 : (SgemmIsa?)null, Avx2Ops.IsSupported ? SgemmIsa.Avx2 : null, SgemmIsa.Portable }.OfType<SgemmIsa>()];
+    private static List<SgemmIsa> Supported()
+    {
+        var isas = new List<SgemmIsa>();
+        if (Avx512Ops.IsSupported)
+        {
+            isas.Add(SgemmIsa.Avx512);
+        }
+
+        if (Avx2Ops.IsSupported)
+        {
+            isas.Add(SgemmIsa.Avx2);
+        }
+
+        isas.Add(SgemmIsa.Portable);
+        return isas;
+    }
 
     /// <summary>Runs the product; <paramref name="parallel"/> allows using every thread of <paramref name="cpu"/>.</summary>
     public static void Run(CpuBackend cpu, bool transA, bool transB, int m, int n, int k, float alpha,

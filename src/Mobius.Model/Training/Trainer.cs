@@ -789,14 +789,14 @@ public sealed class Trainer : IDisposable
     {
         double loss = 0;
         long saved = -1;
-        SavedBreakdown byKind = new([], []);
+        SavedBreakdown breakdown = new([], []);
         foreach (var batch in batches)
         {
             var (l, s, k) = Backprop(batch);
             loss += l;
             if (s > saved)
             {
-                (saved, byKind) = (s, k);
+                (saved, breakdown) = (s, k);
             }
         }
 
@@ -809,7 +809,7 @@ public sealed class Trainer : IDisposable
             }
         }
 
-        return ((float)(loss / batches.Count), saved, byKind);
+        return ((float)(loss / batches.Count), saved, breakdown);
     }
 
     /// <summary>The bytes a batch kept for backward at its start, by layer kind and by layer kind and op.</summary>
@@ -823,7 +823,7 @@ public sealed class Trainer : IDisposable
         tape.SavedActivations = Options.SavedActivations;
         float loss;
         long saved;
-        SavedBreakdown byKind;
+        SavedBreakdown breakdown;
         using (var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape))
         using (var target = Tensor.FromArray(backend, batch.Noise, batch.Shape))
         using (var context = EncodeContext(batch.Captions, batch.Frames))
@@ -832,12 +832,12 @@ public sealed class Trainer : IDisposable
         using (plain)
         {
             saved = tape.SavedBytes;
-            byKind = new(tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes), tape.StatsByOp);
+            breakdown = new(tape.StatsByKind.ToDictionary(kv => kv.Key, kv => kv.Value.SavedBytes), tape.StatsByOp);
             lossT.Backward(checkFinite: Options.CheckFinite);
             loss = plain.Item();
         }
 
-        return (loss, Math.Max(saved, tape.PeakSavedBytes), byKind);
+        return (loss, Math.Max(saved, tape.PeakSavedBytes), breakdown);
     }
 
     /// <summary>
