@@ -120,6 +120,12 @@ public static class Commands
         DefaultValueFactory = _ => 1,
     };
 
+    private static readonly Option<int> RanksOption = new("--ranks")
+    {
+        Description = "data parallel on the cpu backend: this many replicas of the model, each on a backend of its own with its share of the threads, run a step's batches at the same time and average their gradients: the update of accumulating that many batches (a step takes ranks x accumulate x batch clips)",
+        DefaultValueFactory = _ => 1,
+    };
+
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
     private static readonly Option<string?> DataOption = new("--data")
     {
@@ -337,7 +343,7 @@ public static class Commands
         if (ckpt.TrainOptions is { } o)
         {
             string batch = o.Batch > 0 ? $"{o.Batch} clips" : $"{c.Batch} clips (the config's)";
-            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "")}{(o.SavedActivations == DType.BFloat16 ? ", bf16 saved activations" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
+            Row("recipe", FormattableString.Invariant($"lr {o.LearningRate:g3}{(o.CosineDecaySteps > 0 ? $" (cosine to a tenth at step {o.CosineDecaySteps})" : "")}, batch {batch}{(o.Accumulate > 1 ? $" x {o.Accumulate} accumulated" : "")}{(o.Ranks > 1 ? $" x {o.Ranks} ranks" : "")}, weight decay {o.WeightDecay:g3}, gradient clip {o.MaxGradNorm:g3}{(o.MinSnrGamma > 0 ? $", min-SNR {o.MinSnrGamma:g3}" : "")}{(o.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "")}{(o.SavedActivations == DType.BFloat16 ? ", bf16 saved activations" : "")}{(o.LoopCorrectionEvery > 0 ? $", loop correction every {o.LoopCorrectionEvery} ({o.LoopCorrectionMode.ToString().ToLowerInvariant()}{(o.LoopCorrectionWarmup > 0 ? $", all exact to step {o.LoopCorrectionWarmup}" : "")})" : "")}"));
         }
 
         Row("resumable", ckpt.Optimizer.Count > 0 ? $"yes: optimizer state after {ckpt.OptimizerSteps:N0} steps (train --resume)" : "no: weights only");
@@ -365,7 +371,7 @@ public static class Commands
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips (or of a --data folder's GIFs, its captions' words added to the vocabulary).")
-            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
+            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, RanksOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -376,11 +382,11 @@ public static class Commands
                 throw new UsageException($"{resumeFrom} is a {ckpt.Topology} checkpoint; pretrain resumes text-to-image checkpoints.");
             }
 
-            var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), RunMath(p, ckpt));
-            using var _ = backend;
-
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             var recipe = new Recipe(p, resumeFrom, ckpt);
+            int ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), p.GetValue(BackendOption)!, 0);
+            using var rankSet = RankSet.Create(p, ranks, RunMath(p, ckpt));
+            var backend = rankSet.Backend;
             string? dataFolder = recipe.Pick(DataOption, _ => ckpt!.Extra.GetValueOrDefault(DataKey));
 
             // A new model on a folder knows the emoji captions' words and the folder's; a resumed one its own.
@@ -401,10 +407,12 @@ public static class Commands
                 AnsiConsole.MarkupLine(Markup.Escape($"latent codec fitted to the folder: channel scales {string.Join(" ", codec.Scales.Distinct())}, shifts {string.Join(" ", codec.Shifts)}"));
             }
 
-            using var model = ckpt is null ? TextToVideo.Create(backend, config, Topology.Spatial, seed, tokenizer, codec) : TextToVideo.Load(backend, ckpt, Topology.Spatial, seed);
+            TextToVideo Load(IBackend b) => ckpt is null ? TextToVideo.Create(b, config, Topology.Spatial, seed, tokenizer, codec) : TextToVideo.Load(b, ckpt, Topology.Spatial, seed);
+            using var model = Load(backend);
+            rankSet.LoadReplicas(Load);
             var options = new TrainOptions
             {
-                Seed = ckpt?.Seed ?? seed, WeightDecay = 0,
+                Seed = ckpt?.Seed ?? seed, WeightDecay = 0, Ranks = ranks,
                 LearningRate = recipe.Pick(lr, o => o.LearningRate),
                 Batch = CheckBatch(recipe.Pick(BatchOption, RecordedBatch)),
                 Accumulate = CheckAccumulate(recipe.Pick(AccumulateOption, o => o.Accumulate), 0),
@@ -415,7 +423,7 @@ public static class Commands
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
             recipe.Announce();
-            using var trainer = new Trainer(model, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            using var trainer = new Trainer(model, rankSet.Replicas, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
             if (ckpt is not null)
             {
                 trainer.Resume(ckpt);
@@ -429,7 +437,7 @@ public static class Commands
                 extra[DataKey] = dataFolder!;
             }
 
-            Ui.Train($"pretrain {config.Name}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
+            Ui.Train($"pretrain {config.Name}{(ranks > 1 ? $" on {ranks} ranks" : "")}", trainer, p.GetValue(steps), p.GetValue(saveEvery), path, extra, Cancellation);
             trainer.Save(path, extra, p.GetValue(WeightsOnlyOption));
             AnsiConsole.MarkupLine($"saved [bold]{Markup.Escape(path)}[/] after step {trainer.StepsDone}");
             return ExitCodes.Success;
@@ -451,7 +459,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, RanksOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -500,14 +508,18 @@ public static class Commands
                 FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
                 SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => o.SavedActivations == DType.BFloat16 ? "bf16" : "fp32"), SavedActivationsOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
+                Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), p.GetValue(BackendOption)!, loopCorrection),
             };
             var parsedMotions = ParseMotions(motions);
             recipe.Keep(SeedOption, options.Seed, "seed");
 
-            using var backend = Backends.Create(p.GetValue(BackendOption)!, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), RunMath(p, resumeFrom is null ? null : ckpt));
+            using var rankSet = RankSet.Create(p, options.Ranks, RunMath(p, resumeFrom is null ? null : ckpt));
+            var backend = rankSet.Backend;
             int seed = options.Seed;
-            using var model = TextToVideo.Load(backend, ckpt, topo, seed, ParseBridge(p.GetValue(BridgeOption)), frameNoise);
-            using var trainer = new Trainer(model, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
+            string? bridge = ParseBridge(p.GetValue(BridgeOption));
+            using var model = TextToVideo.Load(backend, ckpt, topo, seed, bridge, frameNoise);
+            rankSet.LoadReplicas(b => TextToVideo.Load(b, ckpt, topo, seed, bridge, frameNoise));
+            using var trainer = new Trainer(model, rankSet.Replicas, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -527,7 +539,7 @@ public static class Commands
                 extra[DataKey] = dataFolder!;
             }
 
-            string title = $"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}";
+            string title = $"train {topo.ToString().ToLowerInvariant()} {ckpt.Config.Name}{(options.Ranks > 1 ? $" on {options.Ranks} ranks" : "")}";
             Func<int, float>? validate = null;
             if (validateEvery > 0)
             {
@@ -1023,6 +1035,86 @@ public static class Commands
     private static float CheckEma(float decay) => decay is >= 0f and < 1f
         ? decay
         : throw new UsageException($"--ema must be a decay in [0, 1) (0: off; e.g. 0.999), got {decay.ToString(CultureInfo.InvariantCulture)}.");
+
+    /// <summary><c>--ranks</c>, checked: at least 1; more only on the cpu backend and not beside <c>--loop-correction</c>.</summary>
+    private static int CheckRanks(int ranks, string backend, int loopCorrection)
+    {
+        if (ranks < 1)
+        {
+            throw new UsageException($"--ranks must be at least 1, got {ranks}.");
+        }
+
+        if (ranks > 1 && !backend.Equals("cpu", StringComparison.OrdinalIgnoreCase))
+        {
+            throw new UsageException($"--ranks {ranks} runs in-process ranks on the cpu backend; data parallel across GPUs needs NCCL, which Mobius does not bind yet.");
+        }
+
+        if (ranks > 1 && loopCorrection > 0)
+        {
+            throw new UsageException("--ranks does not combine with --loop-correction, whose exact steps recompute one batch on one model.");
+        }
+
+        return ranks;
+    }
+
+    /// <summary>
+    /// The backends of a run, one per rank (<c>--ranks</c>), each of the cpu backend's with its share of
+    /// <c>--threads</c> (at least one) and its own <c>--memory-limit-mb</c>; and, once loaded, the replicas of rank 0's
+    /// model. Disposes the replicas, then the backends.
+    /// </summary>
+    private sealed class RankSet : IDisposable
+    {
+        private readonly List<IBackend> _backends = [];
+        private readonly List<TextToVideo> _replicas = [];
+
+        /// <summary>Rank 0's backend.</summary>
+        public IBackend Backend => _backends[0];
+
+        /// <summary>The models of ranks 1 and up (none until <see cref="LoadReplicas"/>).</summary>
+        public IReadOnlyList<TextToVideo> Replicas => _replicas;
+
+        public static RankSet Create(ParseResult p, int ranks, string? math)
+        {
+            int threads = p.GetValue(ThreadsOption);
+            if (ranks > 1)
+            {
+                threads = Math.Max(1, (threads > 0 ? threads : Environment.ProcessorCount) / ranks);
+            }
+
+            var set = new RankSet();
+            try
+            {
+                for (int r = 0; r < ranks; r++)
+                {
+                    set._backends.Add(Backends.Create(p.GetValue(BackendOption)!, threads, p.GetValue(MemoryLimitOption), math));
+                }
+            }
+            catch
+            {
+                set.Dispose();
+                throw;
+            }
+
+            return set;
+        }
+
+        /// <summary>Loads a model on every backend but rank 0's.</summary>
+        public void LoadReplicas(Func<IBackend, TextToVideo> load)
+        {
+            foreach (var backend in _backends.Skip(1 + _replicas.Count))
+            {
+                _replicas.Add(load(backend));
+            }
+        }
+
+        public void Dispose()
+        {
+            _replicas.ForEach(m => m.Dispose());
+            _replicas.Clear();
+            _backends.ForEach(b => b.Dispose());
+            _backends.Clear();
+        }
+    }
 
     /// <summary><c>--accumulate</c>, checked: at least 1, and 1 beside <c>--loop-correction</c>, whose exact steps recompute one batch.</summary>
     private static int CheckAccumulate(int accumulate, int loopCorrection) => accumulate switch

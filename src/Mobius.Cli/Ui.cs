@@ -35,7 +35,7 @@ public static class Ui
         {
             Steps();
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                $"memory: {peak / 1048576.0:0.0} MiB at the peak of a step, {saved / 1048576.0:0.0} MiB of activations kept for backward (the largest of the {steps} steps)")));
+                $"memory: {peak / 1048576.0:0.0} MiB at the peak of a step, {saved / 1048576.0:0.0} MiB of activations kept for backward (the largest of the {steps} steps{(trainer.Options.Ranks > 1 ? $"; rank 0's, each of the {trainer.Options.Ranks} ranks holds as much" : "")})")));
         }
         catch (Exception e) when ((e is OperationCanceledException or NonFiniteException or OutOfDeviceMemoryException) && trainer.StepsDone > lastSaved)
         {

@@ -1,9 +1,11 @@
 using System.Diagnostics;
+using System.Runtime.ExceptionServices;
 using System.Text.Json;
 using System.Text.Json.Serialization;
 using Mobius.Data;
 using Mobius.Engine;
 using Mobius.Engine.Autograd;
+using Mobius.Engine.Distributed;
 using Mobius.Engine.NN;
 using Mobius.Engine.Optim;
 using Mobius.Model.Diffusion;
@@ -47,6 +49,17 @@ public sealed record TrainOptions
     /// steps (k - 1) x Accumulate + 1 to k x Accumulate. Not with <see cref="LoopCorrectionEvery"/>.
     /// </summary>
     public int Accumulate { get; init; } = 1;
+
+    /// <summary>
+    /// Data parallel: the ranks a step's clips are split among, each a replica of the model on its own backend
+    /// running forward and backward at the same time as the others (<see cref="Trainer(TextToVideo, IReadOnlyList{TextToVideo}, IClipSource, Stage, TrainOptions, ICollectives?)"/>);
+    /// their gradients are averaged before one optimizer step on every rank. A step takes Ranks x Accumulate batches
+    /// of <see cref="Batch"/> clips: those of steps (k - 1) x Ranks x Accumulate + 1 to k x Ranks x Accumulate of a
+    /// run with neither, rank r the r-th Accumulate of them. So a run on R ranks takes the update a run on one rank
+    /// accumulating R times as many batches takes, up to the order of floating-point sums. 1 (the default): one
+    /// model. Not with <see cref="LoopCorrectionEvery"/>.
+    /// </summary>
+    public int Ranks { get; init; } = 1;
 
     /// <summary>
     /// When positive, the trainer keeps an exponential moving average of the trainable weights, updated after every
@@ -167,7 +180,8 @@ public sealed record TrainOptions
     public string ToJson() => JsonSerializer.Serialize(new Recorded(Seed, LearningRate, Batch, WeightDecay, MaxGradNorm, CaptionDropout, MinSnrGamma,
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
         LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay, LoopCorrectionWarmup,
-        FrozenWeights == DType.Float32 ? null : FrozenWeights.Name(), SavedActivations == DType.Float32 ? null : SavedActivations.Name()));
+        FrozenWeights == DType.Float32 ? null : FrozenWeights.Name(), SavedActivations == DType.Float32 ? null : SavedActivations.Name(),
+        Ranks == 1 ? null : Ranks));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -209,6 +223,7 @@ public sealed record TrainOptions
             LoopCorrectionWarmup = r.LoopCorrectionWarmup ?? defaults.LoopCorrectionWarmup,
             FrozenWeights = ParseDType(r.FrozenWeights, "frozen-weight"),
             SavedActivations = ParseDType(r.SavedActivations, "saved-activation"),
+            Ranks = r.Ranks ?? defaults.Ranks,
         };
     }
 
@@ -241,7 +256,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("ema_decay")] float? EmaDecay,
         [property: JsonPropertyName("loop_correction_warmup")] int? LoopCorrectionWarmup,
         [property: JsonPropertyName("frozen_weights")] string? FrozenWeights,
-        [property: JsonPropertyName("saved_activations")] string? SavedActivations);
+        [property: JsonPropertyName("saved_activations")] string? SavedActivations,
+        [property: JsonPropertyName("ranks")] int? Ranks);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)
@@ -310,6 +326,8 @@ public sealed class Trainer : IDisposable
     private bool _emaInPlace;
     private int _loopBiasFolds;
     private (int Step, Task<List<Batch>> Batches)? _prefetch;
+    private readonly ICollectives _collectives;
+    private readonly List<(TextToVideo Model, AdamW Optimizer)> _replicas;
 
     /// <summary><see cref="LoopCorrectionMode.Scale"/>'s running means for one parameter tensor.</summary>
     internal sealed class LoopScale
@@ -326,7 +344,23 @@ public sealed class Trainer : IDisposable
 
     /// <summary>Creates a trainer; stage 2 freezes the spatial UNet and text encoder first.</summary>
     public Trainer(TextToVideo model, IClipSource data, Stage stage, TrainOptions options)
+        : this(model, [], data, stage, options)
     {
+    }
+
+    /// <summary>
+    /// Creates a data-parallel trainer (<see cref="TrainOptions.Ranks"/>): <paramref name="model"/> is rank 0, and
+    /// each of <paramref name="replicas"/> (as many as <c>Ranks - 1</c>: the same config and topology, each on its
+    /// own backend) one more rank. Every parameter of rank 0 is copied into the replicas first, so they start the
+    /// same whatever they were loaded with. Each step splits its clips among the ranks, runs forward and backward
+    /// on every rank at once (a thread each), averages the gradients (<paramref name="collectives"/>; default
+    /// <see cref="HostCollectives"/>) and steps every rank's optimizer alike: the update that gradient accumulation
+    /// over the same batches takes, and the same weights on every rank. Validation, sampling, the EMA and
+    /// checkpoints use rank 0; a step's time and memory are rank 0's.
+    /// </summary>
+    public Trainer(TextToVideo model, IReadOnlyList<TextToVideo> replicas, IClipSource data, Stage stage, TrainOptions options, ICollectives? collectives = null)
+    {
+        ArgumentNullException.ThrowIfNull(replicas);
         _model = model;
         _data = data;
         Stage = stage;
@@ -357,6 +391,71 @@ public sealed class Trainer : IDisposable
             throw new ArgumentException("the loop correction's exact steps recompute one batch; they do not combine with gradient accumulation.", nameof(options));
         }
 
+        CheckReplicas(model, replicas, options);
+        _collectives = collectives ?? new HostCollectives();
+        if (replicas.Count > 0)
+        {
+            // Rank 0's weights everywhere, before any is frozen or narrowed to bf16.
+            _collectives.Broadcast([AllParameters(model), .. replicas.Select(AllParameters)]);
+        }
+
+        Prepare(model, stage, options);
+        foreach (var replica in replicas)
+        {
+            Prepare(replica, stage, options);
+        }
+
+        _optimizer = NewOptimizer(model, options);
+        _replicas = replicas.Select(r => (r, NewOptimizer(r, options))).ToList();
+
+        if (HasEma)
+        {
+            // The average starts at the weights training starts from (a resumed run's come from its checkpoint).
+            foreach (var (_, p) in _optimizer.Parameters)
+            {
+                var ema = Tensor.Empty(model.Backend, p.Shape, MemoryCategory.OptimizerState);
+                model.Backend.Scale(p, 1f, ema);
+                _ema[p] = ema;
+            }
+        }
+    }
+
+    /// <summary>Checks the data-parallel arguments: the rank count, and replicas that match rank 0 and have backends of their own.</summary>
+    private static void CheckReplicas(TextToVideo model, IReadOnlyList<TextToVideo> replicas, TrainOptions options)
+    {
+        if (options.Ranks < 1)
+        {
+            throw new ArgumentOutOfRangeException(nameof(options), $"data parallel needs at least 1 rank, got {options.Ranks}.");
+        }
+
+        if (replicas.Count != options.Ranks - 1)
+        {
+            throw new ArgumentException($"the options ask for {options.Ranks} rank(s): the model and {options.Ranks - 1} replica(s); {replicas.Count} replica(s) were given.", nameof(replicas));
+        }
+
+        if (options.Ranks > 1 && options.LoopCorrectionEvery > 0)
+        {
+            throw new ArgumentException("the loop correction's exact steps recompute one batch on one model; they do not combine with data parallel.", nameof(options));
+        }
+
+        var backends = new HashSet<IBackend> { model.Backend };
+        foreach (var replica in replicas)
+        {
+            if (replica.Config != model.Config || replica.Topology != model.Topology)
+            {
+                throw new ArgumentException($"a replica must be the model's config and topology ({model.Config.Name}, {model.Topology}); one is {replica.Config.Name}, {replica.Topology}.", nameof(replicas));
+            }
+
+            if (!backends.Add(replica.Backend))
+            {
+                throw new ArgumentException("every rank needs a backend of its own: the ranks run at the same time.", nameof(replicas));
+            }
+        }
+    }
+
+    /// <summary>What the stage does to a model before training: stage 2 freezes the spatial UNet and the text encoder.</summary>
+    private static void Prepare(TextToVideo model, Stage stage, TrainOptions options)
+    {
         if (stage == Stage.TextToVideo)
         {
             if (model.Topology == Topology.Spatial)
@@ -391,21 +490,16 @@ public sealed class Trainer : IDisposable
 
         model.Unet.RecomputeSpatial = options.RecomputeSpatial;
         model.Unet.RecomputeTemporal = options.RecomputeTemporal;
-
-        var trainable = model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
-            .Concat(model.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)));
-        _optimizer = new AdamW(trainable, options.LearningRate, weightDecay: options.WeightDecay);
-        if (HasEma)
-        {
-            // The average starts at the weights training starts from (a resumed run's come from its checkpoint).
-            foreach (var (_, p) in _optimizer.Parameters)
-            {
-                var ema = Tensor.Empty(model.Backend, p.Shape, MemoryCategory.OptimizerState);
-                model.Backend.Scale(p, 1f, ema);
-                _ema[p] = ema;
-            }
-        }
     }
+
+    private static IEnumerable<(string Name, Parameter Parameter)> NamedParameters(TextToVideo model) =>
+        model.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
+            .Concat(model.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)));
+
+    private static List<Tensor> AllParameters(TextToVideo model) => NamedParameters(model).Select(n => (Tensor)n.Parameter).ToList();
+
+    private static AdamW NewOptimizer(TextToVideo model, TrainOptions options) =>
+        new(NamedParameters(model), options.LearningRate, weightDecay: options.WeightDecay);
 
     /// <summary>The stage.</summary>
     public Stage Stage { get; }
@@ -460,6 +554,14 @@ public sealed class Trainer : IDisposable
         {
             p.CopyFrom(snapshot[name]);
         }
+
+        foreach (var (_, optimizer) in _replicas)
+        {
+            foreach (var (name, p) in optimizer.Parameters)
+            {
+                p.CopyFrom(snapshot[name]);
+            }
+        }
     }
 
     /// <summary>
@@ -472,6 +574,7 @@ public sealed class Trainer : IDisposable
     {
         var moments = checkpoint.Optimizer;
         _optimizer.LoadStateDict(moments, checkpoint.OptimizerSteps);
+        _replicas.ForEach(r => r.Optimizer.LoadStateDict(moments, checkpoint.OptimizerSteps));
         StepsDone = checkpoint.Step;
         if (HasEma && checkpoint.Ema is { } ema)
         {
@@ -593,11 +696,15 @@ public sealed class Trainer : IDisposable
         }
 
         var backend = _model.Backend;
-        backend.Synchronize();
-        backend.Memory.ResetPeak();
+        foreach (var b in Backends)
+        {
+            b.Synchronize();
+            b.Memory.ResetPeak();
+        }
+
         var clock = Stopwatch.StartNew();
         bool exactStep = LoopCorrected && (step <= Options.LoopCorrectionWarmup || (step - 1) % Options.LoopCorrectionEvery == 0);
-        var (loss, saved, (byKind, byOp)) = n == 1 ? Backprop(batches[0]) : Accumulated(batches);
+        var (loss, saved, (byKind, byOp)) = _replicas.Count > 0 ? DataParallel(batches) : n == 1 ? Backprop(batches[0]) : Accumulated(batches);
         if (exactStep)
         {
             ExactStepAndFoldBias(batches[0]);
@@ -611,21 +718,130 @@ public sealed class Trainer : IDisposable
                 CorrectLoopGradients();
             }
 
-            _optimizer.Lr = Options.LearningRateAt(step);
+            float lr = Options.LearningRateAt(step);
+            _optimizer.Lr = lr;
             norm = _optimizer.Step(Options.MaxGradNorm);
+            if (_replicas.Count > 0)
+            {
+                // The same gradients, so the same clip and the same step; rank 0 stepped first, so a gradient that
+                // is not finite has stopped every rank before any moved.
+                OnEveryReplica(r =>
+                {
+                    r.Optimizer.Lr = lr;
+                    r.Optimizer.Step(Options.MaxGradNorm);
+                });
+            }
+
             UpdateEma(step);
         }
 
-        backend.Synchronize();
+        foreach (var b in Backends)
+        {
+            b.Synchronize();
+        }
+
         double ms = clock.Elapsed.TotalMilliseconds;
         StepsDone = step;
         return new StepStats(step, loss, ms, backend.Memory.Snapshot(), saved, byKind, norm) { SavedByOp = byOp };
     }
 
-    /// <summary>The batches of training step <paramref name="step"/> (one, or one per accumulated micro-batch).</summary>
+    /// <summary>The backends of the ranks, rank 0's first.</summary>
+    private IEnumerable<IBackend> Backends => _replicas.Select(r => r.Model.Backend).Prepend(_model.Backend);
+
+    /// <summary>
+    /// Data parallel: every rank's forward and backward on its run of <paramref name="batches"/> at once (rank 0 on
+    /// this thread, each replica on a thread of its own), then the gradients averaged across the ranks. Returns the
+    /// mean loss over all the batches and rank 0's saved bytes. A failure on any rank clears every rank's
+    /// gradients and is thrown here.
+    /// </summary>
+    internal (float Loss, long Saved, SavedBreakdown Breakdown) DataParallel(List<Batch> batches)
+    {
+        int a = Options.Accumulate;
+        var results = new (float Loss, long Saved, SavedBreakdown Breakdown)[_replicas.Count + 1];
+        try
+        {
+            OnEveryRank(rank =>
+            {
+                var (model, optimizer) = rank == 0 ? (_model, _optimizer) : _replicas[rank - 1];
+                var mine = batches.GetRange(rank * a, a);
+                results[rank] = a == 1 ? Backprop(mine[0], model) : Accumulated(mine, model, optimizer);
+            });
+
+            var byRank = new List<IReadOnlyList<Tensor>> { Gradients(_optimizer, 0) };
+            byRank.AddRange(_replicas.Select((r, i) => Gradients(r.Optimizer, i + 1)));
+            _collectives.AllReduceMean(byRank);
+        }
+        catch
+        {
+            _optimizer.ZeroGrad();
+            _replicas.ForEach(r => r.Optimizer.ZeroGrad());
+            throw;
+        }
+
+        double loss = 0;
+        foreach (var r in results)
+        {
+            loss += r.Loss;
+        }
+
+        return ((float)(loss / results.Length), results[0].Saved, results[0].Breakdown);
+    }
+
+    /// <summary>The gradients of <paramref name="optimizer"/>'s parameters in order; every one must have one.</summary>
+    private static List<Tensor> Gradients(AdamW optimizer, int rank) =>
+        optimizer.Parameters.Select(np => np.Parameter.Grad
+            ?? throw new InvalidOperationException($"rank {rank}: '{np.Name}' has no gradient after backward; data parallel averages every trainable parameter's.")).ToList();
+
+    /// <summary>
+    /// Runs <paramref name="work"/> for every rank at once: rank 0 on this thread, each replica on a thread of its own
+    /// (a tape is a thread's). Waits for all; then throws the lowest rank's failure, if any.
+    /// </summary>
+    private void OnEveryRank(Action<int> work)
+    {
+        var others = Enumerable.Range(1, _replicas.Count)
+            .Select(rank => Task.Factory.StartNew(() => work(rank), CancellationToken.None, TaskCreationOptions.LongRunning, TaskScheduler.Default)).ToArray();
+        Exception? first = null;
+        try
+        {
+            work(0);
+        }
+        catch (Exception e)
+        {
+            first = e;
+        }
+
+        foreach (var task in others)
+        {
+            try
+            {
+                task.GetAwaiter().GetResult();
+            }
+            catch (Exception e)
+            {
+                first ??= e;
+            }
+        }
+
+        if (first is not null)
+        {
+            ExceptionDispatchInfo.Throw(first);
+        }
+    }
+
+    /// <summary><see cref="OnEveryRank"/> for the replicas only (rank 0 done already).</summary>
+    private void OnEveryReplica(Action<(TextToVideo Model, AdamW Optimizer)> work) =>
+        OnEveryRank(rank =>
+        {
+            if (rank > 0)
+            {
+                work(_replicas[rank - 1]);
+            }
+        });
+
+    /// <summary>The batches of training step <paramref name="step"/> (one, or one per accumulated micro-batch and rank).</summary>
     private List<Batch> MakeBatches(int step)
     {
-        int n = Options.Accumulate;
+        int n = Options.Accumulate * Options.Ranks;
         return Enumerable.Range(0, n).Select(j => MakeBatch(_data, (step - 1) * n + j + 1, Options.Seed, Options.CaptionDropout, BatchSize)).ToList();
     }
 
@@ -785,14 +1001,16 @@ public sealed class Trainer : IDisposable
     /// 1 / count: the gradient of the mean loss over all their clips (batches of one size). Returns the mean loss
     /// and the most any one batch kept for backward.
     /// </summary>
-    internal (float Loss, long Saved, SavedBreakdown Breakdown) Accumulated(IReadOnlyList<Batch> batches)
+    internal (float Loss, long Saved, SavedBreakdown Breakdown) Accumulated(IReadOnlyList<Batch> batches) => Accumulated(batches, _model, _optimizer);
+
+    private (float Loss, long Saved, SavedBreakdown Breakdown) Accumulated(IReadOnlyList<Batch> batches, TextToVideo model, AdamW optimizer)
     {
         double loss = 0;
         long saved = -1;
         SavedBreakdown breakdown = new([], []);
         foreach (var batch in batches)
         {
-            var (l, s, k) = Backprop(batch);
+            var (l, s, k) = Backprop(batch, model);
             loss += l;
             if (s > saved)
             {
@@ -801,11 +1019,11 @@ public sealed class Trainer : IDisposable
         }
 
         float scale = 1f / batches.Count;
-        foreach (var (_, p) in _optimizer.Parameters)
+        foreach (var (_, p) in optimizer.Parameters)
         {
             if (p.Grad is { } g)
             {
-                _model.Backend.Scale(g, scale, g);
+                model.Backend.Scale(g, scale, g);
             }
         }
 
@@ -815,10 +1033,11 @@ public sealed class Trainer : IDisposable
     /// <summary>The bytes a batch kept for backward at its start, by layer kind and by layer kind and op.</summary>
     internal readonly record struct SavedBreakdown(Dictionary<string, long> ByKind, IReadOnlyList<TapeOpStats> ByOp);
 
-    /// <summary>Forward and backward of one batch; the gradients land in the parameters.</summary>
-    internal (float Loss, long Saved, SavedBreakdown Breakdown) Backprop(Batch batch)
+    /// <summary>Forward and backward of one batch on <paramref name="model"/> (default: rank 0's); the gradients land in the parameters.</summary>
+    internal (float Loss, long Saved, SavedBreakdown Breakdown) Backprop(Batch batch, TextToVideo? model = null)
     {
-        var backend = _model.Backend;
+        model ??= _model;
+        var backend = model.Backend;
         using var tape = Tape.Begin();
         tape.SavedActivations = Options.SavedActivations;
         float loss;
@@ -826,9 +1045,9 @@ public sealed class Trainer : IDisposable
         SavedBreakdown breakdown;
         using (var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape))
         using (var target = Tensor.FromArray(backend, batch.Noise, batch.Shape))
-        using (var context = EncodeContext(batch.Captions, batch.Frames))
-        using (var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
-        using (var lossT = DiffusionLoss(eps, target, batch.Timesteps, batch.Captions.Length, _model.Schedule, Options.MinSnrGamma, out var plain))
+        using (var context = EncodeContext(model, batch.Captions, batch.Frames))
+        using (var eps = model.Unet.Forward(x, batch.Timesteps, context, batch.Frames))
+        using (var lossT = DiffusionLoss(eps, target, batch.Timesteps, batch.Captions.Length, model.Schedule, Options.MinSnrGamma, out var plain))
         using (plain)
         {
             saved = tape.SavedBytes;
@@ -1064,18 +1283,19 @@ public sealed class Trainer : IDisposable
 
         _ema.Clear();
         _optimizer.Dispose();
+        _replicas.ForEach(r => r.Optimizer.Dispose());
     }
 
-    private Tensor EncodeContext(IReadOnlyList<string> captions, int frames)
+    private Tensor EncodeContext(TextToVideo model, IReadOnlyList<string> captions, int frames)
     {
         // Stage 2: the frozen text encoder is inference-only in both topologies.
         if (Stage == Stage.TextToVideo)
         {
             using var noGrad = Tape.NoGrad();
-            return _model.EncodeText(captions, frames);
+            return model.EncodeText(captions, frames);
         }
 
-        return _model.EncodeText(captions, frames);
+        return model.EncodeText(captions, frames);
     }
 
     /// <summary>

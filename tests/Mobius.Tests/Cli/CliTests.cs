@@ -1,4 +1,5 @@
 using System.Diagnostics;
+using System.Globalization;
 using System.Text.Json;
 using Mobius.Data;
 using Mobius.Model;
@@ -1103,6 +1104,39 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--ema", "1", "--steps", "1", "--out", folder.File("x")), 2, "--ema must be a decay in [0, 1)");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--accumulate", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
             "--accumulate does not combine with --loop-correction");
+    }
+
+    [Fact]
+    public void Ranks_pretrain_and_train_data_parallel_on_the_cpu_as_accumulation_does_resume_with_their_ranks_and_refuse_what_they_cannot_do()
+    {
+        using var folder = new TempFolder();
+        string t2i = folder.File("t2i.safetensors"), dp = folder.File("dp.safetensors"), acc = folder.File("acc.safetensors");
+        var pre = Mobius("pretrain", "--config", "micro", "--steps", "1", "--ranks", "2", "--out", t2i);
+        Assert.True(pre.Code == 0, pre.Out + pre.Err);
+        Assert.Contains("pretrain micro on 2 ranks", pre.Out);
+        Assert.Equal(2, Checkpoint.Load(t2i).TrainOptions!.Ranks);
+
+        var t = Mobius("train", "--from", t2i, "--batch", "1", "--ranks", "2", "--steps", "3", "--log", folder.File("dp.csv"), "--out", dp);
+        Assert.True(t.Code == 0, t.Out + t.Err);
+        Assert.Contains("rank 0's, each of the 2 ranks holds as much", Flat(t.Out));
+        var a = Mobius("train", "--from", t2i, "--batch", "1", "--accumulate", "2", "--steps", "3", "--log", folder.File("acc.csv"), "--out", acc);
+        Assert.True(a.Code == 0, a.Out + a.Err);
+        static float[] Losses(string csv) => File.ReadAllLines(csv).Skip(1).Select(l => float.Parse(l.Split(',')[1], CultureInfo.InvariantCulture)).ToArray();
+        var (dpLosses, accLosses) = (Losses(folder.File("dp.csv")), Losses(folder.File("acc.csv")));
+        Assert.Equal(3, dpLosses.Length);
+        Close.All(dpLosses, accLosses, 1e-7, 1e-4, "two ranks' losses against accumulating two batches");
+
+        var resumed = Mobius("train", "--resume", dp, "--steps", "1", "--out", dp);
+        Assert.True(resumed.Code == 0, resumed.Out + resumed.Err);
+        Assert.Contains("on 2 ranks", resumed.Out);
+        Assert.Equal((4, 2), (Checkpoint.Load(dp).Step, Checkpoint.Load(dp).TrainOptions!.Ranks));
+        Assert.Contains("x 2 ranks", Flat(Mobius("info", "--checkpoint", dp).Out));
+
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "0", "--steps", "1", "--out", folder.File("x")), 2, "--ranks must be at least 1");
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "2", "--backend", "cuda", "--steps", "1", "--out", folder.File("x")), 2, "needs NCCL");
+        AssertCleanFailure(Mobius("pretrain", "--config", "micro", "--ranks", "2", "--backend", "cuda", "--steps", "1", "--out", folder.File("x")), 2, "needs NCCL");
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
+            "--ranks does not combine with --loop-correction");
     }
 
     [Fact]

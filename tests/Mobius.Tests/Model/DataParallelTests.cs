@@ -1,0 +1,267 @@
+using Mobius.Data;
+using Mobius.Engine;
+using Mobius.Engine.Cpu;
+using Mobius.Engine.Distributed;
+using Mobius.Model;
+using Mobius.Model.Training;
+using Mobius.Tests.Data;
+using Xunit;
+
+namespace Mobius.Tests.Model;
+
+/// <summary>
+/// Data parallel on the CPU backend, every rank on a backend of its own (one thread each): the host collectives
+/// against a reference, and a data-parallel step against gradient accumulation over the same batches on one model.
+/// </summary>
+public sealed class DataParallelTests
+{
+    private static ModelConfig Micro => ModelConfig.Get("micro");
+
+    [Fact]
+    public void Host_collectives_average_in_rank_order_and_broadcast_the_roots_tensors_on_every_rank()
+    {
+        int seed = Seeds.One;
+        var rng = new Rng(seed);
+        var backends = Enumerable.Range(0, 3).Select(_ => new CpuBackend(threads: 1)).ToArray();
+        try
+        {
+            Shape[] shapes = [new(5, 7), new(1), new(3, 2, 4)];
+            var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
+            var tensors = backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList()).ToList();
+            var collectives = new HostCollectives();
+            collectives.AllReduceMean(tensors);
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                // In rank order, then scaled, as accumulation sums and scales; and against the mean in double.
+                var inOrder = new float[shapes[i].Numel];
+                var mean = new double[inOrder.Length];
+                for (int k = 0; k < inOrder.Length; k++)
+                {
+                    inOrder[k] = (values[0][i][k] + values[1][i][k] + values[2][i][k]) * (1f / 3);
+                    mean[k] = ((double)values[0][i][k] + values[1][i][k] + values[2][i][k]) / 3;
+                }
+
+                Assert.True(inOrder.Any(v => v != 0), "nonzero data");
+                for (int r = 0; r < 3; r++)
+                {
+                    var got = tensors[r][i].ToArray();
+                    Assert.True(got.AsSpan().SequenceEqual(inOrder), $"tensor {i} on rank {r}: not the rank-order mean (seed {seed})");
+                    Close.All(got, mean, 1e-6, 1e-6, $"tensor {i} on rank {r} against the mean in double (seed {seed})");
+                }
+            }
+
+            var fresh = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 1f)).ToArray()).ToArray();
+            for (int r = 0; r < 3; r++)
+            {
+                for (int i = 0; i < shapes.Length; i++)
+                {
+                    tensors[r][i].CopyFrom(fresh[r][i]);
+                }
+            }
+
+            collectives.Broadcast(tensors, root: 1);
+            for (int r = 0; r < 3; r++)
+            {
+                for (int i = 0; i < shapes.Length; i++)
+                {
+                    Assert.True(tensors[r][i].ToArray().AsSpan().SequenceEqual(fresh[1][i]), $"tensor {i} on rank {r} after the broadcast from rank 1");
+                }
+            }
+
+            // Lists that do not line up are refused before anything is written.
+            var before = tensors[0][0].ToArray();
+            Assert.Throws<ArgumentException>(() => collectives.AllReduceMean([tensors[0], tensors[1].Take(2).ToList()]));
+            Assert.Throws<ShapeMismatchException>(() => collectives.AllReduceMean([tensors[0], [tensors[1][1], tensors[1][0], tensors[1][2]]]));
+            Assert.Throws<ArgumentOutOfRangeException>(() => collectives.Broadcast(tensors, root: 3));
+            Assert.Throws<ArgumentException>(() => collectives.AllReduceMean([]));
+            Assert.True(tensors[0][0].ToArray().AsSpan().SequenceEqual(before), "a refused collective wrote nothing");
+            foreach (var t in tensors.SelectMany(t => t))
+            {
+                t.Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var b in backends)
+            {
+                b.Dispose();
+            }
+        }
+    }
+
+    /// <summary>A micro model of the given seed's text-to-image weights with its zero-initialised outputs made nonzero, so every temporal parameter gets a gradient.</summary>
+    private static TextToVideo Model(IBackend backend, Topology topology, int seed, int initSeed)
+    {
+        using var t2i = TextToVideo.Create(backend, Micro, Topology.Spatial, seed);
+        var m = TextToVideo.Create(backend, Micro, topology, initSeed);
+        m.Unet.LoadStateDict(t2i.Unet.StateDict(), strict: false);
+        m.Text.LoadStateDict(t2i.Text.StateDict());
+        var r = new Rng(initSeed);
+        foreach (var (_, p) in m.Unet.NamedParameters().Where(n => n.Name.Contains("proj_out") || n.Name.Contains("conv4")))
+        {
+            p.CopyFrom(r.Uniform(p.Numel, 0.05f));
+        }
+
+        return m;
+    }
+
+    [Theory]
+    [InlineData(Topology.Serial)]
+    [InlineData(Topology.Parallel)]
+    public void Two_ranks_take_the_gradient_and_the_steps_of_one_model_accumulating_their_batches(Topology topology)
+    {
+        int seed = Seeds.One;
+        using var b0 = new CpuBackend(threads: 1);
+        using var b1 = new CpuBackend(threads: 1);
+        using var bAcc = new CpuBackend(threads: 1);
+        using var rank0 = Model(b0, topology, seed, seed);
+        using var rank1 = Model(b1, topology, seed, seed + 1); // other temporal weights: the trainer copies rank 0's over them
+        using var single = Model(bAcc, topology, seed, seed);
+        var data = Comparison.Data(Micro, seed, Split.Train);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 1 };
+        using var dp = new Trainer(rank0, [rank1], data, Stage.TextToVideo, options with { Ranks = 2 });
+        using var acc = new Trainer(single, data, Stage.TextToVideo, options with { Accumulate = 2 });
+
+        var rank0Weights = rank0.Unet.StateDict();
+        var rank1Weights = rank1.Unet.StateDict();
+        Assert.All(rank0Weights, kv => Assert.True(kv.Value.AsSpan().SequenceEqual(rank1Weights[kv.Key]), $"{kv.Key}: rank 1 starts from rank 0's weights"));
+
+        // One step's gradient: each rank backpropagates its own batch, then the mean of the two on both ranks.
+        var batches = Enumerable.Range(1, 2).Select(i => dp.MakeBatch(data, i, seed, options.CaptionDropout, 1)).ToList();
+        var (dpLoss, _, _) = dp.DataParallel(batches);
+        var (accLoss, _, _) = acc.Accumulated(batches);
+        Assert.Equal(accLoss, dpLoss, 1e-6 * Math.Abs(accLoss));
+        int compared = 0;
+        foreach (var (((name, p0), (_, p1)), (_, pa)) in dp.Optimizer.Parameters.Zip(rank1.Unet.NamedParameters().Concat(rank1.Text.NamedParameters()).Where(n => !n.Parameter.Frozen)).Zip(acc.Optimizer.Parameters))
+        {
+            var g0 = p0.Grad!.ToArray();
+            Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
+            Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit");
+            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{topology} {name}: two ranks against accumulation (seed {seed})");
+            compared++;
+        }
+
+        Assert.True(compared > 10, $"{compared} gradients compared");
+        dp.Optimizer.ZeroGrad();
+        acc.Optimizer.ZeroGrad();
+
+        // Whole steps: the first takes those batches (its loss is the one above, to the bit), every rank steps alike,
+        // and the losses follow accumulation's.
+        using var freshB0 = new CpuBackend(threads: 1);
+        using var freshB1 = new CpuBackend(threads: 1);
+        using var fresh0 = Model(freshB0, topology, seed, seed);
+        using var fresh1 = Model(freshB1, topology, seed, seed);
+        using var stepper = new Trainer(fresh0, [fresh1], data, Stage.TextToVideo, options with { Ranks = 2 });
+        for (int step = 1; step <= 3; step++)
+        {
+            float dpStep = stepper.TrainStep().Loss;
+            float accStep = acc.TrainStep().Loss;
+            if (step == 1)
+            {
+                Assert.Equal(dpLoss, dpStep);
+            }
+
+            Assert.Equal(accStep, dpStep, 1e-4 * Math.Abs(accStep));
+        }
+
+        var w0 = fresh0.Unet.StateDict();
+        var w1 = fresh1.Unet.StateDict();
+        var wAcc = single.Unet.StateDict();
+        Assert.Contains(w0, kv => !kv.Value.AsSpan().SequenceEqual(rank0Weights[kv.Key])); // it trained
+        foreach (var (name, values) in w0)
+        {
+            Assert.True(values.AsSpan().SequenceEqual(w1[name]), $"{name}: the ranks' weights after 3 steps are the same bits");
+        }
+    }
+
+    [Fact]
+    public void A_data_parallel_run_resumes_exactly_and_its_checkpoint_keeps_the_ranks()
+    {
+        int seed = Seeds.One + 7;
+        using var folder = new TempFolder();
+        var data = Comparison.Data(Micro, seed, Split.Train);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 1, Ranks = 2 };
+
+        float[] Run(int steps, string? save, out Dictionary<string, float[]> weights)
+        {
+            using var b0 = new CpuBackend(threads: 1);
+            using var b1 = new CpuBackend(threads: 1);
+            using var m0 = TextToVideo.Create(b0, Micro, Topology.Parallel, seed);
+            using var m1 = TextToVideo.Create(b1, Micro, Topology.Parallel, seed);
+            using var t = new Trainer(m0, [m1], data, Stage.TextToVideo, options);
+            var losses = Enumerable.Range(0, steps).Select(_ => t.TrainStep().Loss).ToArray();
+            if (save is not null)
+            {
+                t.Save(save);
+            }
+
+            weights = m0.Unet.StateDict();
+            return losses;
+        }
+
+        var straight = Run(4, null, out var expected);
+        string path = folder.File("half.safetensors");
+        var firstHalf = Run(2, path, out _);
+        var ckpt = Checkpoint.Load(path);
+        Assert.Equal(2, ckpt.TrainOptions!.Ranks);
+
+        using var r0 = new CpuBackend(threads: 1);
+        using var r1 = new CpuBackend(threads: 1);
+        using var resumed0 = TextToVideo.Load(r0, ckpt, Topology.Parallel, seed);
+        using var resumed1 = TextToVideo.Load(r1, ckpt, Topology.Parallel, seed);
+        using var trainer = new Trainer(resumed0, [resumed1], data, Stage.TextToVideo, ckpt.TrainOptions);
+        trainer.Resume(ckpt);
+        var secondHalf = new[] { trainer.TrainStep().Loss, trainer.TrainStep().Loss };
+        Assert.Equal(straight, firstHalf.Concat(secondHalf).ToArray());
+        var got = resumed0.Unet.StateDict();
+        var gotReplica = resumed1.Unet.StateDict();
+        foreach (var (name, values) in expected)
+        {
+            Assert.True(values.AsSpan().SequenceEqual(got[name]), $"{name} differs after resume");
+            Assert.True(values.AsSpan().SequenceEqual(gotReplica[name]), $"{name} differs on rank 1 after resume");
+        }
+    }
+
+    [Fact]
+    public void A_rank_that_runs_out_of_memory_fails_the_step_and_no_rank_moves()
+    {
+        int seed = Seeds.One + 11;
+        var data = Comparison.Data(Micro, seed, Split.Train);
+        using var b0 = new CpuBackend(threads: 1);
+        using var m0 = TextToVideo.Create(b0, Micro, Topology.Serial, seed);
+        long weights = b0.Memory.CurrentBytes;
+
+        // Room for the weights, the optimizer's moments and a little more, not for a step's activations.
+        using var b1 = new CpuBackend(threads: 1, memoryLimitBytes: 3 * weights);
+        using var m1 = TextToVideo.Create(b1, Micro, Topology.Serial, seed);
+        using var trainer = new Trainer(m0, [m1], data, Stage.TextToVideo, new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 2, Ranks = 2 });
+        var before0 = trainer.TrainableSnapshot();
+        var before1 = m1.Unet.StateDict();
+        var e = Assert.Throws<OutOfDeviceMemoryException>(() => trainer.TrainStep());
+        Assert.Contains("cpu", e.Message);
+        Assert.Equal(0, trainer.StepsDone);
+        Assert.All(trainer.Optimizer.Parameters, p => Assert.Null(p.Parameter.Grad));
+        Assert.All(trainer.TrainableSnapshot(), kv => Assert.True(kv.Value.AsSpan().SequenceEqual(before0[kv.Key]), $"{kv.Key} moved on rank 0"));
+        Assert.All(m1.Unet.StateDict(), kv => Assert.True(kv.Value.AsSpan().SequenceEqual(before1[kv.Key]), $"{kv.Key} moved on rank 1"));
+    }
+
+    [Fact]
+    public void Ranks_that_do_not_add_up_share_a_backend_differ_in_config_or_meet_the_loop_correction_are_refused()
+    {
+        int seed = Seeds.One;
+        var data = Comparison.Data(Micro, seed, Split.Train);
+        using var b0 = new CpuBackend(threads: 1);
+        using var b1 = new CpuBackend(threads: 1);
+        using var m0 = TextToVideo.Create(b0, Micro, Topology.Parallel, seed);
+        using var m1 = TextToVideo.Create(b1, Micro, Topology.Parallel, seed);
+        using var sameBackend = TextToVideo.Create(b0, Micro, Topology.Parallel, seed);
+        using var serial = TextToVideo.Create(b1, Micro, Topology.Serial, seed);
+        var two = new TrainOptions { Seed = seed, Ranks = 2 };
+        Assert.Contains("1 replica(s)", Assert.Throws<ArgumentException>(() => new Trainer(m0, [], data, Stage.TextToVideo, two)).Message);
+        Assert.Contains("1 replica(s) were given", Assert.Throws<ArgumentException>(() => new Trainer(m0, [m1], data, Stage.TextToVideo, new TrainOptions { Seed = seed })).Message);
+        Assert.Throws<ArgumentOutOfRangeException>(() => new Trainer(m0, [], data, Stage.TextToVideo, two with { Ranks = 0 }));
+        Assert.Contains("backend of its own", Assert.Throws<ArgumentException>(() => new Trainer(m0, [sameBackend], data, Stage.TextToVideo, two)).Message);
+        Assert.Contains("topology", Assert.Throws<ArgumentException>(() => new Trainer(m0, [serial], data, Stage.TextToVideo, two)).Message);
+        Assert.Contains("data parallel", Assert.Throws<ArgumentException>(() => new Trainer(m0, [m1], data, Stage.TextToVideo, two with { LoopCorrectionEvery = 4 })).Message);
+    }
+}
