@@ -12,7 +12,10 @@ public static class Backends
     /// "cpu" or "cuda"; a cuda backend that cannot start raises <see cref="BackendUnavailableException"/>.
     /// <paramref name="math"/> (--math): null keeps the backend's own (fp32, or MOBIUS_MATH on cuda), else fp32, tf32 or bf16.
     /// </summary>
-    public static IBackend Create(string name, int threads, long memoryLimitMb, string? math = null)
+    public static IBackend Create(string name, int threads, long memoryLimitMb, string? math = null) => Create(name, threads, memoryLimitMb, math, ordinal: 0);
+
+    /// <summary>As <see cref="Create(string, int, long, string?)"/>; a cuda backend opens device <paramref name="ordinal"/>.</summary>
+    public static IBackend Create(string name, int threads, long memoryLimitMb, string? math, int ordinal)
     {
         TensorCoreMath? cores = math is null ? null : ParseMath(math);
         if (threads < 0)
@@ -34,7 +37,7 @@ public static class Backends
         return kind switch
         {
             "cpu" => new CpuBackend(threads, memoryLimitMb * 1048576),
-            "cuda" => CreateCuda(cores),
+            "cuda" => CreateCuda(cores, ordinal),
             _ => throw new UsageException($"unknown backend '{name}'; use cpu or cuda."),
         };
     }
@@ -70,12 +73,25 @@ public static class Backends
         }
     }
 
-    private static IBackend CreateCuda(TensorCoreMath? cores)
+    /// <summary>The devices the cuda driver reports (0 where it cannot start).</summary>
+    public static int CudaDeviceCount()
+    {
+        try
+        {
+            return CudaDevice.List().Count;
+        }
+        catch (Exception e) when (e is DllNotFoundException or CudaException)
+        {
+            return 0;
+        }
+    }
+
+    private static IBackend CreateCuda(TensorCoreMath? cores, int ordinal)
     {
         CudaBackend backend;
         try
         {
-            backend = new CudaBackend();
+            backend = new CudaBackend(ordinal);
         }
         catch (Exception e) when (e is DllNotFoundException or CudaException)
         {

@@ -122,7 +122,7 @@ public static class Commands
 
     private static readonly Option<int> RanksOption = new("--ranks")
     {
-        Description = "data parallel on the cpu backend: this many replicas of the model, each on a backend of its own with its share of the threads, run a step's batches at the same time and average their gradients: the update of accumulating that many batches (a step takes ranks x accumulate x batch clips)",
+        Description = "data parallel: this many replicas of the model, each on a backend of its own (cpu: its share of the threads; cuda: device rank mod the device count), run a step's batches at the same time and average their gradients through host memory: the update of accumulating that many batches (a step takes ranks x accumulate x batch clips)",
         DefaultValueFactory = _ => 1,
     };
 
@@ -384,7 +384,7 @@ public static class Commands
 
             var config = ckpt?.Config ?? Configs.Get(p.GetValue(ConfigOption)!);
             var recipe = new Recipe(p, resumeFrom, ckpt);
-            int ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), p.GetValue(BackendOption)!, 0);
+            int ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), 0);
             using var rankSet = RankSet.Create(p, ranks, RunMath(p, ckpt));
             var backend = rankSet.Backend;
             string? dataFolder = recipe.Pick(DataOption, _ => ckpt!.Extra.GetValueOrDefault(DataKey));
@@ -424,6 +424,7 @@ public static class Commands
             recipe.Keep(ConfigOption, config.Name, "config");
             recipe.Announce();
             using var trainer = new Trainer(model, rankSet.Replicas, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            rankSet.Announce(trainer);
             if (ckpt is not null)
             {
                 trainer.Resume(ckpt);
@@ -508,7 +509,7 @@ public static class Commands
                 FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
                 SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => o.SavedActivations == DType.BFloat16 ? "bf16" : "fp32"), SavedActivationsOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
-                Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), p.GetValue(BackendOption)!, loopCorrection),
+                Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), loopCorrection),
             };
             var parsedMotions = ParseMotions(motions);
             recipe.Keep(SeedOption, options.Seed, "seed");
@@ -520,6 +521,7 @@ public static class Commands
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, bridge, frameNoise);
             rankSet.LoadReplicas(b => TextToVideo.Load(b, ckpt, topo, seed, bridge, frameNoise));
             using var trainer = new Trainer(model, rankSet.Replicas, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
+            rankSet.Announce(trainer);
             if (resumeFrom is not null)
             {
                 trainer.Resume(ckpt);
@@ -1036,17 +1038,12 @@ public static class Commands
         ? decay
         : throw new UsageException($"--ema must be a decay in [0, 1) (0: off; e.g. 0.999), got {decay.ToString(CultureInfo.InvariantCulture)}.");
 
-    /// <summary><c>--ranks</c>, checked: at least 1; more only on the cpu backend and not beside <c>--loop-correction</c>.</summary>
-    private static int CheckRanks(int ranks, string backend, int loopCorrection)
+    /// <summary><c>--ranks</c>, checked: at least 1, and 1 beside <c>--loop-correction</c>.</summary>
+    private static int CheckRanks(int ranks, int loopCorrection)
     {
         if (ranks < 1)
         {
             throw new UsageException($"--ranks must be at least 1, got {ranks}.");
-        }
-
-        if (ranks > 1 && !backend.Equals("cpu", StringComparison.OrdinalIgnoreCase))
-        {
-            throw new UsageException($"--ranks {ranks} runs in-process ranks on the cpu backend; data parallel across GPUs needs NCCL, which Mobius does not bind yet.");
         }
 
         if (ranks > 1 && loopCorrection > 0)
@@ -1058,9 +1055,9 @@ public static class Commands
     }
 
     /// <summary>
-    /// The backends of a run, one per rank (<c>--ranks</c>), each of the cpu backend's with its share of
-    /// <c>--threads</c> (at least one) and its own <c>--memory-limit-mb</c>; and, once loaded, the replicas of rank 0's
-    /// model. Disposes the replicas, then the backends.
+    /// The backends of a run, one per rank (<c>--ranks</c>), each with its own <c>--memory-limit-mb</c>: on the cpu
+    /// backend each with its share of <c>--threads</c> (at least one), on the cuda backend rank r on device r mod the
+    /// device count; and, once loaded, the replicas of rank 0's model. Disposes the replicas, then the backends.
     /// </summary>
     private sealed class RankSet : IDisposable
     {
@@ -1081,12 +1078,14 @@ public static class Commands
                 threads = Math.Max(1, (threads > 0 ? threads : Environment.ProcessorCount) / ranks);
             }
 
+            string name = p.GetValue(BackendOption)!;
+            int devices = ranks > 1 && name.Equals("cuda", StringComparison.OrdinalIgnoreCase) ? Math.Max(1, Backends.CudaDeviceCount()) : 1;
             var set = new RankSet();
             try
             {
                 for (int r = 0; r < ranks; r++)
                 {
-                    set._backends.Add(Backends.Create(p.GetValue(BackendOption)!, threads, p.GetValue(MemoryLimitOption), math));
+                    set._backends.Add(Backends.Create(name, threads, p.GetValue(MemoryLimitOption), math, ordinal: r % devices));
                 }
             }
             catch
@@ -1096,6 +1095,19 @@ public static class Commands
             }
 
             return set;
+        }
+
+        /// <summary>With more than one rank, says where they run and what averaging their gradients moves.</summary>
+        public void Announce(Trainer trainer)
+        {
+            if (_backends.Count < 2)
+            {
+                return;
+            }
+
+            double mib = trainer.TrainableParameters * 4 / 1048576.0;
+            AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
+                $"data parallel: {_backends.Count} ranks on {string.Join(", ", _backends.Select(b => b.DeviceName).Distinct())}; each step averages {mib:0.0} MiB of gradients per rank through host memory")));
         }
 
         /// <summary>Loads a model on every backend but rank 0's.</summary>

@@ -28,7 +28,7 @@ public sealed unsafe partial class CpuBackend : IBackend
     public string Name => "cpu";
 
     /// <inheritdoc />
-    public string DeviceName => $"{Environment.ProcessorCount}-core {RuntimeInformation.ProcessArchitecture} host ({Threads} threads, {SimdDescription})";
+    public string DeviceName => $"{Environment.ProcessorCount}-core {RuntimeInformation.ProcessArchitecture} host ({Threads} thread{(Threads == 1 ? "" : "s")}, {SimdDescription})";
 
     /// <summary>Worker threads used by parallel ops.</summary>
     public int Threads { get; }

@@ -90,7 +90,7 @@ public sealed class DataParallelTests
     }
 
     /// <summary>A micro model of the given seed's text-to-image weights with its zero-initialised outputs made nonzero, so every temporal parameter gets a gradient.</summary>
-    private static TextToVideo Model(IBackend backend, Topology topology, int seed, int initSeed)
+    internal static TextToVideo Model(IBackend backend, Topology topology, int seed, int initSeed)
     {
         using var t2i = TextToVideo.Create(backend, Micro, Topology.Spatial, seed);
         var m = TextToVideo.Create(backend, Micro, topology, initSeed);
@@ -263,5 +263,45 @@ public sealed class DataParallelTests
         Assert.Contains("backend of its own", Assert.Throws<ArgumentException>(() => new Trainer(m0, [sameBackend], data, Stage.TextToVideo, two)).Message);
         Assert.Contains("topology", Assert.Throws<ArgumentException>(() => new Trainer(m0, [serial], data, Stage.TextToVideo, two)).Message);
         Assert.Contains("data parallel", Assert.Throws<ArgumentException>(() => new Trainer(m0, [m1], data, Stage.TextToVideo, two with { LoopCorrectionEvery = 4 })).Message);
+    }
+}
+
+/// <summary>
+/// Data parallel on the CUDA backend (the simulated driver here, a GPU in the GPU run): two backends, a rank each,
+/// driven from two threads at once (each makes its context current on its own thread), their gradients averaged
+/// through the host; against accumulating the same batches on the fixture's backend.
+/// </summary>
+public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<CudaFixture>
+{
+    [Fact]
+    public void Two_cuda_ranks_on_threads_of_their_own_take_the_gradient_of_accumulating_their_batches()
+    {
+        var micro = ModelConfig.Get("micro");
+        int seed = Seeds.One;
+        using var b0 = new Mobius.Cuda.CudaBackend { PoisonAllocations = true };
+        using var b1 = new Mobius.Cuda.CudaBackend { PoisonAllocations = true };
+        using var rank0 = DataParallelTests.Model(b0, Topology.Parallel, seed, seed);
+        using var rank1 = DataParallelTests.Model(b1, Topology.Parallel, seed, seed + 1);
+        using var single = DataParallelTests.Model(fixture.Backend, Topology.Parallel, seed, seed);
+        var data = Comparison.Data(micro, seed, Split.Train);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 1 };
+        using var dp = new Trainer(rank0, [rank1], data, Stage.TextToVideo, options with { Ranks = 2 });
+        using var acc = new Trainer(single, data, Stage.TextToVideo, options with { Accumulate = 2 });
+        var batches = Enumerable.Range(1, 2).Select(i => dp.MakeBatch(data, i, seed, options.CaptionDropout, 1)).ToList();
+        var (dpLoss, _, _) = dp.DataParallel(batches);
+        var (accLoss, _, _) = acc.Accumulated(batches);
+        Assert.Equal(accLoss, dpLoss, 1e-5 * Math.Abs(accLoss));
+        var replica = rank1.Unet.NamedParameters().Concat(rank1.Text.NamedParameters()).Where(n => !n.Parameter.Frozen).ToList();
+        int compared = 0;
+        foreach (var (((name, p0), (_, p1)), (_, pa)) in dp.Optimizer.Parameters.Zip(replica).Zip(acc.Optimizer.Parameters))
+        {
+            var g0 = p0.Grad!.ToArray();
+            Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
+            Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit");
+            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{name}: two cuda ranks against accumulation (seed {seed})");
+            compared++;
+        }
+
+        Assert.True(compared > 10, $"{compared} gradients compared");
     }
 }
