@@ -16,7 +16,7 @@
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped; tiny's parts
 # run on micro).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -41,7 +41,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -305,6 +305,25 @@ else
   echo "nvcc not found or rehearsal: skipped" >> "$md"
 fi
 
+fi
+
+if want ranks; then
+  step "data parallel (mobius train --ranks): the CPU's cores split among ranks, then two cuda ranks on one device"
+  # The same 4 clips a step every way (ranks x batch), fine-tuning the shipped tiny model: the CPU machine here has
+  # 2 cores, where 2 ranks run a step in one rank's time (benchmarks/results/2026-11-28-data-parallel-cpu.md); this
+  # machine's cores say whether ranks buy time where one step cannot keep every core busy. Each run logs its steps
+  # (losses to compare with accumulation's, times); the cuda pair checks two ranks' threads on one device end to end.
+  ckpt="$bin/models/tiny-t2v.safetensors"; steps=30; [ $sim = 1 ] && steps=2
+  for spec in "1 4" "2 2" "4 1"; do
+    set -- $spec
+    run 120 "$mobius" train --from "$ckpt" --backend cpu --ranks "$1" --batch "$2" --steps $steps --seed 1 --log "$results/ranks-cpu-$1.csv" --out "$results/ranks.safetensors"
+  done
+  run 120 "$mobius" train --from "$ckpt" --backend cpu --accumulate 4 --batch 1 --steps $steps --seed 1 --log "$results/ranks-cpu-accumulate.csv" --out "$results/ranks.safetensors"
+  if [ $sim = 0 ]; then  # a tiny step takes minutes on the simulator; the test suite covers cuda ranks there on micro
+    run 120 "$mobius" train --from "$ckpt" --backend cuda --ranks 2 --batch 2 --steps $steps --seed 1 --log "$results/ranks-cuda-2.csv" --out "$results/ranks.safetensors"
+    run 120 "$mobius" train --from "$ckpt" --backend cuda --batch 4 --steps $steps --seed 1 --log "$results/ranks-cuda-1.csv" --out "$results/ranks.safetensors"
+  fi
+  rm -f "$results/ranks.safetensors"
 fi
 
 if want sanitizer; then
