@@ -73,6 +73,19 @@ public static class Backends
         }
     }
 
+    /// <summary>NCCL's version and where it came from; or why it is not there.</summary>
+    public static string DescribeNccl()
+    {
+        if (!NcclCollectives.Available(out var why))
+        {
+            return "not available (ranks on cuda average through host memory): " + why;
+        }
+
+        int version = NcclCollectives.LoadedVersion();
+        string where = NativeLibraries.Report.LastOrDefault(r => r.StartsWith("NCCL", StringComparison.Ordinal)) ?? (NativeLibraries.Simulated ? "simulated" : "");
+        return FormattableString.Invariant($"{version / 10000}.{version / 100 % 100}.{version % 100} ({where})");
+    }
+
     /// <summary>The devices the cuda driver reports (0 where it cannot start).</summary>
     public static int CudaDeviceCount()
     {

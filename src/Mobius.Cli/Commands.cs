@@ -1,8 +1,11 @@
 using System.CommandLine;
 using System.Globalization;
+using Mobius.Cuda;
+using Mobius.Cuda.Interop;
 using Mobius.Data;
 using Mobius.Engine;
 using Mobius.Engine.Cpu;
+using Mobius.Engine.Distributed;
 using Mobius.Model;
 using Mobius.Model.Training;
 using Spectre.Console;
@@ -122,8 +125,14 @@ public static class Commands
 
     private static readonly Option<int> RanksOption = new("--ranks")
     {
-        Description = "data parallel: this many replicas of the model, each on a backend of its own (cpu: its share of the threads; cuda: device rank mod the device count), run a step's batches at the same time and average their gradients through host memory: the update of accumulating that many batches (a step takes ranks x accumulate x batch clips)",
+        Description = "data parallel: this many replicas of the model, each on a backend of its own (cpu: its share of the threads; cuda: device rank mod the device count), run a step's batches at the same time and average their gradients (--collectives): the update of accumulating that many batches (a step takes ranks x accumulate x batch clips)",
         DefaultValueFactory = _ => 1,
+    };
+
+    private static readonly Option<string> CollectivesOption = new("--collectives")
+    {
+        Description = "how --ranks average their gradients: auto (NCCL on the devices where every cuda rank has a device of its own and NCCL loads, else through host memory), nccl or host",
+        DefaultValueFactory = _ => "auto",
     };
 
     private static readonly Option<long> MemoryLimitOption = new("--memory-limit-mb") { Description = "cap the backend's memory (MiB, 0: none)", DefaultValueFactory = _ => 0 };
@@ -288,6 +297,7 @@ public static class Commands
             }
 
             AnsiConsole.MarkupLine($"[bold]cuda[/]: {Markup.Escape(Backends.DescribeCuda())}");
+            AnsiConsole.MarkupLine($"[bold]nccl[/] (--ranks on cuda): {Markup.Escape(Backends.DescribeNccl())}");
             var table = new Table().AddColumns("config", "channels", "frames x size", "parameters", "serial trainable", "parallel trainable", "temporal share");
             using var meter = new CpuBackend(threads: 1);
             foreach (var c in ModelConfig.Presets)
@@ -371,7 +381,7 @@ public static class Commands
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips (or of a --data folder's GIFs, its captions' words added to the vocabulary).")
-            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, RanksOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
+            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -423,7 +433,7 @@ public static class Commands
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
             recipe.Announce();
-            using var trainer = new Trainer(model, rankSet.Replicas, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options);
+            using var trainer = new Trainer(model, rankSet.Replicas, train ?? Comparison.Data(config, options.Seed, Split.Train), Stage.TextToImage, options, rankSet.Collectives);
             rankSet.Announce(trainer);
             if (ckpt is not null)
             {
@@ -460,7 +470,7 @@ public static class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, RanksOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -520,7 +530,7 @@ public static class Commands
             string? bridge = ParseBridge(p.GetValue(BridgeOption));
             using var model = TextToVideo.Load(backend, ckpt, topo, seed, bridge, frameNoise);
             rankSet.LoadReplicas(b => TextToVideo.Load(b, ckpt, topo, seed, bridge, frameNoise));
-            using var trainer = new Trainer(model, rankSet.Replicas, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options);
+            using var trainer = new Trainer(model, rankSet.Replicas, data?.Subset(Split.Train) ?? Comparison.Data(ckpt.Config, seed, Split.Train, parsedMotions), Stage.TextToVideo, options, rankSet.Collectives);
             rankSet.Announce(trainer);
             if (resumeFrom is not null)
             {
@@ -1057,7 +1067,8 @@ public static class Commands
     /// <summary>
     /// The backends of a run, one per rank (<c>--ranks</c>), each with its own <c>--memory-limit-mb</c>: on the cpu
     /// backend each with its share of <c>--threads</c> (at least one), on the cuda backend rank r on device r mod the
-    /// device count; and, once loaded, the replicas of rank 0's model. Disposes the replicas, then the backends.
+    /// device count; how the ranks average their gradients (<c>--collectives</c>); and, once loaded, the replicas of
+    /// rank 0's model. Disposes the replicas, the collectives, then the backends.
     /// </summary>
     private sealed class RankSet : IDisposable
     {
@@ -1070,6 +1081,9 @@ public static class Commands
         /// <summary>The models of ranks 1 and up (none until <see cref="LoadReplicas"/>).</summary>
         public IReadOnlyList<TextToVideo> Replicas => _replicas;
 
+        /// <summary>How the ranks average their gradients (null with one rank).</summary>
+        public ICollectives? Collectives { get; private set; }
+
         public static RankSet Create(ParseResult p, int ranks, string? math)
         {
             int threads = p.GetValue(ThreadsOption);
@@ -1079,13 +1093,31 @@ public static class Commands
             }
 
             string name = p.GetValue(BackendOption)!;
-            int devices = ranks > 1 && name.Equals("cuda", StringComparison.OrdinalIgnoreCase) ? Math.Max(1, Backends.CudaDeviceCount()) : 1;
+            bool cuda = name.Equals("cuda", StringComparison.OrdinalIgnoreCase);
+            string how = p.GetValue(CollectivesOption)!.ToLowerInvariant();
+            if (how is not ("auto" or "host" or "nccl"))
+            {
+                throw new UsageException($"--collectives must be auto, nccl or host, got '{how}'.");
+            }
+
+            if (how == "nccl" && !cuda)
+            {
+                throw new UsageException("--collectives nccl reduces device memory: it needs --backend cuda (the cpu backend's ranks average through host memory).");
+            }
+
+            int devices = ranks > 1 && cuda ? Math.Max(1, Backends.CudaDeviceCount()) : 1;
             var set = new RankSet();
             try
             {
                 for (int r = 0; r < ranks; r++)
                 {
                     set._backends.Add(Backends.Create(name, threads, p.GetValue(MemoryLimitOption), math, ordinal: r % devices));
+                }
+
+                if (ranks > 1)
+                {
+                    bool nccl = how == "nccl" || (how == "auto" && cuda && devices >= ranks && NcclCollectives.Available(out _));
+                    set.Collectives = nccl ? OpenNccl(set._backends) : new HostCollectives();
                 }
             }
             catch
@@ -1097,7 +1129,19 @@ public static class Commands
             return set;
         }
 
-        /// <summary>With more than one rank, says where they run and what averaging their gradients moves.</summary>
+        private static NcclCollectives OpenNccl(List<IBackend> backends)
+        {
+            try
+            {
+                return new NcclCollectives(backends.Cast<CudaBackend>().ToList());
+            }
+            catch (Exception e) when (e is DllNotFoundException or CudaException)
+            {
+                throw new BackendUnavailableException($"--collectives nccl: {e.Message}", e);
+            }
+        }
+
+        /// <summary>With more than one rank, says where they run and how their gradients are averaged.</summary>
         public void Announce(Trainer trainer)
         {
             if (_backends.Count < 2)
@@ -1106,8 +1150,9 @@ public static class Commands
             }
 
             double mib = trainer.TrainableParameters * 4 / 1048576.0;
+            string how = Collectives is HostCollectives ? "through host memory" : $"with {Collectives!.Name} on the devices";
             AnsiConsole.MarkupLine(Markup.Escape(FormattableString.Invariant(
-                $"data parallel: {_backends.Count} ranks on {string.Join(", ", _backends.Select(b => b.DeviceName).Distinct())}; each step averages {mib:0.0} MiB of gradients per rank through host memory")));
+                $"data parallel: {_backends.Count} ranks on {string.Join(", ", _backends.Select(b => b.DeviceName).Distinct())}; each step averages {mib:0.0} MiB of gradients per rank {how}")));
         }
 
         /// <summary>Loads a model on every backend but rank 0's.</summary>
@@ -1123,6 +1168,8 @@ public static class Commands
         {
             _replicas.ForEach(m => m.Dispose());
             _replicas.Clear();
+            (Collectives as IDisposable)?.Dispose();
+            Collectives = null;
             _backends.ForEach(b => b.Dispose());
             _backends.Clear();
         }

@@ -16,10 +16,10 @@ public sealed class CudaLibraryNotFoundException(string library, IReadOnlyList<s
 }
 
 /// <summary>
-/// Finds the driver, cuBLAS, cuBLASLt and cuDNN. The bindings import the logical names <see cref="Driver"/>,
-/// <see cref="Blas"/>, <see cref="BlasLt"/> and <see cref="Dnn"/>; this resolver maps them to files:
-/// with MOBIUS_CUDA=sim, all four to the simulated driver library built from kernels/sim; otherwise
-/// libcuda.so.1, libcublas.so.13 (after libcublasLt.so.13), libcublasLt.so.13 and libcudnn.so.9 (after its sub-libraries),
+/// Finds the driver, cuBLAS, cuBLASLt, cuDNN and NCCL. The bindings import the logical names <see cref="Driver"/>,
+/// <see cref="Blas"/>, <see cref="BlasLt"/>, <see cref="Dnn"/> and <see cref="Nccl"/>; this resolver maps them to files:
+/// with MOBIUS_CUDA=sim, all five to the simulated driver library built from kernels/sim; otherwise
+/// libcuda.so.1, libcublas.so.13 (after libcublasLt.so.13), libcublasLt.so.13, libcudnn.so.9 (after its sub-libraries) and libnccl.so.2,
 /// first in the folders of MOBIUS_CUDA_PATH (each folder, its lib/ and nvidia/*/lib below it, as a
 /// PyTorch venv lays them out), then through the system search path.
 /// </summary>
@@ -36,6 +36,9 @@ public static class NativeLibraries
 
     /// <summary>Logical name of cuDNN.</summary>
     public const string Dnn = "mobius-cudnn";
+
+    /// <summary>Logical name of NCCL (loaded only by data-parallel training across devices).</summary>
+    public const string Nccl = "mobius-nccl";
 
     /// <summary>"sim" selects the simulated driver.</summary>
     public const string ModeVariable = "MOBIUS_CUDA";
@@ -94,6 +97,7 @@ public static class NativeLibraries
                 BlasLt => LoadFirst("cuBLASLt", [], "libcublasLt.so.13"),
                 Dnn => LoadFirst("cuDNN", ["libcudnn_graph.so.9", "libcudnn_ops.so.9", "libcudnn_cnn.so.9", "libcudnn_adv.so.9",
                     "libcudnn_heuristic.so.9", "libcudnn_engines_precompiled.so.9", "libcudnn_engines_runtime_compiled.so.9"], "libcudnn.so.9"),
+                Nccl => LoadFirst("NCCL", [], "libnccl.so.2"),
                 _ => throw new ArgumentException($"unknown CUDA library '{logical}'."),
             };
             Loaded[logical] = h;
@@ -102,7 +106,7 @@ public static class NativeLibraries
     }
 
     private static nint Resolve(string name, Assembly assembly, DllImportSearchPath? path) =>
-        name is Driver or Blas or BlasLt or Dnn ? Load(name) : 0;
+        name is Driver or Blas or BlasLt or Dnn or Nccl ? Load(name) : 0;
 
     private static nint LoadSimulator()
     {

@@ -39,7 +39,7 @@ public sealed class HostCollectives : ICollectives
     /// <inheritdoc />
     public void AllReduceMean(IReadOnlyList<IReadOnlyList<Tensor>> byRank)
     {
-        int ranks = Check(byRank, "AllReduceMean");
+        int ranks = CollectiveArguments.Check(byRank, "AllReduceMean");
         if (ranks == 1)
         {
             return;
@@ -76,11 +76,7 @@ public sealed class HostCollectives : ICollectives
     /// <inheritdoc />
     public void Broadcast(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int root = 0)
     {
-        int ranks = Check(byRank, "Broadcast");
-        if (root < 0 || root >= ranks)
-        {
-            throw new ArgumentOutOfRangeException(nameof(root), $"the root must be a rank, 0 to {ranks - 1}; got {root}.");
-        }
+        int ranks = CollectiveArguments.Check(byRank, "Broadcast", root);
 
         for (int i = 0; i < byRank[root].Count; i++)
         {
@@ -97,8 +93,22 @@ public sealed class HostCollectives : ICollectives
         }
     }
 
+    private static Span<float> Buffer(ref float[] buffer, int n)
+    {
+        if (buffer.Length < n)
+        {
+            buffer = new float[n];
+        }
+
+        return buffer.AsSpan(0, n);
+    }
+}
+
+/// <summary>The argument checks every <see cref="ICollectives"/> makes before it moves anything.</summary>
+public static class CollectiveArguments
+{
     /// <summary>Checks the lists line up (rank by rank, tensor by tensor) and returns the number of ranks.</summary>
-    private static int Check(IReadOnlyList<IReadOnlyList<Tensor>> byRank, string op)
+    public static int Check(IReadOnlyList<IReadOnlyList<Tensor>> byRank, string op, int root = 0)
     {
         ArgumentNullException.ThrowIfNull(byRank);
         if (byRank.Count == 0)
@@ -129,16 +139,11 @@ public sealed class HostCollectives : ICollectives
             }
         }
 
-        return byRank.Count;
-    }
-
-    private static Span<float> Buffer(ref float[] buffer, int n)
-    {
-        if (buffer.Length < n)
+        if (root < 0 || root >= byRank.Count)
         {
-            buffer = new float[n];
+            throw new ArgumentOutOfRangeException(nameof(root), $"the root must be a rank, 0 to {byRank.Count - 1}; got {root}.");
         }
 
-        return buffer.AsSpan(0, n);
+        return byRank.Count;
     }
 }

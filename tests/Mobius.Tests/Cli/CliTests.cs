@@ -1138,7 +1138,13 @@ public sealed class CliTests
         var cuda = Run("sim", "train", "--from", t2i, "--batch", "1", "--ranks", "2", "--backend", "cuda", "--steps", "1", "--out", folder.File("cuda.safetensors"));
         Assert.True(cuda.Code == 0, cuda.Out + cuda.Err);
         Assert.Contains("data parallel: 2 ranks on simulated", Flat(cuda.Out));
+        Assert.Contains("through host memory", Flat(cuda.Out)); // auto: NCCL needs a device per rank, the simulator has one
         Assert.Equal(2, Checkpoint.Load(folder.File("cuda.safetensors")).TrainOptions!.Ranks);
+        var nccl = Run("sim", "train", "--from", t2i, "--batch", "1", "--ranks", "2", "--backend", "cuda", "--collectives", "nccl", "--steps", "1", "--out", folder.File("nccl.safetensors"));
+        Assert.True(nccl.Code == 0, nccl.Out + nccl.Err);
+        Assert.Contains("with nccl 2.", Flat(nccl.Out));
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "2", "--collectives", "nccl", "--steps", "1", "--out", folder.File("x")), 2, "--collectives nccl reduces device memory");
+        AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "2", "--collectives", "mpi", "--steps", "1", "--out", folder.File("x")), 2, "--collectives must be auto, nccl or host");
         AssertCleanFailure(Mobius("train", "--from", t2i, "--ranks", "2", "--loop-correction", "4", "--steps", "1", "--out", folder.File("x")), 2,
             "--ranks does not combine with --loop-correction");
     }

@@ -273,20 +273,40 @@ public sealed class DataParallelTests
 /// </summary>
 public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<CudaFixture>
 {
-    [Fact]
-    public void Two_cuda_ranks_on_threads_of_their_own_take_the_gradient_of_accumulating_their_batches()
+    /// <summary>Ranks on one device: the simulator's NCCL takes that; a real NCCL needs a device per rank.</summary>
+    private bool NcclCanRun(int ranks, out string why)
     {
+        if (!Mobius.Cuda.NcclCollectives.Available(out var missing))
+        {
+            why = "NCCL not found: " + missing;
+            return false;
+        }
+
+        why = $"NCCL takes a device per rank; {ranks} ranks, {Mobius.Cuda.CudaDevice.List().Count} device(s)";
+        return fixture.Simulated || Mobius.Cuda.CudaDevice.List().Count >= ranks;
+    }
+
+    [Theory]
+    [InlineData("host")]
+    [InlineData("nccl")]
+    public void Two_cuda_ranks_on_threads_of_their_own_take_the_gradient_of_accumulating_their_batches(string collectives)
+    {
+        bool nccl = collectives == "nccl";
+        string why = "";
+        Assert.SkipWhen(nccl && !NcclCanRun(2, out why), why);
         var micro = ModelConfig.Get("micro");
         int seed = Seeds.One;
-        using var b0 = new Mobius.Cuda.CudaBackend { PoisonAllocations = true };
-        using var b1 = new Mobius.Cuda.CudaBackend { PoisonAllocations = true };
+        using var b0 = new Mobius.Cuda.CudaBackend(0) { PoisonAllocations = true };
+        using var b1 = new Mobius.Cuda.CudaBackend(fixture.Simulated || !nccl ? 0 : 1) { PoisonAllocations = true };
+        using var reduce = nccl ? new Mobius.Cuda.NcclCollectives([b0, b1]) : null;
         using var rank0 = DataParallelTests.Model(b0, Topology.Parallel, seed, seed);
         using var rank1 = DataParallelTests.Model(b1, Topology.Parallel, seed, seed + 1);
         using var single = DataParallelTests.Model(fixture.Backend, Topology.Parallel, seed, seed);
         var data = Comparison.Data(micro, seed, Split.Train);
         var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 1 };
-        using var dp = new Trainer(rank0, [rank1], data, Stage.TextToVideo, options with { Ranks = 2 });
+        using var dp = new Trainer(rank0, [rank1], data, Stage.TextToVideo, options with { Ranks = 2 }, reduce);
         using var acc = new Trainer(single, data, Stage.TextToVideo, options with { Accumulate = 2 });
+        Assert.True(rank0.Unet.StateDict().All(kv => kv.Value.AsSpan().SequenceEqual(rank1.Unet.StateDict()[kv.Key])), $"{collectives}: rank 1 starts from rank 0's weights");
         var batches = Enumerable.Range(1, 2).Select(i => dp.MakeBatch(data, i, seed, options.CaptionDropout, 1)).ToList();
         var (dpLoss, _, _) = dp.DataParallel(batches);
         var (accLoss, _, _) = acc.Accumulated(batches);
@@ -298,10 +318,90 @@ public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<C
             var g0 = p0.Grad!.ToArray();
             Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
             Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit");
-            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{name}: two cuda ranks against accumulation (seed {seed})");
+            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{name}: two cuda ranks ({collectives}) against accumulation (seed {seed})");
             compared++;
         }
 
         Assert.True(compared > 10, $"{compared} gradients compared");
+    }
+}
+
+/// <summary>
+/// The NCCL binding (the simulated NCCL here; on a GPU machine the real one, as many ranks as it has devices, up to
+/// three): grouped all-reduce and broadcast against the host's arithmetic, and the checks before anything moves.
+/// </summary>
+public sealed class CudaNcclCollectivesTests(CudaFixture fixture) : IClassFixture<CudaFixture>
+{
+    [Fact]
+    public void Nccl_averages_and_broadcasts_each_ranks_tensors_on_the_devices()
+    {
+        Assert.SkipUnless(Mobius.Cuda.NcclCollectives.Available(out var missing), "NCCL not found: " + missing);
+        int ranks = fixture.Simulated ? 3 : Math.Min(3, Mobius.Cuda.CudaDevice.List().Count);
+        int seed = Seeds.One;
+        var rng = new Rng(seed);
+        var backends = Enumerable.Range(0, ranks).Select(r => new Mobius.Cuda.CudaBackend(fixture.Simulated ? 0 : r) { PoisonAllocations = true }).ToArray();
+        try
+        {
+            using var nccl = new Mobius.Cuda.NcclCollectives(backends);
+            Assert.StartsWith("nccl 2.", nccl.Name);
+            Shape[] shapes = [new(33, 5), new(1), new(4, 3, 2)];
+            var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
+            var tensors = backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList()).ToList();
+            nccl.AllReduceMean(tensors);
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                var mean = new double[shapes[i].Numel];
+                for (int k = 0; k < mean.Length; k++)
+                {
+                    mean[k] = Enumerable.Range(0, ranks).Sum(r => (double)values[r][i][k]) / ranks;
+                }
+
+                Assert.Contains(mean, v => v != 0);
+                var first = tensors[0][i].ToArray();
+                for (int r = 0; r < ranks; r++)
+                {
+                    var got = tensors[r][i].ToArray();
+                    Close.All(got, mean, 1e-6, 1e-5, $"tensor {i} on rank {r} of {ranks} (seed {seed})");
+                    Assert.True(got.AsSpan().SequenceEqual(first), $"tensor {i}: rank {r} holds rank 0's bits");
+                }
+            }
+
+            int root = ranks - 1;
+            var fresh = shapes.Select(s => rng.Uniform(s.Numel, 1f)).ToArray();
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                tensors[root][i].CopyFrom(fresh[i]);
+            }
+
+            nccl.Broadcast(tensors, root);
+            for (int r = 0; r < ranks; r++)
+            {
+                for (int i = 0; i < shapes.Length; i++)
+                {
+                    Assert.True(tensors[r][i].ToArray().AsSpan().SequenceEqual(fresh[i]), $"tensor {i} on rank {r} after the broadcast from rank {root}");
+                }
+            }
+
+            // Refused before anything is issued: a rank's tensor on another rank's backend, the wrong number of ranks.
+            if (ranks > 1)
+            {
+                var swapped = tensors.ToList();
+                (swapped[0], swapped[1]) = (swapped[1], swapped[0]);
+                Assert.Contains("not on that rank's backend", Assert.Throws<ArgumentException>(() => nccl.AllReduceMean(swapped)).Message);
+            }
+
+            Assert.Throws<ArgumentException>(() => nccl.AllReduceMean([.. tensors, tensors[0]]));
+            foreach (var t in tensors.SelectMany(t => t))
+            {
+                t.Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var b in backends)
+            {
+                b.Dispose();
+            }
+        }
     }
 }

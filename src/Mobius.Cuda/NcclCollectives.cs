@@ -1,0 +1,136 @@
+using Mobius.Cuda.Interop;
+using Mobius.Engine;
+using Mobius.Engine.Distributed;
+
+namespace Mobius.Cuda;
+
+/// <summary>
+/// Collectives over NCCL: one communicator per rank's backend, made together (ncclCommInitAll over their devices),
+/// each rank's all-reduce or broadcast issued on that rank's stream inside one NCCL group from the calling thread.
+/// The tensors never leave the devices and the host does not wait: the optimizer's step queues behind the reduction
+/// on each stream. NCCL takes one rank per device; with ranks sharing a device use <see cref="HostCollectives"/>
+/// (the simulated driver's NCCL allows it, so tests can run two ranks on its one device). Dispose releases the
+/// communicators.
+/// </summary>
+public sealed class NcclCollectives : ICollectives, IDisposable
+{
+    private readonly CudaBackend[] _backends;
+    private readonly nint[] _comms;
+    private bool _disposed;
+
+    /// <summary>Makes a communicator for each backend, rank r for <paramref name="ranks"/>[r].</summary>
+    /// <exception cref="DllNotFoundException">NCCL could not be loaded.</exception>
+    /// <exception cref="CudaException">NCCL refused (a device twice, say).</exception>
+    public unsafe NcclCollectives(IReadOnlyList<CudaBackend> ranks)
+    {
+        ArgumentNullException.ThrowIfNull(ranks);
+        if (ranks.Count == 0)
+        {
+            throw new ArgumentException("NCCL needs at least one rank.", nameof(ranks));
+        }
+
+        _backends = [.. ranks];
+        _comms = new nint[ranks.Count];
+        Nccl.Check(Nccl.ncclGetVersion(out int version), "ncclGetVersion");
+        Version = version;
+        var devices = _backends.Select(b => b.Device.Ordinal).ToArray();
+        _backends[0].MakeCurrent();
+        fixed (nint* comms = _comms)
+        fixed (int* devlist = devices)
+        {
+            Nccl.Check(Nccl.ncclCommInitAll(comms, devices.Length, devlist), "ncclCommInitAll");
+        }
+    }
+
+    /// <summary>NCCL's version code (major * 10000 + minor * 100 + patch since 2.9).</summary>
+    public int Version { get; }
+
+    /// <inheritdoc />
+    public string Name => $"nccl {Version / 10000}.{Version / 100 % 100}.{Version % 100}";
+
+    /// <summary>Whether NCCL loads here (the simulated one under MOBIUS_CUDA=sim), and why not when it does not.</summary>
+    public static bool Available(out string? why)
+    {
+        try
+        {
+            Nccl.Check(Nccl.ncclGetVersion(out _), "ncclGetVersion");
+            why = null;
+            return true;
+        }
+        catch (Exception e) when (e is DllNotFoundException or CudaException)
+        {
+            why = e.Message;
+            return false;
+        }
+    }
+
+    /// <summary>The version code of the NCCL that loads here (call <see cref="Available"/> first).</summary>
+    public static int LoadedVersion()
+    {
+        Nccl.Check(Nccl.ncclGetVersion(out int version), "ncclGetVersion");
+        return version;
+    }
+
+    /// <inheritdoc />
+    public void AllReduceMean(IReadOnlyList<IReadOnlyList<Tensor>> byRank) =>
+        Grouped(byRank, CollectiveArguments.Check(byRank, "AllReduceMean"), 0, "ncclAllReduce",
+            (t, comm, stream, _) => Nccl.ncclAllReduce(CudaBackend.Ptr(t), CudaBackend.Ptr(t), (nuint)t.Numel, Nccl.Float32, Nccl.Avg, comm, stream));
+
+    /// <inheritdoc />
+    public void Broadcast(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int root = 0) =>
+        Grouped(byRank, CollectiveArguments.Check(byRank, "Broadcast", root), root, "ncclBroadcast",
+            (t, comm, stream, r) => Nccl.ncclBroadcast(CudaBackend.Ptr(t), CudaBackend.Ptr(t), (nuint)t.Numel, Nccl.Float32, r, comm, stream));
+
+    /// <summary>Issues <paramref name="call"/> for every tensor of every rank, in place, inside one NCCL group.</summary>
+    private void Grouped(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int ranks, int root, string name, Func<Tensor, nint, nint, int, int> call)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (ranks != _backends.Length)
+        {
+            throw new ArgumentException($"{name}: {ranks} ranks given to a communicator of {_backends.Length}.", nameof(byRank));
+        }
+
+        for (int r = 0; r < ranks; r++)
+        {
+            if (byRank[r].FirstOrDefault(t => !ReferenceEquals(t.Backend, _backends[r])) is { } stray)
+            {
+                throw new ArgumentException($"{name}: rank {r}'s {stray.Describe()} is not on that rank's backend.", nameof(byRank));
+            }
+        }
+
+        Nccl.Check(Nccl.ncclGroupStart(), "ncclGroupStart");
+        int failed = 0;
+        try
+        {
+            for (int i = 0; i < byRank[0].Count && failed == 0; i++)
+            {
+                for (int r = 0; r < ranks && failed == 0; r++)
+                {
+                    _backends[r].MakeCurrent();
+                    failed = call(byRank[r][i], _comms[r], _backends[r].Stream, root);
+                }
+            }
+        }
+        finally
+        {
+            int ended = Nccl.ncclGroupEnd();
+            Nccl.Check(failed, name);
+            Nccl.Check(ended, "ncclGroupEnd");
+        }
+    }
+
+    /// <summary>Releases the communicators.</summary>
+    public void Dispose()
+    {
+        if (_disposed)
+        {
+            return;
+        }
+
+        _disposed = true;
+        foreach (var comm in _comms.Where(c => c != 0))
+        {
+            Nccl.ncclCommDestroy(comm);
+        }
+    }
+}
