@@ -105,6 +105,26 @@ public sealed class DataParallelTests
         return m;
     }
 
+    /// <summary>
+    /// After a data-parallel backward: every trainable gradient of rank 0 is nonzero, rank 1's (<paramref name="replica"/>)
+    /// is the same bits, and accumulation's (<paramref name="accumulated"/>) is within rtol 1e-4 of it.
+    /// </summary>
+    internal static void AssertSameGradients(Trainer dataParallel, TextToVideo replica, Trainer accumulated, string what)
+    {
+        var replicaParameters = replica.Unet.NamedParameters().Concat(replica.Text.NamedParameters()).Where(n => !n.Parameter.Frozen);
+        int compared = 0;
+        foreach (var (((name, p0), (_, p1)), (_, pa)) in dataParallel.Optimizer.Parameters.Zip(replicaParameters).Zip(accumulated.Optimizer.Parameters))
+        {
+            var g0 = p0.Grad!.ToArray();
+            Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing ({what})");
+            Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit ({what})");
+            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{name}: {what}");
+            compared++;
+        }
+
+        Assert.True(compared > 10, $"{compared} gradients compared ({what})");
+    }
+
     [Theory]
     [InlineData(Topology.Serial)]
     [InlineData(Topology.Parallel)]
@@ -131,17 +151,7 @@ public sealed class DataParallelTests
         var (dpLoss, _, _) = dp.DataParallel(batches);
         var (accLoss, _, _) = acc.Accumulated(batches);
         Assert.Equal(accLoss, dpLoss, 1e-6 * Math.Abs(accLoss));
-        int compared = 0;
-        foreach (var (((name, p0), (_, p1)), (_, pa)) in dp.Optimizer.Parameters.Zip(rank1.Unet.NamedParameters().Concat(rank1.Text.NamedParameters()).Where(n => !n.Parameter.Frozen)).Zip(acc.Optimizer.Parameters))
-        {
-            var g0 = p0.Grad!.ToArray();
-            Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
-            Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit");
-            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{topology} {name}: two ranks against accumulation (seed {seed})");
-            compared++;
-        }
-
-        Assert.True(compared > 10, $"{compared} gradients compared");
+        AssertSameGradients(dp, rank1, acc, $"{topology}, two ranks against accumulation (seed {seed})");
         dp.Optimizer.ZeroGrad();
         acc.Optimizer.ZeroGrad();
 
@@ -311,18 +321,7 @@ public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<C
         var (dpLoss, _, _) = dp.DataParallel(batches);
         var (accLoss, _, _) = acc.Accumulated(batches);
         Assert.Equal(accLoss, dpLoss, 1e-5 * Math.Abs(accLoss));
-        var replica = rank1.Unet.NamedParameters().Concat(rank1.Text.NamedParameters()).Where(n => !n.Parameter.Frozen).ToList();
-        int compared = 0;
-        foreach (var (((name, p0), (_, p1)), (_, pa)) in dp.Optimizer.Parameters.Zip(replica).Zip(acc.Optimizer.Parameters))
-        {
-            var g0 = p0.Grad!.ToArray();
-            Assert.True(g0.Any(v => v != 0), $"{name}: an all-zero gradient compares nothing (seed {seed})");
-            Assert.True(g0.AsSpan().SequenceEqual(p1.Grad!.ToArray()), $"{name}: rank 1's gradient is rank 0's to the bit");
-            Close.All(g0, pa.Grad!.ToArray(), 1e-8, 1e-4, $"{name}: two cuda ranks ({collectives}) against accumulation (seed {seed})");
-            compared++;
-        }
-
-        Assert.True(compared > 10, $"{compared} gradients compared");
+        DataParallelTests.AssertSameGradients(dp, rank1, acc, $"two cuda ranks ({collectives}) against accumulation (seed {seed})");
     }
 }
 
