@@ -355,8 +355,8 @@ public sealed class Trainer : IDisposable
     /// same whatever they were loaded with. Each step splits its clips among the ranks, runs forward and backward
     /// on every rank at once (a thread each), averages the gradients (<paramref name="collectives"/>; default
     /// <see cref="HostCollectives"/>) and steps every rank's optimizer alike: the update that gradient accumulation
-    /// over the same batches takes, and the same weights on every rank. Validation, sampling, the EMA and
-    /// checkpoints use rank 0; a step's time and memory are rank 0's.
+    /// over the same batches takes, and the same weights on every rank. <see cref="Evaluate"/> spreads its batches
+    /// over the ranks; sampling, the EMA and checkpoints use rank 0; a step's time and memory are rank 0's.
     /// </summary>
     public Trainer(TextToVideo model, IReadOnlyList<TextToVideo> replicas, IClipSource data, Stage stage, TrainOptions options, ICollectives? collectives = null)
     {
@@ -1185,34 +1185,74 @@ public sealed class Trainer : IDisposable
     /// of the config's size whatever <see cref="TrainOptions.Batch"/> is, so runs with different batches
     /// are validated on the same clips. <paramref name="perItem"/>, when given, receives the loss of every item
     /// (a clip; in stage 1 an image) in order, batch by batch: two models evaluated with the same seed pair up
-    /// item by item (<see cref="PairedDifference"/>).
+    /// item by item (<see cref="PairedDifference"/>). A data-parallel trainer spreads the batches over its ranks
+    /// (the same losses as rank 0 alone would give), except while <see cref="EmaWeights"/> has rank 0's average in place.
     /// </summary>
     public float Evaluate(IClipSource data, int batches, int seed, IList<double>? perItem = null)
     {
-        double total = 0;
-        using var noGrad = Tape.NoGrad();
-        for (int i = 0; i < batches; i++)
+        // The batches are made here (rank 0's data source and codec); with replicas holding the same weights (not
+        // while the EMA is in place on rank 0 alone), rank r evaluates batches r, r + R, ... at the same time.
+        var made = Enumerable.Range(0, batches).Select(i => MakeBatch(data, i + 1, seed ^ 0x2545F491, captionDropout: 0)).ToList();
+        var results = new (double Loss, double[]? Items)[batches];
+        bool items = perItem is not null;
+        if (_replicas.Count == 0 || _emaInPlace)
         {
-            var batch = MakeBatch(data, i + 1, seed ^ 0x2545F491, captionDropout: 0);
-            using var x = Tensor.FromArray(_model.Backend, batch.NoisyLatents, batch.Shape);
-            using var target = Tensor.FromArray(_model.Backend, batch.Noise, batch.Shape);
-            using var context = _model.EncodeText(batch.Captions, batch.Frames);
-            using var eps = _model.Unet.Forward(x, batch.Timesteps, context, batch.Frames);
-            using var loss = Ops.MseLoss(eps, target);
-            total += loss.Item();
-            if (perItem is not null)
+            for (int i = 0; i < batches; i++)
             {
-                for (int k = 0; k < batch.Captions.Length; k++)
+                results[i] = EvaluateBatch(_model, made[i], items);
+            }
+        }
+        else
+        {
+            int ranks = _replicas.Count + 1;
+            OnEveryRank(rank =>
+            {
+                var model = rank == 0 ? _model : _replicas[rank - 1].Model;
+                for (int i = rank; i < batches; i += ranks)
                 {
-                    using var e = Ops.Narrow(eps, 0, k * batch.Frames, batch.Frames);
-                    using var t = Ops.Narrow(target, 0, k * batch.Frames, batch.Frames);
-                    using var l = Ops.MseLoss(e, t);
-                    perItem.Add(l.Item());
+                    results[i] = EvaluateBatch(model, made[i], items);
                 }
+            });
+        }
+
+        double total = 0;
+        foreach (var (loss, itemLosses) in results)
+        {
+            total += loss;
+            foreach (var l in itemLosses ?? [])
+            {
+                perItem!.Add(l);
             }
         }
 
         return (float)(total / batches);
+    }
+
+    /// <summary>One validation batch on <paramref name="model"/>: its loss, and with <paramref name="items"/> each item's.</summary>
+    private static (double Loss, double[]? Items) EvaluateBatch(TextToVideo model, Batch batch, bool items)
+    {
+        using var noGrad = Tape.NoGrad();
+        using var x = Tensor.FromArray(model.Backend, batch.NoisyLatents, batch.Shape);
+        using var target = Tensor.FromArray(model.Backend, batch.Noise, batch.Shape);
+        using var context = model.EncodeText(batch.Captions, batch.Frames);
+        using var eps = model.Unet.Forward(x, batch.Timesteps, context, batch.Frames);
+        using var loss = Ops.MseLoss(eps, target);
+        double total = loss.Item();
+        if (!items)
+        {
+            return (total, null);
+        }
+
+        var perItem = new double[batch.Captions.Length];
+        for (int k = 0; k < perItem.Length; k++)
+        {
+            using var e = Ops.Narrow(eps, 0, k * batch.Frames, batch.Frames);
+            using var t = Ops.Narrow(target, 0, k * batch.Frames, batch.Frames);
+            using var l = Ops.MseLoss(e, t);
+            perItem[k] = l.Item();
+        }
+
+        return (total, perItem);
     }
 
     /// <summary>

@@ -185,6 +185,30 @@ public sealed class DataParallelTests
     }
 
     [Fact]
+    public void Validation_spreads_its_batches_over_the_ranks_and_gives_rank_0s_losses_in_order()
+    {
+        int seed = Seeds.One + 3;
+        var data = Comparison.Data(Micro, seed, Split.Train);
+        var held = Comparison.Data(Micro, seed, Split.Validation);
+        using var b0 = new CpuBackend(threads: 1);
+        using var b1 = new CpuBackend(threads: 1);
+        using var bAlone = new CpuBackend(threads: 1);
+        using var m0 = Model(b0, Topology.Parallel, seed, seed);
+        using var m1 = Model(b1, Topology.Parallel, seed, seed);
+        using var alone = Model(bAlone, Topology.Parallel, seed, seed);
+        var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f, Batch = 1 };
+        using var dp = new Trainer(m0, [m1], data, Stage.TextToVideo, options with { Ranks = 2 });
+        using var one = new Trainer(alone, data, Stage.TextToVideo, options);
+        var (spread, single) = (new List<double>(), new List<double>());
+        float lossSpread = dp.Evaluate(held, 5, seed, spread);   // batches 0, 2, 4 on rank 0; 1, 3 on rank 1
+        float lossSingle = one.Evaluate(held, 5, seed, single);
+        Assert.Equal(lossSingle, lossSpread);
+        Assert.Equal(5 * Micro.Batch, spread.Count);
+        Assert.Equal(single, spread);
+        Assert.True(spread.Distinct().Count() > 1, "different clips, different losses");
+    }
+
+    [Fact]
     public void A_data_parallel_run_resumes_exactly_and_its_checkpoint_keeps_the_ranks()
     {
         int seed = Seeds.One + 7;
