@@ -36,6 +36,7 @@ Task("Examples")
     {
         Dotnet("run --project examples/KernelCall -c Release");
         Dotnet("run --project examples/FineTune -c Release");
+        Dotnet("run --project examples/DataParallel -c Release");
     });
 
 Task("Peers")
