@@ -183,6 +183,13 @@ public sealed unsafe partial class CudaBackend : IBackend
         }
     }
 
+    /// <summary>
+    /// Forgets which context this thread last made current, so that the next <see cref="MakeCurrent"/> sets it again:
+    /// for after a library that switches devices through the runtime API (NCCL's communicator set-up and grouped
+    /// launches call cudaSetDevice) may have left another context current.
+    /// </summary>
+    internal static void ForgetCurrentContext() => _currentContext = 0;
+
     /// <summary>The device address of a tensor's first element.</summary>
     internal static ulong Ptr(Tensor t) => (ulong)t.Storage.Handle + (ulong)(t.Offset * t.DType.Size());
 

@@ -38,7 +38,9 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         fixed (nint* comms = _comms)
         fixed (int* devlist = devices)
         {
-            Nccl.Check(Nccl.ncclCommInitAll(comms, devices.Length, devlist), "ncclCommInitAll");
+            int result = Nccl.ncclCommInitAll(comms, devices.Length, devlist);
+            CudaBackend.ForgetCurrentContext(); // it visits every device
+            Nccl.Check(result, "ncclCommInitAll");
         }
     }
 
@@ -114,6 +116,7 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         finally
         {
             int ended = Nccl.ncclGroupEnd();
+            CudaBackend.ForgetCurrentContext(); // the group's launches visit every rank's device
             Nccl.Check(failed, name);
             Nccl.Check(ended, "ncclGroupEnd");
         }
@@ -132,5 +135,7 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         {
             Nccl.ncclCommDestroy(comm);
         }
+
+        CudaBackend.ForgetCurrentContext();
     }
 }
