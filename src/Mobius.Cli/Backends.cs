@@ -76,12 +76,11 @@ public static class Backends
     /// <summary>NCCL's version and where it came from; or why it is not there.</summary>
     public static string DescribeNccl()
     {
-        if (!NcclCollectives.Available(out var why))
+        if (!NcclCollectives.Available(out int version, out var why))
         {
             return "not available (ranks on cuda average through host memory): " + why;
         }
 
-        int version = NcclCollectives.LoadedVersion();
         string where = NativeLibraries.Report.LastOrDefault(r => r.StartsWith("NCCL", StringComparison.Ordinal)) ?? (NativeLibraries.Simulated ? "simulated" : "");
         return FormattableString.Invariant($"{version / 10000}.{version / 100 % 100}.{version % 100} ({where})");
     }

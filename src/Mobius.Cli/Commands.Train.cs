@@ -325,7 +325,7 @@ public static partial class Commands
 
                 if (ranks > 1)
                 {
-                    bool nccl = how == "nccl" || (how == "auto" && cuda && devices >= ranks && NcclCollectives.Available(out _));
+                    bool nccl = how == "nccl" || (how == "auto" && cuda && devices >= ranks && NcclCollectives.Available(out _, out _));
                     set.Collectives = nccl ? OpenNccl(set._backends) : new HostCollectives();
                 }
             }

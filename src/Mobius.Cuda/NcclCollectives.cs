@@ -50,27 +50,23 @@ public sealed class NcclCollectives : ICollectives, IDisposable
     /// <inheritdoc />
     public string Name => $"nccl {Version / 10000}.{Version / 100 % 100}.{Version % 100}";
 
-    /// <summary>Whether NCCL loads here (the simulated one under MOBIUS_CUDA=sim), and why not when it does not.</summary>
-    public static bool Available(out string? why)
+    /// <summary>
+    /// Whether NCCL loads here (the simulated one under MOBIUS_CUDA=sim), with its version code when it does and why
+    /// not when it does not.
+    /// </summary>
+    public static bool Available(out int version, out string? why)
     {
         try
         {
-            Nccl.Check(Nccl.ncclGetVersion(out _), "ncclGetVersion");
+            Nccl.Check(Nccl.ncclGetVersion(out version), "ncclGetVersion");
             why = null;
             return true;
         }
         catch (Exception e) when (e is DllNotFoundException or CudaException)
         {
-            why = e.Message;
+            (version, why) = (0, e.Message);
             return false;
         }
-    }
-
-    /// <summary>The version code of the NCCL that loads here (call <see cref="Available"/> first).</summary>
-    public static int LoadedVersion()
-    {
-        Nccl.Check(Nccl.ncclGetVersion(out int version), "ncclGetVersion");
-        return version;
     }
 
     /// <inheritdoc />

@@ -58,8 +58,7 @@ public sealed partial class Trainer
             OnEveryRank(rank =>
             {
                 var (model, optimizer) = rank == 0 ? (_model, _optimizer) : _replicas[rank - 1];
-                var mine = batches.GetRange(rank * a, a);
-                results[rank] = a == 1 ? Backprop(mine[0], model) : Accumulated(mine, model, optimizer);
+                results[rank] = Backprop(batches.GetRange(rank * a, a), model, optimizer);
             });
 
             var byRank = new List<IReadOnlyList<Tensor>> { Gradients(_optimizer, 0) };

@@ -287,7 +287,6 @@ public sealed partial class Trainer : IDisposable
         }
 
         int step = StepsDone + 1;
-        int n = Options.Accumulate;
         List<Batch> batches;
         using (Tape.Kind("Data"))
         {
@@ -303,7 +302,7 @@ public sealed partial class Trainer : IDisposable
 
         var clock = Stopwatch.StartNew();
         bool exactStep = LoopCorrected && (step <= Options.LoopCorrectionWarmup || (step - 1) % Options.LoopCorrectionEvery == 0);
-        var (loss, saved, (byKind, byOp)) = _replicas.Count > 0 ? DataParallel(batches) : n == 1 ? Backprop(batches[0]) : Accumulated(batches);
+        var (loss, saved, (byKind, byOp)) = _replicas.Count > 0 ? DataParallel(batches) : Backprop(batches, _model, _optimizer);
         if (exactStep)
         {
             ExactStepAndFoldBias(batches[0]);
@@ -434,6 +433,10 @@ public sealed partial class Trainer : IDisposable
         return ((float)(loss / batches.Count), saved, breakdown);
     }
 
+    /// <summary>Forward and backward of one batch, or of several accumulated, on <paramref name="model"/>.</summary>
+    private (float Loss, long Saved, SavedBreakdown Breakdown) Backprop(IReadOnlyList<Batch> batches, TextToVideo model, AdamW optimizer) =>
+        batches.Count == 1 ? Backprop(batches[0], model) : Accumulated(batches, model, optimizer);
+
     /// <summary>The bytes a batch kept for backward at its start, by layer kind and by layer kind and op.</summary>
     internal readonly record struct SavedBreakdown(Dictionary<string, long> ByKind, IReadOnlyList<TapeOpStats> ByOp);
 
@@ -474,20 +477,21 @@ public sealed partial class Trainer : IDisposable
     /// </summary>
     public float Evaluate(IClipSource data, int batches, int seed, IList<double>? perItem = null)
     {
-        // The batches are made here (rank 0's data source and codec); with replicas holding the same weights (not
-        // while the EMA is in place on rank 0 alone), rank r evaluates batches r, r + R, ... at the same time.
-        var made = Enumerable.Range(0, batches).Select(i => MakeBatch(data, i + 1, seed ^ 0x2545F491, captionDropout: 0)).ToList();
+        Batch Made(int i) => MakeBatch(data, i + 1, seed ^ 0x2545F491, captionDropout: 0);
         var results = new (double Loss, double[]? Items)[batches];
         bool items = perItem is not null;
         if (_replicas.Count == 0 || _emaInPlace)
         {
             for (int i = 0; i < batches; i++)
             {
-                results[i] = EvaluateBatch(_model, made[i], items);
+                results[i] = EvaluateBatch(_model, Made(i), items);
             }
         }
         else
         {
+            // The batches are made here (rank 0's data source and codec); with replicas holding the same weights (not
+            // while the EMA is in place on rank 0 alone), rank r evaluates batches r, r + R, ... at the same time.
+            var made = Enumerable.Range(0, batches).Select(Made).ToList();
             int ranks = _replicas.Count + 1;
             OnEveryRank(rank =>
             {

@@ -310,7 +310,7 @@ public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<C
     /// <summary>Ranks on one device: the simulator's NCCL takes that; a real NCCL needs a device per rank.</summary>
     private bool NcclCanRun(int ranks, out string why)
     {
-        if (!Mobius.Cuda.NcclCollectives.Available(out var missing))
+        if (!Mobius.Cuda.NcclCollectives.Available(out _, out var missing))
         {
             why = "NCCL not found: " + missing;
             return false;
@@ -358,7 +358,7 @@ public sealed class CudaNcclCollectivesTests(CudaFixture fixture) : IClassFixtur
     [Fact]
     public void Nccl_averages_and_broadcasts_each_ranks_tensors_on_the_devices()
     {
-        Assert.SkipUnless(Mobius.Cuda.NcclCollectives.Available(out var missing), "NCCL not found: " + missing);
+        Assert.SkipUnless(Mobius.Cuda.NcclCollectives.Available(out _, out var missing), "NCCL not found: " + missing);
         int ranks = fixture.Simulated ? 3 : Math.Min(3, Mobius.Cuda.CudaDevice.List().Count);
         int seed = Seeds.One;
         var rng = new Rng(seed);
