@@ -144,6 +144,8 @@ cublasStatus_t run_on(cudaStream_t stream, const Gemm& g) {
         }
     }
 
+    if (mobius_sim::options().dry) return CUBLAS_STATUS_SUCCESS;
+
     // op(A) packed column-major (m x k) so that each output column is a sum of contiguous axpy updates.
     constexpr int kRowChunk = 64;  // keeps a chunk of op(A) in cache across all output columns
     std::vector<float> ap(static_cast<std::size_t>(g.m) * g.k), acc(kRowChunk);

@@ -242,6 +242,7 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
                                                      static_cast<int>(Adesc->ld), b, static_cast<int>(Bdesc->ld), *static_cast<const float*>(beta), d,
                                                      static_cast<int>(Ddesc->ld), tf32, bf16);
     if (status != CUBLAS_STATUS_SUCCESS) return static_cast<cublasStatus_t>(status);
+    if (mobius_sim::options().dry) return CUBLAS_STATUS_SUCCESS;
 
     auto* v = static_cast<float*>(desc->bias);
     const long long lda = Adesc->ld, ldb = Bdesc->ld, ldd = Ddesc->ld;

@@ -314,6 +314,7 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(y, tensor_extent(*yDesc)))
         return out_of_memory("cudnnConvolutionForward");
+    if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* xs = static_cast<const float*>(x);
     const auto* ws = static_cast<const float*>(w);
@@ -352,6 +353,7 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(dx, tensor_extent(*dxDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
         return out_of_memory("cudnnConvolutionBackwardData");
+    if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* ws = static_cast<const float*>(w);
     const auto* dys = static_cast<const float*>(dy);
@@ -390,6 +392,7 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* a
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(dw, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
         return out_of_memory("cudnnConvolutionBackwardFilter");
+    if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* xs = static_cast<const float*>(x);
     const auto* dys = static_cast<const float*>(dy);
@@ -425,6 +428,7 @@ cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t handle, const void* alp
     if (dyDesc->type != CUDNN_DATA_FLOAT || dbDesc->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
     if (!mobius_sim::detail::context_ready()) return fail(CUDNN_STATUS_EXECUTION_FAILED, "cudnnConvolutionBackwardBias: no usable CUDA context");
     if (!in_memory(dy, tensor_extent(*dyDesc)) || !in_memory(db, tensor_extent(*dbDesc))) return out_of_memory("cudnnConvolutionBackwardBias");
+    if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* dys = static_cast<const float*>(dy);
     for (int ci = 0; ci < d[1]; ++ci) {
@@ -448,6 +452,7 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void* alpha, const cudn
     if (aDesc->type != CUDNN_DATA_FLOAT || cDesc->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
     if (!mobius_sim::detail::context_ready()) return fail(CUDNN_STATUS_EXECUTION_FAILED, "cudnnAddTensor: no usable CUDA context");
     if (!in_memory(A, tensor_extent(*aDesc)) || !in_memory(C, tensor_extent(*cDesc))) return out_of_memory("cudnnAddTensor");
+    if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* as = static_cast<const float*>(A);
     auto* cs = static_cast<float*>(C);

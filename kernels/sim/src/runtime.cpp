@@ -631,6 +631,8 @@ Options& options() {
         r.racecheck = race != nullptr && *race != '\0' && *race != '0';
         if (const char* t = std::getenv("MOBIUS_SIM_LAUNCH_TIMEOUT"); t != nullptr && *t != '\0')
             r.launch_timeout_seconds = std::strtod(t, nullptr);
+        const char* dry = std::getenv("MOBIUS_SIM_DRY");
+        r.dry = dry != nullptr && *dry != '\0' && *dry != '0';
         return r;
     }();
     return o;
@@ -641,6 +643,7 @@ LaunchResult launch(const KernelSignature& kernel, const LaunchConfig& config, v
                     const LaunchLimits& limits) {
     std::lock_guard lock(detail::api_mutex());
     if (LaunchResult bad = validate(kernel.name, config, limits); bad.status != Status::Success) return bad;
+    if (options().dry) return {};
 
     Scheduler& s = sched();
     const unsigned n = config.block.x * config.block.y * config.block.z;

@@ -1,5 +1,6 @@
 // The simulated cuBLAS and cuDNN subsets against double references: cuBLAS's column-major conventions,
 // cuDNN's NCHW convolution with padding, stride, dilation and both modes, and alpha/beta blending.
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <tuple>
@@ -518,6 +519,32 @@ TEST(Cudnn, ShapeMismatchUnsupportedTypesAndErrorStrings) {
               CUDNN_STATUS_NOT_SUPPORTED);
     EXPECT_STREQ(cudnnGetErrorString(CUDNN_STATUS_BAD_PARAM), "CUDNN_STATUS_BAD_PARAM");
     EXPECT_EQ(cudnnGetVersion() / 10000, 9u);
+}
+
+// MOBIUS_SIM_DRY: every call still checked, nothing computed, new memory zeros; copies still run.
+TEST(Simulator, DryRunChecksEveryCallButComputesNothing) {
+    mt::Gpu gpu;
+    Blas blas;
+    struct Dry {
+        Dry() { mobius_sim::options().dry = true; }
+        ~Dry() { mobius_sim::options().dry = false; }
+    } dry;
+    const int m = 8, n = 4, k = 16;
+    const auto A = mt::random_vector(m * k, 31), B = mt::random_vector(k * n, 32);
+    mt::DeviceArray<float> dA(A), dB(B), dC(m * n);
+    EXPECT_EQ(dA.read(), A);  // copies run
+    for (float f : dC.read()) ASSERT_EQ(std::bit_cast<std::uint32_t>(f), 0u);  // not NaN-poisoned
+
+    CUfunction fill = gpu.kernel("elementwise", "ew_fill_f32");
+    CU_CHECK(gpu.launch(fill, "ew_fill_f32", {1}, {64}, 0, dC.get(), static_cast<long long>(m * n), 1.0f));
+    for (float f : dC.read()) ASSERT_EQ(f, 0.0f);  // launched, not run
+    EXPECT_EQ(gpu.launch(fill, "ew_fill_f32", {1}, {512}, 0, dC.get(), static_cast<long long>(m * n), 1.0f), CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES);
+
+    const float one = 1.0f, zero = 0.0f;
+    EXPECT_EQ(cublasSgemm_v2(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.get(), m, dB.get(), k, &zero, dC.get(), m), CUBLAS_STATUS_SUCCESS);
+    for (float f : dC.read()) ASSERT_EQ(f, 0.0f);
+    EXPECT_EQ(cublasSgemm_v2(blas.h, CUBLAS_OP_N, CUBLAS_OP_N, m, n, k, &one, dA.get(), m - 1, dB.get(), k, &zero, dC.get(), m),
+              CUBLAS_STATUS_INVALID_VALUE);  // lda < m: still refused
 }
 
 }  // namespace

@@ -71,6 +71,11 @@ struct Options {
     // MOBIUS_SIM_LAUNCH_TIMEOUT (seconds, default 120, 0 = none): a launch running longer is stopped and fails,
     // so a kernel that never terminates cannot hang a test run.
     double launch_timeout_seconds = 120.0;
+    // MOBIUS_SIM_DRY=1: kernel launches, GEMMs and convolutions are checked as always (arguments,
+    // launch limits, every pointer's extent in device memory) but not computed; copies, fills and collectives still run. What
+    // remains is the host's own cost of issuing the work, so a step's time is the engine's overhead per call.
+    // New device memory then starts as zeros rather than NaN bits, so that what a step reads back stays finite.
+    bool dry = false;
 };
 Options& options();
 
