@@ -295,39 +295,16 @@ public static partial class Commands
 
         public static RankSet Create(ParseResult p, int ranks, string? math)
         {
-            int threads = p.GetValue(ThreadsOption);
-            if (ranks > 1)
-            {
-                threads = Math.Max(1, (threads > 0 ? threads : Environment.ProcessorCount) / ranks);
-            }
-
-            string name = p.GetValue(BackendOption)!;
-            bool cuda = name.Equals("cuda", StringComparison.OrdinalIgnoreCase);
-            string how = p.GetValue(CollectivesOption)!.ToLowerInvariant();
-            if (how is not ("auto" or "host" or "nccl"))
-            {
-                throw new UsageException($"--collectives must be auto, nccl or host, got '{how}'.");
-            }
-
-            if (how == "nccl" && !cuda)
-            {
-                throw new UsageException("--collectives nccl reduces device memory: it needs --backend cuda (the cpu backend's ranks average through host memory).");
-            }
-
-            int devices = ranks > 1 && cuda ? Math.Max(1, Backends.CudaDeviceCount()) : 1;
+            var plan = RankPlan.Of(p.GetValue(BackendOption)!, ranks, p.GetValue(ThreadsOption), p.GetValue(MemoryLimitOption), math, p.GetValue(CollectivesOption)!);
             var set = new RankSet();
             try
             {
                 for (int r = 0; r < ranks; r++)
                 {
-                    set._backends.Add(Backends.Create(name, threads, p.GetValue(MemoryLimitOption), math, ordinal: r % devices));
+                    set._backends.Add(plan.Create(r));
                 }
 
-                if (ranks > 1)
-                {
-                    bool nccl = how == "nccl" || (how == "auto" && cuda && devices >= ranks && NcclCollectives.Available(out _, out _));
-                    set.Collectives = nccl ? OpenNccl(set._backends) : new HostCollectives();
-                }
+                set.Collectives = ranks > 1 ? plan.Collectives(set._backends) : null;
             }
             catch
             {
@@ -336,18 +313,6 @@ public static partial class Commands
             }
 
             return set;
-        }
-
-        private static NcclCollectives OpenNccl(List<IBackend> backends)
-        {
-            try
-            {
-                return new NcclCollectives(backends.Cast<CudaBackend>().ToList());
-            }
-            catch (Exception e) when (e is DllNotFoundException or CudaException)
-            {
-                throw new BackendUnavailableException($"--collectives nccl: {e.Message}", e);
-            }
         }
 
         /// <summary>With more than one rank, says where they run and how their gradients are averaged.</summary>
@@ -381,6 +346,57 @@ public static partial class Commands
             Collectives = null;
             _backends.ForEach(b => b.Dispose());
             _backends.Clear();
+        }
+    }
+
+    /// <summary>
+    /// Where a run's ranks go (<c>--ranks</c>, <c>--threads</c>, <c>--collectives</c>): on the cpu backend each rank has
+    /// its share of the threads (at least one); on the cuda backend rank r is on device r mod the device count; the
+    /// ranks average through NCCL (<c>nccl</c>, or <c>auto</c> where every cuda rank has a device of its own and NCCL
+    /// loads) or through host memory.
+    /// </summary>
+    private sealed record RankPlan(string Backend, int Threads, long MemoryLimitMb, string? Math, int Devices, bool Nccl)
+    {
+        public static RankPlan Of(string backend, int ranks, int threads, long memoryLimitMb, string? math, string collectives)
+        {
+            if (ranks > 1)
+            {
+                threads = System.Math.Max(1, (threads > 0 ? threads : Environment.ProcessorCount) / ranks);
+            }
+
+            bool cuda = backend.Equals("cuda", StringComparison.OrdinalIgnoreCase);
+            string how = collectives.ToLowerInvariant();
+            if (how is not ("auto" or "host" or "nccl"))
+            {
+                throw new UsageException($"--collectives must be auto, nccl or host, got '{collectives}'.");
+            }
+
+            if (how == "nccl" && !cuda)
+            {
+                throw new UsageException("--collectives nccl reduces device memory: it needs --backend cuda (the cpu backend's ranks average through host memory).");
+            }
+
+            int devices = ranks > 1 && cuda ? System.Math.Max(1, Backends.CudaDeviceCount()) : 1;
+            bool nccl = ranks > 1 && (how == "nccl" || (how == "auto" && cuda && devices >= ranks && NcclCollectives.Available(out _, out _)));
+            return new RankPlan(backend, threads, memoryLimitMb, math, devices, nccl);
+        }
+
+        /// <summary>The backend of rank <paramref name="rank"/>.</summary>
+        public IBackend Create(int rank) => Backends.Create(Backend, Threads, MemoryLimitMb, Math, ordinal: rank % Devices);
+
+        /// <summary>How ranks on <paramref name="backends"/> (rank 0's first) average their gradients.</summary>
+        public ICollectives Collectives(IReadOnlyList<IBackend> backends) => Nccl ? OpenNccl(backends) : new HostCollectives();
+
+        private static NcclCollectives OpenNccl(IReadOnlyList<IBackend> backends)
+        {
+            try
+            {
+                return new NcclCollectives(backends.Cast<CudaBackend>().ToList());
+            }
+            catch (Exception e) when (e is DllNotFoundException or CudaException)
+            {
+                throw new BackendUnavailableException($"--collectives nccl: {e.Message}", e);
+            }
         }
     }
 }

@@ -3,6 +3,7 @@ using System.Text.Json.Serialization;
 using Mobius.Data;
 using Mobius.Engine;
 using Mobius.Engine.Autograd;
+using Mobius.Engine.Distributed;
 
 namespace Mobius.Model.Training;
 
@@ -75,8 +76,21 @@ public sealed record ComparisonOptions
     /// <summary>The parallel topology's bridge (see <see cref="ModelConfig.Bridge"/>).</summary>
     public string Bridge { get; init; } = ModelConfig.DefaultBridge;
 
-    /// <summary>Creates a fresh backend (one per topology, so memory statistics stay separate).</summary>
+    /// <summary>Creates a fresh backend (one per topology, so memory statistics stay separate); with data parallel, rank 0's.</summary>
     public required Func<IBackend> BackendFactory { get; init; }
+
+    /// <summary>
+    /// With <see cref="TrainOptions.Ranks"/> above 1 in <see cref="Train"/>: creates the backend of rank r (1 and up) of
+    /// a topology, which trains a replica of its model there (<see cref="Trainer"/>'s data parallel). Each topology gets
+    /// ranks of its own. Default: <see cref="BackendFactory"/>.
+    /// </summary>
+    public Func<int, IBackend>? RankBackendFactory { get; init; }
+
+    /// <summary>
+    /// With ranks: how a topology's ranks average their gradients, given their backends (rank 0's first); disposed
+    /// with them when it is <see cref="IDisposable"/>. Default: <see cref="HostCollectives"/>.
+    /// </summary>
+    public Func<IReadOnlyList<IBackend>, ICollectives>? CollectivesFactory { get; init; }
 
     /// <summary>
     /// Extra steps per topology, after everything else is measured, with the time split by layer kind (the
@@ -409,6 +423,13 @@ public sealed record ComparisonResult
     [JsonPropertyName("accumulate")]
     public int Accumulate { get; init; } = 1;
 
+    /// <summary>
+    /// Data-parallel ranks per topology (<see cref="TrainOptions.Ranks"/>; 1: none). Step times, memory and the call
+    /// profile are rank 0's; every rank holds as much. The frontier and the planned operating points are one rank's.
+    /// </summary>
+    [JsonPropertyName("ranks")]
+    public int Ranks { get; init; } = 1;
+
     /// <summary>The decay of the weights' moving average both validated and sampled with (0: none; see <see cref="TrainOptions.EmaDecay"/>).</summary>
     [JsonPropertyName("ema_decay")]
     public double EmaDecay { get; init; }
@@ -550,7 +571,7 @@ public static class Comparison
 
         // The pair's models are released by now: the frontier's own cases have the memory to themselves.
         progress?.Report(new CompareProgress("frontier", Topology.Serial, 0, 1));
-        var frontier = Frontier.Measure(config, options.BackendFactory, options.Train with { Seed = options.Seed }, options.FrontierSteps,
+        var frontier = Frontier.Measure(config, options.BackendFactory, options.Train with { Seed = options.Seed, Ranks = 1 }, options.FrontierSteps,
             options.WarmupSteps, options.FrontierTogether,
             progress is null ? null : new InlineProgress<(int Done, int Total)>(p => progress.Report(new CompareProgress("frontier", Topology.Serial, p.Done, p.Total))));
         return result with { Frontier = frontier };
@@ -612,6 +633,7 @@ public static class Comparison
         var backends = topologies.Select(_ => options.BackendFactory()).ToArray();
         var models = new TextToVideo?[2];
         var trainers = new Trainer?[2];
+        var ranks = new RankReplicas?[2];
         try
         {
             // The temporal layers are initialised from the same seed in both; the spatial weights come
@@ -627,16 +649,25 @@ public static class Comparison
 
             for (int i = 0; i < 2; i++)
             {
-                models[i] = checkpoint is not null
-                    ? TextToVideo.Load(backends[i], checkpoint, topologies[i], options.Seed, options.Bridge, options.FrameNoiseCorrelation)
-                    : TextToVideo.Create(backends[i], config, topologies[i], options.Seed);
-                if (spatial is not null)
+                var topology = topologies[i];
+                TextToVideo Model(IBackend backend)
                 {
-                    models[i]!.Unet.LoadStateDict(spatial, strict: false);
-                    models[i]!.Text.LoadStateDict(text!);
+                    var model = checkpoint is not null
+                        ? TextToVideo.Load(backend, checkpoint, topology, options.Seed, options.Bridge, options.FrameNoiseCorrelation)
+                        : TextToVideo.Create(backend, config, topology, options.Seed);
+                    if (spatial is not null)
+                    {
+                        model.Unet.LoadStateDict(spatial, strict: false);
+                        model.Text.LoadStateDict(text!);
+                    }
+
+                    return model;
                 }
 
-                trainers[i] = new Trainer(models[i]!, folderTrain ?? Data(config, options.Seed, Split.Train, options.Motions), Stage.TextToVideo, options.Train with { Seed = options.Seed });
+                models[i] = Model(backends[i]);
+                ranks[i] = RankReplicas.Create(options, backends[i], Model);
+                trainers[i] = new Trainer(models[i]!, ranks[i]!.Models, folderTrain ?? Data(config, options.Seed, Split.Train, options.Motions), Stage.TextToVideo,
+                    options.Train with { Seed = options.Seed }, ranks[i]!.Collectives);
             }
 
             // Where both start: the zero-initialised temporal outputs make each the frozen text-to-image model.
@@ -779,6 +810,7 @@ public static class Comparison
                 LearningRate = options.Train.LearningRate,
                 Batch = trainers[0]!.BatchSize,
                 Accumulate = options.Train.Accumulate,
+                Ranks = options.Train.Ranks,
                 CosineDecaySteps = options.Train.CosineDecaySteps,
                 EmaDecay = Math.Round(options.Train.EmaDecay, 6),
                 MinSnrGamma = options.Train.MinSnrGamma,
@@ -808,7 +840,7 @@ public static class Comparison
                 Difference = QualityDifference.Of(results[0], results[1]),
                 TimeToParallelLoss = TimeToLoss.Of(results[0], results[1]),
                 Prompts = prompts.Select(p => p.Caption).ToList(),
-                OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed }),
+                OperatingPoints = MemoryPlan.OperatingPoints(config, options.Train with { Seed = options.Seed, Ranks = 1 }),
             }, config);
         }
         finally
@@ -816,9 +848,58 @@ public static class Comparison
             for (int i = 0; i < 2; i++)
             {
                 trainers[i]?.Dispose();
+                ranks[i]?.Dispose();
                 models[i]?.Dispose();
                 backends[i].Dispose();
             }
+        }
+    }
+
+    /// <summary>A topology's ranks 1 and up (<see cref="TrainOptions.Ranks"/>): their backends, models and collectives.</summary>
+    private sealed class RankReplicas : IDisposable
+    {
+        private readonly List<IBackend> _backends = [];
+        private readonly List<TextToVideo> _models = [];
+
+        public IReadOnlyList<TextToVideo> Models => _models;
+
+        public ICollectives? Collectives { get; private set; }
+
+        /// <summary>Opens ranks 1 to Ranks - 1 beside rank 0's backend, each with a model from <paramref name="model"/>.</summary>
+        public static RankReplicas Create(ComparisonOptions options, IBackend rank0, Func<IBackend, TextToVideo> model)
+        {
+            var set = new RankReplicas();
+            if (options.Train.Ranks <= 1)
+            {
+                return set;
+            }
+
+            try
+            {
+                for (int r = 1; r < options.Train.Ranks; r++)
+                {
+                    set._backends.Add(options.RankBackendFactory?.Invoke(r) ?? options.BackendFactory());
+                    set._models.Add(model(set._backends[^1]));
+                }
+
+                set.Collectives = options.CollectivesFactory?.Invoke([rank0, .. set._backends]) ?? new HostCollectives();
+                return set;
+            }
+            catch
+            {
+                set.Dispose();
+                throw;
+            }
+        }
+
+        public void Dispose()
+        {
+            (Collectives as IDisposable)?.Dispose();
+            Collectives = null;
+            _models.ForEach(m => m.Dispose());
+            _models.Clear();
+            _backends.ForEach(b => b.Dispose());
+            _backends.Clear();
         }
     }
 

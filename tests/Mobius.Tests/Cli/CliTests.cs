@@ -1150,6 +1150,48 @@ public sealed class CliTests
     }
 
     [Fact]
+    public void Compare_and_demo_take_ranks_each_topology_data_parallel_as_accumulation_does_on_the_cpu_and_cuda()
+    {
+        using var folder = new TempFolder();
+        string[] common = ["compare", "--config", "micro", "--steps", "2", "--samples", "0", "--validation-batches", "1", "--json"];
+        var ranked = Mobius([.. common, "--ranks", "2", "--out", folder.File("ranks")]);
+        var accumulated = Mobius([.. common, "--accumulate", "2", "--out", folder.File("acc")]);
+        Assert.True(ranked.Code == 0, ranked.Out + ranked.Err);
+        Assert.True(accumulated.Code == 0, accumulated.Out + accumulated.Err);
+        using var r = JsonDocument.Parse(ranked.Out);
+        using var a = JsonDocument.Parse(accumulated.Out);
+        Assert.Equal((2, 1), (r.RootElement.GetProperty("ranks").GetInt32(), r.RootElement.GetProperty("accumulate").GetInt32()));
+        Assert.Equal((1, 2), (a.RootElement.GetProperty("ranks").GetInt32(), a.RootElement.GetProperty("accumulate").GetInt32()));
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            foreach (var key in new[] { "final_loss", "validation_loss" })
+            {
+                double x = r.RootElement.GetProperty(topo).GetProperty(key).GetDouble(), y = a.RootElement.GetProperty(topo).GetProperty(key).GetDouble();
+                Assert.True(Math.Abs(x - y) <= 1e-4 * Math.Abs(y), $"{topo} {key}: two ranks {x}, two accumulated batches {y}");
+            }
+        }
+
+        Assert.Contains("data-parallel ranks per topology", Flat(File.ReadAllText(Path.Combine(folder.File("ranks"), "report.md"))));
+
+        // The cuda backend (the simulated driver): both topologies' ranks share its one device, here through NCCL
+        // (host memory, the default there, is the train command's test); the first step's losses are the cpu ranks'
+        // to float32 reduction order.
+        var cuda = Run("sim", [.. common.Select(x => x == "2" ? "1" : x), "--ranks", "2", "--backend", "cuda", "--collectives", "nccl", "--out", folder.File("cuda")]);
+        Assert.True(cuda.Code == 0, cuda.Out + cuda.Err);
+        using var c = JsonDocument.Parse(cuda.Out);
+        Assert.Equal(2, c.RootElement.GetProperty("ranks").GetInt32());
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            double x = c.RootElement.GetProperty(topo).GetProperty("losses")[0].GetDouble(), y = r.RootElement.GetProperty(topo).GetProperty("losses")[0].GetDouble();
+            Assert.True(Math.Abs(x - y) <= 1e-3 * Math.Abs(y), $"{topo} on cuda ranks with nccl {x} against the cpu's {y}");
+        }
+
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--ranks", "0", "--out", folder.File("x")), 2, "--ranks must be at least 1");
+        AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--ranks", "2", "--collectives", "nccl", "--out", folder.File("x")), 2, "--collectives nccl reduces device memory");
+        AssertCleanFailure(Mobius("demo", "--steps", "1", "--ranks", "2", "--loop-correction", "4", "--out", folder.File("x")), 2, "--ranks does not combine with --loop-correction");
+    }
+
+    [Fact]
     public void A_seed_makes_a_run_repeatable_across_processes()
     {
         using var folder = new TempFolder();

@@ -52,6 +52,76 @@ public sealed class ComparisonTests
     }
 
     [Fact]
+    public void Data_parallel_ranks_compare_as_accumulating_their_batches_each_topology_on_ranks_of_its_own()
+    {
+        // Two ranks per topology take a step's two batches at once and average their gradients: the run
+        // accumulating the same two batches on one model. Each topology has a rank-1 backend of its own and
+        // collectives over its own two backends, disposed with them.
+        var token = TestContext.Current.CancellationToken;
+        var rankBackends = new List<(int Rank, CpuBackend Backend)>();
+        var collectives = new List<TrackedCollectives>();
+        var ranked = Comparison.Run(Options(3, token) with
+        {
+            Train = new TrainOptions { LearningRate = 3e-3f, Ranks = 2 },
+            RankBackendFactory = r =>
+            {
+                var b = new CpuBackend();
+                rankBackends.Add((r, b));
+                return b;
+            },
+            CollectivesFactory = backends =>
+            {
+                Assert.Equal(2, backends.Count);
+                Assert.Same(rankBackends[^1].Backend, backends[1]);
+                collectives.Add(new TrackedCollectives());
+                return collectives[^1];
+            },
+        });
+        var accumulated = Comparison.Run(Options(3, token) with { Train = new TrainOptions { LearningRate = 3e-3f, Accumulate = 2 } });
+
+        Assert.Equal([1, 1], rankBackends.Select(r => r.Rank));
+        Assert.Equal(2, collectives.Count);
+        Assert.All(collectives, c => Assert.True(c is { Disposed: true, Reductions: 3 }, $"{c.Reductions} reductions, disposed {c.Disposed}"));
+        Assert.Equal((2, 1), (ranked.Ranks, ranked.Accumulate));
+        Assert.Contains("\"ranks\": 2", ranked.ToJson());
+        foreach (var (r, a, name) in new[] { (ranked.Serial, accumulated.Serial, "serial"), (ranked.Parallel, accumulated.Parallel, "parallel") })
+        {
+            Close.All(r.Losses.Select(l => (float)l).ToArray(), a.Losses.Select(l => (float)l).ToArray(), 1e-7, 1e-4, $"{name}: two ranks' step losses against two accumulated batches");
+            Close.All(r.ValidationCurve.Select(v => (float)v.Loss).ToArray(), a.ValidationCurve.Select(v => (float)v.Loss).ToArray(), 1e-7, 1e-4, $"{name}: validation losses");
+            Assert.NotEqual(r.ValidationCurve[0].Loss, r.ValidationLoss);  // it trained
+        }
+
+        // A rank's memory is one batch's activations where accumulation also holds the gradients between its batches.
+        Assert.True(ranked.Parallel.PeakBytes <= accumulated.Parallel.PeakBytes, $"{ranked.Parallel.PeakBytes} > {accumulated.Parallel.PeakBytes}");
+        // The planned operating points are one rank's: at this run's policy they are what rank 0 measured.
+        var none = Assert.Single(ranked.OperatingPoints!, p => p.Recompute == "none");
+        Assert.Equal((ranked.Serial.PeakBytes, ranked.Parallel.PeakBytes), (none.Serial.PeakBytes, none.Parallel.PeakBytes));
+        Assert.Equal((ranked.Serial.SavedActivationBytes, ranked.Parallel.SavedActivationBytes), (none.Serial.SavedActivationBytes, none.Parallel.SavedActivationBytes));
+    }
+
+    /// <summary>Host collectives that count their all-reduces and remember being disposed.</summary>
+    private sealed class TrackedCollectives : Mobius.Engine.Distributed.ICollectives, IDisposable
+    {
+        private readonly Mobius.Engine.Distributed.HostCollectives _host = new();
+
+        public string Name => "tracked";
+
+        public int Reductions { get; private set; }
+
+        public bool Disposed { get; private set; }
+
+        public void AllReduceMean(IReadOnlyList<IReadOnlyList<Mobius.Engine.Tensor>> byRank)
+        {
+            Reductions++;
+            _host.AllReduceMean(byRank);
+        }
+
+        public void Broadcast(IReadOnlyList<IReadOnlyList<Mobius.Engine.Tensor>> byRank, int root = 0) => _host.Broadcast(byRank, root);
+
+        public void Dispose() => Disposed = true;
+    }
+
+    [Fact]
     public void Both_topologies_fine_tune_a_serial_text_to_video_checkpoint_from_the_same_model()
     {
         // A text-to-video model trained serially at frame noise 0: the comparison fine-tunes it in both
