@@ -75,6 +75,19 @@ MOBIUS_DEVICE void for_channel_chunk(const GroupShape& sh, long long n, int c, l
 
 // The mean of elements [begin, end) of group g of sample n and the sum of their squared deviations about it
 // (two passes, the second from cache), block-reduced: every thread gets them.
+// dx plus the gradient already accumulated for the norm's input (a residual's other path), rounded once as a
+// separate addition would round it, never fused into the multiply before it: the same bits as adding afterwards.
+MOBIUS_DEVICE float plus_addend(float v, const float* addend, long long i) {
+    if (addend == nullptr) return v;
+#if defined(MOBIUS_SIM_BUILD)
+    return v + addend[i];
+#elif defined(__NVCC__)
+    return __fadd_rn(v, addend[i]);
+#else
+    return __nvvm_add_rn_f(v, addend[i]);
+#endif
+}
+
 template <class T>
 MOBIUS_DEVICE void chunk_stats(const T* x, const GroupShape& sh, long long n, int g, long long begin, long long end, float* scratch, float* mu_out,
                                float* m2_out) {
@@ -238,8 +251,8 @@ MOBIUS_DEVICE void group_norm_bwd_reduce(const T* x, const T* gamma, const T* be
 // partials (chunk 0 writes them), and dx over chunk k of the group.
 template <class T>
 MOBIUS_DEVICE void group_norm_bwd_dx_group(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
-                                           const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
-                                           int reduce_splits, int splits, bool silu, long long ng, int k) {
+                                           const float* sums, T* dx, const float* addend, float* dgamma_partial, float* dbeta_partial,
+                                           const GroupShape& sh, int reduce_splits, int splits, bool silu, long long ng, int k) {
     __shared__ float scratch[32];
     const long long count = sh.count();
     const int cg = sh.cg();
@@ -275,17 +288,18 @@ MOBIUS_DEVICE void group_norm_bwd_dx_group(const T* x, const T* gamma, const T* 
         const int c = g * cg + e / sh.S;
         float xhat;
         const float gr = group_norm_grad_at(x, gamma, beta, dy, i, c, mu, rs, silu, &xhat);
-        gpu::store(dx + i, rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2));
+        const float v = rs * (gr * gpu::load(gamma + c) - k1 - xhat * k2);
+        gpu::store(dx + i, plus_addend(v, addend, i));
     });
 }
 
 template <class T>
 MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy,
-                                     const float* sums, T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh,
-                                     int reduce_splits, int splits, bool silu) {
+                                     const float* sums, T* dx, const float* addend, float* dgamma_partial, float* dbeta_partial,
+                                     const GroupShape& sh, int reduce_splits, int splits, bool silu) {
     const long long groups = static_cast<long long>(sh.N) * sh.G;
     for (long long ng = blockIdx.y; ng < groups; ng += gridDim.y)
-        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, sh, reduce_splits, splits, silu, ng,
+        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, addend, dgamma_partial, dbeta_partial, sh, reduce_splits, splits, silu, ng,
                                 static_cast<int>(blockIdx.x));
 }
 
@@ -294,7 +308,7 @@ MOBIUS_DEVICE void group_norm_bwd_dx(const T* x, const T* gamma, const T* beta, 
 // group_norm_bwd_dx's work for the group, reading them back. The same bits in half the launches.
 template <class T>
 MOBIUS_DEVICE void group_norm_bwd_one_pass(const T* x, const T* gamma, const T* beta, const float* mean, const float* rstd, const T* dy, float* sums,
-                                           T* dx, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh, bool silu) {
+                                           T* dx, const float* addend, float* dgamma_partial, float* dbeta_partial, const GroupShape& sh, bool silu) {
     __shared__ float scratch[32];
     const long long groups = static_cast<long long>(sh.N) * sh.G, count = static_cast<long long>(sh.T) * sh.S;
     const int cg = sh.cg();
@@ -312,7 +326,7 @@ MOBIUS_DEVICE void group_norm_bwd_one_pass(const T* x, const T* gamma, const T* 
             }
         }
         __syncthreads();  // the group's channel sums, written by thread 0, are read by every thread below
-        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, sh, 1, 1, silu, ng, 0);
+        group_norm_bwd_dx_group(x, gamma, beta, mean, rstd, dy, sums, dx, addend, dgamma_partial, dbeta_partial, sh, 1, 1, silu, ng, 0);
     }
 }
 
@@ -344,7 +358,7 @@ MOBIUS_DEVICE void layer_norm_forward(const T* x, const T* gamma, const T* beta,
 
 template <class T>
 MOBIUS_DEVICE void layer_norm_backward(const T* x, const T* gamma, const float* mean, const float* rstd, const T* dy, T* dx,
-                                       long long rows, int cols) {
+                                       const float* addend, long long rows, int cols) {
     const int lane = threadIdx.x & 31;
     const float inv_cols = 1.0f / static_cast<float>(cols);
     for (long long r = gpu::global_warp(); r < rows; r += gpu::global_warps()) {
@@ -361,7 +375,8 @@ MOBIUS_DEVICE void layer_norm_backward(const T* x, const T* gamma, const float* 
         T* dxr = dx + r * cols;
         for (int j = lane; j < cols; j += 32) {
             const float xhat = (gpu::load(xr + j) - mu) * rs;
-            gpu::store(dxr + j, rs * (gpu::load(dyr + j) * gpu::load(gamma + j) - k1 - xhat * k2));
+            const float v = rs * (gpu::load(dyr + j) * gpu::load(gamma + j) - k1 - xhat * k2);
+            gpu::store(dxr + j, plus_addend(v, addend, r * cols + j));
         }
     }
 }
@@ -420,7 +435,8 @@ MOBIUS_REGISTER_KERNEL(group_norm_one_pass_f32);
 // group_norm_bwd_reduce_f32, grid (reduce_splits, min(N*C, 65535)): sums [N*C, reduce_splits, 2] of g and g*xhat
 // over chunks of each channel's T*S elements, where g = dy, times silu' when fused.
 // group_norm_bwd_dx_f32, grid (splits, min(N*G, 65535)): writes dgamma_partial[n*C + c] = sum of g*xhat and
-// dbeta_partial[n*C + c] = sum of g (each may be null; dgamma = column_sum over n) and dx (may be null).
+// dbeta_partial[n*C + c] = sum of g (each may be null; dgamma = column_sum over n) and dx (may be null), plus
+// addend[i] where addend is given (nullable; another tensor than dx): a residual's gradient, added in the same pass.
 extern "C" __global__ void __launch_bounds__(1024)
     group_norm_bwd_reduce_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                               const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy,
@@ -433,10 +449,11 @@ MOBIUS_REGISTER_KERNEL(group_norm_bwd_reduce_f32);
 extern "C" __global__ void __launch_bounds__(1024)
     group_norm_bwd_dx_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                           const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy,
-                          const float* __restrict__ sums, float* __restrict__ dx, float* __restrict__ dgamma_partial,
-                          float* __restrict__ dbeta_partial, int N, int T, int C, int S, int G, int reduce_splits, int splits, int silu) {
+                          const float* __restrict__ sums, float* __restrict__ dx, const float* __restrict__ addend,
+                          float* __restrict__ dgamma_partial, float* __restrict__ dbeta_partial, int N, int T, int C, int S, int G,
+                          int reduce_splits, int splits, int silu) {
     MOBIUS_REQUIRE(G > 0 && C % G == 0 && reduce_splits >= 1 && splits >= 1 && blockDim.x % 32 == 0);
-    group_norm_bwd_dx(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G},
+    group_norm_bwd_dx(x, gamma, beta, mean, rstd, dy, sums, dx, addend, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G},
                       reduce_splits, splits, silu != 0);
 }
 MOBIUS_REGISTER_KERNEL(group_norm_bwd_dx_f32);
@@ -446,10 +463,10 @@ MOBIUS_REGISTER_KERNEL(group_norm_bwd_dx_f32);
 extern "C" __global__ void __launch_bounds__(1024)
     group_norm_bwd_one_pass_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ beta,
                                 const float* __restrict__ mean, const float* __restrict__ rstd, const float* __restrict__ dy, float* sums,
-                                float* __restrict__ dx, float* __restrict__ dgamma_partial, float* __restrict__ dbeta_partial, int N, int T, int C,
-                                int S, int G, int silu) {
+                                float* __restrict__ dx, const float* __restrict__ addend, float* __restrict__ dgamma_partial,
+                                float* __restrict__ dbeta_partial, int N, int T, int C, int S, int G, int silu) {
     MOBIUS_REQUIRE(G > 0 && C % G == 0 && gridDim.x == 1 && blockDim.x % 32 == 0);
-    group_norm_bwd_one_pass(x, gamma, beta, mean, rstd, dy, sums, dx, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G}, silu != 0);
+    group_norm_bwd_one_pass(x, gamma, beta, mean, rstd, dy, sums, dx, addend, dgamma_partial, dbeta_partial, GroupShape{N, T, C, S, G}, silu != 0);
 }
 MOBIUS_REGISTER_KERNEL(group_norm_bwd_one_pass_f32);
 
@@ -462,11 +479,12 @@ extern "C" __global__ void __launch_bounds__(256)
 }
 MOBIUS_REGISTER_KERNEL(layer_norm_fwd_f32);
 
-// dx of layer_norm_fwd_f32. Launch as the forward.
+// dx of layer_norm_fwd_f32, plus addend[i] where addend is given (nullable; another tensor than dx). Launch as the forward.
 extern "C" __global__ void __launch_bounds__(256)
     layer_norm_bwd_f32(const float* __restrict__ x, const float* __restrict__ gamma, const float* __restrict__ mean,
-                       const float* __restrict__ rstd, const float* __restrict__ dy, float* __restrict__ dx, long long rows, int cols) {
-    layer_norm_backward(x, gamma, mean, rstd, dy, dx, rows, cols);
+                       const float* __restrict__ rstd, const float* __restrict__ dy, float* __restrict__ dx, const float* __restrict__ addend,
+                       long long rows, int cols) {
+    layer_norm_backward(x, gamma, mean, rstd, dy, dx, addend, rows, cols);
 }
 MOBIUS_REGISTER_KERNEL(layer_norm_bwd_f32);
 

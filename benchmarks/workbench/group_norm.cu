@@ -56,8 +56,8 @@ int main(int argc, char** argv) {
         auto bwd = [&] {
             WB_LAUNCH(group_norm_bwd_reduce_f32, {unsigned(rsplits), unsigned(N * C)}, {block}, 0, dx_in, dg, db, mean, rstd, ddy, sums, N, T,
                       C, S, G, rsplits, 1);
-            WB_LAUNCH(group_norm_bwd_dx_f32, {unsigned(splits), unsigned(N * G)}, {block}, 0, dx_in, dg, db, mean, rstd, ddy, sums, dx, pg,
-                      pb, N, T, C, S, G, rsplits, splits, 1);
+            WB_LAUNCH(group_norm_bwd_dx_f32, {unsigned(splits), unsigned(N * G)}, {block}, 0, dx_in, dg, db, mean, rstd, ddy, sums, dx,
+                      static_cast<const float*>(nullptr), pg, pb, N, T, C, S, G, rsplits, splits, 1);
             WB_LAUNCH(column_sum_f32, {unsigned((C + 255) / 256)}, {256}, 0, pg, dgamma, (long long)N, C, (long long)N);
             WB_LAUNCH(column_sum_f32, {unsigned((C + 255) / 256)}, {256}, 0, pb, dbeta, (long long)N, C, (long long)N);
         };

@@ -437,8 +437,9 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc />
     public void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu)
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu, Tensor? dxAddend = null)
     {
+        ulong add = dx is null || dxAddend is null ? 0UL : Ptr(dxAddend);
         long channels = (long)s.N * s.C, groups = (long)s.N * s.Groups;
         int reduceSplits = GroupNormSplits(channels, (long)s.T * s.S);
         int splits = dx is null ? 1 : GroupNormSplits(groups, (long)s.T * (s.C / s.Groups) * s.S);
@@ -448,7 +449,7 @@ public sealed unsafe partial class CudaBackend
         if (reduceSplits == 1 && splits == 1 && GroupNormOnePass)
         {
             Launch("group_norm_bwd_one_pass_f32", (1, GridY(groups), 1), (256, 1, 1), 0,
-                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx), add,
                  pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, silu ? 1 : 0]);
         }
         else
@@ -456,7 +457,7 @@ public sealed unsafe partial class CudaBackend
             Launch("group_norm_bwd_reduce_f32", ((uint)reduceSplits, GridY(channels), 1), (256, 1, 1), 0,
                 [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, silu ? 1 : 0]);
             Launch("group_norm_bwd_dx_f32", ((uint)splits, GridY(groups), 1), (256, 1, 1), 0,
-                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx),
+                [Ptr(x), Ptr(gamma), Ptr(beta), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(sums), dx is null ? 0UL : Ptr(dx), add,
                  pg is null ? 0UL : Ptr(pg), pb is null ? 0UL : Ptr(pb), s.N, s.T, s.C, s.S, s.Groups, reduceSplits, splits, silu ? 1 : 0]);
         }
         ParameterSums(pg, dgamma, pb, dbeta, s.N, s.C);
@@ -468,11 +469,12 @@ public sealed unsafe partial class CudaBackend
 
     /// <inheritdoc />
     public void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta)
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, Tensor? dxAddend = null)
     {
         if (dx is not null)
         {
-            Launch1D("layer_norm_bwd_f32", rows * 32L, [Ptr(x), Ptr(gamma), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(dx), (long)rows, cols]);
+            Launch1D("layer_norm_bwd_f32", rows * 32L,
+                [Ptr(x), Ptr(gamma), Ptr(mean), Ptr(rstd), Ptr(dy), Ptr(dx), dxAddend is null ? 0UL : Ptr(dxAddend), (long)rows, cols]);
         }
 
         if (dgamma is null && dbeta is null)

@@ -181,16 +181,20 @@ public interface IBackend : IDisposable
     /// </summary>
     void GroupNormForward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd, bool silu);
 
-    /// <summary>Backward of <see cref="GroupNormForward"/>; any of dx, dgamma, dbeta may be null.</summary>
+    /// <summary>
+    /// Backward of <see cref="GroupNormForward"/>; any of dx, dgamma, dbeta may be null. With <paramref name="dxAddend"/>
+    /// (x's shape, another tensor than dx) dx receives the input gradient plus it, each element rounded once as adding
+    /// afterwards rounds it: the gradient x already has from its other consumers (a residual's skip), added in the same pass.
+    /// </summary>
     void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu);
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu, Tensor? dxAddend = null);
 
     /// <summary>Layer norm over the last dimension of x [rows, cols]; writes mean and rstd [rows].</summary>
     void LayerNormForward(int rows, int cols, float eps, Tensor x, Tensor gamma, Tensor beta, Tensor y, Tensor mean, Tensor rstd);
 
-    /// <summary>Backward of <see cref="LayerNormForward"/>; any of dx, dgamma, dbeta may be null.</summary>
+    /// <summary>Backward of <see cref="LayerNormForward"/>; any of dx, dgamma, dbeta may be null; <paramref name="dxAddend"/> as in <see cref="GroupNormBackward"/>.</summary>
     void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta);
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, Tensor? dxAddend = null);
 
     // ---- attention -----------------------------------------------------------------------------
 

@@ -41,10 +41,12 @@ public static partial class Ops
             var sb = node.Save(beta);
             node.Finish(y, g =>
             {
+                // x's gradient from its other consumers (a residual's skip) is added in the same pass.
+                using var addend = node.TakePendingGradient(0);
                 var dx = node.NeedsGrad(0) ? Tensor.Empty(g.Backend, x.Shape) : null;
                 var dgamma = node.NeedsGrad(1) ? Tensor.Empty(g.Backend, gamma.Shape) : null;
                 var dbeta = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, beta.Shape) : null;
-                g.Backend.GroupNormBackward(s, sx, sg, sb, sm, sr, g, dx, dgamma, dbeta, silu);
+                g.Backend.GroupNormBackward(s, sx, sg, sb, sm, sr, g, dx, dgamma, dbeta, silu, addend);
                 return [dx, dgamma, dbeta];
             });
         }
@@ -121,10 +123,11 @@ public static partial class Ops
             var sg = node.Save(gamma);
             node.Finish(y, g =>
             {
+                using var addend = node.TakePendingGradient(0);
                 var dx = node.NeedsGrad(0) ? Tensor.Empty(g.Backend, x.Shape) : null;
                 var dgamma = node.NeedsGrad(1) ? Tensor.Empty(g.Backend, gamma.Shape) : null;
                 var dbeta = node.NeedsGrad(2) ? Tensor.Empty(g.Backend, beta.Shape) : null;
-                g.Backend.LayerNormBackward(rows, cols, sx, sg, sm, sr, g, dx, dgamma, dbeta);
+                g.Backend.LayerNormBackward(rows, cols, sx, sg, sm, sr, g, dx, dgamma, dbeta, addend);
                 return [dx, dgamma, dbeta];
             });
         }

@@ -29,12 +29,12 @@ void group_norm_forward(mt::Gpu& gpu, const GroupShape& s, int splits, unsigned 
 }
 
 void group_norm_backward(mt::Gpu& gpu, const GroupShape& s, int reduce_splits, int splits, unsigned block, float* x, float* gamma,
-                         float* beta, float* mean, float* rstd, float* dy, float* dx, float* pg, float* pb, int silu) {
+                         float* beta, float* mean, float* rstd, float* dy, float* dx, float* pg, float* pb, int silu, float* addend = nullptr) {
     mt::DeviceArray<float> sums(static_cast<std::size_t>(s.N) * s.C * reduce_splits * 2);
     gpu.run("norm", "group_norm_bwd_reduce_f32", {unsigned(reduce_splits), std::min(5u, unsigned(s.N * s.C))}, {block}, 0, x, gamma, beta,
             mean, rstd, dy, sums.get(), s.N, s.T, s.C, s.S, s.G, reduce_splits, silu);
     gpu.run("norm", "group_norm_bwd_dx_f32", {unsigned(splits), std::min(3u, unsigned(s.N * s.G))}, {block}, 0, x, gamma, beta, mean, rstd,
-            dy, sums.get(), dx, pg, pb, s.N, s.T, s.C, s.S, s.G, reduce_splits, splits, silu);
+            dy, sums.get(), dx, addend, pg, pb, s.N, s.T, s.C, s.S, s.G, reduce_splits, splits, silu);
 }
 
 TEST(GroupNorm, ForwardBackwardAndParameterGradients) {
@@ -69,6 +69,15 @@ TEST(GroupNorm, ForwardBackwardAndParameterGradients) {
                 gpu.run("bias", "column_sum_f32", {1}, {64}, 0, pb.get(), dbeta.get(), (long long)s.N, s.C, (long long)s.N);
                 // dx subtracts two group means from g*gamma; rstd of the narrow inputs is ~2, sums up to 1536 terms
                 mt::expect_close(dx.read(), ref.dx, 5e-5, 1e-4, what + " dx");
+                {
+                    // With an addend (a residual's gradient): dx + addend in the same pass, the bits of adding afterwards.
+                    const auto add = mt::random_vector(n, n + 5 + sp);
+                    mt::DeviceArray<float> dadd(add), dx2(n);
+                    group_norm_backward(gpu, s, rsp, sp, block, dx_.get(), dg.get(), db.get(), mean.get(), rstd.get(), ddy.get(), dx2.get(),
+                                        static_cast<float*>(nullptr), static_cast<float*>(nullptr), silu, dadd.get());
+                    const auto plain = dx.read(), fused = dx2.read();
+                    for (std::size_t i = 0; i < plain.size(); ++i) ASSERT_EQ(fused[i], plain[i] + add[i]) << what << " dx + addend at " << i;
+                }
                 mt::expect_close(dgamma.read(), ref.dgamma, 1e-4, 1e-4, what + " dgamma");
                 mt::expect_close(dbeta.read(), ref.dbeta, 1e-4, 1e-4, what + " dbeta");
             }
@@ -152,8 +161,18 @@ TEST(LayerNorm, ForwardBackwardAndParameterGradients) {
                     rstd.get(), rows, cols, eps);
             mt::expect_close(y.read(), ry, 2e-5, 1e-5, what);  // as for group norm
             mt::expect_close(mean.read(), rmean, 1e-5, 1e-6, what + " mean");
-            gpu.run("norm", "layer_norm_bwd_f32", {2}, {64}, 0, dx_.get(), dg.get(), mean.get(), rstd.get(), ddy.get(), dx.get(), rows, cols);
+            gpu.run("norm", "layer_norm_bwd_f32", {2}, {64}, 0, dx_.get(), dg.get(), mean.get(), rstd.get(), ddy.get(), dx.get(),
+                    static_cast<float*>(nullptr), rows, cols);
             mt::expect_close(dx.read(), rdx, 5e-5, 1e-4, what + " dx");
+            {
+                // With an addend (a residual's gradient), dx + addend in the same pass: the bits of adding afterwards.
+                const auto add = mt::random_vector(n, 77);
+                mt::DeviceArray<float> dadd(add), dx2(n);
+                gpu.run("norm", "layer_norm_bwd_f32", {2}, {64}, 0, dx_.get(), dg.get(), mean.get(), rstd.get(), ddy.get(), dx2.get(), dadd.get(),
+                        rows, cols);
+                const auto plain = dx.read(), fused = dx2.read();
+                for (std::size_t i = 0; i < plain.size(); ++i) ASSERT_EQ(fused[i], plain[i] + add[i]) << what << " dx + addend at " << i;
+            }
             for (long long per_split : {rows, 4LL}) {
                 const long long splits = (rows + per_split - 1) / per_split;
                 mt::DeviceArray<float> pg(splits * cols), pb(splits * cols), dgamma(cols), dbeta(cols);

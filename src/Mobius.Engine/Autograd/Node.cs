@@ -49,6 +49,14 @@ internal sealed class Node
     /// <summary>Whether input <paramref name="i"/> needs a gradient.</summary>
     public bool NeedsGrad(int i) => Inputs[i] is not null;
 
+    /// <summary>
+    /// Takes the gradient input <paramref name="i"/> has collected so far from its other consumers (backward runs them
+    /// first: a residual's skip path), so that this node's backward can add it into its own gradient in the same pass
+    /// and hand back the sum; null for a leaf (whose gradient collects in its <see cref="Tensor.Grad"/>), an input that
+    /// needs no gradient, or one with nothing collected yet. The handle is the caller's to dispose.
+    /// </summary>
+    public Tensor? TakePendingGradient(int i) => Inputs[i] is { IsLeaf: false } slot ? slot.Take() : null;
+
     /// <summary>Bytes of saved activations this node accounts for (shared blocks are counted by their first saver).</summary>
     public long SavedBytes { get; private set; }
 

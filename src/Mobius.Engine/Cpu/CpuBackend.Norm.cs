@@ -89,9 +89,10 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc />
     public void GroupNormBackward(in GroupNormShape s, Tensor x, Tensor gamma, Tensor beta, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu)
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, bool silu, Tensor? dxAddend = null)
     {
         var sh = s;
+        float* padd = dx is null || dxAddend is null ? null : Ptr(dxAddend);
         float* px = Ptr(x);
         float* pdy = Ptr(dy);
         float* pg = Ptr(gamma);
@@ -170,6 +171,10 @@ public sealed unsafe partial class CpuBackend
                     TensorPrimitives.Subtract(d, meanA, d);
                     TensorPrimitives.MultiplyAdd(xh, -meanB, d, d);
                     TensorPrimitives.Multiply(d, r, d);
+                    if (padd != null)
+                    {
+                        TensorPrimitives.Add(d, new ReadOnlySpan<float>(padd + off, sh.S), d);
+                    }
                 }
             }
 
@@ -246,9 +251,10 @@ public sealed unsafe partial class CpuBackend
 
     /// <inheritdoc />
     public void LayerNormBackward(int rows, int cols, Tensor x, Tensor gamma, Tensor mean, Tensor rstd, Tensor dy,
-        Tensor? dx, Tensor? dgamma, Tensor? dbeta)
+        Tensor? dx, Tensor? dgamma, Tensor? dbeta, Tensor? dxAddend = null)
     {
         float* px = Ptr(x);
+        float* padd = dx is null || dxAddend is null ? null : Ptr(dxAddend);
         float* pdy = Ptr(dy);
         float* pg = Ptr(gamma);
         float* pm = Ptr(mean);
@@ -286,6 +292,10 @@ public sealed unsafe partial class CpuBackend
                 TensorPrimitives.Subtract(gg, meanA, d);
                 TensorPrimitives.MultiplyAdd(xh, -meanB, d, d);
                 TensorPrimitives.Multiply(d, pr[i], d);
+                if (padd != null)
+                {
+                    TensorPrimitives.Add(d, new ReadOnlySpan<float>(padd + i * cols, cols), d);
+                }
             }
         });
 
