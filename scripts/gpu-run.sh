@@ -308,7 +308,7 @@ fi
 fi
 
 if want ranks; then
-  step "data parallel (mobius train --ranks): the CPU's cores split among ranks, then two cuda ranks on one device"
+  step "data parallel (mobius train and compare --ranks): the CPU's cores split among ranks, then two cuda ranks on one device"
   # The same 4 clips a step every way (ranks x batch), fine-tuning the shipped tiny model: the CPU machine here has
   # 2 cores, where 2 ranks run a step in one rank's time (benchmarks/results/2026-11-28-data-parallel-cpu.md); this
   # machine's cores say whether ranks buy time where one step cannot keep every core busy. Each run logs its steps
@@ -322,6 +322,9 @@ if want ranks; then
   if [ $sim = 0 ]; then  # a tiny step takes minutes on the simulator; the test suite covers cuda ranks there on micro
     run 120 "$mobius" train --from "$ckpt" --backend cuda --ranks 2 --batch 2 --steps $steps --seed 1 --log "$results/ranks-cuda-2.csv" --out "$results/ranks.safetensors"
     run 120 "$mobius" train --from "$ckpt" --backend cuda --batch 4 --steps $steps --seed 1 --log "$results/ranks-cuda-1.csv" --out "$results/ranks.safetensors"
+    # The comparison with each topology on two ranks of the one device (host collectives there): its ratios beside
+    # the compare part's, rank 0's memory against one rank's.
+    run 120 "$mobius" compare --config tiny --backend cuda --ranks 2 --steps $steps --samples 0 --validation-batches 2 --seed 1 --json --out "$results/compare-tiny-ranks-2"
   fi
   rm -f "$results/ranks.safetensors"
 fi
