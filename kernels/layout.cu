@@ -8,6 +8,9 @@
 //   consecutive rows of the output (coalesced), instead of one side striding through memory. The tile row
 //   has 33 floats so the column-wise reads of the second half hit 32 different banks. Block (32, 8): each
 //   thread moves 4 elements, which keeps enough loads in flight per thread.
+// - copy_multi: many tensors into one flat buffer or back, in one launch (a bucket of gradients for one
+//   all-reduce instead of one per tensor): the multi-tensor table of adamw_multi_f32 with each tensor's offset
+//   in the flat buffer, each block taking chunks.
 #include "mobius_cuda.h"
 
 namespace {
@@ -53,7 +56,35 @@ MOBIUS_DEVICE void transpose(const T* x, T* y, int batch, int rows, int cols) {
     }
 }
 
+// A row of copy_multi_f32's table: a tensor of n elements at offset in the flat buffer (8-byte fields; the
+// host writes the same layout, CudaBackend.MultiTensorTable).
+struct CopySlot {
+    float* x;
+    long long offset;
+    long long n;
+    long long first_chunk;
+};
+
 }  // namespace
+
+// gather != 0: flat[offset + i] = x[i] for every tensor of the table; gather == 0: x[i] = flat[offset + i]. The
+// tensors and their ranges of flat must not overlap. count rows, chunks chunks of chunk_size elements in all (row
+// t's chunks first_chunk .. first_chunk + ceil(n / chunk_size) - 1, rows in order). blockDim.x <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    copy_multi_f32(const CopySlot* __restrict__ slots, int count, long long chunks, long long chunk_size, float* __restrict__ flat, int gather) {
+    for (long long chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+        const CopySlot& s = slots[gpu::slot_of(slots, count, chunk)];
+        const long long begin = (chunk - s.first_chunk) * chunk_size;
+        const long long end = begin + chunk_size < s.n ? begin + chunk_size : s.n;
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x) {
+            if (gather != 0)
+                flat[s.offset + i] = s.x[i];
+            else
+                s.x[i] = flat[s.offset + i];
+        }
+    }
+}
+MOBIUS_REGISTER_KERNEL(copy_multi_f32);
 
 // dst[dst_offset + r*dst_stride + c] = src[src_offset + r*src_stride + c] for r < rows, c < cols (offsets and
 // strides in elements). Source and destination ranges must not overlap. blockDim.x <= 256; grid

@@ -733,6 +733,43 @@ public sealed unsafe partial class CudaBackend
 
     private static uint ChunkGrid(long chunks) => (uint)Math.Min(chunks, 1L << 30);
 
+    /// <summary>
+    /// Copies the fp32 tensors <paramref name="xs"/> into <paramref name="flat"/> one after another
+    /// (<paramref name="gather"/>) or back out of it, in one launch (copy_multi_f32): a bucket of gradients for one
+    /// all-reduce (<see cref="NcclCollectives"/>). flat holds at least their elements in all.
+    /// </summary>
+    internal void CopyMulti(IReadOnlyList<Tensor> xs, Tensor flat, bool gather)
+    {
+        var offsets = new long[xs.Count];
+        long total = 0;
+        for (int i = 0; i < xs.Count; i++)
+        {
+            if (xs[i].DType != DType.Float32 || flat.DType != DType.Float32 || !ReferenceEquals(xs[i].Backend, this) || !ReferenceEquals(flat.Backend, this))
+            {
+                throw new ArgumentException($"copy_multi: {xs[i].Describe()} and {flat.Describe()} must be fp32 tensors of this backend.", nameof(xs));
+            }
+
+            offsets[i] = total;
+            total += xs[i].Numel;
+        }
+
+        if (total > flat.Numel)
+        {
+            throw new ShapeMismatchException("copy_multi", $"{xs.Count} tensors of {total} elements do not fit {flat.Describe()}.");
+        }
+
+        if (total == 0)
+        {
+            return;
+        }
+
+        var (table, chunks) = MultiTensorTable(Enumerable.Range(0, xs.Count).ToArray(), 2, (i, c) => c == 0 ? Ptr(xs[i]) : (ulong)offsets[i], i => xs[i].Numel);
+        using (table)
+        {
+            Launch("copy_multi_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0, [Ptr(table), xs.Count, chunks, MultiTensorChunk, Ptr(flat), gather ? 1 : 0]);
+        }
+    }
+
     /// <inheritdoc />
     public void SumSquaresAccumulate(IReadOnlyList<Tensor> xs, Tensor output)
     {

@@ -9,8 +9,9 @@ namespace Mobius.Cuda;
 /// each rank's all-reduce or broadcast issued on that rank's stream inside one NCCL group from the calling thread.
 /// The tensors never leave the devices and the host does not wait: the optimizer's step queues behind the reduction
 /// on each stream. NCCL takes one rank per device; with ranks sharing a device use <see cref="HostCollectives"/>
-/// (the simulated driver's NCCL allows it, so tests can run two ranks on its one device). Dispose releases the
-/// communicators.
+/// (the simulated driver's NCCL allows it, so tests can run two ranks on its one device). The all-reduce goes in
+/// buckets (<see cref="BucketBytes"/>): a model's hundreds of gradients, most of them small, take a few calls rather
+/// than one each. Dispose releases the communicators.
 /// </summary>
 public sealed class NcclCollectives : ICollectives, IDisposable
 {
@@ -44,6 +45,22 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         }
     }
 
+    /// <summary>
+    /// The all-reduce's bucket size (default 32 MiB): consecutive tensors whose elements fit are copied into one flat
+    /// buffer per rank (one launch), reduced with one call and copied back (one launch); a tensor as large or larger is
+    /// reduced in place on its own. The mean of each element is the same either way.
+    /// </summary>
+    public long BucketBytes
+    {
+        get => _bucketBytes;
+        set => _bucketBytes = value >= 4 && value / 4 <= int.MaxValue ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a bucket holds 1 to 2^31 - 1 floats.");
+    }
+
+    private long _bucketBytes = 32L << 20;
+
+    /// <summary>The collective calls each rank issued in the last <see cref="AllReduceMean"/>: one per bucket.</summary>
+    public int LastCalls { get; private set; }
+
     /// <summary>NCCL's version code (major * 10000 + minor * 100 + patch since 2.9).</summary>
     public int Version { get; }
 
@@ -70,9 +87,62 @@ public sealed class NcclCollectives : ICollectives, IDisposable
     }
 
     /// <inheritdoc />
-    public void AllReduceMean(IReadOnlyList<IReadOnlyList<Tensor>> byRank) =>
-        Grouped(byRank, CollectiveArguments.Check(byRank, "AllReduceMean"), 0, "ncclAllReduce",
-            (t, comm, stream, _) => Nccl.ncclAllReduce(CudaBackend.Ptr(t), CudaBackend.Ptr(t), (nuint)t.Numel, Nccl.Float32, Nccl.Avg, comm, stream));
+    public void AllReduceMean(IReadOnlyList<IReadOnlyList<Tensor>> byRank)
+    {
+        int ranks = CollectiveArguments.Check(byRank, "AllReduceMean");
+        CheckRanks(byRank, ranks, "ncclAllReduce");
+        LastCalls = 0;
+        var tensors = byRank[0];
+        for (int start = 0; start < tensors.Count;)
+        {
+            // The bucket: tensors start .. end - 1, as many as fit BucketBytes (at least one).
+            int end = start + 1;
+            long bytes = tensors[start].Bytes;
+            while (end < tensors.Count && bytes + tensors[end].Bytes <= _bucketBytes)
+            {
+                bytes += tensors[end++].Bytes;
+            }
+
+            if (end - start == 1)
+            {
+                Grouped([.. byRank.Select(rank => (IReadOnlyList<Tensor>)[rank[start]])], ranks, 0, "ncclAllReduce", AllReduceAvg);
+            }
+            else
+            {
+                var flats = new Tensor[ranks];
+                try
+                {
+                    for (int r = 0; r < ranks; r++)
+                    {
+                        flats[r] = Tensor.Empty(_backends[r], new Shape(checked((int)(bytes / 4))), MemoryCategory.Workspace);
+                        _backends[r].CopyMulti(Range(byRank[r], start, end), flats[r], gather: true);
+                    }
+
+                    Grouped([.. flats.Select(f => (IReadOnlyList<Tensor>)[f])], ranks, 0, "ncclAllReduce", AllReduceAvg);
+                    for (int r = 0; r < ranks; r++)
+                    {
+                        _backends[r].CopyMulti(Range(byRank[r], start, end), flats[r], gather: false);
+                    }
+                }
+                finally
+                {
+                    // Stream-ordered: a block freed here is reused only by work queued after the copies back.
+                    foreach (var f in flats)
+                    {
+                        f?.Dispose();
+                    }
+                }
+            }
+
+            LastCalls++;
+            start = end;
+        }
+    }
+
+    private static int AllReduceAvg(Tensor t, nint comm, nint stream, int root) =>
+        Nccl.ncclAllReduce(CudaBackend.Ptr(t), CudaBackend.Ptr(t), (nuint)t.Numel, Nccl.Float32, Nccl.Avg, comm, stream);
+
+    private static Tensor[] Range(IReadOnlyList<Tensor> tensors, int start, int end) => [.. Enumerable.Range(start, end - start).Select(i => tensors[i])];
 
     /// <inheritdoc />
     public void Broadcast(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int root = 0) =>
@@ -82,20 +152,7 @@ public sealed class NcclCollectives : ICollectives, IDisposable
     /// <summary>Issues <paramref name="call"/> for every tensor of every rank, in place, inside one NCCL group.</summary>
     private void Grouped(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int ranks, int root, string name, Func<Tensor, nint, nint, int, int> call)
     {
-        ObjectDisposedException.ThrowIf(_disposed, this);
-        if (ranks != _backends.Length)
-        {
-            throw new ArgumentException($"{name}: {ranks} ranks given to a communicator of {_backends.Length}.", nameof(byRank));
-        }
-
-        for (int r = 0; r < ranks; r++)
-        {
-            if (byRank[r].FirstOrDefault(t => !ReferenceEquals(t.Backend, _backends[r])) is { } stray)
-            {
-                throw new ArgumentException($"{name}: rank {r}'s {stray.Describe()} is not on that rank's backend.", nameof(byRank));
-            }
-        }
-
+        CheckRanks(byRank, ranks, name);
         Nccl.Check(Nccl.ncclGroupStart(), "ncclGroupStart");
         int failed = 0;
         try
@@ -115,6 +172,23 @@ public sealed class NcclCollectives : ICollectives, IDisposable
             CudaBackend.ForgetCurrentContext(); // the group's launches visit every rank's device
             Nccl.Check(failed, name);
             Nccl.Check(ended, "ncclGroupEnd");
+        }
+    }
+
+    private void CheckRanks(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int ranks, string name)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        if (ranks != _backends.Length)
+        {
+            throw new ArgumentException($"{name}: {ranks} ranks given to a communicator of {_backends.Length}.", nameof(byRank));
+        }
+
+        for (int r = 0; r < ranks; r++)
+        {
+            if (byRank[r].FirstOrDefault(t => !ReferenceEquals(t.Backend, _backends[r])) is { } stray)
+            {
+                throw new ArgumentException($"{name}: rank {r}'s {stray.Describe()} is not on that rank's backend.", nameof(byRank));
+            }
         }
     }
 

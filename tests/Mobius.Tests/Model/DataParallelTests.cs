@@ -355,6 +355,64 @@ public sealed class CudaDataParallelTests(CudaFixture fixture) : IClassFixture<C
 /// </summary>
 public sealed class CudaNcclCollectivesTests(CudaFixture fixture) : IClassFixture<CudaFixture>
 {
+    /// <summary>
+    /// The all-reduce in buckets: consecutive tensors that fit a bucket are gathered into one flat buffer per rank,
+    /// reduced with one call and scattered back; a tensor larger than a bucket goes on its own, in place. Each
+    /// tensor gets its own mean, the bits of reducing every tensor by itself.
+    /// </summary>
+    [Fact]
+    public void Nccl_all_reduces_in_buckets_with_the_bits_of_one_call_per_tensor()
+    {
+        Assert.SkipUnless(Mobius.Cuda.NcclCollectives.Available(out _, out var missing), "NCCL not found: " + missing);
+        int ranks = fixture.Simulated ? 3 : Math.Min(3, Mobius.Cuda.CudaDevice.List().Count);
+        var rng = new Rng(Seeds.One + 5);
+        var backends = Enumerable.Range(0, ranks).Select(r => new Mobius.Cuda.CudaBackend(fixture.Simulated ? 0 : r) { PoisonAllocations = true }).ToArray();
+        try
+        {
+            using var nccl = new Mobius.Cuda.NcclCollectives(backends);
+            // Buckets of 400 floats: {0, 1, 2} (190 floats), {3, 4} (307), {5} alone (2000, in place), {6}.
+            Shape[] shapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
+            var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
+            List<IReadOnlyList<Tensor>> Upload() => [.. backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList())];
+            var bucketed = Upload();
+            var single = Upload();
+            nccl.BucketBytes = 400 * 4;
+            nccl.AllReduceMean(bucketed);
+            Assert.Equal(4, nccl.LastCalls);
+            nccl.BucketBytes = 4;
+            nccl.AllReduceMean(single);
+            Assert.Equal(shapes.Length, nccl.LastCalls);
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                var mean = new double[shapes[i].Numel];
+                for (int k = 0; k < mean.Length; k++)
+                {
+                    mean[k] = Enumerable.Range(0, ranks).Sum(r => (double)values[r][i][k]) / ranks;
+                }
+
+                for (int r = 0; r < ranks; r++)
+                {
+                    var got = bucketed[r][i].ToArray();
+                    Assert.True(got.AsSpan().SequenceEqual(single[r][i].ToArray()), $"tensor {i} on rank {r}: bucketed against one call per tensor");
+                    Close.All(got, mean, 1e-6, 1e-5, $"tensor {i} on rank {r} of {ranks}");
+                }
+            }
+
+            Assert.Throws<ArgumentOutOfRangeException>(() => nccl.BucketBytes = 2);
+            foreach (var t in bucketed.Concat(single).SelectMany(t => t))
+            {
+                t.Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var b in backends)
+            {
+                b.Dispose();
+            }
+        }
+    }
+
     [Fact]
     public void Nccl_averages_and_broadcasts_each_ranks_tensors_on_the_devices()
     {
