@@ -736,9 +736,9 @@ public sealed unsafe partial class CudaBackend
     /// <summary>
     /// Copies the fp32 tensors <paramref name="xs"/> into <paramref name="flat"/> one after another
     /// (<paramref name="gather"/>) or back out of it, in one launch (copy_multi_f32): a bucket of gradients for one
-    /// all-reduce (<see cref="NcclCollectives"/>). flat holds at least their elements in all.
+    /// all-reduce. flat holds at least their elements in all.
     /// </summary>
-    internal void CopyMulti(IReadOnlyList<Tensor> xs, Tensor flat, bool gather)
+    public void CopyMulti(IReadOnlyList<Tensor> xs, Tensor flat, bool gather)
     {
         var offsets = new long[xs.Count];
         long total = 0;

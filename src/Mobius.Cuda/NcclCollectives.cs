@@ -56,7 +56,7 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         set => _bucketBytes = value >= 4 && value / 4 <= int.MaxValue ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a bucket holds 1 to 2^31 - 1 floats.");
     }
 
-    private long _bucketBytes = 32L << 20;
+    private long _bucketBytes = CollectiveBuckets.DefaultBytes;
 
     /// <summary>The collective calls each rank issued in the last <see cref="AllReduceMean"/>: one per bucket.</summary>
     public int LastCalls { get; private set; }
@@ -92,17 +92,8 @@ public sealed class NcclCollectives : ICollectives, IDisposable
         int ranks = CollectiveArguments.Check(byRank, "AllReduceMean");
         CheckRanks(byRank, ranks, "ncclAllReduce");
         LastCalls = 0;
-        var tensors = byRank[0];
-        for (int start = 0; start < tensors.Count;)
+        foreach (var (start, end) in CollectiveBuckets.Of(byRank[0], _bucketBytes))
         {
-            // The bucket: tensors start .. end - 1, as many as fit BucketBytes (at least one).
-            int end = start + 1;
-            long bytes = tensors[start].Bytes;
-            while (end < tensors.Count && bytes + tensors[end].Bytes <= _bucketBytes)
-            {
-                bytes += tensors[end++].Bytes;
-            }
-
             if (end - start == 1)
             {
                 Grouped([.. byRank.Select(rank => (IReadOnlyList<Tensor>)[rank[start]])], ranks, 0, "ncclAllReduce", AllReduceAvg);
@@ -114,14 +105,14 @@ public sealed class NcclCollectives : ICollectives, IDisposable
                 {
                     for (int r = 0; r < ranks; r++)
                     {
-                        flats[r] = Tensor.Empty(_backends[r], new Shape(checked((int)(bytes / 4))), MemoryCategory.Workspace);
-                        _backends[r].CopyMulti(Range(byRank[r], start, end), flats[r], gather: true);
+                        flats[r] = Tensor.Empty(_backends[r], new Shape(checked((int)CollectiveBuckets.Elements(byRank[r], start, end))), MemoryCategory.Workspace);
+                        _backends[r].CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r], gather: true);
                     }
 
                     Grouped([.. flats.Select(f => (IReadOnlyList<Tensor>)[f])], ranks, 0, "ncclAllReduce", AllReduceAvg);
                     for (int r = 0; r < ranks; r++)
                     {
-                        _backends[r].CopyMulti(Range(byRank[r], start, end), flats[r], gather: false);
+                        _backends[r].CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r], gather: false);
                     }
                 }
                 finally
@@ -135,14 +126,11 @@ public sealed class NcclCollectives : ICollectives, IDisposable
             }
 
             LastCalls++;
-            start = end;
         }
     }
 
     private static int AllReduceAvg(Tensor t, nint comm, nint stream, int root) =>
         Nccl.ncclAllReduce(CudaBackend.Ptr(t), CudaBackend.Ptr(t), (nuint)t.Numel, Nccl.Float32, Nccl.Avg, comm, stream);
-
-    private static Tensor[] Range(IReadOnlyList<Tensor> tensors, int start, int end) => [.. Enumerable.Range(start, end - start).Select(i => tensors[i])];
 
     /// <inheritdoc />
     public void Broadcast(IReadOnlyList<IReadOnlyList<Tensor>> byRank, int root = 0) =>

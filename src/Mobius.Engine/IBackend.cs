@@ -62,6 +62,35 @@ public interface IBackend : IDisposable
     /// </summary>
     void CopyRows(Tensor src, long srcOffset, long srcRowStride, Tensor dst, long dstOffset, long dstRowStride, int rows, int cols);
 
+    /// <summary>
+    /// Copies the tensors <paramref name="xs"/> into <paramref name="flat"/> one after another (<paramref name="gather"/>)
+    /// or back out of it: a bucket of gradients moved, or reduced, as one buffer. flat holds at least their elements.
+    /// The default copies tensor by tensor (<see cref="CopyRows"/>); a device does it in one launch.
+    /// </summary>
+    void CopyMulti(IReadOnlyList<Tensor> xs, Tensor flat, bool gather)
+    {
+        long offset = 0;
+        foreach (var x in xs)
+        {
+            if (offset + x.Numel > flat.Numel)
+            {
+                throw new ShapeMismatchException("copy_multi", $"{xs.Count} tensors do not fit {flat.Describe()}.");
+            }
+
+            int n = checked((int)x.Numel);
+            if (gather)
+            {
+                CopyRows(x, 0, n, flat, offset, n, 1, n);
+            }
+            else
+            {
+                CopyRows(flat, offset, n, x, 0, n, 1, n);
+            }
+
+            offset += n;
+        }
+    }
+
     /// <summary>y[b, j, i] = x[b, i, j] for x of shape [batch, rows, cols].</summary>
     void Transpose(int batch, int rows, int cols, Tensor x, Tensor y);
 

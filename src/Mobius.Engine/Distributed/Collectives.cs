@@ -26,15 +26,28 @@ public interface ICollectives
 /// Collectives staged through host memory: each rank's tensor is copied to the host, reduced there and copied
 /// back. Any backend will do (a copy is a plain memory copy on the CPU backend, a transfer on a device); it is the
 /// in-process implementation for ranks that share a machine's memory, and the reference a device implementation
-/// (NCCL) is checked against. One caller at a time.
+/// (NCCL) is checked against. The all-reduce goes in buckets (<see cref="BucketBytes"/>): the tensors of a bucket are
+/// gathered into one buffer on each rank and move in one transfer each way, where one transfer per tensor would
+/// cost a device a synchronisation per tensor. One caller at a time.
 /// </summary>
 public sealed class HostCollectives : ICollectives
 {
     private float[] _sum = [];
     private float[] _part = [];
+    private long _bucketBytes = CollectiveBuckets.DefaultBytes;
 
     /// <inheritdoc />
     public string Name => "host";
+
+    /// <summary>The all-reduce's bucket size (<see cref="CollectiveBuckets"/>; default 32 MiB). The same bits whatever it is.</summary>
+    public long BucketBytes
+    {
+        get => _bucketBytes;
+        set => _bucketBytes = value >= 4 && value / 4 <= int.MaxValue ? value : throw new ArgumentOutOfRangeException(nameof(value), value, "a bucket holds 1 to 2^31 - 1 floats.");
+    }
+
+    /// <summary>The transfers each rank made each way in the last <see cref="AllReduceMean"/>: one per bucket.</summary>
+    public int LastTransfers { get; private set; }
 
     /// <inheritdoc />
     public void AllReduceMean(IReadOnlyList<IReadOnlyList<Tensor>> byRank)
@@ -45,31 +58,70 @@ public sealed class HostCollectives : ICollectives
             return;
         }
 
-        float scale = 1f / ranks;
-        for (int i = 0; i < byRank[0].Count; i++)
+        LastTransfers = 0;
+        foreach (var (start, end) in CollectiveBuckets.Of(byRank[0], _bucketBytes))
         {
-            int n = checked((int)byRank[0][i].Numel);
-            var sum = Buffer(ref _sum, n);
-            var part = Buffer(ref _part, n);
-            byRank[0][i].Backend.CopyToHost(byRank[0][i], sum);
-            for (int r = 1; r < ranks; r++)
+            if (end - start == 1)
             {
-                byRank[r][i].Backend.CopyToHost(byRank[r][i], part);
-                for (int k = 0; k < n; k++)
+                Reduce([.. byRank.Select(rank => rank[start])], ranks);
+            }
+            else
+            {
+                var flats = new Tensor?[ranks];
+                try
                 {
-                    sum[k] += part[k];
+                    long n = CollectiveBuckets.Elements(byRank[0], start, end);
+                    for (int r = 0; r < ranks; r++)
+                    {
+                        var backend = byRank[r][start].Backend;
+                        flats[r] = Tensor.Empty(backend, new Shape(checked((int)n)), MemoryCategory.Workspace);
+                        backend.CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r]!, gather: true);
+                    }
+
+                    Reduce(flats!, ranks);
+                    for (int r = 0; r < ranks; r++)
+                    {
+                        byRank[r][start].Backend.CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r]!, gather: false);
+                    }
+                }
+                finally
+                {
+                    foreach (var f in flats)
+                    {
+                        f?.Dispose();
+                    }
                 }
             }
 
+            LastTransfers++;
+        }
+    }
+
+    /// <summary>One tensor per rank replaced by their mean: summed in rank order, then scaled.</summary>
+    private void Reduce(IReadOnlyList<Tensor> perRank, int ranks)
+    {
+        float scale = 1f / ranks;
+        int n = checked((int)perRank[0].Numel);
+        var sum = Buffer(ref _sum, n);
+        var part = Buffer(ref _part, n);
+        perRank[0].Backend.CopyToHost(perRank[0], sum);
+        for (int r = 1; r < ranks; r++)
+        {
+            perRank[r].Backend.CopyToHost(perRank[r], part);
             for (int k = 0; k < n; k++)
             {
-                sum[k] *= scale;
+                sum[k] += part[k];
             }
+        }
 
-            for (int r = 0; r < ranks; r++)
-            {
-                byRank[r][i].Backend.CopyFromHost(sum, byRank[r][i]);
-            }
+        for (int k = 0; k < n; k++)
+        {
+            sum[k] *= scale;
+        }
+
+        for (int r = 0; r < ranks; r++)
+        {
+            perRank[r].Backend.CopyFromHost(sum, perRank[r]);
         }
     }
 
@@ -102,6 +154,44 @@ public sealed class HostCollectives : ICollectives
 
         return buffer.AsSpan(0, n);
     }
+}
+
+/// <summary>
+/// How an all-reduce cuts a rank's tensors into buckets: runs of consecutive tensors whose bytes fit
+/// <c>bucketBytes</c> together, each moved or reduced as one flat buffer (<see cref="IBackend.CopyMulti"/>); a tensor
+/// as large or larger is a bucket of its own.
+/// </summary>
+public static class CollectiveBuckets
+{
+    /// <summary>The default bucket: 32 MiB.</summary>
+    public const long DefaultBytes = 32L << 20;
+
+    /// <summary>The buckets of <paramref name="tensors"/>, as [start, end) index ranges in order.</summary>
+    public static IReadOnlyList<(int Start, int End)> Of(IReadOnlyList<Tensor> tensors, long bucketBytes)
+    {
+        ArgumentOutOfRangeException.ThrowIfLessThan(bucketBytes, 4);
+        var buckets = new List<(int, int)>();
+        for (int start = 0; start < tensors.Count;)
+        {
+            int end = start + 1;
+            long bytes = tensors[start].Bytes;
+            while (end < tensors.Count && bytes + tensors[end].Bytes <= bucketBytes)
+            {
+                bytes += tensors[end++].Bytes;
+            }
+
+            buckets.Add((start, end));
+            start = end;
+        }
+
+        return buckets;
+    }
+
+    /// <summary>Tensors <paramref name="start"/> to <paramref name="end"/> - 1 of a list.</summary>
+    public static Tensor[] Slice(IReadOnlyList<Tensor> tensors, int start, int end) => [.. Enumerable.Range(start, end - start).Select(i => tensors[i])];
+
+    /// <summary>Elements of tensors <paramref name="start"/> to <paramref name="end"/> - 1.</summary>
+    public static long Elements(IReadOnlyList<Tensor> tensors, int start, int end) => Enumerable.Range(start, end - start).Sum(i => tensors[i].Numel);
 }
 
 /// <summary>The argument checks every <see cref="ICollectives"/> makes before it moves anything.</summary>

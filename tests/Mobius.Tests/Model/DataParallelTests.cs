@@ -89,6 +89,56 @@ public sealed class DataParallelTests
         }
     }
 
+    [Fact]
+    public void Host_collectives_reduce_in_buckets_with_the_bits_of_one_transfer_per_tensor()
+    {
+        // Buckets of 400 floats: {0, 1, 2} (190 floats), {3, 4} (307), {5} alone (2000), {6}; each gathered into one
+        // buffer per rank, moved once each way and scattered back.
+        var rng = new Rng(Seeds.One + 6);
+        var backends = Enumerable.Range(0, 3).Select(_ => new CpuBackend(threads: 1)).ToArray();
+        try
+        {
+            Shape[] shapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
+            var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
+            List<IReadOnlyList<Tensor>> Upload() => [.. backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList())];
+            var bucketed = Upload();
+            var single = Upload();
+            var host = new HostCollectives { BucketBytes = 400 * 4 };
+            host.AllReduceMean(bucketed);
+            Assert.Equal(4, host.LastTransfers);
+            host.BucketBytes = 4;
+            host.AllReduceMean(single);
+            Assert.Equal(shapes.Length, host.LastTransfers);
+            for (int i = 0; i < shapes.Length; i++)
+            {
+                var inOrder = new float[shapes[i].Numel];
+                for (int k = 0; k < inOrder.Length; k++)
+                {
+                    inOrder[k] = (values[0][i][k] + values[1][i][k] + values[2][i][k]) * (1f / 3);
+                }
+
+                for (int r = 0; r < 3; r++)
+                {
+                    Assert.True(bucketed[r][i].ToArray().AsSpan().SequenceEqual(inOrder), $"tensor {i} on rank {r}: bucketed, not the rank-order mean");
+                    Assert.True(single[r][i].ToArray().AsSpan().SequenceEqual(inOrder), $"tensor {i} on rank {r}: one transfer each, not the rank-order mean");
+                }
+            }
+
+            Assert.Throws<ArgumentOutOfRangeException>(() => host.BucketBytes = 0);
+            foreach (var t in bucketed.Concat(single).SelectMany(t => t))
+            {
+                t.Dispose();
+            }
+        }
+        finally
+        {
+            foreach (var b in backends)
+            {
+                b.Dispose();
+            }
+        }
+    }
+
     /// <summary>A micro model of the given seed's text-to-image weights with its zero-initialised outputs made nonzero, so every temporal parameter gets a gradient.</summary>
     internal static TextToVideo Model(IBackend backend, Topology topology, int seed, int initSeed)
     {
