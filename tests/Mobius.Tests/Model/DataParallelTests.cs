@@ -89,16 +89,21 @@ public sealed class DataParallelTests
         }
     }
 
+    /// <summary>
+    /// Tensors for the bucket tests: in buckets of 400 floats, {0, 1, 2} (190 floats), {3, 4} (307), {5} alone (2000,
+    /// reduced in place) and {6}: four buckets where one call per tensor takes seven.
+    /// </summary>
+    internal static readonly Shape[] BucketShapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
+
     [Fact]
     public void Host_collectives_reduce_in_buckets_with_the_bits_of_one_transfer_per_tensor()
     {
-        // Buckets of 400 floats: {0, 1, 2} (190 floats), {3, 4} (307), {5} alone (2000), {6}; each gathered into one
-        // buffer per rank, moved once each way and scattered back.
+        // Each bucket gathered into one buffer per rank, moved once each way and scattered back.
         var rng = new Rng(Seeds.One + 6);
         var backends = Enumerable.Range(0, 3).Select(_ => new CpuBackend(threads: 1)).ToArray();
         try
         {
-            Shape[] shapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
+            var shapes = BucketShapes;
             var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
             List<IReadOnlyList<Tensor>> Upload() => [.. backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList())];
             var bucketed = Upload();
@@ -420,8 +425,7 @@ public sealed class CudaNcclCollectivesTests(CudaFixture fixture) : IClassFixtur
         try
         {
             using var nccl = new Mobius.Cuda.NcclCollectives(backends);
-            // Buckets of 400 floats: {0, 1, 2} (190 floats), {3, 4} (307), {5} alone (2000, in place), {6}.
-            Shape[] shapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
+            var shapes = DataParallelTests.BucketShapes;
             var values = backends.Select(_ => shapes.Select(s => rng.Uniform(s.Numel, 2f)).ToArray()).ToArray();
             List<IReadOnlyList<Tensor>> Upload() => [.. backends.Select((b, r) => (IReadOnlyList<Tensor>)shapes.Select((s, i) => Tensor.FromArray(b, values[r][i], s)).ToList())];
             var bucketed = Upload();
