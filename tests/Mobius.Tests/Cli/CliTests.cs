@@ -14,7 +14,9 @@ public sealed class CliTests
 {
     private static (int Code, string Out, string Err) Mobius(params string[] args) => Run("", args);
 
-    private static (int Code, string Out, string Err) Run(string cudaMode, params string[] args)
+    private static (int Code, string Out, string Err) Run(string cudaMode, params string[] args) => Run(cudaMode, null, args);
+
+    private static (int Code, string Out, string Err) Run(string cudaMode, IReadOnlyDictionary<string, string>? environment, params string[] args)
     {
         var psi = new ProcessStartInfo("dotnet") { RedirectStandardOutput = true, RedirectStandardError = true, UseShellExecute = false };
         psi.ArgumentList.Add(Path.Combine(AppContext.BaseDirectory, "mobius.dll"));
@@ -24,6 +26,10 @@ public sealed class CliTests
         }
 
         psi.Environment["MOBIUS_CUDA"] = cudaMode;
+        foreach (var (name, value) in environment ?? new Dictionary<string, string>())
+        {
+            psi.Environment[name] = value;
+        }
         using var p = Process.Start(psi)!;
         var stdout = p.StandardOutput.ReadToEndAsync();
         var stderr = p.StandardError.ReadToEndAsync();
@@ -1189,6 +1195,30 @@ public sealed class CliTests
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--ranks", "0", "--out", folder.File("x")), 2, "--ranks must be at least 1");
         AssertCleanFailure(Mobius("compare", "--config", "micro", "--steps", "1", "--ranks", "2", "--collectives", "nccl", "--out", folder.File("x")), 2, "--collectives nccl reduces device memory");
         AssertCleanFailure(Mobius("demo", "--steps", "1", "--ranks", "2", "--loop-correction", "4", "--out", folder.File("x")), 2, "--ranks does not combine with --loop-correction");
+    }
+
+    [Fact]
+    public void A_dry_run_on_the_simulator_issues_the_very_calls_of_a_real_step_and_computes_none()
+    {
+        // MOBIUS_SIM_DRY=1 (how benchmarks/results/2026-11-28-host-overhead.md timed the host's own work): the same
+        // calls, by name and count, as a step that computes, and computes none of them.
+        using var folder = new TempFolder();
+        string[] args = ["compare", "--config", "micro", "--backend", "cuda", "--steps", "1", "--samples", "0", "--validation-batches", "1", "--profile", "1", "--json"];
+        var real = Run("sim", [.. args, "--out", folder.File("real")]);
+        var dry = Run("sim", new Dictionary<string, string> { ["MOBIUS_SIM_DRY"] = "1" }, [.. args, "--out", folder.File("dry")]);
+        Assert.True(real.Code == 0, real.Out + real.Err);
+        Assert.True(dry.Code == 0, dry.Out + dry.Err);
+        using var a = JsonDocument.Parse(real.Out);
+        using var b = JsonDocument.Parse(dry.Out);
+        foreach (var topo in new[] { "serial", "parallel" })
+        {
+            static SortedDictionary<string, double> Calls(JsonElement e) => new(e.GetProperty("calls_per_step").EnumerateObject().ToDictionary(p => p.Name, p => p.Value.GetDouble()), StringComparer.Ordinal);
+            var (want, got) = (Calls(a.RootElement.GetProperty(topo)), Calls(b.RootElement.GetProperty(topo)));
+            Assert.True(want.Count > 10, $"{topo}: the real step's calls were counted");
+            Assert.Equal(want, got);
+            // Nothing computed: the dry loss is whatever its buffer held, not the real step's.
+            Assert.NotEqual(a.RootElement.GetProperty(topo).GetProperty("final_loss").GetDouble(), b.RootElement.GetProperty(topo).GetProperty("final_loss").GetDouble());
+        }
     }
 
     [Fact]
