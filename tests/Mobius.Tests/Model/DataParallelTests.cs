@@ -96,6 +96,33 @@ public sealed class DataParallelTests
     internal static readonly Shape[] BucketShapes = [new(33, 5), new(1), new(4, 3, 2), new(300), new(7), new(20, 100), new(13)];
 
     [Fact]
+    public void Buckets_take_consecutive_tensors_up_to_the_size_and_a_larger_tensor_alone()
+    {
+        using var cpu = new CpuBackend(threads: 1);
+        Tensor[] Of(params int[] numels) => [.. numels.Select(n => Tensor.Empty(cpu, new Shape(n)))];
+        var tensors = Of(4, 4, 9, 1, 1, 2);
+        try
+        {
+            // 32 bytes: {4, 4} fill one exactly; 9 floats is larger than a bucket and goes alone; {1, 1, 2} share one.
+            Assert.Equal([(0, 2), (2, 3), (3, 6)], CollectiveBuckets.Of(tensors, 32));
+            Assert.Equal([(0, 1), (1, 2), (2, 3), (3, 6)], CollectiveBuckets.Of(tensors, 31)); // {4, 4} no longer fit
+            Assert.Equal([(0, 1), (1, 2), (2, 3), (3, 5), (5, 6)], CollectiveBuckets.Of(tensors, 8));
+            Assert.Equal([(0, 6)], CollectiveBuckets.Of(tensors, CollectiveBuckets.DefaultBytes));
+            Assert.Empty(CollectiveBuckets.Of([], 32));
+            Assert.Equal(2, CollectiveBuckets.Elements(tensors, 3, 5));
+            Assert.Same(tensors[2], Assert.Single(CollectiveBuckets.Slice(tensors, 2, 3)));
+            Assert.Throws<ArgumentOutOfRangeException>(() => CollectiveBuckets.Of(tensors, 3));
+        }
+        finally
+        {
+            foreach (var t in tensors)
+            {
+                t.Dispose();
+            }
+        }
+    }
+
+    [Fact]
     public void Host_collectives_reduce_in_buckets_with_the_bits_of_one_transfer_per_tensor()
     {
         // Each bucket gathered into one buffer per rank, moved once each way and scattered back.
