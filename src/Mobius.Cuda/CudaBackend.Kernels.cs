@@ -744,13 +744,18 @@ public sealed unsafe partial class CudaBackend
         long total = 0;
         for (int i = 0; i < xs.Count; i++)
         {
-            if (xs[i].DType != DType.Float32 || flat.DType != DType.Float32 || !ReferenceEquals(xs[i].Backend, this) || !ReferenceEquals(flat.Backend, this))
+            if (xs[i].DType != DType.Float32 || !ReferenceEquals(xs[i].Backend, this))
             {
-                throw new ArgumentException($"copy_multi: {xs[i].Describe()} and {flat.Describe()} must be fp32 tensors of this backend.", nameof(xs));
+                throw new ArgumentException($"copy_multi: {xs[i].Describe()} must be an fp32 tensor of this backend.", nameof(xs));
             }
 
             offsets[i] = total;
             total += xs[i].Numel;
+        }
+
+        if (flat.DType != DType.Float32 || !ReferenceEquals(flat.Backend, this))
+        {
+            throw new ArgumentException($"copy_multi: {flat.Describe()} must be an fp32 tensor of this backend.", nameof(flat));
         }
 
         if (total > flat.Numel)

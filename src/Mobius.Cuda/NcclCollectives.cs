@@ -91,42 +91,8 @@ public sealed class NcclCollectives : ICollectives, IDisposable
     {
         int ranks = CollectiveArguments.Check(byRank, "AllReduceMean");
         CheckRanks(byRank, ranks, "ncclAllReduce");
-        LastCalls = 0;
-        foreach (var (start, end) in CollectiveBuckets.Of(byRank[0], _bucketBytes))
-        {
-            if (end - start == 1)
-            {
-                Grouped([.. byRank.Select(rank => (IReadOnlyList<Tensor>)[rank[start]])], ranks, 0, "ncclAllReduce", AllReduceAvg);
-            }
-            else
-            {
-                var flats = new Tensor[ranks];
-                try
-                {
-                    for (int r = 0; r < ranks; r++)
-                    {
-                        flats[r] = Tensor.Empty(_backends[r], new Shape(checked((int)CollectiveBuckets.Elements(byRank[r], start, end))), MemoryCategory.Workspace);
-                        _backends[r].CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r], gather: true);
-                    }
-
-                    Grouped([.. flats.Select(f => (IReadOnlyList<Tensor>)[f])], ranks, 0, "ncclAllReduce", AllReduceAvg);
-                    for (int r = 0; r < ranks; r++)
-                    {
-                        _backends[r].CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r], gather: false);
-                    }
-                }
-                finally
-                {
-                    // Stream-ordered: a block freed here is reused only by work queued after the copies back.
-                    foreach (var f in flats)
-                    {
-                        f?.Dispose();
-                    }
-                }
-            }
-
-            LastCalls++;
-        }
+        LastCalls = CollectiveBuckets.Reduce(byRank, _bucketBytes,
+            perRank => Grouped([.. perRank.Select(t => (IReadOnlyList<Tensor>)[t])], ranks, 0, "ncclAllReduce", AllReduceAvg));
     }
 
     private static int AllReduceAvg(Tensor t, nint comm, nint stream, int root) =>

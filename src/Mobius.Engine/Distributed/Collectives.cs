@@ -58,43 +58,7 @@ public sealed class HostCollectives : ICollectives
             return;
         }
 
-        LastTransfers = 0;
-        foreach (var (start, end) in CollectiveBuckets.Of(byRank[0], _bucketBytes))
-        {
-            if (end - start == 1)
-            {
-                Reduce([.. byRank.Select(rank => rank[start])], ranks);
-            }
-            else
-            {
-                var flats = new Tensor?[ranks];
-                try
-                {
-                    long n = CollectiveBuckets.Elements(byRank[0], start, end);
-                    for (int r = 0; r < ranks; r++)
-                    {
-                        var backend = byRank[r][start].Backend;
-                        flats[r] = Tensor.Empty(backend, new Shape(checked((int)n)), MemoryCategory.Workspace);
-                        backend.CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r]!, gather: true);
-                    }
-
-                    Reduce(flats!, ranks);
-                    for (int r = 0; r < ranks; r++)
-                    {
-                        byRank[r][start].Backend.CopyMulti(CollectiveBuckets.Slice(byRank[r], start, end), flats[r]!, gather: false);
-                    }
-                }
-                finally
-                {
-                    foreach (var f in flats)
-                    {
-                        f?.Dispose();
-                    }
-                }
-            }
-
-            LastTransfers++;
-        }
+        LastTransfers = CollectiveBuckets.Reduce(byRank, _bucketBytes, perRank => Reduce(perRank, ranks));
     }
 
     /// <summary>One tensor per rank replaced by their mean: summed in rank order, then scaled.</summary>
@@ -185,6 +149,52 @@ public static class CollectiveBuckets
         }
 
         return buckets;
+    }
+
+    /// <summary>
+    /// Runs <paramref name="reduce"/> once per bucket of <paramref name="byRank"/>'s tensors, on one tensor per rank:
+    /// a bucket's only tensor itself, or its tensors gathered into a flat buffer on each rank's backend
+    /// (<see cref="IBackend.CopyMulti"/>), scattered back after <paramref name="reduce"/> and freed. Returns the buckets.
+    /// </summary>
+    public static int Reduce(IReadOnlyList<IReadOnlyList<Tensor>> byRank, long bucketBytes, Action<IReadOnlyList<Tensor>> reduce)
+    {
+        var buckets = Of(byRank[0], bucketBytes);
+        foreach (var (start, end) in buckets)
+        {
+            if (end - start == 1)
+            {
+                reduce([.. byRank.Select(rank => rank[start])]);
+                continue;
+            }
+
+            var flats = new Tensor?[byRank.Count];
+            try
+            {
+                int n = checked((int)Elements(byRank[0], start, end));
+                for (int r = 0; r < byRank.Count; r++)
+                {
+                    var backend = byRank[r][start].Backend;
+                    flats[r] = Tensor.Empty(backend, new Shape(n), MemoryCategory.Workspace);
+                    backend.CopyMulti(Slice(byRank[r], start, end), flats[r]!, gather: true);
+                }
+
+                reduce(flats!);
+                for (int r = 0; r < byRank.Count; r++)
+                {
+                    byRank[r][start].Backend.CopyMulti(Slice(byRank[r], start, end), flats[r]!, gather: false);
+                }
+            }
+            finally
+            {
+                // On a device, stream-ordered: a block freed here is reused only by work queued after the copies back.
+                foreach (var f in flats)
+                {
+                    f?.Dispose();
+                }
+            }
+        }
+
+        return buckets.Count;
     }
 
     /// <summary>Tensors <paramref name="start"/> to <paramref name="end"/> - 1 of a list.</summary>
