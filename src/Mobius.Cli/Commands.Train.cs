@@ -160,7 +160,7 @@ public static partial class Commands
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
                 FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
-                SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => o.SavedActivations == DType.BFloat16 ? "bf16" : "fp32"), SavedActivationsOption.Name),
+                SavedActivations = ParseSavedActivations(recipe.Pick(SavedActivationsOption, o => StorageName(o.SavedActivations))),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
                 Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), loopCorrection),
             };

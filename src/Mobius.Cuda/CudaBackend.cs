@@ -228,6 +228,16 @@ public sealed unsafe partial class CudaBackend : IBackend
             case (DType.BFloat16, DType.Float32):
                 Launch1D("cast_bf16_f32", x.Numel, [Ptr(x), Ptr(y), x.Numel]);
                 break;
+            case (DType.Float32, DType.Int8Blocks):
+                // A warp per block of 128 elements.
+                Launch1D("quantize_f32_i8b", 32 * ((x.Numel + DTypeExtensions.Int8Block - 1) / DTypeExtensions.Int8Block),
+                    [Ptr(x), Ptr(y), Ptr(y) + (ulong)DTypeExtensions.Int8ScalesOffset(x.Numel), x.Numel]);
+                break;
+            case (DType.Int8Blocks, DType.Float32):
+                Launch1D("dequantize_i8b_f32", x.Numel, [Ptr(x), Ptr(x) + (ulong)DTypeExtensions.Int8ScalesOffset(x.Numel), Ptr(y), x.Numel]);
+                break;
+            case var (from, to) when from != to:
+                throw new NotSupportedException($"cast from {from.Name()} to {to.Name()}.");
             default:
                 MakeCurrent();
                 Driver.Check(Driver.cuMemcpyDtoDAsync(Ptr(y), Ptr(x), (nuint)x.Bytes, _stream), "cuMemcpyDtoDAsync");

@@ -14,7 +14,7 @@ internal static class Check
 
         if (x.DType != DType.Float32)
         {
-            throw new DTypeMismatchException(op, $"{x.Describe()}: ops compute in float32; bf16 is a storage type for the frozen weights of linear, convolution and embedding layers.");
+            throw new DTypeMismatchException(op, $"{x.Describe()}: ops compute in float32; bf16 is a storage type for frozen weights and activations kept for backward, int8 blocks for the latter.");
         }
     }
 

@@ -4,7 +4,8 @@ namespace Mobius.Engine;
 /// Element type of a tensor. Every op computes in fp32. bf16 is a storage type: frozen weights of linear,
 /// convolution and embedding layers can be kept in it (<see cref="NN.Module.StoreFrozenWeights"/>), half
 /// their fp32 bytes, and are widened to fp32 one layer at a time where an op reads them
-/// (<see cref="IBackend.Cast"/>).
+/// (<see cref="IBackend.Cast"/>). The activations a step keeps for backward can be kept in bf16 or in
+/// <see cref="Int8Blocks"/> (<see cref="Autograd.Tape.SavedActivations"/>).
 /// </summary>
 public enum DType
 {
@@ -13,24 +14,45 @@ public enum DType
 
     /// <summary>bfloat16: the top 16 bits of an fp32 (8 exponent bits, 7 mantissa bits), as storage.</summary>
     BFloat16,
+
+    /// <summary>
+    /// int8 with an fp32 scale for every block of <see cref="DTypeExtensions.Int8Block"/> consecutive elements, as
+    /// storage for activations kept for backward only (<see cref="Autograd.Tape.SavedActivations"/>): a block's
+    /// largest magnitude m maps to 127, each element to round(x 127 / m), read back as q m / 127 (docs/ops.md,
+    /// Storage types). The int8 values come first, then the scales from the next multiple of 16 bytes; a tensor of
+    /// this type always starts its storage.
+    /// </summary>
+    Int8Blocks,
 }
 
 /// <summary>Facts about <see cref="DType"/> values.</summary>
 public static class DTypeExtensions
 {
-    /// <summary>Bytes per element.</summary>
+    /// <summary>Elements that share one scale in <see cref="DType.Int8Blocks"/>.</summary>
+    public const int Int8Block = 128;
+
+    /// <summary>Bytes per element (for <see cref="DType.Int8Blocks"/>, of its int8 values; <see cref="Bytes"/> adds the scales).</summary>
     public static int Size(this DType dtype) => dtype switch
     {
         DType.Float32 => 4,
         DType.BFloat16 => 2,
+        DType.Int8Blocks => 1,
         _ => throw new ArgumentOutOfRangeException(nameof(dtype), dtype, null),
     };
 
-    /// <summary>Lower-case name as PyTorch and safetensors spell it ("float32", "bfloat16").</summary>
+    /// <summary>Bytes that <paramref name="numel"/> elements take (<see cref="DType.Int8Blocks"/>: values, padding and scales).</summary>
+    public static long Bytes(this DType dtype, long numel) =>
+        dtype == DType.Int8Blocks ? Int8ScalesOffset(numel) + (4 * ((numel + Int8Block - 1) / Int8Block)) : numel * dtype.Size();
+
+    /// <summary>Where the scales of <paramref name="numel"/> <see cref="DType.Int8Blocks"/> elements start: the values rounded up to 16 bytes.</summary>
+    public static long Int8ScalesOffset(long numel) => (numel + 15) & ~15L;
+
+    /// <summary>Lower-case name as PyTorch and safetensors spell it ("float32", "bfloat16"; "int8" for <see cref="DType.Int8Blocks"/>).</summary>
     public static string Name(this DType dtype) => dtype switch
     {
         DType.Float32 => "float32",
         DType.BFloat16 => "bfloat16",
+        DType.Int8Blocks => "int8",
         _ => dtype.ToString(),
     };
 }

@@ -32,7 +32,7 @@ public class Tensor : IDisposable
     public long Numel => Shape.Numel;
 
     /// <summary>Bytes of the elements this tensor covers.</summary>
-    public long Bytes => Numel * DType.Size();
+    public long Bytes => DType.Bytes(Numel);
 
     /// <summary>Optional name used in error messages and state dicts.</summary>
     public string? Name { get; set; }
@@ -158,7 +158,7 @@ public class Tensor : IDisposable
         }
 
         var old = Storage;
-        var storage = Backend.Allocate(Numel * dtype.Size(), category);
+        var storage = Backend.Allocate(dtype.Bytes(Numel), category);
         var target = new Tensor(storage, 0, Shape, dtype);
         Backend.Cast(this, target);
         _storage = storage;
@@ -185,7 +185,7 @@ public class Tensor : IDisposable
     public static Tensor Empty(IBackend backend, Shape shape, MemoryCategory category = MemoryCategory.Temporaries, DType dtype = DType.Float32)
     {
         ArgumentNullException.ThrowIfNull(backend);
-        var storage = backend.Allocate(shape.Numel * dtype.Size(), category);
+        var storage = backend.Allocate(dtype.Bytes(shape.Numel), category);
         return new Tensor(storage, 0, shape, dtype);
     }
 
@@ -217,6 +217,11 @@ public class Tensor : IDisposable
     /// <summary>A view sharing this tensor's storage (no autograd; see <see cref="Ops.Reshape"/> for the recorded form).</summary>
     internal Tensor View(long offset, Shape shape)
     {
+        if (DType == DType.Int8Blocks && (Offset + offset != 0 || shape.Numel != Numel))
+        {
+            throw new InvalidOperationException($"a view of {Describe()} must cover it whole: its scales belong to blocks of {DTypeExtensions.Int8Block}.");
+        }
+
         var s = Storage;
         s.Retain();
         return new Tensor(s, Offset + offset, shape, DType);

@@ -86,31 +86,32 @@ internal sealed class Node
         return new SavedInput(SaveActivation(t));
     }
 
-    /// <summary>True when <see cref="SaveActivation"/> keeps bf16 copies (<see cref="Tape.SavedActivations"/>).</summary>
-    public bool NarrowsActivations => _tape.SavedActivations == DType.BFloat16;
+    /// <summary>True when <see cref="SaveActivation"/> keeps narrower copies (bf16 or int8 blocks: <see cref="Tape.SavedActivations"/>).</summary>
+    public bool NarrowsActivations => _tape.SavedActivations != DType.Float32;
 
     /// <summary>
-    /// Keeps an activation for backward as <see cref="Save"/> does, or, when the tape keeps activations in bf16
-    /// (<see cref="Tape.SavedActivations"/>), a bf16 copy of it, shared with every other node that keeps the same
-    /// tensor and widened back to fp32 while this node runs backward. Weights, and tensors another node keeps
-    /// exactly anyway, are kept as they are.
+    /// Keeps an activation for backward as <see cref="Save"/> does, or, when the tape keeps activations narrower
+    /// (<see cref="Tape.SavedActivations"/>: bf16 or int8 blocks), a copy of that type, shared with every other node that
+    /// keeps the same tensor and widened back to fp32 while this node runs backward. Weights, and tensors another node
+    /// keeps exactly anyway, are kept as they are.
     /// </summary>
     public Tensor SaveActivation(Tensor t)
     {
         var storage = t.Storage;
-        if (_tape.SavedActivations != DType.BFloat16 || t.DType != DType.Float32 || storage.Category == MemoryCategory.Weights || storage.IsSaved)
+        var kept = _tape.SavedActivations;
+        if (kept == DType.Float32 || t.DType != DType.Float32 || storage.Category == MemoryCategory.Weights || storage.IsSaved)
         {
             return Save(t);
         }
 
-        if (storage.NarrowedCopy(t.Offset, t.Numel) is { } copy)
+        if (storage.NarrowedCopy(t.Offset, t.Numel, kept) is { } copy)
         {
-            return KeepNarrowed(Tensor.Retained(copy, 0, t.Shape, DType.BFloat16), t.Name);
+            return KeepNarrowed(Tensor.Retained(copy, 0, t.Shape, kept), t.Name);
         }
 
-        var narrow = Tensor.Empty(t.Backend, t.Shape, MemoryCategory.Temporaries, DType.BFloat16);
+        var narrow = Tensor.Empty(t.Backend, t.Shape, MemoryCategory.Temporaries, kept);
         t.Backend.Cast(t, narrow);
-        storage.SetNarrowedCopy(t.Offset, t.Numel, narrow.Storage);
+        storage.SetNarrowedCopy(t.Offset, t.Numel, kept, narrow.Storage);
         return KeepNarrowed(narrow, t.Name);
     }
 
@@ -126,8 +127,9 @@ internal sealed class Node
             return new SavedInput(Keep(Tensor.Retained(s.Storage, s.Offset, s.Shape, s.DType)));
         }
 
-        var copy = s.Storage.NarrowedCopy(s.Offset, s.Shape.Numel)!;
-        return new SavedInput(KeepNarrowed(Tensor.Retained(copy, 0, s.Shape, DType.BFloat16), null));
+        var kept = _tape.SavedActivations;
+        var copy = s.Storage.NarrowedCopy(s.Offset, s.Shape.Numel, kept)!;
+        return new SavedInput(KeepNarrowed(Tensor.Retained(copy, 0, s.Shape, kept), null));
     }
 
     private Tensor KeepNarrowed(Tensor handle, string? name)
@@ -166,8 +168,8 @@ internal sealed class Node
             throw new AutogradException($"{Op}: node was recorded without a backward function.");
         }
 
-        // Activations kept in bf16 are read in fp32: each handle moves onto a widened copy for as long as this
-        // node lives (its bf16 block stays with the other nodes that keep it, and goes when the last one lets go).
+        // Activations kept narrower (bf16, int8 blocks) are read in fp32: each handle moves onto a widened copy for as long as this
+        // node lives (its narrow block stays with the other nodes that keep it, and goes when the last one lets go).
         foreach (var handle in _narrowed)
         {
             var narrow = handle.Storage;

@@ -39,11 +39,20 @@ public sealed class Tape : IDisposable
     /// <summary>
     /// The element type of the activations this tape keeps for backward where an op allows it (inputs kept for weight
     /// gradients, activation and GEGLU inputs, norm inputs, kept centred). <see cref="DType.BFloat16"/> keeps a bf16
-    /// copy (half the bytes) instead of the fp32 tensor, and widens it back while the node runs backward: forward is
-    /// unchanged, and backward reads each such activation rounded to bf16. Norm statistics, attention's tensors,
+    /// copy (half the bytes) instead of the fp32 tensor, <see cref="DType.Int8Blocks"/> an int8 copy with a scale per
+    /// block of 128 elements (0.26 of the bytes), and the node widens it back while it runs backward: forward is
+    /// unchanged, and backward reads each such activation rounded to that type. Norm statistics, attention's tensors,
     /// losses and checkpointed regions' inputs stay exact. Default fp32.
     /// </summary>
-    public DType SavedActivations { get; set; } = DType.Float32;
+    public DType SavedActivations
+    {
+        get => _savedActivations;
+        set => _savedActivations = value is DType.Float32 or DType.BFloat16 or DType.Int8Blocks
+            ? value
+            : throw new ArgumentOutOfRangeException(nameof(value), value, "saved activations are kept in fp32, bf16 or int8 blocks.");
+    }
+
+    private DType _savedActivations = DType.Float32;
 
     /// <summary>Opens a new tape that becomes current until disposed (then the previous one is current again).</summary>
     public static Tape Begin()

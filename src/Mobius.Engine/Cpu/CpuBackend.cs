@@ -134,9 +134,80 @@ public sealed unsafe partial class CpuBackend : IBackend
             case (DType.BFloat16, DType.Float32):
                 ForRanges(n, 1, (_, a, b) => WidenFromBFloat16((ushort*)px, (uint*)py, a, b));
                 break;
+            case (DType.Float32, DType.Int8Blocks):
+                ForRanges(Int8BlockCount(n), 1, (_, a, b) => QuantizeInt8Blocks((float*)px, (sbyte*)py, (float*)(py + DTypeExtensions.Int8ScalesOffset(n)), n, a, b));
+                break;
+            case (DType.Int8Blocks, DType.Float32):
+                ForRanges(Int8BlockCount(n), 1, (_, a, b) => DequantizeInt8Blocks((sbyte*)px, (float*)(px + DTypeExtensions.Int8ScalesOffset(n)), (float*)py, n, a, b));
+                break;
+            case var (from, to) when from != to:
+                throw new NotSupportedException($"cast from {from.Name()} to {to.Name()}.");
             default:
                 Buffer.MemoryCopy(px, py, y.Bytes, x.Bytes);
                 break;
+        }
+    }
+
+    private static long Int8BlockCount(long n) => (n + DTypeExtensions.Int8Block - 1) / DTypeExtensions.Int8Block;
+
+    /// <summary>
+    /// Blocks [a, b) of <see cref="DType.Int8Blocks"/>: each block's largest magnitude m maps to 127, q = rint(x (127 / m))
+    /// (ties to even), scale m / 127; a block of zeros has scale 0, one holding a NaN or an infinity scale NaN and q 0.
+    /// The arithmetic of the quantize_f32_i8b kernel, so the same bits.
+    /// </summary>
+    private static void QuantizeInt8Blocks(float* x, sbyte* q, float* scales, long n, long a, long b)
+    {
+        const int block = DTypeExtensions.Int8Block;
+        for (long k = a; k < b; k++)
+        {
+            long start = k * block, end = Math.Min(n, start + block);
+            float m = 0f;
+            bool bad = false;
+            for (long i = start; i < end; i++)
+            {
+                float v = Math.Abs(x[i]);
+                if (!float.IsFinite(v))
+                {
+                    bad = true;
+                }
+                else if (v > m)
+                {
+                    m = v;
+                }
+            }
+
+            float scale = 0f, inv = 0f;
+            if (bad)
+            {
+                scale = float.NaN;
+            }
+            else if (m > 0f)
+            {
+                scale = m / 127f;
+                inv = 127f / m;
+            }
+
+            for (long i = start; i < end; i++)
+            {
+                float r = MathF.Round(x[i] * inv, MidpointRounding.ToEven);
+                q[i] = (sbyte)Math.Clamp(bad ? 0f : r, -127f, 127f);
+            }
+
+            scales[k] = scale;
+        }
+    }
+
+    /// <summary>y = q scale, for the elements of blocks [a, b) of <see cref="DType.Int8Blocks"/>.</summary>
+    private static void DequantizeInt8Blocks(sbyte* q, float* scales, float* y, long n, long a, long b)
+    {
+        const int block = DTypeExtensions.Int8Block;
+        for (long k = a; k < b; k++)
+        {
+            float scale = scales[k];
+            for (long i = k * block, end = Math.Min(n, i + block); i < end; i++)
+            {
+                y[i] = q[i] * scale;
+            }
         }
     }
 

@@ -49,18 +49,18 @@ public sealed class Storage
     internal string? SavedKind { get; set; }
 
     /// <summary>
-    /// bf16 copies of windows of this block (element offset, count) that tape nodes keep for backward in its place
-    /// (<see cref="Autograd.Tape.SavedActivations"/>). A storage object is never reused for another allocation, so
-    /// the copies stay this block's values even after the block itself is released.
+    /// Narrower copies (bf16 or int8 blocks) of windows of this block (element offset, count) that tape nodes keep for
+    /// backward in its place (<see cref="Autograd.Tape.SavedActivations"/>). A storage object is never reused for
+    /// another allocation, so the copies stay this block's values even after the block itself is released.
     /// </summary>
-    private Dictionary<(long Offset, long Count), Storage>? _narrowed;
+    private Dictionary<(long Offset, long Count, DType DType), Storage>? _narrowed;
 
-    /// <summary>The live bf16 copy of the window at <paramref name="offset"/> of <paramref name="count"/> elements, or null.</summary>
-    internal Storage? NarrowedCopy(long offset, long count) =>
-        _narrowed is not null && _narrowed.TryGetValue((offset, count), out var s) && !s.IsReleased ? s : null;
+    /// <summary>The live copy of <paramref name="dtype"/> of the window at <paramref name="offset"/> of <paramref name="count"/> elements, or null.</summary>
+    internal Storage? NarrowedCopy(long offset, long count, DType dtype) =>
+        _narrowed is not null && _narrowed.TryGetValue((offset, count, dtype), out var s) && !s.IsReleased ? s : null;
 
-    /// <summary>Records <paramref name="copy"/> as the bf16 copy of a window.</summary>
-    internal void SetNarrowedCopy(long offset, long count, Storage copy) => (_narrowed ??= new())[(offset, count)] = copy;
+    /// <summary>Records <paramref name="copy"/> as the copy of <paramref name="dtype"/> of a window.</summary>
+    internal void SetNarrowedCopy(long offset, long count, DType dtype, Storage copy) => (_narrowed ??= new())[(offset, count, dtype)] = copy;
 
     internal void Retain()
     {

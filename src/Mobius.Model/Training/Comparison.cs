@@ -450,7 +450,7 @@ public sealed record ComparisonResult
     [JsonPropertyName("frozen_weights")]
     public string FrozenWeights { get; init; } = "float32";
 
-    /// <summary>The element type both topologies kept their activations for backward in, "float32" or "bfloat16" (see <see cref="TrainOptions.SavedActivations"/>).</summary>
+    /// <summary>The element type both topologies kept their activations for backward in, "float32", "bfloat16" or "int8" (see <see cref="TrainOptions.SavedActivations"/>).</summary>
     [JsonPropertyName("saved_activations")]
     public string SavedActivations { get; init; } = "float32";
 

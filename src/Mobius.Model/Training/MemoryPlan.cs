@@ -203,7 +203,7 @@ public sealed record MemoryPlanResult(
     [JsonPropertyName("frozen_weights")]
     public string FrozenWeights { get; init; } = "float32";
 
-    /// <summary>The element type of the activations kept for backward, "float32" or "bfloat16" (<see cref="TrainOptions.SavedActivations"/>).</summary>
+    /// <summary>The element type of the activations kept for backward, "float32", "bfloat16" or "int8" (<see cref="TrainOptions.SavedActivations"/>).</summary>
     [JsonPropertyName("saved_activations")]
     public string SavedActivations { get; init; } = "float32";
 
