@@ -261,7 +261,24 @@ public sealed class CliTests
             }
         }
 
-        AssertCleanFailure(Mobius("plan", "--config", "micro", "--saved-activations", "int8"), 2, "--saved-activations must be fp32 or bf16");
+        // int8 blocks: less again than bf16, in both topologies, named in the JSON and the title.
+        var int8 = Mobius("plan", "--config", "micro", "--saved-activations", "int8", "--json");
+        Assert.True(int8.Code == 0, int8.Out + int8.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(kept.Out))
+        using (var p2 = JsonDocument.Parse(int8.Out))
+        {
+            Assert.Equal("int8", p2.RootElement.GetProperty("saved_activations").GetString());
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                long Saved(JsonDocument d) => d.RootElement.GetProperty(topology).GetProperty("saved_activation_bytes").GetInt64();
+                Assert.InRange(Saved(p2) / (double)Saved(p0), 0.3, 0.55);
+                Assert.True(Saved(p2) < Saved(p1));
+            }
+        }
+
+        Assert.Contains("int8 saved activations", Flat(Mobius("plan", "--config", "micro", "--saved-activations", "int8").Out));
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--saved-activations", "fp8"), 2, "--saved-activations must be fp32, bf16 or int8");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32 or bf16");
 
         // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
@@ -679,7 +696,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
-        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16", "--saved-activations", "bf16"];
+        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16", "--saved-activations", "int8"];
         var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
         Assert.True(a.Code == 0, a.Out + a.Err);
         var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
@@ -696,7 +713,7 @@ public sealed class CliTests
         Assert.Equal("move-right", got.Extra["motions"]);
         Assert.Equal(3, got.TrainOptions!.Batch);
         Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.FrozenWeights);
-        Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.SavedActivations);
+        Assert.Equal(global::Mobius.Engine.DType.Int8Blocks, got.TrainOptions!.SavedActivations);
         Assert.Equal(4, got.Seed);
         Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
         foreach (var (name, values) in expected.Unet)

@@ -14,10 +14,19 @@ public sealed class MemoryPlanTests
 
     [Theory]
     [MemberData(nameof(Recompute))]
-    public void The_plan_is_what_the_cpu_measures(bool spatial, bool temporal)
+    public void The_plan_is_what_the_cpu_measures(bool spatial, bool temporal) =>
+        PlanIsMeasured(new TrainOptions { Seed = 3, LearningRate = 1e-3f, RecomputeSpatial = spatial, RecomputeTemporal = temporal });
+
+    /// <summary>Activations kept in bf16 or int8 blocks: the narrow copies, their padding and scales, planned to the byte.</summary>
+    [Theory]
+    [InlineData(DType.BFloat16)]
+    [InlineData(DType.Int8Blocks)]
+    public void The_plan_is_what_the_cpu_measures_with_narrower_saved_activations(DType kept) =>
+        PlanIsMeasured(new TrainOptions { Seed = 4, LearningRate = 1e-3f, SavedActivations = kept });
+
+    private static void PlanIsMeasured(TrainOptions options)
     {
         var config = ModelConfig.Get("micro");
-        var options = new TrainOptions { Seed = 3, LearningRate = 1e-3f, RecomputeSpatial = spatial, RecomputeTemporal = temporal };
         var plan = MemoryPlan.Plan(config, options);
 
         foreach (var (topology, planned) in new[] { (Topology.Serial, plan.Serial), (Topology.Parallel, plan.Parallel) })
