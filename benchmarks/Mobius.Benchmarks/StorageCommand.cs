@@ -8,8 +8,9 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks storage [--config tiny] [--backend cpu] [--steps 30]`: both topologies with fp32, bf16 frozen
-/// weights, bf16 saved activations and both, all eight cases' steps taking turns (<see cref="Frontier.MeasureCases"/>),
-/// so a machine whose speed drifts moves them alike: what each bf16 option costs in time and saves in memory.
+/// weights, bf16 saved activations, both, int8 saved activations, and bf16 frozen weights with int8 saved activations,
+/// all twelve cases' steps taking turns (<see cref="Frontier.MeasureCases"/>), so a machine whose speed drifts moves
+/// them alike: what each storage option costs in time and saves in memory.
 /// </summary>
 public static class StorageCommand
 {
@@ -21,6 +22,8 @@ public static class StorageCommand
         ("bf16 frozen weights", DType.BFloat16, DType.Float32),
         ("bf16 saved activations", DType.Float32, DType.BFloat16),
         ("both", DType.BFloat16, DType.BFloat16),
+        ("int8 saved activations", DType.Float32, DType.Int8Blocks),
+        ("bf16 frozen weights, int8 saved activations", DType.BFloat16, DType.Int8Blocks),
     ];
 
     public static int Run(string[] args)

@@ -135,10 +135,10 @@ public sealed unsafe partial class CpuBackend : IBackend
                 ForRanges(n, 1, (_, a, b) => WidenFromBFloat16((ushort*)px, (uint*)py, a, b));
                 break;
             case (DType.Float32, DType.Int8Blocks):
-                ForRanges(Int8BlockCount(n), 1, (_, a, b) => QuantizeInt8Blocks((float*)px, (sbyte*)py, (float*)(py + DTypeExtensions.Int8ScalesOffset(n)), n, a, b));
+                ForRanges(Int8BlockCount(n), DTypeExtensions.Int8Block, (_, a, b) => QuantizeInt8Blocks((float*)px, (sbyte*)py, (float*)(py + DTypeExtensions.Int8ScalesOffset(n)), n, a, b));
                 break;
             case (DType.Int8Blocks, DType.Float32):
-                ForRanges(Int8BlockCount(n), 1, (_, a, b) => DequantizeInt8Blocks((sbyte*)px, (float*)(px + DTypeExtensions.Int8ScalesOffset(n)), (float*)py, n, a, b));
+                ForRanges(Int8BlockCount(n), DTypeExtensions.Int8Block, (_, a, b) => DequantizeInt8Blocks((sbyte*)px, (float*)(px + DTypeExtensions.Int8ScalesOffset(n)), (float*)py, n, a, b));
                 break;
             case var (from, to) when from != to:
                 throw new NotSupportedException($"cast from {from.Name()} to {to.Name()}.");
@@ -163,16 +163,37 @@ public sealed unsafe partial class CpuBackend : IBackend
             long start = k * block, end = Math.Min(n, start + block);
             float m = 0f;
             bool bad = false;
-            for (long i = start; i < end; i++)
+            long i = start;
+            if (Vector256.IsHardwareAccelerated && end - start == block)
             {
-                float v = Math.Abs(x[i]);
-                if (!float.IsFinite(v))
+                var most = Vector256<float>.Zero;
+                var worst = Vector256<uint>.Zero;
+                for (; i < end; i += 8)
                 {
-                    bad = true;
+                    var magnitude = Vector256.Load((uint*)(x + i)) & Vector256.Create(0x7fff_ffffu);
+                    worst = Vector256.Max(worst, magnitude);
+                    most = Vector256.Max(most, magnitude.AsSingle()); // NaN lanes are caught by worst
                 }
-                else if (v > m)
+
+                bad = Vector256.GreaterThanOrEqualAny(worst, Vector256.Create(0x7f80_0000u));
+                for (int l = 0; l < 8; l++)
                 {
-                    m = v;
+                    m = Math.Max(m, most[l]);
+                }
+            }
+            else
+            {
+                for (; i < end; i++)
+                {
+                    float v = Math.Abs(x[i]);
+                    if (!float.IsFinite(v))
+                    {
+                        bad = true;
+                    }
+                    else if (v > m)
+                    {
+                        m = v;
+                    }
                 }
             }
 
@@ -187,13 +208,32 @@ public sealed unsafe partial class CpuBackend : IBackend
                 inv = 127f / m;
             }
 
-            for (long i = start; i < end; i++)
+            scales[k] = scale;
+            i = start;
+            if (bad)
             {
-                float r = MathF.Round(x[i] * inv, MidpointRounding.ToEven);
-                q[i] = (sbyte)Math.Clamp(bad ? 0f : r, -127f, 127f);
+                new Span<sbyte>(q + start, (int)(end - start)).Clear();
+                continue;
             }
 
-            scales[k] = scale;
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var factor = Vector256.Create(inv);
+                var top = Vector256.Create(127f);
+                for (; i + 32 <= end; i += 32)
+                {
+                    Vector256<int> Quantized(long at) =>
+                        Vector256.ConvertToInt32(Vector256.Min(Vector256.Max(Vector256.Round(Vector256.Load(x + at) * factor), -top), top));
+                    var lo = Vector256.Narrow(Quantized(i), Quantized(i + 8));
+                    var hi = Vector256.Narrow(Quantized(i + 16), Quantized(i + 24));
+                    Vector256.Narrow(lo, hi).Store(q + i);
+                }
+            }
+
+            for (; i < end; i++)
+            {
+                q[i] = (sbyte)Math.Clamp(MathF.Round(x[i] * inv, MidpointRounding.ToEven), -127f, 127f);
+            }
         }
     }
 
@@ -204,7 +244,23 @@ public sealed unsafe partial class CpuBackend : IBackend
         for (long k = a; k < b; k++)
         {
             float scale = scales[k];
-            for (long i = k * block, end = Math.Min(n, i + block); i < end; i++)
+            long i = k * block, end = Math.Min(n, i + block);
+            if (Vector256.IsHardwareAccelerated)
+            {
+                var factor = Vector256.Create(scale);
+                for (; i + 32 <= end; i += 32)
+                {
+                    var (lo, hi) = Vector256.Widen(Vector256.Load(q + i));
+                    var (l0, l1) = Vector256.Widen(lo);
+                    var (h0, h1) = Vector256.Widen(hi);
+                    (Vector256.ConvertToSingle(l0) * factor).Store(y + i);
+                    (Vector256.ConvertToSingle(l1) * factor).Store(y + i + 8);
+                    (Vector256.ConvertToSingle(h0) * factor).Store(y + i + 16);
+                    (Vector256.ConvertToSingle(h1) * factor).Store(y + i + 24);
+                }
+            }
+
+            for (; i < end; i++)
             {
                 y[i] = q[i] * scale;
             }
