@@ -19,7 +19,7 @@ namespace Mobius.Benchmarks;
 /// recompute policy. Every case runs at each policy of <see cref="MemoryPlan.Policies"/> (none, temporal,
 /// spatial, spatial+temporal): recomputing trades time for memory, and both topologies' trades are measured.
 /// At the first policy (none) each case also runs with bf16 frozen weights (<see cref="TrainOptions.FrozenWeights"/>),
-/// bf16 saved activations (<see cref="TrainOptions.SavedActivations"/>) and both.
+/// bf16 saved activations (<see cref="TrainOptions.SavedActivations"/>), both, and int8 saved activations.
 /// Configs: tiny on the CPU; small and ms256 on a GPU (MOBIUS_BENCH_CUDA=1).
 /// </summary>
 [Config(typeof(TrainStepConfig))]
@@ -37,7 +37,7 @@ public class TrainStepBenchmarks
         from backend in Backends.Names
         from config in backend == "cpu" ? new[] { "tiny" } : ["tiny", "small", "ms256"]
         from policy in MemoryPlan.Policies
-        from storage in policy == MemoryPlan.Policies[0] ? new[] { ("fp32", "fp32"), ("bf16", "fp32"), ("fp32", "bf16"), ("bf16", "bf16") } : [("fp32", "fp32")]
+        from storage in policy == MemoryPlan.Policies[0] ? new[] { ("fp32", "fp32"), ("bf16", "fp32"), ("fp32", "bf16"), ("bf16", "bf16"), ("fp32", "int8") } : [("fp32", "fp32")]
         from topology in new[] { Topology.Serial, Topology.Parallel }
         select new TrainCase(config, topology, backend, MemoryPlan.PolicyName(policy.Spatial, policy.Temporal), storage.Item1, storage.Item2);
 
@@ -56,7 +56,7 @@ public class TrainStepBenchmarks
             {
                 Seed = 1, RecomputeSpatial = spatial, RecomputeTemporal = temporal,
                 FrozenWeights = Case.Weights == "bf16" ? DType.BFloat16 : DType.Float32,
-                SavedActivations = Case.Activations == "bf16" ? DType.BFloat16 : DType.Float32,
+                SavedActivations = Case.Activations switch { "bf16" => DType.BFloat16, "int8" => DType.Int8Blocks, _ => DType.Float32 },
             });
         for (int i = 0; i < 2; i++)
         {
@@ -83,7 +83,7 @@ public class TrainStepBenchmarks
 
 /// <summary>
 /// A training-step case: config, topology, backend, recompute policy (<see cref="MemoryPlan.PolicyName"/>) and the
-/// element types of the frozen weights and of the saved activations ("fp32" or "bf16").
+/// element types of the frozen weights ("fp32" or "bf16") and of the saved activations ("fp32", "bf16" or "int8").
 /// </summary>
 public sealed record TrainCase(string Config, Topology Topology, string Backend, string Recompute = "none", string Weights = "fp32", string Activations = "fp32")
 {
