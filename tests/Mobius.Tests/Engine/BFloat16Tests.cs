@@ -188,7 +188,7 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         using var _r = rounded;
         using var x = Tensor.FromArray(B, r.Uniform(4), new Shape(4));
         var e = Assert.Throws<DTypeMismatchException>(() => Ops.Add(x, w));
-        Assert.Contains("bf16 is a storage type for the frozen weights", e.Message);
+        Assert.Contains("bf16 is a storage type for frozen weights", e.Message);
 
         using var trainable = Parameter.Create(B, "trainable", new Shape(3), r.Uniform(3));
         var refused = Assert.Throws<InvalidOperationException>(() => trainable.StoreAs(DType.BFloat16));
