@@ -164,6 +164,7 @@ MOBIUS_DEVICE void temporal_backward(const T* q, const T* k, const T* v, const T
     float* dorows = qrows + L.rows * L.Dp;
     float* probs = smem + 2 * F * L.Dp + 2 * kWarps * L.rows * L.Dp;  // P [F][F]
     float* dscores = probs + F * F;                                  // dS [F][F]
+    const bool recompute = o == nullptr || lse == nullptr;           // uniform: the same pointers for every thread
     for (long long p = blockIdx.x; p < static_cast<long long>(N) * H; p += gridDim.x) {
         const Head hd = head(p, H, F, D);
         load_tile(k, hd, L, kq);
@@ -173,9 +174,10 @@ MOBIUS_DEVICE void temporal_backward(const T* q, const T* k, const T* v, const T
             stage_rows(q, hd, L, row0, qrows);
             stage_rows(dout, hd, L, row0, dorows);
             __syncwarp();
-            // Drow_i = dO_i . o_i for the rows of this pass; each lane keeps its own row's value.
+            // Drow_i = dO_i . o_i for the rows of this pass; each lane keeps its own row's value. Without o (the
+            // recompute mode, below) it is sum_j P_ij dP_ij instead.
             float drow = 0.0f;
-            for (int s = 0; s < L.rows; ++s) {
+            for (int s = 0; s < L.rows && recompute == false; ++s) {
                 const int r = row0 + s;
                 float part = 0.0f;
                 for (int d = lane; d < D && r < F; d += 32) part += dorows[s * L.Dp + d] * gpu::load(o + hd.base + r * hd.stride + d);
@@ -189,7 +191,19 @@ MOBIUS_DEVICE void temporal_backward(const T* q, const T* k, const T* v, const T
                 dot_s += qrows[seg * L.Dp + d] * kq[jc * L.Dp + d];
                 dot_p += dorows[seg * L.Dp + d] * vdo[jc * L.Dp + d];
             }
-            const float prob = valid ? gpu::exp(dot_s * scale - lse[p * F + i]) : 0.0f;
+            float prob;
+            if (recompute) {
+                // The softmax of these q and k alone, as the forward computes it, and Drow from it: P, Drow and dS
+                // all belong to the q, k, v given (a rounded copy of the forward's: activations kept narrower).
+                const float score = valid ? dot_s * scale : -gpu::inf();
+                const float m = segment_max(score, L.Fp);
+                const float e = valid ? gpu::exp(score - m) : 0.0f;
+                const float sum = segment_sum(e, L.Fp);  // every lane takes part in the shuffles
+                prob = valid ? e / sum : 0.0f;
+                drow = segment_sum(valid ? prob * dot_p : 0.0f, L.Fp);
+            } else {
+                prob = valid ? gpu::exp(dot_s * scale - lse[p * F + i]) : 0.0f;
+            }
             const float ds = prob * (dot_p - drow);
             if (valid) {
                 probs[i * F + j] = prob;
@@ -239,7 +253,8 @@ extern "C" __global__ void __launch_bounds__(kThreads)
 }
 MOBIUS_REGISTER_KERNEL(temporal_attention_fwd_f32);
 
-// Temporal self-attention backward: dq, dk, dv [N, F, H*D] from q, k, v, o, lse (forward) and dO.
+// Temporal self-attention backward: dq, dk, dv [N, F, H*D] from q, k, v, o, lse (forward) and dO. With o and lse
+// null, the probabilities are recomputed from q and k (their softmax, as the forward's) and Drow = sum_j P dP.
 // Block 128 threads; grid as the forward; dynamic shared memory 4 * (2 F Dp + 8 R Dp + 2 F F) bytes.
 extern "C" __global__ void __launch_bounds__(kThreads)
     temporal_attention_bwd_f32(const float* __restrict__ q, const float* __restrict__ k, const float* __restrict__ v,

@@ -503,13 +503,13 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc />
-    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
     {
         var (fp, r, dp) = TemporalTiles(s);
         uint shared = (uint)(4 * (2 * s.Lq * dp + 8 * r * dp + 2 * s.Lq * s.Lq));
         Launch("temporal_attention_bwd_f32", ((uint)Math.Min(s.N * s.Heads, 65535), 1, 1), (128, 1, 1), shared,
-            [Ptr(q), Ptr(k), Ptr(v), Ptr(o), Ptr(lse), Ptr(dO), Ptr(dq), Ptr(dk), Ptr(dv), s.N, s.Heads, s.Lq, s.HeadDim, s.Scale]);
+            [Ptr(q), Ptr(k), Ptr(v), o is null || lse is null ? 0UL : Ptr(o), o is null || lse is null ? 0UL : Ptr(lse), Ptr(dO), Ptr(dq), Ptr(dk), Ptr(dv), s.N, s.Heads, s.Lq, s.HeadDim, s.Scale]);
     }
 
     /// <summary>Fp = max(4, next power of two >= F), R = 32 / Fp rows per warp, Dp = D | 1 (bank-conflict padding).</summary>
@@ -561,7 +561,7 @@ public sealed unsafe partial class CudaBackend
     }
 
     /// <inheritdoc />
-    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
     {
         int w = s.Width, chunk = AttentionChunk(s);
@@ -577,7 +577,7 @@ public sealed unsafe partial class CudaBackend
             int n = Math.Min(chunk, s.N - n0);
             long rows = (long)n * s.Heads * s.Lq;
             ulong qOffset = (ulong)n0 * (ulong)s.Lq * (ulong)w * 4, kOffset = (ulong)n0 * (ulong)s.Lk * (ulong)w * 4;
-            ulong qn = Ptr(q) + qOffset, on = Ptr(o) + qOffset, dOn = Ptr(dO) + qOffset, dqn = Ptr(dq) + qOffset;
+            ulong qn = Ptr(q) + qOffset, on = o is null ? 0 : Ptr(o) + qOffset, dOn = Ptr(dO) + qOffset, dqn = Ptr(dq) + qOffset;
             ulong kn = Ptr(k) + kOffset, vn = Ptr(v) + kOffset, dkn = Ptr(dk) + kOffset, dvn = Ptr(dv) + kOffset;
             for (int h = 0; h < s.Heads; h++)
             {
@@ -595,7 +595,16 @@ public sealed unsafe partial class CudaBackend
                 GemmRowMajor(false, true, s.Lq, s.Lk, s.HeadDim, 1f, dOn + off, w, (long)s.Lq * w, vn + off, w, (long)s.Lk * w, 0f, DP(h), s.Lk, s.Heads * plane, n);
             }
 
-            Launch1D("attention_row_dot_f32", rows * 32, [dOn, on, Ptr(drow), n, s.Lq, s.Heads, s.HeadDim]);
+            if (o is null)
+            {
+                // Drow = rowsum(P dP) over the rows of the score layout, consistent with the P recomputed above.
+                Launch1D("attention_row_dot_f32", rows * 32, [Ptr(p), Ptr(dp), Ptr(drow), checked((int)rows), 1, 1, s.Lk]);
+            }
+            else
+            {
+                Launch1D("attention_row_dot_f32", rows * 32, [dOn, on, Ptr(drow), n, s.Lq, s.Heads, s.HeadDim]);
+            }
+
             Launch1D("attention_dsoftmax_f32", rows * s.Lk, [Ptr(p), Ptr(dp), Ptr(drow), Ptr(dp), rows, s.Lk]);
             for (int h = 0; h < s.Heads; h++)
             {

@@ -234,8 +234,13 @@ public interface IBackend : IDisposable
     /// </summary>
     void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse);
 
-    /// <summary>Backward of <see cref="AttentionForward"/>; writes dq, dk, dv.</summary>
-    void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    /// <summary>
+    /// Backward of <see cref="AttentionForward"/>; writes dq, dk, dv. With <paramref name="o"/> and
+    /// <paramref name="lse"/> null it recomputes the probabilities from q and k alone and takes Drow = rowsum(P dP)
+    /// instead of rowsum(dO o): the exact gradient of attention at the q, k, v given, even when those are a rounded
+    /// copy of the forward's (activations kept narrower: docs/ops.md).
+    /// </summary>
+    void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv);
 
     /// <summary>
@@ -244,8 +249,8 @@ public interface IBackend : IDisposable
     /// </summary>
     void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse);
 
-    /// <summary>Backward of <see cref="TemporalAttentionForward"/>.</summary>
-    void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    /// <summary>Backward of <see cref="TemporalAttentionForward"/>; o and lse may be null, as in <see cref="AttentionBackward"/>.</summary>
+    void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv);
 
     // ---- resampling ----------------------------------------------------------------------------

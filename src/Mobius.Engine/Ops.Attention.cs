@@ -47,14 +47,17 @@ public static partial class Ops
         var node = Tape.Record(op, q, k, v);
         if (node is not null)
         {
-            // All exact, even with bf16 saved activations: backward recomputes the probabilities from q, k and the
-            // log-sum-exp, which must agree, and takes D = rowsum(dO o) for the sum over keys of P (dO v); rounding o
-            // or v breaks that identity by 2^-9 |dO| |v|, which swamps dS where the values are alike.
-            var sq = node.Save(q);
-            var sk = node.Save(k);
-            var sv = node.Save(v);
-            var so = node.Save(o);
-            var sl = node.Save(lse);
+            // Exact: q, k, v, o and the log-sum-exp; backward takes P = exp(scale q k^T - lse) and Drow = rowsum(dO o)
+            // for the sum over keys of P (dO v). Kept narrower (bf16, int8 blocks): only q, k and v, rounded, and
+            // backward recomputes the softmax from them and takes Drow = rowsum(P dP), so that P, Drow and dS all
+            // belong to the rounded q, k, v (rounded o or lse would break the identity by more than dS itself where
+            // the values are alike).
+            bool narrow = node.NarrowsActivations;
+            var sq = narrow ? node.SaveActivation(q) : node.Save(q);
+            var sk = narrow ? node.SaveActivation(k) : node.Save(k);
+            var sv = narrow ? node.SaveActivation(v) : node.Save(v);
+            var so = narrow ? null : node.Save(o);
+            var sl = narrow ? null : node.Save(lse);
             node.Finish(o, g =>
             {
                 var dq = Tensor.Empty(g.Backend, q.Shape);

@@ -50,11 +50,12 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc />
-    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
     {
         var sh = s;
-        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(o), pl = Ptr(lse);
+        bool recompute = o is null || lse is null;
+        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = recompute ? null : Ptr(o!), pl = recompute ? null : Ptr(lse!);
         float* pdo = Ptr(dO), pdq = Ptr(dq), pdk = Ptr(dk), pdv = Ptr(dv);
         int qb = Math.Min(QueryBlock, sh.Lq);
         using var ws = Workspace(2L * Threads * qb * sh.Lk);
@@ -75,11 +76,17 @@ public sealed unsafe partial class CpuBackend
                 float* lseRow = pl + ((long)n * sh.Heads + h) * sh.Lq + i0;
                 float beta = i0 == 0 ? 0f : 1f;
 
-                // P = exp(scale q k^T - lse)
+                // P = exp(scale q k^T - lse), or the softmax of the scores when lse is recomputed
                 Sgemm.Run(this, false, true, rows, sh.Lk, sh.HeadDim, sh.Scale, qi, w, kh, w, 0f, p, sh.Lk, parallel: false);
                 for (int r = 0; r < rows; r++)
                 {
                     var row = new Span<float>(p + (long)r * sh.Lk, sh.Lk);
+                    if (recompute)
+                    {
+                        TensorPrimitives.SoftMax(row, row);
+                        continue;
+                    }
+
                     TensorPrimitives.Subtract(row, lseRow[r], row);
                     TensorPrimitives.Exp(row, row);
                 }
@@ -88,10 +95,12 @@ public sealed unsafe partial class CpuBackend
                 Sgemm.Run(this, true, false, sh.Lk, sh.HeadDim, rows, 1f, p, sh.Lk, doi, w, beta, dvh, w, parallel: false);
                 Sgemm.Run(this, false, true, rows, sh.Lk, sh.HeadDim, 1f, doi, w, vh, w, 0f, dp, sh.Lk, parallel: false);
 
-                // dS = P (dP - rowdot(dO, o)), written over dP
+                // dS = P (dP - rowdot(dO, o)), or P (dP - rowdot(P, dP)) when recomputed, written over dP
                 for (int r = 0; r < rows; r++)
                 {
-                    float d = TensorPrimitives.Dot(new ReadOnlySpan<float>(doi + (long)r * w, sh.HeadDim), new ReadOnlySpan<float>(oi + (long)r * w, sh.HeadDim));
+                    float d = recompute
+                        ? TensorPrimitives.Dot(new ReadOnlySpan<float>(p + (long)r * sh.Lk, sh.Lk), new ReadOnlySpan<float>(dp + (long)r * sh.Lk, sh.Lk))
+                        : TensorPrimitives.Dot(new ReadOnlySpan<float>(doi + (long)r * w, sh.HeadDim), new ReadOnlySpan<float>(oi + (long)r * w, sh.HeadDim));
                     var dpr = new Span<float>(dp + (long)r * sh.Lk, sh.Lk);
                     TensorPrimitives.Subtract(dpr, d, dpr);
                     TensorPrimitives.Multiply(dpr, new ReadOnlySpan<float>(p + (long)r * sh.Lk, sh.Lk), dpr);
@@ -148,17 +157,19 @@ public sealed unsafe partial class CpuBackend
     }
 
     /// <inheritdoc />
-    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO,
+    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO,
         Tensor dq, Tensor dk, Tensor dv)
     {
         var sh = s;
-        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = Ptr(o), pl = Ptr(lse), pdo = Ptr(dO);
+        bool recompute = o is null || lse is null;
+        float* pq = Ptr(q), pk = Ptr(k), pv = Ptr(v), po = recompute ? null : Ptr(o!), pl = recompute ? null : Ptr(lse!), pdo = Ptr(dO);
         float* pdq = Ptr(dq), pdk = Ptr(dk), pdv = Ptr(dv);
         int w = sh.Width, d = sh.HeadDim, f = sh.Lk;
         For(sh.N * sh.Heads, 10.0 * sh.Lq * f * d, nh =>
         {
             int n = nh / sh.Heads, h = nh % sh.Heads;
             Span<float> p = stackalloc float[f];
+            Span<float> dp = stackalloc float[f];
             for (int j = 0; j < f; j++)
             {
                 RowW(pdk, n, f, j, w, h, d).Clear();
@@ -169,15 +180,37 @@ public sealed unsafe partial class CpuBackend
             {
                 var qi = Row(pq, n, sh.Lq, i, w, h, d);
                 var doi = Row(pdo, n, sh.Lq, i, w, h, d);
-                float l = pl[((long)n * sh.Heads + h) * sh.Lq + i];
-                float di = TensorPrimitives.Dot(doi, Row(po, n, sh.Lq, i, w, h, d));
+                for (int j = 0; j < f; j++)
+                {
+                    p[j] = sh.Scale * TensorPrimitives.Dot(qi, Row(pk, n, f, j, w, h, d));
+                    dp[j] = TensorPrimitives.Dot(doi, Row(pv, n, f, j, w, h, d));
+                }
+
+                float di;
+                if (recompute)
+                {
+                    // The probabilities from these q and k alone, and Drow = sum_j P dP: consistent with each other.
+                    TensorPrimitives.SoftMax(p, p);
+                    di = TensorPrimitives.Dot(p, dp);
+                }
+                else
+                {
+                    float l = pl[((long)n * sh.Heads + h) * sh.Lq + i];
+                    for (int j = 0; j < f; j++)
+                    {
+                        p[j] = MathF.Exp(p[j] - l);
+                    }
+
+                    di = TensorPrimitives.Dot(doi, Row(po, n, sh.Lq, i, w, h, d));
+                }
+
                 var dqi = RowW(pdq, n, sh.Lq, i, w, h, d);
                 dqi.Clear();
                 for (int j = 0; j < f; j++)
                 {
                     var kj = Row(pk, n, f, j, w, h, d);
-                    float pij = MathF.Exp(sh.Scale * TensorPrimitives.Dot(qi, kj) - l);
-                    float ds = pij * (TensorPrimitives.Dot(doi, Row(pv, n, f, j, w, h, d)) - di) * sh.Scale;
+                    float pij = p[j];
+                    float ds = pij * (dp[j] - di) * sh.Scale;
                     var dvj = RowW(pdv, n, f, j, w, h, d);
                     TensorPrimitives.MultiplyAdd(doi, pij, dvj, dvj);
                     TensorPrimitives.MultiplyAdd(kj, ds, dqi, dqi);

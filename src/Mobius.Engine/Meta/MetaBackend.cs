@@ -138,13 +138,13 @@ public sealed class MetaBackend : IBackend
     public void AttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse) => Skip();
 
     /// <inheritdoc />
-    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => Skip();
+    public void AttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => Skip();
 
     /// <inheritdoc />
     public void TemporalAttentionForward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse) => Skip();
 
     /// <inheritdoc />
-    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor o, Tensor lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => Skip();
+    public void TemporalAttentionBackward(in AttentionShape s, Tensor q, Tensor k, Tensor v, Tensor? o, Tensor? lse, Tensor dO, Tensor dq, Tensor dk, Tensor dv) => Skip();
 
     /// <inheritdoc />
     public void AvgPool2x2Forward(int planes, int h, int w, Tensor x, Tensor y) => Skip();
