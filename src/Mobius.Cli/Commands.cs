@@ -75,7 +75,7 @@ public static partial class Commands
 
     private static readonly Option<string> SavedActivationsOption = new("--saved-activations")
     {
-        Description = "element type of the activations a step keeps for backward, in both topologies: fp32, or where that is safe bf16 (about 0.6 of the bytes) or int8 with a scale per 128 elements (about 0.45); forward and the loss unchanged, gradients computed from the kept activations so rounded",
+        Description = "element type of the activations a step keeps for backward, in both topologies: fp32, or where that is safe bf16 (about half the bytes) or int8 with a scale per 128 elements (about a quarter); forward and the loss unchanged, gradients computed from the kept activations so rounded",
         DefaultValueFactory = _ => "fp32",
     };
 

@@ -40,9 +40,10 @@ public sealed class Tape : IDisposable
     /// The element type of the activations this tape keeps for backward where an op allows it (inputs kept for weight
     /// gradients, activation and GEGLU inputs, norm inputs, kept centred). <see cref="DType.BFloat16"/> keeps a bf16
     /// copy (half the bytes) instead of the fp32 tensor, <see cref="DType.Int8Blocks"/> an int8 copy with a scale per
-    /// block of 128 elements (0.26 of the bytes), and the node widens it back while it runs backward: forward is
-    /// unchanged, and backward reads each such activation rounded to that type. Norm statistics, attention's tensors,
-    /// losses and checkpointed regions' inputs stay exact. Default fp32.
+    /// block of 128 elements (1.03 bytes an element), and the node widens it back while it runs backward: forward is
+    /// unchanged, and backward reads each such activation rounded to that type. Attention keeps only q, k and v then, and
+    /// its backward recomputes the softmax from them. Norm statistics, losses and checkpointed regions' inputs stay
+    /// exact. Default fp32.
     /// </summary>
     public DType SavedActivations
     {

@@ -119,8 +119,8 @@ public sealed record TrainOptions
 
     /// <summary>
     /// The element type of the activations a training step keeps for backward where the op allows it
-    /// (<see cref="Tape.SavedActivations"/>): <see cref="DType.BFloat16"/> keeps about 0.6 of the bytes and
-    /// <see cref="DType.Int8Blocks"/> about 0.45, both topologies alike. Forward and the loss are unchanged; the gradients
+    /// (<see cref="Tape.SavedActivations"/>): <see cref="DType.BFloat16"/> keeps about half the bytes and
+    /// <see cref="DType.Int8Blocks"/> about a quarter, both topologies alike. Forward and the loss are unchanged; the gradients
     /// are computed from the kept activations so rounded, so they differ from fp32's by about that type's precision
     /// (bf16: 2^-9 relative per value; int8 blocks: up to 1/254 of the largest magnitude of each block of 128). Default fp32.
     /// </summary>
