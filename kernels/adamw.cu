@@ -43,6 +43,42 @@ MOBIUS_DEVICE void adamw_element(float* p, const float* grad, float* m, float* v
     p[i] = p[i] * c.decay - lr * (mi / c.correction1) / (gpu::sqrt(vi / c.correction2) + eps);
 }
 
+// bf16 moments (--optimizer-state bf16): read widened, updated in fp32 as above (the parameter step uses the fp32
+// values), stored rounded stochastically: the 16 low bits of a hash of (step, tensor, element) are added to the
+// fp32 bits before they are cut to the top 16, so a value rounds up with probability its distance from the lower
+// neighbour over the gap. Unbiased, which round-to-nearest is not here: v moves by (1 - beta2) = 0.001 of itself a
+// step, less than half a bf16 gap (2^-9), so to-nearest would keep it from ever moving. A NaN or infinity rounds
+// to nearest (stays what it is).
+MOBIUS_DEVICE unsigned mix(unsigned x) {
+    x ^= x >> 16;
+    x *= 0x7feb352du;
+    x ^= x >> 15;
+    x *= 0x846ca68bu;
+    x ^= x >> 16;
+    return x;
+}
+
+MOBIUS_DEVICE unsigned stochastic_bits(int step, int tensor, long long i) {
+    return mix(static_cast<unsigned>(i) ^ mix(static_cast<unsigned>(i >> 32) ^ mix(static_cast<unsigned>(tensor) ^ mix(static_cast<unsigned>(step)))));
+}
+
+MOBIUS_DEVICE gpu::bf16 to_bf16_stochastic(float value, unsigned random) {
+    const unsigned u = gpu::float_bits(value);
+    if ((u & 0x7f800000u) == 0x7f800000u) return gpu::float_to_bf16(value);
+    return gpu::bf16{static_cast<unsigned short>((u + (random & 0xffffu)) >> 16)};
+}
+
+MOBIUS_DEVICE void adamw_element_bf16(float* p, const float* grad, gpu::bf16* m, gpu::bf16* v, long long i, int tensor, int step,
+                                      const AdamWCoefficients& c, float lr, float beta1, float beta2, float eps, float grad_scale) {
+    const float g = grad_scale * grad[i];
+    const float mi = beta1 * gpu::bf16_to_float(m[i]) + (1.0f - beta1) * g;
+    const float vi = beta2 * gpu::bf16_to_float(v[i]) + (1.0f - beta2) * g * g;
+    const unsigned r = stochastic_bits(step, tensor, i);
+    m[i] = to_bf16_stochastic(mi, r);
+    v[i] = to_bf16_stochastic(vi, mix(r));
+    p[i] = p[i] * c.decay - lr * (mi / c.correction1) / (gpu::sqrt(vi / c.correction2) + eps);
+}
+
 }  // namespace
 
 // One AdamW step over n parameters; step is 1-based. p, m, v updated in place. blockDim.x <= 256, any grid.
@@ -69,3 +105,22 @@ extern "C" __global__ void __launch_bounds__(256)
     }
 }
 MOBIUS_REGISTER_KERNEL(adamw_multi_f32);
+
+// adamw_multi_f32 with bf16 moments (the table's m and v point at bf16 arrays), stored by stochastic rounding
+// (adamw_element_bf16; the tensor index in the hash is the table row). blockDim.x <= 256, any grid.
+extern "C" __global__ void __launch_bounds__(256)
+    adamw_multi_bf16m(const gpu::AdamWSlot* __restrict__ slots, int count, long long chunks, long long chunk_size, float lr, float beta1,
+                      float beta2, float eps, float weight_decay, int step, float grad_scale) {
+    const AdamWCoefficients c = coefficients(lr, beta1, beta2, weight_decay, step);
+    for (long long chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+        const int row = gpu::slot_of(slots, count, chunk);
+        const gpu::AdamWSlot& s = slots[row];
+        const long long begin = (chunk - s.first_chunk) * chunk_size;
+        const long long end = begin + chunk_size < s.n ? begin + chunk_size : s.n;
+        gpu::bf16* m = reinterpret_cast<gpu::bf16*>(s.m);
+        gpu::bf16* v = reinterpret_cast<gpu::bf16*>(s.v);
+        for (long long i = begin + threadIdx.x; i < end; i += blockDim.x)
+            adamw_element_bf16(s.p, s.grad, m, v, i, row, step, c, lr, beta1, beta2, eps, grad_scale);
+    }
+}
+MOBIUS_REGISTER_KERNEL(adamw_multi_bf16m);

@@ -103,3 +103,11 @@ extern "C" __global__ void __launch_bounds__(256) dequantize_i8b_f32(const signe
     gpu::grid_stride(n, [&](long long i) { y[i] = static_cast<float>(q[i]) * scales[i / kInt8Block]; });
 }
 MOBIUS_REGISTER_KERNEL(dequantize_i8b_f32);
+
+// y[i] = bits, a bf16 pattern (Fill on bf16 storage, e.g. zeroed optimiser moments). Grid-stride, any grid,
+// blockDim.x at most 256.
+extern "C" __global__ void __launch_bounds__(256) fill_bf16(gpu::bf16* __restrict__ y, unsigned bits, long long n) {
+    const gpu::bf16 value{static_cast<unsigned short>(bits)};
+    gpu::grid_stride(n, [&](long long i) { y[i] = value; });
+}
+MOBIUS_REGISTER_KERNEL(fill_bf16);

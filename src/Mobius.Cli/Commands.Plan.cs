@@ -21,7 +21,7 @@ public static partial class Commands
         var byOp = new Option<bool>("--by-op") { Description = "also print what each op keeps for backward, by layer kind, in both topologies (in --json always: saved_by_op)" };
         var budget = new Option<long>("--budget-mib") { Description = "also find each topology's largest batch whose planned peak, in allocator blocks, fits in this many MiB (the engine's tensors: leave room for the CUDA context and libraries), at the recompute policy asked for (0: no search)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("plan", "The memory of a training step of both topologies, planned without a device: a dry run on the meta backend, the same allocations as a real step, nothing computed.")
-            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, LoopCorrectionOption, LoopCorrectionModeOption, byOp, json };
+            { ConfigOption, BatchOption, frames, size, budget, EmaOption, BridgeOption, FreezeOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, OptimizerStateOption, LoopCorrectionOption, LoopCorrectionModeOption, byOp, json };
         cmd.SetAction(p =>
         {
             var config = Configs.Get(p.GetValue(ConfigOption)!);
@@ -36,6 +36,7 @@ public static partial class Commands
                 RecomputeTemporal = p.GetValue(RecomputeTemporalOption),
                 FrozenWeights = FrozenWeights(p),
                 SavedActivations = SavedActivations(p),
+                OptimizerState = OptimizerState(p),
                 LoopCorrectionEvery = CheckLoopCorrection(p.GetValue(LoopCorrectionOption)),
                 LoopCorrectionMode = ParseLoopCorrectionMode(p.GetValue(LoopCorrectionOption), momentum: null, p.GetValue(LoopCorrectionModeOption)!),
             };
@@ -62,7 +63,7 @@ public static partial class Commands
 
             var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
             var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, {config.Frames} frames of {config.Height}x{config.Width}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
-                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + (options.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "") + SavedActivationsNote(options.SavedActivations));
+                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + (options.FrozenWeights == DType.BFloat16 ? ", bf16 frozen weights" : "") + SavedActivationsNote(options.SavedActivations) + OptimizerStateNote(options.OptimizerState));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
             t.AddRow("peak in allocator blocks", Mb(plan.Serial.PeakBlockBytes), Mb(plan.Parallel.PeakBlockBytes), "");

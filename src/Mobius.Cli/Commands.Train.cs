@@ -24,7 +24,7 @@ public static partial class Commands
         var resume = new Option<string?>("--resume") { Description = "continue from this checkpoint" };
         var saveEvery = new Option<int>("--save-every") { Description = "also save every N steps (0: only at the end)", DefaultValueFactory = _ => 0 };
         var cmd = new Command("pretrain", "Stage 1: train the text-to-image UNet and the text encoder on single frames of the emoji clips (or of a --data folder's GIFs, its captions' words added to the vocabulary).")
-            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
+            { ConfigOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, steps, lr, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, OptimizerStateOption, output, resume, saveEvery, CosineOption, WeightsOnlyOption, DataOption };
         cmd.SetAction(p =>
         {
             int seed = p.GetValue(SeedOption);
@@ -72,6 +72,7 @@ public static partial class Commands
                 EmaDecay = CheckEma(recipe.Pick(EmaOption, o => o.EmaDecay)),
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 CosineDecaySteps = CheckCosine(recipe.Pick(CosineOption, o => o.CosineDecaySteps)),
+                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption.Name),
             };
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
@@ -113,7 +114,7 @@ public static partial class Commands
         var keepBest = new Option<bool>("--keep-best") { Description = "also save the weights of the lowest validation loss as OUT.best.safetensors (needs --validate-every)" };
         var log = new Option<string?>("--log") { Description = "also write every step's loss, time, gradient norm and validation loss to this CSV file (flushed each step)" };
         var cmd = new Command("train", "Stage 2: train only the temporal layers (spatial UNet and text encoder frozen) in the serial or parallel topology.")
-            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
+            { topology, from, resume, steps, lr, CosineOption, BatchOption, AccumulateOption, RanksOption, CollectivesOption, EmaOption, MinSnrOption, FrameNoiseOption, output, saveEvery, BridgeOption, MotionOption, DataOption, BackendOption, MathOption, SeedOption, ThreadsOption, MemoryLimitOption, WeightsOnlyOption, RecomputeOption, RecomputeTemporalOption, FrozenWeightsOption, SavedActivationsOption, OptimizerStateOption, ValidateEveryOption, ValidationBatchesOption, keepBest, LoopCorrectionOption, LoopCorrectionWarmupOption, LoopCorrectionMomentumOption, LoopCorrectionModeOption, log };
         cmd.SetAction(p =>
         {
             var topo = ParseTopology(p.GetValue(topology)!);
@@ -161,6 +162,7 @@ public static partial class Commands
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
                 FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
                 SavedActivations = ParseSavedActivations(recipe.Pick(SavedActivationsOption, o => StorageName(o.SavedActivations))),
+                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
                 Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), loopCorrection),
             };

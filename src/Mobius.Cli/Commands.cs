@@ -79,6 +79,12 @@ public static partial class Commands
         DefaultValueFactory = _ => "fp32",
     };
 
+    private static readonly Option<string> OptimizerStateOption = new("--optimizer-state")
+    {
+        Description = "element type of AdamW's two moments, in both topologies: fp32, or bf16 (half the optimizer state; each moment updated in fp32 and stored by stochastic rounding)",
+        DefaultValueFactory = _ => "fp32",
+    };
+
     private static readonly Option<int> ValidateEveryOption = new("--validate-every") { Description = "also measure both validation losses every N steps (0: before and after training only)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> LoopCorrectionOption = new("--loop-correction") { Description = "experimental: every K steps the loop bridge also takes serial's exact gradient and corrects the steps between by the running difference (0: off)", DefaultValueFactory = _ => 0 };
     private static readonly Option<int> ValidationBatchesOption = new("--validation-batches") { Description = "held-out batches in each validation loss (more: a steadier curve, slower validations)", DefaultValueFactory = _ => 4 };
@@ -444,6 +450,11 @@ public static partial class Commands
     private static DType FrozenWeights(ParseResult p) => ParseStorage(p.GetValue(FrozenWeightsOption)!, FrozenWeightsOption.Name);
 
     private static DType SavedActivations(ParseResult p) => ParseSavedActivations(p.GetValue(SavedActivationsOption)!);
+
+    private static DType OptimizerState(ParseResult p) => ParseStorage(p.GetValue(OptimizerStateOption)!, OptimizerStateOption.Name);
+
+    /// <summary>", bf16 optimizer state", or nothing for fp32: for titles and summaries.</summary>
+    internal static string OptimizerStateNote(DType dtype) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} optimizer state";
 
     private static DType ParseStorage(string value, string option) => value switch
     {

@@ -699,8 +699,17 @@ public sealed unsafe partial class CudaBackend
         Reduce("sumsq_partial_f32", [Ptr(x), x.Numel], x.Numel, output, 1f, accumulate: true);
 
     /// <inheritdoc />
-    public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs a) =>
+    public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs a)
+    {
+        if (m.DType == DType.BFloat16)
+        {
+            // bf16 moments: the multi-tensor kernel over one row (its row index, 0, stands for the tensor's in the hash).
+            AdamWStep([new AdamWTensors(param, grad, m, v)], a);
+            return;
+        }
+
         Launch1D("adamw_f32", param.Numel, [Ptr(param), Ptr(grad), Ptr(m), Ptr(v), param.Numel, a.Lr, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, a.Step, a.GradScale]);
+    }
 
     // ---- multi-tensor kernels: one launch over a table of tensors -----------------------------------
 
@@ -816,9 +825,16 @@ public sealed unsafe partial class CudaBackend
             2 => Ptr(t.M),
             _ => Ptr(t.V),
         }, static t => t.Param.Numel);
+        bool narrow = tensors[0].M.DType == DType.BFloat16;
+        if (tensors.Any(t => (t.M.DType == DType.BFloat16) != narrow || t.V.DType != t.M.DType))
+        {
+            table.Dispose();
+            throw new ArgumentException("adamw: the moments of one step are all fp32 or all bf16.");
+        }
+
         using (table)
         {
-            Launch("adamw_multi_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0,
+            Launch(narrow ? "adamw_multi_bf16m" : "adamw_multi_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0,
                 [Ptr(table), tensors.Count, chunks, MultiTensorChunk, a.Lr, a.Beta1, a.Beta2, a.Eps, a.WeightDecay, a.Step, a.GradScale]);
         }
     }

@@ -248,6 +248,12 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <inheritdoc />
     public void Fill(Tensor dst, float value)
     {
+        if (dst.DType == DType.BFloat16)
+        {
+            Launch1D("fill_bf16", dst.Numel, [Ptr(dst), (int)BFloat16Bits.FromFloat(value), dst.Numel]);
+            return;
+        }
+
         MakeCurrent();
         Driver.Check(Driver.cuMemsetD32Async(Ptr(dst), BitConverter.SingleToUInt32Bits(value), (nuint)dst.Numel, _stream), "cuMemsetD32Async");
     }

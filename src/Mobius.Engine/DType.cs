@@ -78,3 +78,34 @@ public static class BFloat16Bits
     /// <summary><paramref name="value"/> rounded to the nearest bf16, as fp32.</summary>
     public static float Round(float value) => ToFloat(FromFloat(value));
 }
+
+/// <summary>
+/// Stochastic rounding to bf16 (the optimiser's bf16 moments): the low 16 bits of a random word are added to the fp32
+/// bits before they are cut to the top 16, so a value rounds up with probability its distance from the lower
+/// neighbour over the gap, and the rounding is unbiased. The random words are a hash of (step, tensor, element),
+/// the same as the kernels' (adamw.cu), so a run is repeatable.
+/// </summary>
+public static class StochasticRounding
+{
+    /// <summary>A 32-bit integer hash (lowbias32: two multiply-xorshift rounds).</summary>
+    public static uint Mix(uint x)
+    {
+        x ^= x >> 16;
+        x *= 0x7feb352du;
+        x ^= x >> 15;
+        x *= 0x846ca68bu;
+        x ^= x >> 16;
+        return x;
+    }
+
+    /// <summary>The random word of element <paramref name="i"/> of tensor <paramref name="tensor"/> at <paramref name="step"/>.</summary>
+    public static uint Bits(int step, int tensor, long i) =>
+        Mix((uint)i ^ Mix((uint)(i >> 32) ^ Mix((uint)tensor ^ Mix((uint)step))));
+
+    /// <summary>bf16 bits of <paramref name="value"/> rounded up with probability (low 16 bits) / 2^16 by <paramref name="random"/>; NaN and infinity round to nearest.</summary>
+    public static ushort ToBFloat16(float value, uint random)
+    {
+        uint u = BitConverter.SingleToUInt32Bits(value);
+        return (u & 0x7f80_0000u) == 0x7f80_0000u ? BFloat16Bits.FromFloat(value) : (ushort)((u + (random & 0xffffu)) >> 16);
+    }
+}

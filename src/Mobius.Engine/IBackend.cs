@@ -289,7 +289,11 @@ public interface IBackend : IDisposable
     /// <summary>output[0] += sum of x^2, the building block of the global gradient norm.</summary>
     void SumSquaresAccumulate(Tensor x, Tensor output);
 
-    /// <summary>One fused AdamW step on a parameter, its gradient and its two moment buffers.</summary>
+    /// <summary>
+    /// One fused AdamW step on a parameter, its gradient and its two moment buffers. The moments are fp32, or both
+    /// bf16 (`--optimizer-state bf16`): updated in fp32 and stored by stochastic rounding, the random bits a hash of
+    /// the step, <see cref="AdamWStepArgs.Tensor"/> and the element's index (docs/ops.md).
+    /// </summary>
     void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs args);
 
     /// <summary>
@@ -336,14 +340,15 @@ public interface IBackend : IDisposable
     /// </summary>
     void AdamWStep(IReadOnlyList<AdamWTensors> tensors, in AdamWStepArgs args)
     {
-        foreach (var t in tensors)
+        for (int k = 0; k < tensors.Count; k++)
         {
-            AdamWStep(t.Param, t.Grad, t.M, t.V, args);
+            var t = tensors[k];
+            AdamWStep(t.Param, t.Grad, t.M, t.V, args with { Tensor = k });
         }
     }
 }
 
-/// <summary>A parameter, its gradient and its two AdamW moment buffers (same shape, fp32, one backend).</summary>
+/// <summary>A parameter, its gradient and its two AdamW moment buffers (same shape, one backend; the moments fp32 or both bf16).</summary>
 public readonly record struct AdamWTensors(Tensor Param, Tensor Grad, Tensor M, Tensor V);
 
 /// <summary>Pointwise activation functions.</summary>
@@ -406,4 +411,5 @@ public readonly record struct AttentionShape(int N, int Heads, int Lq, int Lk, i
 /// <param name="WeightDecay">Decoupled weight decay (multiplies lr).</param>
 /// <param name="Step">1-based step number, for bias correction.</param>
 /// <param name="GradScale">Multiplies the gradient before use (gradient clipping).</param>
-public readonly record struct AdamWStepArgs(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f);
+/// <param name="Tensor">The tensor's place in the optimiser's list: with bf16 moments, part of the stochastic rounding's hash.</param>
+public readonly record struct AdamWStepArgs(float Lr, float Beta1, float Beta2, float Eps, float WeightDecay, int Step, float GradScale = 1f, int Tensor = 0);

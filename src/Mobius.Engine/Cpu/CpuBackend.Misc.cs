@@ -182,6 +182,12 @@ public sealed unsafe partial class CpuBackend
     /// <inheritdoc />
     public void AdamWStep(Tensor param, Tensor grad, Tensor m, Tensor v, in AdamWStepArgs args)
     {
+        if (m.DType == DType.BFloat16 && v.DType == DType.BFloat16)
+        {
+            AdamWStepBf16(param, grad, m, v, args);
+            return;
+        }
+
         var a = args;
         float* pp = Ptr(param), pg = Ptr(grad), pm = Ptr(m), pv = Ptr(v);
         float bc1 = 1f - MathF.Pow(a.Beta1, a.Step);
@@ -226,5 +232,45 @@ public sealed unsafe partial class CpuBackend
                 pp[i] = pp[i] * decay - stepSize * mi / (MathF.Sqrt(vi) / rootBc2 + a.Eps);
             }
         });
+    }
+
+    /// <summary>
+    /// AdamW with bf16 moments: the adamw_multi_bf16m kernel's arithmetic in its order (the moments widened, updated in
+    /// fp32 and stored by stochastic rounding with the same hash; the parameter stepped with the fp32 moments).
+    /// </summary>
+    private void AdamWStepBf16(Tensor param, Tensor grad, Tensor m, Tensor v, AdamWStepArgs a)
+    {
+        float* pp = Ptr(param), pg = Ptr(grad);
+        ushort* pm = (ushort*)m.Storage.Handle + m.Offset, pv = (ushort*)v.Storage.Handle + v.Offset;
+        float bc1 = 1f - PowerBySquaring(a.Beta1, a.Step), bc2 = 1f - PowerBySquaring(a.Beta2, a.Step);
+        float decay = 1f - a.Lr * a.WeightDecay;
+        Chunked(param.Numel, (s, n) =>
+        {
+            for (long i = s, end = s + n; i < end; i++)
+            {
+                float g = a.GradScale * pg[i];
+                float mi = a.Beta1 * BFloat16Bits.ToFloat(pm[i]) + (1f - a.Beta1) * g;
+                float vi = a.Beta2 * BFloat16Bits.ToFloat(pv[i]) + (1f - a.Beta2) * g * g;
+                uint r = StochasticRounding.Bits(a.Step, a.Tensor, i);
+                pm[i] = StochasticRounding.ToBFloat16(mi, r);
+                pv[i] = StochasticRounding.ToBFloat16(vi, StochasticRounding.Mix(r));
+                pp[i] = pp[i] * decay - a.Lr * (mi / bc1) / (MathF.Sqrt(vi / bc2) + a.Eps);
+            }
+        });
+    }
+
+    /// <summary>base^exponent by repeated squaring, as the AdamW kernels compute the bias corrections.</summary>
+    private static float PowerBySquaring(float b, int exponent)
+    {
+        float result = 1f;
+        for (; exponent > 0; exponent >>= 1, b *= b)
+        {
+            if ((exponent & 1) != 0)
+            {
+                result *= b;
+            }
+        }
+
+        return result;
     }
 }

@@ -118,7 +118,16 @@ public sealed unsafe partial class CpuBackend : IBackend
     public void CopyToHost(Tensor src, Span<float> dst) => Span(src).CopyTo(dst);
 
     /// <inheritdoc />
-    public void Fill(Tensor dst, float value) => Span(dst).Fill(value);
+    public void Fill(Tensor dst, float value)
+    {
+        if (dst.DType == DType.BFloat16)
+        {
+            new Span<ushort>((ushort*)dst.Storage.Handle + dst.Offset, checked((int)dst.Numel)).Fill(BFloat16Bits.FromFloat(value));
+            return;
+        }
+
+        Span(dst).Fill(value);
+    }
 
     /// <inheritdoc />
     public void Cast(Tensor x, Tensor y)

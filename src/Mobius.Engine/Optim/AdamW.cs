@@ -3,8 +3,9 @@ namespace Mobius.Engine.Optim;
 /// <summary>
 /// AdamW (PyTorch semantics: bias-corrected moments, decoupled weight decay) over trainable
 /// parameters only, with optional global gradient-norm clipping. Moments are allocated on the first
-/// step (accounted as optimiser state); gradients are released after each step (set to none), so they
-/// occupy memory only between backward and step.
+/// step (accounted as optimiser state), in fp32 or, with <see cref="StateType"/> bf16, in half the bytes (updated
+/// in fp32, stored by stochastic rounding: <see cref="IBackend.AdamWStep(Tensor, Tensor, Tensor, Tensor, in AdamWStepArgs)"/>);
+/// gradients are released after each step (set to none), so they occupy memory only between backward and step.
 /// </summary>
 public sealed class AdamW : IDisposable
 {
@@ -13,8 +14,14 @@ public sealed class AdamW : IDisposable
 
     /// <summary>Creates the optimiser for the given named parameters (frozen ones are ignored).</summary>
     public AdamW(IEnumerable<(string Name, Parameter Parameter)> parameters, float lr = 1e-4f, float beta1 = 0.9f, float beta2 = 0.999f,
-        float eps = 1e-8f, float weightDecay = 1e-2f)
+        float eps = 1e-8f, float weightDecay = 1e-2f, DType stateType = DType.Float32)
     {
+        if (stateType is not (DType.Float32 or DType.BFloat16))
+        {
+            throw new ArgumentException($"AdamW: moments are kept in float32 or bfloat16, not {stateType.Name()}.", nameof(stateType));
+        }
+
+        StateType = stateType;
         _params = parameters.Where(p => !p.Parameter.Frozen).ToList();
         if (_params.Count == 0)
         {
@@ -42,6 +49,9 @@ public sealed class AdamW : IDisposable
 
     /// <summary>Decoupled weight decay.</summary>
     public float WeightDecay { get; }
+
+    /// <summary>The element type of the two moments (fp32, or bf16: half the optimiser state).</summary>
+    public DType StateType { get; }
 
     /// <summary>Steps taken so far.</summary>
     public int StepCount { get; private set; }
@@ -169,11 +179,18 @@ public sealed class AdamW : IDisposable
         _state.Clear();
     }
 
+    private Tensor Moment(Parameter p)
+    {
+        var t = Tensor.Empty(p.Backend, p.Shape, MemoryCategory.OptimizerState, StateType);
+        p.Backend.Fill(t, 0f);
+        return t;
+    }
+
     private (Tensor M, Tensor V) State(Parameter p)
     {
         if (!_state.TryGetValue(p, out var s))
         {
-            s = (Tensor.Zeros(p.Backend, p.Shape, MemoryCategory.OptimizerState), Tensor.Zeros(p.Backend, p.Shape, MemoryCategory.OptimizerState));
+            s = (Moment(p), Moment(p));
             _state[p] = s;
         }
 

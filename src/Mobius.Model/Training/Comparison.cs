@@ -454,6 +454,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("saved_activations")]
     public string SavedActivations { get; init; } = "float32";
 
+    /// <summary>The element type of both topologies' AdamW moments, "float32" or "bfloat16" (see <see cref="TrainOptions.OptimizerState"/>).</summary>
+    [JsonPropertyName("optimizer_state")]
+    public string OptimizerState { get; init; } = "float32";
+
     /// <summary>Correlation of the diffusion noise across a clip's frames in training.</summary>
     [JsonPropertyName("frame_noise_correlation")]
     public double FrameNoiseCorrelation { get; init; }
@@ -826,6 +830,7 @@ public static class Comparison
                 RecomputeTemporal = options.Train.RecomputeTemporal,
                 FrozenWeights = options.Train.FrozenWeights.Name(),
                 SavedActivations = options.Train.SavedActivations.Name(),
+                OptimizerState = options.Train.OptimizerState.Name(),
                 FrameNoiseCorrelation = Math.Round(config.FrameNoiseCorrelation, 4),
                 SampleFrameNoise = Math.Round(sampleFrameNoise, 4),
                 Guidance = options.Guidance,

@@ -36,6 +36,7 @@ public static class MemoryPlan
             Width = config.Width,
             FrozenWeights = options.FrozenWeights.Name(),
             SavedActivations = options.SavedActivations.Name(),
+            OptimizerState = options.OptimizerState.Name(),
         };
     }
 
@@ -206,6 +207,10 @@ public sealed record MemoryPlanResult(
     /// <summary>The element type of the activations kept for backward, "float32", "bfloat16" or "int8" (<see cref="TrainOptions.SavedActivations"/>).</summary>
     [JsonPropertyName("saved_activations")]
     public string SavedActivations { get; init; } = "float32";
+
+    /// <summary>The element type of the AdamW moments planned, "float32" or "bfloat16" (<see cref="TrainOptions.OptimizerState"/>).</summary>
+    [JsonPropertyName("optimizer_state")]
+    public string OptimizerState { get; init; } = "float32";
 
     /// <summary>Frames per clip of the planned config.</summary>
     [JsonPropertyName("frames")]

@@ -127,6 +127,14 @@ public sealed record TrainOptions
     public DType SavedActivations { get; init; } = DType.Float32;
 
     /// <summary>
+    /// The element type of AdamW's two moments (<see cref="Engine.Optim.AdamW.StateType"/>): <see cref="DType.BFloat16"/>
+    /// halves the optimiser state, each moment updated in fp32 and stored by stochastic rounding (unbiased; rounding to
+    /// nearest would keep the second moment from moving, since it changes by 0.001 of itself a step). Both topologies
+    /// alike, stage 1 and stage 2. Default fp32.
+    /// </summary>
+    public DType OptimizerState { get; init; } = DType.Float32;
+
+    /// <summary>
     /// Experimental, stage 2, parallel topology with the loop bridge only: every this many steps (0: never)
     /// the step also computes serial's exact gradient on the same batch (the loop's skipped spatial layers
     /// put back on the tape and recomputed in backward, so the step peaks near a recomputing serial's), takes
@@ -177,7 +185,7 @@ public sealed record TrainOptions
         FrozenTemporal?.ToArray(), RecomputeSpatial, RecomputeTemporal, LoopCorrectionEvery, LoopCorrectionMomentum,
         LoopCorrectionMode.ToString().ToLowerInvariant(), LoopScaleSamples, CheckFinite, CosineDecaySteps, Accumulate, EmaDecay, LoopCorrectionWarmup,
         FrozenWeights == DType.Float32 ? null : FrozenWeights.Name(), SavedActivations == DType.Float32 ? null : SavedActivations.Name(),
-        Ranks == 1 ? null : Ranks));
+        Ranks == 1 ? null : Ranks, OptimizerState == DType.Float32 ? null : OptimizerState.Name()));
 
     /// <summary>Reads <see cref="ToJson"/>'s output; a field it does not hold keeps its default.</summary>
     /// <exception cref="FormatException">The text is not such JSON, or names an unknown loop-correction mode.</exception>
@@ -220,6 +228,7 @@ public sealed record TrainOptions
             FrozenWeights = ParseDType(r.FrozenWeights, "frozen-weight"),
             SavedActivations = ParseDType(r.SavedActivations, "saved-activation"),
             Ranks = r.Ranks ?? defaults.Ranks,
+            OptimizerState = ParseDType(r.OptimizerState, "optimizer-state"),
         };
     }
 
@@ -254,7 +263,8 @@ public sealed record TrainOptions
         [property: JsonPropertyName("loop_correction_warmup")] int? LoopCorrectionWarmup,
         [property: JsonPropertyName("frozen_weights")] string? FrozenWeights,
         [property: JsonPropertyName("saved_activations")] string? SavedActivations,
-        [property: JsonPropertyName("ranks")] int? Ranks);
+        [property: JsonPropertyName("ranks")] int? Ranks,
+        [property: JsonPropertyName("optimizer_state")] string? OptimizerState);
 
     /// <summary>The learning rate of 1-based step <paramref name="step"/>.</summary>
     public float LearningRateAt(int step)

@@ -150,7 +150,7 @@ public sealed partial class Trainer : IDisposable
     private static List<Tensor> AllParameters(TextToVideo model) => NamedParameters(model).Select(n => (Tensor)n.Parameter).ToList();
 
     private static AdamW NewOptimizer(TextToVideo model, TrainOptions options) =>
-        new(NamedParameters(model), options.LearningRate, weightDecay: options.WeightDecay);
+        new(NamedParameters(model), options.LearningRate, weightDecay: options.WeightDecay, stateType: options.OptimizerState);
 
     /// <summary>The stage.</summary>
     public Stage Stage { get; }

@@ -279,6 +279,25 @@ public sealed class CliTests
 
         Assert.Contains("int8 saved activations", Flat(Mobius("plan", "--config", "micro", "--saved-activations", "int8").Out));
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--saved-activations", "fp8"), 2, "--saved-activations must be fp32, bf16 or int8");
+
+        // bf16 optimizer state: half the moments' bytes in both topologies, nothing else.
+        var moments = Mobius("plan", "--config", "micro", "--optimizer-state", "bf16", "--json");
+        Assert.True(moments.Code == 0, moments.Out + moments.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(moments.Out))
+        {
+            Assert.Equal("bfloat16", p1.RootElement.GetProperty("optimizer_state").GetString());
+            foreach (var topology in new[] { "serial", "parallel" })
+            {
+                var m0 = p0.RootElement.GetProperty(topology).GetProperty("memory");
+                var m1 = p1.RootElement.GetProperty(topology).GetProperty("memory");
+                Assert.Equal(m0.GetProperty("optimizer_state").GetInt64(), 2 * m1.GetProperty("optimizer_state").GetInt64());
+                Assert.Equal(m0.GetProperty("weights").GetInt64(), m1.GetProperty("weights").GetInt64());
+            }
+        }
+
+        Assert.Contains("bf16 optimizer state", Flat(Mobius("plan", "--config", "micro", "--optimizer-state", "bf16").Out));
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--optimizer-state", "int8"), 2, "--optimizer-state must be fp32 or bf16");
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32 or bf16");
 
         // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
@@ -696,7 +715,7 @@ public sealed class CliTests
         using var folder = new TempFolder();
         string t2i = folder.File("t2i.safetensors"), straight = folder.File("straight.safetensors"), part = folder.File("part.safetensors");
         Assert.Equal(0, Mobius("pretrain", "--config", "micro", "--steps", "1", "--out", t2i).Code);
-        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16", "--saved-activations", "int8"];
+        string[] recipe = ["--lr", "0.003", "--batch", "3", "--loop-correction", "2", "--loop-correction-mode", "mean", "--motion", "move-right", "--seed", "4", "--frozen-weights", "bf16", "--saved-activations", "int8", "--optimizer-state", "bf16"];
         var a = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "4", "--out", straight, .. recipe]);
         Assert.True(a.Code == 0, a.Out + a.Err);
         var b = Mobius(["train", "--topology", "parallel", "--from", t2i, "--steps", "3", "--out", part, .. recipe]);
@@ -714,6 +733,7 @@ public sealed class CliTests
         Assert.Equal(3, got.TrainOptions!.Batch);
         Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.FrozenWeights);
         Assert.Equal(global::Mobius.Engine.DType.Int8Blocks, got.TrainOptions!.SavedActivations);
+        Assert.Equal(global::Mobius.Engine.DType.BFloat16, got.TrainOptions!.OptimizerState);
         Assert.Equal(4, got.Seed);
         Assert.Equal(LoopCorrectionMode.Mean, got.LoopCorrection!.Mode);
         foreach (var (name, values) in expected.Unet)

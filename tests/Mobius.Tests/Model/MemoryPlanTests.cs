@@ -24,6 +24,11 @@ public sealed class MemoryPlanTests
     public void The_plan_is_what_the_cpu_measures_with_narrower_saved_activations(DType kept) =>
         PlanIsMeasured(new TrainOptions { Seed = 4, LearningRate = 1e-3f, SavedActivations = kept });
 
+    /// <summary>AdamW's moments in bf16: half the optimiser state, planned to the byte.</summary>
+    [Fact]
+    public void The_plan_is_what_the_cpu_measures_with_bf16_optimizer_state() =>
+        PlanIsMeasured(new TrainOptions { Seed = 6, LearningRate = 1e-3f, OptimizerState = DType.BFloat16 });
+
     private static void PlanIsMeasured(TrainOptions options)
     {
         var config = ModelConfig.Get("micro");
