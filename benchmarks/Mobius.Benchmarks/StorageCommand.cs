@@ -8,22 +8,24 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks storage [--config tiny] [--backend cpu] [--steps 30]`: both topologies with fp32, bf16 frozen
-/// weights, bf16 saved activations, both, int8 saved activations, and bf16 frozen weights with int8 saved activations,
-/// all twelve cases' steps taking turns (<see cref="Frontier.MeasureCases"/>), so a machine whose speed drifts moves
+/// weights, bf16 saved activations, both, int8 saved activations, bf16 frozen weights with int8 saved activations, bf16
+/// optimizer state, and all three narrowest, all sixteen cases' steps taking turns (<see cref="Frontier.MeasureCases"/>), so a machine whose speed drifts moves
 /// them alike: what each storage option costs in time and saves in memory.
 /// </summary>
 public static class StorageCommand
 {
     private const string Usage = "Mobius.Benchmarks storage [--config tiny] [--backend cpu|cuda] [--steps 30] [--warmup 3]";
 
-    private static readonly (string Name, DType Weights, DType Activations)[] Storages =
+    private static readonly (string Name, DType Weights, DType Activations, DType Optimizer)[] Storages =
     [
-        ("fp32", DType.Float32, DType.Float32),
-        ("bf16 frozen weights", DType.BFloat16, DType.Float32),
-        ("bf16 saved activations", DType.Float32, DType.BFloat16),
-        ("both", DType.BFloat16, DType.BFloat16),
-        ("int8 saved activations", DType.Float32, DType.Int8Blocks),
-        ("bf16 frozen weights, int8 saved activations", DType.BFloat16, DType.Int8Blocks),
+        ("fp32", DType.Float32, DType.Float32, DType.Float32),
+        ("bf16 frozen weights", DType.BFloat16, DType.Float32, DType.Float32),
+        ("bf16 saved activations", DType.Float32, DType.BFloat16, DType.Float32),
+        ("both", DType.BFloat16, DType.BFloat16, DType.Float32),
+        ("int8 saved activations", DType.Float32, DType.Int8Blocks, DType.Float32),
+        ("bf16 frozen weights, int8 saved activations", DType.BFloat16, DType.Int8Blocks, DType.Float32),
+        ("bf16 optimizer state", DType.Float32, DType.Float32, DType.BFloat16),
+        ("bf16 weights, int8 activations, bf16 optimizer state", DType.BFloat16, DType.Int8Blocks, DType.BFloat16),
     ];
 
     public static int Run(string[] args)
@@ -35,7 +37,7 @@ public static class StorageCommand
 
         var cases = (from s in Storages
                      from topology in new[] { Topology.Serial, Topology.Parallel }
-                     select (topology, new TrainOptions { Seed = 1, FrozenWeights = s.Weights, SavedActivations = s.Activations })).ToList();
+                     select (topology, new TrainOptions { Seed = 1, FrozenWeights = s.Weights, SavedActivations = s.Activations, OptimizerState = s.Optimizer })).ToList();
         // On a GPU eight large models may not fit at once: the two topologies of a storage take turns there.
         var timed = Frontier.MeasureCases(ModelConfig.Get(config), () => Backends.Create(backend), cases, steps, warmup, backend == "cpu" ? cases.Count : 2,
             new Progress<(int Done, int Total)>(p => Console.Error.Write($"\rstorage {config} on {backend}: round {p.Done}/{p.Total}   ")));
