@@ -117,16 +117,17 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
 done
 fi
 if want bf16; then
-step "serial vs parallel with bf16 frozen weights, then bf16 saved activations too, then int8 ones (mobius compare)"
+step "serial vs parallel with bf16 frozen weights, then bf16 saved activations too, then int8 ones and bf16 optimizer state (mobius compare)"
 # Both keep the frozen linear, conv and embedding weights in bf16 and widen one layer's weight at a time
 # (the cast.cu kernels): the peak should fall by the planned 1.7 GiB in each topology at ms256, against the
 # compare part's fp32 run, at the cost of the casts (docs/architecture.md, Tensors and memory). Then the
-# activations kept for backward in bf16 as well: planned 0.63 and 0.60 of the fp32 bytes; then in int8 blocks
-# (quantize_f32_i8b): planned 3,295 and 1,451 MiB kept, peaks 11,018 and 9,922 MiB with the bf16 weights.
+# activations kept for backward in bf16 as well (attention's q, k, v too): planned 3,488 and 1,791 MiB kept; then in
+# int8 blocks (quantize_f32_i8b) with AdamW's moments in bf16 (adamw_multi_bf16m): planned 1,801 and 925 MiB kept,
+# peaks 8,111 and 7,933 MiB.
 c=ms256; steps=6; [ $sim = 1 ] && { c=tiny; steps=2; }
 run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --json --out "$results/compare-$c-bf16"
 run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations bf16 --json --out "$results/compare-$c-bf16-activations"
-run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations int8 --json --out "$results/compare-$c-int8-activations"
+run 150 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --frozen-weights bf16 --saved-activations int8 --optimizer-state bf16 --json --out "$results/compare-$c-all-narrow"
 fi
 
 if want kernel-conv; then
