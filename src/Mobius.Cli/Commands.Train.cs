@@ -160,7 +160,7 @@ public static partial class Commands
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
-                FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => o.FrozenWeights == DType.BFloat16 ? "bf16" : "fp32"), FrozenWeightsOption.Name),
+                FrozenWeights = ParseFrozenWeights(recipe.Pick(FrozenWeightsOption, o => StorageName(o.FrozenWeights))),
                 SavedActivations = ParseSavedActivations(recipe.Pick(SavedActivationsOption, o => StorageName(o.SavedActivations))),
                 OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption.Name),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,

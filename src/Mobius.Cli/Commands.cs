@@ -69,7 +69,7 @@ public static partial class Commands
 
     private static readonly Option<string> FrozenWeightsOption = new("--frozen-weights")
     {
-        Description = "element type of the frozen weights of linear, convolution and embedding layers (both topologies alike; in sample, all of them): fp32, or bf16 (half their memory, each rounded to the nearest bf16; every op still computes in fp32)",
+        Description = "element type of the frozen weights of linear, convolution and embedding layers (both topologies alike; in sample, all of them): fp32, bf16 (half their memory, each rounded to the nearest bf16) or int8 (int8 values with a scale per 128 elements, about a quarter); every op still computes in fp32",
         DefaultValueFactory = _ => "fp32",
     };
 
@@ -447,7 +447,18 @@ public static partial class Commands
         return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--frame-noise must be in [0, 1), got {rho}.");
     }
 
-    private static DType FrozenWeights(ParseResult p) => ParseStorage(p.GetValue(FrozenWeightsOption)!, FrozenWeightsOption.Name);
+    private static DType FrozenWeights(ParseResult p) => ParseFrozenWeights(p.GetValue(FrozenWeightsOption)!);
+
+    private static DType ParseFrozenWeights(string value) => value switch
+    {
+        "fp32" => DType.Float32,
+        "bf16" => DType.BFloat16,
+        "int8" => DType.Int8Blocks,
+        _ => throw new UsageException($"{FrozenWeightsOption.Name} must be fp32, bf16 or int8, got '{value}'."),
+    };
+
+    /// <summary>", bf16 frozen weights" (or int8), or nothing for fp32: for titles and summaries.</summary>
+    internal static string FrozenWeightsNote(DType dtype) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} frozen weights";
 
     private static DType SavedActivations(ParseResult p) => ParseSavedActivations(p.GetValue(SavedActivationsOption)!);
 

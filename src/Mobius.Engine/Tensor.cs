@@ -157,6 +157,11 @@ public class Tensor : IDisposable
             return;
         }
 
+        if (DType != DType.Float32 && dtype != DType.Float32)
+        {
+            Recast(DType.Float32, category); // between two narrow types through fp32
+        }
+
         var old = Storage;
         var storage = Backend.Allocate(dtype.Bytes(Numel), category);
         var target = new Tensor(storage, 0, Shape, dtype);

@@ -236,7 +236,7 @@ public sealed record TrainOptions
     {
         null or "float32" => DType.Float32,
         "bfloat16" => DType.BFloat16,
-        "int8" when what == "saved-activation" => DType.Int8Blocks,
+        "int8" when what is "saved-activation" or "frozen-weight" => DType.Int8Blocks,
         _ => throw new FormatException($"unknown {what} type '{name}'."),
     };
 

@@ -245,6 +245,22 @@ public sealed class CliTests
 
         Assert.Contains("bf16 frozen weights", Flat(Mobius("plan", "--config", "micro", "--frozen-weights", "bf16").Out));
 
+        // int8 frozen weights: less again than bf16, the same in both topologies.
+        var int8Weights = Mobius("plan", "--config", "micro", "--frozen-weights", "int8", "--json");
+        Assert.True(int8Weights.Code == 0, int8Weights.Out + int8Weights.Err);
+        using (var p0 = JsonDocument.Parse(plain.Out))
+        using (var p1 = JsonDocument.Parse(narrow.Out))
+        using (var p2 = JsonDocument.Parse(int8Weights.Out))
+        {
+            Assert.Equal("int8", p2.RootElement.GetProperty("frozen_weights").GetString());
+            long Weights(JsonDocument d, string t) => d.RootElement.GetProperty(t).GetProperty("memory").GetProperty("weights").GetInt64();
+            long bf16Less = Weights(p0, "serial") - Weights(p1, "serial"), int8Less = Weights(p0, "serial") - Weights(p2, "serial");
+            Assert.InRange(int8Less, 1.3 * bf16Less, 1.5 * bf16Less + 1); // a quarter of fp32's bytes and the scales, against a half
+            Assert.Equal(int8Less, Weights(p0, "parallel") - Weights(p2, "parallel"));
+        }
+
+        Assert.Contains("int8 frozen weights", Flat(Mobius("plan", "--config", "micro", "--frozen-weights", "int8").Out));
+
         // bf16 saved activations: about half the bytes kept for backward, in both topologies, the weights unchanged.
         var kept = Mobius("plan", "--config", "micro", "--saved-activations", "bf16", "--json");
         Assert.True(kept.Code == 0, kept.Out + kept.Err);
@@ -298,7 +314,7 @@ public sealed class CliTests
 
         Assert.Contains("bf16 optimizer state", Flat(Mobius("plan", "--config", "micro", "--optimizer-state", "bf16").Out));
         AssertCleanFailure(Mobius("plan", "--config", "micro", "--optimizer-state", "int8"), 2, "--optimizer-state must be fp32 or bf16");
-        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32 or bf16");
+        AssertCleanFailure(Mobius("plan", "--config", "micro", "--frozen-weights", "fp16"), 2, "--frozen-weights must be fp32, bf16 or int8");
 
         // Other clip shapes: twice the frames, or twice the pixels, keep about twice the activations in each topology.
         var longer = Mobius("plan", "--config", "micro", "--frames", "8", "--json");
@@ -937,7 +953,7 @@ public sealed class CliTests
         var narrow = Mobius("sample", "--checkpoint", video, "--prompt", "a red heart moving left", "--steps", "2", "--frozen-weights", "bf16", "--out", folder.File("bf16.gif"));
         Assert.True(narrow.Code == 0, narrow.Out + narrow.Err);
         Assert.True(new FileInfo(folder.File("bf16.gif")).Length > 100);
-        AssertCleanFailure(Mobius("sample", "--checkpoint", video, "--prompt", "a red heart", "--frozen-weights", "half"), 2, "--frozen-weights must be fp32 or bf16");
+        AssertCleanFailure(Mobius("sample", "--checkpoint", video, "--prompt", "a red heart", "--frozen-weights", "half"), 2, "--frozen-weights must be fp32, bf16 or int8");
 
         // Several prompts, several clips each: a grid (a row per prompt), its captions and its frames; each clip
         // whose prompt names a motion is scored, the others are not.

@@ -110,13 +110,29 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         }
     }
 
-    /// <summary>A frozen copy of <paramref name="values"/> stored in bf16, and an fp32 tensor of the same values rounded.</summary>
-    private (Parameter Bf16, Tensor Rounded) Weights(string name, Shape shape, float[] values)
+    /// <summary>Seeds, each with bf16 and with int8 blocks.</summary>
+    public static TheoryData<int, DType> SeedsAndTypes
+    {
+        get
+        {
+            var data = new TheoryData<int, DType>();
+            foreach (int seed in Seeds.Three)
+            {
+                data.Add(seed, DType.BFloat16);
+                data.Add(seed, DType.Int8Blocks);
+            }
+
+            return data;
+        }
+    }
+
+    /// <summary>A frozen copy of <paramref name="values"/> stored in <paramref name="dtype"/>, and an fp32 tensor of the same values rounded so (computed here).</summary>
+    private (Parameter Bf16, Tensor Rounded) Weights(string name, Shape shape, float[] values, DType dtype = DType.BFloat16)
     {
         var p = Parameter.Create(B, name, shape, values);
         p.Frozen = true;
-        p.StoreAs(DType.BFloat16);
-        var rounded = Tensor.FromArray(B, values.Select(BFloat16Bits.Round).ToArray(), shape);
+        p.StoreAs(dtype);
+        var rounded = Tensor.FromArray(B, dtype == DType.BFloat16 ? values.Select(BFloat16Bits.Round).ToArray() : Int8BlocksTests.Reference(values), shape);
         return (p, rounded);
     }
 
@@ -137,12 +153,12 @@ public abstract class BFloat16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(Seeds.Three), MemberType = typeof(Seeds))]
-    public void Linear_and_conv2d_on_bf16_weights_equal_the_fp32_ops_on_the_rounded_weights(int seed)
+    [MemberData(nameof(SeedsAndTypes))]
+    public void Linear_and_conv2d_on_narrow_weights_equal_the_fp32_ops_on_the_rounded_weights(int seed, DType dtype)
     {
         var r = new Rng(seed);
-        int rows = r.Int(1, 9), inF = r.Int(1, 17), outF = r.Int(1, 17);
-        var (w, wRounded) = Weights("w", new Shape(outF, inF), r.Uniform((long)outF * inF));
+        int rows = r.Int(1, 9), inF = r.Int(1, 17) * (dtype == DType.Int8Blocks ? 20 : 1), outF = r.Int(1, 17); // int8: several blocks
+        var (w, wRounded) = Weights("w", new Shape(outF, inF), r.Uniform((long)outF * inF), dtype);
         using var _w = w;
         using var _wr = wRounded;
         using var b = Tensor.FromArray(B, r.Uniform(outF), new Shape(outF));
@@ -157,7 +173,7 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         Assert.Equal(before, B.Memory.Current(MemoryCategory.Workspace)); // the widened copies are gone
 
         int n = r.Int(1, 2), cin = r.Int(1, 5), cout = r.Int(1, 5), k = r.Pick(1, 3), h = r.Int(k, 7), wd = r.Int(k, 7), stride = r.Pick(1, 2);
-        var (cw, cwRounded) = Weights("cw", new Shape(cout, cin, k, k), r.Uniform((long)cout * cin * k * k));
+        var (cw, cwRounded) = Weights("cw", new Shape(cout, cin, k, k), r.Uniform((long)cout * cin * k * k), dtype);
         using var _cw = cw;
         using var _cwr = cwRounded;
         using var cb = Tensor.FromArray(B, r.Uniform(cout), new Shape(cout));
@@ -170,7 +186,7 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         Assert.Equal(cwant.Dx, cgot.Dx);
 
         int vocab = r.Int(2, 9), dim = r.Int(1, 7);
-        var (table, tableRounded) = Weights("table", new Shape(vocab, dim), r.Uniform((long)vocab * dim));
+        var (table, tableRounded) = Weights("table", new Shape(vocab, dim), r.Uniform((long)vocab * dim), dtype);
         using var _t = table;
         using var _tr = tableRounded;
         int[] ids = r.Ints(r.Int(1, 7), vocab);
@@ -259,9 +275,11 @@ public abstract class BFloat16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [InlineData(Topology.Serial)]
-    [InlineData(Topology.Parallel)]
-    public void Training_steps_with_bf16_frozen_weights_equal_steps_on_the_rounded_weights_in_fp32(Topology topology)
+    [InlineData(Topology.Serial, DType.BFloat16)]
+    [InlineData(Topology.Parallel, DType.BFloat16)]
+    [InlineData(Topology.Serial, DType.Int8Blocks)]
+    [InlineData(Topology.Parallel, DType.Int8Blocks)]
+    public void Training_steps_with_narrow_frozen_weights_equal_steps_on_the_rounded_weights_in_fp32(Topology topology, DType dtype)
     {
         int seed = Seeds.One;
         var micro = ModelConfig.Get("micro");
@@ -270,13 +288,13 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         using var wideModel = TextToVideo.Create(B, micro, topology, seed);
         long wideBytes = wideModel.Unet.Parameters().Concat(wideModel.Text.Parameters()).Sum(p => p.Bytes);
         var options = new TrainOptions { Seed = seed, LearningRate = 1e-2f };
-        using var narrow = new Trainer(narrowModel, data, Stage.TextToVideo, options with { FrozenWeights = DType.BFloat16 });
+        using var narrow = new Trainer(narrowModel, data, Stage.TextToVideo, options with { FrozenWeights = dtype });
         using var wide = new Trainer(wideModel, data, Stage.TextToVideo, options);
 
         // The fp32 model gets the values the bf16 one holds.
         var narrowed = narrowModel.Unet.NamedParameters().Select(n => ("unet." + n.Name, n.Parameter))
             .Concat(narrowModel.Text.NamedParameters().Select(n => ("text." + n.Name, n.Parameter)))
-            .Where(n => n.Parameter.DType == DType.BFloat16).ToList();
+            .Where(n => n.Parameter.DType == dtype).ToList();
         Assert.NotEmpty(narrowed);
         Assert.All(narrowed, n => Assert.True(n.Parameter.Frozen, n.Item1));
         Assert.Contains(narrowed, n => n.Item1.StartsWith("text.", StringComparison.Ordinal));
@@ -288,7 +306,7 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         }
 
         long narrowBytes = narrowModel.Unet.Parameters().Concat(narrowModel.Text.Parameters()).Sum(p => p.Bytes);
-        Assert.Equal(wideBytes - narrowed.Sum(n => n.Parameter.Numel * 2L), narrowBytes);
+        Assert.Equal(wideBytes - narrowed.Sum(n => (n.Parameter.Numel * 4L) - dtype.Bytes(n.Parameter.Numel)), narrowBytes);
 
         for (int i = 0; i < 2; i++)
         {
@@ -304,10 +322,10 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         }
 
         // Recorded for a resumed run; a stage-1 run refuses it.
-        Assert.Equal(DType.BFloat16, TrainOptions.FromJson((options with { FrozenWeights = DType.BFloat16 }).ToJson()).FrozenWeights);
+        Assert.Equal(dtype, TrainOptions.FromJson((options with { FrozenWeights = dtype }).ToJson()).FrozenWeights);
         Assert.Equal(DType.Float32, TrainOptions.FromJson(options.ToJson()).FrozenWeights);
         using var t2i = TextToVideo.Create(B, micro, Topology.Spatial, seed);
-        Assert.Throws<ArgumentException>(() => new Trainer(t2i, data, Stage.TextToImage, options with { FrozenWeights = DType.BFloat16 }));
+        Assert.Throws<ArgumentException>(() => new Trainer(t2i, data, Stage.TextToImage, options with { FrozenWeights = dtype }));
     }
 }
 
