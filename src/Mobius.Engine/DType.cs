@@ -1,11 +1,11 @@
 namespace Mobius.Engine;
 
 /// <summary>
-/// Element type of a tensor. Every op computes in fp32. bf16 is a storage type: frozen weights of linear,
-/// convolution and embedding layers can be kept in it (<see cref="NN.Module.StoreFrozenWeights"/>), half
-/// their fp32 bytes, and are widened to fp32 one layer at a time where an op reads them
-/// (<see cref="IBackend.Cast"/>). The activations a step keeps for backward can be kept in bf16 or in
-/// <see cref="Int8Blocks"/> (<see cref="Autograd.Tape.SavedActivations"/>).
+/// Element type of a tensor. Every op computes in fp32. bf16 and <see cref="Int8Blocks"/> are storage types: frozen
+/// weights of linear, convolution and embedding layers can be kept in either (<see cref="NN.Module.StoreFrozenWeights"/>),
+/// a half or about a quarter of their fp32 bytes, and are widened to fp32 one layer at a time where an op reads them
+/// (<see cref="IBackend.Cast"/>). The activations a step keeps for backward can be kept in either too
+/// (<see cref="Autograd.Tape.SavedActivations"/>), and AdamW's moments in bf16 (<see cref="Optim.AdamW.StateType"/>).
 /// </summary>
 public enum DType
 {
@@ -17,9 +17,9 @@ public enum DType
 
     /// <summary>
     /// int8 with an fp32 scale for every block of <see cref="DTypeExtensions.Int8Block"/> consecutive elements, as
-    /// storage for activations kept for backward only (<see cref="Autograd.Tape.SavedActivations"/>): a block's
-    /// largest magnitude m maps to 127, each element to round(x 127 / m), read back as q m / 127 (docs/ops.md,
-    /// Storage types). The int8 values come first, then the scales from the next multiple of 16 bytes; a tensor of
+    /// storage only (activations kept for backward: <see cref="Autograd.Tape.SavedActivations"/>; frozen weights:
+    /// <see cref="NN.Module.StoreFrozenWeights"/>): a block's largest magnitude m maps to 127, each element to
+    /// rint(x (127 / m)), read back as q (m / 127) (docs/ops.md, `Cast`). The int8 values come first, then the scales from the next multiple of 16 bytes; a tensor of
     /// this type always starts its storage.
     /// </summary>
     Int8Blocks,
