@@ -63,7 +63,7 @@ public static partial class Commands
 
             var recompute = string.Join(" and ", new[] { options.RecomputeSpatial ? "spatial" : null, options.RecomputeTemporal ? "temporal" : null }.OfType<string>());
             var t = new Table().Title($"[bold]planned memory of a training step[/]: {Markup.Escape(config.Name)}, {config.Frames} frames of {config.Height}x{config.Width}, batch {plan.Batch}, {Markup.Escape(config.Bridge)} bridge" +
-                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + FrozenWeightsNote(options.FrozenWeights) + SavedActivationsNote(options.SavedActivations) + OptimizerStateNote(options.OptimizerState));
+                (recompute.Length > 0 ? $", recomputing {recompute} layers" : "") + StorageNote(options.FrozenWeights, "frozen weights") + StorageNote(options.SavedActivations, "saved activations") + StorageNote(options.OptimizerState, "optimizer state"));
             t.AddColumn("").AddColumn("serial", c => c.RightAligned()).AddColumn("parallel", c => c.RightAligned()).AddColumn("parallel / serial", c => c.RightAligned());
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
             t.AddRow("peak in allocator blocks", Mb(plan.Serial.PeakBlockBytes), Mb(plan.Parallel.PeakBlockBytes), "");

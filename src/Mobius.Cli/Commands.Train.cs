@@ -72,7 +72,7 @@ public static partial class Commands
                 EmaDecay = CheckEma(recipe.Pick(EmaOption, o => o.EmaDecay)),
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 CosineDecaySteps = CheckCosine(recipe.Pick(CosineOption, o => o.CosineDecaySteps)),
-                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption.Name),
+                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption),
             };
             recipe.Keep(SeedOption, options.Seed, "seed");
             recipe.Keep(ConfigOption, config.Name, "config");
@@ -160,9 +160,9 @@ public static partial class Commands
                 MinSnrGamma = CheckMinSnr(recipe.Pick(MinSnrOption, o => o.MinSnrGamma)),
                 RecomputeSpatial = recipe.Pick(RecomputeOption, o => o.RecomputeSpatial),
                 RecomputeTemporal = recipe.Pick(RecomputeTemporalOption, o => o.RecomputeTemporal),
-                FrozenWeights = ParseFrozenWeights(recipe.Pick(FrozenWeightsOption, o => StorageName(o.FrozenWeights))),
-                SavedActivations = ParseSavedActivations(recipe.Pick(SavedActivationsOption, o => StorageName(o.SavedActivations))),
-                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption.Name),
+                FrozenWeights = ParseStorage(recipe.Pick(FrozenWeightsOption, o => StorageName(o.FrozenWeights)), FrozenWeightsOption),
+                SavedActivations = ParseStorage(recipe.Pick(SavedActivationsOption, o => StorageName(o.SavedActivations)), SavedActivationsOption),
+                OptimizerState = ParseStorage(recipe.Pick(OptimizerStateOption, o => StorageName(o.OptimizerState)), OptimizerStateOption),
                 LoopCorrectionEvery = loopCorrection, LoopCorrectionMomentum = momentum, LoopCorrectionMode = correctionMode, LoopCorrectionWarmup = correctionWarmup,
                 Ranks = CheckRanks(recipe.Pick(RanksOption, o => o.Ranks), loopCorrection),
             };

@@ -447,40 +447,27 @@ public static partial class Commands
         return rho is null || (rho >= 0 && rho < 1) ? rho : throw new UsageException($"--frame-noise must be in [0, 1), got {rho}.");
     }
 
-    private static DType FrozenWeights(ParseResult p) => ParseFrozenWeights(p.GetValue(FrozenWeightsOption)!);
+    private static DType FrozenWeights(ParseResult p) => ParseStorage(p.GetValue(FrozenWeightsOption)!, FrozenWeightsOption);
 
-    private static DType ParseFrozenWeights(string value) => value switch
+    private static DType SavedActivations(ParseResult p) => ParseStorage(p.GetValue(SavedActivationsOption)!, SavedActivationsOption);
+
+    private static DType OptimizerState(ParseResult p) => ParseStorage(p.GetValue(OptimizerStateOption)!, OptimizerStateOption);
+
+    /// <summary>
+    /// The element type a storage option names: fp32 or bf16, and for frozen weights and saved activations also int8
+    /// (int8 blocks; AdamW's moments are not kept so).
+    /// </summary>
+    private static DType ParseStorage(string value, Option<string> option)
     {
-        "fp32" => DType.Float32,
-        "bf16" => DType.BFloat16,
-        "int8" => DType.Int8Blocks,
-        _ => throw new UsageException($"{FrozenWeightsOption.Name} must be fp32, bf16 or int8, got '{value}'."),
-    };
-
-    /// <summary>", bf16 frozen weights" (or int8), or nothing for fp32: for titles and summaries.</summary>
-    internal static string FrozenWeightsNote(DType dtype) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} frozen weights";
-
-    private static DType SavedActivations(ParseResult p) => ParseSavedActivations(p.GetValue(SavedActivationsOption)!);
-
-    private static DType OptimizerState(ParseResult p) => ParseStorage(p.GetValue(OptimizerStateOption)!, OptimizerStateOption.Name);
-
-    /// <summary>", bf16 optimizer state", or nothing for fp32: for titles and summaries.</summary>
-    internal static string OptimizerStateNote(DType dtype) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} optimizer state";
-
-    private static DType ParseStorage(string value, string option) => value switch
-    {
-        "fp32" => DType.Float32,
-        "bf16" => DType.BFloat16,
-        _ => throw new UsageException($"{option} must be fp32 or bf16, got '{value}'."),
-    };
-
-    private static DType ParseSavedActivations(string value) => value switch
-    {
-        "fp32" => DType.Float32,
-        "bf16" => DType.BFloat16,
-        "int8" => DType.Int8Blocks,
-        _ => throw new UsageException($"{SavedActivationsOption.Name} must be fp32, bf16 or int8, got '{value}'."),
-    };
+        bool int8 = option != OptimizerStateOption;
+        return value switch
+        {
+            "fp32" => DType.Float32,
+            "bf16" => DType.BFloat16,
+            "int8" when int8 => DType.Int8Blocks,
+            _ => throw new UsageException($"{option.Name} must be {(int8 ? "fp32, bf16 or int8" : "fp32 or bf16")}, got '{value}'."),
+        };
+    }
 
     /// <summary>The option value that names <paramref name="dtype"/> ("fp32", "bf16", "int8").</summary>
     internal static string StorageName(DType dtype) => dtype switch
@@ -490,8 +477,8 @@ public static partial class Commands
         _ => "fp32",
     };
 
-    /// <summary>", bf16 saved activations" (or int8), or nothing for fp32: for titles and summaries.</summary>
-    internal static string SavedActivationsNote(DType dtype) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} saved activations";
+    /// <summary>", bf16 frozen weights" and the like (<paramref name="what"/> kept in <paramref name="dtype"/>), or nothing for fp32: for titles and summaries.</summary>
+    internal static string StorageNote(DType dtype, string what) => dtype == DType.Float32 ? "" : $", {StorageName(dtype)} {what}";
 
     private static float Guidance(ParseResult p)
     {

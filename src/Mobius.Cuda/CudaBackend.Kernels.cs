@@ -818,6 +818,12 @@ public sealed unsafe partial class CudaBackend
             return;
         }
 
+        var moments = tensors[0].M.DType;
+        if (tensors.Any(t => t.M.DType != moments || t.V.DType != moments))
+        {
+            throw new ArgumentException("adamw: the moments of one step are all fp32 or all bf16.");
+        }
+
         var (table, chunks) = MultiTensorTable(tensors, 4, static (t, c) => c switch
         {
             0 => Ptr(t.Param),
@@ -825,13 +831,7 @@ public sealed unsafe partial class CudaBackend
             2 => Ptr(t.M),
             _ => Ptr(t.V),
         }, static t => t.Param.Numel);
-        bool narrow = tensors[0].M.DType == DType.BFloat16;
-        if (tensors.Any(t => (t.M.DType == DType.BFloat16) != narrow || t.V.DType != t.M.DType))
-        {
-            table.Dispose();
-            throw new ArgumentException("adamw: the moments of one step are all fp32 or all bf16.");
-        }
-
+        bool narrow = moments == DType.BFloat16;
         using (table)
         {
             Launch(narrow ? "adamw_multi_bf16m" : "adamw_multi_f32", (ChunkGrid(chunks), 1, 1), (Block, 1, 1), 0,

@@ -1,3 +1,5 @@
+using System.Runtime.Intrinsics;
+
 namespace Mobius.Engine;
 
 /// <summary>
@@ -75,6 +77,10 @@ public static class BFloat16Bits
     /// <summary>The fp32 a bf16 stands for (exact).</summary>
     public static float ToFloat(ushort bits) => BitConverter.UInt32BitsToSingle((uint)bits << 16);
 
+    /// <summary><see cref="ToFloat"/> of the eight bf16 values at <paramref name="p"/>.</summary>
+    public static unsafe Vector256<float> Widen(ushort* p) =>
+        Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()), 16).AsSingle();
+
     /// <summary><paramref name="value"/> rounded to the nearest bf16, as fp32.</summary>
     public static float Round(float value) => ToFloat(FromFloat(value));
 }
@@ -107,5 +113,39 @@ public static class StochasticRounding
     {
         uint u = BitConverter.SingleToUInt32Bits(value);
         return (u & 0x7f80_0000u) == 0x7f80_0000u ? BFloat16Bits.FromFloat(value) : (ushort)((u + (random & 0xffffu)) >> 16);
+    }
+
+    /// <summary><see cref="Mix(uint)"/> in each lane.</summary>
+    public static Vector256<uint> Mix(Vector256<uint> x)
+    {
+        x ^= Vector256.ShiftRightLogical(x, 16);
+        x *= Vector256.Create(0x7feb352du);
+        x ^= Vector256.ShiftRightLogical(x, 15);
+        x *= Vector256.Create(0x846ca68bu);
+        x ^= Vector256.ShiftRightLogical(x, 16);
+        return x;
+    }
+
+    /// <summary><see cref="Bits(int, int, long)"/> of elements <paramref name="i"/> .. i + 7 (their indices' high words equal).</summary>
+    public static Vector256<uint> Bits8(int step, int tensor, long i) =>
+        Mix((Vector256.Create((uint)i) + Vector256.Create(0u, 1u, 2u, 3u, 4u, 5u, 6u, 7u))
+            ^ Vector256.Create(Mix((uint)(i >> 32) ^ Mix((uint)tensor ^ Mix((uint)step)))));
+
+    /// <summary><see cref="ToBFloat16(float, uint)"/> of eight values, stored at <paramref name="dst"/>.</summary>
+    public static unsafe void Store(Vector256<float> x, Vector256<uint> random, ushort* dst)
+    {
+        var u = x.AsUInt32();
+        var exponent = Vector256.Create(0x7f80_0000u);
+        if (!Vector256.EqualsAny(u & exponent, exponent))
+        {
+            var rounded = Vector256.ShiftRightLogical(u + (random & Vector256.Create(0xffffu)), 16);
+            Vector256.Narrow(rounded, rounded).GetLower().Store(dst);
+            return;
+        }
+
+        for (int l = 0; l < 8; l++)
+        {
+            dst[l] = ToBFloat16(x[l], random[l]);
+        }
     }
 }

@@ -53,9 +53,9 @@ public static partial class Ops
             // belong to the rounded q, k, v (rounded o or lse would break the identity by more than dS itself where
             // the values are alike).
             bool narrow = node.NarrowsActivations;
-            var sq = narrow ? node.SaveActivation(q) : node.Save(q);
-            var sk = narrow ? node.SaveActivation(k) : node.Save(k);
-            var sv = narrow ? node.SaveActivation(v) : node.Save(v);
+            var sq = node.SaveActivation(q);
+            var sk = node.SaveActivation(k);
+            var sv = node.SaveActivation(v);
             var so = narrow ? null : node.Save(o);
             var sl = narrow ? null : node.Save(lse);
             node.Finish(o, g =>

@@ -78,7 +78,8 @@ internal sealed class Node
     public SavedInput SaveInput(Tensor t)
     {
         var self = Recipe.Source.Of(t);
-        if (!self.Held && t.Recipe is { } recipe && recipe.Sources.All(s => s.Recomputable))
+        var kept = _tape.SavedActivations;
+        if (!self.Held(kept) && t.Recipe is { } recipe && recipe.Sources.All(s => s.Recomputable(kept)))
         {
             return new SavedInput(recipe, recipe.Sources.Select(SaveSource).ToArray());
         }
@@ -117,7 +118,8 @@ internal sealed class Node
 
     private SavedInput SaveSource(Recipe.Source s)
     {
-        if (!s.Held)
+        var kept = _tape.SavedActivations;
+        if (!s.Held(kept))
         {
             return new SavedInput(s.Recipe!, s.Recipe!.Sources.Select(SaveSource).ToArray());
         }
@@ -127,7 +129,6 @@ internal sealed class Node
             return new SavedInput(Keep(Tensor.Retained(s.Storage, s.Offset, s.Shape, s.DType)));
         }
 
-        var kept = _tape.SavedActivations;
         var copy = s.Storage.NarrowedCopy(s.Offset, s.Shape.Numel, kept)!;
         return new SavedInput(KeepNarrowed(Tensor.Retained(copy, 0, s.Shape, kept), null));
     }

@@ -21,11 +21,11 @@ internal sealed class Recipe(Func<Tensor[], Tensor> compute, params Tensor[] inp
         /// <summary>Its memory is kept anyway: saved by a node, or a weight.</summary>
         public bool HeldExactly => !Storage.IsReleased && (Storage.IsSaved || Storage.Category == MemoryCategory.Weights);
 
-        /// <summary>Its memory is kept anyway, as it is (<see cref="HeldExactly"/>) or as a node's narrower copy of the tape's type.</summary>
-        public bool Held => HeldExactly || Storage.NarrowedCopy(Offset, Shape.Numel, Tape.Current.SavedActivations) is not null;
+        /// <summary>Its memory is kept anyway, as it is (<see cref="HeldExactly"/>) or as a node's narrower copy of <paramref name="kept"/> (the tape's <see cref="Tape.SavedActivations"/>).</summary>
+        public bool Held(DType kept) => HeldExactly || (kept != DType.Float32 && Storage.NarrowedCopy(Offset, Shape.Numel, kept) is not null);
 
         /// <summary>It can be had in backward without saving anything new.</summary>
-        public bool Recomputable => Held || (Recipe is not null && Recipe.Sources.All(s => s.Recomputable));
+        public bool Recomputable(DType kept) => Held(kept) || (Recipe is not null && Recipe.Sources.All(s => s.Recomputable(kept)));
     }
 }
 

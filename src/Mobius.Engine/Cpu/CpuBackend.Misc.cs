@@ -250,8 +250,6 @@ public sealed unsafe partial class CpuBackend
             if (Vector256.IsHardwareAccelerated)
             {
                 // Eight elements at a time: the same float operations in the same order, and the hash in 32-bit lanes.
-                var lanes = Vector256.Create(0u, 1u, 2u, 3u, 4u, 5u, 6u, 7u);
-                var prefix = Vector256.Create(StochasticRounding.Mix((uint)a.Tensor ^ StochasticRounding.Mix((uint)a.Step)));
                 var b1 = Vector256.Create(a.Beta1);
                 var b1c = Vector256.Create(1f - a.Beta1);
                 var b2 = Vector256.Create(a.Beta2);
@@ -262,46 +260,15 @@ public sealed unsafe partial class CpuBackend
                 var c1 = Vector256.Create(bc1);
                 var c2 = Vector256.Create(bc2);
                 var eps = Vector256.Create(a.Eps);
-                var low = Vector256.Create(0xffffu);
-                var exponent = Vector256.Create(0x7f80_0000u);
                 for (; i + 8 <= end && (uint)i <= uint.MaxValue - 8; i += 8)
                 {
                     var g = scale * Vector256.Load(pg + i);
-                    var mi = (b1 * Widen(pm + i)) + (b1c * g);
-                    var vi = (b2 * Widen(pv + i)) + (b2c * g * g);
-                    var r = Mix(Vector256.Create((uint)i) + lanes ^ Mix(Vector256.Create((uint)(i >> 32)) ^ prefix));
-                    Store(mi, r, pm + i);
-                    Store(vi, Mix(r), pv + i);
+                    var mi = (b1 * BFloat16Bits.Widen(pm + i)) + (b1c * g);
+                    var vi = (b2 * BFloat16Bits.Widen(pv + i)) + (b2c * g * g);
+                    var r = StochasticRounding.Bits8(a.Step, a.Tensor, i);
+                    StochasticRounding.Store(mi, r, pm + i);
+                    StochasticRounding.Store(vi, StochasticRounding.Mix(r), pv + i);
                     ((Vector256.Load(pp + i) * dec) - (lr * (mi / c1) / (Vector256.Sqrt(vi / c2) + eps))).Store(pp + i);
-                }
-
-                static Vector256<float> Widen(ushort* p) =>
-                    Vector256.ShiftLeft(Vector256.WidenLower(Vector128.Load(p).ToVector256Unsafe()), 16).AsSingle();
-
-                void Store(Vector256<float> x, Vector256<uint> random, ushort* dst)
-                {
-                    var u = x.AsUInt32();
-                    var rounded = Vector256.ShiftRightLogical(u + (random & low), 16);
-                    if (!Vector256.EqualsAny(u & exponent, exponent))
-                    {
-                        Vector256.Narrow(rounded, rounded).GetLower().Store(dst);
-                        return;
-                    }
-
-                    for (int l = 0; l < 8; l++)
-                    {
-                        dst[l] = StochasticRounding.ToBFloat16(x[l], random[l]);
-                    }
-                }
-
-                static Vector256<uint> Mix(Vector256<uint> x)
-                {
-                    x ^= Vector256.ShiftRightLogical(x, 16);
-                    x *= Vector256.Create(0x7feb352du);
-                    x ^= Vector256.ShiftRightLogical(x, 15);
-                    x *= Vector256.Create(0x846ca68bu);
-                    x ^= Vector256.ShiftRightLogical(x, 16);
-                    return x;
                 }
             }
 

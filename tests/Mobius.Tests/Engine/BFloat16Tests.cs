@@ -110,29 +110,13 @@ public abstract class BFloat16Tests(BackendFixture fixture)
         }
     }
 
-    /// <summary>Seeds, each with bf16 and with int8 blocks.</summary>
-    public static TheoryData<int, DType> SeedsAndTypes
-    {
-        get
-        {
-            var data = new TheoryData<int, DType>();
-            foreach (int seed in Seeds.Three)
-            {
-                data.Add(seed, DType.BFloat16);
-                data.Add(seed, DType.Int8Blocks);
-            }
-
-            return data;
-        }
-    }
-
     /// <summary>A frozen copy of <paramref name="values"/> stored in <paramref name="dtype"/>, and an fp32 tensor of the same values rounded so (computed here).</summary>
     private (Parameter Bf16, Tensor Rounded) Weights(string name, Shape shape, float[] values, DType dtype = DType.BFloat16)
     {
         var p = Parameter.Create(B, name, shape, values);
         p.Frozen = true;
         p.StoreAs(dtype);
-        var rounded = Tensor.FromArray(B, dtype == DType.BFloat16 ? values.Select(BFloat16Bits.Round).ToArray() : Int8BlocksTests.Reference(values), shape);
+        var rounded = Tensor.FromArray(B, Int8BlocksTests.Rounded(values, dtype), shape);
         return (p, rounded);
     }
 
@@ -153,7 +137,7 @@ public abstract class BFloat16Tests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(SeedsAndTypes))]
+    [MemberData(nameof(Seeds.ThreeWithNarrowTypes), MemberType = typeof(Seeds))]
     public void Linear_and_conv2d_on_narrow_weights_equal_the_fp32_ops_on_the_rounded_weights(int seed, DType dtype)
     {
         var r = new Rng(seed);

@@ -40,6 +40,10 @@ public abstract class Int8BlocksTests(BackendFixture fixture)
         return y;
     }
 
+    /// <summary>The values a tensor stored in <paramref name="dtype"/> reads back as, computed here (bf16: to nearest even; int8 blocks: <see cref="Reference"/>).</summary>
+    internal static float[] Rounded(float[] x, DType dtype) =>
+        dtype == DType.BFloat16 ? x.Select(BFloat16Bits.Round).ToArray() : Reference(x);
+
     private float[] RoundTrip(float[] x, out long bytes)
     {
         using var t = Tensor.FromArray(B, x, new Shape(x.Length));

@@ -29,28 +29,8 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
         return Math.Sqrt(num / Math.Max(den, 1e-30));
     }
 
-    /// <summary>Seeds, each with bf16 and with int8 blocks.</summary>
-    public static TheoryData<int, DType> SeedsAndTypes
-    {
-        get
-        {
-            var data = new TheoryData<int, DType>();
-            foreach (int seed in Seeds.Three)
-            {
-                data.Add(seed, DType.BFloat16);
-                data.Add(seed, DType.Int8Blocks);
-            }
-
-            return data;
-        }
-    }
-
-    /// <summary>The values a tensor kept in <paramref name="kept"/> reads back as, computed here (bf16: to nearest even; int8 blocks: Int8BlocksTests' definition).</summary>
-    private static float[] Rounded(float[] x, DType kept) =>
-        kept == DType.BFloat16 ? x.Select(BFloat16Bits.Round).ToArray() : Int8BlocksTests.Reference(x);
-
     [Theory]
-    [MemberData(nameof(SeedsAndTypes))]
+    [MemberData(nameof(Seeds.ThreeWithNarrowTypes), MemberType = typeof(Seeds))]
     public void A_kept_input_is_its_rounding_and_one_copy_serves_every_node(int seed, DType kept)
     {
         var r = new Rng(seed);
@@ -86,7 +66,7 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
         }
 
         var narrow = Run(kept, xs, up);
-        var exact = Run(DType.Float32, Rounded(xs, kept), Rounded(up, kept));
+        var exact = Run(DType.Float32, Int8BlocksTests.Rounded(xs, kept), Int8BlocksTests.Rounded(up, kept));
         Assert.Equal(exact.G1, narrow.G1);
         Assert.Equal(exact.G2, narrow.G2);
         // x once for both layers, and the upstream values.
@@ -95,7 +75,7 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(SeedsAndTypes))]
+    [MemberData(nameof(Seeds.ThreeWithNarrowTypes), MemberType = typeof(Seeds))]
     public void A_transformer_block_keeps_less_and_its_gradients_stay_within_the_types_precision(int seed, DType kept)
     {
         var r = new Rng(seed);
@@ -203,7 +183,7 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
     }
 
     [Theory]
-    [MemberData(nameof(SeedsAndTypes))]
+    [MemberData(nameof(Seeds.ThreeWithNarrowTypes), MemberType = typeof(Seeds))]
     public void Norms_keep_their_input_centred_so_a_large_mean_costs_no_precision(int seed, DType kept)
     {
         // Groups and rows whose mean is tens of times their spread: bf16 rounds 50 to a multiple of 0.25, so a norm

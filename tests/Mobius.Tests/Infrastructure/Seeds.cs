@@ -16,6 +16,22 @@ public static class Seeds
     public static TheoryData<int> Three => new(Base, Base + 1, Base + 2);
 
     public static int One => Base;
+
+    /// <summary><see cref="Three"/>, each with bf16 and with int8 blocks: the narrow storage types.</summary>
+    public static TheoryData<int, Mobius.Engine.DType> ThreeWithNarrowTypes
+    {
+        get
+        {
+            var data = new TheoryData<int, Mobius.Engine.DType>();
+            foreach (int seed in new[] { Base, Base + 1, Base + 2 })
+            {
+                data.Add(seed, Mobius.Engine.DType.BFloat16);
+                data.Add(seed, Mobius.Engine.DType.Int8Blocks);
+            }
+
+            return data;
+        }
+    }
 }
 
 /// <summary>A seeded random source that remembers its seed for failure messages.</summary>
