@@ -8,7 +8,7 @@ using Mobius.Model.Training;
 namespace Mobius.Benchmarks;
 
 /// <summary>
-/// `Mobius.Benchmarks alignment [--checkpoint FILE] [--batches N] [--scale S] [--timestep T]`: how close the loop bridge's
+/// `Mobius.Benchmarks alignment [--checkpoint FILE] [--batches N] [--scale S] [--timestep T] [--calibration N]`: how close the loop bridge's
 /// straight-through gradient is to serial's exact one, layer by layer. Both models hold the same weights
 /// (the checkpoint's spatial part, temporal outputs drawn at +-S so every temporal layer matters) and see
 /// the same training batches; the table gives, per temporal layer, the cosine between the two gradients
@@ -16,16 +16,19 @@ namespace Mobius.Benchmarks;
 /// changes how gradients cross the spatial chain is measured here. Two more columns put one kind of
 /// spatial layer back on the tape (exact, with its activations) to show which kind's bypass costs the most
 /// alignment; the next ones put every spatial layer of some resolution levels back, and the last row gives
-/// each variant's saved bytes, so the price of that alignment is on the same page. With --timestep every batch is re-noised at that one diffusion step (same clips, same
+/// each variant's saved bytes, so the price of that alignment is on the same page. Three columns pass the loop's
+/// gradient through measured linearisations of the bypassed layers instead (experimental, <see cref="LoopJacobian"/>),
+/// measured on --calibration batches of their own: the spatial transformers' per-pixel mean Jacobians, their
+/// mean-field ones (per pixel and image mean), and mean-field ones for every spatial layer. With --timestep every batch is re-noised at that one diffusion step (same clips, same
 /// noise), to see where along the noise schedule the estimate departs.
 /// </summary>
 public static class Alignment
 {
-    private const string Usage = "Mobius.Benchmarks alignment [--checkpoint FILE] [--batches 3] [--scale 0.02] [--timestep T]";
+    private const string Usage = "Mobius.Benchmarks alignment [--checkpoint FILE] [--batches 3] [--scale 0.02] [--timestep T] [--calibration 16]";
 
     public static int Run(string[] args)
     {
-        if (CommandArgs.Check(args, Usage, ["--checkpoint", "--batches", "--scale", "--timestep"]) is { } code)
+        if (CommandArgs.Check(args, Usage, ["--checkpoint", "--batches", "--scale", "--timestep", "--calibration"]) is { } code)
         {
             return code;
         }
@@ -34,6 +37,7 @@ public static class Alignment
         string path = Arg("--checkpoint", Path.Combine("models", "tiny-t2i.safetensors"));
         int batches = int.Parse(Arg("--batches", "3"), CultureInfo.InvariantCulture);
         float scale = float.Parse(Arg("--scale", "0.02"), CultureInfo.InvariantCulture);
+        int calibration = int.Parse(Arg("--calibration", "16"), CultureInfo.InvariantCulture);
         int? timestep = Arg("--timestep", "") is { Length: > 0 } t ? int.Parse(t, CultureInfo.InvariantCulture) : null;
         if (!File.Exists(path))
         {
@@ -58,15 +62,49 @@ public static class Alignment
         loop.FreezeForVideo();
         var order = serial.Unet.TemporalParameters().Select(np => Layer(np.Name)).Distinct().ToList();
         int levels = checkpoint.Config.Channels.Length;
-        var variants = new List<(string Label, LoopBypass Bypass, int ExactLevels)>
+        var variants = new List<(string Label, LoopBypass Bypass, int ExactLevels, string? Jacobians)>
         {
-            ("loop", LoopBypass.All, 0),
-            ("transformers exact", LoopBypass.ResBlocks, 0),
-            ("ResBlocks exact", LoopBypass.Transformers, 0),
+            ("loop", LoopBypass.All, 0, null),
+            ("transformers exact", LoopBypass.ResBlocks, 0, null),
+            ("ResBlocks exact", LoopBypass.Transformers, 0, null),
+            ("transformers' pixel Jacobians", LoopBypass.All, 0, "pixel"),
+            ("transformers' mean-field Jacobians", LoopBypass.All, 0, "field"),
+            ("all mean-field Jacobians", LoopBypass.All, 0, "all"),
         };
         for (int mask = 1; mask < (1 << levels) - 1; mask++)
         {
-            variants.Add(($"levels {string.Join("+", Enumerable.Range(0, levels).Where(l => ((mask >> l) & 1) != 0))} exact", LoopBypass.All, mask));
+            variants.Add(($"levels {string.Join("+", Enumerable.Range(0, levels).Where(l => ((mask >> l) & 1) != 0))} exact", LoopBypass.All, mask, null));
+        }
+
+        // The loop's measured Jacobians (experimental, UNet3D.BeginLoopJacobians), on batches of their own: per pixel
+        // only, and mean-field (per pixel and image mean) for every bypassed layer.
+        List<(LoopJacobian? Res, LoopJacobian? Attn)> Measure(LoopBypass kinds, bool imageMean)
+        {
+            loop.Unet.BeginLoopJacobians(kinds, 17, imageMean);
+            for (int b = 0; b < calibration; b++)
+            {
+                Gradients(loop, sampler.MakeBatch(data, 1000 + b, 11, captionDropout: 0));
+            }
+
+            loop.Unet.EndLoopJacobians();
+            var measured = loop.Unet.Blocks.Select(bl => (bl.ResJacobian, bl.AttnJacobian)).ToList();
+            foreach (var bl in loop.Unet.Blocks)
+            {
+                bl.ResJacobian = bl.AttnJacobian = null; // held here, handed back per variant
+            }
+
+            return measured;
+        }
+
+        var pixel = Measure(LoopBypass.Transformers, false);
+        var field = Measure(LoopBypass.All, true);
+        void UseJacobians(string? which)
+        {
+            foreach (var (bl, i) in loop.Unet.Blocks.Select((bl, i) => (bl, i)))
+            {
+                bl.ResJacobian = which == "all" ? field[i].Res : null;
+                bl.AttnJacobian = which switch { "pixel" => pixel[i].Attn, "field" or "all" => field[i].Attn, _ => null };
+            }
         }
 
         var cos = variants.ToDictionary(v => v.Label, _ => order.ToDictionary(l => l, _ => new List<double>()));
@@ -82,8 +120,9 @@ public static class Alignment
             }
 
             (var exact, serialSaved) = Gradients(serial, batch);
-            foreach (var (label, bypass, exactLevels) in variants)
+            foreach (var (label, bypass, exactLevels, jacobians) in variants)
             {
+                UseJacobians(jacobians);
                 loop.Unet.LoopBypass = bypass;
                 loop.Unet.LoopExactLevels = exactLevels;
                 (var straight, saved[label]) = Gradients(loop, batch);
@@ -111,6 +150,12 @@ public static class Alignment
         {
             Console.WriteLine($"| {layer} | {cos["loop"][layer].Average():F3} | {ratio[layer].Average():F2} | "
                 + $"{string.Join(" | ", others.Select(o => cos[o][layer].Average().ToString("F3", CultureInfo.InvariantCulture)))} |");
+        }
+
+        UseJacobians(null);
+        foreach (var j in pixel.Concat(field).SelectMany(p => new[] { p.Res, p.Attn }))
+        {
+            j?.Dispose();
         }
 
         Console.WriteLine($"| saved for backward, MiB (serial {serialSaved / 1048576.0:F1}) | {saved["loop"] / 1048576.0:F1} | | "

@@ -11,7 +11,8 @@ namespace Mobius.Benchmarks;
 
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
-/// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]`: what one stage-2 training setting
+/// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]
+/// [--loop-jacobians N] [--loop-jacobians-every 250]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
@@ -25,19 +26,21 @@ namespace Mobius.Benchmarks;
 /// every trained tensor after training (how far the zero-initialised outputs moved); --guidance sets the
 /// samples' classifier-free guidance scale and --sample-frame-noise the correlation of their starting noise
 /// across frames (default: <see cref="TextToVideo.SampleFrameNoise"/>'s; runs before 2026-11-27 sampled at the
-/// training --frame-noise, which --sample-frame-noise R reproduces).
+/// training --frame-noise, which --sample-frame-noise R reproduces). --loop-jacobians N (parallel, loop bridge; experimental)
+/// passes the loop's gradient through the spatial transformers' mean-field Jacobians (<c>UNet3D.BeginLoopJacobians</c>),
+/// measured on N batches before the first step and again every --loop-jacobians-every steps.
 /// </summary>
 public static class Settings
 {
     private static readonly int[] Timesteps = [20, 100, 250, 500, 750, 950];
 
     private const string Usage = "Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3] [--topology serial] [--bridge loop] " +
-        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]";
+        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R] [--loop-jacobians N] [--loop-jacobians-every 250]";
 
     public static int Run(string[] args)
     {
         if (CommandArgs.Check(args, Usage, ["--checkpoint", "--motion", "--steps", "--lr", "--topology", "--bridge", "--frame-noise", "--min-snr", "--samples",
-            "--freeze", "--exact-levels", "--norms", "--guidance", "--sample-frame-noise"]) is { } code)
+            "--freeze", "--exact-levels", "--norms", "--guidance", "--sample-frame-noise", "--loop-jacobians", "--loop-jacobians-every"]) is { } code)
         {
             return code;
         }
@@ -80,8 +83,31 @@ public static class Settings
             using var trainer = new Trainer(model, Comparison.Data(config, 1, Split.Train, [motion]), Stage.TextToVideo,
                 new TrainOptions { Seed = 1, LearningRate = lr, MinSnrGamma = gamma, FrozenTemporal = frozenPrefixes });
             Console.WriteLine($"trainable parameters: {trainer.TrainableParameters:N0}{(frozenPrefixes.Length > 0 ? $" (frozen: {string.Join(", ", frozenPrefixes)})" : "")}");
+            int jacobianBatches = int.Parse(Arg("--loop-jacobians", "0"), CultureInfo.InvariantCulture);
+            int jacobianEvery = int.Parse(Arg("--loop-jacobians-every", "250"), CultureInfo.InvariantCulture);
+            if (jacobianBatches > 0)
+            {
+                Console.WriteLine($"loop bridge through the spatial transformers' mean-field Jacobians, measured on {jacobianBatches} batches every {jacobianEvery} steps (experimental)");
+            }
+
+            var calibrationData = Comparison.Data(config, 1, Split.Train, [motion]);
             for (int i = 1; i <= steps; i++)
             {
+                if (jacobianBatches > 0 && (i - 1) % jacobianEvery == 0)
+                {
+                    model.Unet.BeginLoopJacobians(LoopBypass.Transformers, 17 + i, imageMean: true);
+                    for (int cb = 0; cb < jacobianBatches; cb++)
+                    {
+                        var batch = trainer.MakeBatch(calibrationData, 5000 + i + cb, 11, captionDropout: 0);
+                        using var tape = Tape.Begin();
+                        using var x = Tensor.FromArray(backend, batch.NoisyLatents, batch.Shape);
+                        using var context = model.EncodeText(batch.Captions, batch.Frames);
+                        using var eps = model.Unet.Forward(x, batch.Timesteps, context, batch.Frames);
+                    }
+
+                    model.Unet.EndLoopJacobians();
+                }
+
                 var s = trainer.TrainStep();
                 if (i % 100 == 0 || i == steps)
                 {

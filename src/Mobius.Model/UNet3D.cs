@@ -118,10 +118,10 @@ public sealed class UNetBlock : Module
     /// </summary>
     public Tensor Loop(Tensor h, Tensor e, Tensor c, int frames, LoopBypass bypass = LoopBypass.All)
     {
-        var x = (bypass.HasFlag(LoopBypass.ResBlocks) ? Bypass(h, t => Res.Forward(t, e), Res.Shortcut) : ResLayer(h, e))
+        var x = (bypass.HasFlag(LoopBypass.ResBlocks) ? Bypass(h, t => Res.Forward(t, e), Res.Shortcut, ResJacobian) : ResLayer(h, e))
             .Then(t => TempConvLayer(t, frames));
         return Attn is null ? x : x
-            .Then(t => bypass.HasFlag(LoopBypass.Transformers) ? Bypass(t, u => Attn.Forward(u, c), null) : AttnLayer(t, c))
+            .Then(t => bypass.HasFlag(LoopBypass.Transformers) ? Bypass(t, u => Attn.Forward(u, c), null, AttnJacobian) : AttnLayer(t, c))
             .Then(t => TempAttnLayer(t, frames));
     }
 
@@ -144,8 +144,34 @@ public sealed class UNetBlock : Module
         return Ops.Recompute(layer, x, others);
     }
 
-    private static Tensor Bypass(Tensor h, Func<Tensor, Tensor> spatial, Conv2d? shortcut)
+    /// <summary>
+    /// Experimental: the ResBlock's measured mean-field Jacobian (<see cref="UNet3D.BeginLoopJacobians"/>); once measured,
+    /// the loop passes its gradient through it instead of the skip path. Owned by the block.
+    /// </summary>
+    internal LoopJacobian? ResJacobian { get; set; }
+
+    /// <summary>Experimental: the same for the spatial transformer.</summary>
+    internal LoopJacobian? AttnJacobian { get; set; }
+
+    /// <inheritdoc />
+    protected override void ReleaseOwned() => DropJacobians();
+
+    /// <summary>Releases the measured Jacobians: the plain skip paths again.</summary>
+    internal void DropJacobians()
     {
+        ResJacobian?.Dispose();
+        AttnJacobian?.Dispose();
+        ResJacobian = null;
+        AttnJacobian = null;
+    }
+
+    private static Tensor Bypass(Tensor h, Func<Tensor, Tensor> spatial, Conv2d? shortcut, LoopJacobian? jacobian)
+    {
+        if (jacobian is { Calibrating: true } && Tape.GradEnabled)
+        {
+            jacobian.Probe(h, spatial);
+        }
+
         Tensor value;
         using (Tape.NoGrad())
         {
@@ -160,6 +186,17 @@ public sealed class UNetBlock : Module
         using (value)
         using (Tape.Kind(nameof(Layers.Bridge)))
         {
+            if (jacobian?.Weight is { } mean)
+            {
+                if (jacobian.ImageMean is null)
+                {
+                    return Ops.StraightThroughConv2d(value, h, mean);
+                }
+
+                using var path = jacobian.Path(h);
+                return Ops.StraightThrough(value, path);
+            }
+
             if (shortcut is null)
             {
                 return Ops.StraightThrough(value, h);
@@ -331,6 +368,49 @@ public sealed class UNet3D : Module
             {
                 b.RecomputeTemporal = value;
             }
+        }
+    }
+
+    /// <summary>
+    /// Experimental: starts measuring the mean-field Jacobians (<see cref="LoopJacobian"/>) of the loop's bypassed
+    /// spatial layers of the kinds in <paramref name="layers"/>, by a random probe on a private tape at every forward
+    /// with gradients until <see cref="EndLoopJacobians"/>; from then on the loop passes its gradient through them
+    /// instead of through the layers' skip paths (values unchanged; nothing of the spatial layers kept).
+    /// <paramref name="imageMean"/> also fits the part that mixes an image's pixels. Drops earlier measurements.
+    /// </summary>
+    internal void BeginLoopJacobians(LoopBypass layers, int seed, bool imageMean = true)
+    {
+        DropLoopJacobians();
+        int k = 0;
+        foreach (var b in Blocks)
+        {
+            if (layers.HasFlag(LoopBypass.ResBlocks))
+            {
+                b.ResJacobian = new LoopJacobian(b.Res.Conv1.Weight.Shape[1], b.OutChannels, seed + k++, imageMean) { Calibrating = true };
+            }
+
+            if (layers.HasFlag(LoopBypass.Transformers) && b.Attn is not null)
+            {
+                b.AttnJacobian = new LoopJacobian(b.OutChannels, b.OutChannels, seed + k++, imageMean) { Calibrating = true };
+            }
+        }
+    }
+
+    /// <summary>Ends what <see cref="BeginLoopJacobians"/> started.</summary>
+    internal void EndLoopJacobians()
+    {
+        foreach (var j in Blocks.SelectMany(b => new[] { b.ResJacobian, b.AttnJacobian }))
+        {
+            j?.Finish(Backend);
+        }
+    }
+
+    /// <summary>Drops the measured Jacobians: the loop's plain skip paths again.</summary>
+    internal void DropLoopJacobians()
+    {
+        foreach (var b in Blocks)
+        {
+            b.DropJacobians();
         }
     }
 

@@ -150,6 +150,7 @@ public abstract class Module : IDisposable
         }
 
         _disposed = true;
+        ReleaseOwned();
         foreach (var (_, p) in _parameters)
         {
             p.ClearGrad();
@@ -167,6 +168,11 @@ public abstract class Module : IDisposable
         }
 
         GC.SuppressFinalize(this);
+    }
+
+    /// <summary>Releases what a module owns beyond its parameters, children and buffers (called once, by <see cref="Dispose"/>).</summary>
+    protected virtual void ReleaseOwned()
+    {
     }
 
     /// <summary>
