@@ -68,6 +68,10 @@ public static partial class Commands
             t.AddRow("peak", Mb(plan.Serial.PeakBytes), Mb(plan.Parallel.PeakBytes), plan.PeakRatio.ToString("0.00", CultureInfo.InvariantCulture));
             t.AddRow("peak in allocator blocks", Mb(plan.Serial.PeakBlockBytes), Mb(plan.Parallel.PeakBlockBytes), "");
             t.AddRow("saved for backward", Mb(plan.Serial.SavedActivationBytes), Mb(plan.Parallel.SavedActivationBytes), plan.SavedRatio.ToString("0.00", CultureInfo.InvariantCulture));
+            foreach (var row in Ui.SavedSplitRows(plan.Serial.SavedByKind, plan.Parallel.SavedByKind))
+            {
+                t.AddRow(row);
+            }
             foreach (var category in plan.Serial.AtPeak.Keys.Union(plan.Parallel.AtPeak.Keys))
             {
                 t.AddRow($"  at peak: {category}", Mb(plan.Serial.AtPeak.GetValueOrDefault(category)), Mb(plan.Parallel.AtPeak.GetValueOrDefault(category)), "");

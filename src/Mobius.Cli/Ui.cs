@@ -264,6 +264,10 @@ public static class Ui
 
         t.AddRow("peak memory", Commands.Mb(r.Serial.PeakBytes), Commands.Mb(r.Parallel.PeakBytes), $"{r.Ratio.PeakBytes:0.00}", "0.76");
         t.AddRow("saved activations", Commands.Mb(r.Serial.SavedActivationBytes), Commands.Mb(r.Parallel.SavedActivationBytes), $"{r.Ratio.SavedActivationBytes:0.00}", "");
+        foreach (var row in SavedSplitRows(r.Serial.SavedByKind, r.Parallel.SavedByKind))
+        {
+            t.AddRow([.. row, ""]);
+        }
         foreach (var cat in r.Serial.Memory.Keys)
         {
             t.AddRow($"  at peak: {cat}", Commands.Mb(r.Serial.Memory[cat]), Commands.Mb(r.Parallel.Memory.GetValueOrDefault(cat)), "", "");
@@ -430,6 +434,20 @@ public static class Ui
         return s.Keys.Union(p.Keys)
             .Select(k => (k.Kind, k.Op, s.GetValueOrDefault(k), p.GetValueOrDefault(k)))
             .OrderByDescending(r => r.Item3).ThenByDescending(r => r.Item4).ThenBy(r => r.Kind, StringComparer.Ordinal).ThenBy(r => r.Op, StringComparer.Ordinal);
+    }
+
+    /// <summary>
+    /// What the saved-bytes ratio is made of, as two table rows (label, serial, parallel, ratio): the frozen spatial layers'
+    /// part (<see cref="UNet3D.FrozenSpatialKinds"/>), which only serial keeps, and the rest, which both keep.
+    /// </summary>
+    public static IEnumerable<string[]> SavedSplitRows(IReadOnlyDictionary<string, long> serial, IReadOnlyDictionary<string, long> parallel)
+    {
+        static long Frozen(IReadOnlyDictionary<string, long> byKind) => UNet3D.FrozenSpatialKinds.Sum(k => byKind.GetValueOrDefault(k));
+        long serialFrozen = Frozen(serial), parallelFrozen = Frozen(parallel);
+        long serialRest = serial.Values.Sum() - serialFrozen, parallelRest = parallel.Values.Sum() - parallelFrozen;
+        yield return ["  of it, the frozen spatial layers'", Commands.Mb(serialFrozen), Commands.Mb(parallelFrozen), ""];
+        yield return ["  of it, the rest (temporal layers, bridges, head, loss)", Commands.Mb(serialRest), Commands.Mb(parallelRest),
+            serialRest > 0 ? ((double)parallelRest / serialRest).ToString("0.00", CultureInfo.InvariantCulture) : ""];
     }
 
     /// <summary>Prints what each op keeps for backward, by layer kind, in both topologies (`plan --by-op`).</summary>

@@ -478,6 +478,13 @@ public sealed class UNet3D : Module
         || name.StartsWith("ring_proj.", StringComparison.Ordinal) || name.StartsWith("ring_skip_proj.", StringComparison.Ordinal)
         || name.StartsWith("bridge.", StringComparison.Ordinal);
 
+    /// <summary>
+    /// The tape's layer kinds (<see cref="Tape.Kind"/>) of the frozen text-to-image layers: what serial keeps for backward
+    /// beyond the temporal layers, and the parallel topology never keeps.
+    /// </summary>
+    public static IReadOnlyList<string> FrozenSpatialKinds { get; } =
+        [nameof(ResBlock2D), nameof(SpatialTransformer), "Resample", "Embedding", nameof(TextEncoder)];
+
     /// <summary>Freezes the text-to-image part (stage 2).</summary>
     public void FreezeSpatial()
     {

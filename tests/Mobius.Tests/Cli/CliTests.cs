@@ -200,6 +200,23 @@ public sealed class CliTests
         Assert.Contains("memory at every recompute policy", table.Out);
         Assert.DoesNotContain("by layer kind and op", table.Out);
 
+        // The saved bytes split into the frozen spatial layers' part, which only serial keeps, and the rest, the same in both.
+        double[] Cells(string label)
+        {
+            var line = Assert.Single(table.Out.Split('\n'), l => l.Contains(label, StringComparison.Ordinal));
+            return line.Split('│', StringSplitOptions.TrimEntries).Where(c => c.EndsWith(" MiB", StringComparison.Ordinal) || c == "1.00")
+                .Select(c => double.Parse(c.Replace(" MiB", "", StringComparison.Ordinal), System.Globalization.CultureInfo.InvariantCulture)).ToArray();
+        }
+
+        var savedRow = Cells("saved for backward");
+        var frozen = Cells("of it, the frozen spatial layers'");
+        var rest = Cells("of it, the rest");
+        Assert.True(frozen[0] > 0, table.Out);
+        Assert.Equal(0, frozen[1]);
+        Assert.Equal([rest[1], rest[1], 1.00], rest); // serial's rest equals the parallel topology's, ratio 1.00
+        Assert.Equal(savedRow[0], frozen[0] + rest[0], 0.11);
+        Assert.Equal(savedRow[1], rest[1], 0.051);
+
         // What each op keeps: in the JSON always, in the table with --by-op; the rows add up to the saved bytes.
         var ops = root.GetProperty("parallel").GetProperty("saved_by_op").EnumerateArray().ToList();
         Assert.NotEmpty(ops);
