@@ -87,6 +87,12 @@ public static class Settings
             Console.WriteLine($"trainable parameters: {trainer.TrainableParameters:N0}{(frozenPrefixes.Length > 0 ? $" (frozen: {string.Join(", ", frozenPrefixes)})" : "")}");
             int jacobianBatches = int.Parse(Arg("--loop-jacobians", "0"), CultureInfo.InvariantCulture);
             int jacobianEvery = int.Parse(Arg("--loop-jacobians-every", "250"), CultureInfo.InvariantCulture);
+            if (jacobianBatches < 0 || jacobianEvery < 1 || (jacobianBatches > 0 && !model.Unet.IsLoop))
+            {
+                Console.Error.WriteLine("--loop-jacobians N (N >= 0) needs the parallel topology's loop bridge, and --loop-jacobians-every at least 1.");
+                return 2;
+            }
+
             if (jacobianBatches > 0)
             {
                 Console.WriteLine($"loop bridge through the spatial transformers' mean-field Jacobians, measured on {jacobianBatches} batches every {jacobianEvery} steps (experimental)");

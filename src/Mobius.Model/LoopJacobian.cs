@@ -59,6 +59,11 @@ internal sealed class LoopJacobian : IDisposable
             throw new InvalidOperationException("A loop Jacobian is measured on forwards with gradients enabled.");
         }
 
+        if (h.Shape.Rank != 4 || h.Shape[1] != Cin)
+        {
+            throw new ArgumentException($"A loop Jacobian from {Cin} channels measures inputs [N, {Cin}, H, W], not {h.Shape}.", nameof(h));
+        }
+
         var backend = h.Backend;
         float[] v, g;
         using (var tape = Tape.Begin())
