@@ -153,6 +153,10 @@ public sealed class ReportWriter(string folder)
         sb.AppendLine(ci, $"| mean step time (ms, after {o.WarmupSteps} warm-up steps) | {r.Serial.StepMsMean:0.0} | {r.Parallel.StepMsMean:0.0} | {r.Ratio.StepMsMean:0.000} | |");
         sb.AppendLine(ci, $"| peak memory (MiB) | {Mb(r.Serial.PeakBytes)} | {Mb(r.Parallel.PeakBytes)} | {r.Ratio.PeakBytes:0.000} | 0.76 |");
         sb.AppendLine(ci, $"| saved activations (MiB) | {Mb(r.Serial.SavedActivationBytes)} | {Mb(r.Parallel.SavedActivationBytes)} | {r.Ratio.SavedActivationBytes:0.000} | |");
+        var (serialFrozen, serialRest) = UNet3D.SplitSaved(r.Serial.SavedByKind);
+        var (parallelFrozen, parallelRest) = UNet3D.SplitSaved(r.Parallel.SavedByKind);
+        sb.AppendLine(ci, $"| of them, the frozen spatial layers' (MiB) | {Mb(serialFrozen)} | {Mb(parallelFrozen)} | | |");
+        sb.AppendLine(ci, $"| of them, the rest: temporal layers, bridges, head, loss (MiB) | {Mb(serialRest)} | {Mb(parallelRest)} | {(serialRest > 0 ? ((double)parallelRest / serialRest).ToString("0.000", ci) : "")} | |");
         foreach (var cat in r.Serial.Memory.Keys)
         {
             sb.AppendLine(ci, $"| at peak: {cat} (MiB) | {Mb(r.Serial.Memory[cat])} | {Mb(r.Parallel.Memory.GetValueOrDefault(cat))} | | |");

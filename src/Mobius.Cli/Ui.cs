@@ -442,11 +442,10 @@ public static class Ui
     /// </summary>
     public static IEnumerable<string[]> SavedSplitRows(IReadOnlyDictionary<string, long> serial, IReadOnlyDictionary<string, long> parallel)
     {
-        static long Frozen(IReadOnlyDictionary<string, long> byKind) => UNet3D.FrozenSpatialKinds.Sum(k => byKind.GetValueOrDefault(k));
-        long serialFrozen = Frozen(serial), parallelFrozen = Frozen(parallel);
-        long serialRest = serial.Values.Sum() - serialFrozen, parallelRest = parallel.Values.Sum() - parallelFrozen;
-        yield return ["  of it, the frozen spatial layers'", Commands.Mb(serialFrozen), Commands.Mb(parallelFrozen), ""];
-        yield return ["  of it, the rest (temporal layers, bridges, head, loss)", Commands.Mb(serialRest), Commands.Mb(parallelRest),
+        var (serialFrozen, serialRest) = UNet3D.SplitSaved(serial);
+        var (parallelFrozen, parallelRest) = UNet3D.SplitSaved(parallel);
+        yield return ["  of them, the frozen spatial layers'", Commands.Mb(serialFrozen), Commands.Mb(parallelFrozen), ""];
+        yield return ["  of them, the rest (temporal layers, bridges, head, loss)", Commands.Mb(serialRest), Commands.Mb(parallelRest),
             serialRest > 0 ? ((double)parallelRest / serialRest).ToString("0.00", CultureInfo.InvariantCulture) : ""];
     }
 

@@ -485,6 +485,14 @@ public sealed class UNet3D : Module
     public static IReadOnlyList<string> FrozenSpatialKinds { get; } =
         [nameof(ResBlock2D), nameof(SpatialTransformer), "Resample", "Embedding", nameof(TextEncoder)];
 
+    /// <summary>Saved bytes by layer kind split into the frozen spatial layers' (<see cref="FrozenSpatialKinds"/>) and the rest.</summary>
+    public static (long Frozen, long Others) SplitSaved(IReadOnlyDictionary<string, long> byKind)
+    {
+        ArgumentNullException.ThrowIfNull(byKind);
+        long frozen = FrozenSpatialKinds.Sum(k => byKind.GetValueOrDefault(k));
+        return (frozen, byKind.Values.Sum() - frozen);
+    }
+
     /// <summary>Freezes the text-to-image part (stage 2).</summary>
     public void FreezeSpatial()
     {

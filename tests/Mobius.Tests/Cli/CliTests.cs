@@ -168,6 +168,11 @@ public sealed class CliTests
         string report = File.ReadAllText(folder.File("report.md"));
         Assert.Contains("Both topologies at every recompute policy, measured after the run", report);
         Assert.Contains("Fastest against fastest", report);
+
+        // The saved bytes' split: the parallel topology keeps none of the frozen layers' and all of the rest.
+        Assert.Contains("| of them, the frozen spatial layers' (MiB) |", report);
+        Assert.Matches(@"\| of them, the frozen spatial layers' \(MiB\) \| [1-9][0-9.]* \| 0\.0 \|", report);
+        Assert.Matches(@"\| of them, the rest: temporal layers, bridges, head, loss \(MiB\) \| [0-9.]+ \| [0-9.]+ \| 1\.000 \|", report);
     }
 
     [Fact]
@@ -209,8 +214,8 @@ public sealed class CliTests
         }
 
         var savedRow = Cells("saved for backward");
-        var frozen = Cells("of it, the frozen spatial layers'");
-        var rest = Cells("of it, the rest");
+        var frozen = Cells("of them, the frozen spatial layers'");
+        var rest = Cells("of them, the rest");
         Assert.True(frozen[0] > 0, table.Out);
         Assert.Equal(0, frozen[1]);
         Assert.Equal([rest[1], rest[1], 1.00], rest); // serial's rest equals the parallel topology's, ratio 1.00
