@@ -196,6 +196,13 @@ public sealed record TopologyResult
     [JsonPropertyName("saved_by_kind")]
     public required IReadOnlyDictionary<string, long> SavedByKind { get; init; }
 
+    /// <summary>
+    /// Of <see cref="SavedByKind"/>, the frozen spatial layers' bytes (<see cref="UNet3D.FrozenSpatialKinds"/>): what
+    /// serial keeps to pass input gradients through them and the parallel topology never keeps.
+    /// </summary>
+    [JsonPropertyName("saved_frozen_spatial_bytes")]
+    public long SavedFrozenSpatialBytes => UNet3D.SplitSaved(SavedByKind).Frozen;
+
     /// <summary>The same bytes by layer kind and op, largest first (<see cref="Engine.Autograd.Tape.StatsByOp"/>).</summary>
     [JsonPropertyName("saved_by_op")]
     public IReadOnlyList<Engine.Autograd.TapeOpStats> SavedByOp { get; init; } = [];

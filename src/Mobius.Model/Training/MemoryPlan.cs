@@ -173,6 +173,10 @@ public sealed record TopologyPlan(
     [property: JsonPropertyName("memory")] IReadOnlyDictionary<string, long> AtPeak,
     [property: JsonPropertyName("saved_by_kind")] IReadOnlyDictionary<string, long> SavedByKind)
 {
+    /// <summary>Of <see cref="SavedByKind"/>, the frozen spatial layers' bytes (<see cref="UNet3D.FrozenSpatialKinds"/>).</summary>
+    [JsonPropertyName("saved_frozen_spatial_bytes")]
+    public long SavedFrozenSpatialBytes => UNet3D.SplitSaved(SavedByKind).Frozen;
+
     /// <summary>
     /// The peak counted in the caching allocator's blocks: each tensor rounded up to its size class (under 2 MiB more
     /// for a large one, at most an eighth for a small one). What the device must hold for the engine's tensors.

@@ -190,6 +190,11 @@ public sealed class CliTests
         Assert.InRange(parallel, 1, serial - 1);
         Assert.Equal((double)parallel / serial, root.GetProperty("peak_ratio").GetDouble(), 1e-12);
         Assert.True(root.GetProperty("serial").GetProperty("memory").GetProperty("saved_activations").GetInt64() > 0);
+        // The frozen layers' part of the saved bytes: serial's only; without it serial keeps what the parallel topology does.
+        long SavedOf(string topology, string field) => root.GetProperty(topology).GetProperty(field).GetInt64();
+        Assert.True(SavedOf("serial", "saved_frozen_spatial_bytes") > 0);
+        Assert.Equal(0, SavedOf("parallel", "saved_frozen_spatial_bytes"));
+        Assert.Equal(SavedOf("serial", "saved_activation_bytes") - SavedOf("serial", "saved_frozen_spatial_bytes"), SavedOf("parallel", "saved_activation_bytes"));
         // Every policy planned beside it; the one asked for is the plan itself.
         var points = root.GetProperty("operating_points").EnumerateArray().ToList();
         Assert.Equal(4, points.Count);
