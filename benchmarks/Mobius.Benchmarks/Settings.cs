@@ -12,7 +12,7 @@ namespace Mobius.Benchmarks;
 /// <summary>
 /// `Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3]
 /// [--topology serial] [--bridge loop] [--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R]
-/// [--loop-jacobians N] [--loop-jacobians-every 250] [--seed 1]`: what one stage-2 training setting
+/// [--loop-jacobians N] [--loop-jacobians-every 250] [--seed 1] [--loop-correction K]`: what one stage-2 training setting
 /// does to a model, measured two ways. It fine-tunes the temporal layers on clips of one motion from a
 /// text-to-image checkpoint, then prints (1) the plain noise MSE on fixed held-out batches at six fixed
 /// timesteps, so that a loss weighting cannot hide where it helps or hurts, and (2) the motion metric of
@@ -30,18 +30,19 @@ namespace Mobius.Benchmarks;
 /// passes the loop's gradient through the spatial transformers' mean-field Jacobians (<c>UNet3D.BeginLoopJacobians</c>),
 /// measured on N batches before the first step and again every --loop-jacobians-every steps. --seed sets the temporal
 /// layers' initialisation and the training batches (the held-out batches and the samples' noise stay fixed).
+/// --loop-correction K (loop bridge) takes serial's exact step every K steps, as `mobius compare --loop-correction` does.
 /// </summary>
 public static class Settings
 {
     private static readonly int[] Timesteps = [20, 100, 250, 500, 750, 950];
 
     private const string Usage = "Mobius.Benchmarks settings [--checkpoint FILE] [--motion move-right] [--steps 600] [--lr 1e-3] [--topology serial] [--bridge loop] " +
-        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R] [--loop-jacobians N] [--loop-jacobians-every 250] [--seed 1]";
+        "[--frame-noise 0.9] [--min-snr 0] [--samples 16] [--freeze down.2.,mid.] [--exact-levels MASK] [--norms 1] [--guidance 4] [--sample-frame-noise R] [--loop-jacobians N] [--loop-jacobians-every 250] [--seed 1] [--loop-correction K]";
 
     public static int Run(string[] args)
     {
         if (CommandArgs.Check(args, Usage, ["--checkpoint", "--motion", "--steps", "--lr", "--topology", "--bridge", "--frame-noise", "--min-snr", "--samples",
-            "--freeze", "--exact-levels", "--norms", "--guidance", "--sample-frame-noise", "--loop-jacobians", "--loop-jacobians-every", "--seed"]) is { } code)
+            "--freeze", "--exact-levels", "--norms", "--guidance", "--sample-frame-noise", "--loop-jacobians", "--loop-jacobians-every", "--seed", "--loop-correction"]) is { } code)
         {
             return code;
         }
@@ -83,7 +84,8 @@ public static class Settings
         if (steps > 0)
         {
             using var trainer = new Trainer(model, Comparison.Data(config, 1, Split.Train, [motion]), Stage.TextToVideo,
-                new TrainOptions { Seed = seed, LearningRate = lr, MinSnrGamma = gamma, FrozenTemporal = frozenPrefixes });
+                new TrainOptions { Seed = seed, LearningRate = lr, MinSnrGamma = gamma, FrozenTemporal = frozenPrefixes,
+                    LoopCorrectionEvery = int.Parse(Arg("--loop-correction", "0"), CultureInfo.InvariantCulture) });
             Console.WriteLine($"trainable parameters: {trainer.TrainableParameters:N0}{(frozenPrefixes.Length > 0 ? $" (frozen: {string.Join(", ", frozenPrefixes)})" : "")}");
             int jacobianBatches = int.Parse(Arg("--loop-jacobians", "0"), CultureInfo.InvariantCulture);
             int jacobianEvery = int.Parse(Arg("--loop-jacobians-every", "250"), CultureInfo.InvariantCulture);
