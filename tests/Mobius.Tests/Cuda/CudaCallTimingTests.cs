@@ -7,8 +7,9 @@ namespace Mobius.Tests.Cuda;
 /// <summary>
 /// <see cref="CudaBackend.TimeCalls"/>: while a scope is open every kernel launch and library call is timed between
 /// a pair of CUDA events and its time added to its name (<see cref="CudaBackend.CallMilliseconds"/>). These check that
-/// the names timed are exactly the names counted, that a call's time is its own (a large GEMM against a small kernel),
-/// that the events are read in batches without losing one, and that nothing is timed outside a scope. The class has its
+/// the names timed are exactly the names counted, that the calls' times fit in the scope's own events, that the events
+/// are read in batches without losing one, and that nothing is timed outside a scope. No test compares durations: on the
+/// simulator they are the host's, which a busy machine stretches. The class has its
 /// own backend instance, so its timing reaches no other test.
 /// </summary>
 public sealed class CudaCallTimingTests(CudaFixture fixture) : IClassFixture<CudaFixture>
@@ -34,11 +35,17 @@ public sealed class CudaCallTimingTests(CudaFixture fixture) : IClassFixture<Cud
         Assert.Empty(B.CallMilliseconds);
 
         B.ResetCallCounts();
-        using (B.TimeCalls())
+        float whole;
+        using (var timer = B.StartTimer())
         {
-            Assert.Throws<InvalidOperationException>(() => B.TimeCalls());
-            B.Gemm(new GemmShape(n, n, n), 1f, a, b, 0f, c);
-            B.Add(small, small, sum);
+            using (B.TimeCalls())
+            {
+                Assert.Throws<InvalidOperationException>(() => B.TimeCalls());
+                B.Gemm(new GemmShape(n, n, n), 1f, a, b, 0f, c);
+                B.Add(small, small, sum);
+            }
+
+            whole = timer.Stop();
         }
 
         var ms = B.CallMilliseconds.ToDictionary(kv => kv.Key, kv => kv.Value);
@@ -46,9 +53,11 @@ public sealed class CudaCallTimingTests(CudaFixture fixture) : IClassFixture<Cud
         Assert.Equal(["cublasSgemm", "ew_add_f32"], ms.Keys.Order(StringComparer.Ordinal));
         Assert.All(B.CallsTimed.Values, v => Assert.Equal(1, v));
 
-        // 2 n^3 = 14 MFLOP against 64 additions: on the simulator (the host's time) as on a GPU, the GEMM takes longer.
-        Assert.True(ms["cublasSgemm"] > ms["ew_add_f32"], $"GEMM {ms["cublasSgemm"]} ms, add {ms["ew_add_f32"]} ms");
-        Assert.All(ms.Values, v => Assert.True(v >= 0));
+        // Each call's time is the interval between its own pair of events: within the scope's, and the two calls' intervals
+        // follow each other on the stream, so together they fit in it too. (Which call is the slower is not asserted: on the
+        // simulator these are the host's times, and a busy machine can stall the small one.)
+        Assert.All(ms.Values, v => Assert.InRange(v, 0, whole));
+        Assert.InRange(ms.Values.Sum(), 0, whole);
 
         // After the scope: nothing more is timed, and a reset clears the times.
         B.Add(small, small, sum);
