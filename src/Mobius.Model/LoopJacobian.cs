@@ -64,6 +64,12 @@ internal sealed class LoopJacobian : IDisposable
             throw new ArgumentException($"A loop Jacobian from {Cin} channels measures inputs [N, {Cin}, H, W], not {h.Shape}.", nameof(h));
         }
 
+        int n = h.Shape[0], pixels = h.Shape[2] * h.Shape[3];
+        if (_perImage != 0 && _perImage != pixels)
+        {
+            throw new InvalidOperationException($"A loop Jacobian is measured at one image size; it had {_perImage} pixels an image, now {pixels}.");
+        }
+
         var backend = h.Backend;
         float[] v, g;
         using (var tape = Tape.Begin())
@@ -87,7 +93,6 @@ internal sealed class LoopJacobian : IDisposable
             x.ClearGrad();
         }
 
-        int n = h.Shape[0], pixels = (int)(h.Shape.Numel / n / Cin);
         var sv = new double[Cout];
         var sg = new double[Cin];
         for (int b = 0; b < n; b++)
@@ -123,11 +128,6 @@ internal sealed class LoopJacobian : IDisposable
                     _imageSum[o * Cin + i] += sv[o] * sg[i];
                 }
             }
-        }
-
-        if (_perImage != 0 && _perImage != pixels)
-        {
-            throw new InvalidOperationException($"A loop Jacobian is measured at one image size; it had {_perImage} pixels an image, now {pixels}.");
         }
 
         _perImage = pixels;
