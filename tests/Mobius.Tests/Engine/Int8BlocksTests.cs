@@ -7,7 +7,7 @@ namespace Mobius.Tests.Engine;
 /// int8 blocks (<see cref="DType.Int8Blocks"/>), the storage of activations kept for backward with
 /// `--saved-activations int8`: the cast both ways against a reference written here from the definition (bit for bit,
 /// on every backend: the CUDA backend runs its quantize and dequantize kernels), the rounding error within half a
-/// step of each block's scale, blocks of zeros and blocks holding a NaN or an infinity, tails shorter than a block,
+/// step of each block's scale (and the float rounding around it), blocks of zeros and blocks holding a NaN or an infinity, tails shorter than a block,
 /// the bytes a tensor takes, and views that would split a block.
 /// </summary>
 public abstract class Int8BlocksTests(BackendFixture fixture)
@@ -76,8 +76,12 @@ public abstract class Int8BlocksTests(BackendFixture fixture)
             float m = x.Skip(start).Take(len).Max(MathF.Abs);
             for (int i = start; i < start + len; i++)
             {
+                // Half a step, plus the float rounding around it (u = 2^-24): inv = 127/m and the product x inv are
+                // rounded, so a value at a midpoint may go to the far side by up to 2u m; scale = m/127 and the
+                // read-back q scale are rounded, another 2u m. A run with seed 221681241 measured 1.10 u m.
                 double error = Math.Abs((double)got[i] - x[i]);
-                Assert.True(error <= (m / 254.0 * (1 + 1e-5)) + 1e-30, $"element {i}: {got[i]} for {x[i]}, block max {m} (seed {seed})");
+                double bound = (m / 254.0) + (4 * Math.ScaleB(1.0, -24) * m) + 1e-30;
+                Assert.True(error <= bound, $"element {i}: {got[i]} for {x[i]}, block max {m}, error {error:E4} over {bound:E4} (seed {seed})");
             }
 
             float top = 127f * (m / 127f); // the largest magnitude reads back as 127 steps
