@@ -80,7 +80,7 @@ public sealed class CliTests
     public void Compare_runs_on_the_cuda_backend_over_the_simulated_driver_and_matches_the_cpu_run()
     {
         using var folder = new TempFolder();
-        string[] common = ["compare", "--config", "micro", "--steps", "1", "--samples", "0", "--json", "--seed", "5"];
+        string[] common = ["compare", "--config", "micro", "--steps", "1", "--samples", "0", "--validation-batches", "1", "--json", "--seed", "5"];
         var cpu = Run("", [.. common, "--backend", "cpu", "--out", folder.File("cpu")]);
         var cuda = Run("sim", [.. common, "--backend", "cuda", "--out", folder.File("cuda")]);
         var tf32 = Run("sim", [.. common, "--backend", "cuda", "--math", "tf32", "--out", folder.File("tf32")]);
