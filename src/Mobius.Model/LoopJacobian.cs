@@ -21,6 +21,8 @@ internal sealed class LoopJacobian : IDisposable
     private readonly double[] _pixelSum;
     private readonly double[] _imageSum;
     private readonly Random _rng;
+    private Tensor? _meanColumn; // [T, 1] of 1/T: an image's mean, for Path
+    private Tensor? _spreadRow; // [1, T] of ones: a value to every pixel, for Path
     private long _pixels;
     private long _images;
     private int _perImage;
@@ -164,10 +166,14 @@ internal sealed class LoopJacobian : IDisposable
             }
         }
 
-        Weight?.Dispose();
-        ImageMean?.Dispose();
+        Release();
         Weight = Tensor.FromArray(backend, a, new Shape(Cout, Cin, 1, 1), MemoryCategory.Weights);
-        ImageMean = WithImageMean && t > 1 ? Tensor.FromArray(backend, b, new Shape(Cout, Cin), MemoryCategory.Weights) : null;
+        if (WithImageMean && t > 1)
+        {
+            ImageMean = Tensor.FromArray(backend, b, new Shape(Cout, Cin), MemoryCategory.Weights);
+            _meanColumn = Tensor.FromArray(backend, Enumerable.Repeat(1f / t, t).ToArray(), new Shape(t, 1), MemoryCategory.Weights);
+            _spreadRow = Tensor.FromArray(backend, Enumerable.Repeat(1f, t).ToArray(), new Shape(1, t), MemoryCategory.Weights);
+        }
     }
 
     /// <summary>
@@ -183,25 +189,28 @@ internal sealed class LoopJacobian : IDisposable
         }
 
         int n = h.Shape[0], hh = h.Shape[2], ww = h.Shape[3], t = hh * ww;
-        var backend = h.Backend;
         using (own)
-        using (var column = Tensor.FromArray(backend, Enumerable.Repeat(1f / t, t).ToArray(), new Shape(t, 1)))
-        using (var row = Tensor.FromArray(backend, Enumerable.Repeat(1f, t).ToArray(), new Shape(1, t)))
         using (var flat = Ops.Reshape(h, n * Cin, t))
-        using (var mean = Ops.MatMul(flat, column))
+        using (var mean = Ops.MatMul(flat, _meanColumn!))
         using (var perImage = Ops.Reshape(mean, n, Cin))
         using (var mixed = Ops.Linear(perImage, ImageMean))
         using (var mixedColumn = Ops.Reshape(mixed, n * Cout, 1))
-        using (var spread = Ops.MatMul(mixedColumn, row))
+        using (var spread = Ops.MatMul(mixedColumn, _spreadRow!))
         using (var spread4 = Ops.Reshape(spread, n, Cout, hh, ww))
         {
             return Ops.Add(own, spread4);
         }
     }
 
-    public void Dispose()
+    public void Dispose() => Release();
+
+    /// <summary>Frees the measured tensors (a new <see cref="Finish"/> makes them again).</summary>
+    private void Release()
     {
         Weight?.Dispose();
         ImageMean?.Dispose();
+        _meanColumn?.Dispose();
+        _spreadRow?.Dispose();
+        Weight = ImageMean = _meanColumn = _spreadRow = null;
     }
 }
