@@ -150,7 +150,8 @@ public sealed class GatedBridge : Bridge
             return Ops.Reshape(spatial, spatial.Shape.ToArray());
         }
 
-        using var gated = Ops.Mul(ring, Broadcast(_gates[block], ring));
+        using var gate = Broadcast(_gates[block], ring);
+        using var gated = Ops.Mul(ring, gate);
         return Ops.Add(gated, spatial);
     }
 
