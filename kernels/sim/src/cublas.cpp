@@ -3,6 +3,7 @@
 // In CUBLAS_TF32_TENSOR_OP_MATH (or with CUBLAS_COMPUTE_32F_FAST_TF32) fp32 inputs are read rounded to TF32, and with
 // CUBLAS_COMPUTE_32F_FAST_16BF rounded to bf16, as tensor cores read them.
 // Scalars are host pointers (CUBLAS_POINTER_MODE_HOST, the default mode).
+// Each call is an operation of the handle's stream (cublasSetStream) for the stream-order check: A and B read, C written.
 #include <cmath>
 #include <cstring>
 #include <set>
@@ -106,19 +107,21 @@ cublasStatus_t fail(cublasStatus_t s, const std::string& message) {
     return s;
 }
 
-cublasStatus_t run_on(cudaStream_t stream, const Gemm& g);
+cublasStatus_t run_on(cudaStream_t stream, const Gemm& g, const char* call);
 
-cublasStatus_t run(cublasHandle_t handle, Gemm g, bool pedantic = false) {
+// `call` names the product in a stream-order report.
+cublasStatus_t run(cublasHandle_t handle, const char* call, Gemm g, bool pedantic = false) {
     std::lock_guard lock(api_mutex());
     if (handles().count(handle) == 0) return fail(CUBLAS_STATUS_NOT_INITIALIZED, "cublas: invalid handle");
     const bool fp32_inputs = g.at == CUDA_R_32F && g.bt == CUDA_R_32F;
     g.bf16 = fp32_inputs && g.bf16;
     g.tf32 = fp32_inputs && !g.bf16 && (g.tf32 || (!pedantic && (handle->math & 0xF) == CUBLAS_TF32_TENSOR_OP_MATH));
-    return run_on(handle->stream, g);
+    return run_on(handle->stream, g, call);
 }
 
-// The product itself, its arguments checked as cuBLAS checks them; the caller holds the API lock.
-cublasStatus_t run_on(cudaStream_t stream, const Gemm& g) {
+// The product itself, its arguments checked as cuBLAS checks them; the caller holds the API lock. A null `call`: the
+// caller has ordered the product on its stream already (cuBLASLt, whose matmul touches more than A, B and C).
+cublasStatus_t run_on(cudaStream_t stream, const Gemm& g, const char* call) {
     auto valid_op = [](cublasOperation_t o) { return o == CUBLAS_OP_N || o == CUBLAS_OP_T || o == CUBLAS_OP_C; };
     const bool ta = g.ta != CUBLAS_OP_N, tb = g.tb != CUBLAS_OP_N;  // real data: conjugate transpose == transpose
     const int a_rows = ta ? g.k : g.m, a_cols = ta ? g.m : g.k;
@@ -140,6 +143,20 @@ cublasStatus_t run_on(cudaStream_t stream, const Gemm& g) {
             !in_device_memory(c, extent(g.m, g.n, g.ldc), cb)) {
             mobius_sim::detail::make_sticky(CUDA_ERROR_ILLEGAL_ADDRESS,
                                             "cublas gemm: batch " + std::to_string(p) + " reads or writes outside device memory");
+            return CUBLAS_STATUS_EXECUTION_FAILED;
+        }
+    }
+    if (call != nullptr) {  // A and B read, C written (and read when beta != 0), on the handle's stream
+        mobius_sim::detail::StreamOperation order(stream, call);
+        for (int p = 0; p < g.batch; ++p) {
+            if (g.k > 0) {
+                order.read(static_cast<const unsigned char*>(g.a) + p * g.sa * (long long)ab);
+                order.read(static_cast<const unsigned char*>(g.b) + p * g.sb * (long long)bb);
+            }
+            order.write(static_cast<unsigned char*>(g.c) + p * g.sc * (long long)cb);
+        }
+        if (const std::string race = order.enqueue(); !race.empty()) {
+            mobius_sim::detail::make_sticky(CUDA_ERROR_LAUNCH_FAILED, race);
             return CUBLAS_STATUS_EXECUTION_FAILED;
         }
     }
@@ -182,7 +199,7 @@ int mobius_sim::detail::fp32_gemm(void* stream, int ta, int tb, int m, int n, in
                                   int ldb, float beta, float* c, int ldc, bool tf32, bool bf16) {
     Gemm g{static_cast<cublasOperation_t>(ta), static_cast<cublasOperation_t>(tb), m, n, k, alpha, beta, a, CUDA_R_32F, lda, 0, b, CUDA_R_32F, ldb, 0,
            c, CUDA_R_32F, ldc, 0, 1, tf32 && !bf16, bf16};
-    return run_on(static_cast<cudaStream_t>(stream), g);
+    return run_on(static_cast<cudaStream_t>(stream), g, nullptr);
 }
 
 extern "C" {
@@ -246,7 +263,8 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa, c
                               int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
                               const float* beta, float* C, int ldc) {
     if (alpha == nullptr || beta == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-    return run(handle, {transa, transb, m, n, k, *alpha, *beta, A, CUDA_R_32F, lda, 0, B, CUDA_R_32F, ldb, 0, C, CUDA_R_32F, ldc, 0, 1});
+    return run(handle, "cublasSgemm",
+               {transa, transb, m, n, k, *alpha, *beta, A, CUDA_R_32F, lda, 0, B, CUDA_R_32F, ldb, 0, C, CUDA_R_32F, ldc, 0, 1});
 }
 
 cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -254,8 +272,9 @@ cublasStatus_t cublasSgemmStridedBatched(cublasHandle_t handle, cublasOperation_
                                          long long int strideA, const float* B, int ldb, long long int strideB,
                                          const float* beta, float* C, int ldc, long long int strideC, int batchCount) {
     if (alpha == nullptr || beta == nullptr) return CUBLAS_STATUS_INVALID_VALUE;
-    return run(handle, {transa, transb, m, n, k, *alpha, *beta, A, CUDA_R_32F, lda, strideA, B, CUDA_R_32F, ldb, strideB,
-                        C, CUDA_R_32F, ldc, strideC, batchCount});
+    return run(handle, "cublasSgemmStridedBatched",
+               {transa, transb, m, n, k, *alpha, *beta, A, CUDA_R_32F, lda, strideA, B, CUDA_R_32F, ldb, strideB, C, CUDA_R_32F, ldc, strideC,
+                batchCount});
 }
 
 cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb,
@@ -273,9 +292,10 @@ cublasStatus_t cublasGemmStridedBatchedEx(cublasHandle_t handle, cublasOperation
     const bool bf16 = Atype == CUDA_R_16BF && Btype == CUDA_R_16BF && (Ctype == CUDA_R_16BF || Ctype == CUDA_R_32F);
     if (!compute32 || !(fp32 || bf16))
         return fail(CUBLAS_STATUS_NOT_SUPPORTED, "cublasGemmStridedBatchedEx: only fp32 compute over fp32 or bf16 data is simulated");
-    return run(handle, {transa, transb, m, n, k, *static_cast<const float*>(alpha), *static_cast<const float*>(beta), A, Atype,
-                        lda, strideA, B, Btype, ldb, strideB, C, Ctype, ldc, strideC, batchCount, computeType == CUBLAS_COMPUTE_32F_FAST_TF32,
-                        computeType == CUBLAS_COMPUTE_32F_FAST_16BF},
+    return run(handle, "cublasGemmStridedBatchedEx",
+               {transa, transb, m, n, k, *static_cast<const float*>(alpha), *static_cast<const float*>(beta), A, Atype, lda, strideA, B, Btype,
+                ldb, strideB, C, Ctype, ldc, strideC, batchCount, computeType == CUBLAS_COMPUTE_32F_FAST_TF32,
+                computeType == CUBLAS_COMPUTE_32F_FAST_16BF},
                computeType == CUBLAS_COMPUTE_32F_PEDANTIC);
 }
 

@@ -3,6 +3,7 @@
 // them), with the DEFAULT, BIAS, BGRADA and BGRADB epilogues. The heuristic returns one algorithm that remembers the
 // buffer alignments the preference allowed; cublasLtMatmul refuses buffers less aligned than that, as an algorithm
 // assuming the default 256 bytes could not read them on a GPU.
+// Each matmul is an operation of its stream argument for the stream-order check (what it reads and writes: cublasLtMatmul).
 #include <cstring>
 #include <set>
 #include <string>
@@ -208,7 +209,8 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t handle, cublasLtM
 
 cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc, const void* alpha, const void* A, cublasLtMatrixLayout_t Adesc,
                               const void* B, cublasLtMatrixLayout_t Bdesc, const void* beta, const void* C, cublasLtMatrixLayout_t Cdesc, void* D,
-                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t* algo, void*, std::size_t, cudaStream_t stream) {
+                              cublasLtMatrixLayout_t Ddesc, const cublasLtMatmulAlgo_t* algo, void* workspace, std::size_t workspaceSize,
+                              cudaStream_t stream) {
     std::lock_guard lock(api_mutex());
     if (!alive(handle)) return CUBLAS_STATUS_NOT_INITIALIZED;
     if (!alive(desc) || !alive(Adesc) || !alive(Bdesc) || !alive(Cdesc) || !alive(Ddesc) || alpha == nullptr || beta == nullptr)
@@ -231,6 +233,22 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t handle, cublasLtMatmulDesc_t desc
     if (!in_memory(A, Adesc) || !in_memory(B, Bdesc) || !in_memory(D, Ddesc) ||
         (bias && !mobius_sim::find_allocation(reinterpret_cast<std::uint64_t>(desc->bias), static_cast<std::size_t>(bias_length) * 4, nullptr))) {
         mobius_sim::detail::make_sticky(CUDA_ERROR_ILLEGAL_ADDRESS, "cublasLtMatmul: reads or writes outside device memory");
+        return CUBLAS_STATUS_EXECUTION_FAILED;
+    }
+    if (!mobius_sim::detail::context_ready()) return fail(CUBLAS_STATUS_EXECUTION_FAILED, "cublasLtMatmul: no usable CUDA context");
+    if (!mobius_sim::detail::valid_stream(stream)) return fail(CUBLAS_STATUS_EXECUTION_FAILED, "cublasLtMatmul: stream destroyed");
+    // On the call's stream: A and B read, C read where beta counts, D written, the bias read (BIAS) or written (the
+    // BGRAD epilogues), the workspace written.
+    mobius_sim::detail::StreamOperation order(stream, "cublasLtMatmul");
+    order.read(A);
+    order.read(B);
+    if (*static_cast<const float*>(beta) != 0.0f) order.read(C);
+    order.write(D);
+    if (desc->epilogue == CUBLASLT_EPILOGUE_BIAS) order.read(desc->bias);
+    else if (bias) order.write(desc->bias);
+    if (workspaceSize > 0) order.write(workspace);
+    if (const std::string race = order.enqueue(); !race.empty()) {
+        mobius_sim::detail::make_sticky(CUDA_ERROR_LAUNCH_FAILED, race);
         return CUBLAS_STATUS_EXECUTION_FAILED;
     }
 

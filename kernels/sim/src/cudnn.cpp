@@ -3,6 +3,8 @@
 // blending out = alpha * result + beta * out (beta == 0 never reads out). No workspace is needed.
 // A descriptor in any math type but CUDNN_FMA_MATH lets fp32 convolutions read their inputs as TF32, as cuDNN
 // does on sm_80 and later: the simulator rounds them so (FMA math is exact fp32).
+// Each computing call is an operation of the handle's stream (cudnnSetStream) for the stream-order check: x, w and dy
+// read; y, dx, dw, db and a given workspace written.
 #include <cstring>
 #include <set>
 #include <string>
@@ -130,6 +132,20 @@ cudnnStatus_t check_conv(cudnnHandle_t handle, const cudnnTensorStruct* x, const
 cudnnStatus_t out_of_memory(const char* call) {
     mobius_sim::detail::make_sticky(CUDA_ERROR_ILLEGAL_ADDRESS, std::string(call) + ": a tensor lies outside device memory");
     return CUDNN_STATUS_EXECUTION_FAILED;
+}
+
+// The call's accesses on the handle's stream, checked and recorded by the stream-order check; a race fails the call
+// like a faulting kernel, before it runs.
+cudnnStatus_t order(cudnnHandle_t handle, const char* call, std::initializer_list<const void*> reads,
+                    std::initializer_list<const void*> writes) {
+    mobius_sim::detail::StreamOperation op(handle->stream, call);
+    for (const void* p : reads) op.read(p);
+    for (const void* p : writes) op.write(p);
+    if (const std::string race = op.enqueue(); !race.empty()) {
+        mobius_sim::detail::make_sticky(CUDA_ERROR_LAUNCH_FAILED, race);
+        return CUDNN_STATUS_EXECUTION_FAILED;
+    }
+    return CUDNN_STATUS_SUCCESS;
 }
 
 void blend(float* out, long long index, float alpha, float value, float beta) {
@@ -306,7 +322,7 @@ cudnnStatus_t cudnnGetConvolutionBackwardFilterWorkspaceSize(cudnnHandle_t handl
 
 cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t xDesc, const void* x,
                                       const cudnnFilterDescriptor_t wDesc, const void* w, const cudnnConvolutionDescriptor_t convDesc,
-                                      cudnnConvolutionFwdAlgo_t, void*, size_t, const void* beta,
+                                      cudnnConvolutionFwdAlgo_t, void* workSpace, size_t workSpaceSizeInBytes, const void* beta,
                                       const cudnnTensorDescriptor_t yDesc, void* y) {
     std::lock_guard lock(api_mutex());
     Conv c;
@@ -314,6 +330,9 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(y, tensor_extent(*yDesc)))
         return out_of_memory("cudnnConvolutionForward");
+    if (cudnnStatus_t s = order(handle, "cudnnConvolutionForward", {x, w}, {y, workSpaceSizeInBytes ? workSpace : nullptr});
+        s != CUDNN_STATUS_SUCCESS)
+        return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* xs = static_cast<const float*>(x);
@@ -345,7 +364,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
 
 cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alpha, const cudnnFilterDescriptor_t wDesc, const void* w,
                                            const cudnnTensorDescriptor_t dyDesc, const void* dy,
-                                           const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdDataAlgo_t, void*, size_t,
+                                           const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdDataAlgo_t, void* workSpace,
+                                           size_t workSpaceSizeInBytes,
                                            const void* beta, const cudnnTensorDescriptor_t dxDesc, void* dx) {
     std::lock_guard lock(api_mutex());
     Conv c;
@@ -353,6 +373,9 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(dx, tensor_extent(*dxDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
         return out_of_memory("cudnnConvolutionBackwardData");
+    if (cudnnStatus_t s = order(handle, "cudnnConvolutionBackwardData", {w, dy}, {dx, workSpaceSizeInBytes ? workSpace : nullptr});
+        s != CUDNN_STATUS_SUCCESS)
+        return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* ws = static_cast<const float*>(w);
@@ -384,7 +407,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
 
 cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* alpha, const cudnnTensorDescriptor_t xDesc, const void* x,
                                              const cudnnTensorDescriptor_t dyDesc, const void* dy,
-                                             const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdFilterAlgo_t, void*, size_t,
+                                             const cudnnConvolutionDescriptor_t convDesc, cudnnConvolutionBwdFilterAlgo_t, void* workSpace,
+                                             size_t workSpaceSizeInBytes,
                                              const void* beta, const cudnnFilterDescriptor_t dwDesc, void* dw) {
     std::lock_guard lock(api_mutex());
     Conv c;
@@ -392,6 +416,9 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* a
     if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
     if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(dw, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
         return out_of_memory("cudnnConvolutionBackwardFilter");
+    if (cudnnStatus_t s = order(handle, "cudnnConvolutionBackwardFilter", {x, dy}, {dw, workSpaceSizeInBytes ? workSpace : nullptr});
+        s != CUDNN_STATUS_SUCCESS)
+        return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* xs = static_cast<const float*>(x);
@@ -428,6 +455,7 @@ cudnnStatus_t cudnnConvolutionBackwardBias(cudnnHandle_t handle, const void* alp
     if (dyDesc->type != CUDNN_DATA_FLOAT || dbDesc->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
     if (!mobius_sim::detail::context_ready()) return fail(CUDNN_STATUS_EXECUTION_FAILED, "cudnnConvolutionBackwardBias: no usable CUDA context");
     if (!in_memory(dy, tensor_extent(*dyDesc)) || !in_memory(db, tensor_extent(*dbDesc))) return out_of_memory("cudnnConvolutionBackwardBias");
+    if (cudnnStatus_t s = order(handle, "cudnnConvolutionBackwardBias", {dy}, {db}); s != CUDNN_STATUS_SUCCESS) return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* dys = static_cast<const float*>(dy);
@@ -452,6 +480,7 @@ cudnnStatus_t cudnnAddTensor(cudnnHandle_t handle, const void* alpha, const cudn
     if (aDesc->type != CUDNN_DATA_FLOAT || cDesc->type != CUDNN_DATA_FLOAT) return CUDNN_STATUS_NOT_SUPPORTED;
     if (!mobius_sim::detail::context_ready()) return fail(CUDNN_STATUS_EXECUTION_FAILED, "cudnnAddTensor: no usable CUDA context");
     if (!in_memory(A, tensor_extent(*aDesc)) || !in_memory(C, tensor_extent(*cDesc))) return out_of_memory("cudnnAddTensor");
+    if (cudnnStatus_t s = order(handle, "cudnnAddTensor", {A}, {C}); s != CUDNN_STATUS_SUCCESS) return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
     const float a = *static_cast<const float*>(alpha), b = *static_cast<const float*>(beta);
     const auto* as = static_cast<const float*>(A);

@@ -6,6 +6,16 @@
 // and a faulting kernel (illegal address, trap, barrier or race error) leaves a sticky error in its context
 // that every later call returns until the primary context is released to zero references and retained again.
 // Cleanup calls (free, unload, destroy) still succeed in a failed context so that owners can release handles.
+//
+// As work runs when it is enqueued, two streams can never race here, and a missing dependency between them could
+// never show. The stream-order check (src/stream_order.cpp, on unless MOBIUS_SIM_STREAMCHECK=0) finds it instead:
+// every stream keeps a vector clock of what it is ordered after (cuEventRecord / cuStreamWaitEvent, host
+// synchronisation, the legacy stream's implicit barriers against blocking streams), every allocation its last write
+// and the reads since, and an operation (a launch, copy or fill here; a GEMM, convolution or collective in the other
+// libraries) that reads or writes an allocation out of order with another stream's access fails before it runs, with
+// CUDA_ERROR_LAUNCH_FAILED made sticky like a kernel fault. A launch's accesses are its pointer parameters (pointer to
+// const: read; otherwise written). The synchronous copies and cuMemsetD32 are operations of the legacy stream;
+// cuMemcpyDtoH also makes the host wait for it. cuCtxSynchronize, cuMemAlloc and cuMemFree are full barriers.
 #include <pthread.h>
 
 #include <chrono>
@@ -127,6 +137,7 @@ void destroy_context_objects(CUctx_st* c) {
     for (CUevent_st* e : d.events) delete e;
     d.events.clear();
     device_free_all();
+    stream_order_reset();
 }
 
 void write_log(char* buffer, std::size_t* size, const std::string& text) {
@@ -255,6 +266,64 @@ using namespace mobius_sim::detail;
 #define MOBIUS_LOCK std::lock_guard mobius_lock(api_mutex())
 #define MOBIUS_NEED_CONTEXT(call) \
     if (CUresult r_ = need_context(call); r_ != CUDA_SUCCESS) return r_
+
+namespace {
+
+// A stream race found by the stream-order check fails the operation like a faulting kernel.
+CUresult order_failure(const std::string& race) {
+    if (race.empty()) return CUDA_SUCCESS;
+    make_sticky(CUDA_ERROR_LAUNCH_FAILED, race);
+    return CUDA_ERROR_LAUNCH_FAILED;
+}
+
+// Copies and fills: one operation on `stream` (the legacy stream for the synchronous calls) that reads `src` and
+// writes `dst` (0: host memory, which the check does not follow).
+CUresult order_copy(CUstream stream, const char* call, CUdeviceptr dst, CUdeviceptr src) {
+    StreamOperation order(stream, call);
+    order.read(src);
+    order.write(dst);
+    return order_failure(order.enqueue());
+}
+
+CUresult copy_to_device(CUdeviceptr dst, const void* src, std::size_t n, CUstream stream, const char* call) {
+    MOBIUS_NEED_CONTEXT(call);
+    if (n == 0) return CUDA_SUCCESS;
+    if (src == nullptr || !device_range(dst, n))
+        return fail(CUDA_ERROR_INVALID_VALUE, std::string(call) + ": the destination range is not inside one allocation");
+    if (CUresult r = order_copy(stream, call, dst, 0); r != CUDA_SUCCESS) return r;
+    return copy_bytes(reinterpret_cast<void*>(dst), src, n);
+}
+
+CUresult copy_to_host(void* dst, CUdeviceptr src, std::size_t n, CUstream stream, const char* call) {
+    MOBIUS_NEED_CONTEXT(call);
+    if (n == 0) return CUDA_SUCCESS;
+    if (dst == nullptr || !device_range(src, n))
+        return fail(CUDA_ERROR_INVALID_VALUE, std::string(call) + ": the source range is not inside one allocation");
+    if (CUresult r = order_copy(stream, call, 0, src); r != CUDA_SUCCESS) return r;
+    return copy_bytes(dst, reinterpret_cast<const void*>(src), n);
+}
+
+CUresult copy_on_device(CUdeviceptr dst, CUdeviceptr src, std::size_t n, CUstream stream, const char* call) {
+    MOBIUS_NEED_CONTEXT(call);
+    if (n == 0) return CUDA_SUCCESS;
+    if (!device_range(dst, n) || !device_range(src, n))
+        return fail(CUDA_ERROR_INVALID_VALUE, std::string(call) + ": a range is not inside one allocation");
+    if (CUresult r = order_copy(stream, call, dst, src); r != CUDA_SUCCESS) return r;
+    return copy_bytes(reinterpret_cast<void*>(dst), reinterpret_cast<const void*>(src), n);
+}
+
+CUresult fill_words(CUdeviceptr dst, unsigned int value, std::size_t n, CUstream stream, const char* call) {
+    MOBIUS_NEED_CONTEXT(call);
+    if (n == 0) return CUDA_SUCCESS;
+    if (dst % 4 != 0 || n > SIZE_MAX / 4 || !device_range(dst, n * 4))
+        return fail(CUDA_ERROR_INVALID_VALUE, std::string(call) + ": misaligned or out-of-range destination");
+    if (CUresult r = order_copy(stream, call, dst, 0); r != CUDA_SUCCESS) return r;
+    auto* p = reinterpret_cast<unsigned int*>(dst);
+    for (std::size_t i = 0; i < n; ++i) p[i] = value;
+    return CUDA_SUCCESS;
+}
+
+}  // namespace
 
 extern "C" {
 
@@ -389,6 +458,7 @@ CUresult cuCtxGetCurrent(CUcontext* pctx) {
 CUresult cuCtxSynchronize(void) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuCtxSynchronize");
+    host_waits_all();
     return CUDA_SUCCESS;
 }
 
@@ -521,6 +591,22 @@ CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDi
     limits.static_shared_bytes = f->entry.static_shared_bytes;
     limits.max_shared_bytes = f->entry.static_shared_bytes + f->max_dynamic_shared;
     const LaunchConfig config{{gridDimX, gridDimY, gridDimZ}, {blockDimX, blockDimY, blockDimZ}, sharedMemBytes};
+    // A launch the device refuses is never enqueued, so it is no operation of its stream.
+    if (const LaunchResult bad = validate_launch(f->kernel->name, config, limits); bad.status != Status::Success) {
+        set_last_error(bad.message);
+        return to_result(bad.status);
+    }
+    // Each pointer parameter is an access of the allocation it points into, of the kind its type declares.
+    StreamOperation order(hStream, f->kernel->name, true);
+    for (std::size_t i = 0; i < count; ++i) {
+        const ParamAccess access = f->kernel->param_access[i];
+        if (access == ParamAccess::None || f->kernel->param_sizes[i] != sizeof(std::uint64_t)) continue;
+        std::uint64_t address = 0;
+        std::memcpy(&address, params[i], sizeof address);
+        if (access == ParamAccess::Read) order.read(address);
+        else order.write(address);
+    }
+    if (CUresult r = order_failure(order.enqueue()); r != CUDA_SUCCESS) return r;
     params.push_back(nullptr);
     const LaunchResult result = launch(*f->kernel, config, params.data(), limits);
     if (result.status == Status::Success) return CUDA_SUCCESS;
@@ -535,6 +621,7 @@ CUresult cuMemAlloc_v2(CUdeviceptr* dptr, size_t bytesize) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuMemAlloc");
     if (dptr == nullptr || bytesize == 0) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemAlloc: null pointer or zero size");
+    host_waits_all();  // a full barrier of the stream-order check
     std::uint64_t address = 0;
     const Status s = device_alloc(bytesize, &address);
     if (s == Status::Success) *dptr = address;
@@ -549,7 +636,11 @@ CUresult cuMemFree_v2(CUdeviceptr dptr) {
     MOBIUS_LOCK;
     if (!drv().initialised) return CUDA_ERROR_NOT_INITIALIZED;
     if (dptr == 0) return CUDA_SUCCESS;
+    AllocationInfo info;
+    const bool found = find_allocation(dptr, 0, &info);
     if (device_free(dptr) != Status::Success) return fail(CUDA_ERROR_INVALID_VALUE, "cuMemFree: not the start of a live allocation");
+    if (found) allocation_freed(info.id);
+    host_waits_all();  // cuMemFree synchronises the device
     return CUDA_SUCCESS;
 }
 
@@ -564,64 +655,48 @@ CUresult cuMemGetInfo_v2(size_t* free, size_t* total) {
 
 CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void* srcHost, size_t ByteCount) {
     MOBIUS_LOCK;
-    MOBIUS_NEED_CONTEXT("cuMemcpyHtoD");
-    if (ByteCount == 0) return CUDA_SUCCESS;
-    if (srcHost == nullptr || !device_range(dstDevice, ByteCount))
-        return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyHtoD: the destination range is not inside one allocation");
-    return copy_bytes(reinterpret_cast<void*>(dstDevice), srcHost, ByteCount);
+    return copy_to_device(dstDevice, srcHost, ByteCount, CU_STREAM_LEGACY, "cuMemcpyHtoD");
 }
 
 CUresult cuMemcpyDtoH_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount) {
     MOBIUS_LOCK;
-    MOBIUS_NEED_CONTEXT("cuMemcpyDtoH");
-    if (ByteCount == 0) return CUDA_SUCCESS;
-    if (dstHost == nullptr || !device_range(srcDevice, ByteCount))
-        return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoH: the source range is not inside one allocation");
-    return copy_bytes(dstHost, reinterpret_cast<const void*>(srcDevice), ByteCount);
+    const CUresult r = copy_to_host(dstHost, srcDevice, ByteCount, CU_STREAM_LEGACY, "cuMemcpyDtoH");
+    if (r == CUDA_SUCCESS) host_waits_stream(CU_STREAM_LEGACY);  // the data is on the host: the legacy stream got this far
+    return r;
 }
 
 CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount) {
     MOBIUS_LOCK;
-    MOBIUS_NEED_CONTEXT("cuMemcpyDtoD");
-    if (ByteCount == 0) return CUDA_SUCCESS;
-    if (!device_range(dstDevice, ByteCount) || !device_range(srcDevice, ByteCount))
-        return fail(CUDA_ERROR_INVALID_VALUE, "cuMemcpyDtoD: a range is not inside one allocation");
-    return copy_bytes(reinterpret_cast<void*>(dstDevice), reinterpret_cast<const void*>(srcDevice), ByteCount);
+    return copy_on_device(dstDevice, srcDevice, ByteCount, CU_STREAM_LEGACY, "cuMemcpyDtoD");
 }
 
 CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void* srcHost, size_t ByteCount, CUstream hStream) {
     MOBIUS_LOCK;
     if (CUresult r = check_stream(hStream, "cuMemcpyHtoDAsync"); r != CUDA_SUCCESS) return r;
-    return cuMemcpyHtoD_v2(dstDevice, srcHost, ByteCount);
+    return copy_to_device(dstDevice, srcHost, ByteCount, hStream, "cuMemcpyHtoDAsync");
 }
 
 CUresult cuMemcpyDtoHAsync_v2(void* dstHost, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
     MOBIUS_LOCK;
     if (CUresult r = check_stream(hStream, "cuMemcpyDtoHAsync"); r != CUDA_SUCCESS) return r;
-    return cuMemcpyDtoH_v2(dstHost, srcDevice, ByteCount);
+    return copy_to_host(dstHost, srcDevice, ByteCount, hStream, "cuMemcpyDtoHAsync");
 }
 
 CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice, size_t ByteCount, CUstream hStream) {
     MOBIUS_LOCK;
     if (CUresult r = check_stream(hStream, "cuMemcpyDtoDAsync"); r != CUDA_SUCCESS) return r;
-    return cuMemcpyDtoD_v2(dstDevice, srcDevice, ByteCount);
+    return copy_on_device(dstDevice, srcDevice, ByteCount, hStream, "cuMemcpyDtoDAsync");
 }
 
 CUresult cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int ui, size_t N) {
     MOBIUS_LOCK;
-    MOBIUS_NEED_CONTEXT("cuMemsetD32");
-    if (N == 0) return CUDA_SUCCESS;
-    if (dstDevice % 4 != 0 || N > SIZE_MAX / 4 || !device_range(dstDevice, N * 4))
-        return fail(CUDA_ERROR_INVALID_VALUE, "cuMemsetD32: misaligned or out-of-range destination");
-    auto* p = reinterpret_cast<unsigned int*>(dstDevice);
-    for (std::size_t i = 0; i < N; ++i) p[i] = ui;
-    return CUDA_SUCCESS;
+    return fill_words(dstDevice, ui, N, CU_STREAM_LEGACY, "cuMemsetD32");
 }
 
 CUresult cuMemsetD32Async(CUdeviceptr dstDevice, unsigned int ui, size_t N, CUstream hStream) {
     MOBIUS_LOCK;
     if (CUresult r = check_stream(hStream, "cuMemsetD32Async"); r != CUDA_SUCCESS) return r;
-    return cuMemsetD32_v2(dstDevice, ui, N);
+    return fill_words(dstDevice, ui, N, hStream, "cuMemsetD32Async");
 }
 
 CUresult cuStreamCreate(CUstream* phStream, unsigned int Flags) {
@@ -630,6 +705,7 @@ CUresult cuStreamCreate(CUstream* phStream, unsigned int Flags) {
     if (phStream == nullptr || (Flags != CU_STREAM_DEFAULT && Flags != CU_STREAM_NON_BLOCKING)) return CUDA_ERROR_INVALID_VALUE;
     auto* s = new CUstream_st{Flags};
     drv().streams.insert(s);
+    stream_created(s, Flags == CU_STREAM_DEFAULT);
     *phStream = s;
     return CUDA_SUCCESS;
 }
@@ -639,6 +715,7 @@ CUresult cuStreamDestroy_v2(CUstream hStream) {
     Driver& d = drv();
     if (d.streams.count(hStream) == 0) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamDestroy: invalid stream handle");
     d.streams.erase(hStream);
+    stream_destroyed(hStream);
     delete hStream;
     return CUDA_SUCCESS;
 }
@@ -646,13 +723,17 @@ CUresult cuStreamDestroy_v2(CUstream hStream) {
 CUresult cuStreamSynchronize(CUstream hStream) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuStreamSynchronize");
-    return check_stream(hStream, "cuStreamSynchronize");
+    if (CUresult r = check_stream(hStream, "cuStreamSynchronize"); r != CUDA_SUCCESS) return r;
+    host_waits_stream(hStream);
+    return CUDA_SUCCESS;
 }
 
 CUresult cuStreamQuery(CUstream hStream) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuStreamQuery");
-    return check_stream(hStream, "cuStreamQuery");
+    if (CUresult r = check_stream(hStream, "cuStreamQuery"); r != CUDA_SUCCESS) return r;
+    host_waits_stream(hStream);  // done, says the answer: the host may rely on it
+    return CUDA_SUCCESS;
 }
 
 CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags) {
@@ -660,7 +741,9 @@ CUresult cuStreamWaitEvent(CUstream hStream, CUevent hEvent, unsigned int Flags)
     MOBIUS_NEED_CONTEXT("cuStreamWaitEvent");
     if (CUresult r = check_stream(hStream, "cuStreamWaitEvent"); r != CUDA_SUCCESS) return r;
     if (drv().events.count(hEvent) == 0) return fail(CUDA_ERROR_INVALID_HANDLE, "cuStreamWaitEvent: invalid event handle");
-    return Flags == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+    if (Flags != 0) return CUDA_ERROR_INVALID_VALUE;
+    stream_waits_event(hStream, hEvent);
+    return CUDA_SUCCESS;
 }
 
 CUresult cuEventCreate(CUevent* phEvent, unsigned int Flags) {
@@ -680,19 +763,24 @@ CUresult cuEventRecord(CUevent hEvent, CUstream hStream) {
     if (CUresult r = check_stream(hStream, "cuEventRecord"); r != CUDA_SUCCESS) return r;
     hEvent->recorded = true;
     hEvent->time = std::chrono::steady_clock::now();  // work before it has already run: synchronous streams
+    event_recorded(hEvent, hStream);
     return CUDA_SUCCESS;
 }
 
 CUresult cuEventQuery(CUevent hEvent) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuEventQuery");
-    return drv().events.count(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (drv().events.count(hEvent) == 0) return CUDA_ERROR_INVALID_HANDLE;
+    host_waits_event(hEvent);  // done, says the answer: the host may rely on it
+    return CUDA_SUCCESS;
 }
 
 CUresult cuEventSynchronize(CUevent hEvent) {
     MOBIUS_LOCK;
     MOBIUS_NEED_CONTEXT("cuEventSynchronize");
-    return drv().events.count(hEvent) ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    if (drv().events.count(hEvent) == 0) return CUDA_ERROR_INVALID_HANDLE;
+    host_waits_event(hEvent);
+    return CUDA_SUCCESS;
 }
 
 CUresult cuEventElapsedTime(float* pMilliseconds, CUevent hStart, CUevent hEnd) {
@@ -719,6 +807,7 @@ CUresult cuEventDestroy_v2(CUevent hEvent) {
     Driver& d = drv();
     if (d.events.count(hEvent) == 0) return fail(CUDA_ERROR_INVALID_HANDLE, "cuEventDestroy: invalid event handle");
     d.events.erase(hEvent);
+    event_destroyed(hEvent);
     delete hEvent;
     return CUDA_SUCCESS;
 }

@@ -7,6 +7,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "mobius_sim/runtime.h"
+
 namespace mobius_sim::detail {
 
 // Serialises every simulator entry point: launches run one at a time, and memory changes never race them.
@@ -51,6 +53,10 @@ int fp32_gemm(void* stream, int ta, int tb, int m, int n, int k, float alpha, co
 // cuBLAS in CUBLAS_TF32_TENSOR_OP_MATH and cuDNN in CUDNN_DEFAULT_MATH round fp32 inputs so on sm_80 and later.
 float tf32_round(float v);
 
+// The launch checks that come before a kernel runs (block, grid, shared memory against the device and the kernel's
+// limits): a launch that fails them is never enqueued.
+LaunchResult validate_launch(const char* name, const LaunchConfig& config, const LaunchLimits& limits);
+
 }  // namespace mobius_sim::detail
 
 // ---- driver state shared with the cuBLAS and cuDNN layers ----------------------------------------------
@@ -65,5 +71,68 @@ bool context_ready();
 // call in it returns `code` until the primary context is released and retained anew.
 void make_sticky(int code, const std::string& message);
 bool valid_stream(const void* stream);
+
+}  // namespace mobius_sim::detail
+
+// ---- stream order (src/stream_order.cpp) --------------------------------------------------------------------
+// Every operation runs when it is enqueued, so work on two streams that a GPU could run in either order, or at once,
+// never gives a wrong result here. The stream-order check finds such work instead: each stream has a vector clock of
+// the operations it is ordered after (events, stream waits, host synchronisation, the legacy stream's implicit
+// barriers), and each allocation remembers its last write and the reads since; an access that is not ordered after
+// them fails the operation before it runs. MOBIUS_SIM_STREAMCHECK=0 turns it off (Options::streamcheck). Every
+// function here expects the caller to hold api_mutex(); stream and event handles have been validated by the caller.
+namespace mobius_sim::detail {
+
+// How many operations of each stream (indexed by stream number) a point of a stream or of the host is ordered after.
+using Clock = std::vector<std::uint64_t>;
+
+void stream_created(const void* stream, bool blocking);  // blocking: created with flags 0, ordered with the legacy stream
+void stream_destroyed(const void* stream);
+void event_recorded(const void* event, const void* stream);
+void event_destroyed(const void* event);
+void stream_waits_event(const void* stream, const void* event);
+void host_waits_stream(const void* stream);  // cuStreamSynchronize, and calls that return after the stream's work
+void host_waits_event(const void* event);
+void host_waits_all();                       // cuCtxSynchronize, cuMemAlloc, cuMemFree
+void allocation_freed(std::uint64_t id);     // its history goes; a new allocation starts with none
+void stream_order_reset();                   // the context is gone, with all its streams, events and memory
+
+// A copy of the stream's clock, and ordering a stream's later work after a clock (what a collective does to the
+// streams of its ranks).
+Clock stream_clock(const void* stream);
+void stream_join(const void* stream, const Clock& clock);
+
+// One operation enqueued on a stream: collect the device addresses it reads and writes (addresses outside every
+// allocation are left to the caller's own checks), then check() it before it runs and commit() it. `name` is
+// static text: a kernel's name (kernel = true) or an API call such as "cublasSgemm".
+class StreamOperation {
+public:
+    StreamOperation(const void* stream, const char* name, bool kernel = false);
+    void read(std::uint64_t address) { add(address, false); }
+    void write(std::uint64_t address) { add(address, true); }
+    void read(const void* p) { add(reinterpret_cast<std::uintptr_t>(p), false); }
+    void write(const void* p) { add(reinterpret_cast<std::uintptr_t>(p), true); }
+    // Orders the operation on its stream (a new operation number) and returns why an access races with earlier
+    // work of another stream, or an empty string.
+    std::string check();
+    // Records the accesses as the latest of their allocations.
+    void commit();
+    // check(), then commit() when nothing races.
+    std::string enqueue();
+
+private:
+    struct Item {
+        AllocationInfo allocation;
+        bool write;
+    };
+    void add(std::uint64_t address, bool write);
+    const void* stream_;
+    const char* name_;
+    bool kernel_;
+    bool enabled_;
+    int id_ = -1;
+    std::uint64_t number_ = 0;
+    std::vector<Item> items_;
+};
 
 }  // namespace mobius_sim::detail

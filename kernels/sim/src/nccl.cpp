@@ -1,6 +1,10 @@
 // The simulated NCCL subset the C# bindings use: communicators from ncclCommInitAll (one process, one thread driving
 // every rank), fp32 all-reduce (sum, avg) and broadcast inside ncclGroupStart/ncclGroupEnd, run on the host when the
 // outermost group ends. The simulator completes launches and copies when they are issued, so that is stream order.
+// Each collective is an operation of its rank's stream for the stream-order check: it reads the rank's send buffer
+// (where the rank sends) and writes its receive buffer, checked against earlier work before anything of the group runs.
+// A collective orders its ranks' streams as its data flow does: an all-reduce every rank's later work after every
+// rank's collective, a broadcast every rank's later work after the root's.
 // The reduction sums in rank order, in fp32. Where it departs from NCCL: ranks may share the simulator's one device
 // (NCCL refuses a device twice in a communicator), which is what lets tests run several ranks here.
 #include <cstdint>
@@ -12,6 +16,7 @@
 #include <vector>
 
 #include "internal.h"
+#include "mobius_sim/cuda_api.h"
 #include "mobius_sim/runtime.h"
 
 extern "C" {
@@ -49,6 +54,7 @@ struct Op {
     int op;    // all-reduce
     int root;  // broadcast
     ncclComm_t comm;
+    const void* stream;  // the rank's stream
 };
 
 struct Group {
@@ -81,6 +87,8 @@ ncclResult_t fail(ncclResult_t r, const std::string& message) {
     return r;
 }
 
+bool sends(const Op& op) { return op.kind == Kind::AllReduce || op.comm->rank == op.root; }
+
 bool valid_buffer(const void* p, std::size_t count) {
     mobius_sim::AllocationInfo info;
     return count == 0 || mobius_sim::find_allocation(reinterpret_cast<std::uintptr_t>(p), count * sizeof(float), &info);
@@ -91,8 +99,7 @@ ncclResult_t check(const Op& op) {
     if (op.datatype != ncclFloat32) return fail(ncclInvalidArgument, "the simulator reduces fp32 (ncclFloat32) only");
     if (op.kind == Kind::AllReduce && op.op != ncclSum && op.op != ncclAvg) return fail(ncclInvalidArgument, "the simulator's all-reduce sums or averages");
     if (op.kind == Kind::Broadcast && (op.root < 0 || op.root >= op.comm->clique->ranks)) return fail(ncclInvalidArgument, "broadcast root is not a rank");
-    const bool sends = op.kind == Kind::AllReduce || op.comm->rank == op.root;
-    if ((sends && !valid_buffer(op.send, op.count)) || !valid_buffer(op.recv, op.count)) {
+    if ((sends(op) && !valid_buffer(op.send, op.count)) || !valid_buffer(op.recv, op.count)) {
         return fail(ncclInvalidArgument, "a buffer is not device memory of count floats");
     }
     return ncclSuccess;
@@ -119,6 +126,39 @@ ncclResult_t run(std::vector<Op>& ops) {
                     return fail(ncclInvalidUsage, "the ranks' collectives do not match (kind, count, op or root)");
                 }
             }
+        }
+    }
+    // Every op against the work before the group (the ranks of one collective do not race with each other: NCCL
+    // synchronises them), then the clock of its stream as of the op.
+    std::vector<mobius_sim::detail::StreamOperation> order;
+    std::vector<mobius_sim::detail::Clock> clocks;
+    order.reserve(ops.size());
+    for (const Op& op : ops) {
+        auto& o = order.emplace_back(op.stream, op.kind == Kind::AllReduce ? "ncclAllReduce" : "ncclBroadcast");
+        if (sends(op)) o.read(op.send);
+        o.write(op.recv);
+        if (const std::string race = o.check(); !race.empty()) {
+            mobius_sim::detail::make_sticky(CUDA_ERROR_LAUNCH_FAILED, "nccl: " + race);
+            return ncclUnhandledCudaError;
+        }
+        clocks.push_back(mobius_sim::detail::stream_clock(op.stream));
+    }
+    for (auto& o : order) o.commit();
+    auto index = [&](const Op* op) { return static_cast<std::size_t>(op - ops.data()); };
+    for (auto& [clique, ranks] : byClique) {
+        const std::size_t n = ranks[0].size();
+        for (std::size_t i = 0; i < n; i++) {
+            const Op& first = *ranks[0][i];
+            for (const auto& mine : ranks)
+                for (std::size_t r = 0; r < ranks.size(); r++)
+                    if (first.kind == Kind::AllReduce || static_cast<int>(r) == first.root)
+                        mobius_sim::detail::stream_join(mine[i]->stream, clocks[index(ranks[r][i])]);
+        }
+    }
+    for (auto& [clique, ranks] : byClique) {
+        const std::size_t n = ranks[0].size();
+        for (std::size_t i = 0; i < n; i++) {
+            const Op& first = *ranks[0][i];
             const std::size_t count = first.count;
             if (first.kind == Kind::Broadcast) {
                 std::vector<float> values(count);
@@ -233,13 +273,13 @@ ncclResult_t ncclGroupEnd() {
 }
 
 ncclResult_t ncclAllReduce(const void* sendbuff, void* recvbuff, std::size_t count, ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
-                           void* /*stream*/) {
-    return enqueue(Op{Kind::AllReduce, sendbuff, recvbuff, count, datatype, op, -1, comm});
+                           void* stream) {
+    return enqueue(Op{Kind::AllReduce, sendbuff, recvbuff, count, datatype, op, -1, comm, stream});
 }
 
 ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, std::size_t count, ncclDataType_t datatype, int root, ncclComm_t comm,
-                           void* /*stream*/) {
-    return enqueue(Op{Kind::Broadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, comm});
+                           void* stream) {
+    return enqueue(Op{Kind::Broadcast, sendbuff, recvbuff, count, datatype, ncclSum, root, comm, stream});
 }
 
 }  // extern "C"

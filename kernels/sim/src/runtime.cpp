@@ -546,6 +546,10 @@ LaunchResult validate(const char* name, const LaunchConfig& c, const LaunchLimit
 
 }  // namespace
 
+LaunchResult detail::validate_launch(const char* name, const LaunchConfig& config, const LaunchLimits& limits) {
+    return validate(name, config, limits);
+}
+
 // ---- calls made by kernels --------------------------------------------------------------------------------
 unsigned char* dynamic_shared_base() { return g_dynamic_arena; }
 unsigned dynamic_shared_bytes() { return g_dynamic_bytes; }
@@ -633,6 +637,8 @@ Options& options() {
             r.launch_timeout_seconds = std::strtod(t, nullptr);
         const char* dry = std::getenv("MOBIUS_SIM_DRY");
         r.dry = dry != nullptr && *dry != '\0' && *dry != '0';
+        const char* streams = std::getenv("MOBIUS_SIM_STREAMCHECK");
+        r.streamcheck = streams == nullptr || *streams != '0';
         return r;
     }();
     return o;

@@ -50,13 +50,42 @@ unsigned atomic_add(unsigned* address, unsigned value);
 // ---- kernel registration: entry name -> launcher that unpacks kernelParams like the driver does ----
 using Launcher = void (*)(void* const* params);
 
+// What a launch does to the allocation a parameter points into, as the parameter's C++ type says: kernels declare
+// their inputs `const float* __restrict__ x` and their outputs `float* __restrict__ y`. The stream-order check
+// (src/stream_order.cpp) judges a launch by these.
+enum class ParamAccess : std::uint8_t {
+    None,   // not a pointer
+    Read,   // pointer to const
+    Write,  // pointer to non-const: written, and perhaps read as well
+};
+
 struct KernelSignature {
     const char* name;
     Launcher launcher;
     const void* module_anchor;  // an address inside the module that holds the kernel (finds its shared memory)
     int num_params;
     const std::uint8_t* param_sizes;
+    const ParamAccess* param_access;  // one per parameter
 };
+
+// g++ keeps __restrict__ on a pointer type where std::remove_cv does not reach it, and std::is_pointer then fails;
+// a function's own type drops it, but a parameter type spelled out elsewhere may still carry it.
+template <class T>
+struct unrestrict {
+    using type = T;
+};
+template <class T>
+struct unrestrict<T* __restrict__> {
+    using type = T*;
+};
+
+template <class T>
+constexpr ParamAccess param_access() {
+    using P = typename unrestrict<std::remove_cv_t<T>>::type;
+    if constexpr (!std::is_pointer_v<P>) return ParamAccess::None;
+    else if constexpr (std::is_const_v<std::remove_pointer_t<P>>) return ParamAccess::Read;
+    else return ParamAccess::Write;
+}
 
 void register_kernel(const KernelSignature& signature);
 
@@ -79,8 +108,9 @@ struct Invoker<F> {
         F(load_param<A>(params[I])...);
     }
     static constexpr std::uint8_t sizes[sizeof...(A) + 1] = {static_cast<std::uint8_t>(sizeof(A))..., 0};
+    static constexpr ParamAccess access[sizeof...(A) + 1] = {param_access<A>()..., ParamAccess::None};
     static KernelSignature signature(const char* name) {
-        return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes};
+        return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes, access};
     }
 };
 

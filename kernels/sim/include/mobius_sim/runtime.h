@@ -76,6 +76,10 @@ struct Options {
     // remains is the host's own cost of issuing the work, so a step's time is the engine's overhead per call.
     // New device memory then starts as zeros rather than NaN bits, so that what a step reads back stays finite.
     bool dry = false;
+    // MOBIUS_SIM_STREAMCHECK (on unless set to 0): work on two streams that touches one allocation must be ordered by
+    // an event, a stream wait or host synchronisation; work that is not fails like a faulting kernel
+    // (src/stream_order.cpp). Set it before the first stream is created: the clocks are kept only while it is on.
+    bool streamcheck = true;
 };
 Options& options();
 
