@@ -35,8 +35,51 @@ public interface IBackend : IDisposable
     /// <summary>Returns every cached, unused block to the system.</summary>
     void EmptyCache();
 
-    /// <summary>Waits until all queued work has finished.</summary>
+    /// <summary>Waits until all queued work has finished, on every stream.</summary>
     void Synchronize();
+
+    // ---- streams -------------------------------------------------------------------------------
+
+    /// <summary>
+    /// How many streams the backend has: queues of work that run concurrently with each other on one device, each in
+    /// its own order. 1 on the CPU and meta backends, which run every op in order when it is issued; 2 on CUDA, whose
+    /// second stream runs the inference-only spatial chain of the parallel topology beside the temporal ring
+    /// (<see cref="SideStream"/>).
+    /// </summary>
+    int StreamCount => 1;
+
+    /// <summary>The stream the ops issued from now on are queued on (0: the main stream). Buffers allocated now belong to it.</summary>
+    int CurrentStream
+    {
+        get => 0;
+        set
+        {
+            if (value != 0)
+            {
+                throw new ArgumentOutOfRangeException(nameof(value), value, $"the {Name} backend has one stream.");
+            }
+        }
+    }
+
+    /// <summary>
+    /// Marks the work queued so far on the current stream. The mark is spent by the one <see cref="WaitEvent"/> that
+    /// waits for it. <see cref="StreamEvent.None"/> on a backend with one stream.
+    /// </summary>
+    StreamEvent RecordEvent() => StreamEvent.None;
+
+    /// <summary>Makes the current stream wait, on the device, for the work an event marks; spends the event.</summary>
+    void WaitEvent(StreamEvent e)
+    {
+    }
+
+    /// <summary>
+    /// Tells the allocator that <paramref name="stream"/> uses <paramref name="t"/>'s memory too, as PyTorch's
+    /// record_stream: when the block is freed, it is handed out again on its own stream only after the work that
+    /// <paramref name="stream"/> had queued by then. Needed for every buffer that one stream writes and another reads.
+    /// </summary>
+    void RecordStream(Tensor t, int stream)
+    {
+    }
 
     // ---- data movement -------------------------------------------------------------------------
 

@@ -11,6 +11,25 @@ internal interface IRawMemory
 
     /// <summary>Fills a block with a bit pattern that reads as NaN (detects reads of memory never written).</summary>
     void Poison(nint handle, long bytes);
+
+    /// <summary>The stream new work is queued on (0 on a backend with one queue).</summary>
+    int Stream => 0;
+
+    /// <summary>
+    /// Marks the work queued so far on each stream of the bit mask <paramref name="streams"/>; <see cref="Wait"/> makes
+    /// the current stream wait for it. Null when there is nothing to wait for.
+    /// </summary>
+    object? Fence(int streams) => null;
+
+    /// <summary>Makes the current stream wait for a fence; the fence is spent.</summary>
+    void Wait(object fence)
+    {
+    }
+
+    /// <summary>Spends a fence without waiting (its block is going back to the system).</summary>
+    void Drop(object fence)
+    {
+    }
 }
 
 /// <summary>
@@ -23,12 +42,17 @@ internal interface IRawMemory
 /// about 6% of a large batch's memory (8.3 GiB at an ms256 batch of 33 on an H200: the run stopped out of
 /// memory at a batch its plan fitted). Statistics count requested bytes; the reserved figure counts whole
 /// blocks, cached ones included.
+/// On a backend with several streams each stream has a cache of its own, as PyTorch's allocator does: a block
+/// freed on stream S goes back to S's cache and is handed out again only to work on S, which the stream itself
+/// orders after every earlier use. A block that other streams used too (<see cref="Storage.UsedOn"/>) carries a
+/// fence, the work those streams had queued when it was freed, and its next owner's stream waits for that fence
+/// before the block is handed out: the device never writes a block that another stream may still read.
 /// </summary>
 internal sealed class CachingAllocator : IDisposable
 {
     private readonly IRawMemory _raw;
     private readonly IBackend _backend;
-    private readonly Dictionary<long, Stack<nint>> _cache = new();
+    private readonly Dictionary<(int Stream, long Block), Stack<(nint Handle, object? Fence)>> _cache = new();
     private readonly Lock _lock = new();
     private long _cachedBytes;
 
@@ -78,14 +102,21 @@ internal sealed class CachingAllocator : IDisposable
     {
         ArgumentOutOfRangeException.ThrowIfNegative(bytes);
         long block = SizeClass(bytes);
+        int stream = _raw.Stream;
         nint handle = 0;
+        object? fence = null;
         lock (_lock)
         {
-            if (_cache.TryGetValue(block, out var stack) && stack.Count > 0)
+            if (_cache.TryGetValue((stream, block), out var stack) && stack.Count > 0)
             {
-                handle = stack.Pop();
+                (handle, fence) = stack.Pop();
                 _cachedBytes -= block;
             }
+        }
+
+        if (fence is not null)
+        {
+            _raw.Wait(fence); // another stream may still read the block: this stream waits for that work first
         }
 
         if (handle == 0)
@@ -112,21 +143,23 @@ internal sealed class CachingAllocator : IDisposable
         }
 
         _backend.Memory.OnAllocate(bytes, block, category);
-        return new Storage(this, _backend, handle, bytes, block, category);
+        return new Storage(this, _backend, handle, bytes, block, category, stream);
     }
 
     public void Free(Storage storage)
     {
         _backend.Memory.OnRelease(storage.Bytes, storage.BlockBytes, storage.Category);
+        object? fence = storage.UsedOn != 0 ? _raw.Fence(storage.UsedOn) : null;
         lock (_lock)
         {
-            if (!_cache.TryGetValue(storage.BlockBytes, out var stack))
+            var key = (storage.Stream, storage.BlockBytes);
+            if (!_cache.TryGetValue(key, out var stack))
             {
-                stack = new Stack<nint>();
-                _cache[storage.BlockBytes] = stack;
+                stack = new Stack<(nint, object?)>();
+                _cache[key] = stack;
             }
 
-            stack.Push(storage.Handle);
+            stack.Push((storage.Handle, fence));
             _cachedBytes += storage.BlockBytes;
         }
     }
@@ -135,11 +168,17 @@ internal sealed class CachingAllocator : IDisposable
     {
         lock (_lock)
         {
-            foreach (var (size, stack) in _cache)
+            foreach (var ((_, size), stack) in _cache)
             {
                 while (stack.Count > 0)
                 {
-                    _raw.Free(stack.Pop(), size);
+                    var (handle, fence) = stack.Pop();
+                    if (fence is not null)
+                    {
+                        _raw.Drop(fence);
+                    }
+
+                    _raw.Free(handle, size);
                     _backend.Memory.OnReserved(-size);
                 }
             }

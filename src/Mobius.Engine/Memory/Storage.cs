@@ -11,9 +11,10 @@ public sealed class Storage
     private int _refs = 1;
     private int _savedRefs;
 
-    internal Storage(CachingAllocator allocator, IBackend backend, nint handle, long bytes, long blockBytes, MemoryCategory category)
+    internal Storage(CachingAllocator allocator, IBackend backend, nint handle, long bytes, long blockBytes, MemoryCategory category, int stream = 0)
     {
         _allocator = allocator;
+        Stream = stream;
         Backend = backend;
         Handle = handle;
         Bytes = bytes;
@@ -32,6 +33,24 @@ public sealed class Storage
 
     /// <summary>Bytes of the underlying allocator block (the request rounded up to a size class).</summary>
     internal long BlockBytes { get; }
+
+    /// <summary>The backend stream this block was allocated on (<see cref="IBackend.CurrentStream"/>); its cache is that stream's.</summary>
+    internal int Stream { get; }
+
+    /// <summary>
+    /// The other streams that have used this block (a bit per stream, <see cref="IBackend.RecordStream"/>): when it is
+    /// freed, its next owner on <see cref="Stream"/> waits for the work those streams had queued by then.
+    /// </summary>
+    internal int UsedOn { get; private set; }
+
+    /// <summary>Notes that <paramref name="stream"/> uses this block too.</summary>
+    internal void MarkUsedOn(int stream)
+    {
+        if (stream != Stream)
+        {
+            UsedOn |= 1 << stream;
+        }
+    }
 
     /// <summary>What the memory is accounted as now.</summary>
     public MemoryCategory Category { get; private set; }
