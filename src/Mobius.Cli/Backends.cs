@@ -63,9 +63,12 @@ public static class Backends
             string where = string.Join("; ", NativeLibraries.Report);
             string math = Environment.GetEnvironmentVariable("MOBIUS_MATH") is { Length: > 0 } m ? $"MOBIUS_MATH={m}" : "fp32";
             string tf32 = devices.Any(d => d.Major >= 8) ? "--math tf32 or bf16 for tensor cores" : "no tensor-core math below sm_80";
+            string streams = Environment.GetEnvironmentVariable("MOBIUS_STREAMS") is { Length: > 0 } st
+                ? $"MOBIUS_STREAMS={st}"
+                : "2 streams (the parallel topology's spatial chain on the second; MOBIUS_STREAMS=1 for one)";
             return devices.Count == 0
                 ? $"the driver reports no device ({where})"
-                : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $"; math {math} ({tf32}) ({where})";
+                : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $"; math {math} ({tf32}); {streams} ({where})";
         }
         catch (Exception e) when (e is DllNotFoundException or CudaException)
         {

@@ -24,7 +24,7 @@ public sealed unsafe partial class CudaBackend
         {
             using (Call("cudnnConvolutionForward"))
             {
-                Cudnn.Check(Cudnn.cudnnConvolutionForward(_dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
+                Cudnn.Check(Cudnn.cudnnConvolutionForward(_lane.Dnn, &one, plan.X, Ptr(x), plan.W, Ptr(w), plan.Conv, plan.FwdAlgo,
                     WsPtr(ws), (nuint)plan.FwdWorkspace, &zero, plan.Y, Ptr(y)), "cudnnConvolutionForward");
             }
         }
@@ -33,7 +33,7 @@ public sealed unsafe partial class CudaBackend
         {
             using (Call("cudnnAddTensor"))
             {
-                Cudnn.Check(Cudnn.cudnnAddTensor(_dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
+                Cudnn.Check(Cudnn.cudnnAddTensor(_lane.Dnn, &one, plan.Bias, Ptr(bias), &one, plan.Y, Ptr(y)), "cudnnAddTensor");
             }
         }
     }
@@ -48,7 +48,7 @@ public sealed unsafe partial class CudaBackend
         using var ws = Workspace(plan.DataWorkspace);
         using (Call("cudnnConvolutionBackwardData"))
         {
-            Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
+            Cudnn.Check(Cudnn.cudnnConvolutionBackwardData(_lane.Dnn, &one, plan.W, Ptr(w), plan.Y, Ptr(dy), plan.Conv, plan.DataAlgo,
                 WsPtr(ws), (nuint)plan.DataWorkspace, &zero, plan.X, Ptr(dx)), "cudnnConvolutionBackwardData");
         }
     }
@@ -64,7 +64,7 @@ public sealed unsafe partial class CudaBackend
         {
             using (Call("cudnnConvolutionBackwardFilter"))
             {
-                Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
+                Cudnn.Check(Cudnn.cudnnConvolutionBackwardFilter(_lane.Dnn, &one, plan.X, Ptr(x), plan.Y, Ptr(dy), plan.Conv, plan.FilterAlgo,
                     WsPtr(ws), (nuint)plan.FilterWorkspace, &zero, plan.W, Ptr(dw)), "cudnnConvolutionBackwardFilter");
             }
         }
@@ -73,7 +73,7 @@ public sealed unsafe partial class CudaBackend
         {
             using (Call("cudnnConvolutionBackwardBias"))
             {
-                Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
+                Cudnn.Check(Cudnn.cudnnConvolutionBackwardBias(_lane.Dnn, &one, plan.Y, Ptr(dy), &zero, plan.Bias, Ptr(dbias)), "cudnnConvolutionBackwardBias");
             }
         }
     }
@@ -106,22 +106,22 @@ public sealed unsafe partial class CudaBackend
         int allowed = _tensorCores == TensorCoreMath.None ? Cudnn.FmaMath : Cudnn.DefaultMath;
         UseMath(plan, allowed);
         var perf = new Cudnn.AlgoPerf[8];
-        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardAlgorithm_v7(_lane.Dnn, plan.X, plan.W, plan.Conv, plan.Y, perf.Length, out int n, perf), "cudnnGetConvolutionForwardAlgorithm_v7");
         (plan.FwdAlgo, plan.FwdMath) = Choice(BestEntry(perf, n, "forward", ConvWorkspaceLimitBytes));
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataAlgorithm_v7(_lane.Dnn, plan.W, plan.Y, plan.Conv, plan.X, perf.Length, out n, perf), "cudnnGetConvolutionBackwardDataAlgorithm_v7");
         (plan.DataAlgo, plan.DataMath) = Choice(BestEntry(perf, n, "backward data", ConvWorkspaceLimitBytes));
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterAlgorithm_v7(_lane.Dnn, plan.X, plan.Y, plan.Conv, plan.W, perf.Length, out n, perf), "cudnnGetConvolutionBackwardFilterAlgorithm_v7");
         (plan.FilterAlgo, plan.FilterMath) = Choice(BestEntry(perf, n, "backward filter", ConvWorkspaceLimitBytes));
 
         // Each workspace as its algorithm will run: under the math type it was ranked under.
         UseMath(plan, plan.FwdMath);
-        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardWorkspaceSize(_dnn, plan.X, plan.W, plan.Conv, plan.Y, plan.FwdAlgo, out nuint fws), "cudnnGetConvolutionForwardWorkspaceSize");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionForwardWorkspaceSize(_lane.Dnn, plan.X, plan.W, plan.Conv, plan.Y, plan.FwdAlgo, out nuint fws), "cudnnGetConvolutionForwardWorkspaceSize");
         plan.FwdWorkspace = (long)fws;
         UseMath(plan, plan.DataMath);
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataWorkspaceSize(_dnn, plan.W, plan.Y, plan.Conv, plan.X, plan.DataAlgo, out nuint dws), "cudnnGetConvolutionBackwardDataWorkspaceSize");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardDataWorkspaceSize(_lane.Dnn, plan.W, plan.Y, plan.Conv, plan.X, plan.DataAlgo, out nuint dws), "cudnnGetConvolutionBackwardDataWorkspaceSize");
         plan.DataWorkspace = (long)dws;
         UseMath(plan, plan.FilterMath);
-        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterWorkspaceSize(_dnn, plan.X, plan.Y, plan.Conv, plan.W, plan.FilterAlgo, out nuint wws), "cudnnGetConvolutionBackwardFilterWorkspaceSize");
+        Cudnn.Check(Cudnn.cudnnGetConvolutionBackwardFilterWorkspaceSize(_lane.Dnn, plan.X, plan.Y, plan.Conv, plan.W, plan.FilterAlgo, out nuint wws), "cudnnGetConvolutionBackwardFilterWorkspaceSize");
         plan.FilterWorkspace = (long)wws;
 
         _convPlans[s] = plan;

@@ -53,7 +53,7 @@ public sealed unsafe partial class CudaBackend
 
         using (Call(entry))
         {
-            module.Launch(entry, grid, block, sharedBytes, _stream, args);
+            module.Launch(entry, grid, block, sharedBytes, _lane.Stream, args);
         }
     }
 

@@ -84,7 +84,7 @@ public sealed unsafe partial class CudaBackend
         using (Call("cublasLtMatmul"))
         {
             Cublas.Check(CublasLt.cublasLtMatmul(_lt, plan.Desc, &alpha, pb, plan.A, pa, plan.B, &beta, pc, plan.D, pc, plan.D, &algo, WsPtr(ws),
-                (nuint)plan.Workspace, _stream), "cublasLtMatmul");
+                (nuint)plan.Workspace, _lane.Stream), "cublasLtMatmul");
         }
         return true;
     }

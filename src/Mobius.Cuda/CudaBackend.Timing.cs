@@ -107,9 +107,10 @@ public sealed unsafe partial class CudaBackend
             }
 
             backend.MakeCurrent();
-            Driver.Check(Driver.cuEventSynchronize(_pending[^1].End), "cuEventSynchronize");
             foreach (var (name, start, end) in _pending)
             {
+                // Each end: calls on the two streams finish in no fixed order.
+                Driver.Check(Driver.cuEventSynchronize(end), "cuEventSynchronize");
                 Driver.Check(Driver.cuEventElapsedTime(out float ms, start, end), "cuEventElapsedTime");
                 System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(backend._callMs, name, out _) += ms;
                 System.Runtime.InteropServices.CollectionsMarshal.GetValueRefOrAddDefault(backend._callsTimed, name, out _)++;
@@ -150,7 +151,7 @@ public sealed unsafe partial class CudaBackend
                 Driver.Check(Driver.cuEventCreate(out e, 0), "cuEventCreate");
             }
 
-            Driver.Check(Driver.cuEventRecord(e, backend._stream), "cuEventRecord");
+            Driver.Check(Driver.cuEventRecord(e, backend._lane.Stream), "cuEventRecord");
             return e;
         }
     }

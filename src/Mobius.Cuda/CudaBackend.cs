@@ -4,8 +4,9 @@ using Mobius.Engine;
 namespace Mobius.Cuda;
 
 /// <summary>
-/// The CUDA backend: device memory through a caching allocator over cuMemAlloc, every op queued on one
-/// stream, GEMMs on cuBLAS, spatial convolutions on cuDNN, everything else on our PTX kernels. The
+/// The CUDA backend: device memory through a caching allocator over cuMemAlloc, every op queued on the
+/// current one of two streams (<see cref="CurrentStream"/>; the second is made when first used, with cuBLAS and
+/// cuDNN handles of its own), GEMMs on cuBLAS, spatial convolutions on cuDNN, everything else on our PTX kernels. The
 /// host waits only where a result must reach it (<see cref="CopyToHost"/>, <see cref="Synchronize"/>).
 /// With MOBIUS_CUDA=sim the same code runs against the simulated driver built from kernels/sim.
 /// </summary>
@@ -16,25 +17,23 @@ public sealed unsafe partial class CudaBackend : IBackend
 
     private readonly CachingAllocator _allocator;
     private readonly nint _context;
-    private readonly nint _stream;
-    private readonly nint _blas;
-    private readonly nint _dnn;
+    private readonly Lane[] _lanes;
+    private Lane _lane;
+    private readonly Stack<nint> _events = new();
+    private readonly List<nint> _allEvents = [];
     private bool _disposed;
 
     /// <summary>Opens device <paramref name="ordinal"/> (primary context), its stream, cuBLAS, cuDNN and our kernels.</summary>
     public CudaBackend(int ordinal = 0)
     {
         var math = MathSetting(Environment.GetEnvironmentVariable("MOBIUS_MATH")); // refused before anything is opened
+        _lanes = new Lane[StreamsSetting(Environment.GetEnvironmentVariable("MOBIUS_STREAMS"))];
         Device = CudaDevice.Query(ordinal);
         Driver.Check(Driver.cuDeviceGet(out int dev, ordinal), "cuDeviceGet");
         Driver.Check(Driver.cuDevicePrimaryCtxRetain(out _context, dev), "cuDevicePrimaryCtxRetain");
         _deviceHandle = dev;
         MakeCurrent();
-        Driver.Check(Driver.cuStreamCreate(out _stream, 0), "cuStreamCreate");
-        Cublas.Check(Cublas.cublasCreate(out _blas), "cublasCreate_v2");
-        Cublas.Check(Cublas.cublasSetStream(_blas, _stream), "cublasSetStream_v2");
-        Cudnn.Check(Cudnn.cudnnCreate(out _dnn), "cudnnCreate");
-        Cudnn.Check(Cudnn.cudnnSetStream(_dnn, _stream), "cudnnSetStream");
+        _lane = _lanes[0] = Lane.Open();
         TensorCores = math;
         LoadKernels();
         _allocator = new CachingAllocator(new DeviceMemory(this), this);
@@ -78,7 +77,11 @@ public sealed unsafe partial class CudaBackend : IBackend
             }
 
             MakeCurrent();
-            Cublas.Check(Cublas.cublasSetMathMode(_blas, value == TensorCoreMath.None ? Cublas.DefaultMath : Cublas.Tf32TensorOpMath), "cublasSetMathMode");
+            foreach (var lane in _lanes)
+            {
+                lane?.SetMath(value);
+            }
+
             if ((value == TensorCoreMath.None) != (_tensorCores == TensorCoreMath.None))
             {
                 FreeConvDescriptors(); // planned again with the other math type
@@ -108,6 +111,17 @@ public sealed unsafe partial class CudaBackend : IBackend
         var other => throw new ArgumentException($"MOBIUS_MATH={other}: expected fp32 (the default), tf32 (TF32 tensor cores in cuBLAS and cuDNN) or bf16 (bf16 tensor cores in cuBLAS, TF32 in cuDNN)."),
     };
 
+    /// <summary>
+    /// MOBIUS_STREAMS: unset, empty or 2 (the default: a second stream, which the parallel topology's spatial chain runs
+    /// on beside the temporal ring) or 1 (every op on one stream, in issue order).
+    /// </summary>
+    public static int StreamsSetting(string? value) => value switch
+    {
+        null or "" or "2" => 2,
+        "1" => 1,
+        var other => throw new ArgumentException($"MOBIUS_STREAMS={other}: expected 2 (the default: the parallel topology's spatial chain on a second stream) or 1 (one stream)."),
+    };
+
     /// <summary>Fill new blocks with NaN bits, fp32 and bf16 alike (0x7FC07FC0; on in the tests).</summary>
     public bool PoisonAllocations
     {
@@ -115,8 +129,106 @@ public sealed unsafe partial class CudaBackend : IBackend
         set => _allocator.PoisonAllocations = value;
     }
 
-    /// <summary>The stream every op is queued on.</summary>
-    public nint Stream => _stream;
+    /// <summary>The stream ops are queued on now (<see cref="CurrentStream"/>).</summary>
+    public nint Stream => _lane.Stream;
+
+    /// <inheritdoc />
+    public int StreamCount => _lanes.Length;
+
+    /// <inheritdoc />
+    public int CurrentStream
+    {
+        get => _lane == _lanes[0] ? 0 : 1;
+        set
+        {
+            ArgumentOutOfRangeException.ThrowIfNegative(value);
+            ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(value, _lanes.Length);
+            ObjectDisposedException.ThrowIf(_disposed, this);
+            if (_lanes[value] is null)
+            {
+                MakeCurrent();
+                var lane = Lane.Open();
+                lane.SetMath(_tensorCores);
+                _lanes[value] = lane;
+            }
+
+            _lane = _lanes[value];
+        }
+    }
+
+    /// <inheritdoc />
+    public StreamEvent RecordEvent() => new(RecordOn(_lane));
+
+    /// <inheritdoc />
+    public void WaitEvent(StreamEvent e)
+    {
+        if (e.IsNone)
+        {
+            return;
+        }
+
+        MakeCurrent();
+        Driver.Check(Driver.cuStreamWaitEvent(_lane.Stream, e.Handle, 0), "cuStreamWaitEvent");
+        _events.Push(e.Handle); // the wait has taken the event's state: it may be recorded again
+    }
+
+    /// <inheritdoc />
+    public void RecordStream(Tensor t, int stream)
+    {
+        ArgumentNullException.ThrowIfNull(t);
+        ArgumentOutOfRangeException.ThrowIfNegative(stream);
+        ArgumentOutOfRangeException.ThrowIfGreaterThanOrEqual(stream, _lanes.Length);
+        if (!ReferenceEquals(t.Backend, this))
+        {
+            throw new ArgumentException("RecordStream: the tensor belongs to another backend.", nameof(t));
+        }
+
+        t.Storage.MarkUsedOn(stream);
+    }
+
+    private nint RecordOn(Lane lane)
+    {
+        MakeCurrent();
+        if (!_events.TryPop(out nint e))
+        {
+            Driver.Check(Driver.cuEventCreate(out e, Driver.EventDisableTiming), "cuEventCreate");
+            _allEvents.Add(e);
+        }
+
+        Driver.Check(Driver.cuEventRecord(e, lane.Stream), "cuEventRecord");
+        return e;
+    }
+
+    /// <summary>A stream with cuBLAS and cuDNN handles of its own (a handle's workspace must not serve two streams at once).</summary>
+    private sealed class Lane
+    {
+        public nint Stream;
+        public nint Blas;
+        public nint Dnn;
+
+        public static Lane Open()
+        {
+            var lane = new Lane();
+            // Blocking streams (flags 0): the legacy-stream copies of CopyFromHost and CopyToHost are ordered after both.
+            Driver.Check(Driver.cuStreamCreate(out lane.Stream, 0), "cuStreamCreate");
+            Cublas.Check(Cublas.cublasCreate(out lane.Blas), "cublasCreate_v2");
+            Cublas.Check(Cublas.cublasSetStream(lane.Blas, lane.Stream), "cublasSetStream_v2");
+            Cudnn.Check(Cudnn.cudnnCreate(out lane.Dnn), "cudnnCreate");
+            Cudnn.Check(Cudnn.cudnnSetStream(lane.Dnn, lane.Stream), "cudnnSetStream");
+            return lane;
+        }
+
+        public void SetMath(TensorCoreMath math) =>
+            Cublas.Check(Cublas.cublasSetMathMode(Blas, math == TensorCoreMath.None ? Cublas.DefaultMath : Cublas.Tf32TensorOpMath), "cublasSetMathMode");
+
+        public void Close()
+        {
+            Driver.cuStreamSynchronize(Stream);
+            Cudnn.cudnnDestroy(Dnn);
+            Cublas.cublasDestroy(Blas);
+            Driver.cuStreamDestroy(Stream);
+        }
+    }
 
     /// <summary>Free and total device memory as the driver reports them.</summary>
     public (long Free, long Total) DeviceMemoryInfo()
@@ -145,7 +257,13 @@ public sealed unsafe partial class CudaBackend : IBackend
     public void Synchronize()
     {
         MakeCurrent();
-        Driver.Check(Driver.cuStreamSynchronize(_stream), "cuStreamSynchronize");
+        foreach (var lane in _lanes)
+        {
+            if (lane is not null)
+            {
+                Driver.Check(Driver.cuStreamSynchronize(lane.Stream), "cuStreamSynchronize");
+            }
+        }
     }
 
     /// <summary>Creates a pair of events for timing a section of the stream.</summary>
@@ -162,14 +280,27 @@ public sealed unsafe partial class CudaBackend : IBackend
         _callTimer?.Dispose(); // its events, before the context goes
         _disposed = true;
         MakeCurrent();
-        Driver.cuStreamSynchronize(_stream);
+        foreach (var lane in _lanes)
+        {
+            if (lane is not null)
+            {
+                Driver.cuStreamSynchronize(lane.Stream);
+            }
+        }
+
         _allocator.Dispose();
         FreeConvDescriptors();
         FreeLt();
         UnloadKernels();
-        Cudnn.cudnnDestroy(_dnn);
-        Cublas.cublasDestroy(_blas);
-        Driver.cuStreamDestroy(_stream);
+        foreach (var e in _allEvents)
+        {
+            Driver.cuEventDestroy(e);
+        }
+
+        for (int i = _lanes.Length - 1; i >= 0; i--)
+        {
+            _lanes[i]?.Close();
+        }
         Driver.cuDevicePrimaryCtxRelease(_deviceHandle);
     }
 
@@ -240,7 +371,7 @@ public sealed unsafe partial class CudaBackend : IBackend
                 throw new NotSupportedException($"cast from {from.Name()} to {to.Name()}.");
             default:
                 MakeCurrent();
-                Driver.Check(Driver.cuMemcpyDtoDAsync(Ptr(y), Ptr(x), (nuint)x.Bytes, _stream), "cuMemcpyDtoDAsync");
+                Driver.Check(Driver.cuMemcpyDtoDAsync(Ptr(y), Ptr(x), (nuint)x.Bytes, _lane.Stream), "cuMemcpyDtoDAsync");
                 break;
         }
     }
@@ -255,7 +386,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         }
 
         MakeCurrent();
-        Driver.Check(Driver.cuMemsetD32Async(Ptr(dst), BitConverter.SingleToUInt32Bits(value), (nuint)dst.Numel, _stream), "cuMemsetD32Async");
+        Driver.Check(Driver.cuMemsetD32Async(Ptr(dst), BitConverter.SingleToUInt32Bits(value), (nuint)dst.Numel, _lane.Stream), "cuMemsetD32Async");
     }
 
     // ---- GEMM on cuBLAS ----------------------------------------------------------------------------
@@ -286,7 +417,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         {
             using (Call("cublasGemmStridedBatchedEx"))
             {
-                Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_blas, opA, opB, m, n, k, &alpha, a, Cublas.R32F, lda, strideA, b, Cublas.R32F, ldb, strideB,
+                Cublas.Check(Cublas.cublasGemmStridedBatchedEx(_lane.Blas, opA, opB, m, n, k, &alpha, a, Cublas.R32F, lda, strideA, b, Cublas.R32F, ldb, strideB,
                     &beta, c, Cublas.R32F, ldc, strideC, batch, Cublas.Compute32FFast16BF, Cublas.GemmDefault), "cublasGemmStridedBatchedEx");
             }
         }
@@ -294,14 +425,14 @@ public sealed unsafe partial class CudaBackend : IBackend
         {
             using (Call("cublasSgemm"))
             {
-                Cublas.Check(Cublas.cublasSgemm(_blas, opA, opB, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasSgemm_v2");
+                Cublas.Check(Cublas.cublasSgemm(_lane.Blas, opA, opB, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasSgemm_v2");
             }
         }
         else
         {
             using (Call("cublasSgemmStridedBatched"))
             {
-                Cublas.Check(Cublas.cublasSgemmStridedBatched(_blas, opA, opB, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc, strideC, batch),
+                Cublas.Check(Cublas.cublasSgemmStridedBatched(_lane.Blas, opA, opB, m, n, k, &alpha, a, lda, strideA, b, ldb, strideB, &beta, c, ldc, strideC, batch),
                     "cublasSgemmStridedBatched");
             }
         }
@@ -324,7 +455,45 @@ public sealed unsafe partial class CudaBackend : IBackend
         public void Free(nint handle, long bytes) => Driver.Check(Driver.cuMemFree((ulong)handle), "cuMemFree_v2");
 
         public void Poison(nint handle, long bytes) =>
-            Driver.Check(Driver.cuMemsetD32Async((ulong)handle, 0x7FC07FC0u, (nuint)(bytes / 4), owner._stream), "cuMemsetD32Async");
+            Driver.Check(Driver.cuMemsetD32Async((ulong)handle, 0x7FC07FC0u, (nuint)(bytes / 4), owner._lane.Stream), "cuMemsetD32Async");
+
+        public int Stream => owner.CurrentStream;
+
+        // An event on each stream of the mask, recorded now: the work those streams have queued so far.
+        public object? Fence(int streams)
+        {
+            if (owner._disposed)
+            {
+                return null; // the streams are gone, and their work with them
+            }
+
+            var events = new List<nint>(2);
+            for (int i = 0; i < owner._lanes.Length; i++)
+            {
+                if ((streams & (1 << i)) != 0 && owner._lanes[i] is { } lane)
+                {
+                    events.Add(owner.RecordOn(lane));
+                }
+            }
+
+            return events.Count == 0 ? null : events;
+        }
+
+        public void Wait(object fence)
+        {
+            foreach (nint e in (List<nint>)fence)
+            {
+                owner.WaitEvent(new StreamEvent(e));
+            }
+        }
+
+        public void Drop(object fence)
+        {
+            foreach (nint e in (List<nint>)fence)
+            {
+                owner._events.Push(e);
+            }
+        }
     }
 }
 

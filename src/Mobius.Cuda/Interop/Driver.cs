@@ -40,6 +40,7 @@ internal static partial class Driver
     public const int JitErrorLogBuffer = 5;
     public const int JitErrorLogBufferSizeBytes = 6;
     public const int FuncAttributeMaxDynamicSharedSizeBytes = 8;
+    public const uint EventDisableTiming = 2; // CU_EVENT_DISABLE_TIMING: an ordering point only, cheaper to record
 
     [LibraryImport(NativeLibraries.Driver)]
     public static partial int cuInit(uint flags);
