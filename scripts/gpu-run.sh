@@ -16,7 +16,7 @@
 # --sim rehearses everything on the simulated driver (no GPU needed; tools that need one are skipped; tiny's parts
 # run on micro).
 # MOBIUS_GPU_PARTS (default: all) picks the parts, in this order whatever the list's: info tests compare
-# bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
+# streams bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer. MOBIUS_GPU_CONFIGS (default "tiny small ms256")
 # picks the configs that compare and the peer measure. A short lease runs the parts that answer its question.
 set -uo pipefail
 src=${1:-gpu.tar.xz}
@@ -41,7 +41,7 @@ step() { printf '\n## %s\n\n' "$*" >> "$md"; echo "== $*"; }
 start=$(date +%s)
 budget=${MOBIUS_GPU_BUDGET_S:-3600}
 summary=()
-parts=" ${MOBIUS_GPU_PARTS:-info tests compare bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer} "
+parts=" ${MOBIUS_GPU_PARTS:-info tests compare streams bf16 kernel-conv tf32 epilogue recompute budget motion finetune profile workbench peer nvcc ranks sanitizer} "
 configs=" ${MOBIUS_GPU_CONFIGS:-tiny small ms256} "
 want() { [[ "$parts" == *" $1 "* ]]; }
 # run CAP_S command...: runs under a timeout of CAP_S seconds or what is left of the budget, if less.
@@ -114,6 +114,19 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
   [[ "$configs" == *" $1 "* ]] || continue
   steps=$2; samples=$3; [ $sim = 1 ] && { steps=2; samples=0; }
   run "$4" "$mobius" compare --config "$1" --backend cuda --steps "$steps" --samples "$samples" --seed 1 --profile 3 --json --out "$results/compare-$1"
+done
+fi
+if want streams; then
+step "the parallel topology's spatial chain on the main stream too (MOBIUS_STREAMS=1), against the default second stream"
+# By default (MOBIUS_STREAMS=2) the parallel topology runs its inference-only spatial chain on a second stream beside
+# the temporal ring (Engine.SideStream); serial has nothing to overlap. The compare part's runs are the two-stream
+# ones; these are the same runs on one stream: the same losses bit for bit, the parallel step's time without overlap.
+for spec in "tiny 60 60" "ms256 6 100"; do
+  set -- $spec; c=$1; steps=$2
+  [ $sim = 1 ] && [ "$c" != tiny ] && continue
+  [[ "$configs" == *" $c "* ]] || continue
+  [ $sim = 1 ] && steps=2
+  run "$3" env MOBIUS_STREAMS=1 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-one-stream"
 done
 fi
 if want bf16; then

@@ -372,6 +372,14 @@ public sealed class UNet3D : Module
     }
 
     /// <summary>
+    /// The parallel topology runs its spatial chain on the backend's second stream (<see cref="Engine.SideStream"/>),
+    /// where the backend has one (CUDA), while the temporal ring runs on the main stream: the chain does not depend on
+    /// the ring, so spatial block i + 1 can run on the device while the ring computes block i. The same ops on the same
+    /// data, so the same values, bit for bit; on by default. Backends with one stream run everything in issue order.
+    /// </summary>
+    public bool SpatialStream { get; set; } = true;
+
+    /// <summary>
     /// Experimental: starts measuring the mean-field Jacobians (<see cref="LoopJacobian"/>) of the loop's bypassed
     /// spatial layers of the kinds in <paramref name="layers"/>, by a random probe on a private tape at every forward
     /// with gradients until <see cref="EndLoopJacobians"/>; from then on the loop passes its gradient through them
@@ -594,9 +602,16 @@ public sealed class UNet3D : Module
 
     private Tensor ForwardParallel(Tensor x, Tensor e, Tensor c, int frames)
     {
+        // The chain's inputs are the main stream's; the chain's outputs that the ring reads are handed over, block by
+        // block, and the main stream joins the side stream's work before the sum at the end.
+        using var side = SideStream.Fork(x.Backend, SpatialStream);
+        side.Share(x);
+        side.Share(e);
+        side.Share(c);
         var skips = new Stack<Tensor>();
         Tensor s;
         Tensor? ring = null;
+        using (side.Use())
         using (Tape.NoGrad())
         {
             s = ConvIn.Forward(x);
@@ -613,6 +628,7 @@ public sealed class UNet3D : Module
             foreach (var step in _plan)
             {
                 // Spatial chain: the frozen text-to-image UNet, inference only, nothing on the tape.
+                using (side.Use())
                 using (Tape.NoGrad())
                 {
                     s = step.Kind switch
@@ -628,6 +644,11 @@ public sealed class UNet3D : Module
                 }
 
                 // Temporal ring: the only place gradients flow.
+                if (step.Kind == StepKind.Block)
+                {
+                    side.Handoff(s);
+                }
+
                 using (Tape.Kind("TemporalRing"))
                 {
                     using var ringSkip = ringSkipsOn && step.PopSkip ? ringSkips.Pop() : null;
@@ -644,13 +665,16 @@ public sealed class UNet3D : Module
                 }
             }
 
+            side.Handoff(s);
             using var temporalOut = Bridge!.Exit(ring!, s);
             Tensor spatialOut;
+            using (side.Use())
             using (Tape.NoGrad())
             {
                 spatialOut = s.Then(OutHead);
             }
 
+            side.Handoff(spatialOut);
             using (spatialOut)
             using (Tape.Kind(nameof(Layers.Bridge)))
             {

@@ -398,6 +398,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("math")]
     public string MathMode { get; init; } = "fp32";
 
+    /// <summary>The backend's streams (<see cref="IBackend.StreamCount"/>): 2 when the parallel topology's spatial chain ran on a second stream.</summary>
+    [JsonPropertyName("streams")]
+    public int Streams { get; init; } = 1;
+
     /// <summary>What both topologies started from (null: a random text-to-image model).</summary>
     [JsonPropertyName("start")]
     public StartPoint? Start { get; init; }
@@ -815,6 +819,7 @@ public static class Comparison
                 Data = folder is null ? null : new DataFolderInfo(options.DataFolder!, folderTrain!.Count, folderValidation!.Count),
                 Backend = backends[0].DeviceName,
                 MathMode = backends[0].MathMode,
+                Streams = backends[0].StreamCount,
                 Steps = steps,
                 StepsRequested = options.Steps,
                 Seed = options.Seed,
