@@ -117,16 +117,19 @@ for spec in "tiny 60 4 60" "small 20 0 45" "ms256 6 0 100"; do
 done
 fi
 if want streams; then
-step "the parallel topology's spatial chain on the main stream too (MOBIUS_STREAMS=1), against the default second stream"
-# By default (MOBIUS_STREAMS=2) the parallel topology runs its inference-only spatial chain on a second stream beside
-# the temporal ring (Engine.SideStream); serial has nothing to overlap. The compare part's runs are the two-stream
-# ones; these are the same runs on one stream: the same losses bit for bit, the parallel step's time without overlap.
+step "the ring's spatial chain on a second stream (the default), then on the main stream too (MOBIUS_STREAMS=1)"
+# With a ring bridge the parallel topology runs its inference-only spatial chain on a second stream beside the
+# temporal ring (Engine.SideStream); the loop bridge, the default, and serial have nothing to overlap: each of their
+# layers waits for the one before. The additive ring on two streams, then on one: the same losses bit for bit, and the
+# parallel step's time with and without the overlap.
 for spec in "tiny 60 60" "ms256 6 100"; do
   set -- $spec; c=$1; steps=$2
   [ $sim = 1 ] && [ "$c" != tiny ] && continue
   [[ "$configs" == *" $c "* ]] || continue
   [ $sim = 1 ] && steps=2
-  run "$3" env MOBIUS_STREAMS=1 "$mobius" compare --config $c --backend cuda --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-one-stream"
+  for n in 2 1; do
+    run "$3" env MOBIUS_STREAMS=$n "$mobius" compare --config $c --backend cuda --bridge additive --steps $steps --samples 0 --seed 1 --profile 3 --json --out "$results/compare-$c-additive-streams-$n"
+  done
 done
 fi
 if want bf16; then

@@ -65,7 +65,7 @@ public static class Backends
             string tf32 = devices.Any(d => d.Major >= 8) ? "--math tf32 or bf16 for tensor cores" : "no tensor-core math below sm_80";
             string streams = Environment.GetEnvironmentVariable("MOBIUS_STREAMS") is { Length: > 0 } st
                 ? $"MOBIUS_STREAMS={st}"
-                : "2 streams (the parallel topology's spatial chain on the second; MOBIUS_STREAMS=1 for one)";
+                : "2 streams (with a ring bridge the parallel topology's spatial chain runs on the second; MOBIUS_STREAMS=1 for one)";
             return devices.Count == 0
                 ? $"the driver reports no device ({where})"
                 : string.Join(", ", devices.Select(d => $"#{d.Ordinal} {d}")) + (NativeLibraries.Simulated ? " [simulated]" : "") + $"; math {math} ({tf32}); {streams} ({where})";

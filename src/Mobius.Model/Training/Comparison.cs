@@ -398,7 +398,10 @@ public sealed record ComparisonResult
     [JsonPropertyName("math")]
     public string MathMode { get; init; } = "fp32";
 
-    /// <summary>The backend's streams (<see cref="IBackend.StreamCount"/>): 2 when the parallel topology's spatial chain ran on a second stream.</summary>
+    /// <summary>
+    /// The streams the parallel topology's step ran on: 2 when its spatial chain ran on the backend's second stream
+    /// (<see cref="UNet3D.SpatialStream"/>: a ring bridge on a backend with two, <see cref="IBackend.StreamCount"/>), else 1.
+    /// </summary>
     [JsonPropertyName("streams")]
     public int Streams { get; init; } = 1;
 
@@ -819,7 +822,7 @@ public static class Comparison
                 Data = folder is null ? null : new DataFolderInfo(options.DataFolder!, folderTrain!.Count, folderValidation!.Count),
                 Backend = backends[0].DeviceName,
                 MathMode = backends[0].MathMode,
-                Streams = backends[0].StreamCount,
+                Streams = config.Bridge == "loop" ? 1 : backends[0].StreamCount, // the loop's chain waits for its temporal layers
                 Steps = steps,
                 StepsRequested = options.Steps,
                 Seed = options.Seed,

@@ -325,12 +325,15 @@ public sealed class ComparisonTests
             Environment.SetEnvironmentVariable("MOBIUS_CUDA", "sim");
         }
 
+        // A ring bridge: its spatial chain runs on the backend's second stream, so calls of both streams are timed.
         var r = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with
         {
             ValidateEvery = 0,
             ProfileSteps = 1,
             BackendFactory = () => new Mobius.Cuda.CudaBackend(),
+            Bridge = "additive",
         });
+        Assert.Equal(Environment.GetEnvironmentVariable("MOBIUS_STREAMS") == "1" ? 1 : 2, r.Streams);
         var serial = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Serial.CallsPerStep);
         var parallel = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Parallel.CallsPerStep);
         double Blas(IReadOnlyDictionary<string, double> c) => c.Where(kv => kv.Key.StartsWith("cublas", StringComparison.Ordinal)).Sum(kv => kv.Value);
@@ -355,6 +358,7 @@ public sealed class ComparisonTests
 
         // the CPU counts and times none
         var cpu = Comparison.Run(Options(1, TestContext.Current.CancellationToken) with { ProfileSteps = 1 });
+        Assert.Equal(1, cpu.Streams);
         Assert.Null(cpu.Serial.CallsPerStep);
         Assert.Null(cpu.Serial.CallMsPerStep);
         Assert.NotNull(cpu.Serial.TimeByKind);
