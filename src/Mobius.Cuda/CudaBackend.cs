@@ -138,7 +138,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     /// <inheritdoc />
     public int CurrentStream
     {
-        get => _lane == _lanes[0] ? 0 : 1;
+        get => Array.IndexOf(_lanes, _lane);
         set
         {
             ArgumentOutOfRangeException.ThrowIfNegative(value);
