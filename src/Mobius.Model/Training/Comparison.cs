@@ -137,6 +137,15 @@ public sealed record TopologyResult
     [JsonPropertyName("peak_bytes")]
     public long PeakBytes { get; init; }
 
+    /// <summary>
+    /// Highest bytes the backend's caching allocator held from the system during any measured step, its cache included:
+    /// on a GPU what the device has in use for tensors, less the context's and the libraries' own. It exceeds
+    /// <see cref="PeakBytes"/> by the cache's blocks and their rounding, and with two streams also by what each stream's
+    /// cache keeps for itself.
+    /// </summary>
+    [JsonPropertyName("peak_reserved_bytes")]
+    public long PeakReservedBytes { get; init; }
+
     /// <summary>Highest bytes the tape held for backward during any step.</summary>
     [JsonPropertyName("saved_activation_bytes")]
     public long SavedActivationBytes { get; init; }
@@ -1056,6 +1065,7 @@ public static class Comparison
             StepMsMedian = median,
             StepMsMean = times.Average(),
             PeakBytes = peak.Memory.PeakBytes,
+            PeakReservedBytes = measured.Max(s => s.Memory.PeakReservedBytes),
             SavedActivationBytes = stats.Max(s => s.SavedActivationBytes),
             TrainableParams = trainable,
             FinalLoss = stats.TakeLast(tail).Average(s => s.Loss),

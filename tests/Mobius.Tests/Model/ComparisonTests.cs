@@ -334,6 +334,10 @@ public sealed class ComparisonTests
             Bridge = "additive",
         });
         Assert.Equal(Environment.GetEnvironmentVariable("MOBIUS_STREAMS") == "1" ? 1 : 2, r.Streams);
+        foreach (var t in new[] { r.Serial, r.Parallel })
+        {
+            Assert.True(t.PeakReservedBytes >= t.PeakBytes, $"reserved {t.PeakReservedBytes} below the peak in use {t.PeakBytes}"); // blocks round up; the cache adds
+        }
         var serial = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Serial.CallsPerStep);
         var parallel = Assert.IsAssignableFrom<IReadOnlyDictionary<string, double>>(r.Parallel.CallsPerStep);
         double Blas(IReadOnlyDictionary<string, double> c) => c.Where(kv => kv.Key.StartsWith("cublas", StringComparison.Ordinal)).Sum(kv => kv.Value);
