@@ -104,6 +104,40 @@ public sealed class CudaStreamTests(CudaFixture fixture) : IClassFixture<CudaFix
     }
 
     [Fact]
+    public void An_error_on_the_side_stream_leaves_the_main_stream_current_and_the_backend_usable()
+    {
+        var r = new Rng(Seeds.One * 23);
+        var data = r.Uniform(12);
+        using var a = Tensor.FromArray(B, data, new Shape(3, 4));
+        using var wrong = Tensor.FromArray(B, r.Uniform(10), new Shape(2, 5));
+        using (var side = SideStream.Fork(B))
+        {
+            Assert.Throws<ShapeMismatchException>(() =>
+            {
+                using (side.Use())
+                {
+                    using var bad = Ops.Add(a, wrong);
+                }
+            });
+            Assert.Equal(0, B.CurrentStream);
+            if (side.IsActive)
+            {
+                Assert.Throws<InvalidOperationException>(() =>
+                {
+                    using (side.Use())
+                    {
+                        side.Handoff(a); // on the side stream: refused, and the scope still ends on the main stream
+                    }
+                });
+                Assert.Equal(0, B.CurrentStream);
+            }
+        }
+
+        using var twice = Ops.Add(a, a);
+        Assert.Equal(data.Select(v => v + v).ToArray(), twice.ToArray());
+    }
+
+    [Fact]
     public void A_block_freed_on_the_side_stream_after_the_main_stream_read_it_is_fenced()
     {
         if (B.StreamCount < 2)
