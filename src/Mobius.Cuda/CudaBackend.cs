@@ -20,6 +20,7 @@ public sealed unsafe partial class CudaBackend : IBackend
     private readonly Lane[] _lanes;
     private Lane _lane;
     private readonly Stack<nint> _events = new();
+    private readonly Dictionary<nint, (int Lane, long Frees)> _recorded = new(); // what each recorded event follows
     private readonly List<nint> _allEvents = [];
     private bool _disposed;
 
@@ -169,6 +170,12 @@ public sealed unsafe partial class CudaBackend : IBackend
 
         MakeCurrent();
         Driver.Check(Driver.cuStreamWaitEvent(_lane.Stream, e.Handle, 0), "cuStreamWaitEvent");
+        if (_recorded.Remove(e.Handle, out var origin))
+        {
+            // This stream is now after the frees that stream made before the event: their blocks may serve it.
+            _allocator.Ordered(CurrentStream, origin.Lane, origin.Frees);
+        }
+
         _events.Push(e.Handle); // the wait has taken the event's state: it may be recorded again
     }
 
@@ -196,6 +203,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         }
 
         Driver.Check(Driver.cuEventRecord(e, lane.Stream), "cuEventRecord");
+        _recorded[e] = (Array.IndexOf(_lanes, lane), _allocator.Frees);
         return e;
     }
 
@@ -491,6 +499,7 @@ public sealed unsafe partial class CudaBackend : IBackend
         {
             foreach (nint e in (List<nint>)fence)
             {
+                owner._recorded.Remove(e);
                 owner._events.Push(e);
             }
         }

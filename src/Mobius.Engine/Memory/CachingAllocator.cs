@@ -47,12 +47,20 @@ internal interface IRawMemory
 /// orders after every earlier use. A block that other streams used too (<see cref="Storage.UsedOn"/>) carries a
 /// fence, the work those streams had queued when it was freed, and its next owner's stream waits for that fence
 /// before the block is handed out: the device never writes a block that another stream may still read.
+/// A stream's cache lends too: once stream T waits for an event of stream F (<see cref="Ordered"/>), every block F had
+/// freed by the time the event was recorded is past all of F's work on it, so T may take it when its own cache has
+/// none of the size. Without this each stream's cache would keep blocks the other could use, and the reserved bytes
+/// would grow by what the smaller stream's cache holds.
 /// </summary>
 internal sealed class CachingAllocator : IDisposable
 {
     private readonly IRawMemory _raw;
     private readonly IBackend _backend;
-    private readonly Dictionary<(int Stream, long Block), Stack<(nint Handle, object? Fence)>> _cache = new();
+    // Per stream and size class, oldest first: the own stream takes the newest (the warmest), a borrower the oldest.
+    private readonly Dictionary<(int Stream, long Block), List<(nint Handle, object? Fence, long Freed)>> _cache = new();
+    // (to, from) -> the last free of stream `from` that stream `to` is ordered after.
+    private readonly Dictionary<(int To, int From), long> _ordered = new();
+    private long _frees;
     private readonly Lock _lock = new();
     private long _cachedBytes;
 
@@ -107,10 +115,24 @@ internal sealed class CachingAllocator : IDisposable
         object? fence = null;
         lock (_lock)
         {
-            if (_cache.TryGetValue((stream, block), out var stack) && stack.Count > 0)
+            if (_cache.TryGetValue((stream, block), out var own) && own.Count > 0)
             {
-                (handle, fence) = stack.Pop();
+                (handle, fence, _) = own[^1];
+                own.RemoveAt(own.Count - 1);
                 _cachedBytes -= block;
+            }
+            else
+            {
+                foreach (var ((to, from), freed) in _ordered)
+                {
+                    if (to == stream && _cache.TryGetValue((from, block), out var lender) && lender.Count > 0 && lender[0].Freed <= freed)
+                    {
+                        (handle, fence, _) = lender[0]; // freed before the event this stream waited for
+                        lender.RemoveAt(0);
+                        _cachedBytes -= block;
+                        break;
+                    }
+                }
             }
         }
 
@@ -153,14 +175,44 @@ internal sealed class CachingAllocator : IDisposable
         lock (_lock)
         {
             var key = (storage.Stream, storage.BlockBytes);
-            if (!_cache.TryGetValue(key, out var stack))
+            if (!_cache.TryGetValue(key, out var list))
             {
-                stack = new Stack<(nint, object?)>();
-                _cache[key] = stack;
+                list = [];
+                _cache[key] = list;
             }
 
-            stack.Push((storage.Handle, fence));
+            list.Add((storage.Handle, fence, ++_frees));
             _cachedBytes += storage.BlockBytes;
+        }
+    }
+
+    /// <summary>The number of frees so far: what an event recorded now follows.</summary>
+    public long Frees
+    {
+        get
+        {
+            lock (_lock)
+            {
+                return _frees;
+            }
+        }
+    }
+
+    /// <summary>
+    /// Stream <paramref name="to"/> now waits for an event of stream <paramref name="from"/> recorded when
+    /// <paramref name="frees"/> blocks had been freed (<see cref="Frees"/>): from now on it may take the blocks
+    /// <paramref name="from"/> had freed by then.
+    /// </summary>
+    public void Ordered(int to, int from, long frees)
+    {
+        if (to == from)
+        {
+            return;
+        }
+
+        lock (_lock)
+        {
+            _ordered[(to, from)] = Math.Max(frees, _ordered.GetValueOrDefault((to, from)));
         }
     }
 
@@ -168,11 +220,10 @@ internal sealed class CachingAllocator : IDisposable
     {
         lock (_lock)
         {
-            foreach (var ((_, size), stack) in _cache)
+            foreach (var ((_, size), list) in _cache)
             {
-                while (stack.Count > 0)
+                foreach (var (handle, fence, _) in list)
                 {
-                    var (handle, fence) = stack.Pop();
                     if (fence is not null)
                     {
                         _raw.Drop(fence);

@@ -113,6 +113,47 @@ public sealed class StreamTests
     }
 
     [Fact]
+    public void A_stream_ordered_after_another_borrows_the_blocks_that_stream_had_freed_by_then()
+    {
+        var (alloc, raw, owner) = Make();
+        using var _ = owner;
+        int bytes = new Rng(Seeds.One + 3).Int(1, 100_000);
+        raw.Current = 1;
+        var a = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        var b = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        var c = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        c.MarkUsedOn(0);
+        alloc.Free(a);
+        alloc.Free(c); // fenced: stream 0 read it
+        long frees = alloc.Frees;
+        alloc.Free(b); // after the event below: not stream 0's to take
+        alloc.Ordered(0, 1, frees); // stream 0 waited for an event of stream 1 recorded after a and c were freed
+        alloc.Ordered(1, 1, long.MaxValue); // a stream and itself: nothing to note
+
+        raw.Current = 0;
+        raw.Log.Clear();
+        var first = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        Assert.Equal(a.Handle, first.Handle); // the oldest block freed before the event, with nothing to wait for
+        Assert.Equal(0, first.Stream);        // stream 0's from now on
+        Assert.Empty(raw.Log);
+        var second = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        Assert.Equal(c.Handle, second.Handle);
+        Assert.Equal(["wait 1 on 0"], raw.Log); // its fence still holds
+        raw.Log.Clear();
+        var third = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        Assert.NotEqual(b.Handle, third.Handle); // freed after the event: stream 0 is not ordered after that free
+        Assert.StartsWith("alloc", Assert.Single(raw.Log), StringComparison.Ordinal);
+
+        raw.Current = 1;
+        var own = alloc.Allocate(bytes, MemoryCategory.Temporaries);
+        Assert.Equal(b.Handle, own.Handle); // still stream 1's own
+        foreach (var t in new[] { first, second, third, own })
+        {
+            alloc.Free(t);
+        }
+    }
+
+    [Fact]
     public void Emptying_the_cache_drops_the_fences_of_the_blocks_it_frees()
     {
         var (alloc, raw, owner) = Make();
