@@ -140,8 +140,8 @@ public sealed record TopologyResult
     /// <summary>
     /// Highest bytes the backend's caching allocator held from the system during any measured step, its cache included:
     /// on a GPU what the device has in use for tensors, less the context's and the libraries' own. It exceeds
-    /// <see cref="PeakBytes"/> by the cache's blocks and their rounding, and with two streams also by what each stream's
-    /// cache keeps for itself.
+    /// <see cref="PeakBytes"/> by the cache's blocks and their rounding, and with two streams also by blocks one stream's
+    /// cache holds that the other may not borrow yet (docs/architecture.md).
     /// </summary>
     [JsonPropertyName("peak_reserved_bytes")]
     public long PeakReservedBytes { get; init; }
