@@ -372,10 +372,11 @@ public sealed class UNet3D : Module
     }
 
     /// <summary>
-    /// The parallel topology runs its spatial chain on the backend's second stream (<see cref="Engine.SideStream"/>),
-    /// where the backend has one (CUDA), while the temporal ring runs on the main stream: the chain does not depend on
-    /// the ring, so spatial block i + 1 can run on the device while the ring computes block i. The same ops on the same
-    /// data, so the same values, bit for bit; on by default. Backends with one stream run everything in issue order.
+    /// With a ring bridge the parallel topology runs its spatial chain on the backend's second stream
+    /// (<see cref="Engine.SideStream"/>), where the backend has one (CUDA), while the temporal ring runs on the main
+    /// stream: the chain does not depend on the ring, so spatial block i + 1 can run on the device while the ring computes
+    /// block i. The same ops on the same data, so the same values, bit for bit; on by default. The loop bridge's chain
+    /// waits for its temporal layers, and backends with one stream run everything in issue order.
     /// </summary>
     public bool SpatialStream { get; set; } = true;
 
