@@ -380,6 +380,9 @@ public sealed class UNet3D : Module
     /// </summary>
     public bool SpatialStream { get; set; } = true;
 
+    /// <summary>The streams a forward runs on: 2 when <see cref="SpatialStream"/> takes effect, else 1.</summary>
+    public int StreamsUsed => Topology == Topology.Parallel && !IsLoop && SpatialStream ? Backend.StreamCount : 1;
+
     /// <summary>
     /// Experimental: starts measuring the mean-field Jacobians (<see cref="LoopJacobian"/>) of the loop's bypassed
     /// spatial layers of the kinds in <paramref name="layers"/>, by a random probe on a private tape at every forward

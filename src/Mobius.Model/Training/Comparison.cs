@@ -831,7 +831,7 @@ public static class Comparison
                 Data = folder is null ? null : new DataFolderInfo(options.DataFolder!, folderTrain!.Count, folderValidation!.Count),
                 Backend = backends[0].DeviceName,
                 MathMode = backends[0].MathMode,
-                Streams = config.Bridge == "loop" ? 1 : backends[0].StreamCount, // the loop's chain waits for its temporal layers
+                Streams = models[Array.IndexOf(topologies, Topology.Parallel)]!.Unet.StreamsUsed,
                 Steps = steps,
                 StepsRequested = options.Steps,
                 Seed = options.Seed,
