@@ -20,6 +20,8 @@ void poison(unsigned char* p, std::size_t n);
 // The first redzone that a launch overwrote, described for an error message (empty when all are intact).
 // Damaged redzones are repaired so that one bug is reported once.
 std::string check_redzones();
+// The same for the allocations that hold the given addresses only (addresses in no allocation are skipped).
+std::string check_redzones(const std::uintptr_t* addresses, std::size_t count);
 
 // Where an address lies relative to the allocations, for fault messages.
 std::string describe_address(std::uintptr_t address);

@@ -178,27 +178,50 @@ std::size_t parse_size(const char* text, std::size_t fallback) {
     return static_cast<std::size_t>(v);
 }
 
+// The first damaged redzone of one allocation, described, and repaired; empty when both are intact.
+std::string check_allocation(std::uintptr_t addr, const Allocation& a) {
+    unsigned char* head = a.slack_begin();
+    const std::size_t head_len = static_cast<std::size_t>(a.data - head);
+    const std::size_t tail_len = a.span - a.size;
+    std::size_t bad = first_damaged(head, head_len);
+    if (bad < head_len) {
+        std::ostringstream out;
+        out << "write " << head_len - bad << " bytes before the start of allocation #" << a.id << " ("
+            << a.size << " bytes at 0x" << std::hex << addr << ")";
+        std::memset(head, kRedzoneByte, head_len);
+        return out.str();
+    }
+    bad = first_damaged(a.data + a.size, tail_len);
+    if (bad < tail_len) {
+        std::ostringstream out;
+        out << "write at byte " << bad << " past the end of allocation #" << a.id << " (" << a.size
+            << " bytes at 0x" << std::hex << addr << ")";
+        std::memset(a.data + a.size, kRedzoneByte, tail_len);
+        return out.str();
+    }
+    return {};
+}
+
 std::string check_redzones() {
     for (auto& [addr, a] : heap().live) {
-        unsigned char* head = a.slack_begin();
-        const std::size_t head_len = static_cast<std::size_t>(a.data - head);
-        const std::size_t tail_len = a.span - a.size;
-        std::size_t bad = first_damaged(head, head_len);
-        if (bad < head_len) {
-            std::ostringstream out;
-            out << "write " << head_len - bad << " bytes before the start of allocation #" << a.id << " ("
-                << a.size << " bytes at 0x" << std::hex << addr << ")";
-            std::memset(head, kRedzoneByte, head_len);
-            return out.str();
+        if (std::string bad = check_allocation(addr, a); !bad.empty()) return bad;
+    }
+    return {};
+}
+
+std::string check_redzones(const std::uintptr_t* addresses, std::size_t count) {
+    auto& live = heap().live;
+    for (std::size_t i = 0; i < count; ++i) {
+        // The allocation whose mapping holds the address: the last one starting at or before it, or the next one
+        // when the address lies in that one's head slack.
+        auto it = live.upper_bound(addresses[i]);
+        if (it != live.end() && addresses[i] >= reinterpret_cast<std::uintptr_t>(it->second.map)) {
+            if (std::string bad = check_allocation(it->first, it->second); !bad.empty()) return bad;
         }
-        bad = first_damaged(a.data + a.size, tail_len);
-        if (bad < tail_len) {
-            std::ostringstream out;
-            out << "write at byte " << bad << " past the end of allocation #" << a.id << " (" << a.size
-                << " bytes at 0x" << std::hex << addr << ")";
-            std::memset(a.data + a.size, kRedzoneByte, tail_len);
-            return out.str();
-        }
+        if (it == live.begin()) continue;
+        --it;
+        if (addresses[i] >= reinterpret_cast<std::uintptr_t>(it->second.map + it->second.map_size)) continue;
+        if (std::string bad = check_allocation(it->first, it->second); !bad.empty()) return bad;
     }
     return {};
 }

@@ -11,6 +11,19 @@ extern "C" __global__ void fault_oob_write(float* p, int n) {
 }
 MOBIUS_REGISTER_KERNEL(fault_oob_write);
 
+// The same through a pointer read from device memory (a slot array, as the multi-tensor kernels take):
+// writes slots[0][n], one element past that allocation, which no parameter points into.
+extern "C" __global__ void fault_oob_write_indirect(float* const* slots, int n) {
+    if (threadIdx.x == 0) slots[0][n] = 1.0f;
+}
+MOBIUS_REGISTER_KERNEL(fault_oob_write_indirect);
+
+// Writes p[-1]: the byte before the allocation, in its head slack.
+extern "C" __global__ void fault_write_before_start(float* p) {
+    if (threadIdx.x == 0) p[-1] = 1.0f;
+}
+MOBIUS_REGISTER_KERNEL(fault_write_before_start);
+
 // Writes through a null pointer.
 extern "C" __global__ void fault_null_write(float* p) {
     float* volatile q = p;

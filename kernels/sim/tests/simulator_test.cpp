@@ -35,6 +35,28 @@ TEST(PlantedFaults, WriteIntoTheRedzonePastTheEndIsAnIllegalAddress) {
     EXPECT_MENTIONS(r.message, "fault_oob_write");
 }
 
+TEST(PlantedFaults, WriteBeforeTheStartIsAnIllegalAddress) {
+    mt::Gpu gpu;
+    mt::DeviceArray<float> p(10);
+    const LaunchResult r = run("fault_write_before_start", {1}, {32}, 0, p.get());
+    EXPECT_EQ(r.status, Status::IllegalAddress);
+    EXPECT_MENTIONS(r.message, "bytes before the start of allocation");
+}
+
+// After a launch only the allocations its pointer parameters point into have their redzones checked, unless a
+// parameter could carry pointers of its own: then every allocation is.
+TEST(PlantedFaults, TheRedzoneCheckFollowsPointersReadFromDeviceMemory) {
+    EXPECT_TRUE(mobius_sim::find_kernel("fault_oob_write")->direct_pointers);
+    EXPECT_TRUE(mobius_sim::find_kernel("ew_add_f32")->direct_pointers);
+    EXPECT_FALSE(mobius_sim::find_kernel("fault_oob_write_indirect")->direct_pointers);
+    mt::Gpu gpu;
+    mt::DeviceArray<float> target(10);
+    mt::DeviceArray<float*> slots(std::vector<float*>{target.get()});
+    const LaunchResult r = run("fault_oob_write_indirect", {1}, {32}, 0, static_cast<float* const*>(slots.get()), 10);
+    EXPECT_EQ(r.status, Status::IllegalAddress);
+    EXPECT_MENTIONS(r.message, "past the end of allocation");
+}
+
 TEST(PlantedFaults, WritePastA256ByteMultipleHitsTheGuardPage) {
     mt::Gpu gpu;
     mt::DeviceArray<float> p(64);  // exactly 256 bytes: p[64] is on the guard page

@@ -66,6 +66,10 @@ struct KernelSignature {
     int num_params;
     const std::uint8_t* param_sizes;
     const ParamAccess* param_access;  // one per parameter
+    // Every parameter is a scalar or a pointer to scalars, so every allocation the kernel can reach without reading
+    // a pointer from memory is one its parameters point into: the redzone check after a launch looks only at those.
+    // False (check every allocation) for anything that could carry a pointer: pointers to pointers, structs.
+    bool direct_pointers = false;
 };
 
 // g++ keeps __restrict__ on a pointer type where std::remove_cv does not reach it, and std::is_pointer then fails;
@@ -85,6 +89,20 @@ constexpr ParamAccess param_access() {
     if constexpr (!std::is_pointer_v<P>) return ParamAccess::None;
     else if constexpr (std::is_const_v<std::remove_pointer_t<P>>) return ParamAccess::Read;
     else return ParamAccess::Write;
+}
+
+// A type too small to hold a pointer, or a number: whatever a parameter of it reaches, it names directly.
+template <class T>
+constexpr bool holds_no_pointer() {
+    if constexpr (std::is_void_v<T>) return false;
+    else return std::is_arithmetic_v<T> || std::is_enum_v<T> || (std::is_trivially_copyable_v<T> && sizeof(T) < sizeof(void*));
+}
+
+template <class T>
+constexpr bool direct_param() {
+    using P = typename unrestrict<std::remove_cv_t<T>>::type;
+    if constexpr (std::is_pointer_v<P>) return holds_no_pointer<std::remove_cv_t<std::remove_pointer_t<P>>>();
+    else return holds_no_pointer<P>();
 }
 
 void register_kernel(const KernelSignature& signature);
@@ -110,7 +128,8 @@ struct Invoker<F> {
     static constexpr std::uint8_t sizes[sizeof...(A) + 1] = {static_cast<std::uint8_t>(sizeof(A))..., 0};
     static constexpr ParamAccess access[sizeof...(A) + 1] = {param_access<A>()..., ParamAccess::None};
     static KernelSignature signature(const char* name) {
-        return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes, access};
+        return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes, access,
+                (direct_param<A>() && ... && true)};
     }
 };
 
