@@ -124,7 +124,6 @@ public abstract class TrainingTests(BackendFixture fixture)
     [Fact]
     public void The_weights_moving_average_follows_its_definition_swaps_in_and_out_exactly_and_resumes_exactly()
     {
-        Assert.SkipWhen(fixture.Simulated, "four training steps on the CUDA simulator take half a minute; the EMA is two elementwise ops every backend's tests cover");
         int seed = Seeds.One;
         using var dir = new TempFolder();
         using var t2i = TextToVideo.Create(B, Micro, Topology.Spatial, seed);
