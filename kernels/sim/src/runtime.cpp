@@ -166,12 +166,12 @@ void fiber_resumed(void* fake_stack) {
     }
 }
 
-// The next runnable fiber of the pass after the running one, made the running one; null at the pass's end.
-Fiber* advance_pass() {
+// The first runnable fiber at or after position `from` of the pass, made the running one; null at the pass's end.
+Fiber* next_runnable(unsigned from) {
     Scheduler& s = sched();
     std::vector<Fiber>& fibers = s.fibers;
     const unsigned n = static_cast<unsigned>(fibers.size());
-    for (unsigned k = s.pass_position + 1; k < n; ++k) {
+    for (unsigned k = from; k < n; ++k) {
         Fiber& g = fibers[s.reverse ? n - 1 - k : k];
         if (g.state != FiberState::Ready) continue;
         s.pass_position = k;
@@ -182,43 +182,48 @@ Fiber* advance_pass() {
     return nullptr;
 }
 
-// Called by the scheduler: runs the pass from position k (fiber f) to its end.
-void run_pass(Fiber& f, unsigned k) {
+// Called by the scheduler: runs a pass from its first runnable fiber to its end; false when none is runnable.
+bool run_pass() {
     Scheduler& s = sched();
-    s.pass_position = k;
-    s.current = &f;
-    g_thread_idx = &f.tid;
+    Fiber* first = next_runnable(0);
+    if (first == nullptr) return false;
+    Fiber& f = *first;
     s.from_scheduler = true;
     asan_start(&s.asan_fake_stack, f.stack, kStackBytes);
     s.in_fiber = 1;
     fiber::switch_to(s.context, f.context);
     s.in_fiber = 0;
     asan_finish(s.asan_fake_stack, nullptr, nullptr);
+    return true;
 }
 
-// Called on a fiber that waits (state already set): run the rest of the pass, until this fiber is resumed.
-void yield_to_scheduler(Fiber& f) {
+// Called on the running fiber once it waits or has exited: switches to the next runnable fiber of the pass, or
+// back to the scheduler at the pass's end or after a trap. `fake_stack` as in asan_start (null: the fiber is done).
+void pass_on(Fiber& f, void** fake_stack) {
     Scheduler& s = sched();
-    if (Fiber* next = s.trapped ? nullptr : advance_pass()) {
-        asan_start(&f.asan_fake_stack, next->stack, kStackBytes);
+    if (Fiber* next = s.trapped ? nullptr : next_runnable(s.pass_position + 1)) {
+        asan_start(fake_stack, next->stack, kStackBytes);
         fiber::switch_to(f.context, next->context);
     } else {
-        asan_start(&f.asan_fake_stack, s.asan_bottom, s.asan_size);
+        asan_start(fake_stack, s.asan_bottom, s.asan_size);
         fiber::switch_to(f.context, s.context);
     }
+}
+
+// Called on a fiber that waits (state already set): the rest of the pass runs until this fiber is resumed.
+void wait_in_pass(Fiber& f) {
+    pass_on(f, &f.asan_fake_stack);
     fiber_resumed(f.asan_fake_stack);
 }
 
 [[noreturn]] void exit_fiber(Fiber& f) {
-    Scheduler& s = sched();
     f.state = FiberState::Done;
-    if (Fiber* next = s.trapped ? nullptr : advance_pass()) {
-        asan_start(nullptr, next->stack, kStackBytes);
-        fiber::switch_to(f.context, next->context);
-    } else {
-        asan_start(nullptr, s.asan_bottom, s.asan_size);
-        fiber::switch_to(f.context, s.context);
-    }
+#if MOBIUS_SIM_ASAN
+    // The frames still on this stack (a trap's) never return: clear their redzones' poison, or the stack's next
+    // fiber trips over it. The compiler does this before a call to a [[noreturn]] function, but not once it inlines it.
+    __asan_handle_no_return();
+#endif
+    pass_on(f, nullptr);
     std::abort();  // a finished fiber is never resumed
 }
 
@@ -436,15 +441,9 @@ bool run_block(bool reverse, const TlsRange& shared) {
 
     s.reverse = reverse;
     for (;;) {
-        for (unsigned k = 0; k < n; ++k) {  // the pass starts at its first runnable fiber and runs to its end
-            Fiber& f = fibers[reverse ? n - 1 - k : k];
-            if (f.state != FiberState::Ready) continue;
-            run_pass(f, k);
-            if (s.trapped) {
-                error = describe_thread(s.current->tid) + ": " + s.trap_message;
-                return false;
-            }
-            break;
+        if (run_pass() && s.trapped) {
+            error = describe_thread(s.current->tid) + ": " + s.trap_message;
+            return false;
         }
         const int warps = resolve_warps(error);
         if (warps < 0) return false;
@@ -644,7 +643,7 @@ void syncthreads(const char* file, int line) {
     f.state = FiberState::AtBarrier;
     f.barrier_file = file;
     f.barrier_line = line;
-    yield_to_scheduler(f);
+    wait_in_pass(f);
 }
 
 std::uint32_t warp_collective(WarpOp op, unsigned mask, std::uint32_t value, int param, int width) {
@@ -655,7 +654,7 @@ std::uint32_t warp_collective(WarpOp op, unsigned mask, std::uint32_t value, int
     f.value = value;
     f.param = param;
     f.width = width;
-    yield_to_scheduler(f);
+    wait_in_pass(f);
     return f.result;
 }
 

@@ -129,7 +129,7 @@ struct Invoker<F> {
     static constexpr ParamAccess access[sizeof...(A) + 1] = {param_access<A>()..., ParamAccess::None};
     static KernelSignature signature(const char* name) {
         return {name, &run, reinterpret_cast<const void*>(F), static_cast<int>(sizeof...(A)), sizes, access,
-                (direct_param<A>() && ... && true)};
+                (direct_param<A>() && ...)};
     }
 };
 
