@@ -148,6 +148,25 @@ cudnnStatus_t order(cudnnHandle_t handle, const char* call, std::initializer_lis
     return CUDNN_STATUS_SUCCESS;
 }
 
+// What the three convolution calls check before they compute, in this order: descriptors and shapes (check_conv), the
+// scalars, that every tensor lies in device memory, and the call's accesses on the handle's stream. `x`, `w` and `y`
+// are the convolution's input, filter and output in the forward sense; `written` names the one the call writes
+// (0, 1, 2), and it reads the other two.
+cudnnStatus_t begin_conv(cudnnHandle_t handle, const char* call, const void* alpha, const void* beta,
+                         const cudnnTensorStruct* xDesc, const void* x, const cudnnFilterStruct* wDesc, const void* w,
+                         const cudnnConvolutionStruct* convDesc, const cudnnTensorStruct* yDesc, const void* y, int written,
+                         void* workSpace, size_t workSpaceSizeInBytes, Conv& c) {
+    if (cudnnStatus_t s = check_conv(handle, xDesc, wDesc, convDesc, yDesc, call, c); s != CUDNN_STATUS_SUCCESS) return s;
+    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
+    if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(y, tensor_extent(*yDesc)))
+        return out_of_memory(call);
+    const void* operands[3] = {x, w, y};
+    const void* reads[2];
+    for (int i = 0, r = 0; i < 3; ++i)
+        if (i != written) reads[r++] = operands[i];
+    return order(handle, call, {reads[0], reads[1]}, {operands[written], workSpaceSizeInBytes ? workSpace : nullptr});
+}
+
 void blend(float* out, long long index, float alpha, float value, float beta) {
     out[index] = alpha * value + (beta == 0.0f ? 0.0f : beta * out[index]);
 }
@@ -326,11 +345,8 @@ cudnnStatus_t cudnnConvolutionForward(cudnnHandle_t handle, const void* alpha, c
                                       const cudnnTensorDescriptor_t yDesc, void* y) {
     std::lock_guard lock(api_mutex());
     Conv c;
-    if (cudnnStatus_t s = check_conv(handle, xDesc, wDesc, convDesc, yDesc, "cudnnConvolutionForward", c); s != CUDNN_STATUS_SUCCESS) return s;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
-    if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(y, tensor_extent(*yDesc)))
-        return out_of_memory("cudnnConvolutionForward");
-    if (cudnnStatus_t s = order(handle, "cudnnConvolutionForward", {x, w}, {y, workSpaceSizeInBytes ? workSpace : nullptr});
+    if (cudnnStatus_t s = begin_conv(handle, "cudnnConvolutionForward", alpha, beta, xDesc, x, wDesc, w, convDesc, yDesc, y, 2,
+                                     workSpace, workSpaceSizeInBytes, c);
         s != CUDNN_STATUS_SUCCESS)
         return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
@@ -369,11 +385,8 @@ cudnnStatus_t cudnnConvolutionBackwardData(cudnnHandle_t handle, const void* alp
                                            const void* beta, const cudnnTensorDescriptor_t dxDesc, void* dx) {
     std::lock_guard lock(api_mutex());
     Conv c;
-    if (cudnnStatus_t s = check_conv(handle, dxDesc, wDesc, convDesc, dyDesc, "cudnnConvolutionBackwardData", c); s != CUDNN_STATUS_SUCCESS) return s;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
-    if (!in_memory(dx, tensor_extent(*dxDesc)) || !in_memory(w, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
-        return out_of_memory("cudnnConvolutionBackwardData");
-    if (cudnnStatus_t s = order(handle, "cudnnConvolutionBackwardData", {w, dy}, {dx, workSpaceSizeInBytes ? workSpace : nullptr});
+    if (cudnnStatus_t s = begin_conv(handle, "cudnnConvolutionBackwardData", alpha, beta, dxDesc, dx, wDesc, w, convDesc, dyDesc, dy, 0,
+                                     workSpace, workSpaceSizeInBytes, c);
         s != CUDNN_STATUS_SUCCESS)
         return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
@@ -412,11 +425,8 @@ cudnnStatus_t cudnnConvolutionBackwardFilter(cudnnHandle_t handle, const void* a
                                              const void* beta, const cudnnFilterDescriptor_t dwDesc, void* dw) {
     std::lock_guard lock(api_mutex());
     Conv c;
-    if (cudnnStatus_t s = check_conv(handle, xDesc, dwDesc, convDesc, dyDesc, "cudnnConvolutionBackwardFilter", c); s != CUDNN_STATUS_SUCCESS) return s;
-    if (!alpha || !beta) return CUDNN_STATUS_BAD_PARAM_NULL_POINTER;
-    if (!in_memory(x, tensor_extent(*xDesc)) || !in_memory(dw, (long long)c.K * c.C * c.R * c.S) || !in_memory(dy, tensor_extent(*dyDesc)))
-        return out_of_memory("cudnnConvolutionBackwardFilter");
-    if (cudnnStatus_t s = order(handle, "cudnnConvolutionBackwardFilter", {x, dy}, {dw, workSpaceSizeInBytes ? workSpace : nullptr});
+    if (cudnnStatus_t s = begin_conv(handle, "cudnnConvolutionBackwardFilter", alpha, beta, xDesc, x, dwDesc, dw, convDesc, dyDesc, dy, 1,
+                                     workSpace, workSpaceSizeInBytes, c);
         s != CUDNN_STATUS_SUCCESS)
         return s;
     if (mobius_sim::options().dry) return CUDNN_STATUS_SUCCESS;
