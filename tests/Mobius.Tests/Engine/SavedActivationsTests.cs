@@ -78,10 +78,47 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
     [MemberData(nameof(Seeds.ThreeWithNarrowTypes), MemberType = typeof(Seeds))]
     public void A_transformer_block_keeps_less_and_its_gradients_stay_within_the_types_precision(int seed, DType kept)
     {
+        // Tolerances, norm-wise against fp32's gradient, on each tensor's median error over five draws of shapes and
+        // values (DrawSeeds). bf16 keeps 8 bits (relative rounding 2^-9), so each product in a gradient's sum errs by
+        // about 0.2 %; int8 blocks round each value to 1/254 of its block's largest magnitude, about four times that.
+        // Over 3,000 draws of each type (CPU, 2026-11-29), one draw's error was:
+        // - on the matrices: bf16 median 0.003, at most 0.018 (wk); int8 median 0.010 to 0.014, p99 0.030, at most
+        //   0.043 (wk, with q, k and v narrowed and the softmax recomputed from them);
+        // - on the group norm's gamma and beta: one entry per channel (4 to 10 here), each a sum whose terms largely
+        //   cancel, so the same per-term error is a larger part of the result: bf16 median 0.003, at most 0.034;
+        //   int8 median 0.011, p99 0.045, at most 0.13.
+        // Held draw by draw, int8's 4e-2 and 8e-2 failed about one CI run in a hundred. The median of five fails only
+        // where three draws pass the tolerance: about 10 p^3 for a one-draw chance p, at most 0.4 % here (int8's
+        // gamma past 6e-2: 12 of 3,000), so under 1e-6. The largest median of 600 groups of five was 0.029 in int8
+        // (gamma) and 0.007 in bf16, about half and a third of the tolerances. An error every draw makes still
+        // fails (the norm inputs kept raw rather than centred erred 13 % here).
+        var errors = DrawSeeds(seed).Select(s => (Seed: s, Errors: TransformerBlockErrors(s, kept))).ToArray();
+        for (int i = 0; i < BlockTensors.Length; i++)
+        {
+            double tolerance = (kept, BlockTensors[i] is "gamma" or "beta") switch
+            {
+                (DType.BFloat16, _) => 2e-2,
+                (_, true) => 6e-2,
+                (_, false) => 4e-2,
+            };
+            AssertMedianWithin($"{BlockTensors[i]}: gradient relative error against fp32's", tolerance, kept,
+                errors.Select(e => (e.Seed, e.Errors[i])).ToArray());
+        }
+    }
+
+    private static readonly string[] BlockTensors = ["gamma", "beta", "wq", "wk", "wv", "wo", "ln_g", "ln_b", "w1", "w2"];
+
+    /// <summary>
+    /// One draw of <see cref="A_transformer_block_keeps_less_and_its_gradients_stay_within_the_types_precision"/>:
+    /// asserts what holds exactly (forward untouched, bytes kept, every byte back) and returns each tensor's
+    /// gradient error in <see cref="BlockTensors"/>' order.
+    /// </summary>
+    private double[] TransformerBlockErrors(int seed, DType kept)
+    {
         var r = new Rng(seed);
         int n = r.Int(1, 2), len = 2 * r.Int(2, 5), heads = r.Pick(1, 2), d = r.Pick(8, 16), width = heads * d, groups = r.Pick(1, 2);
         var inputs = r.Uniform((long)n * len * width, 2f);
-        var names = new[] { "gamma", "beta", "wq", "wk", "wv", "wo", "ln_g", "ln_b", "w1", "w2" };
+        var names = BlockTensors;
         var shapes = new[]
         {
             new Shape(len), new Shape(len), new Shape(width, width), new Shape(width, width), new Shape(width, width), new Shape(width, width),
@@ -153,33 +190,11 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
             Assert.InRange(narrow.Saved / (double)exact.Saved, 0.15, 0.4);
         }
 
-        // Tolerances, norm-wise against fp32's gradient. bf16 keeps 8 bits (relative rounding 2^-9), so each product
-        // in a gradient's sum errs by about 0.2 %; a matrix gradient sums many such terms (seen at most 0.0094 over
-        // 183 seeds). The group norm's gamma and beta gradients have one entry per channel (4 to 10 here), each a sum
-        // whose terms largely cancel, so the same per-term error is a larger part of the result: seen up to 0.02
-        // (at most 0.017 over the 183 seeds, p95 0.0064), hence 5e-2. The norm inputs kept raw rather than centred
-        // erred 13 % here, so the bound still tells. With attention's q, k and v narrowed too (its softmax recomputed
-        // from them) bf16 was seen at most 0.011 (wk) over 39 seeds. int8 blocks round each value to 1/254 of its
-        // block's largest magnitude, about four times bf16's error: seen at most 0.025 on the matrices (wq, wk) and
-        // 0.027 on gamma and beta over 39 seeds (means 0.01 to 0.015), hence 4e-2 and 8e-2.
-        double worst = 0;
-        for (int i = 0; i < names.Length; i++)
-        {
-            double e = RelativeError(narrow.Grads[i], exact.Grads[i]);
-            worst = Math.Max(worst, e);
-            double tolerance = (kept, names[i] is "gamma" or "beta") switch
-            {
-                (DType.BFloat16, true) => 5e-2,
-                (DType.BFloat16, false) => 2e-2,
-                (_, true) => 8e-2,
-                (_, false) => 4e-2,
-            };
-            Assert.True(e < tolerance, $"{names[i]}: gradient relative error {e:g3} against fp32's, tolerance {tolerance} ({kept.Name()}, seed {seed})");
-        }
-
-        Assert.True(worst > 0, $"no gradient changed: nothing was kept in {kept.Name()} (seed {seed})");
+        var errors = names.Select((_, i) => RelativeError(narrow.Grads[i], exact.Grads[i])).ToArray();
+        Assert.True(errors.Max() > 0, $"no gradient changed: nothing was kept in {kept.Name()} (seed {seed})");
         Assert.Equal(temporariesBefore, B.Memory.Current(MemoryCategory.Temporaries));
         Assert.Equal(savedBefore, B.Memory.Current(MemoryCategory.SavedActivations));
+        return errors;
     }
 
     [Theory]
@@ -187,7 +202,24 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
     public void Norms_keep_their_input_centred_so_a_large_mean_costs_no_precision(int seed, DType kept)
     {
         // Groups and rows whose mean is tens of times their spread: bf16 rounds 50 to a multiple of 0.25, so a norm
-        // that kept x itself would read its normalised values off by a large fraction in backward.
+        // that kept x itself would read its normalised values off by a large fraction in backward. Each gradient's
+        // median error over five draws (DrawSeeds) against the tolerance: over 3,000 draws of each type (CPU,
+        // 2026-11-29) one draw's error was at most 0.022 in bf16 (a group norm's gamma; p99 0.009) and 0.089 in int8
+        // blocks (its beta; p99 0.017), the inputs' gradients at most 0.010 and 0.031.
+        double tolerance = kept == DType.BFloat16 ? 2e-2 : 5e-2;
+        var errors = DrawSeeds(seed).Select(s => (Seed: s, Errors: NormErrors(s, kept))).ToArray();
+        for (int i = 0; i < NormGradients.Length; i++)
+        {
+            AssertMedianWithin($"{NormGradients[i]}: relative error against fp32's", tolerance, kept,
+                errors.Select(e => (e.Seed, e.Errors[i])).ToArray());
+        }
+    }
+
+    private static readonly string[] NormGradients = ["group norm dx", "group norm dgamma", "group norm dbeta", "layer norm dx", "layer norm dgamma", "layer norm dbeta"];
+
+    /// <summary>One draw of <see cref="Norms_keep_their_input_centred_so_a_large_mean_costs_no_precision"/>: each gradient's error, in <see cref="NormGradients"/>' order.</summary>
+    private double[] NormErrors(int seed, DType kept)
+    {
         var r = new Rng(seed);
         int frames = r.Pick(1, 2), clips = r.Int(1, 2), c = 4, sPix = r.Int(3, 7), groups = 2, rows = r.Int(3, 7), cols = r.Int(6, 12);
         float Offset() => r.Pick(-1f, 1f) * r.Int(20, 100);
@@ -258,14 +290,26 @@ public abstract class SavedActivationsTests(BackendFixture fixture)
 
         var exact = Grads(DType.Float32);
         var narrow = Grads(kept);
-        string[] names = ["group norm dx", "dgamma", "dbeta", "layer norm dx", "dgamma", "dbeta"];
-        // int8 blocks: seen at most 0.020 over 39 seeds (bf16: 0.013).
-        double tolerance = kept == DType.BFloat16 ? 2e-2 : 5e-2;
-        for (int i = 0; i < names.Length; i++)
-        {
-            double e = RelativeError(narrow[i], exact[i]);
-            Assert.True(e < tolerance, $"{names[i]} (frames {frames}, silu {silu}): relative error {e:g3} against fp32's, tolerance {tolerance} ({kept.Name()}, seed {seed})");
-        }
+        return exact.Select((e, i) => RelativeError(narrow[i], e)).ToArray();
+    }
+
+    /// <summary>Five seeds drawn from a test's seed: the draws whose median error a tolerance holds.</summary>
+    private static int[] DrawSeeds(int seed)
+    {
+        var r = new Random(seed);
+        return Enumerable.Range(0, 5).Select(_ => r.Next()).ToArray();
+    }
+
+    /// <summary>
+    /// The median of the draws' errors is below the tolerance. The message gives every draw's error and seed; the
+    /// draws follow from the test's seed, which its name shows and MOBIUS_TEST_SEED replays.
+    /// </summary>
+    private static void AssertMedianWithin(string what, double tolerance, DType kept, (int Seed, double Error)[] draws)
+    {
+        double median = draws.Select(d => d.Error).Order().ElementAt(draws.Length / 2);
+        Assert.True(median < tolerance,
+            $"{what}: median {median:g3} over {draws.Length} draws, tolerance {tolerance} ({kept.Name()}; draws: " +
+            string.Join(", ", draws.Select(d => $"{d.Error:g3} at seed {d.Seed}")) + ")");
     }
 
     [Theory]
